@@ -1,0 +1,39 @@
+"""pyrt: daemonless, in-process Linux containers with a Rust core.
+
+    import pyrt
+    pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
+"""
+
+from .container import Container, Result, run
+from .errors import (
+    ContainerError,
+    ImageError,
+    ImageNotFound,
+    PyrtError,
+    SpawnError,
+    TimeoutExpired,
+    UnsafeImageError,
+)
+from .image import Image, ImageConfig, images
+from .mounts import Bind, Tmpfs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bind",
+    "Container",
+    "ContainerError",
+    "Image",
+    "ImageConfig",
+    "ImageError",
+    "ImageNotFound",
+    "PyrtError",
+    "Result",
+    "SpawnError",
+    "TimeoutExpired",
+    "Tmpfs",
+    "UnsafeImageError",
+    "__version__",
+    "images",
+    "run",
+]

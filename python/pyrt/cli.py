@@ -1,0 +1,192 @@
+"""The ``pyrt`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from . import _core
+from .container import Container
+from .errors import PyrtError, SpawnError
+from .image import Image, images
+from .mounts import Bind, Mount, Tmpfs
+
+
+def resolve_image(ref: str) -> Image:
+    """"host", a path (rootfs directory or tarball), or a name in the local store."""
+    if ref == "host":
+        return Image.host()
+    if os.path.exists(ref):
+        return Image.load(ref)
+    return Image.get(ref)
+
+
+def _env(items: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep:
+            # Docker's rule: "-e NAME" passes the caller's value, if any.
+            if k in os.environ:
+                env[k] = os.environ[k]
+            continue
+        env[k] = v
+    return env
+
+
+def _volume(spec: str) -> Bind:
+    parts = spec.split(":")
+    if len(parts) == 2:
+        return Bind(parts[0], parts[1])
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        return Bind(parts[0], parts[1], readonly=parts[2] == "ro")
+    raise PyrtError(f"-v {spec!r}: expected SRC:DST or SRC:DST:ro")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrt", description="Daemonless Linux containers.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a command in a new container")
+    r.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    r.add_argument("-d", "--detach", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    r.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
+    r.add_argument("--tmpfs", action="append", default=[], metavar="DST")
+    r.add_argument("-w", "--workdir")
+    r.add_argument("-u", "--user")
+    r.add_argument("--hostname")
+    r.add_argument("--read-only", action="store_true")
+    r.add_argument("--network", default="none", choices=["none", "host", "private"])
+    r.add_argument("--cap-add", action="append", default=[])
+    r.add_argument("--cap-drop", action="append", default=[])
+    r.add_argument("--privileged", action="store_true")
+    r.add_argument("--name")
+    r.add_argument("--entrypoint")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    r.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    for opt in ("--memory", "--pids-limit", "--cpus", "-p"):
+        r.add_argument(opt, action="append", default=[], help=argparse.SUPPRESS)
+    r.add_argument("--init", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("image", help='"host", a rootfs directory or tarball, or a stored name')
+    r.add_argument("command", nargs=argparse.REMAINDER)
+
+    ld = sub.add_parser("load", help="load an image from a path into the local store")
+    ld.add_argument("path")
+    ld.add_argument("--tag", "-t")
+    sub.add_parser("images", help="list the local store")
+    rmi = sub.add_parser("rmi", help="remove an image from the local store")
+    rmi.add_argument("image")
+    sub.add_parser("gc", help="remove what crashed containers left behind")
+    pl = sub.add_parser("plan", help="print what the core would do for a container (debugging)")
+    pl.add_argument("image")
+    pl.add_argument("command", nargs=argparse.REMAINDER)
+    return p
+
+
+def _container_from(a: argparse.Namespace) -> Container:
+    for flag, vals in (("--memory", a.memory), ("--pids-limit", a.pids_limit),
+                       ("--cpus", a.cpus), ("-p", a.p)):  # fmt: skip
+        if vals:
+            raise PyrtError(f"{flag} is not supported by this pyrt yet")
+    if a.detach:
+        raise PyrtError("-d is not supported by this pyrt yet")
+    if a.tty:
+        raise PyrtError("-t is not supported by this pyrt yet")
+    if a.init:
+        raise PyrtError("--init is not supported by this pyrt yet")
+    mounts: list[Mount] = [_volume(v) for v in a.volume]
+    mounts += [Tmpfs(t) for t in a.tmpfs]
+    opts: dict[str, Any] = {
+        "env": _env(a.env),
+        "workdir": a.workdir,
+        "user": a.user,
+        "hostname": a.hostname,
+        "name": a.name,
+        "mounts": mounts,
+        "readonly_rootfs": a.read_only,
+        "network": a.network,
+        "cap_add": a.cap_add,
+        "cap_drop": a.cap_drop,
+        "privileged": a.privileged,
+    }
+    entrypoint = [a.entrypoint] if a.entrypoint is not None else None
+    return Container(resolve_image(a.image), a.command or None, entrypoint=entrypoint, **opts)
+
+
+def _run(a: argparse.Namespace) -> int:
+    c = _container_from(a)
+    stdin = sys.stdin.fileno() if a.interactive else os.open(os.devnull, os.O_RDONLY)
+    # The container writes straight to our stdout and stderr: no copying, no buffering.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Forward the signals a user sends to `pyrt run` to the container, as docker run does.
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, lambda signum, _frame: c.kill(signum))
+    try:
+        c._spawn(stdin, sys.stdout.fileno(), sys.stderr.fileno())
+        code = c.wait()
+    finally:
+        if not a.interactive:
+            os.close(stdin)
+        c.remove()
+    # A signal death is reported as the shell does: 128 + the signal number.
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = _build_parser().parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return _run(a)
+        if a.cmd == "load":
+            img = Image.load(a.path, tag=a.tag)
+            print(img.id)
+            return 0
+        if a.cmd == "images":
+            print(f"{'NAME':40} {'ID':20} KIND")
+            for img in images():
+                for t in img.tags:
+                    print(f"{t:40} {img.id[7:19]:20} {img.kind}")
+            return 0
+        if a.cmd == "rmi":
+            resolve_image(a.image).remove()
+            return 0
+        if a.cmd == "gc":
+            from .state import collect_stale
+
+            for cid in collect_stale():
+                print(cid)
+            return 0
+        if a.cmd == "plan":
+            c = Container(resolve_image(a.image), a.command or None)
+            import json
+
+            from .state import ContainerDir
+
+            d = ContainerDir.create(c.id, overlay=c.image.kind != "host")
+            try:
+                c._dir = d
+                print(_core.plan(json.dumps(c.build_spec(str(d.rootfs)))))
+            finally:
+                c._dir = None
+                d.remove()
+            return 0
+    except SpawnError as e:
+        print(f"pyrt: {e} (stage {e.stage})", file=sys.stderr)
+        # Docker's convention: 127 for a command not found, 126 for one that cannot run.
+        return 127 if e.stage == "exec" and e.errno == 2 else 126 if e.stage == "exec" else 125
+    except PyrtError as e:
+        print(f"pyrt: {e}", file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

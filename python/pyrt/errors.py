@@ -1,0 +1,78 @@
+"""The exceptions pyrt raises. Everything derives from :class:`PyrtError`."""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Optional, Union
+
+
+class PyrtError(Exception):
+    """Base of everything pyrt raises."""
+
+
+class ImageError(PyrtError):
+    """A bad or unreadable image."""
+
+
+class ImageNotFound(ImageError):
+    """No image of that name or path."""
+
+
+class UnsafeImageError(ImageError):
+    """A layer tried to write outside its root; nothing was written outside."""
+
+
+class SpawnError(PyrtError):
+    """The container could not start.
+
+    ``stage`` names the setup step that failed ("mount", "cwd", "exec", ...) and ``errno`` the
+    kernel's error number; the message names the path or value at fault.
+    """
+
+    def __init__(self, message: str, *, stage: str = "spawn", errno: int = 0) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.errno = errno
+
+    @property
+    def strerror(self) -> str:
+        return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+class ContainerError(PyrtError):
+    """Raised by ``check=True`` when the command exits with a non-zero status."""
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: list[str],
+        stdout: Union[bytes, str, None] = None,
+        stderr: Union[bytes, str, None] = None,
+    ) -> None:
+        super().__init__(returncode, cmd, stdout, stderr)
+        self.returncode = returncode
+        self.cmd = cmd
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        if self.returncode < 0:
+            return f"command {self.cmd!r} was killed by signal {-self.returncode}"
+        return f"command {self.cmd!r} exited with status {self.returncode}"
+
+
+class TimeoutExpired(PyrtError, TimeoutError):
+    """The time ran out; for ``run`` the whole container was killed."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        timeout: float,
+        stdout: Optional[bytes] = None,
+        stderr: Optional[bytes] = None,
+    ) -> None:
+        super().__init__(f"command {cmd!r} timed out after {timeout} seconds")
+        self.cmd = cmd
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr

@@ -1,0 +1,87 @@
+"""The local image store: unpacked rootfs trees and layers under the store root, and an index of
+named images. Writers take a file lock; trees are unpacked into a private temporary directory
+and renamed into place, so concurrent loads from several processes are safe."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+from ..places import ensure_dir, store_root
+
+
+def root() -> Path:
+    return ensure_dir(store_root(), 0o711)
+
+
+def tmp_dir() -> Path:
+    return ensure_dir(root() / "tmp", 0o700)
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """The store's writer lock (an flock: released if the holder dies)."""
+    fd = os.open(root() / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _index_path() -> Path:
+    return root() / "images.json"
+
+
+def read_index() -> dict[str, dict[str, Any]]:
+    try:
+        with open(_index_path()) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_index(index: dict[str, dict[str, Any]]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=root(), prefix=".images.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+    os.replace(tmp, _index_path())
+
+
+def tag(name: str, record: dict[str, Any]) -> None:
+    with locked():
+        index = read_index()
+        index[name] = record
+        write_index(index)
+
+
+def untag(names: list[str]) -> None:
+    with locked():
+        index = read_index()
+        for n in names:
+            index.pop(n, None)
+        write_index(index)
+
+
+def lookup(name: str) -> Optional[dict[str, Any]]:
+    return read_index().get(name)
+
+
+def place_tree(tmp: Path, final: Path) -> Path:
+    """Renames the unpacked ``tmp`` to ``final``; if another process won the race, keeps theirs."""
+    ensure_dir(final.parent, 0o711)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

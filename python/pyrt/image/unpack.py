@@ -1,0 +1,243 @@
+"""Unpacking a tar stream into a directory, as a security boundary.
+
+``tarfile`` only parses here; it never writes. Every entry's parent directory is opened with
+``openat2(RESOLVE_IN_ROOT)`` (through the Rust core), so neither ``..``, nor an absolute or
+relative symlink planted by an earlier entry, can point a write outside the root; the entry
+itself is then made relative to that descriptor by a single name, never following a symlink.
+The caller unpacks into a fresh private directory and renames it into place only on success, so
+a refused or broken image leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Optional
+
+from .. import _core
+from ..errors import ImageError, UnsafeImageError
+
+#: Limits against decompression bombs (overridable per call).
+MAX_ENTRIES = 2_000_000
+MAX_BYTES = 64 << 30
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class UnpackStats:
+    entries: int = 0
+    bytes: int = 0
+    skipped_devices: list[str] = field(default_factory=list)
+
+
+def _components(name: str) -> list[str]:
+    """The path's components, with "." and leading "/" dropped; ".." is refused."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeImageError(f"tar entry {name!r} climbs out of the root with '..'")
+    return parts
+
+
+class _Root:
+    """The directory being unpacked into, and descriptors of directories resolved inside it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def open_dir(self, parts: list[str], create: bool, entry: str) -> int:
+        """A descriptor of the directory ``parts`` inside the root, creating missing ones."""
+        rel = "/".join(parts) or "."
+        try:
+            return _core.open_in_root(self.fd, rel, os.O_PATH | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if not create or not parts:
+                raise
+        except NotADirectoryError as e:
+            raise UnsafeImageError(f"tar entry {entry!r}: {rel!r} is not a directory") from e
+        parent = self.open_dir(parts[:-1], True, entry)
+        try:
+            os.mkdir(parts[-1], 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(parent)
+        return _core.open_in_root(self.fd, rel, os.O_PATH | os.O_DIRECTORY)
+
+
+def _remove(parent: int, name: str) -> None:
+    """Removes whatever is at ``name`` under ``parent`` (not following a symlink)."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+
+        shutil.rmtree(f"/proc/self/fd/{parent}/{name}")
+    else:
+        os.unlink(name, dir_fd=parent)
+
+
+def _apply_meta(fd: int, m: tarfile.TarInfo, as_root: bool) -> None:
+    if as_root:
+        os.fchown(fd, m.uid, m.gid)
+    # chown clears set-id bits, so the mode comes after it.
+    os.fchmod(fd, m.mode & 0o7777)
+    for k, v in (m.pax_headers or {}).items():
+        if k.startswith("SCHILY.xattr."):
+            try:
+                os.setxattr(fd, k[len("SCHILY.xattr.") :], v.encode("utf-8", "surrogateescape"))
+            except OSError as e:
+                # security.* / trusted.* need privilege and a filesystem that keeps them.
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+    os.utime(fd, ns=(int(m.mtime * 1e9), int(m.mtime * 1e9)))
+
+
+def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    while True:
+        m = tf.next()
+        if m is None:
+            return
+        yield m
+
+
+def unpack(
+    fileobj: IO[bytes],
+    dest: str,
+    *,
+    what: str,
+    max_entries: int = MAX_ENTRIES,
+    max_bytes: int = MAX_BYTES,
+) -> UnpackStats:
+    """Unpacks the (uncompressed or tarfile-decompressable) tar stream into the existing empty
+    directory ``dest``. ``what`` names the image in errors."""
+    as_root = os.geteuid() == 0
+    stats = UnpackStats()
+    root = _Root(dest)
+    dir_times: list[tuple[list[str], tarfile.TarInfo]] = []
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r|*")
+        for m in _members(tf):
+            stats.entries += 1
+            if stats.entries > max_entries:
+                raise ImageError(f"{what}: more than {max_entries} entries; refusing to unpack")
+            parts = _components(m.name)
+            if not parts:
+                if m.isdir():
+                    dir_times.append(([], m))
+                continue
+            parent = root.open_dir(parts[:-1], True, m.name)
+            try:
+                _unpack_one(tf, m, parts, parent, root, stats, as_root, max_bytes, what)
+            finally:
+                os.close(parent)
+            if m.isdir():
+                dir_times.append((parts, m))
+        # Directory times last: every entry written inside a directory changed its mtime.
+        for parts, m in reversed(dir_times):
+            fd = root.open_dir(parts, False, m.name)
+            try:
+                os.utime(f"/proc/self/fd/{fd}", ns=(int(m.mtime * 1e9),) * 2)
+            finally:
+                os.close(fd)
+    except (tarfile.TarError, EOFError) as e:
+        raise ImageError(f"{what}: not a readable tar archive: {e}") from e
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise ImageError(f"{what}: no space left on device while unpacking into {dest}") from e
+        if isinstance(e, OSError) and e.errno == errno.ELOOP:
+            raise UnsafeImageError(f"{what}: a symlink loop in the image's paths") from e
+        raise ImageError(f"{what}: unpacking failed: {e}") from e
+    finally:
+        root.close()
+    return stats
+
+
+def _unpack_one(
+    tf: tarfile.TarFile,
+    m: tarfile.TarInfo,
+    parts: list[str],
+    parent: int,
+    root: _Root,
+    stats: UnpackStats,
+    as_root: bool,
+    max_bytes: int,
+    what: str,
+) -> None:
+    name = parts[-1]
+    existing: Optional[os.stat_result]
+    try:
+        existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
+        _remove(parent, name)
+
+    if m.isdir():
+        if existing is None or not stat.S_ISDIR(existing.st_mode):
+            os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            _apply_meta(fd, m, as_root)
+        finally:
+            os.close(fd)
+    elif m.isreg():
+        stats.bytes += m.size
+        if stats.bytes > max_bytes:
+            raise ImageError(f"{what}: more than {max_bytes} bytes of content; refusing to unpack")
+        src = tf.extractfile(m)
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=parent,
+        )  # fmt: skip
+        try:
+            if src is not None:
+                while chunk := src.read(_CHUNK):
+                    os.write(fd, chunk)
+            _apply_meta(fd, m, as_root)
+        finally:
+            os.close(fd)
+    elif m.issym():
+        # The link's text is stored as is: it is resolved later inside the container's root (or
+        # by this unpacker through RESOLVE_IN_ROOT), never on the host.
+        os.symlink(m.linkname, name, dir_fd=parent)
+        if as_root:
+            os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(name, ns=(int(m.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+    elif m.islnk():
+        tparts = _components(m.linkname)
+        if not tparts:
+            raise UnsafeImageError(f"tar entry {m.name!r}: hard link to the root itself")
+        tparent = root.open_dir(tparts[:-1], False, m.name)
+        try:
+            tst = os.stat(tparts[-1], dir_fd=tparent, follow_symlinks=False)
+            if stat.S_ISDIR(tst.st_mode):
+                raise UnsafeImageError(f"tar entry {m.name!r}: hard link to a directory")
+            os.link(tparts[-1], name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError as e:
+            raise ImageError(
+                f"tar entry {m.name!r}: hard link target {m.linkname!r} is not in the image"
+            ) from e
+        finally:
+            os.close(tparent)
+    elif m.ischr() or m.isblk() or m.isfifo():
+        kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
+        if not m.isfifo() and not as_root:
+            stats.skipped_devices.append(m.name)
+            return
+        os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=parent)
+        if as_root:
+            os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+        os.chmod(f"/proc/self/fd/{parent}/{name}", m.mode & 0o7777)
+    else:
+        raise ImageError(f"tar entry {m.name!r}: unsupported entry type {m.type!r}")

@@ -1,0 +1,46 @@
+"""Mounts a container gets besides its image: host directories and scratch filesystems."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .sizes import Size, parse_size
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bound into the container at ``target``; a missing target is created inside
+    the container's root, never outside it."""
+
+    source: Union[str, os.PathLike[str]]
+    target: str
+    readonly: bool = False
+
+    def to_spec(self) -> dict[str, object]:
+        opts = ["rbind", "ro" if self.readonly else "rw", "nosuid", "nodev", "rprivate"]
+        return {
+            "destination": self.target,
+            "type": "bind",
+            "source": os.path.abspath(os.fspath(self.source)),
+            "options": opts,
+        }
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """A fresh tmpfs at ``target``, of at most ``size`` bytes (int or "64m") when given."""
+
+    target: str
+    size: Optional[Size] = None
+    mode: int = 0o1777
+
+    def to_spec(self) -> dict[str, object]:
+        opts = ["nosuid", "nodev", f"mode={self.mode:o}"]
+        if self.size is not None:
+            opts.append(f"size={parse_size(self.size, f'Tmpfs({self.target!r}).size')}")
+        return {"destination": self.target, "type": "tmpfs", "source": "tmpfs", "options": opts}
+
+
+Mount = Union[Bind, Tmpfs]

@@ -1,0 +1,103 @@
+"""A container's directory under the run state root: its root mount point, overlay upper and
+work directories, its log, and a lock file that its owner holds for as long as it lives.
+
+The lock is what makes crash recovery exact: a directory whose lock can be taken belongs to a
+process that is gone (the kernel drops an flock with its holder), so it can be deleted, and one
+whose lock is held must be left alone, whatever its age."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .places import ensure_dir, state_root
+
+
+def containers_root() -> Path:
+    return ensure_dir(state_root() / "containers", 0o700)
+
+
+@dataclass
+class ContainerDir:
+    path: Path
+    lock_fd: int
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log"
+
+    @classmethod
+    def create(cls, cid: str, overlay: bool) -> ContainerDir:
+        collect_stale_once()
+        path = containers_root() / cid
+        path.mkdir(mode=0o711)
+        try:
+            fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            (path / "rootfs").mkdir(mode=0o755)
+            if overlay:
+                (path / "upper").mkdir(mode=0o755)
+                (path / "work").mkdir(mode=0o700)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(path, fd)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def collect_stale() -> list[str]:
+    """Deletes the directories of containers whose owner died; returns their ids."""
+    gone = []
+    try:
+        entries = list(os.scandir(containers_root()))
+    except FileNotFoundError:
+        return gone
+    for e in entries:
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(os.path.join(e.path, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Being created right now (lock not yet made) or half-removed: leave it.
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(e.path)
+            gone.append(e.name)
+        os.close(fd)
+    return gone
+
+
+_collected = False
+
+
+def collect_stale_once() -> None:
+    global _collected
+    if not _collected:
+        _collected = True
+        collect_stale()

@@ -1,0 +1,93 @@
+//! Capability sets: named in the spec, applied in the child just before exec.
+
+#[cfg(feature = "spec")]
+use std::str::FromStr;
+
+use caps::{CapSet, CapsHashSet};
+#[cfg(feature = "spec")]
+use caps::Capability;
+#[cfg(feature = "spec")]
+use oci_spec::runtime::{Capabilities, LinuxCapabilities};
+use serde::{Deserialize, Serialize};
+
+/// The five sets as bit masks (bit n = capability number n).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+#[cfg(feature = "spec")]
+fn mask(set: &Option<Capabilities>) -> Result<u64, String> {
+    let mut m = 0u64;
+    for c in set.iter().flatten() {
+        // oci-spec prints "CHOWN"; the caps crate knows "CAP_CHOWN".
+        let name = format!("CAP_{c}");
+        let cap = Capability::from_str(&name).map_err(|_| format!("unknown capability {name}"))?;
+        m |= cap.bitmask();
+    }
+    Ok(m)
+}
+
+#[cfg(feature = "spec")]
+pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, String> {
+    Ok(CapSets {
+        bounding: mask(c.bounding())?,
+        effective: mask(c.effective())?,
+        permitted: mask(c.permitted())?,
+        inheritable: mask(c.inheritable())?,
+        ambient: mask(c.ambient())?,
+    })
+}
+
+fn hashset(m: u64) -> CapsHashSet {
+    caps::all().into_iter().filter(|c| m & c.bitmask() != 0).collect()
+}
+
+/// Drops every capability outside `keep` from the bounding set. Needs CAP_SETPCAP, so it runs
+/// before the process changes its user.
+pub fn drop_bounding(keep: u64) -> Result<(), caps::errors::CapsError> {
+    for cap in caps::all() {
+        if keep & cap.bitmask() == 0 && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets effective, permitted, inheritable and ambient, in an order the kernel accepts whether
+/// the sets grow or shrink: effective must stay within permitted, ambient within both permitted
+/// and inheritable.
+pub fn apply(s: &CapSets) -> Result<(), caps::errors::CapsError> {
+    caps::clear(None, CapSet::Ambient)?;
+    caps::set(None, CapSet::Effective, &hashset(s.effective & s.permitted))?;
+    caps::set(None, CapSet::Permitted, &hashset(s.permitted))?;
+    caps::set(None, CapSet::Inheritable, &hashset(s.inheritable))?;
+    caps::set(None, CapSet::Effective, &hashset(s.effective))?;
+    for cap in caps::all() {
+        if s.ambient & cap.bitmask() != 0 {
+            caps::raise(None, CapSet::Ambient, cap)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, feature = "spec"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_bits() {
+        let c: LinuxCapabilities = serde_json::from_str(
+            r#"{"bounding":["CAP_CHOWN","CAP_KILL"],"effective":["CAP_KILL"]}"#,
+        )
+        .unwrap();
+        let s = from_spec(&c).unwrap();
+        assert_eq!(s.bounding, (1 << 0) | (1 << 5));
+        assert_eq!(s.effective, 1 << 5);
+        assert_eq!(s.ambient, 0);
+    }
+}

@@ -1,0 +1,158 @@
+//! The child: what runs inside the new namespaces, between the parent's `clone` and the
+//! container command's `execve`.
+//!
+//! This code runs in `pyrt-child`, a fresh single-threaded process image executed from a sealed
+//! memfd (see `spawn`), never inside the Python interpreter, so it may allocate and format error
+//! messages freely. Descriptors on entry:
+//!
+//! | fd | what |
+//! | -- | ---- |
+//! | 0, 1, 2 | the container's stdio |
+//! | 3 | the plan: a little-endian u32 length, then the plan's JSON; afterwards the parent keeps the write end open as a lifeline |
+//! | 4 | the error pipe: a `SetupError` record on failure; closed by a successful execve |
+//!
+//! The order of the steps matters and is the one below (bubblewrap's `main()` is the model).
+
+mod devices;
+mod network;
+mod process;
+pub mod rootfs;
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+
+use crate::plan::{Plan, RootSource};
+use crate::report::{SetupError, Stage};
+use crate::syscall;
+
+pub const PLAN_FD: i32 = 3;
+pub const ERROR_FD: i32 = 4;
+
+/// Entry point of `pyrt-child`. Never returns: it becomes the container's command or exits.
+pub fn main() -> ! {
+    // Nothing but our five descriptors may reach the container, whatever the parent held open.
+    let _ = syscall::close_from(5);
+    for fd in [PLAN_FD, ERROR_FD] {
+        // SAFETY: fcntl on a descriptor number; failure is harmless here.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // Setup creates files and device nodes with exactly the modes it names (0666 for /dev/null);
+    // the command's own umask is set later, from the spec (022 when it names none).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let err = match read_plan().and_then(|plan| run(&plan)) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // SAFETY: ERROR_FD is ours; the record is written whole or not at all (well under PIPE_BUF
+    // in practice; a short write only truncates the message).
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(ERROR_FD) };
+    let _ = pipe.write_all(&err.encode());
+    std::process::exit(127)
+}
+
+fn read_plan() -> Result<Plan, SetupError> {
+    // SAFETY: PLAN_FD is ours; ManuallyDrop keeps it open as the lifeline after reading.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
+    let bad = |e: io::Error| SetupError::io(Stage::Plan, "reading the plan from the parent", &e);
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len).map_err(bad)?;
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    f.read_exact(&mut buf).map_err(bad)?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| SetupError::new(Stage::Plan, libc::EINVAL, format!("decoding the plan: {e}")))
+}
+
+fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
+    // 1. Join the namespaces given by path (the new ones were made by clone).
+    join_namespaces(plan)?;
+    // 2. Nothing we mount may propagate to the host.
+    rootfs::make_private()?;
+    // 3. The root: a bind of the image directory, an overlay of its layers, or the host's "/".
+    let root = rootfs::mount_root(&plan.root)?;
+    // 4. The spec's mounts in order (/proc, /dev, /dev/pts, ..., binds, tmpfs), each target
+    //    resolved inside the root.
+    for m in &plan.mounts {
+        rootfs::mount_one(&root, m)?;
+    }
+    // 5. Device nodes and symlinks of a fresh /dev, while the host's nodes are still reachable.
+    if plan.default_devices {
+        devices::populate(&root)?;
+    }
+    // 5b. A missing working directory is made inside the root (Docker's rule). A failure (a
+    //     read-only root, a path through a file) is left for step 10, whose chdir error names it.
+    if plan.create_cwd {
+        let _ = rootfs::ensure_in_root(&root, &plan.process.cwd, false);
+    }
+    // 6. Swap roots; the host's tree is detached and unreachable from here on.
+    rootfs::pivot(&root)?;
+    drop(root);
+    // 7. Masked and read-only paths (they live in the new /proc and /sys).
+    rootfs::mask_and_protect(&plan.masked_paths, &plan.readonly_paths)?;
+    // 8. A read-only root, once every mount point in it exists. A host root was made read-only
+    //    recursively in step 3 already.
+    if plan.root.readonly && !matches!(plan.root.source, RootSource::Bind(_)) {
+        rootfs::readonly_root()?;
+    }
+    // 9. Hostname, loopback, sysctls: namespaced state, set while we still have every capability.
+    if let Some(h) = &plan.hostname {
+        nix::unistd::sethostname(h)
+            .map_err(|e| SetupError::io(Stage::Hostname, format!("sethostname {h:?}"), &io::Error::from(e)))?;
+    }
+    if plan.loopback {
+        network::loopback_up()?;
+    }
+    for (k, v) in &plan.sysctl {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&path, v).map_err(|e| SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e))?;
+    }
+    // 10. Process attributes: rlimits, then user and capabilities, then the working directory
+    //     (as the user, so its permissions apply), then the executable's lookup.
+    let p = &plan.process;
+    process::rlimits(p)?;
+    process::switch_user(p, setgroups_allowed())?;
+    process::enter_cwd(p)?;
+    let exe = process::lookup(p)?;
+    // 11. no_new_privs, then (last, so that setup syscalls are not filtered) seccomp.
+    process::no_new_privs(p)?;
+    // 12. Signals as after boot; then make sure we die with the parent. A change of credentials
+    //     cleared the parent-death signal that clone's child set, so it is set again here and the
+    //     lifeline checked after, which closes the window in which the parent may have died.
+    process::reset_signals();
+    rearm_parent_death()?;
+    Err(process::exec(p, &exe))
+}
+
+fn join_namespaces(plan: &Plan) -> Result<(), SetupError> {
+    for (bit, path) in &plan.join {
+        let f = std::fs::File::open(path)
+            .map_err(|e| SetupError::io(Stage::Namespaces, format!("opening namespace {}", path.display()), &e))?;
+        // SAFETY: setns on a descriptor we own.
+        if unsafe { libc::setns(f.as_raw_fd(), *bit as libc::c_int) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(SetupError::io(Stage::Namespaces, format!("joining namespace {}", path.display()), &e));
+        }
+    }
+    Ok(())
+}
+
+/// setgroups(2) is refused in a user namespace whose setgroups file says "deny".
+fn setgroups_allowed() -> bool {
+    !matches!(std::fs::read_to_string("/proc/self/setgroups"), Ok(s) if s.trim() == "deny")
+}
+
+fn rearm_parent_death() -> Result<(), SetupError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| SetupError::io(Stage::Exec, "PR_SET_PDEATHSIG", &io::Error::from(e)))?;
+    // SAFETY: PLAN_FD stays open for our lifetime; borrowed only for the poll.
+    let lifeline = unsafe { std::os::fd::BorrowedFd::borrow_raw(PLAN_FD) };
+    let mut fds = [nix::poll::PollFd::new(lifeline.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+    let hung_up = fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR));
+    if hung_up {
+        // The parent is gone: the container must not outlive it.
+        std::process::exit(137);
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The container's root: the root mount itself, the spec's mounts inside it, `pivot_root`, then
+//! masked and read-only paths. Every path inside the root is resolved through a descriptor of the
+//! root with `RESOLVE_IN_ROOT`, so an image's symlinks can never point a mount outside it
+//! (CVE-2021-30465 and relatives); mounts then target `/proc/self/fd/N` of the resolved file.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::plan::{Mount, MountKind, Root, RootSource};
+use crate::report::{SetupError, Stage};
+use crate::syscall::{self, cpath, cstring, fd_path, open_in_root};
+
+type Result<T> = std::result::Result<T, SetupError>;
+
+fn mount_err(stage: Stage, what: String) -> impl FnOnce(io::Error) -> SetupError {
+    move |e| SetupError::io(stage, what, &e)
+}
+
+/// Makes every mount in our (new) namespace private, so nothing we mount propagates back to the
+/// host and `pivot_root` is allowed.
+pub fn make_private() -> Result<()> {
+    syscall::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(mount_err(Stage::Rootfs, "making / private".into()))
+}
+
+/// Mounts the root on `root.path` and returns a descriptor of it.
+pub fn mount_root(root: &Root) -> Result<OwnedFd> {
+    let target = cpath(&root.path).map_err(mount_err(Stage::Rootfs, "root path".into()))?;
+    let shown = root.path.display();
+    match &root.source {
+        RootSource::InPlace => syscall::mount(Some(&target), &target, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(mount_err(Stage::Rootfs, format!("bind mounting the root {shown}")))?,
+        RootSource::Bind(src) => {
+            let s = cpath(src).map_err(mount_err(Stage::Rootfs, "root source".into()))?;
+            syscall::mount(Some(&s), &target, None, libc::MS_BIND | libc::MS_REC, None)
+                .map_err(mount_err(Stage::Rootfs, format!("bind mounting {} as the root", src.display())))?
+        }
+        RootSource::Overlay(ov) => {
+            let lower: Vec<String> = ov.lower.iter().map(|p| p.display().to_string()).collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                ov.upper.display(),
+                ov.work.display()
+            );
+            let data = cstring(data).map_err(mount_err(Stage::Rootfs, "overlay options".into()))?;
+            syscall::mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data))
+                .map_err(mount_err(Stage::Rootfs, format!("mounting the overlay root on {shown}")))?
+        }
+    }
+    let fd = syscall::openat2(libc::AT_FDCWD, &root.path, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        .map_err(mount_err(Stage::Rootfs, format!("opening the root {shown}")))?;
+    if root.readonly && matches!(root.source, RootSource::Bind(_)) {
+        // A host directory as root: make it and everything under it read-only before any mount
+        // target is created, so that a missing target can never be created on the host.
+        syscall::mount_setattr(&fd, syscall::MOUNT_ATTR_RDONLY, 0, true)
+            .map_err(mount_err(Stage::Rootfs, format!("making the root {shown} read-only")))?;
+    }
+    Ok(fd)
+}
+
+/// Opens `path` (absolute, inside the root), creating what is missing: directories along the way,
+/// and the last component as a directory or, with `file`, an empty file (a bind target for a
+/// file source). A dangling symlink on the way is followed inside the root, as the kernel would
+/// once the root is `/`: the target is created where the link points, within the root.
+pub fn ensure_in_root(root: &OwnedFd, path: &Path, file: bool) -> io::Result<OwnedFd> {
+    ensure_depth(root, path, file, 0)
+}
+
+const MAX_LINKS: u32 = 40;
+
+fn ensure_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> io::Result<OwnedFd> {
+    if depth > MAX_LINKS {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    if rel.as_os_str().is_empty() {
+        return syscall::openat2(root.as_raw_fd(), Path::new("."), libc::O_PATH, 0, 0);
+    }
+    match open_in_root(root.as_raw_fd(), rel, libc::O_PATH) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        r => return r,
+    }
+    let parent_path = Path::new("/").join(rel.parent().unwrap_or(Path::new("")));
+    let parent = ensure_depth(root, &parent_path, false, depth + 1)?;
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname = cstring(std::os::unix::ffi::OsStrExt::as_bytes(name))?;
+    // The parent was resolved inside the root and `name` is one component: mkdirat and openat
+    // with O_NOFOLLOW cannot be redirected out of the root from here.
+    // SAFETY: plain syscalls on a valid descriptor and string.
+    let r = unsafe {
+        if file {
+            let fd = libc::openat(
+                parent.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_WRONLY,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd
+        } else {
+            libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o755)
+        }
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+        // Something is there but did not open: a dangling symlink. Create what it points to.
+        if let Ok(target) = nix::fcntl::readlinkat(&parent, name) {
+            let target = PathBuf::from(target);
+            let next = if target.is_absolute() { target } else { parent_path.join(target) };
+            return ensure_depth(root, &next, file, depth + 1);
+        }
+    }
+    open_in_root(root.as_raw_fd(), rel, libc::O_PATH)
+}
+
+/// Flags of the mount `fd` sits on that a remount must keep: in a user namespace the kernel
+/// refuses to clear "locked" flags inherited from the host's mount.
+fn locked_flags(fd: &OwnedFd) -> u64 {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-parameter.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return 0;
+    }
+    let f = st.f_flag;
+    let mut out = 0;
+    for (st_bit, ms_bit) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f & st_bit != 0 {
+            out |= ms_bit;
+        }
+    }
+    out
+}
+
+/// Carries out one of the spec's mounts inside the root.
+pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
+    let dest = m.destination.display();
+    let fl = &m.flags;
+    match &m.kind {
+        MountKind::Bind { source, recursive } => {
+            let src = cpath(source).map_err(mount_err(Stage::Mount, "bind source".into()))?;
+            let meta = std::fs::metadata(source).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => SetupError::new(
+                    Stage::Mount,
+                    libc::ENOENT,
+                    format!("bind source does not exist: {}", source.display()),
+                ),
+                _ => SetupError::io(Stage::Mount, format!("bind source {}", source.display()), &e),
+            })?;
+            let target = ensure_in_root(root, &m.destination, !meta.is_dir())
+                .map_err(mount_err(Stage::Mount, format!("creating mount target {dest}")))?;
+            let rec = if *recursive { libc::MS_REC } else { 0 };
+            syscall::mount(Some(&src), &fd_path(&target), None, libc::MS_BIND | rec, None)
+                .map_err(mount_err(Stage::Mount, format!("bind mounting {} on {dest}", source.display())))?;
+            // Bind mounts ignore every flag but MS_BIND|MS_REC; the flags take a remount of the
+            // new mount, reached by opening the target again.
+            let extra = fl.flags & !(libc::MS_REMOUNT);
+            if extra != 0 {
+                let top = open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH)
+                    .map_err(mount_err(Stage::Mount, format!("reopening {dest}")))?;
+                let flags = libc::MS_REMOUNT | libc::MS_BIND | extra | locked_flags(&top);
+                syscall::mount(None, &fd_path(&top), None, flags, None)
+                    .map_err(mount_err(Stage::Mount, format!("remounting {dest} with its options")))?;
+            }
+            propagate(root, m)
+        }
+        MountKind::Fs { fstype, source } => {
+            let target = ensure_in_root(root, &m.destination, false)
+                .map_err(mount_err(Stage::Mount, format!("creating mount target {dest}")))?;
+            let t = cstring(fstype.as_bytes()).map_err(mount_err(Stage::Mount, "fstype".into()))?;
+            let s = cstring(source.as_bytes()).map_err(mount_err(Stage::Mount, "source".into()))?;
+            let data: Option<CString> = if fl.data.is_empty() {
+                None
+            } else {
+                Some(cstring(fl.data.as_bytes()).map_err(mount_err(Stage::Mount, "mount data".into()))?)
+            };
+            syscall::mount(
+                Some(&s),
+                &fd_path(&target),
+                Some(&t),
+                fl.flags & !libc::MS_REMOUNT,
+                data.as_deref(),
+            )
+            .map_err(mount_err(Stage::Mount, format!("mounting {fstype} on {dest}")))?;
+            propagate(root, m)
+        }
+    }
+}
+
+fn strip(p: &Path) -> &Path {
+    p.strip_prefix("/").unwrap_or(p)
+}
+
+fn propagate(root: &OwnedFd, m: &Mount) -> Result<()> {
+    if m.flags.propagation == 0 {
+        return Ok(());
+    }
+    let top = open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH)
+        .map_err(mount_err(Stage::Mount, format!("reopening {}", m.destination.display())))?;
+    syscall::mount(None, &fd_path(&top), None, m.flags.propagation, None).map_err(mount_err(
+        Stage::Mount,
+        format!("setting propagation of {}", m.destination.display()),
+    ))
+}
+
+/// `pivot_root(".", ".")` then detaching the old root, which leaves no directory to clean up and
+/// needs no writable root (runc's approach).
+pub fn pivot(root: &OwnedFd) -> Result<()> {
+    let err = |what: &'static str| move |e: nix::Error| SetupError::io(Stage::PivotRoot, what, &io::Error::from(e));
+    nix::unistd::fchdir(root).map_err(err("entering the root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    // The old root is now stacked under the new one at "/": make it a slave so our detach cannot
+    // propagate anywhere, then detach it.
+    syscall::mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None)
+        .map_err(|e| SetupError::io(Stage::PivotRoot, "making the old root a slave", &e))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(err("detaching the old root"))?;
+    nix::unistd::chdir("/").map_err(err("chdir /"))?;
+    Ok(())
+}
+
+/// After pivot_root: hides each masked path (an empty read-only tmpfs over a directory,
+/// /dev/null over a file) and makes each read-only path so. Missing paths are skipped, as runc
+/// does: the list is a deny-list, not a promise that the paths exist.
+pub fn mask_and_protect(masked: &[PathBuf], readonly: &[PathBuf]) -> Result<()> {
+    let root = syscall::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        .map_err(mount_err(Stage::MaskedPaths, "opening /".into()))?;
+    for p in masked {
+        let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(SetupError::io(Stage::MaskedPaths, format!("opening {}", p.display()), &e)),
+        };
+        let is_dir = nix::sys::stat::fstat(&fd)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false);
+        let r = if is_dir {
+            syscall::mount(Some(c"tmpfs"), &fd_path(&fd), Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0k"))
+        } else {
+            syscall::mount(Some(c"/dev/null"), &fd_path(&fd), None, libc::MS_BIND, None)
+        };
+        r.map_err(mount_err(Stage::MaskedPaths, format!("masking {}", p.display())))?;
+    }
+    for p in readonly {
+        let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(SetupError::io(Stage::MaskedPaths, format!("opening {}", p.display()), &e)),
+        };
+        let path = fd_path(&fd);
+        syscall::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(mount_err(Stage::MaskedPaths, format!("bind mounting {} read-only", p.display())))?;
+        let top = open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW)
+            .map_err(mount_err(Stage::MaskedPaths, format!("reopening {}", p.display())))?;
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(&top);
+        syscall::mount(None, &fd_path(&top), None, flags, None)
+            .map_err(mount_err(Stage::MaskedPaths, format!("making {} read-only", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Remounts "/" read-only (not recursively: /proc, /dev, /tmp mounts keep their own flags).
+pub fn readonly_root() -> Result<()> {
+    let root = syscall::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        .map_err(mount_err(Stage::Rootfs, "opening /".into()))?;
+    let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(&root);
+    syscall::mount(None, c"/", None, flags, None).map_err(mount_err(Stage::Rootfs, "making / read-only".into()))
+}

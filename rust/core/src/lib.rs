@@ -1,0 +1,12 @@
+//! pyrt's container core. The seam with Python is one document, the OCI runtime spec: `plan`
+//! turns it into a validated list of operations, `spawn` starts a process that carries them out
+//! (`child`), and `io` talks to it.
+
+pub mod capabilities;
+pub mod child;
+pub mod io;
+pub mod mountopts;
+pub mod plan;
+pub mod report;
+pub mod spawn;
+pub mod syscall;

@@ -1,0 +1,134 @@
+//! OCI mount options (`fstab`-style words) -> mount(2) flags, propagation and filesystem data.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MountFlags {
+    /// MS_* flags for the mount itself (MS_RDONLY, MS_NOSUID, ...).
+    pub flags: u64,
+    /// Flags that must be cleared rather than set when the mount is remounted (from "rw", "suid").
+    pub clear: u64,
+    /// MS_SHARED / MS_SLAVE / MS_PRIVATE / MS_UNBINDABLE, with MS_REC, applied after mounting.
+    pub propagation: u64,
+    /// `rbind` (bind mounts only).
+    pub recursive: bool,
+    /// Comma-separated filesystem data ("mode=755,size=65536k").
+    pub data: String,
+}
+
+impl MountFlags {
+    pub fn readonly(&self) -> bool {
+        self.flags & libc::MS_RDONLY != 0
+    }
+}
+
+/// Parses the options; the second value says whether the options ask for a bind mount.
+pub fn parse<'a>(options: impl Iterator<Item = &'a str>) -> Result<(MountFlags, bool), String> {
+    let mut f = MountFlags::default();
+    let mut bind = false;
+    let mut data: Vec<&str> = Vec::new();
+    for o in options {
+        let (set, clear): (u64, u64) = match o {
+            "defaults" => (0, 0),
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "remount" => (libc::MS_REMOUNT, 0),
+            "mand" => (libc::MS_MANDLOCK, 0),
+            "nomand" => (0, libc::MS_MANDLOCK),
+            "atime" => (0, libc::MS_NOATIME),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "nostrictatime" => (0, libc::MS_STRICTATIME),
+            "bind" => {
+                bind = true;
+                (0, 0)
+            }
+            "rbind" => {
+                bind = true;
+                f.recursive = true;
+                (0, 0)
+            }
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                let rec = if o.starts_with('r') { libc::MS_REC } else { 0 };
+                let kind = match o.trim_start_matches('r') {
+                    "private" => libc::MS_PRIVATE,
+                    "shared" => libc::MS_SHARED,
+                    "slave" => libc::MS_SLAVE,
+                    _ => libc::MS_UNBINDABLE,
+                };
+                // "runbindable" trims to "unbindable" above; "rshared" to "shared".
+                f.propagation = kind | rec;
+                (0, 0)
+            }
+            // Recursive attributes (mount_setattr) and id-mapped mounts: not supported yet; refusing
+            // beats silently mounting something weaker than asked.
+            o if o.starts_with("r") && ["rro", "rrw", "rnosuid", "rnodev", "rnoexec"].contains(&o) => {
+                return Err(format!("recursive mount attribute {o:?} is not supported"));
+            }
+            "idmap" | "ridmap" => return Err(format!("mount option {o:?} is not supported")),
+            "tmpcopyup" | "copy-symlink" | "nocopyup" => (0, 0),
+            o if o.is_empty() => return Err("empty mount option".into()),
+            o => {
+                if o.contains(',') {
+                    return Err(format!("mount option contains a comma: {o:?}"));
+                }
+                data.push(o);
+                (0, 0)
+            }
+        };
+        f.flags = (f.flags | set) & !clear;
+        f.clear = (f.clear | clear) & !set;
+    }
+    f.data = data.join(",");
+    Ok((f, bind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_become_flags_and_data() {
+        let (f, bind) = parse(["nosuid", "strictatime", "mode=755", "size=65536k"].into_iter()).unwrap();
+        assert!(!bind);
+        assert_eq!(f.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
+        assert_eq!(f.data, "mode=755,size=65536k");
+    }
+
+    #[test]
+    fn later_words_win() {
+        let (f, _) = parse(["ro", "rw"].into_iter()).unwrap();
+        assert!(!f.readonly());
+        let (f, _) = parse(["rw", "ro"].into_iter()).unwrap();
+        assert!(f.readonly());
+    }
+
+    #[test]
+    fn rbind_and_propagation() {
+        let (f, bind) = parse(["rbind", "rprivate", "ro"].into_iter()).unwrap();
+        assert!(bind && f.recursive && f.readonly());
+        assert_eq!(f.propagation, libc::MS_PRIVATE | libc::MS_REC);
+        let (f, _) = parse(["runbindable"].into_iter()).unwrap();
+        assert_eq!(f.propagation, libc::MS_UNBINDABLE | libc::MS_REC);
+    }
+
+    #[test]
+    fn unsupported_words_are_refused() {
+        assert!(parse(["idmap"].into_iter()).is_err());
+        assert!(parse(["rro"].into_iter()).is_err());
+    }
+}

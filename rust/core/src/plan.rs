@@ -1,0 +1,451 @@
+//! OCI runtime spec -> a validated [`Plan`].
+//!
+//! Everything that can be decided before `clone` is decided here, in the parent: which namespaces
+//! to create, the order of mounts and their flags, the device nodes, the process's ids, rlimits
+//! and capabilities. The child only carries out the plan; a spec that cannot be carried out is
+//! refused here with an error that names the offending field, before any kernel object exists.
+
+use std::path::{Component, Path, PathBuf};
+
+
+#[cfg(feature = "spec")]
+use oci_spec::runtime::{PosixRlimitType, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::capabilities::CapSets;
+#[cfg(feature = "spec")]
+use crate::capabilities;
+#[cfg(feature = "spec")]
+use crate::mountopts;
+use crate::mountopts::MountFlags;
+
+/// Annotation that asks the core to build the root as an overlay inside the container's own mount
+/// namespace, so that no host-visible mount exists to leak. Value: JSON `{"lower": [dir, ...],
+/// "upper": dir, "work": dir}`, lower directories topmost first (overlayfs' order).
+pub const ANNOTATION_OVERLAY: &str = "run.pyrt.rootfs.overlay";
+/// Annotation that asks for a recursive bind of a host directory (e.g. `/`) as the root.
+pub const ANNOTATION_ROOT_BIND: &str = "run.pyrt.rootfs.bind";
+/// Annotation "true": create a missing `process.cwd` inside the root (Docker's rule for `-w`).
+pub const ANNOTATION_CREATE_CWD: &str = "run.pyrt.cwd.create";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("invalid OCI runtime spec: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("spec field {field}: {reason}")]
+    Field { field: String, reason: String },
+}
+
+#[cfg(feature = "spec")]
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
+    PlanError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Overlay {
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum RootSource {
+    /// `root.path` is already the root filesystem: bind it onto itself.
+    InPlace,
+    /// An overlay of read-only lower directories with a private upper one, mounted on `root.path`.
+    Overlay(Overlay),
+    /// A recursive bind of a host directory (the host image), mounted on `root.path`.
+    Bind(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Root {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub source: RootSource,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum MountKind {
+    /// A bind mount of a host path; `recursive` for `rbind`.
+    Bind { source: PathBuf, recursive: bool },
+    /// A fresh filesystem instance (`proc`, `tmpfs`, `sysfs`, `devpts`, `mqueue`, ...).
+    Fs { fstype: String, source: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Mount {
+    /// Absolute path inside the container, normalised (no `.` or `..`).
+    pub destination: PathBuf,
+    pub kind: MountKind,
+    pub flags: MountFlags,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub capabilities: Option<CapSets>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// What the child does, in the order it does it (see `child::run`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// Namespaces created by `clone` (CLONE_NEW* bits).
+    pub clone_flags: u64,
+    /// Namespaces joined by path, as (CLONE_NEW* bit, path), in the order to join them.
+    pub join: Vec<(u64, PathBuf)>,
+    pub root: Root,
+    pub mounts: Vec<Mount>,
+    /// The standard device nodes and /dev symlinks are made when /dev is a fresh tmpfs.
+    pub default_devices: bool,
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub hostname: Option<String>,
+    /// Bring `lo` up: the container has a network namespace of its own.
+    pub loopback: bool,
+    pub sysctl: Vec<(String, String)>,
+    /// Create a missing working directory inside the root before pivot_root.
+    pub create_cwd: bool,
+    pub process: Process,
+}
+
+#[cfg(feature = "spec")]
+impl Plan {
+    pub fn from_json(json: &str) -> Result<Plan, PlanError> {
+        let spec: Spec = serde_json::from_str(json)?;
+        Plan::from_spec(&spec)
+    }
+
+    pub fn from_spec(spec: &Spec) -> Result<Plan, PlanError> {
+        let root = plan_root(spec)?;
+        let linux = spec.linux().as_ref();
+
+        let mut clone_flags = 0u64;
+        let mut join = Vec::new();
+        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+            // LinuxNamespaceType's discriminants are the CLONE_NEW* bits.
+            let bit = ns.typ() as u64;
+            match ns.path() {
+                Some(p) if !p.as_os_str().is_empty() => join.push((bit, p.clone())),
+                _ => clone_flags |= bit,
+            }
+        }
+        if clone_flags & libc::CLONE_NEWNS as u64 == 0 {
+            return Err(field_err(
+                "linux.namespaces",
+                "a new mount namespace is required (pyrt never mounts in the host's)",
+            ));
+        }
+
+        let mut mounts = Vec::new();
+        let mut dev_tmpfs = false;
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            let field = format!("mounts[{i}]");
+            let destination = normalize_destination(m.destination())
+                .map_err(|r| field_err(format!("{field}.destination"), r))?;
+            let (flags, is_bind) = mountopts::parse(m.options().iter().flatten().map(|s| s.as_str()))
+                .map_err(|r| field_err(format!("{field}.options"), r))?;
+            let typ = m.typ().clone().unwrap_or_default();
+            let kind = if is_bind || typ == "bind" {
+                let source = m
+                    .source()
+                    .clone()
+                    .ok_or_else(|| field_err(format!("{field}.source"), "a bind mount needs a source"))?;
+                if !source.is_absolute() {
+                    return Err(field_err(
+                        format!("{field}.source"),
+                        format!("bind source must be an absolute path: {}", source.display()),
+                    ));
+                }
+                MountKind::Bind {
+                    source,
+                    recursive: flags.recursive,
+                }
+            } else {
+                if typ.is_empty() {
+                    return Err(field_err(format!("{field}.type"), "a mount needs a type"));
+                }
+                if destination == Path::new("/dev") && typ == "tmpfs" {
+                    dev_tmpfs = true;
+                }
+                MountKind::Fs {
+                    fstype: typ,
+                    source: m
+                        .source()
+                        .as_ref()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "none".into()),
+                }
+            };
+            mounts.push(Mount {
+                destination,
+                kind,
+                flags,
+            });
+        }
+
+        let process = plan_process(spec)?;
+        let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+        if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+            return Err(field_err("hostname", "setting a hostname needs a new uts namespace"));
+        }
+        let paths = |v: Option<&Vec<String>>, field: &str| -> Result<Vec<PathBuf>, PlanError> {
+            v.into_iter()
+                .flatten()
+                .map(|p| normalize_destination(Path::new(p)).map_err(|r| field_err(field, r)))
+                .collect()
+        };
+        let mut sysctl: Vec<(String, String)> = linux
+            .and_then(|l| l.sysctl().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        sysctl.sort();
+        for (k, _) in &sysctl {
+            if k.contains('/') && k.contains("..") || k.is_empty() {
+                return Err(field_err("linux.sysctl", format!("invalid key {k:?}")));
+            }
+        }
+
+        Ok(Plan {
+            clone_flags,
+            join,
+            root,
+            mounts,
+            default_devices: dev_tmpfs,
+            masked_paths: paths(linux.and_then(|l| l.masked_paths().as_ref()), "linux.maskedPaths")?,
+            readonly_paths: paths(linux.and_then(|l| l.readonly_paths().as_ref()), "linux.readonlyPaths")?,
+            hostname,
+            loopback: clone_flags & libc::CLONE_NEWNET as u64 != 0,
+            sysctl,
+            create_cwd: spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_CREATE_CWD))
+                .is_some_and(|v| v == "true"),
+            process,
+        })
+    }
+}
+
+#[cfg(feature = "spec")]
+fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| field_err("root", "missing"))?;
+    let path = root.path().clone();
+    if !path.is_absolute() {
+        return Err(field_err("root.path", "must be an absolute path (resolve it against the bundle first)"));
+    }
+    let ann = spec.annotations().as_ref();
+    let source = if let Some(ov) = ann.and_then(|a| a.get(ANNOTATION_OVERLAY)) {
+        let ov: Overlay = serde_json::from_str(ov)
+            .map_err(|e| field_err(format!("annotations.{ANNOTATION_OVERLAY}"), e.to_string()))?;
+        if ov.lower.is_empty() {
+            return Err(field_err(
+                format!("annotations.{ANNOTATION_OVERLAY}"),
+                "an overlay needs at least one lower directory",
+            ));
+        }
+        for p in ov.lower.iter().chain([&ov.upper, &ov.work]) {
+            // overlayfs takes these in a comma and colon separated option string.
+            let s = p.to_string_lossy();
+            if !p.is_absolute() || s.contains([',', ':']) {
+                return Err(field_err(
+                    format!("annotations.{ANNOTATION_OVERLAY}"),
+                    format!("overlay directories must be absolute and free of ',' and ':': {s}"),
+                ));
+            }
+        }
+        RootSource::Overlay(ov)
+    } else if let Some(src) = ann.and_then(|a| a.get(ANNOTATION_ROOT_BIND)) {
+        RootSource::Bind(PathBuf::from(src))
+    } else {
+        RootSource::InPlace
+    };
+    Ok(Root {
+        path,
+        readonly: root.readonly().unwrap_or(false),
+        source,
+    })
+}
+
+#[cfg(feature = "spec")]
+fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
+    let p = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| field_err("process", "missing"))?;
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(field_err("process.args", "no command given"));
+    }
+    let env = p.env().clone().unwrap_or_default();
+    for (i, a) in args.iter().chain(env.iter()).enumerate() {
+        if a.contains('\0') {
+            return Err(field_err("process", format!("string {i} contains a NUL byte")));
+        }
+    }
+    let cwd = p.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(field_err("process.cwd", format!("must be absolute: {}", cwd.display())));
+    }
+    let mut rlimits = Vec::new();
+    for r in p.rlimits().iter().flatten() {
+        if r.soft() > r.hard() {
+            return Err(field_err(
+                "process.rlimits",
+                format!("{:?}: soft limit {} is above hard limit {}", r.typ(), r.soft(), r.hard()),
+            ));
+        }
+        rlimits.push(Rlimit {
+            resource: rlimit_resource(r.typ()),
+            soft: r.soft(),
+            hard: r.hard(),
+        });
+    }
+    let user = p.user();
+    let capabilities = match p.capabilities() {
+        Some(c) => Some(capabilities::from_spec(c).map_err(|r| field_err("process.capabilities", r))?),
+        None => None,
+    };
+    Ok(Process {
+        args,
+        env,
+        cwd,
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+        no_new_privs: p.no_new_privileges().unwrap_or(false),
+        rlimits,
+        capabilities,
+        oom_score_adj: p.oom_score_adj(),
+    })
+}
+
+#[cfg(feature = "spec")]
+fn rlimit_resource(t: PosixRlimitType) -> u32 {
+    use PosixRlimitType::*;
+    (match t {
+        RlimitCpu => libc::RLIMIT_CPU,
+        RlimitFsize => libc::RLIMIT_FSIZE,
+        RlimitData => libc::RLIMIT_DATA,
+        RlimitStack => libc::RLIMIT_STACK,
+        RlimitCore => libc::RLIMIT_CORE,
+        RlimitRss => libc::RLIMIT_RSS,
+        RlimitNproc => libc::RLIMIT_NPROC,
+        RlimitNofile => libc::RLIMIT_NOFILE,
+        RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        RlimitAs => libc::RLIMIT_AS,
+        RlimitLocks => libc::RLIMIT_LOCKS,
+        RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        RlimitNice => libc::RLIMIT_NICE,
+        RlimitRtprio => libc::RLIMIT_RTPRIO,
+        RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as u32
+}
+
+/// A mount destination as an absolute, lexically clean path. `..` is refused rather than folded:
+/// a spec that climbs is a spec to look at, and the child resolves every path inside the root
+/// anyway.
+pub fn normalize_destination(p: &Path) -> Result<PathBuf, String> {
+    if !p.is_absolute() {
+        return Err(format!("must be an absolute path: {}", p.display()));
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err(format!("must not contain '..': {}", p.display())),
+            Component::Prefix(_) => return Err(format!("not a Linux path: {}", p.display())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(all(test, feature = "spec"))]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"/tmp/r"}},
+            "process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+            "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"pid"}},{{"type":"network"}}]}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn minimal_spec_plans() {
+        let p = Plan::from_json(&spec("")).unwrap();
+        assert_eq!(p.process.args, vec!["/bin/true"]);
+        assert!(p.loopback);
+        assert_eq!(
+            p.clone_flags,
+            (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET) as u64
+        );
+        assert_eq!(p.root.source, RootSource::InPlace);
+    }
+
+    #[test]
+    fn mount_destination_with_dotdot_is_refused() {
+        let e = Plan::from_json(&spec(
+            r#","mounts":[{"destination":"/a/../../etc","type":"tmpfs","source":"tmpfs"}]"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("mounts[0].destination"), "{e}");
+    }
+
+    #[test]
+    fn hostname_without_uts_namespace_is_refused() {
+        let e = Plan::from_json(&spec(r#","hostname":"box""#)).unwrap_err();
+        assert!(e.to_string().contains("uts"), "{e}");
+    }
+
+    #[test]
+    fn bind_needs_absolute_source() {
+        let e = Plan::from_json(&spec(
+            r#","mounts":[{"destination":"/x","type":"bind","source":"rel","options":["rbind"]}]"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn overlay_annotation_is_validated() {
+        let e = Plan::from_json(&spec(
+            r#","annotations":{"run.pyrt.rootfs.overlay":"{\"lower\":[\"/a:b\"],\"upper\":\"/u\",\"work\":\"/w\"}"}"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("overlay"), "{e}");
+    }
+
+    #[test]
+    fn no_mount_namespace_is_refused() {
+        let s = r#"{"ociVersion":"1.0.2","root":{"path":"/r"},"process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}},"linux":{"namespaces":[]}}"#;
+        assert!(Plan::from_json(s).is_err());
+    }
+}

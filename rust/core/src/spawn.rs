@@ -1,0 +1,382 @@
+//! The parent side of starting a container.
+//!
+//! # Design
+//!
+//! The caller is a live, multithreaded Python interpreter, so the process that `clone` makes must
+//! not allocate, take a lock or touch Python before it executes something else, and what it
+//! executes must never be the host's interpreter (CVE-2019-5736: a container that can reach
+//! `/proc/self/exe` of a process running the host's binary can overwrite that binary).
+//!
+//! 1. A dedicated, long-lived *spawner thread* makes every container. `PR_SET_PDEATHSIG` fires
+//!    when the parent *thread* exits, so cloning from whatever Python thread called us would kill
+//!    a detached container as soon as, say, a thread pool's worker went away. The spawner thread
+//!    lives as long as the process and keeps every signal blocked, so no signal handler of the
+//!    interpreter can run in the clone child while it shares the parent's memory.
+//! 2. It calls glibc's `clone` with `CLONE_VM | CLONE_VFORK` on a separate stack, plus the
+//!    `CLONE_NEW*` flags of the plan and `CLONE_PIDFD`: no page tables are copied (a plain fork
+//!    of a large interpreter costs ~20 ms) and the parent thread sleeps until the child execs.
+//! 3. The child runs `child_fn`: only raw syscalls on memory prepared beforehand (set the parent
+//!    death signal, dup2 five descriptors into place, `execveat`). It executes `pyrt-child`
+//!    from a *sealed memfd*: a copy of the small static binary embedded in the extension, sealed
+//!    against writes, growing and shrinking. Through `/proc/self/exe` the container can only ever
+//!    reach that memfd, which cannot be written.
+//! 4. `pyrt-child` is a fresh, single-threaded process image: it reads the plan from a pipe, sets
+//!    the container up (`child::run`) and executes the command. Failures come back as a record on
+//!    a close-on-exec pipe; EOF with no record means the command is running.
+//!
+//! The exit signal is 0, not SIGCHLD: only a wait with `__WALL` sees these children, so a Python
+//! program's own `os.wait()` or a subprocess reaper cannot steal a container's exit status.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::child::ERROR_FD;
+use crate::plan::Plan;
+use crate::report::{strerror, SetupError, Stage};
+
+/// The `pyrt-child` binary, in a sealed memfd that every container is started from.
+pub struct ChildImage {
+    fd: OwnedFd,
+}
+
+const MFD_EXEC: libc::c_uint = 0x10;
+const F_SEAL_EXEC: libc::c_int = 0x20;
+
+impl ChildImage {
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<ChildImage> {
+        let name = c"pyrt-child";
+        let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // MFD_EXEC (Linux 6.3) asks for an executable memfd explicitly, which a system with
+        // vm.memfd_noexec=1 would otherwise refuse; older kernels reject the flag: retry without.
+        // SAFETY: memfd_create with a valid name.
+        let mut fd = unsafe { libc::memfd_create(name.as_ptr(), base | MFD_EXEC) };
+        if fd < 0 {
+            fd = unsafe { libc::memfd_create(name.as_ptr(), base) };
+        }
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just gave us this descriptor.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(bytes)?;
+        let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: fcntl on our descriptor.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals | F_SEAL_EXEC) } != 0
+            && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ChildImage { fd: file.into() })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What `child_fn` needs, prepared before clone: plain integers and pointers into memory that
+/// stays alive until the child has executed (the parent thread sleeps until then).
+#[repr(C)]
+struct ChildArgs {
+    /// Sources for fds 0..=4, each >= FD_FLOOR so dup2 into 0..=4 cannot clobber a later source.
+    fds: [RawFd; 5],
+    exe_fd: RawFd,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// Where a failure of execveat itself is reported (the child's copy of the error pipe).
+    report_fd: RawFd,
+}
+
+const FD_FLOOR: RawFd = 10;
+
+/// The clone child. Raw syscalls only: no allocation, no locks, no Rust std I/O.
+extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the ChildArgs the parent thread keeps alive while it sleeps.
+    let a = unsafe { &*(arg as *const ChildArgs) };
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        for (target, src) in a.fds.iter().enumerate() {
+            if libc::dup2(*src, target as RawFd) < 0 {
+                return fail(a.report_fd);
+            }
+        }
+        libc::syscall(
+            libc::SYS_execveat,
+            a.exe_fd,
+            c"".as_ptr(),
+            a.argv,
+            a.envp,
+            libc::AT_EMPTY_PATH,
+        );
+        fail(ERROR_FD)
+    }
+}
+
+/// Reports errno as a fixed-size record ("PYRTEXEC" + errno) and exits; used before execveat.
+unsafe fn fail(fd: RawFd) -> libc::c_int {
+    let errno = *libc::__errno_location();
+    let mut rec = *b"PYRTEXEC\0\0\0\0";
+    rec[8..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(fd, rec.as_ptr() as *const libc::c_void, rec.len());
+    libc::syscall(libc::SYS_exit, 127);
+    127
+}
+
+struct Job {
+    flags: libc::c_int,
+    args: *const ChildArgs,
+    reply: mpsc::SyncSender<io::Result<(i32, OwnedFd)>>,
+}
+// SAFETY: the pointer is only dereferenced by the clone child while the sending thread waits for
+// the reply, so the memory it points to is alive and not mutated.
+unsafe impl Send for Job {}
+
+fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pyrt-spawner".into())
+            .spawn(move || {
+                let all = nix::sys::signal::SigSet::all();
+                let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&all), None);
+                // The child's stack: only child_fn and the libc wrappers it calls run on it.
+                let mut stack = vec![0u8; 256 * 1024];
+                for job in rx {
+                    let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
+                    let mut pidfd: libc::c_int = -1;
+                    // SAFETY: see the module comment; child_fn only uses what `args` points at.
+                    let pid = unsafe {
+                        libc::clone(
+                            child_fn,
+                            top,
+                            job.flags,
+                            job.args as *mut libc::c_void,
+                            &mut pidfd as *mut libc::c_int,
+                        )
+                    };
+                    let r = if pid < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
+                        Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+                    };
+                    let _ = job.reply.send(r);
+                }
+            })
+            .expect("spawning the pyrt-spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// A started container's first process.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
+    _lifeline: OwnedFd,
+    status: Option<i32>,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: just created.
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    }
+}
+
+fn spawn_err(what: &str, e: io::Error) -> SetupError {
+    SetupError::io(Stage::Spawn, what, &e)
+}
+
+/// Starts `plan` with the given stdio descriptors (which stay the caller's). Returns once the
+/// container's command is running, or the setup error with its stage and errno.
+pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child, SetupError> {
+    let plan_bytes = serde_json::to_vec(plan)
+        .map_err(|e| SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}")))?;
+    let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    let mut sources = Vec::with_capacity(5);
+    for fd in [stdio[0], stdio[1], stdio[2], plan_r.as_raw_fd(), err_w.as_raw_fd()] {
+        sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
+    }
+    drop((plan_r, err_w));
+    let argv: [*const libc::c_char; 2] = [c"pyrt-child".as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let args = ChildArgs {
+        fds: [0, 1, 2, 3, 4].map(|i| sources[i].as_raw_fd()),
+        exe_fd: image.raw_fd(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        report_fd: sources[4].as_raw_fd(),
+    };
+    let flags = (plan.clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let job = Job {
+        flags,
+        args: &args,
+        reply: reply_tx,
+    };
+    let sent = spawner().lock().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
+    let cloned = if sent {
+        reply_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the pyrt-spawner thread is gone")))
+    } else {
+        Err(io::Error::other("the pyrt-spawner thread is gone"))
+    };
+    // The child has executed pyrt-child (or died): its copies of the descriptors are its own now.
+    drop(sources);
+    let (pid, pidfd) = cloned.map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => " (creating these namespaces needs privilege, or a user namespace)",
+            Some(libc::ENOSPC) => " (a namespace limit in /proc/sys/user was reached)",
+            Some(libc::EINVAL) => " (the kernel does not support one of the requested namespaces)",
+            _ => "",
+        };
+        SetupError::new(
+            Stage::Namespaces,
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("clone: {}{hint}", strerror(e.raw_os_error().unwrap_or(libc::EIO))),
+        )
+    })?;
+    let mut child = Child {
+        pid,
+        pidfd,
+        _lifeline: plan_w,
+        status: None,
+    };
+
+    // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
+    let mut w = std::fs::File::from(child._lifeline.try_clone().map_err(|e| spawn_err("dup", e))?);
+    let _ = w
+        .write_all(&(plan_bytes.len() as u32).to_le_bytes())
+        .and_then(|_| w.write_all(&plan_bytes));
+    drop(w);
+
+    let mut report = Vec::new();
+    let _ = std::fs::File::from(err_r).read_to_end(&mut report);
+    if report.is_empty() {
+        return Ok(child);
+    }
+    let err = if report.len() == 12 && report.starts_with(b"PYRTEXEC") {
+        let errno = i32::from_ne_bytes([report[8], report[9], report[10], report[11]]);
+        SetupError::new(
+            Stage::Spawn,
+            errno,
+            format!("executing pyrt-child from its memfd: {}", strerror(errno)),
+        )
+    } else {
+        SetupError::decode(&report)
+    };
+    let _ = child.wait(None);
+    Err(err)
+}
+
+impl Child {
+    /// Waits for the process to end, at most `timeout`. Returns its return code (the exit status,
+    /// or -SIGNUM when a signal ended it), or None when the time ran out.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Option<i32>> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = match deadline {
+                None => -1,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        0
+                    } else {
+                        (d - now).as_millis().min(i32::MAX as u128).max(1) as i32
+                    }
+                }
+            };
+            let mut pfd = [nix::poll::PollFd::new(self.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let t = if left < 0 {
+                nix::poll::PollTimeout::NONE
+            } else {
+                nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX)
+            };
+            match nix::poll::poll(&mut pfd, t) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(0) if left == 0 => return Ok(None),
+                Ok(0) => continue,
+                Ok(_) => {}
+            }
+            if let Some(s) = self.try_reap()? {
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    fn try_reap(&mut self) -> io::Result<Option<i32>> {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our pidfd with a valid out-parameter.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::__WALL,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: si_pid/si_status are valid for a CLD_* siginfo; 0 pid means "not yet".
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let code = match info.si_code {
+            libc::CLD_EXITED => status,
+            _ => -status,
+        };
+        self.status = Some(code);
+        Ok(Some(code))
+    }
+
+    /// Sends a signal through the pidfd: never to a recycled pid.
+    pub fn kill(&self, sig: i32) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal with no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // ESRCH: it has exited and not been reaped yet; nothing to signal.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn returncode(&self) -> Option<i32> {
+        self.status
+    }
+}

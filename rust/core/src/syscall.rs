@@ -1,0 +1,133 @@
+//! Thin, typed wrappers of the syscalls the core needs that `nix` does not cover the way we use
+//! them: `openat2` with `RESOLVE_IN_ROOT`, `mount_setattr`, and mount(2) with raw flag words.
+//! Each returns `std::io::Error` so that callers keep the errno for the Python exception.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub fn cstring(p: impl AsRef<[u8]>) -> io::Result<CString> {
+    CString::new(p.as_ref()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+pub fn cpath(p: &Path) -> io::Result<CString> {
+    cstring(p.as_os_str().as_bytes())
+}
+
+fn check(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// mount(2). `source`, `fstype` and `data` may be absent.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: u64,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is a valid NUL-terminated string or null, as mount(2) allows.
+    let r = unsafe {
+        libc::mount(
+            p(source),
+            target.as_ptr(),
+            p(fstype),
+            flags as libc::c_ulong,
+            p(data) as *const libc::c_void,
+        )
+    };
+    check(r as libc::c_long).map(|_| ())
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// openat2(2): opens `path` relative to `dirfd` with the given resolve restrictions.
+pub fn openat2(dirfd: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    // SAFETY: `how` is a valid open_how of the size we pass; `c` outlives the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens `path` inside the tree rooted at `root` the way the kernel would if `root` were `/`:
+/// absolute symlinks and `..` cannot leave it, and /proc magic links are refused.
+pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    openat2(root, path, flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// mount_setattr(2) on the mount that `fd` refers to and, with `recursive`, every mount below it.
+pub fn mount_setattr(fd: &OwnedFd, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the attr struct is valid for the size passed; "" with AT_EMPTY_PATH names `fd`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// The /proc/self/fd path of a descriptor, through which mount(2) reaches exactly the file that
+/// was opened, however the path to it changes afterwards (the runc approach to mount races).
+pub fn fd_path(fd: &OwnedFd) -> CString {
+    let s = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    CString::new(s).expect("no NUL in a formatted number")
+}
+
+/// Closes every descriptor from `first` up; descriptors the Python parent forgot to mark
+/// close-on-exec must not reach the container.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range has no memory arguments.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) }).map(|_| ())
+}

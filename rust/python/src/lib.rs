@@ -1,0 +1,158 @@
+//! pyrt._core: the only file that knows PyO3. Functions take the OCI spec as JSON and raw
+//! descriptors; every blocking call releases the GIL; every failure becomes a pyrt exception
+//! (`pyrt.errors.SpawnError` with `.stage` and `.errno`), never a panic across the FFI.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use pyrt_core::io::{communicate as core_communicate, Outputs};
+use pyrt_core::plan::Plan;
+use pyrt_core::report::{SetupError, Stage};
+use pyrt_core::spawn::{spawn as core_spawn, Child, ChildImage};
+
+static CHILD_BIN: &[u8] = include_bytes!(env!("PYRT_CHILD_BIN"));
+
+fn child_image() -> Result<&'static ChildImage, SetupError> {
+    static IMAGE: OnceLock<Result<ChildImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| ChildImage::from_bytes(CHILD_BIN).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| SetupError::new(Stage::Spawn, libc::EIO, format!("preparing the pyrt-child memfd: {e}")))
+}
+
+fn spawn_error(py: Python<'_>, e: &SetupError) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let cls = py.import("pyrt.errors")?.getattr("SpawnError")?;
+        let kw = PyDict::new(py);
+        kw.set_item("stage", e.stage.name())?;
+        kw.set_item("errno", e.errno)?;
+        Ok(PyErr::from_value(cls.call((e.message.clone(),), Some(&kw))?))
+    };
+    build().unwrap_or_else(|err| err)
+}
+
+fn timeout_of(t: Option<f64>) -> PyResult<Option<Duration>> {
+    match t {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!("timeout must be a non-negative number, not {s}"))),
+    }
+}
+
+/// The plan pyrt would carry out for this spec, as JSON: what the child will do, in order.
+#[pyfunction]
+fn plan(py: Python<'_>, spec_json: &str) -> PyResult<String> {
+    let p = Plan::from_json(spec_json)
+        .map_err(|e| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string())))?;
+    serde_json::to_string_pretty(&p).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Starts a container from an OCI runtime spec (JSON) with the given stdio descriptors, which
+/// stay the caller's. Returns once the command runs.
+#[pyfunction]
+fn spawn(py: Python<'_>, spec_json: &str, stdin: i32, stdout: i32, stderr: i32) -> PyResult<Process> {
+    let plan = Plan::from_json(spec_json)
+        .map_err(|e| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string())))?;
+    let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let child = py
+        .detach(|| core_spawn(image, &plan, [stdin, stdout, stderr]))
+        .map_err(|e| spawn_error(py, &e))?;
+    Ok(Process { child })
+}
+
+/// Feeds `input` to `stdin` and reads `stdout` and `stderr` (descriptors, -1 for none) to EOF or
+/// until `timeout` seconds pass. Returns (stdout, stderr, timed_out).
+#[pyfunction]
+#[pyo3(signature = (stdin, input, stdout, stderr, timeout=None))]
+fn communicate<'py>(
+    py: Python<'py>,
+    stdin: i32,
+    input: Option<&[u8]>,
+    stdout: i32,
+    stderr: i32,
+    timeout: Option<f64>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, bool)> {
+    let deadline = timeout_of(timeout)?.map(|t| Instant::now() + t);
+    let input = input.map(|b| b.to_vec()).unwrap_or_default();
+    let mut out = Outputs::default();
+    py.detach(|| core_communicate(stdin, &input, stdout, stderr, deadline, &mut out))
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+    Ok((PyBytes::new(py, &out.stdout), PyBytes::new(py, &out.stderr), out.timed_out))
+}
+
+/// Opens `path` beneath the directory `dirfd` as if that directory were `/` (openat2 with
+/// RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): symlinks and `..` cannot leave it. Returns a new
+/// close-on-exec descriptor.
+#[pyfunction]
+#[pyo3(signature = (dirfd, path, flags, mode=0))]
+fn open_in_root(dirfd: i32, path: &str, flags: i32, mode: u32) -> PyResult<i32> {
+    use std::os::fd::IntoRawFd;
+    pyrt_core::syscall::openat2(
+        dirfd,
+        std::path::Path::new(path),
+        flags,
+        mode,
+        pyrt_core::syscall::RESOLVE_IN_ROOT | pyrt_core::syscall::RESOLVE_NO_MAGICLINKS,
+    )
+    .map(|fd| fd.into_raw_fd())
+    .map_err(|e| {
+        let errno = e.raw_os_error().unwrap_or(0);
+        PyOSError::new_err((errno, pyrt_core::report::strerror(errno), path.to_string()))
+    })
+}
+
+/// A container's first process, as seen from the host.
+#[pyclass(module = "pyrt._core")]
+struct Process {
+    child: Child,
+}
+
+#[pymethods]
+impl Process {
+    #[getter]
+    fn pid(&self) -> i32 {
+        self.child.pid
+    }
+
+    #[getter]
+    fn pidfd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.child.pidfd.as_raw_fd()
+    }
+
+    #[getter]
+    fn returncode(&self) -> Option<i32> {
+        self.child.returncode()
+    }
+
+    /// Waits at most `timeout` seconds; the return code, or None if it is still running.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
+        let t = timeout_of(timeout)?;
+        let child = &mut self.child;
+        py.detach(|| child.wait(t))
+            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    }
+
+    /// Sends `sig` through the pidfd; a process that already ended is not an error.
+    fn kill(&self, sig: i32) -> PyResult<()> {
+        self.child
+            .kill(sig)
+            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(plan, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn, m)?)?;
+    m.add_function(wrap_pyfunction!(communicate, m)?)?;
+    m.add_function(wrap_pyfunction!(open_in_root, m)?)?;
+    m.add_class::<Process>()?;
+    m.add("CHILD_SIZE", CHILD_BIN.len())?;
+    Ok(())
+}

@@ -1,0 +1,60 @@
+"""Fixtures shared by every test: images, and the leak check around the whole session."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import make_busybox_rootfs, make_tarball, snapshot
+
+import pyrt
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "root: needs root (real namespaces as root)")
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def image(rootfs: Path) -> pyrt.Image:
+    return pyrt.Image.load(rootfs)
+
+
+@pytest.fixture(scope="session")
+def rootfs_tarball(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tarball(rootfs, tmp_path_factory.mktemp("tar") / "busybox.tar.gz")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After the whole session: no mount, container process, cgroup or state directory of
+    pyrt's may remain. Fails the session (as a teardown error) otherwise."""
+    before = snapshot()
+    yield
+    # Processes of killed containers are reaped by the kernel a moment after their init.
+    deadline = time.monotonic() + 5
+    while True:
+        after = snapshot()
+        new_procs = set(after["processes"]) - set(before["processes"])  # type: ignore[arg-type]
+        if not new_procs or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    leaks = {
+        "mounts": [m for m in after["mounts"] if m not in before["mounts"]],  # type: ignore[union-attr]
+        "cgroups": [c for c in after["cgroups"] if c not in before["cgroups"]],  # type: ignore[union-attr]
+        "processes": sorted(new_procs),
+        "state": [s for s in after["state"] if s not in before["state"]],  # type: ignore[union-attr]
+    }
+    leaks = {k: v for k, v in leaks.items() if v}
+    assert not leaks, f"pyrt left things behind after the test session: {leaks}"
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

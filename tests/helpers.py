@@ -1,0 +1,106 @@
+"""Test helpers: a busybox root filesystem and snapshots of what pyrt could leak."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+PASSWD = """root:x:0:0:root:/root:/bin/sh
+app:x:1000:1000:app:/home/app:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+"""
+GROUP = """root:x:0:
+staff:x:50:app
+wheel:x:10:app,root
+app:x:1000:
+nogroup:x:65534:
+"""
+
+
+def is_static(path: str) -> bool:
+    out = subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout
+    return "statically linked" in out or "static-pie" in out
+
+
+def make_busybox_rootfs(root: Path) -> Path:
+    """A minimal root filesystem: a static busybox with every applet linked, /etc/passwd and
+    /etc/group with a non-root user, and the usual empty directories."""
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/app", "var"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    applets = subprocess.run(
+        [BUSYBOX, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for a in applets:
+        if a != "busybox" and not (root / "bin" / a).exists():
+            os.symlink("busybox", root / "bin" / a)
+    (root / "etc" / "passwd").write_text(PASSWD)
+    (root / "etc" / "group").write_text(GROUP)
+    (root / "etc" / "marker").write_text("busybox-image\n")
+    os.chown(root / "home" / "app", 1000, 1000)
+    return root
+
+
+def make_tarball(src: Path, dest: Path, mode: str = "w:gz") -> Path:
+    with tarfile.open(dest, mode) as tf:
+        tf.add(src, arcname=".")
+    return dest
+
+
+# --- what pyrt could leak -----------------------------------------------------------------
+
+
+def pyrt_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if "pyrt" in line]
+
+
+def pyrt_cgroups() -> list[str]:
+    found = []
+    for base, dirs, _files in os.walk("/sys/fs/cgroup"):
+        for d in dirs:
+            if "pyrt" in d:
+                found.append(os.path.join(base, d))
+        if base.count("/") > 6:
+            dirs[:] = []
+    return found
+
+
+def foreign_pidns_processes() -> set[int]:
+    """Processes in another pid namespace than ours: every container process is one."""
+    mine = os.readlink("/proc/self/ns/pid")
+    out = set()
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{e}/ns/pid") != mine:
+                out.add(int(e))
+        except OSError:
+            continue
+    return out
+
+
+def state_entries() -> list[str]:
+    from pyrt.places import state_root, store_root
+
+    out = []
+    for d in (state_root() / "containers", store_root() / "tmp"):
+        if d.is_dir():
+            out += [str(d / e) for e in os.listdir(d)]
+    return out
+
+
+def snapshot() -> dict[str, object]:
+    return {
+        "mounts": pyrt_mounts(),
+        "cgroups": pyrt_cgroups(),
+        "processes": foreign_pidns_processes(),
+        "state": state_entries(),
+    }

@@ -1,0 +1,117 @@
+"""Bad input gets a typed error that names its cause, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from helpers import state_entries
+
+import pyrt
+
+
+@pytest.fixture(autouse=True)
+def nothing_left() -> object:
+    before = state_entries()
+    yield
+    assert state_entries() == before
+
+
+def test_missing_image_path() -> None:
+    with pytest.raises(pyrt.ImageNotFound, match="/no/such/image"):
+        pyrt.Image.load("/no/such/image")
+    assert issubclass(pyrt.ImageNotFound, pyrt.ImageError)
+    assert issubclass(pyrt.ImageError, pyrt.PyrtError)
+
+
+def test_missing_executable_by_path(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError) as ei:
+        pyrt.run(image, ["/bin/nope"])
+    e = ei.value
+    assert e.stage == "exec" and e.errno == errno.ENOENT
+    assert str(e) == "executable file not found: /bin/nope"
+
+
+def test_missing_executable_by_name(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError, match=r"executable file not found in \$PATH: nope"):
+        pyrt.run(image, ["nope"])
+
+
+def test_non_executable_file(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError) as ei:
+        pyrt.run(image, ["/etc/passwd"])
+    assert ei.value.errno == errno.EACCES and "/etc/passwd" in str(ei.value)
+
+
+def test_a_directory_is_not_executable(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError, match="/etc"):
+        pyrt.run(image, ["/etc"])
+
+
+def test_workdir_that_cannot_exist(image: pyrt.Image) -> None:
+    # A path through a regular file can never be a directory.
+    with pytest.raises(pyrt.SpawnError) as ei:
+        pyrt.run(image, ["pwd"], workdir="/etc/passwd/sub")
+    assert ei.value.stage == "cwd" and "/etc/passwd/sub" in str(ei.value)
+
+
+def test_workdir_missing_on_a_read_only_root() -> None:
+    with pytest.raises(pyrt.SpawnError) as ei:
+        pyrt.run(pyrt.Image.host(), ["pwd"], workdir="/no/such/dir")
+    assert ei.value.stage == "cwd"
+    assert str(ei.value) == "working directory does not exist: /no/such/dir"
+
+
+def test_missing_bind_source(image: pyrt.Image, tmp_path: Path) -> None:
+    src = tmp_path / "nope"
+    with pytest.raises(pyrt.SpawnError) as ei:
+        pyrt.run(image, ["true"], mounts=[pyrt.Bind(src, "/data")])
+    assert ei.value.stage == "mount" and ei.value.errno == errno.ENOENT
+    assert str(ei.value) == f"bind source does not exist: {src}"
+
+
+def test_unknown_user(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError, match="unable to find user ghost"):
+        pyrt.run(image, ["true"], user="ghost")
+
+
+def test_mount_target_with_dotdot_is_refused(image: pyrt.Image, tmp_path: Path) -> None:
+    with pytest.raises(pyrt.SpawnError, match=r"'\.\.'") as ei:
+        pyrt.run(image, ["true"], mounts=[pyrt.Bind(tmp_path, "/a/../../etc")])
+    assert ei.value.stage == "spec"
+
+
+def test_relative_mount_target(image: pyrt.Image, tmp_path: Path) -> None:
+    with pytest.raises(pyrt.PyrtError, match="absolute"):
+        pyrt.Container(image, ["true"], mounts=[pyrt.Tmpfs("data")])
+
+
+def test_bad_sizes_and_options(image: pyrt.Image) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        pyrt.Container(image, ["true"], mounts=[pyrt.Tmpfs("/t", size="lots")])
+    with pytest.raises(ValueError, match="unknown capability"):
+        pyrt.Container(image, ["true"], cap_add=["CAP_FLY"])
+    with pytest.raises(pyrt.PyrtError, match="network"):
+        pyrt.Container(image, ["true"], network="bogus")
+    with pytest.raises(TypeError):
+        pyrt.Container(image, "echo hi")  # type: ignore[arg-type]
+
+
+def test_empty_command_without_image_default(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.PyrtError, match="no command"):
+        pyrt.Container(image)
+
+
+def test_nul_in_argument(image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError, match="NUL"):
+        pyrt.run(image, ["echo", "a\0b"])
+
+
+def test_errors_do_not_leak_descriptors(image: pyrt.Image) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(pyrt.SpawnError):
+            pyrt.run(image, ["/bin/nope"])
+    assert len(os.listdir("/proc/self/fd")) == before

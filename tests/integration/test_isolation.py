@@ -1,0 +1,217 @@
+"""What a process inside a container sees: checked from inside, with busybox as the probe."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+import pyrt
+
+
+def sh(image: pyrt.Image, script: str, **opts: object) -> pyrt.Result:
+    return pyrt.run(image, ["sh", "-c", script], text=True, **opts)  # type: ignore[arg-type]
+
+
+def test_pid1_is_the_command(image: pyrt.Image) -> None:
+    r = sh(image, "echo $$; cat /proc/1/cmdline | tr '\\0' ' '")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "1"
+    assert lines[1].startswith("sh -c echo $$")
+
+
+def test_host_processes_are_invisible(image: pyrt.Image) -> None:
+    r = sh(image, "ls /proc | grep -E '^[0-9]+$'")
+    pids = {int(p) for p in r.stdout.split()}
+    # Only the shell and the ls/grep it ran; the test's own pid (far above) is not there.
+    assert pids and max(pids) < 10, pids
+    assert os.getpid() not in pids or os.getpid() < 10
+
+
+def test_hostname(image: pyrt.Image) -> None:
+    assert sh(image, "hostname", hostname="box").stdout.strip() == "box"
+    default = pyrt.Container(image, ["hostname"])
+    r = default.run(text=True)
+    assert r.stdout.strip() == default.id[:12]
+    assert socket.gethostname() != "box"
+
+
+def test_only_loopback_with_network_none(image: pyrt.Image) -> None:
+    r = sh(image, "ls /sys/class/net; cat /sys/class/net/lo/operstate; ip -o addr show lo")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "lo" and len([x for x in lines if not x.startswith(("unknown", "1:"))]) == 1
+    assert "127.0.0.1" in r.stdout
+    # No route out: connecting anywhere but loopback fails.
+    r = sh(image, "nc -w 1 1.1.1.1 80 </dev/null; echo rc=$?")
+    assert "rc=0" not in r.stdout
+
+
+def test_loopback_works_inside(image: pyrt.Image) -> None:
+    script = "(echo pong | nc -l -p 7777 &) ; sleep 0.2; nc 127.0.0.1 7777 </dev/null"
+    assert "pong" in sh(image, script).stdout
+
+
+def test_network_host_sees_host_interfaces(image: pyrt.Image) -> None:
+    host = sorted(os.listdir("/sys/class/net"))
+    r = sh(image, "ls /sys/class/net", network="host")
+    assert sorted(r.stdout.split()) == host
+
+
+def test_root_is_the_image(image: pyrt.Image, tmp_path: Path) -> None:
+    marker = Path("/tmp") / f"pyrt-host-marker-{os.getpid()}"
+    marker.write_text("host")
+    try:
+        r = sh(image, f"cat /etc/marker; test -e {marker} && echo visible || echo invisible")
+        assert r.stdout.split() == ["busybox-image", "invisible"]
+    finally:
+        marker.unlink()
+
+
+def test_writes_go_to_a_private_layer(image: pyrt.Image, rootfs: Path) -> None:
+    r = sh(image, "echo changed > /etc/marker; rm /bin/ls; cat /etc/marker")
+    assert r.stdout.strip() == "changed"
+    assert (rootfs / "etc" / "marker").read_text() == "busybox-image\n"
+    assert (rootfs / "bin" / "ls").is_symlink()
+    # And the next container starts from the image again.
+    assert sh(image, "cat /etc/marker").stdout.strip() == "busybox-image"
+
+
+def test_proc_is_the_containers_own(image: pyrt.Image) -> None:
+    r = sh(image, "grep -E ' /proc ' /proc/self/mounts; cat /proc/self/status | grep ^NSpid")
+    assert r.stdout.startswith("proc /proc proc rw,nosuid,nodev,noexec")
+    # NSpid lists the pid in each namespace that this procfs can see: a procfs of the
+    # container's own pid namespace sees just one level, and a small number.
+    nspid = r.stdout.splitlines()[1].split()[1:]
+    assert len(nspid) == 1 and int(nspid[0]) < 10
+
+
+def test_dev_is_a_fresh_tmpfs_with_the_standard_nodes(image: pyrt.Image) -> None:
+    r = sh(image, "ls /dev | sort | tr '\\n' ' '; echo; stat -c '%A %t,%T' /dev/null /dev/zero")
+    names = r.stdout.splitlines()[0].split()
+    assert names == sorted(
+        ["core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+         "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    )  # fmt: skip
+    assert r.stdout.splitlines()[1:] == ["crw-rw-rw- 1,3", "crw-rw-rw- 1,5"]
+    assert sh(image, "echo x > /dev/null && head -c 4 /dev/zero | wc -c").stdout.strip() == "4"
+    mounts = sh(image, "cat /proc/mounts").stdout
+    assert "tmpfs /dev tmpfs" in mounts and "devpts /dev/pts devpts" in mounts
+    assert "shm /dev/shm tmpfs" in mounts and "mqueue /dev/mqueue mqueue" in mounts
+
+
+def test_sys_is_read_only(image: pyrt.Image) -> None:
+    r = sh(image, "grep ' /sys ' /proc/mounts; touch /sys/kernel/x 2>&1; echo rc=$?")
+    assert r.stdout.startswith("sysfs /sys sysfs ro,")
+    assert "rc=1" in r.stdout
+
+
+def test_read_only_bind_cannot_be_written(image: pyrt.Image, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("data\n")
+    r = sh(
+        image,
+        "cat /data/f; echo new > /data/f; echo rc=$?; touch /data/g; echo rc=$?",
+        mounts=[pyrt.Bind(tmp_path, "/data", readonly=True)],
+    )
+    assert r.stdout.splitlines()[0] == "data"
+    assert "rc=0" not in r.stdout
+    assert "Read-only file system" in r.stderr
+    assert (tmp_path / "f").read_text() == "data\n" and not (tmp_path / "g").exists()
+
+
+def test_writable_bind_reaches_the_host(image: pyrt.Image, tmp_path: Path) -> None:
+    sh(image, "echo from-container > /data/out", mounts=[pyrt.Bind(tmp_path, "/data")])
+    assert (tmp_path / "out").read_text() == "from-container\n"
+
+
+def test_bind_of_a_file_and_a_missing_target_inside_the_root(
+    image: pyrt.Image, rootfs: Path, tmp_path: Path
+) -> None:
+    f = tmp_path / "conf"
+    f.write_text("conf-data")
+    r = sh(image, "cat /new/dir/conf", mounts=[pyrt.Bind(f, "/new/dir/conf", readonly=True)])
+    assert r.stdout == "conf-data"
+    # The missing target was created in the container's layer, never in the image.
+    assert not (rootfs / "new").exists()
+
+
+def test_bind_target_through_a_symlink_stays_inside(image: pyrt.Image, tmp_path: Path) -> None:
+    # The image has /evil -> <a host directory>; a bind onto /evil must land on the container's
+    # own /evil path resolved inside its root, never on the host directory.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link_img_root = tmp_path / "img"
+    shutil.copytree(str(Path(image.lower[0])), link_img_root, symlinks=True)
+    os.symlink(str(outside), link_img_root / "evil")
+    img = pyrt.Image.load(link_img_root)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "payload").write_text("p")
+    r = sh(img, "ls /evil", mounts=[pyrt.Bind(src, "/evil")])
+    assert r.stdout.split() == ["payload"]
+    assert os.listdir(outside) == []
+
+
+def test_tmpfs_mount_with_size(image: pyrt.Image) -> None:
+    r = sh(
+        image,
+        "grep ' /scratch ' /proc/mounts; head -c 2000000 /dev/zero > /scratch/f; echo rc=$?",
+        mounts=[pyrt.Tmpfs("/scratch", size="1m")],
+    )
+    assert "tmpfs /scratch tmpfs rw,nosuid,nodev" in r.stdout
+    assert "size=1024k" in r.stdout
+    assert "rc=1" in r.stdout  # the size limit holds
+
+
+def test_readonly_rootfs(image: pyrt.Image) -> None:
+    r = sh(
+        image,
+        "touch /etc/x; echo rc=$?; touch /tmp/y; echo rc=$?; echo ok > /dev/null; echo rc=$?",
+        readonly_rootfs=True,
+    )
+    assert r.stdout.split() == ["rc=1", "rc=1", "rc=0"]
+    r = sh(image, "touch /scratch/y; echo rc=$?", readonly_rootfs=True,
+           mounts=[pyrt.Tmpfs("/scratch")])  # fmt: skip
+    assert r.stdout.strip() == "rc=0"
+
+
+def test_env_workdir_user(image: pyrt.Image) -> None:
+    r = sh(image, "echo $FOO $HOME; pwd; id -u; id -g; id -G", env={"FOO": "bar"},
+           workdir="/tmp", user="app")  # fmt: skip
+    assert r.stdout.splitlines() == ["bar /home/app", "/tmp", "1000", "1000", "1000 10 50"]
+    r = sh(image, "id -u; id -g; echo $HOME", user="1234:77")
+    assert r.stdout.split() == ["1234", "77", "/"]
+    r = sh(image, "id -u; id -g; echo $HOME; echo $PATH")
+    assert r.stdout.split()[:3] == ["0", "0", "/root"]
+    assert r.stdout.split()[3] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def test_missing_workdir_is_created_inside_the_root(image: pyrt.Image, rootfs: Path) -> None:
+    assert sh(image, "pwd", workdir="/new/work").stdout.strip() == "/new/work"
+    assert not (rootfs / "new").exists()
+
+
+def test_non_root_user_has_no_effective_capabilities(image: pyrt.Image) -> None:
+    r = sh(image, "grep -E '^Cap(Eff|Prm)' /proc/self/status", user="app")
+    assert r.stdout.split() == ["CapPrm:", "0000000000000000", "CapEff:", "0000000000000000"]
+
+
+def test_host_image_is_read_only_with_its_own_tmp(image: pyrt.Image) -> None:
+    host = pyrt.Image.host()
+    r = pyrt.run(host, ["sh", "-c", "touch /usr/x; echo rc=$?; touch /tmp/y; echo rc=$?; ls /tmp"],
+                 text=True)  # fmt: skip
+    assert r.stdout.split() == ["rc=1", "rc=0", "y"]
+    assert not Path("/usr/x").exists() and not Path("/tmp/y").exists()
+
+
+@pytest.mark.parametrize("umask_check", ["022"])
+def test_default_umask(image: pyrt.Image, umask_check: str) -> None:
+    assert sh(image, "umask").stdout.strip() == "0" + umask_check
+
+
+def test_sigpipe_is_default_inside(image: pyrt.Image) -> None:
+    # Python ignores SIGPIPE; the container's processes must not inherit that.
+    r = pyrt.run(image, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], text=True)
+    assert r.stdout.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
