@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_busybox_rootfs, make_tarball, snapshot
-
 import pyrt
+from helpers import make_busybox_rootfs, make_tarball, snapshot
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,7 +1,7 @@
 """pyrt: daemonless, in-process Linux containers with a Rust core.
 
-    import pyrt
-    pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
+import pyrt
+pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
 from .container import Container, Result, run

@@ -17,7 +17,7 @@ from .mounts import Bind, Mount, Tmpfs
 
 
 def resolve_image(ref: str) -> Image:
-    """"host", a path (rootfs directory or tarball), or a name in the local store."""
+    """ "host", a path (rootfs directory or tarball), or a name in the local store."""
     if ref == "host":
         return Image.host()
     if os.path.exists(ref):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -60,10 +61,8 @@ _live: weakref.WeakSet[Container] = weakref.WeakSet()
 
 def _remove_all_at_exit() -> None:
     for c in list(_live):
-        try:
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
             c.remove()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
 
 
 atexit.register(_remove_all_at_exit)
@@ -109,7 +108,9 @@ class Container:
         if rootless is None:
             rootless = os.geteuid() != 0
         if rootless:
-            raise PyrtError("rootless containers (user namespaces) are not supported by this pyrt yet")
+            raise PyrtError(
+                "rootless containers (user namespaces) are not supported by this pyrt yet"
+            )
         if network not in spec.NETWORK_MODES:
             raise PyrtError(
                 f"network={network!r}: supported modes are {', '.join(spec.NETWORK_MODES)}"
@@ -379,7 +380,7 @@ class Container:
         try:
             if not self._removed and getattr(self, "_proc", None) is not None:
                 self.remove()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
+        except Exception:
             pass
 
 
@@ -396,4 +397,3 @@ def run(
     return Container(image, command, **options).run(
         input=input, timeout=timeout, check=check, text=text
     )
-

@@ -79,7 +79,7 @@ ANNOTATION_ROOT_BIND = "run.pyrt.rootfs.bind"
 
 
 def normalize_capability(name: str) -> str:
-    """"net_admin", "NET_ADMIN" and "CAP_NET_ADMIN" all name CAP_NET_ADMIN; unknown names fail."""
+    """ "net_admin", "NET_ADMIN" and "CAP_NET_ADMIN" all name CAP_NET_ADMIN; unknown names fail."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"not a capability name: {name!r}")
     n = name.strip().upper()

@@ -68,7 +68,7 @@ class ContainerDir:
 
 def collect_stale() -> list[str]:
     """Deletes the directories of containers whose owner died; returns their ids."""
-    gone = []
+    gone: list[str] = []
     try:
         entries = list(os.scandir(containers_root()))
     except FileNotFoundError:

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let child_dir = manifest_dir.join("../child");
     let core_dir = manifest_dir.join("../core");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -28,11 +29,15 @@ fn main() {
     for (k, _) in env::vars() {
         let keep = matches!(
             k.as_str(),
-            "CARGO_HOME" | "CARGO_NET_OFFLINE" | "CARGO_MAKEFLAGS" | "CARGO_REGISTRIES_CRATES_IO_PROTOCOL"
+            "CARGO_HOME"
+                | "CARGO_NET_OFFLINE"
+                | "CARGO_MAKEFLAGS"
+                | "CARGO_REGISTRIES_CRATES_IO_PROTOCOL"
         ) || k.starts_with("CARGO_REGISTRIES_")
             || k.starts_with("CARGO_SOURCE_")
             || k.starts_with("CARGO_HTTP_");
-        if (k.starts_with("CARGO_") && !keep) || k == "RUSTFLAGS" || k == "RUSTC_WORKSPACE_WRAPPER" {
+        if (k.starts_with("CARGO_") && !keep) || k == "RUSTFLAGS" || k == "RUSTC_WORKSPACE_WRAPPER"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -45,7 +50,12 @@ fn main() {
 
     let bin = target_dir.join(&target).join("child").join("pyrt-child");
     println!("cargo:rustc-env=PYRT_CHILD_BIN={}", bin.display());
-    for d in [child_dir.join("src"), core_dir.join("src"), child_dir.join("Cargo.toml"), core_dir.join("Cargo.toml")] {
+    for d in [
+        child_dir.join("src"),
+        core_dir.join("src"),
+        child_dir.join("Cargo.toml"),
+        core_dir.join("Cargo.toml"),
+    ] {
         println!("cargo:rerun-if-changed={}", d.display());
     }
 }

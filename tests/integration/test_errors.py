@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import state_entries
 
 import pyrt
+from helpers import state_entries
 
 
 @pytest.fixture(autouse=True)

@@ -126,6 +126,8 @@ def test_wait_timeout_keeps_it_running(image: pyrt.Image) -> None:
 
 
 def test_stop_with_a_handler(image: pyrt.Image) -> None:
-    with pyrt.Container(image, ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"]) as c:
+    with pyrt.Container(
+        image, ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"]
+    ) as c:
         time.sleep(0.2)
         assert c.stop(timeout=5) == 7

@@ -65,9 +65,7 @@ class Image:
         return cls("host", ("/",), ImageConfig(), _HOST_ID, source="host")
 
     @classmethod
-    def load(
-        cls, path: PathLike, *, tag: Optional[str] = None, ref: Optional[str] = None
-    ) -> Image:
+    def load(cls, path: PathLike, *, tag: Optional[str] = None, ref: Optional[str] = None) -> Image:
         """A rootfs directory or a rootfs tarball (.tar, .tar.gz, .tar.zst); the kind is
         detected from the contents, not the name. With ``tag``, the image is also recorded in
         the local store under that name."""
@@ -149,7 +147,7 @@ class Image:
 
     @property
     def id(self) -> str:
-        """"sha256:..." of the image config, or of the rootfs for plain rootfs images (for a
+        """ "sha256:..." of the image config, or of the rootfs for plain rootfs images (for a
         directory: of its listing of names, types, sizes and times, not of file contents)."""
         if self._id is None:
             self._id = "sha256:" + _listing_digest(self.lower[0])
@@ -208,7 +206,7 @@ class Image:
         return None
 
     def resolve_user(self, user: Optional[str]) -> UserIds:
-        """"uid", "uid:gid", "name" or "name:group", against the image's /etc/passwd and
+        """ "uid", "uid:gid", "name" or "name:group", against the image's /etc/passwd and
         /etc/group (Docker's rules: a numeric uid need not exist; its gid then defaults to 0)."""
         passwd = _parse_colon_file(self.read_file("/etc/passwd"))
         groups = _parse_colon_file(self.read_file("/etc/group"))
@@ -230,7 +228,9 @@ class Image:
             else:
                 g = next((e for e in groups if e[0] == gname and len(e) > 2), None)
                 if g is None:
-                    raise ValueError(f"unable to find group {gname}: no matching entries in group file")
+                    raise ValueError(
+                        f"unable to find group {gname}: no matching entries in group file"
+                    )
                 gid = int(g[2])
         name = entry[0] if entry else None
         extra = tuple(
@@ -282,7 +282,7 @@ def _decompressed(raw: IO[bytes], magic: bytes, what: str) -> Any:
         except ImportError as e:  # pragma: no cover - a dependency of the package
             raise ImageError(f"{what}: zstd-compressed; install the zstandard package") from e
         with zstandard.ZstdDecompressor().stream_reader(raw) as r:
-            yield io.BufferedReader(r)  # type: ignore[arg-type]
+            yield io.BufferedReader(r)
     else:
         # tarfile's "r|*" recognises gzip, bzip2 and xz itself.
         yield raw

@@ -53,8 +53,12 @@ class _Root:
     def close(self) -> None:
         os.close(self.fd)
 
-    def open_dir(self, parts: list[str], create: bool, entry: str) -> int:
-        """A descriptor of the directory ``parts`` inside the root, creating missing ones."""
+    def open_dir(self, parts: list[str], create: bool, entry: str, depth: int = 0) -> int:
+        """A descriptor of the directory ``parts`` inside the root, creating missing ones. A
+        dangling symlink on the way is followed inside the root (where it will point once the
+        image is a container's root), as Docker's unpacker does."""
+        if depth > 40:
+            raise UnsafeImageError(f"tar entry {entry!r}: too many levels of symbolic links")
         rel = "/".join(parts) or "."
         try:
             return _core.open_in_root(self.fd, rel, os.O_PATH | os.O_DIRECTORY)
@@ -63,14 +67,35 @@ class _Root:
                 raise
         except NotADirectoryError as e:
             raise UnsafeImageError(f"tar entry {entry!r}: {rel!r} is not a directory") from e
-        parent = self.open_dir(parts[:-1], True, entry)
+        parent = self.open_dir(parts[:-1], True, entry, depth + 1)
         try:
             os.mkdir(parts[-1], 0o755, dir_fd=parent)
         except FileExistsError:
-            pass
+            try:
+                target = os.readlink(parts[-1], dir_fd=parent)
+            except OSError:
+                target = None
+            if target is not None:
+                base = [] if target.startswith("/") else parts[:-1]
+                return self.open_dir(_lexical(base, target), True, entry, depth + 1)
         finally:
             os.close(parent)
         return _core.open_in_root(self.fd, rel, os.O_PATH | os.O_DIRECTORY)
+
+
+def _lexical(base: list[str], target: str) -> list[str]:
+    """``target`` taken relative to ``base`` inside the root; ".." stops at the root, as
+    RESOLVE_IN_ROOT makes it."""
+    out = list(base)
+    for p in target.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(p)
+    return out
 
 
 def _remove(parent: int, name: str) -> None:
@@ -126,7 +151,7 @@ def unpack(
     root = _Root(dest)
     dir_times: list[tuple[list[str], tarfile.TarInfo]] = []
     try:
-        tf = tarfile.open(fileobj=fileobj, mode="r|*")
+        tf = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 - a stream, closed with fileobj
         for m in _members(tf):
             stats.entries += 1
             if stats.entries > max_entries:
@@ -186,7 +211,9 @@ def _unpack_one(
     if m.isdir():
         if existing is None or not stat.S_ISDIR(existing.st_mode):
             os.mkdir(name, 0o700, dir_fd=parent)
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
+        )
         try:
             _apply_meta(fd, m, as_root)
         finally:
@@ -218,7 +245,12 @@ def _unpack_one(
         tparts = _components(m.linkname)
         if not tparts:
             raise UnsafeImageError(f"tar entry {m.name!r}: hard link to the root itself")
-        tparent = root.open_dir(tparts[:-1], False, m.name)
+        try:
+            tparent = root.open_dir(tparts[:-1], False, m.name)
+        except FileNotFoundError as e:
+            raise ImageError(
+                f"tar entry {m.name!r}: hard link target {m.linkname!r} is not in the image"
+            ) from e
         try:
             tst = os.stat(tparts[-1], dir_fd=tparent, follow_symlinks=False)
             if stat.S_ISDIR(tst.st_mode):

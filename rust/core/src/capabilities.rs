@@ -3,9 +3,9 @@
 #[cfg(feature = "spec")]
 use std::str::FromStr;
 
-use caps::{CapSet, CapsHashSet};
 #[cfg(feature = "spec")]
 use caps::Capability;
+use caps::{CapSet, CapsHashSet};
 #[cfg(feature = "spec")]
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use serde::{Deserialize, Serialize};
@@ -44,14 +44,18 @@ pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, String> {
 }
 
 fn hashset(m: u64) -> CapsHashSet {
-    caps::all().into_iter().filter(|c| m & c.bitmask() != 0).collect()
+    caps::all()
+        .into_iter()
+        .filter(|c| m & c.bitmask() != 0)
+        .collect()
 }
 
 /// Drops every capability outside `keep` from the bounding set. Needs CAP_SETPCAP, so it runs
 /// before the process changes its user.
 pub fn drop_bounding(keep: u64) -> Result<(), caps::errors::CapsError> {
     for cap in caps::all() {
-        if keep & cap.bitmask() == 0 && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+        if keep & cap.bitmask() == 0 && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
             caps::drop(None, CapSet::Bounding, cap)?;
         }
     }

@@ -53,8 +53,14 @@ pub fn communicate(
         set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
     }
     let mut readers = [
-        Reader { fd: borrow(stdout), buf: &mut out.stdout },
-        Reader { fd: borrow(stderr), buf: &mut out.stderr },
+        Reader {
+            fd: borrow(stdout),
+            buf: &mut out.stdout,
+        },
+        Reader {
+            fd: borrow(stderr),
+            buf: &mut out.stderr,
+        },
     ];
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -92,7 +98,10 @@ pub fn communicate(
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        let ready: Vec<PollFlags> = pfds.iter().map(|p| p.revents().unwrap_or(PollFlags::empty())).collect();
+        let ready: Vec<PollFlags> = pfds
+            .iter()
+            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+            .collect();
         let mut i = 0;
         if writing {
             let ev = ready[0];

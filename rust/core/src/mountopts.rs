@@ -76,12 +76,14 @@ pub fn parse<'a>(options: impl Iterator<Item = &'a str>) -> Result<(MountFlags, 
             }
             // Recursive attributes (mount_setattr) and id-mapped mounts: not supported yet; refusing
             // beats silently mounting something weaker than asked.
-            o if o.starts_with("r") && ["rro", "rrw", "rnosuid", "rnodev", "rnoexec"].contains(&o) => {
+            o if o.starts_with("r")
+                && ["rro", "rrw", "rnosuid", "rnodev", "rnoexec"].contains(&o) =>
+            {
                 return Err(format!("recursive mount attribute {o:?} is not supported"));
             }
             "idmap" | "ridmap" => return Err(format!("mount option {o:?} is not supported")),
             "tmpcopyup" | "copy-symlink" | "nocopyup" => (0, 0),
-            o if o.is_empty() => return Err("empty mount option".into()),
+            "" => return Err("empty mount option".into()),
             o => {
                 if o.contains(',') {
                     return Err(format!("mount option contains a comma: {o:?}"));
@@ -103,7 +105,8 @@ mod tests {
 
     #[test]
     fn words_become_flags_and_data() {
-        let (f, bind) = parse(["nosuid", "strictatime", "mode=755", "size=65536k"].into_iter()).unwrap();
+        let (f, bind) =
+            parse(["nosuid", "strictatime", "mode=755", "size=65536k"].into_iter()).unwrap();
         assert!(!bind);
         assert_eq!(f.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
         assert_eq!(f.data, "mode=755,size=65536k");

@@ -7,14 +7,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-
 #[cfg(feature = "spec")]
 use oci_spec::runtime::{PosixRlimitType, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::capabilities::CapSets;
 #[cfg(feature = "spec")]
 use crate::capabilities;
+use crate::capabilities::CapSets;
 #[cfg(feature = "spec")]
 use crate::mountopts;
 use crate::mountopts::MountFlags;
@@ -141,7 +140,11 @@ impl Plan {
 
         let mut clone_flags = 0u64;
         let mut join = Vec::new();
-        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
             // LinuxNamespaceType's discriminants are the CLONE_NEW* bits.
             let bit = ns.typ() as u64;
             match ns.path() {
@@ -162,14 +165,14 @@ impl Plan {
             let field = format!("mounts[{i}]");
             let destination = normalize_destination(m.destination())
                 .map_err(|r| field_err(format!("{field}.destination"), r))?;
-            let (flags, is_bind) = mountopts::parse(m.options().iter().flatten().map(|s| s.as_str()))
-                .map_err(|r| field_err(format!("{field}.options"), r))?;
+            let (flags, is_bind) =
+                mountopts::parse(m.options().iter().flatten().map(|s| s.as_str()))
+                    .map_err(|r| field_err(format!("{field}.options"), r))?;
             let typ = m.typ().clone().unwrap_or_default();
             let kind = if is_bind || typ == "bind" {
-                let source = m
-                    .source()
-                    .clone()
-                    .ok_or_else(|| field_err(format!("{field}.source"), "a bind mount needs a source"))?;
+                let source = m.source().clone().ok_or_else(|| {
+                    field_err(format!("{field}.source"), "a bind mount needs a source")
+                })?;
                 if !source.is_absolute() {
                     return Err(field_err(
                         format!("{field}.source"),
@@ -206,7 +209,10 @@ impl Plan {
         let process = plan_process(spec)?;
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
         if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
-            return Err(field_err("hostname", "setting a hostname needs a new uts namespace"));
+            return Err(field_err(
+                "hostname",
+                "setting a hostname needs a new uts namespace",
+            ));
         }
         let paths = |v: Option<&Vec<String>>, field: &str| -> Result<Vec<PathBuf>, PlanError> {
             v.into_iter()
@@ -232,8 +238,14 @@ impl Plan {
             root,
             mounts,
             default_devices: dev_tmpfs,
-            masked_paths: paths(linux.and_then(|l| l.masked_paths().as_ref()), "linux.maskedPaths")?,
-            readonly_paths: paths(linux.and_then(|l| l.readonly_paths().as_ref()), "linux.readonlyPaths")?,
+            masked_paths: paths(
+                linux.and_then(|l| l.masked_paths().as_ref()),
+                "linux.maskedPaths",
+            )?,
+            readonly_paths: paths(
+                linux.and_then(|l| l.readonly_paths().as_ref()),
+                "linux.readonlyPaths",
+            )?,
             hostname,
             loopback: clone_flags & libc::CLONE_NEWNET as u64 != 0,
             sysctl,
@@ -255,7 +267,10 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
         .ok_or_else(|| field_err("root", "missing"))?;
     let path = root.path().clone();
     if !path.is_absolute() {
-        return Err(field_err("root.path", "must be an absolute path (resolve it against the bundle first)"));
+        return Err(field_err(
+            "root.path",
+            "must be an absolute path (resolve it against the bundle first)",
+        ));
     }
     let ann = spec.annotations().as_ref();
     let source = if let Some(ov) = ann.and_then(|a| a.get(ANNOTATION_OVERLAY)) {
@@ -303,19 +318,30 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
     let env = p.env().clone().unwrap_or_default();
     for (i, a) in args.iter().chain(env.iter()).enumerate() {
         if a.contains('\0') {
-            return Err(field_err("process", format!("string {i} contains a NUL byte")));
+            return Err(field_err(
+                "process",
+                format!("string {i} contains a NUL byte"),
+            ));
         }
     }
     let cwd = p.cwd().clone();
     if !cwd.is_absolute() {
-        return Err(field_err("process.cwd", format!("must be absolute: {}", cwd.display())));
+        return Err(field_err(
+            "process.cwd",
+            format!("must be absolute: {}", cwd.display()),
+        ));
     }
     let mut rlimits = Vec::new();
     for r in p.rlimits().iter().flatten() {
         if r.soft() > r.hard() {
             return Err(field_err(
                 "process.rlimits",
-                format!("{:?}: soft limit {} is above hard limit {}", r.typ(), r.soft(), r.hard()),
+                format!(
+                    "{:?}: soft limit {} is above hard limit {}",
+                    r.typ(),
+                    r.soft(),
+                    r.hard()
+                ),
             ));
         }
         rlimits.push(Rlimit {
@@ -326,7 +352,9 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
     }
     let user = p.user();
     let capabilities = match p.capabilities() {
-        Some(c) => Some(capabilities::from_spec(c).map_err(|r| field_err("process.capabilities", r))?),
+        Some(c) => {
+            Some(capabilities::from_spec(c).map_err(|r| field_err("process.capabilities", r))?)
+        }
         None => None,
     };
     Ok(Process {
@@ -345,9 +373,11 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
 }
 
 #[cfg(feature = "spec")]
+#[allow(clippy::unnecessary_cast)]
 fn rlimit_resource(t: PosixRlimitType) -> u32 {
     use PosixRlimitType::*;
-    (match t {
+    // glibc's RLIMIT_* constants are __rlimit_resource_t (u32 on gnu, i32 on musl).
+    let r = match t {
         RlimitCpu => libc::RLIMIT_CPU,
         RlimitFsize => libc::RLIMIT_FSIZE,
         RlimitData => libc::RLIMIT_DATA,
@@ -364,7 +394,8 @@ fn rlimit_resource(t: PosixRlimitType) -> u32 {
         RlimitNice => libc::RLIMIT_NICE,
         RlimitRtprio => libc::RLIMIT_RTPRIO,
         RlimitRttime => libc::RLIMIT_RTTIME,
-    }) as u32
+    };
+    r as u32
 }
 
 /// A mount destination as an absolute, lexically clean path. `..` is refused rather than folded:

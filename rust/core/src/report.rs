@@ -86,7 +86,10 @@ impl SetupError {
             SetupError::new(
                 Stage::Spawn,
                 libc::EPROTO,
-                format!("unreadable error report from the container: {:?}", String::from_utf8_lossy(b)),
+                format!(
+                    "unreadable error report from the container: {:?}",
+                    String::from_utf8_lossy(b)
+                ),
             )
         })
     }
@@ -120,7 +123,11 @@ mod tests {
 
     #[test]
     fn io_message_names_the_path() {
-        let e = SetupError::io(Stage::Cwd, "chdir /nope", &std::io::Error::from_raw_os_error(2));
+        let e = SetupError::io(
+            Stage::Cwd,
+            "chdir /nope",
+            &std::io::Error::from_raw_os_error(2),
+        );
         assert_eq!(e.message, "chdir /nope: No such file or directory");
         assert_eq!(e.errno, 2);
     }

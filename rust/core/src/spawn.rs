@@ -62,14 +62,18 @@ impl ChildImage {
         // SAFETY: the kernel just gave us this descriptor.
         let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
         file.write_all(bytes)?;
-        let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
         // SAFETY: fcntl on our descriptor.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals | F_SEAL_EXEC) } != 0
             && unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0
         {
             return Err(io::Error::last_os_error());
         }
-        Ok(ChildImage { fd: file.into() })
+        // Above FD_FLOOR, like every descriptor the clone child reads: its dup2 into 0..=4 must
+        // not overwrite the image it is about to execute.
+        let fd = dup_high(file.as_raw_fd())?;
+        Ok(ChildImage { fd })
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -97,7 +101,13 @@ extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points at the ChildArgs the parent thread keeps alive while it sleeps.
     let a = unsafe { &*(arg as *const ChildArgs) };
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         for (target, src) in a.fds.iter().enumerate() {
             if libc::dup2(*src, target as RawFd) < 0 {
                 return fail(a.report_fd);
@@ -142,7 +152,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
             .name("pyrt-spawner".into())
             .spawn(move || {
                 let all = nix::sys::signal::SigSet::all();
-                let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&all), None);
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                    Some(&all),
+                    None,
+                );
                 // The child's stack: only child_fn and the libc wrappers it calls run on it.
                 let mut stack = vec![0u8; 256 * 1024];
                 for job in rx {
@@ -204,12 +218,19 @@ fn spawn_err(what: &str, e: io::Error) -> SetupError {
 /// Starts `plan` with the given stdio descriptors (which stay the caller's). Returns once the
 /// container's command is running, or the setup error with its stage and errno.
 pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child, SetupError> {
-    let plan_bytes = serde_json::to_vec(plan)
-        .map_err(|e| SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}")))?;
+    let plan_bytes = serde_json::to_vec(plan).map_err(|e| {
+        SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
+    })?;
     let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
     let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
     let mut sources = Vec::with_capacity(5);
-    for fd in [stdio[0], stdio[1], stdio[2], plan_r.as_raw_fd(), err_w.as_raw_fd()] {
+    for fd in [
+        stdio[0],
+        stdio[1],
+        stdio[2],
+        plan_r.as_raw_fd(),
+        err_w.as_raw_fd(),
+    ] {
         sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
     }
     drop((plan_r, err_w));
@@ -222,14 +243,18 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
         envp: envp.as_ptr(),
         report_fd: sources[4].as_raw_fd(),
     };
-    let flags = (plan.clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    let flags =
+        (plan.clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let job = Job {
         flags,
         args: &args,
         reply: reply_tx,
     };
-    let sent = spawner().lock().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
+    let sent = spawner()
+        .lock()
+        .map(|tx| tx.send(job).is_ok())
+        .unwrap_or(false);
     let cloned = if sent {
         reply_rx
             .recv()
@@ -241,7 +266,9 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
     drop(sources);
     let (pid, pidfd) = cloned.map_err(|e| {
         let hint = match e.raw_os_error() {
-            Some(libc::EPERM) => " (creating these namespaces needs privilege, or a user namespace)",
+            Some(libc::EPERM) => {
+                " (creating these namespaces needs privilege, or a user namespace)"
+            }
             Some(libc::ENOSPC) => " (a namespace limit in /proc/sys/user was reached)",
             Some(libc::EINVAL) => " (the kernel does not support one of the requested namespaces)",
             _ => "",
@@ -249,7 +276,10 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
         SetupError::new(
             Stage::Namespaces,
             e.raw_os_error().unwrap_or(libc::EIO),
-            format!("clone: {}{hint}", strerror(e.raw_os_error().unwrap_or(libc::EIO))),
+            format!(
+                "clone: {}{hint}",
+                strerror(e.raw_os_error().unwrap_or(libc::EIO))
+            ),
         )
     })?;
     let mut child = Child {
@@ -260,7 +290,12 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
     };
 
     // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
-    let mut w = std::fs::File::from(child._lifeline.try_clone().map_err(|e| spawn_err("dup", e))?);
+    let mut w = std::fs::File::from(
+        child
+            ._lifeline
+            .try_clone()
+            .map_err(|e| spawn_err("dup", e))?,
+    );
     let _ = w
         .write_all(&(plan_bytes.len() as u32).to_le_bytes())
         .and_then(|_| w.write_all(&plan_bytes));
@@ -305,7 +340,10 @@ impl Child {
                     }
                 }
             };
-            let mut pfd = [nix::poll::PollFd::new(self.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut pfd = [nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let t = if left < 0 {
                 nix::poll::PollTimeout::NONE
             } else {

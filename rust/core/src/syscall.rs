@@ -58,7 +58,13 @@ pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// openat2(2): opens `path` relative to `dirfd` with the given resolve restrictions.
-pub fn openat2(dirfd: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+pub fn openat2(
+    dirfd: RawFd,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let c = cpath(path)?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
@@ -82,7 +88,13 @@ pub fn openat2(dirfd: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -
 /// Opens `path` inside the tree rooted at `root` the way the kernel would if `root` were `/`:
 /// absolute symlinks and `..` cannot leave it, and /proc magic links are refused.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32) -> io::Result<OwnedFd> {
-    openat2(root, path, flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    openat2(
+        root,
+        path,
+        flags,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 #[repr(C)]

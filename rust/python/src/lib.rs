@@ -21,7 +21,13 @@ fn child_image() -> Result<&'static ChildImage, SetupError> {
     IMAGE
         .get_or_init(|| ChildImage::from_bytes(CHILD_BIN).map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| SetupError::new(Stage::Spawn, libc::EIO, format!("preparing the pyrt-child memfd: {e}")))
+        .map_err(|e| {
+            SetupError::new(
+                Stage::Spawn,
+                libc::EIO,
+                format!("preparing the pyrt-child memfd: {e}"),
+            )
+        })
 }
 
 fn spawn_error(py: Python<'_>, e: &SetupError) -> PyErr {
@@ -30,7 +36,9 @@ fn spawn_error(py: Python<'_>, e: &SetupError) -> PyErr {
         let kw = PyDict::new(py);
         kw.set_item("stage", e.stage.name())?;
         kw.set_item("errno", e.errno)?;
-        Ok(PyErr::from_value(cls.call((e.message.clone(),), Some(&kw))?))
+        Ok(PyErr::from_value(
+            cls.call((e.message.clone(),), Some(&kw))?,
+        ))
     };
     build().unwrap_or_else(|err| err)
 }
@@ -39,24 +47,40 @@ fn timeout_of(t: Option<f64>) -> PyResult<Option<Duration>> {
     match t {
         None => Ok(None),
         Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(PyValueError::new_err(format!("timeout must be a non-negative number, not {s}"))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "timeout must be a non-negative number, not {s}"
+        ))),
     }
 }
 
 /// The plan pyrt would carry out for this spec, as JSON: what the child will do, in order.
 #[pyfunction]
 fn plan(py: Python<'_>, spec_json: &str) -> PyResult<String> {
-    let p = Plan::from_json(spec_json)
-        .map_err(|e| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string())))?;
+    let p = Plan::from_json(spec_json).map_err(|e| {
+        spawn_error(
+            py,
+            &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),
+        )
+    })?;
     serde_json::to_string_pretty(&p).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Starts a container from an OCI runtime spec (JSON) with the given stdio descriptors, which
 /// stay the caller's. Returns once the command runs.
 #[pyfunction]
-fn spawn(py: Python<'_>, spec_json: &str, stdin: i32, stdout: i32, stderr: i32) -> PyResult<Process> {
-    let plan = Plan::from_json(spec_json)
-        .map_err(|e| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string())))?;
+fn spawn(
+    py: Python<'_>,
+    spec_json: &str,
+    stdin: i32,
+    stdout: i32,
+    stderr: i32,
+) -> PyResult<Process> {
+    let plan = Plan::from_json(spec_json).map_err(|e| {
+        spawn_error(
+            py,
+            &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),
+        )
+    })?;
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let child = py
         .detach(|| core_spawn(image, &plan, [stdin, stdout, stderr]))
@@ -81,7 +105,11 @@ fn communicate<'py>(
     let mut out = Outputs::default();
     py.detach(|| core_communicate(stdin, &input, stdout, stderr, deadline, &mut out))
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
-    Ok((PyBytes::new(py, &out.stdout), PyBytes::new(py, &out.stderr), out.timed_out))
+    Ok((
+        PyBytes::new(py, &out.stdout),
+        PyBytes::new(py, &out.stderr),
+        out.timed_out,
+    ))
 }
 
 /// Opens `path` beneath the directory `dirfd` as if that directory were `/` (openat2 with

@@ -34,8 +34,12 @@ fn err(what: String) -> impl FnOnce(io::Error) -> SetupError {
 /// Populates the root's /dev (resolved inside `root`). Runs before pivot_root, while the host's
 /// own nodes are still reachable for the bind fallback.
 pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
-    let dev = open_in_root(root.as_raw_fd(), Path::new("dev"), libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(err("opening /dev in the root".into()))?;
+    let dev = open_in_root(
+        root.as_raw_fd(),
+        Path::new("dev"),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .map_err(err("opening /dev in the root".into()))?;
     for (name, major, minor) in NODES {
         let c = cstring(name).map_err(err(name.into()))?;
         // SAFETY: plain syscall on a valid descriptor and string.
@@ -54,7 +58,13 @@ pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
         match e.raw_os_error() {
             Some(libc::EEXIST) => continue,
             Some(libc::EPERM) => bind_host_node(root, name)?,
-            _ => return Err(SetupError::io(Stage::Devices, format!("mknod /dev/{name}"), &e)),
+            _ => {
+                return Err(SetupError::io(
+                    Stage::Devices,
+                    format!("mknod /dev/{name}"),
+                    &e,
+                ))
+            }
         }
     }
     for (name, target) in LINKS {
@@ -64,7 +74,11 @@ pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
         if unsafe { libc::symlinkat(t.as_ptr(), dev.as_raw_fd(), n.as_ptr()) } != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(SetupError::io(Stage::Devices, format!("symlink /dev/{name}"), &e));
+                return Err(SetupError::io(
+                    Stage::Devices,
+                    format!("symlink /dev/{name}"),
+                    &e,
+                ));
             }
         }
     }

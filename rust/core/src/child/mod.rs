@@ -95,15 +95,21 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     }
     // 9. Hostname, loopback, sysctls: namespaced state, set while we still have every capability.
     if let Some(h) = &plan.hostname {
-        nix::unistd::sethostname(h)
-            .map_err(|e| SetupError::io(Stage::Hostname, format!("sethostname {h:?}"), &io::Error::from(e)))?;
+        nix::unistd::sethostname(h).map_err(|e| {
+            SetupError::io(
+                Stage::Hostname,
+                format!("sethostname {h:?}"),
+                &io::Error::from(e),
+            )
+        })?;
     }
     if plan.loopback {
         network::loopback_up()?;
     }
     for (k, v) in &plan.sysctl {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v).map_err(|e| SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e))?;
+        std::fs::write(&path, v)
+            .map_err(|e| SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e))?;
     }
     // 10. Process attributes: rlimits, then user and capabilities, then the working directory
     //     (as the user, so its permissions apply), then the executable's lookup.
@@ -124,12 +130,21 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
 
 fn join_namespaces(plan: &Plan) -> Result<(), SetupError> {
     for (bit, path) in &plan.join {
-        let f = std::fs::File::open(path)
-            .map_err(|e| SetupError::io(Stage::Namespaces, format!("opening namespace {}", path.display()), &e))?;
+        let f = std::fs::File::open(path).map_err(|e| {
+            SetupError::io(
+                Stage::Namespaces,
+                format!("opening namespace {}", path.display()),
+                &e,
+            )
+        })?;
         // SAFETY: setns on a descriptor we own.
         if unsafe { libc::setns(f.as_raw_fd(), *bit as libc::c_int) } != 0 {
             let e = io::Error::last_os_error();
-            return Err(SetupError::io(Stage::Namespaces, format!("joining namespace {}", path.display()), &e));
+            return Err(SetupError::io(
+                Stage::Namespaces,
+                format!("joining namespace {}", path.display()),
+                &e,
+            ));
         }
     }
     Ok(())
@@ -145,11 +160,14 @@ fn rearm_parent_death() -> Result<(), SetupError> {
         .map_err(|e| SetupError::io(Stage::Exec, "PR_SET_PDEATHSIG", &io::Error::from(e)))?;
     // SAFETY: PLAN_FD stays open for our lifetime; borrowed only for the poll.
     let lifeline = unsafe { std::os::fd::BorrowedFd::borrow_raw(PLAN_FD) };
-    let mut fds = [nix::poll::PollFd::new(lifeline.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        lifeline.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
-    let hung_up = fds[0]
-        .revents()
-        .is_some_and(|r| r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR));
+    let hung_up = fds[0].revents().is_some_and(|r| {
+        r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR)
+    });
     if hung_up {
         // The parent is gone: the container must not outlive it.
         std::process::exit(137);

@@ -6,7 +6,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::report::{SetupError, Stage};
 
 pub fn loopback_up() -> Result<(), SetupError> {
-    let err = |what: &str, e: io::Error| SetupError::io(Stage::Network, format!("bringing lo up: {what}"), &e);
+    let err = |what: &str, e: io::Error| {
+        SetupError::io(Stage::Network, format!("bringing lo up: {what}"), &e)
+    };
     // SAFETY: socket(2) has no memory arguments.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {

@@ -34,7 +34,10 @@ pub fn rlimits(p: &Process) -> Result<()> {
             };
             return Err(SetupError::io(
                 Stage::Rlimits,
-                format!("setrlimit resource {} to {}:{}{hint}", r.resource, r.soft, r.hard),
+                format!(
+                    "setrlimit resource {} to {}:{}{hint}",
+                    r.resource, r.soft, r.hard
+                ),
                 &e,
             ));
         }
@@ -52,23 +55,41 @@ pub fn rlimits(p: &Process) -> Result<()> {
 pub fn switch_user(p: &Process, setgroups_allowed: bool) -> Result<()> {
     if let Some(c) = &p.capabilities {
         capabilities::drop_bounding(c.bounding).map_err(|e| {
-            SetupError::new(Stage::Capabilities, libc::EPERM, format!("dropping bounding capabilities: {e}"))
+            SetupError::new(
+                Stage::Capabilities,
+                libc::EPERM,
+                format!("dropping bounding capabilities: {e}"),
+            )
         })?;
     }
-    nix::sys::prctl::set_keepcaps(true).map_err(errno_err(Stage::User, "PR_SET_KEEPCAPS".into()))?;
+    nix::sys::prctl::set_keepcaps(true)
+        .map_err(errno_err(Stage::User, "PR_SET_KEEPCAPS".into()))?;
     if setgroups_allowed {
-        let groups: Vec<nix::unistd::Gid> = p.additional_gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
-        nix::unistd::setgroups(&groups)
-            .map_err(errno_err(Stage::User, format!("setgroups {:?}", p.additional_gids)))?;
+        let groups: Vec<nix::unistd::Gid> = p
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&groups).map_err(errno_err(
+            Stage::User,
+            format!("setgroups {:?}", p.additional_gids),
+        ))?;
     }
     let gid = nix::unistd::Gid::from_raw(p.gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(errno_err(Stage::User, format!("setgid {}", p.gid)))?;
+    nix::unistd::setresgid(gid, gid, gid)
+        .map_err(errno_err(Stage::User, format!("setgid {}", p.gid)))?;
     let uid = nix::unistd::Uid::from_raw(p.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(errno_err(Stage::User, format!("setuid {}", p.uid)))?;
-    nix::sys::prctl::set_keepcaps(false).map_err(errno_err(Stage::User, "PR_SET_KEEPCAPS".into()))?;
+    nix::unistd::setresuid(uid, uid, uid)
+        .map_err(errno_err(Stage::User, format!("setuid {}", p.uid)))?;
+    nix::sys::prctl::set_keepcaps(false)
+        .map_err(errno_err(Stage::User, "PR_SET_KEEPCAPS".into()))?;
     if let Some(c) = &p.capabilities {
         capabilities::apply(c).map_err(|e| {
-            SetupError::new(Stage::Capabilities, libc::EPERM, format!("setting capabilities: {e}"))
+            SetupError::new(
+                Stage::Capabilities,
+                libc::EPERM,
+                format!("setting capabilities: {e}"),
+            )
         })?;
     }
     let m = p.umask.unwrap_or(0o022);
@@ -83,7 +104,9 @@ pub fn enter_cwd(p: &Process) -> Result<()> {
         let e = io::Error::from(e);
         let msg = match e.raw_os_error() {
             Some(libc::ENOENT) => format!("working directory does not exist: {}", p.cwd.display()),
-            Some(libc::ENOTDIR) => format!("working directory is not a directory: {}", p.cwd.display()),
+            Some(libc::ENOTDIR) => {
+                format!("working directory is not a directory: {}", p.cwd.display())
+            }
             _ => format!("chdir {}", p.cwd.display()),
         };
         if msg.starts_with("chdir") {
@@ -97,14 +120,18 @@ pub fn enter_cwd(p: &Process) -> Result<()> {
         _ => Err(SetupError::new(
             Stage::Cwd,
             libc::EPERM,
-            format!("working directory {} is outside the container's root", p.cwd.display()),
+            format!(
+                "working directory {} is outside the container's root",
+                p.cwd.display()
+            ),
         )),
     }
 }
 
 pub fn no_new_privs(p: &Process) -> Result<()> {
     if p.no_new_privs {
-        nix::sys::prctl::set_no_new_privs().map_err(errno_err(Stage::Capabilities, "PR_SET_NO_NEW_PRIVS".into()))?;
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(errno_err(Stage::Capabilities, "PR_SET_NO_NEW_PRIVS".into()))?;
     }
     Ok(())
 }
@@ -120,7 +147,11 @@ pub fn reset_signals() {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     let empty = nix::sys::signal::SigSet::empty();
-    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&empty),
+        None,
+    );
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -143,9 +174,13 @@ pub fn lookup(p: &Process) -> Result<PathBuf> {
                 libc::EACCES,
                 format!("permission denied: {arg0} is not an executable file"),
             )),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Err(
-                SetupError::new(Stage::Exec, libc::ENOENT, format!("executable file not found: {arg0}")),
-            ),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                Err(SetupError::new(
+                    Stage::Exec,
+                    libc::ENOENT,
+                    format!("executable file not found: {arg0}"),
+                ))
+            }
             Err(e) => Err(SetupError::io(Stage::Exec, format!("stat {arg0}"), &e)),
         };
     }
@@ -168,7 +203,10 @@ pub fn lookup(p: &Process) -> Result<PathBuf> {
         Some(c) => SetupError::new(
             Stage::Exec,
             libc::EACCES,
-            format!("permission denied: {} is not an executable file", c.display()),
+            format!(
+                "permission denied: {} is not an executable file",
+                c.display()
+            ),
         ),
         None => SetupError::new(
             Stage::Exec,
@@ -180,10 +218,18 @@ pub fn lookup(p: &Process) -> Result<PathBuf> {
 
 /// execve; returns only on failure.
 pub fn exec(p: &Process, path: &Path) -> SetupError {
-    let to_c = |v: &[String]| -> std::result::Result<Vec<CString>, io::Error> { v.iter().map(cstring).collect() };
+    let to_c = |v: &[String]| -> std::result::Result<Vec<CString>, io::Error> {
+        v.iter().map(cstring).collect()
+    };
     let (args, env) = match (to_c(&p.args), to_c(&p.env)) {
         (Ok(a), Ok(e)) => (a, e),
-        _ => return SetupError::new(Stage::Exec, libc::EINVAL, "argument or environment contains a NUL byte"),
+        _ => {
+            return SetupError::new(
+                Stage::Exec,
+                libc::EINVAL,
+                "argument or environment contains a NUL byte",
+            )
+        }
     };
     let cpath = match cstring(path.as_os_str().as_bytes()) {
         Ok(c) => c,
@@ -192,7 +238,10 @@ pub fn exec(p: &Process, path: &Path) -> SetupError {
     let e = nix::unistd::execve(&cpath, &args, &env).unwrap_err();
     let e = io::Error::from(e);
     let msg = match e.raw_os_error() {
-        Some(libc::ENOEXEC) => format!("exec {}: not a binary this kernel can run (exec format error)", path.display()),
+        Some(libc::ENOEXEC) => format!(
+            "exec {}: not a binary this kernel can run (exec format error)",
+            path.display()
+        ),
         Some(libc::ENOENT) => format!(
             "exec {}: its interpreter or a library it needs was not found",
             path.display()

@@ -30,12 +30,25 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
     let target = cpath(&root.path).map_err(mount_err(Stage::Rootfs, "root path".into()))?;
     let shown = root.path.display();
     match &root.source {
-        RootSource::InPlace => syscall::mount(Some(&target), &target, None, libc::MS_BIND | libc::MS_REC, None)
-            .map_err(mount_err(Stage::Rootfs, format!("bind mounting the root {shown}")))?,
+        RootSource::InPlace => syscall::mount(
+            Some(&target),
+            &target,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .map_err(mount_err(
+            Stage::Rootfs,
+            format!("bind mounting the root {shown}"),
+        ))?,
         RootSource::Bind(src) => {
             let s = cpath(src).map_err(mount_err(Stage::Rootfs, "root source".into()))?;
-            syscall::mount(Some(&s), &target, None, libc::MS_BIND | libc::MS_REC, None)
-                .map_err(mount_err(Stage::Rootfs, format!("bind mounting {} as the root", src.display())))?
+            syscall::mount(Some(&s), &target, None, libc::MS_BIND | libc::MS_REC, None).map_err(
+                mount_err(
+                    Stage::Rootfs,
+                    format!("bind mounting {} as the root", src.display()),
+                ),
+            )?
         }
         RootSource::Overlay(ov) => {
             let lower: Vec<String> = ov.lower.iter().map(|p| p.display().to_string()).collect();
@@ -46,17 +59,32 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
                 ov.work.display()
             );
             let data = cstring(data).map_err(mount_err(Stage::Rootfs, "overlay options".into()))?;
-            syscall::mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data))
-                .map_err(mount_err(Stage::Rootfs, format!("mounting the overlay root on {shown}")))?
+            syscall::mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data)).map_err(
+                mount_err(
+                    Stage::Rootfs,
+                    format!("mounting the overlay root on {shown}"),
+                ),
+            )?
         }
     }
-    let fd = syscall::openat2(libc::AT_FDCWD, &root.path, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-        .map_err(mount_err(Stage::Rootfs, format!("opening the root {shown}")))?;
+    let fd = syscall::openat2(
+        libc::AT_FDCWD,
+        &root.path,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        0,
+    )
+    .map_err(mount_err(
+        Stage::Rootfs,
+        format!("opening the root {shown}"),
+    ))?;
     if root.readonly && matches!(root.source, RootSource::Bind(_)) {
         // A host directory as root: make it and everything under it read-only before any mount
         // target is created, so that a missing target can never be created on the host.
-        syscall::mount_setattr(&fd, syscall::MOUNT_ATTR_RDONLY, 0, true)
-            .map_err(mount_err(Stage::Rootfs, format!("making the root {shown} read-only")))?;
+        syscall::mount_setattr(&fd, syscall::MOUNT_ATTR_RDONLY, 0, true).map_err(mount_err(
+            Stage::Rootfs,
+            format!("making the root {shown} read-only"),
+        ))?;
     }
     Ok(fd)
 }
@@ -116,7 +144,11 @@ fn ensure_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> io::Resu
         // Something is there but did not open: a dangling symlink. Create what it points to.
         if let Ok(target) = nix::fcntl::readlinkat(&parent, name) {
             let target = PathBuf::from(target);
-            let next = if target.is_absolute() { target } else { parent_path.join(target) };
+            let next = if target.is_absolute() {
+                target
+            } else {
+                parent_path.join(target)
+            };
             return ensure_depth(root, &next, file, depth + 1);
         }
     }
@@ -161,13 +193,27 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                     libc::ENOENT,
                     format!("bind source does not exist: {}", source.display()),
                 ),
-                _ => SetupError::io(Stage::Mount, format!("bind source {}", source.display()), &e),
+                _ => SetupError::io(
+                    Stage::Mount,
+                    format!("bind source {}", source.display()),
+                    &e,
+                ),
             })?;
-            let target = ensure_in_root(root, &m.destination, !meta.is_dir())
-                .map_err(mount_err(Stage::Mount, format!("creating mount target {dest}")))?;
+            let target = ensure_in_root(root, &m.destination, !meta.is_dir()).map_err(
+                mount_err(Stage::Mount, format!("creating mount target {dest}")),
+            )?;
             let rec = if *recursive { libc::MS_REC } else { 0 };
-            syscall::mount(Some(&src), &fd_path(&target), None, libc::MS_BIND | rec, None)
-                .map_err(mount_err(Stage::Mount, format!("bind mounting {} on {dest}", source.display())))?;
+            syscall::mount(
+                Some(&src),
+                &fd_path(&target),
+                None,
+                libc::MS_BIND | rec,
+                None,
+            )
+            .map_err(mount_err(
+                Stage::Mount,
+                format!("bind mounting {} on {dest}", source.display()),
+            ))?;
             // Bind mounts ignore every flag but MS_BIND|MS_REC; the flags take a remount of the
             // new mount, reached by opening the target again.
             let extra = fl.flags & !(libc::MS_REMOUNT);
@@ -175,20 +221,27 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                 let top = open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH)
                     .map_err(mount_err(Stage::Mount, format!("reopening {dest}")))?;
                 let flags = libc::MS_REMOUNT | libc::MS_BIND | extra | locked_flags(&top);
-                syscall::mount(None, &fd_path(&top), None, flags, None)
-                    .map_err(mount_err(Stage::Mount, format!("remounting {dest} with its options")))?;
+                syscall::mount(None, &fd_path(&top), None, flags, None).map_err(mount_err(
+                    Stage::Mount,
+                    format!("remounting {dest} with its options"),
+                ))?;
             }
             propagate(root, m)
         }
         MountKind::Fs { fstype, source } => {
-            let target = ensure_in_root(root, &m.destination, false)
-                .map_err(mount_err(Stage::Mount, format!("creating mount target {dest}")))?;
+            let target = ensure_in_root(root, &m.destination, false).map_err(mount_err(
+                Stage::Mount,
+                format!("creating mount target {dest}"),
+            ))?;
             let t = cstring(fstype.as_bytes()).map_err(mount_err(Stage::Mount, "fstype".into()))?;
             let s = cstring(source.as_bytes()).map_err(mount_err(Stage::Mount, "source".into()))?;
             let data: Option<CString> = if fl.data.is_empty() {
                 None
             } else {
-                Some(cstring(fl.data.as_bytes()).map_err(mount_err(Stage::Mount, "mount data".into()))?)
+                Some(
+                    cstring(fl.data.as_bytes())
+                        .map_err(mount_err(Stage::Mount, "mount data".into()))?,
+                )
             };
             syscall::mount(
                 Some(&s),
@@ -197,7 +250,10 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                 fl.flags & !libc::MS_REMOUNT,
                 data.as_deref(),
             )
-            .map_err(mount_err(Stage::Mount, format!("mounting {fstype} on {dest}")))?;
+            .map_err(mount_err(
+                Stage::Mount,
+                format!("mounting {fstype} on {dest}"),
+            ))?;
             propagate(root, m)
         }
     }
@@ -211,8 +267,11 @@ fn propagate(root: &OwnedFd, m: &Mount) -> Result<()> {
     if m.flags.propagation == 0 {
         return Ok(());
     }
-    let top = open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH)
-        .map_err(mount_err(Stage::Mount, format!("reopening {}", m.destination.display())))?;
+    let top =
+        open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH).map_err(mount_err(
+            Stage::Mount,
+            format!("reopening {}", m.destination.display()),
+        ))?;
     syscall::mount(None, &fd_path(&top), None, m.flags.propagation, None).map_err(mount_err(
         Stage::Mount,
         format!("setting propagation of {}", m.destination.display()),
@@ -222,14 +281,17 @@ fn propagate(root: &OwnedFd, m: &Mount) -> Result<()> {
 /// `pivot_root(".", ".")` then detaching the old root, which leaves no directory to clean up and
 /// needs no writable root (runc's approach).
 pub fn pivot(root: &OwnedFd) -> Result<()> {
-    let err = |what: &'static str| move |e: nix::Error| SetupError::io(Stage::PivotRoot, what, &io::Error::from(e));
+    let err = |what: &'static str| {
+        move |e: nix::Error| SetupError::io(Stage::PivotRoot, what, &io::Error::from(e))
+    };
     nix::unistd::fchdir(root).map_err(err("entering the root"))?;
     nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
     // The old root is now stacked under the new one at "/": make it a slave so our detach cannot
     // propagate anywhere, then detach it.
     syscall::mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None)
         .map_err(|e| SetupError::io(Stage::PivotRoot, "making the old root a slave", &e))?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(err("detaching the old root"))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+        .map_err(err("detaching the old root"))?;
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
     Ok(())
 }
@@ -238,46 +300,88 @@ pub fn pivot(root: &OwnedFd) -> Result<()> {
 /// /dev/null over a file) and makes each read-only path so. Missing paths are skipped, as runc
 /// does: the list is a deny-list, not a promise that the paths exist.
 pub fn mask_and_protect(masked: &[PathBuf], readonly: &[PathBuf]) -> Result<()> {
-    let root = syscall::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-        .map_err(mount_err(Stage::MaskedPaths, "opening /".into()))?;
+    let root = syscall::openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        0,
+    )
+    .map_err(mount_err(Stage::MaskedPaths, "opening /".into()))?;
     for p in masked {
         let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(SetupError::io(Stage::MaskedPaths, format!("opening {}", p.display()), &e)),
+            Err(e) => {
+                return Err(SetupError::io(
+                    Stage::MaskedPaths,
+                    format!("opening {}", p.display()),
+                    &e,
+                ))
+            }
         };
         let is_dir = nix::sys::stat::fstat(&fd)
             .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
             .unwrap_or(false);
         let r = if is_dir {
-            syscall::mount(Some(c"tmpfs"), &fd_path(&fd), Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0k"))
+            syscall::mount(
+                Some(c"tmpfs"),
+                &fd_path(&fd),
+                Some(c"tmpfs"),
+                libc::MS_RDONLY,
+                Some(c"size=0k"),
+            )
         } else {
             syscall::mount(Some(c"/dev/null"), &fd_path(&fd), None, libc::MS_BIND, None)
         };
-        r.map_err(mount_err(Stage::MaskedPaths, format!("masking {}", p.display())))?;
+        r.map_err(mount_err(
+            Stage::MaskedPaths,
+            format!("masking {}", p.display()),
+        ))?;
     }
     for p in readonly {
         let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(SetupError::io(Stage::MaskedPaths, format!("opening {}", p.display()), &e)),
+            Err(e) => {
+                return Err(SetupError::io(
+                    Stage::MaskedPaths,
+                    format!("opening {}", p.display()),
+                    &e,
+                ))
+            }
         };
         let path = fd_path(&fd);
-        syscall::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None)
-            .map_err(mount_err(Stage::MaskedPaths, format!("bind mounting {} read-only", p.display())))?;
-        let top = open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW)
-            .map_err(mount_err(Stage::MaskedPaths, format!("reopening {}", p.display())))?;
+        syscall::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None).map_err(
+            mount_err(
+                Stage::MaskedPaths,
+                format!("bind mounting {} read-only", p.display()),
+            ),
+        )?;
+        let top =
+            open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW).map_err(
+                mount_err(Stage::MaskedPaths, format!("reopening {}", p.display())),
+            )?;
         let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(&top);
-        syscall::mount(None, &fd_path(&top), None, flags, None)
-            .map_err(mount_err(Stage::MaskedPaths, format!("making {} read-only", p.display())))?;
+        syscall::mount(None, &fd_path(&top), None, flags, None).map_err(mount_err(
+            Stage::MaskedPaths,
+            format!("making {} read-only", p.display()),
+        ))?;
     }
     Ok(())
 }
 
 /// Remounts "/" read-only (not recursively: /proc, /dev, /tmp mounts keep their own flags).
 pub fn readonly_root() -> Result<()> {
-    let root = syscall::openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-        .map_err(mount_err(Stage::Rootfs, "opening /".into()))?;
+    let root = syscall::openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        0,
+    )
+    .map_err(mount_err(Stage::Rootfs, "opening /".into()))?;
     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(&root);
-    syscall::mount(None, c"/", None, flags, None).map_err(mount_err(Stage::Rootfs, "making / read-only".into()))
+    syscall::mount(None, c"/", None, flags, None)
+        .map_err(mount_err(Stage::Rootfs, "making / read-only".into()))
 }

@@ -1,0 +1,136 @@
+"""Start-to-exit latency of /bin/true in a busybox rootfs, from one Python process.
+
+pyrt.run against `crun run` and `runc run` on the same rootfs and bundle, `bwrap`, and a bare
+`subprocess.run(["/bin/true"])` (the floor). The tools take turns within each round, so drift
+of the machine hits all of them alike; the result is medians and p95s, and ratios to crun.
+
+Run as root:  python benches/bench_start.py [-n ROUNDS] [--json FILE]
+
+crun 1.8 (Debian 12) refuses a hybrid cgroup layout whose v2 tree has a controller, as this VM's
+has (hugetlb). The benchmark therefore re-executes itself in a private mount namespace with
+/sys/fs/cgroup/unified unmounted; that changes nothing for the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyrt
+
+HERE = Path(__file__).resolve().parent
+
+NS_FLAG = "PYRT_BENCH_IN_NS"
+
+
+def reexec_in_private_mount_ns() -> None:
+    if os.environ.get(NS_FLAG):
+        subprocess.run(["umount", "/sys/fs/cgroup/unified"], stderr=subprocess.DEVNULL)
+        return
+    env = dict(os.environ, **{NS_FLAG: "1"})
+    cmd = ["unshare", "-m", "--propagation", "private", sys.executable, *sys.argv]
+    os.execvpe("unshare", cmd, env)
+
+
+def make_bundle(root: Path, rootfs: Path) -> Path:
+    bundle = root / "bundle"
+    bundle.mkdir()
+    (bundle / "rootfs").symlink_to(rootfs)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["/bin/true"]
+    cfg["root"] = {"path": str(rootfs), "readonly": True}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    return bundle
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", "--rounds", type=int, default=300)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    reexec_in_private_mount_ns()
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import make_busybox_rootfs
+
+    work = Path(tempfile.mkdtemp(prefix="pyrt-bench-"))
+    try:
+        rootfs = make_busybox_rootfs(work / "rootfs")
+        bundle = make_bundle(work, rootfs)
+        img = pyrt.Image.load(rootfs)
+        dn = subprocess.DEVNULL
+        counter = iter(range(10**9))
+
+        def peer(argv: list[str]) -> Callable[[], None]:
+            return lambda: subprocess.run(argv, stdout=dn, stderr=dn, check=True)
+
+        def oci(tool: str) -> Callable[[], None]:
+            def run() -> None:
+                cid = f"bench-{os.getpid()}-{next(counter)}"
+                subprocess.run([tool, "run", "--bundle", str(bundle), cid],
+                               stdin=dn, stdout=dn, stderr=dn, check=True)  # fmt: skip
+
+            return run
+
+        tools: dict[str, Callable[[], None]] = {
+            "bare subprocess": peer(["/bin/true"]),
+            "pyrt.run": lambda: pyrt.run(img, ["/bin/true"], check=True) and None,
+            "bwrap": peer(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind",
+                           str(rootfs), "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]),
+            "crun run": oci("crun"),
+            "runc run": oci("runc"),
+        }  # fmt: skip
+        times: dict[str, list[float]] = {k: [] for k in tools}
+        for fn in tools.values():  # warm-up: page cache, the child's memfd, interpreter paths
+            for _ in range(5):
+                fn()
+        for r in range(args.rounds):
+            order = list(tools.items())
+            if r % 2:
+                order.reverse()
+            for name, fn in order:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1000)
+        crun_med = statistics.median(times["crun run"])
+        rows = []
+        for name, xs in times.items():
+            med = statistics.median(xs)
+            rows.append(
+                {
+                    "tool": name,
+                    "median_ms": round(med, 3),
+                    "p95_ms": round(percentile(xs, 0.95), 3),
+                    "ratio_to_crun": round(med / crun_med, 3),
+                }
+            )
+        print(f"start-to-exit of /bin/true, {args.rounds} interleaved rounds, "
+              f"kernel {os.uname().release}, {os.cpu_count()} cpus")  # fmt: skip
+        print(f"{'tool':18} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
+        for row in rows:
+            print(f"{row['tool']:18} {row['median_ms']:>10.2f} {row['p95_ms']:>10.2f} "
+                  f"{row['ratio_to_crun']:>8.2f}")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Type stub of pyrt._core, the Rust extension (rust/python/src/lib.rs). Checked against the
+built module with mypy.stubtest in CI."""
+
+from typing import Optional
+
+from typing_extensions import final
+
+__all__ = ["CHILD_SIZE", "Process", "communicate", "open_in_root", "plan", "spawn"]
+
+CHILD_SIZE: int
+
+def plan(spec_json: str) -> str: ...
+def spawn(spec_json: str, stdin: int, stdout: int, stderr: int) -> Process: ...
+def communicate(
+    stdin: int,
+    input: Optional[bytes],
+    stdout: int,
+    stderr: int,
+    timeout: Optional[float] = None,
+) -> tuple[bytes, bytes, bool]: ...
+def open_in_root(dirfd: int, path: str, flags: int, mode: int = 0) -> int: ...
+
+@final
+class Process:
+    @property
+    def pid(self) -> int: ...
+    @property
+    def pidfd(self) -> int: ...
+    @property
+    def returncode(self) -> Optional[int]: ...
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]: ...
+    def kill(self, sig: int) -> None: ...

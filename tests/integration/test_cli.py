@@ -1,0 +1,81 @@
+"""`pyrt run` and friends, as a user types them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyrt
+
+
+def pyrt_cli(*args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyrt.cli", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_prints_and_exits_with_the_status(rootfs: Path) -> None:
+    r = pyrt_cli("run", "--rm", str(rootfs), "sh", "-c", "echo hi; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "hi\n", "err\n")
+
+
+def test_run_on_the_host_image() -> None:
+    r = pyrt_cli("run", "host", "sh", "-c", "echo $$; hostname")
+    assert r.returncode == 0 and r.stdout.split()[0] == "1"
+
+
+def test_flags(rootfs: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("vol\n")
+    tmp_path.chmod(0o755)  # readable by the container's non-root user
+    r = pyrt_cli(
+        "run", "-e", "A=1", "-v", f"{tmp_path}:/v:ro", "--tmpfs", "/scratch", "-w", "/scratch",
+        "-u", "app", "--hostname", "h1", "--read-only", "--cap-drop", "ALL", str(rootfs),
+        "sh", "-c", "echo $A; cat /v/f; pwd; id -u; hostname; touch /x 2>/dev/null || echo ro;"
+        "grep CapBnd /proc/self/status",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "vol", "/scratch", "1000", "h1", "ro", "CapBnd:",
+                                "0000000000000000"]  # fmt: skip
+
+
+def test_interactive_stdin(rootfs: Path) -> None:
+    r = pyrt_cli("run", "-i", str(rootfs), "cat", input="typed\n")
+    assert r.stdout == "typed\n"
+
+
+def test_killed_container_exits_128_plus_signal(rootfs: Path) -> None:
+    r = pyrt_cli("run", str(rootfs), "sh", "-c", "sh -c 'kill -9 $$'; exit $?")
+    assert r.returncode == 137
+
+
+def test_errors_are_one_line_with_docker_exit_codes(rootfs: Path) -> None:
+    r = pyrt_cli("run", str(rootfs), "/bin/nope")
+    assert r.returncode == 127
+    assert r.stderr == "pyrt: executable file not found: /bin/nope (stage exec)\n"
+    r = pyrt_cli("run", "/no/such/image", "true")
+    assert r.returncode == 125 and "Traceback" not in r.stderr and "/no/such/image" in r.stderr
+    r = pyrt_cli("run", "--memory", "1g", str(rootfs), "true")
+    assert r.returncode == 125 and "--memory" in r.stderr
+
+
+def test_load_tag_images_rmi(rootfs: Path) -> None:
+    r = pyrt_cli("load", str(rootfs), "--tag", "bb-cli:1")
+    assert r.returncode == 0 and r.stdout.startswith("sha256:")
+    try:
+        assert "bb-cli:1" in pyrt_cli("images").stdout
+        r = pyrt_cli("run", "bb-cli:1", "cat", "/etc/marker")
+        assert r.stdout == "busybox-image\n"
+        assert pyrt.Image.get("bb-cli:1").tags == ["bb-cli:1"]
+    finally:
+        assert pyrt_cli("rmi", "bb-cli:1").returncode == 0
+    assert "bb-cli:1" not in pyrt_cli("images").stdout
+
+
+def test_plan_shows_the_steps(rootfs: Path) -> None:
+    r = pyrt_cli("plan", str(rootfs), "true")
+    assert r.returncode == 0 and '"pivot' not in r.stdout and '"mounts"' in r.stdout
