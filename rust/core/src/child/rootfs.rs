@@ -296,18 +296,12 @@ pub fn pivot(root: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// After pivot_root: hides each masked path (an empty read-only tmpfs over a directory,
-/// /dev/null over a file) and makes each read-only path so. Missing paths are skipped, as runc
-/// does: the list is a deny-list, not a promise that the paths exist.
-pub fn mask_and_protect(masked: &[PathBuf], readonly: &[PathBuf]) -> Result<()> {
-    let root = syscall::openat2(
-        libc::AT_FDCWD,
-        Path::new("/"),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-        0,
-    )
-    .map_err(mount_err(Stage::MaskedPaths, "opening /".into()))?;
+/// Before pivot_root, once the container's /proc and /sys are mounted: hides each masked path
+/// (an empty read-only tmpfs over a directory, the host's /dev/null over a file, so that it does
+/// not matter what the container's own /dev holds) and makes each read-only path so. Paths are
+/// resolved inside the root. Missing paths are skipped, as runc does: the list is a deny-list,
+/// not a promise that the paths exist.
+pub fn mask_and_protect(root: &OwnedFd, masked: &[PathBuf], readonly: &[PathBuf]) -> Result<()> {
     for p in masked {
         let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
             Ok(fd) => fd,
