@@ -4,6 +4,7 @@ descriptors."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import sys
@@ -50,9 +51,16 @@ def test_the_child_image_is_sealed_against_writes(image: pyrt.Image) -> None:
         except FileNotFoundError:  # the descriptor listdir itself used
             continue
     assert memfds, "pyrt-child's memfd"
-    # Even root cannot open it for writing, nor shrink it.
+    f_get_seals, f_seal_write, f_seal_shrink = 1034, 0x8, 0x2
+    seals = fcntl.fcntl(int(memfds[0]), f_get_seals)
+    assert seals & f_seal_write and seals & f_seal_shrink
+    # Even root cannot write it, nor shrink it.
     with pytest.raises(PermissionError):
-        open(f"/proc/self/fd/{memfds[0]}", "r+b")  # noqa: SIM115
+        fd = os.open(f"/proc/self/fd/{memfds[0]}", os.O_WRONLY)
+        try:
+            os.write(fd, b"\x7fELF-overwritten")
+        finally:
+            os.close(fd)
     with pytest.raises(OSError) as ei:
         os.truncate(f"/proc/self/fd/{memfds[0]}", 0)
     assert ei.value.errno == errno.EPERM
