@@ -4,7 +4,7 @@ import pyrt
 pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
-from .container import Container, Result, run
+from .container import Container, Result, Stats, run
 from .errors import (
     ContainerError,
     ImageError,
@@ -30,6 +30,7 @@ __all__ = [
     "PyrtError",
     "Result",
     "SpawnError",
+    "Stats",
     "TimeoutExpired",
     "Tmpfs",
     "UnsafeImageError",

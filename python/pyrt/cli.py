@@ -69,8 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--entrypoint")
     r.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     r.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
-    for opt in ("--memory", "--pids-limit", "--cpus", "-p"):
-        r.add_argument(opt, action="append", default=[], help=argparse.SUPPRESS)
+    r.add_argument("--memory", "-m", help='memory limit, e.g. "256m"; swap is capped to it')
+    r.add_argument("--pids-limit", type=int)
+    r.add_argument("--cpus", type=float)
+    r.add_argument("-p", "--publish", dest="p", action="append", default=[], help=argparse.SUPPRESS)
     r.add_argument("--init", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("image", help='"host", a rootfs directory or tarball, or a stored name')
     r.add_argument("command", nargs=argparse.REMAINDER)
@@ -89,10 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _container_from(a: argparse.Namespace) -> Container:
-    for flag, vals in (("--memory", a.memory), ("--pids-limit", a.pids_limit),
-                       ("--cpus", a.cpus), ("-p", a.p)):  # fmt: skip
-        if vals:
-            raise PyrtError(f"{flag} is not supported by this pyrt yet")
+    if a.p:
+        raise PyrtError("-p is not supported by this pyrt yet")
     if a.detach:
         raise PyrtError("-d is not supported by this pyrt yet")
     if a.tty:
@@ -113,6 +113,9 @@ def _container_from(a: argparse.Namespace) -> Container:
         "cap_add": a.cap_add,
         "cap_drop": a.cap_drop,
         "privileged": a.privileged,
+        "memory": a.memory,
+        "pids_limit": a.pids_limit,
+        "cpus": a.cpus,
     }
     entrypoint = [a.entrypoint] if a.entrypoint is not None else None
     return Container(resolve_image(a.image), a.command or None, entrypoint=entrypoint, **opts)
@@ -157,10 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolve_image(a.image).remove()
             return 0
         if a.cmd == "gc":
-            from .state import collect_stale
+            from .state import collect_stale, containers_root, kill_and_rmdir, stale_cgroups
 
             for cid in collect_stale():
                 print(cid)
+            live = set(os.listdir(containers_root()))
+            for cg in stale_cgroups(live):
+                kill_and_rmdir(cg)
+                print(cg)
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)

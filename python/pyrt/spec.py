@@ -140,6 +140,27 @@ def merge_env(*layers: Optional[Mapping[str, str]]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resource limits; None means unlimited."""
+
+    memory: Optional[int] = None
+    pids: Optional[int] = None
+    cpus: Optional[float] = None
+
+    def to_spec(self) -> dict[str, Any]:
+        r: dict[str, Any] = {}
+        if self.memory is not None:
+            # Swap is capped to the memory limit: a container cannot page its way past it.
+            r["memory"] = {"limit": self.memory, "swap": self.memory}
+        if self.pids is not None:
+            r["pids"] = {"limit": self.pids}
+        if self.cpus is not None:
+            period = 100_000
+            r["cpu"] = {"quota": round(self.cpus * period), "period": period}
+        return r
+
+
+@dataclass(frozen=True)
 class RootSpec:
     """Where the container's root comes from.
 
@@ -180,6 +201,9 @@ class ContainerSpec:
     masked_paths: Sequence[str] = DEFAULT_MASKED_PATHS
     readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: A cgroup of its own (relative: below the caller's cgroup), with these limits.
+    cgroups_path: Optional[str] = None
+    resources: Optional[Limits] = None
 
 
 def process_dict(p: ProcessSpec) -> dict[str, Any]:
@@ -247,6 +271,10 @@ def build(c: ContainerSpec) -> dict[str, Any]:
     }
     if c.hostname:
         spec["hostname"] = c.hostname
+    if c.cgroups_path:
+        spec["linux"]["cgroupsPath"] = c.cgroups_path
+        if c.resources is not None:
+            spec["linux"]["resources"] = c.resources.to_spec()
     if annotations:
         spec["annotations"] = annotations
     return spec

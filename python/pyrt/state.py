@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +61,16 @@ class ContainerDir:
             raise
         return cls(path, fd)
 
+    def record_cgroups(self, paths: list[str]) -> None:
+        """Notes the container's cgroups, for `collect_stale` after a crash."""
+        if paths:
+            (self.path / "cgroups").write_text("\n".join(paths) + "\n")
+
     def remove(self) -> None:
         # Most containers leave their directory as it was made (an empty upper layer): removing
         # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.
         try:
-            for f in ("lock", "log"):
+            for f in ("lock", "log", "cgroups"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / f)
             for d in ("rootfs", "upper", "work/work", "work", ""):
@@ -97,10 +104,56 @@ def collect_stale() -> list[str]:
             os.close(fd)
             continue
         with contextlib.suppress(OSError):
+            remove_cgroups(os.path.join(e.path, "cgroups"))
             shutil.rmtree(e.path)
             gone.append(e.name)
         os.close(fd)
     return gone
+
+
+def remove_cgroups(listing: str) -> None:
+    """Kills what is left in each cgroup named in ``listing`` and removes it."""
+    try:
+        with open(listing) as f:
+            paths = [p for p in f.read().split("\n") if p]
+    except FileNotFoundError:
+        return
+    for p in paths:
+        kill_and_rmdir(p)
+
+
+def kill_and_rmdir(cgroup_dir: str) -> None:
+    for _ in range(200):
+        try:
+            with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.rmdir(cgroup_dir)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.005)
+
+
+def stale_cgroups(live_ids: set[str], root: str = "/sys/fs/cgroup", depth: int = 6) -> list[str]:
+    """Cgroup directories named pyrt-<id> whose container is gone (for `pyrt gc`, which
+    finds them even when the crashed process died before noting them down)."""
+    found = []
+    base_depth = root.rstrip("/").count("/")
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in list(dirnames):
+            if d.startswith("pyrt-") and d[5:] not in live_ids:
+                found.append(os.path.join(dirpath, d))
+                dirnames.remove(d)
+        if dirpath.count("/") - base_depth >= depth:
+            dirnames[:] = []
+    return found
 
 
 _collected = False

@@ -59,8 +59,14 @@ def test_errors_are_one_line_with_docker_exit_codes(rootfs: Path) -> None:
     assert r.stderr == "pyrt: executable file not found: /bin/nope (stage exec)\n"
     r = pyrt_cli("run", "/no/such/image", "true")
     assert r.returncode == 125 and "Traceback" not in r.stderr and "/no/such/image" in r.stderr
-    r = pyrt_cli("run", "--memory", "1g", str(rootfs), "true")
-    assert r.returncode == 125 and "--memory" in r.stderr
+    r = pyrt_cli("run", "--memory", "1k", str(rootfs), "true")
+    assert r.returncode == 125 and "memory" in r.stderr and "6 MiB" in r.stderr
+
+
+def test_limits_on_the_command_line(rootfs: Path) -> None:
+    r = pyrt_cli("run", "--memory", "32m", "--pids-limit", "5", "--cpus", "0.5", str(rootfs),
+                 "tail", "-c", "100000000", "/dev/zero")  # fmt: skip
+    assert r.returncode == 137
 
 
 def test_load_tag_images_rmi(rootfs: Path) -> None:

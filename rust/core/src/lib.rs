@@ -3,6 +3,7 @@
 //! (`child`), and `io` talks to it.
 
 pub mod capabilities;
+pub mod cgroups;
 pub mod child;
 pub mod io;
 pub mod mountopts;

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "spec")]
 use crate::capabilities;
 use crate::capabilities::CapSets;
+use crate::cgroups::CgroupPlan;
+#[cfg(feature = "spec")]
+use crate::cgroups::Resources;
 #[cfg(feature = "spec")]
 use crate::mountopts;
 use crate::mountopts::MountFlags;
@@ -124,6 +127,11 @@ pub struct Plan {
     pub sysctl: Vec<(String, String)>,
     /// Create a missing working directory inside the root before pivot_root.
     pub create_cwd: bool,
+    /// The container's own cgroup, made by the parent before clone.
+    pub cgroup: Option<CgroupPlan>,
+    /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
+    /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
+    pub new_cgroupns: bool,
     pub process: Process,
 }
 
@@ -152,6 +160,8 @@ impl Plan {
                 _ => clone_flags |= bit,
             }
         }
+        let new_cgroupns = clone_flags & libc::CLONE_NEWCGROUP as u64 != 0;
+        clone_flags &= !(libc::CLONE_NEWCGROUP as u64);
         if clone_flags & libc::CLONE_NEWNS as u64 == 0 {
             return Err(field_err(
                 "linux.namespaces",
@@ -254,6 +264,8 @@ impl Plan {
                 .as_ref()
                 .and_then(|a| a.get(ANNOTATION_CREATE_CWD))
                 .is_some_and(|v| v == "true"),
+            cgroup: plan_cgroup(spec)?,
+            new_cgroupns,
             process,
         })
     }
@@ -303,6 +315,70 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
         readonly: root.readonly().unwrap_or(false),
         source,
     })
+}
+
+#[cfg(feature = "spec")]
+fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(None);
+    };
+    let mut r = Resources::default();
+    if let Some(res) = linux.resources() {
+        if let Some(m) = res.memory() {
+            r.memory = m.limit();
+            r.memory_swap = m.swap();
+        }
+        if let Some(p) = res.pids() {
+            r.pids = Some(p.limit());
+        }
+        if let Some(c) = res.cpu() {
+            r.cpu_quota = c.quota();
+            r.cpu_period = c.period();
+            r.cpu_shares = c.shares();
+            r.cpuset_cpus = c.cpus().clone();
+            r.cpuset_mems = c.mems().clone();
+        }
+    }
+    const MIN_MEMORY: i64 = 6 << 20;
+    if let Some(m) = r.memory {
+        if (0..MIN_MEMORY).contains(&m) {
+            return Err(field_err(
+                "linux.resources.memory.limit",
+                format!("{m} bytes is below the minimum of 6 MiB a container needs"),
+            ));
+        }
+    }
+    if let (Some(m), Some(sw)) = (r.memory, r.memory_swap) {
+        if sw >= 0 && sw < m {
+            return Err(field_err(
+                "linux.resources.memory.swap",
+                format!("memory+swap ({sw}) must not be below the memory limit ({m})"),
+            ));
+        }
+    }
+    if r.pids == Some(0) {
+        return Err(field_err(
+            "linux.resources.pids.limit",
+            "0 would forbid even the container's first process",
+        ));
+    }
+    if let Some(q) = r.cpu_quota {
+        if (0..1000).contains(&q) {
+            return Err(field_err(
+                "linux.resources.cpu.quota",
+                format!("{q}us is below the kernel's minimum of 1000us"),
+            ));
+        }
+    }
+    let path = linux.cgroups_path().clone();
+    match path {
+        Some(path) => Ok(Some(CgroupPlan { path, resources: r })),
+        None if !r.is_empty() => Err(field_err(
+            "linux.cgroupsPath",
+            "resources are limited but no cgroupsPath says where",
+        )),
+        None => Ok(None),
+    }
 }
 
 #[cfg(feature = "spec")]

@@ -33,6 +33,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::cgroups::{Cgroup, CgroupError};
 use crate::child::ERROR_FD;
 use crate::plan::Plan;
 use crate::report::{strerror, SetupError, Stage};
@@ -138,6 +139,9 @@ unsafe fn fail(fd: RawFd) -> libc::c_int {
 struct Job {
     flags: libc::c_int,
     args: *const ChildArgs,
+    /// cgroup v1 `tasks` files to enter before clone and to return to after it.
+    enter: Vec<RawFd>,
+    leave: Vec<RawFd>,
     reply: mpsc::SyncSender<io::Result<(i32, OwnedFd)>>,
 }
 // SAFETY: the pointer is only dereferenced by the clone child while the sending thread waits for
@@ -160,6 +164,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                 // The child's stack: only child_fn and the libc wrappers it calls run on it.
                 let mut stack = vec![0u8; 256 * 1024];
                 for job in rx {
+                    if let Err(e) = move_self(&job.enter) {
+                        let _ = move_self(&job.leave);
+                        let _ = job.reply.send(Err(e));
+                        continue;
+                    }
                     let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
                     let mut pidfd: libc::c_int = -1;
                     // SAFETY: see the module comment; child_fn only uses what `args` points at.
@@ -172,8 +181,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                             &mut pidfd as *mut libc::c_int,
                         )
                     };
+                    let clone_err = io::Error::last_os_error();
+                    // Back home; a failure here would put later containers in this one's
+                    // cgroups, so it fails them loudly rather than silently.
+                    let back = move_self(&job.leave);
                     let r = if pid < 0 {
-                        Err(io::Error::last_os_error())
+                        Err(clone_err)
+                    } else if let Err(e) = back {
+                        Err(e)
                     } else {
                         // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
                         Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
@@ -186,11 +201,25 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
+/// Writes "0" into each cgroup v1 `tasks` file: moves the calling thread alone, which skips the
+/// thread-group lock (and its RCU wait) that moving a whole process takes.
+fn move_self(files: &[RawFd]) -> io::Result<()> {
+    for fd in files {
+        // SAFETY: writing two bytes from a static buffer to a descriptor the job owns.
+        if unsafe { libc::write(*fd, b"0\n".as_ptr() as *const libc::c_void, 2) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A started container's first process.
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// The container's cgroup, when it has one.
+    pub cgroup: Option<Cgroup>,
     /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
     _lifeline: OwnedFd,
     status: Option<i32>,
@@ -217,7 +246,51 @@ fn spawn_err(what: &str, e: io::Error) -> SetupError {
 
 /// Starts `plan` with the given stdio descriptors (which stay the caller's). Returns once the
 /// container's command is running, or the setup error with its stage and errno.
-pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child, SetupError> {
+pub fn spawn(
+    image: &ChildImage,
+    plan: &Plan,
+    stdio: [RawFd; 3],
+    cgroup: Option<Cgroup>,
+) -> Result<Child, SetupError> {
+    let destroy = |cg: &Option<Cgroup>| {
+        if let Some(c) = cg {
+            let _ = c.destroy();
+        }
+    };
+    let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
+    let (enter, leave) = match &cgroup {
+        Some(c) => match (c.tasks_files(false), c.tasks_files(true)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                destroy(&cgroup);
+                return Err(cg_err(e));
+            }
+        },
+        None => (Vec::new(), Vec::new()),
+    };
+    match spawn_inner(image, plan, stdio, &cgroup, &enter, &leave) {
+        Ok((pid, pidfd, lifeline)) => Ok(Child {
+            pid,
+            pidfd,
+            cgroup,
+            _lifeline: lifeline,
+            status: None,
+        }),
+        Err(e) => {
+            destroy(&cgroup);
+            Err(e)
+        }
+    }
+}
+
+fn spawn_inner(
+    image: &ChildImage,
+    plan: &Plan,
+    stdio: [RawFd; 3],
+    cgroup: &Option<Cgroup>,
+    enter: &[OwnedFd],
+    leave: &[OwnedFd],
+) -> Result<(i32, OwnedFd, OwnedFd), SetupError> {
     let plan_bytes = serde_json::to_vec(plan).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
@@ -249,6 +322,8 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
     let job = Job {
         flags,
         args: &args,
+        enter: enter.iter().map(|f| f.as_raw_fd()).collect(),
+        leave: leave.iter().map(|f| f.as_raw_fd()).collect(),
         reply: reply_tx,
     };
     let sent = spawner()
@@ -285,9 +360,19 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
     let mut child = Child {
         pid,
         pidfd,
+        cgroup: None,
         _lifeline: plan_w,
         status: None,
     };
+    // v2: into the cgroup before the child has its plan, so before the command's first
+    // instruction. (v1: it was born there.)
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.place(pid) {
+            let _ = child.kill(libc::SIGKILL);
+            let _ = child.wait(None);
+            return Err(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()));
+        }
+    }
 
     // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
     let mut w = std::fs::File::from(
@@ -304,7 +389,13 @@ pub fn spawn(image: &ChildImage, plan: &Plan, stdio: [RawFd; 3]) -> Result<Child
     let mut report = Vec::new();
     let _ = std::fs::File::from(err_r).read_to_end(&mut report);
     if report.is_empty() {
-        return Ok(child);
+        let Child {
+            pid,
+            pidfd,
+            _lifeline,
+            ..
+        } = child;
+        return Ok((pid, pidfd, _lifeline));
     }
     let err = if report.len() == 12 && report.starts_with(b"PYRTEXEC") {
         let errno = i32::from_ne_bytes([report[8], report[9], report[10], report[11]]);
@@ -416,5 +507,13 @@ impl Child {
 
     pub fn returncode(&self) -> Option<i32> {
         self.status
+    }
+
+    /// Kills everything left in the container's cgroup and removes it.
+    pub fn destroy_cgroup(&mut self) -> Result<(), CgroupError> {
+        match self.cgroup.take() {
+            Some(c) => c.destroy(),
+            None => Ok(()),
+        }
     }
 }

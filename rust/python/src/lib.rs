@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use pyrt_core::cgroups::{self, Cgroup};
 use pyrt_core::io::{communicate as core_communicate, Outputs};
 use pyrt_core::plan::Plan;
 use pyrt_core::report::{SetupError, Stage};
@@ -83,7 +84,17 @@ fn spawn(
     })?;
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let child = py
-        .detach(|| core_spawn(image, &plan, [stdin, stdout, stderr]))
+        .detach(|| {
+            let cgroup = match &plan.cgroup {
+                None => None,
+                Some(cp) => Some(
+                    cgroups::layout()
+                        .and_then(|l| Cgroup::create(l, cp))
+                        .map_err(|e| SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))?,
+                ),
+            };
+            core_spawn(image, &plan, [stdin, stdout, stderr], cgroup)
+        })
         .map_err(|e| spawn_error(py, &e))?;
     Ok(Process { child })
 }
@@ -164,6 +175,36 @@ impl Process {
         let child = &mut self.child;
         py.detach(|| child.wait(t))
             .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    }
+
+    /// (memory_bytes, pids, cpu_ns) of the container's cgroup, or None when it has none.
+    fn stats(&self) -> PyResult<Option<(u64, u64, u64)>> {
+        match &self.child.cgroup {
+            None => Ok(None),
+            Some(c) => c
+                .stats()
+                .map(|s| Some((s.memory_bytes, s.pids, s.cpu_ns)))
+                .map_err(|e| PyOSError::new_err((e.errno(), e.to_string()))),
+        }
+    }
+
+    /// How many of the container's processes the OOM killer killed (0 without a cgroup).
+    fn oom_kills(&self) -> u64 {
+        self.child.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+    }
+
+    /// The container's cgroup directories (one per v1 hierarchy, or the v2 one).
+    fn cgroup_paths(&self) -> Vec<String> {
+        self.child.cgroup.as_ref().map_or_else(Vec::new, |c| {
+            c.paths().iter().map(|p| p.display().to_string()).collect()
+        })
+    }
+
+    /// Kills everything in the container's cgroup and removes it; idempotent.
+    fn destroy_cgroup(&mut self, py: Python<'_>) -> PyResult<()> {
+        let child = &mut self.child;
+        py.detach(|| child.destroy_cgroup())
+            .map_err(|e| PyOSError::new_err((e.errno(), e.to_string())))
     }
 
     /// Sends `sig` through the pidfd; a process that already ended is not an error.

@@ -63,8 +63,18 @@ fn read_plan() -> Result<Plan, SetupError> {
 }
 
 fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
-    // 1. Join the namespaces given by path (the new ones were made by clone).
+    // 1. Join the namespaces given by path (the new ones were made by clone); a new cgroup
+    //    namespace now, when we are inside the container's cgroup, so that it is its root.
     join_namespaces(plan)?;
+    if plan.new_cgroupns {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| {
+            SetupError::io(
+                Stage::Namespaces,
+                "unshare(CLONE_NEWCGROUP)",
+                &io::Error::from(e),
+            )
+        })?;
+    }
     // 2. Nothing we mount may propagate to the host.
     rootfs::make_private()?;
     // 3. The root: a bind of the image directory, an overlay of its layers, or the host's "/".
