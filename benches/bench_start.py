@@ -41,7 +41,7 @@ def reexec_in_private_mount_ns() -> None:
     os.execvpe("unshare", cmd, env)
 
 
-def make_bundle(root: Path, rootfs: Path) -> Path:
+def make_bundle(root: Path, rootfs: Path, limits: bool) -> Path:
     bundle = root / "bundle"
     bundle.mkdir()
     (bundle / "rootfs").symlink_to(rootfs)
@@ -50,6 +50,11 @@ def make_bundle(root: Path, rootfs: Path) -> Path:
     cfg["process"]["terminal"] = False
     cfg["process"]["args"] = ["/bin/true"]
     cfg["root"] = {"path": str(rootfs), "readonly": True}
+    if limits:
+        cfg["linux"]["resources"] = {
+            "memory": {"limit": 256 << 20, "swap": 256 << 20},
+            "pids": {"limit": 100},
+        }
     (bundle / "config.json").write_text(json.dumps(cfg))
     return bundle
 
@@ -63,6 +68,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=300)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--limits", action="store_true", help="memory 256m + pids 100 for pyrt, crun and runc"
+    )
     args = ap.parse_args()
     reexec_in_private_mount_ns()
 
@@ -72,7 +80,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pyrt-bench-"))
     try:
         rootfs = make_busybox_rootfs(work / "rootfs")
-        bundle = make_bundle(work, rootfs)
+        bundle = make_bundle(work, rootfs, args.limits)
+        lim = {"memory": "256m", "pids_limit": 100} if args.limits else {}
         img = pyrt.Image.load(rootfs)
         dn = subprocess.DEVNULL
         counter = iter(range(10**9))
@@ -90,12 +99,15 @@ def main() -> None:
 
         tools: dict[str, Callable[[], None]] = {
             "bare subprocess": peer(["/bin/true"]),
-            "pyrt.run": lambda: pyrt.run(img, ["/bin/true"], check=True) and None,
+            "pyrt.run": lambda: pyrt.run(img, ["/bin/true"], check=True, **lim) and None,
             "bwrap": peer(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind",
                            str(rootfs), "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]),
             "crun run": oci("crun"),
             "runc run": oci("runc"),
         }  # fmt: skip
+        if args.limits:
+            # bwrap and a bare process have no limits to set: not the same work.
+            del tools["bwrap"], tools["bare subprocess"]
         times: dict[str, list[float]] = {k: [] for k in tools}
         for fn in tools.values():  # warm-up: page cache, the child's memfd, interpreter paths
             for _ in range(5):
@@ -120,7 +132,8 @@ def main() -> None:
                     "ratio_to_crun": round(med / crun_med, 3),
                 }
             )
-        print(f"start-to-exit of /bin/true, {args.rounds} interleaved rounds, "
+        print(f"start-to-exit of /bin/true{' with limits' if args.limits else ''}, "
+              f"{args.rounds} interleaved rounds, "
               f"kernel {os.uname().release}, {os.cpu_count()} cpus")  # fmt: skip
         print(f"{'tool':18} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
         for row in rows:

@@ -324,6 +324,21 @@ fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
     };
     let mut r = Resources::default();
     if let Some(res) = linux.resources() {
+        // Limits pyrt does not apply are refused: a container must never run silently
+        // unlimited. (The devices allow-list is accepted: pyrt creates only the default nodes.)
+        let unsupported = [
+            ("blockIO", res.block_io().is_some()),
+            ("hugepageLimits", res.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())),
+            ("network", res.network().is_some()),
+            ("rdma", res.rdma().as_ref().is_some_and(|r| !r.is_empty())),
+            ("unified", res.unified().as_ref().is_some_and(|u| !u.is_empty())),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(field_err(
+                format!("linux.resources.{name}"),
+                "pyrt does not apply this limit; refusing rather than running without it",
+            ));
+        }
         if let Some(m) = res.memory() {
             r.memory = m.limit();
             r.memory_swap = m.swap();
