@@ -5,12 +5,20 @@ from typing import Optional
 
 from typing_extensions import final
 
-__all__ = ["CHILD_SIZE", "Process", "communicate", "open_in_root", "plan", "spawn"]
+__all__ = ["CHILD_SIZE", "Process", "communicate", "exec", "open_in_root", "plan", "spawn"]
 
 CHILD_SIZE: int
 
 def plan(spec_json: str) -> str: ...
 def spawn(spec_json: str, stdin: int, stdout: int, stderr: int) -> Process: ...
+def exec(
+    target: int,
+    process_json: str,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    cgroup_paths: list[str] = ...,
+) -> Process: ...
 def communicate(
     stdin: int,
     input: Optional[bytes],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -77,6 +78,24 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("image", help='"host", a rootfs directory or tarball, or a stored name')
     r.add_argument("command", nargs=argparse.REMAINDER)
 
+    sub.add_parser("ps", help="list running containers (from any process)")
+    ex = sub.add_parser("exec", help="run a command in a running container")
+    ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    ex.add_argument("-u", "--user")
+    ex.add_argument("-w", "--workdir")
+    ex.add_argument("-i", "--interactive", action="store_true")
+    ex.add_argument("container", help="id, id prefix or name")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    lg = sub.add_parser("logs", help="what a container wrote to stdout and stderr")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("container")
+    kl = sub.add_parser("kill", help="send a signal to a container (default KILL)")
+    kl.add_argument("-s", "--signal", default="KILL")
+    kl.add_argument("container")
+    rm = sub.add_parser("rm", help="remove containers (killing them if running)")
+    rm.add_argument("-f", "--force", action="store_true", help="accepted for docker habits")
+    rm.add_argument("containers", nargs="+")
+
     ld = sub.add_parser("load", help="load an image from a path into the local store")
     ld.add_argument("path")
     ld.add_argument("--tag", "-t")
@@ -93,8 +112,6 @@ def _build_parser() -> argparse.ArgumentParser:
 def _container_from(a: argparse.Namespace) -> Container:
     if a.p:
         raise PyrtError("-p is not supported by this pyrt yet")
-    if a.detach:
-        raise PyrtError("-d is not supported by this pyrt yet")
     if a.tty:
         raise PyrtError("-t is not supported by this pyrt yet")
     if a.init:
@@ -141,11 +158,169 @@ def _run(a: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
+def parse_signal(name: str) -> int:
+    """ "KILL", "SIGKILL", "kill" or "9"."""
+    n = name.strip().upper()
+    if n.isdigit():
+        return int(n)
+    try:
+        return int(getattr(signal, n if n.startswith("SIG") else "SIG" + n))
+    except AttributeError:
+        raise PyrtError(f"unknown signal: {name}") from None
+
+
+def _run_detached(argv: Sequence[str]) -> int:
+    """`pyrt run -d`: a monitor process owns the container; we print its id once it runs."""
+    rest = [x for x in argv[1:] if x not in ("-d", "--detach")]
+    r, w = os.pipe()
+    import subprocess
+
+    subprocess.Popen(
+        [sys.executable, "-m", "pyrt.monitor", str(w), *rest],
+        pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+    )  # fmt: skip
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = f.read().strip()
+    kind, _, rest_msg = report.partition(" ")
+    if kind == "ok":
+        print(rest_msg)
+        return 0
+    code, _, msg = rest_msg.partition(" ")
+    print(f"pyrt: {msg or 'the container monitor failed to start'}", file=sys.stderr)
+    return int(code) if code.isdigit() else 125
+
+
+def _ps() -> int:
+    from .state import list_states
+
+    print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':10}{'PID':>8}  COMMAND")
+    for st in list_states():
+        cmd = " ".join(st.get("command") or [])
+        print(f"{st['id'][:12]:14}{(st.get('name') or '-'):16}{str(st.get('image'))[:26]:28}"
+              f"{st['status']:10}{st.get('pid') or '-':>8}  {cmd[:40]}")  # fmt: skip
+    return 0
+
+
+def _exec(a: argparse.Namespace) -> int:
+    from .state import find, pid_start_time
+
+    st = find(a.container)
+    if st["status"] != "running" or pid_start_time(st["pid"]) != st.get("pid_start"):
+        raise PyrtError(f"container {a.container} is not running")
+    if not a.command:
+        raise PyrtError("exec needs a command")
+    proc = dict(st["process"])
+    proc["args"] = list(a.command)
+    env = dict(kv.split("=", 1) for kv in proc.get("env") or [])
+    env.update(_env(a.env))
+    proc["env"] = [f"{k}={v}" for k, v in env.items()]
+    if a.workdir:
+        proc["cwd"] = a.workdir
+    if a.user:
+        uid, _, gid = a.user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise PyrtError("pyrt exec -u takes numeric ids: UID[:GID]")
+        proc["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        if int(uid) != 0:
+            caps = proc.get("capabilities") or {}
+            proc["capabilities"] = dict(caps, effective=[], permitted=[])
+    stdin = sys.stdin.fileno() if a.interactive else os.open(os.devnull, os.O_RDONLY)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    p = _core.exec(st["pid"], json.dumps(proc), stdin, 1, 2, st.get("cgroups") or [])
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, lambda signum, _frame: p.kill(signum))
+    code = p.wait()
+    assert code is not None
+    return code if code >= 0 else 128 - code
+
+
+def _logs(a: argparse.Namespace) -> int:
+    import time
+
+    from .state import find, pid_start_time
+
+    st = find(a.container)
+    out = sys.stdout.buffer
+    with open(st["log"], "rb") as f:
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not a.follow or pid_start_time(st["pid"]) != st.get("pid_start"):
+                return 0
+            time.sleep(0.05)
+
+
+def _kill(a: argparse.Namespace) -> int:
+    from .state import find, pid_start_time
+
+    st = find(a.container)
+    sig = parse_signal(a.signal)
+    if pid_start_time(st["pid"]) != st.get("pid_start"):
+        raise PyrtError(f"container {a.container} is not running")
+    # Through a pidfd: the number cannot have been reused between the check and the signal.
+    fd = os.pidfd_open(st["pid"])
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _rm(a: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .state import find, kill_and_rmdir, pid_start_time
+
+    for ref in a.containers:
+        st = find(ref)
+        d = Path(st["dir"])
+        if st.get("detached"):
+            # Its monitor removes everything, then exits.
+            os.kill(st["owner"], signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while d.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            # Owned by a live Python process: end the container now; the owner frees the rest.
+            if st.get("pid") and pid_start_time(st["pid"]) == st.get("pid_start"):
+                fd = os.pidfd_open(st["pid"])
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                finally:
+                    os.close(fd)
+            for cg in st.get("cgroups") or []:
+                if os.path.isdir(cg):
+                    kill_and_rmdir(cg)
+            (d / "removed").touch()
+        print(st["id"])
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = _build_parser().parse_args(argv)
     try:
+        if a.cmd == "run" and a.detach:
+            return _run_detached(argv)
         if a.cmd == "run":
             return _run(a)
+        if a.cmd == "ps":
+            return _ps()
+        if a.cmd == "exec":
+            return _exec(a)
+        if a.cmd == "logs":
+            return _logs(a)
+        if a.cmd == "kill":
+            return _kill(a)
+        if a.cmd == "rm":
+            return _rm(a)
         if a.cmd == "load":
             img = Image.load(a.path, tag=a.tag)
             print(img.id)
@@ -171,8 +346,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)
-            import json
-
             from .state import ContainerDir
 
             d = ContainerDir.create(c.id, overlay=c.image.kind != "host")

@@ -9,9 +9,10 @@ import os
 import secrets
 import signal
 import threading
+import time
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 from . import _core, spec
@@ -20,7 +21,7 @@ from .image import Image
 from .image.config import command_for
 from .mounts import Bind, Mount, Tmpfs
 from .sizes import parse_size
-from .state import ContainerDir
+from .state import ContainerDir, pid_start_time
 
 Input = Union[bytes, str, None]
 
@@ -179,6 +180,9 @@ class Container:
             if isinstance(m, Tmpfs):
                 m.to_spec()
         self._proc: Optional[_core.Process] = None
+        self._process: Optional[spec.ProcessSpec] = None
+        self._state_doc: Optional[dict[str, Any]] = None
+        self._detached = False
         self._dir: Optional[ContainerDir] = None
         self._returncode: Optional[int] = None
         self._removed = False
@@ -221,18 +225,19 @@ class Container:
                 work=str(self._dir.work),
             )
         privileged = bool(o["privileged"])
+        self._process = spec.ProcessSpec(
+            args=self.args,
+            env=env,
+            cwd=cwd,
+            uid=ids.uid,
+            gid=ids.gid,
+            additional_gids=ids.additional_gids,
+            capabilities=spec.capability_set(o["cap_add"], o["cap_drop"], privileged),
+            no_new_privileges=not privileged,
+        )
         c = spec.ContainerSpec(
             root=root,
-            process=spec.ProcessSpec(
-                args=self.args,
-                env=env,
-                cwd=cwd,
-                uid=ids.uid,
-                gid=ids.gid,
-                additional_gids=ids.additional_gids,
-                capabilities=spec.capability_set(o["cap_add"], o["cap_drop"], privileged),
-                no_new_privileges=not privileged,
-            ),
+            process=self._process,
             hostname=hostname,
             network=o["network"],
             mounts=extra_mounts + [m.to_spec() for m in o["mounts"]],
@@ -263,8 +268,19 @@ class Container:
                     log = stdout = stderr = os.open(d.log, flags, 0o600)
                 self._dir = d
                 doc = self.build_spec(str(d.rootfs), cgroup)
+                state = self._state(doc)
+                if cgroup:
+                    # Known before any kernel object exists; a crash from here on leaves a
+                    # directory that collect_stale (or `pyrt gc`) finishes off.
+                    d.write_state(state)
                 self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
                 d.record_cgroups(self._proc.cgroup_paths())
+                if cgroup:
+                    pid = self._proc.pid
+                    state.update(status="running", pid=pid, pid_start=pid_start_time(pid),
+                                 cgroups=self._proc.cgroup_paths())  # fmt: skip
+                    d.write_state(state)
+                    self._state_doc = state
             except BaseException:
                 self._dir = None
                 d.remove()
@@ -274,9 +290,31 @@ class Container:
                     os.close(log)
             _live.add(self)
 
-    def start(self) -> Container:
-        """Starts detached: stdout and stderr go to the container's log (see ``logs()``).
-        Returns once the command runs."""
+    def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "image": (self.image.tags or [self.image.source or self.image.kind])[0],
+            "command": self.args,
+            "created": time.time(),
+            "status": "creating",
+            "owner": os.getpid(),
+            "detached": self._detached,
+            "log": str(self._dir.log) if self._dir else None,
+            "process": doc["process"],
+        }
+
+    def start(self, *, detached: bool = False) -> Container:
+        """Starts in the background: stdout and stderr go to the container's log (see
+        ``logs()``). Returns once the command runs. Other processes see it in `pyrt ps` and can
+        exec into it, read its logs and remove it by id or name."""
+        if self.name is not None:
+            from .state import list_states
+
+            if any(st.get("name") == self.name for st in list_states()):
+                raise PyrtError(f"the name {self.name!r} is already in use by a running container")
+        self._detached = detached
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._spawn(devnull, cgroup=True)
@@ -284,15 +322,22 @@ class Container:
             os.close(devnull)
         return self
 
-    def run(
+    def record_exit(self, code: int) -> None:
+        """Notes the exit status in the shared state (for `pyrt ps` and the like)."""
+        if self._dir is not None and self._state_doc is not None:
+            self._state_doc.update(status="exited", exit_code=code)
+            self._dir.write_state(self._state_doc)
+
+    def _run_io(
         self,
-        input: Input = None,
-        timeout: Optional[float] = None,
-        check: bool = False,
-        text: bool = False,
-    ) -> Result:
-        """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
-        ``timeout`` kills the whole container and raises TimeoutExpired."""
+        start: Callable[[int, int, int], _core.Process],
+        input: Input,
+        timeout: Optional[float],
+        drain_after_kill: Optional[float],
+    ) -> tuple[_core.Process, bytes, bytes, int]:
+        """Starts a process with pipes for its stdio, feeds ``input``, collects both outputs and
+        waits. On ``timeout`` the process is killed (SIGKILL) and TimeoutExpired raised, with
+        what it wrote until then."""
         if isinstance(input, str):
             input = input.encode()
         if input is not None:
@@ -303,37 +348,103 @@ class Container:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                self._spawn(in_r, out_w, err_w)
+                proc = start(in_r, out_w, err_w)
             finally:
                 for fd in (in_r, out_w, err_w):
                     os.close(fd)
-            assert self._proc is not None
             # communicate takes in_w over and closes it.
             stdin_fd, in_w = in_w, -1
             out, err, timed_out = _core.communicate(stdin_fd, input, out_r, err_r, timeout)
             if timed_out:
-                self.kill(signal.SIGKILL)
-                more_out, more_err, _ = _core.communicate(-1, None, out_r, err_r, None)
-                self.wait()
+                proc.kill(signal.SIGKILL)
+                more_out, more_err, _ = _core.communicate(-1, None, out_r, err_r, drain_after_kill)
+                proc.wait()
                 assert timeout is not None
                 raise TimeoutExpired(self.args, timeout, out + more_out, err + more_err)
-            code = self.wait()
-            oom = self._proc.oom_kills() > 0
+            code = proc.wait()
+            assert code is not None
+            return proc, out, err, code
         finally:
             for fd in (in_w, out_r, err_r):
                 if fd >= 0:
                     os.close(fd)
+
+    def run(
+        self,
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+    ) -> Result:
+        """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
+        ``timeout`` kills the whole container and raises TimeoutExpired."""
+
+        def start(i: int, o: int, e: int) -> _core.Process:
+            self._spawn(i, o, e)
+            assert self._proc is not None
+            return self._proc
+
+        try:
+            # Killing the first process ends the whole pid namespace: the drain ends at EOF.
+            proc, out, err, code = self._run_io(start, input, timeout, None)
+            self._returncode = code
+            oom = proc.oom_kills() > 0
+        finally:
             self.remove()
-        res = Result(
-            self.args,
-            code,
-            out.decode("utf-8", "replace") if text else out,
-            err.decode("utf-8", "replace") if text else err,
-            oom_killed=oom,
-        )
-        if check:
-            res.check_returncode()
-        return res
+        return _result(self.args, code, out, err, text, check, oom)
+
+    def exec(
+        self,
+        command: Sequence[str],
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        workdir: Optional[str] = None,
+    ) -> Result:
+        """Runs ``command`` inside the running container (all its namespaces and its cgroup),
+        with the container's environment plus ``env``, as its user or ``user``, in its working
+        directory or ``workdir``. ``timeout`` kills only this process."""
+        if isinstance(command, str) or not command:
+            raise TypeError("command must be a non-empty list of arguments")
+        proc = self._proc
+        if proc is None or self._removed or self.status != "running":
+            raise PyrtError(f"container {self.id[:12]} is not running")
+        doc = self._exec_process(list(command), env, user, workdir)
+        paths = proc.cgroup_paths()
+        pid = proc.pid
+
+        def start(i: int, o: int, e: int) -> _core.Process:
+            return _core.exec(pid, json.dumps(doc), i, o, e, paths)
+
+        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
+        _, out, err, code = self._run_io(start, input, timeout, 0.2)
+        return _result(list(command), code, out, err, text, check, False)
+
+    def _exec_process(
+        self,
+        args: list[str],
+        env: Optional[Mapping[str, str]],
+        user: Optional[str],
+        workdir: Optional[str],
+    ) -> dict[str, Any]:
+        assert self._process is not None
+        p = self._process
+        if user is not None:
+            try:
+                ids = self.image.resolve_user(user)
+            except ValueError as e:
+                raise SpawnError(str(e), stage="user", errno=22) from None
+            p = replace(p, uid=ids.uid, gid=ids.gid, additional_gids=ids.additional_gids)
+            env = {"HOME": ids.home, **(env or {})}
+        base = dict(kv.split("=", 1) for kv in p.env)
+        p = replace(p, args=args, env=spec.merge_env(base, env), cwd=workdir or p.cwd)
+        if not p.cwd.startswith("/"):
+            raise PyrtError(f"workdir must be an absolute path: {p.cwd!r}")
+        return spec.process_dict(p)
 
     # --- a running container -------------------------------------------------------------
 
@@ -436,6 +547,21 @@ class Container:
                 self.remove()
         except Exception:
             pass
+
+
+def _result(
+    args: list[str], code: int, out: bytes, err: bytes, text: bool, check: bool, oom: bool
+) -> Result:
+    res = Result(
+        args,
+        code,
+        out.decode("utf-8", "replace") if text else out,
+        err.decode("utf-8", "replace") if text else err,
+        oom_killed=oom,
+    )
+    if check:
+        res.check_returncode()
+    return res
 
 
 def run(

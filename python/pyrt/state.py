@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 from .places import ensure_dir, state_root
 
@@ -61,6 +63,16 @@ class ContainerDir:
             raise
         return cls(path, fd)
 
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Replaces state.json atomically: readers see the old or the new, never half."""
+        tmp = self.path / ".state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)
+
     def record_cgroups(self, paths: list[str]) -> None:
         """Notes the container's cgroups, for `collect_stale` after a crash."""
         if paths:
@@ -70,7 +82,7 @@ class ContainerDir:
         # Most containers leave their directory as it was made (an empty upper layer): removing
         # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.
         try:
-            for f in ("lock", "log", "cgroups"):
+            for f in ("state.json", "lock", "log", "cgroups", "removed"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / f)
             for d in ("rootfs", "upper", "work/work", "work", ""):
@@ -81,6 +93,71 @@ class ContainerDir:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def pid_start_time(pid: int) -> Optional[int]:
+    """The process's start time (clock ticks since boot): a pid plus this names one process,
+    never a later one that reused the number."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_alive(path: Path) -> bool:
+    """Whether the process that owns this container directory still holds its lock."""
+    try:
+        fd = os.open(path / "lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_state(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        data = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def list_states() -> list[dict[str, Any]]:
+    """Every container on this machine whose owner is alive, with its state and status."""
+    out = []
+    for e in sorted(os.scandir(containers_root()), key=lambda e: e.name):
+        path = Path(e.path)
+        st = read_state(path)
+        if st is None or not owner_alive(path) or (path / "removed").exists():
+            continue
+        pid = st.get("pid")
+        running = isinstance(pid, int) and pid_start_time(pid) == st.get("pid_start")
+        st["status"] = "running" if running else st.get("status", "exited")
+        if st["status"] == "running" and not running:
+            st["status"] = "exited"
+        st["dir"] = str(path)
+        out.append(st)
+    return out
+
+
+def find(ref: str) -> dict[str, Any]:
+    """A container by name, full id or unique id prefix."""
+    states = list_states()
+    exact = [s for s in states if s.get("name") == ref or s["id"] == ref]
+    matches = exact or [s for s in states if s["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    from .errors import PyrtError
+
+    if not matches:
+        raise PyrtError(f"no such container: {ref}")
+    raise PyrtError(f"{ref!r} names {len(matches)} containers: give more of the id")
 
 
 def collect_stale() -> list[str]:

@@ -135,6 +135,35 @@ pub struct Plan {
     pub process: Process,
 }
 
+/// A process to start inside a running container (`exec`): it joins the namespaces of the
+/// container's first process, `target` (a host pid), and then runs like a container's command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecPlan {
+    pub target: i32,
+    pub process: Process,
+}
+
+/// What a child is asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Request {
+    Create(Plan),
+    Exec(ExecPlan),
+}
+
+#[cfg(feature = "spec")]
+impl ExecPlan {
+    /// From the JSON of an OCI `process` object (what `runc exec --process` takes).
+    pub fn from_process_json(json: &str, target: i32) -> Result<ExecPlan, PlanError> {
+        let p: oci_spec::runtime::Process = serde_json::from_str(json)?;
+        let mut spec = Spec::default();
+        spec.set_process(Some(p));
+        Ok(ExecPlan {
+            target,
+            process: plan_process(&spec)?,
+        })
+    }
+}
+
 #[cfg(feature = "spec")]
 impl Plan {
     pub fn from_json(json: &str) -> Result<Plan, PlanError> {
@@ -328,10 +357,18 @@ fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
         // unlimited. (The devices allow-list is accepted: pyrt creates only the default nodes.)
         let unsupported = [
             ("blockIO", res.block_io().is_some()),
-            ("hugepageLimits", res.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())),
+            (
+                "hugepageLimits",
+                res.hugepage_limits()
+                    .as_ref()
+                    .is_some_and(|h| !h.is_empty()),
+            ),
             ("network", res.network().is_some()),
             ("rdma", res.rdma().as_ref().is_some_and(|r| !r.is_empty())),
-            ("unified", res.unified().as_ref().is_some_and(|u| !u.is_empty())),
+            (
+                "unified",
+                res.unified().as_ref().is_some_and(|u| !u.is_empty()),
+            ),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
             return Err(field_err(

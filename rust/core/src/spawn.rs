@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroups::{Cgroup, CgroupError};
 use crate::child::ERROR_FD;
-use crate::plan::Plan;
+use crate::plan::Request;
 use crate::report::{strerror, SetupError, Stage};
 
 /// The `pyrt-child` binary, in a sealed memfd that every container is started from.
@@ -142,11 +142,59 @@ struct Job {
     /// cgroup v1 `tasks` files to enter before clone and to return to after it.
     enter: Vec<RawFd>,
     leave: Vec<RawFd>,
+    /// For an exec: the container's pid namespace, which the child must be born in.
+    pidns: Option<RawFd>,
     reply: mpsc::SyncSender<io::Result<(i32, OwnedFd)>>,
 }
 // SAFETY: the pointer is only dereferenced by the clone child while the sending thread waits for
 // the reply, so the memory it points to is alive and not mutated.
 unsafe impl Send for Job {}
+
+fn setns(fd: RawFd, kind: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns on a descriptor the job owns.
+    if unsafe { libc::setns(fd, kind) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Everything the spawner thread does for one job, in order: step into the cgroups and the pid
+/// namespace the child must be born in, clone, step back out.
+fn run_job(job: &Job, stack: &mut [u8], home_pidns: RawFd) -> io::Result<(i32, OwnedFd)> {
+    move_self(&job.enter)?;
+    if let Some(ns) = job.pidns {
+        // Only pid_for_children changes; our own pid namespace stays what it was, so the way
+        // back below is always allowed.
+        setns(ns, libc::CLONE_NEWPID)?;
+    }
+    let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: see the module comment; child_fn only uses what `args` points at.
+    let pid = unsafe {
+        libc::clone(
+            child_fn,
+            top,
+            job.flags,
+            job.args as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // Back home. A failure here would start later containers in this one's cgroups or pid
+    // namespace, so it fails the job loudly rather than going unnoticed.
+    let back_ns = if job.pidns.is_some() {
+        setns(home_pidns, libc::CLONE_NEWPID)
+    } else {
+        Ok(())
+    };
+    let back_cg = move_self(&job.leave);
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    back_ns.and(back_cg).map(|_| (pid, pidfd))
+}
 
 fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
@@ -161,38 +209,27 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     Some(&all),
                     None,
                 );
+                // Our own pid namespace, to return to after an exec's clone.
+                let home_pidns = std::fs::File::open("/proc/thread-self/ns/pid_for_children")
+                    .or_else(|_| std::fs::File::open("/proc/thread-self/ns/pid"))
+                    .map(OwnedFd::from)
+                    .ok();
                 // The child's stack: only child_fn and the libc wrappers it calls run on it.
                 let mut stack = vec![0u8; 256 * 1024];
                 for job in rx {
-                    if let Err(e) = move_self(&job.enter) {
+                    let r = match (&job.pidns, &home_pidns) {
+                        (Some(_), None) => {
+                            Err(io::Error::other("cannot open our own pid namespace"))
+                        }
+                        _ => run_job(
+                            &job,
+                            &mut stack,
+                            home_pidns.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                        ),
+                    };
+                    if r.is_err() {
                         let _ = move_self(&job.leave);
-                        let _ = job.reply.send(Err(e));
-                        continue;
                     }
-                    let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
-                    let mut pidfd: libc::c_int = -1;
-                    // SAFETY: see the module comment; child_fn only uses what `args` points at.
-                    let pid = unsafe {
-                        libc::clone(
-                            child_fn,
-                            top,
-                            job.flags,
-                            job.args as *mut libc::c_void,
-                            &mut pidfd as *mut libc::c_int,
-                        )
-                    };
-                    let clone_err = io::Error::last_os_error();
-                    // Back home; a failure here would put later containers in this one's
-                    // cgroups, so it fails them loudly rather than silently.
-                    let back = move_self(&job.leave);
-                    let r = if pid < 0 {
-                        Err(clone_err)
-                    } else if let Err(e) = back {
-                        Err(e)
-                    } else {
-                        // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
-                        Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
-                    };
                     let _ = job.reply.send(r);
                 }
             })
@@ -213,13 +250,11 @@ fn move_self(files: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// A started container's first process.
+/// A started process: a container's first process, or one exec'd into a container.
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
     pub pidfd: OwnedFd,
-    /// The container's cgroup, when it has one.
-    pub cgroup: Option<Cgroup>,
     /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
     _lifeline: OwnedFd,
     status: Option<i32>,
@@ -244,54 +279,32 @@ fn spawn_err(what: &str, e: io::Error) -> SetupError {
     SetupError::io(Stage::Spawn, what, &e)
 }
 
-/// Starts `plan` with the given stdio descriptors (which stay the caller's). Returns once the
-/// container's command is running, or the setup error with its stage and errno.
-pub fn spawn(
-    image: &ChildImage,
-    plan: &Plan,
-    stdio: [RawFd; 3],
-    cgroup: Option<Cgroup>,
-) -> Result<Child, SetupError> {
-    let destroy = |cg: &Option<Cgroup>| {
-        if let Some(c) = cg {
-            let _ = c.destroy();
-        }
-    };
-    let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
-    let (enter, leave) = match &cgroup {
-        Some(c) => match (c.tasks_files(false), c.tasks_files(true)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                destroy(&cgroup);
-                return Err(cg_err(e));
-            }
-        },
-        None => (Vec::new(), Vec::new()),
-    };
-    match spawn_inner(image, plan, stdio, &cgroup, &enter, &leave) {
-        Ok((pid, pidfd, lifeline)) => Ok(Child {
-            pid,
-            pidfd,
-            cgroup,
-            _lifeline: lifeline,
-            status: None,
-        }),
-        Err(e) => {
-            destroy(&cgroup);
-            Err(e)
-        }
-    }
+/// Where the new process goes: its cgroup (not owned: the caller creates and destroys it) and,
+/// for an exec, the pid namespace of the container it joins.
+#[derive(Default)]
+pub struct Placement<'a> {
+    pub cgroup: Option<&'a Cgroup>,
+    pub pidns: Option<&'a OwnedFd>,
 }
 
-fn spawn_inner(
+/// Starts a new container (`Request::Create`) or a process in a running one
+/// (`Request::Exec`), with the given stdio descriptors (which stay the caller's). Returns once
+/// the command is running, or the setup error with its stage and errno.
+pub fn spawn(
     image: &ChildImage,
-    plan: &Plan,
+    request: &Request,
     stdio: [RawFd; 3],
-    cgroup: &Option<Cgroup>,
-    enter: &[OwnedFd],
-    leave: &[OwnedFd],
-) -> Result<(i32, OwnedFd, OwnedFd), SetupError> {
-    let plan_bytes = serde_json::to_vec(plan).map_err(|e| {
+    place: Placement,
+) -> Result<Child, SetupError> {
+    let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
+    let (enter, leave) = match place.cgroup {
+        Some(c) => (
+            c.tasks_files(false).map_err(cg_err)?,
+            c.tasks_files(true).map_err(cg_err)?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let request_bytes = serde_json::to_vec(request).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
     let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
@@ -316,61 +329,61 @@ fn spawn_inner(
         envp: envp.as_ptr(),
         report_fd: sources[4].as_raw_fd(),
     };
+    let clone_flags = match request {
+        Request::Create(p) => p.clone_flags,
+        Request::Exec(_) => 0,
+    };
     let flags =
-        (plan.clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+        (clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let job = Job {
         flags,
         args: &args,
         enter: enter.iter().map(|f| f.as_raw_fd()).collect(),
         leave: leave.iter().map(|f| f.as_raw_fd()).collect(),
+        pidns: place.pidns.map(|f| f.as_raw_fd()),
         reply: reply_tx,
     };
     let sent = spawner()
         .lock()
         .map(|tx| tx.send(job).is_ok())
         .unwrap_or(false);
+    let gone = || io::Error::other("the pyrt-spawner thread is gone");
     let cloned = if sent {
-        reply_rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the pyrt-spawner thread is gone")))
+        reply_rx.recv().unwrap_or_else(|_| Err(gone()))
     } else {
-        Err(io::Error::other("the pyrt-spawner thread is gone"))
+        Err(gone())
     };
     // The child has executed pyrt-child (or died): its copies of the descriptors are its own now.
     drop(sources);
     let (pid, pidfd) = cloned.map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EPERM) => {
-                " (creating these namespaces needs privilege, or a user namespace)"
-            }
-            Some(libc::ENOSPC) => " (a namespace limit in /proc/sys/user was reached)",
-            Some(libc::EINVAL) => " (the kernel does not support one of the requested namespaces)",
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let hint = match errno {
+            libc::EPERM => " (creating these namespaces needs privilege, or a user namespace)",
+            libc::ENOSPC => " (a namespace limit in /proc/sys/user was reached)",
+            libc::EINVAL => " (the kernel does not support one of the requested namespaces)",
+            libc::ENOMEM if place.pidns.is_some() => " (the container's init has exited)",
             _ => "",
         };
         SetupError::new(
             Stage::Namespaces,
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!(
-                "clone: {}{hint}",
-                strerror(e.raw_os_error().unwrap_or(libc::EIO))
-            ),
+            errno,
+            format!("clone: {}{hint}", strerror(errno)),
         )
     })?;
     let mut child = Child {
         pid,
         pidfd,
-        cgroup: None,
         _lifeline: plan_w,
         status: None,
     };
     // v2: into the cgroup before the child has its plan, so before the command's first
     // instruction. (v1: it was born there.)
-    if let Some(cg) = cgroup {
+    if let Some(cg) = place.cgroup {
         if let Err(e) = cg.place(pid) {
             let _ = child.kill(libc::SIGKILL);
             let _ = child.wait(None);
-            return Err(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()));
+            return Err(cg_err(e));
         }
     }
 
@@ -382,20 +395,14 @@ fn spawn_inner(
             .map_err(|e| spawn_err("dup", e))?,
     );
     let _ = w
-        .write_all(&(plan_bytes.len() as u32).to_le_bytes())
-        .and_then(|_| w.write_all(&plan_bytes));
+        .write_all(&(request_bytes.len() as u32).to_le_bytes())
+        .and_then(|_| w.write_all(&request_bytes));
     drop(w);
 
     let mut report = Vec::new();
     let _ = std::fs::File::from(err_r).read_to_end(&mut report);
     if report.is_empty() {
-        let Child {
-            pid,
-            pidfd,
-            _lifeline,
-            ..
-        } = child;
-        return Ok((pid, pidfd, _lifeline));
+        return Ok(child);
     }
     let err = if report.len() == 12 && report.starts_with(b"PYRTEXEC") {
         let errno = i32::from_ne_bytes([report[8], report[9], report[10], report[11]]);
@@ -507,13 +514,5 @@ impl Child {
 
     pub fn returncode(&self) -> Option<i32> {
         self.status
-    }
-
-    /// Kills everything left in the container's cgroup and removes it.
-    pub fn destroy_cgroup(&mut self) -> Result<(), CgroupError> {
-        match self.cgroup.take() {
-            Some(c) => c.destroy(),
-            None => Ok(()),
-        }
     }
 }

@@ -11,9 +11,9 @@ use pyo3::types::{PyBytes, PyDict};
 
 use pyrt_core::cgroups::{self, Cgroup};
 use pyrt_core::io::{communicate as core_communicate, Outputs};
-use pyrt_core::plan::Plan;
+use pyrt_core::plan::{ExecPlan, Plan, Request};
 use pyrt_core::report::{SetupError, Stage};
-use pyrt_core::spawn::{spawn as core_spawn, Child, ChildImage};
+use pyrt_core::spawn::{spawn as core_spawn, Child, ChildImage, Placement};
 
 static CHILD_BIN: &[u8] = include_bytes!(env!("PYRT_CHILD_BIN"));
 
@@ -83,7 +83,7 @@ fn spawn(
         )
     })?;
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
-    let child = py
+    let (child, cgroup) = py
         .detach(|| {
             let cgroup = match &plan.cgroup {
                 None => None,
@@ -93,10 +93,79 @@ fn spawn(
                         .map_err(|e| SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))?,
                 ),
             };
-            core_spawn(image, &plan, [stdin, stdout, stderr], cgroup)
+            let place = Placement {
+                cgroup: cgroup.as_ref(),
+                pidns: None,
+            };
+            match core_spawn(
+                image,
+                &Request::Create(plan),
+                [stdin, stdout, stderr],
+                place,
+            ) {
+                Ok(child) => Ok((child, cgroup)),
+                Err(e) => {
+                    if let Some(c) = cgroup {
+                        let _ = c.destroy();
+                    }
+                    Err(e)
+                }
+            }
         })
         .map_err(|e| spawn_error(py, &e))?;
-    Ok(Process { child })
+    Ok(Process { child, cgroup })
+}
+
+/// Starts a process inside the running container whose first process is `target` (a host pid),
+/// from the JSON of an OCI `process` object; it joins the container's namespaces and the cgroup
+/// whose directories are `cgroup_paths` (may be empty).
+#[pyfunction]
+#[pyo3(signature = (target, process_json, stdin, stdout, stderr, cgroup_paths=Vec::new()))]
+fn exec(
+    py: Python<'_>,
+    target: i32,
+    process_json: &str,
+    stdin: i32,
+    stdout: i32,
+    stderr: i32,
+    cgroup_paths: Vec<String>,
+) -> PyResult<Process> {
+    let plan = ExecPlan::from_process_json(process_json, target).map_err(|e| {
+        spawn_error(
+            py,
+            &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),
+        )
+    })?;
+    let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let child = py
+        .detach(|| {
+            let pidns = std::fs::File::open(format!("/proc/{target}/ns/pid"))
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| {
+                    SetupError::io(
+                        Stage::Namespaces,
+                        format!("the container's pid namespace (pid {target})"),
+                        &e,
+                    )
+                })?;
+            let paths: Vec<std::path::PathBuf> = cgroup_paths.iter().map(Into::into).collect();
+            let cgroup = match paths.is_empty() {
+                true => None,
+                false => cgroups::layout()
+                    .ok()
+                    .and_then(|l| Cgroup::from_paths(l, &paths)),
+            };
+            let place = Placement {
+                cgroup: cgroup.as_ref(),
+                pidns: Some(&pidns),
+            };
+            core_spawn(image, &Request::Exec(plan), [stdin, stdout, stderr], place)
+        })
+        .map_err(|e| spawn_error(py, &e))?;
+    Ok(Process {
+        child,
+        cgroup: None,
+    })
 }
 
 /// Feeds `input` to `stdin` and reads `stdout` and `stderr` (descriptors, -1 for none) to EOF or
@@ -148,6 +217,8 @@ fn open_in_root(dirfd: i32, path: &str, flags: i32, mode: u32) -> PyResult<i32> 
 #[pyclass(module = "pyrt._core")]
 struct Process {
     child: Child,
+    /// The container's cgroup, owned (destroyed) by its first process's handle.
+    cgroup: Option<Cgroup>,
 }
 
 #[pymethods]
@@ -179,7 +250,7 @@ impl Process {
 
     /// (memory_bytes, pids, cpu_ns) of the container's cgroup, or None when it has none.
     fn stats(&self) -> PyResult<Option<(u64, u64, u64)>> {
-        match &self.child.cgroup {
+        match &self.cgroup {
             None => Ok(None),
             Some(c) => c
                 .stats()
@@ -190,21 +261,24 @@ impl Process {
 
     /// How many of the container's processes the OOM killer killed (0 without a cgroup).
     fn oom_kills(&self) -> u64 {
-        self.child.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+        self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
     }
 
     /// The container's cgroup directories (one per v1 hierarchy, or the v2 one).
     fn cgroup_paths(&self) -> Vec<String> {
-        self.child.cgroup.as_ref().map_or_else(Vec::new, |c| {
+        self.cgroup.as_ref().map_or_else(Vec::new, |c| {
             c.paths().iter().map(|p| p.display().to_string()).collect()
         })
     }
 
     /// Kills everything in the container's cgroup and removes it; idempotent.
     fn destroy_cgroup(&mut self, py: Python<'_>) -> PyResult<()> {
-        let child = &mut self.child;
-        py.detach(|| child.destroy_cgroup())
-            .map_err(|e| PyOSError::new_err((e.errno(), e.to_string())))
+        match self.cgroup.take() {
+            None => Ok(()),
+            Some(c) => py
+                .detach(|| c.destroy())
+                .map_err(|e| PyOSError::new_err((e.errno(), e.to_string()))),
+        }
     }
 
     /// Sends `sig` through the pidfd; a process that already ended is not an error.
@@ -219,6 +293,7 @@ impl Process {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;
+    m.add_function(wrap_pyfunction!(exec, m)?)?;
     m.add_function(wrap_pyfunction!(communicate, m)?)?;
     m.add_function(wrap_pyfunction!(open_in_root, m)?)?;
     m.add_class::<Process>()?;

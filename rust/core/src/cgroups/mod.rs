@@ -228,6 +228,29 @@ impl Cgroup {
         }
     }
 
+    /// A handle on an existing container cgroup, from the directories `paths()` gave (an exec
+    /// joins it; another process may have made it).
+    pub fn from_paths(layout: &Layout, paths: &[PathBuf]) -> Option<Cgroup> {
+        match layout {
+            Layout::V1(l) => {
+                let mut g = v1::Group {
+                    dirs: Vec::new(),
+                    home: Vec::new(),
+                };
+                for p in paths {
+                    let c = l.controllers.iter().find(|c| p.starts_with(&c.mount))?;
+                    g.dirs.push((c.name.clone(), p.clone()));
+                    g.home
+                        .push(c.mount.join(c.own.strip_prefix("/").unwrap_or(&c.own)));
+                }
+                (!g.dirs.is_empty()).then_some(Cgroup::V1(g))
+            }
+            Layout::V2 { .. } => paths
+                .first()
+                .map(|d| Cgroup::V2(v2::Group { dir: d.clone() })),
+        }
+    }
+
     /// Descriptors of the v1 `tasks` files the spawner thread writes "0" to before clone
     /// (`home` false) and after it (`home` true, back where it came from).
     pub fn tasks_files(&self, home: bool) -> Result<Vec<OwnedFd>, CgroupError> {

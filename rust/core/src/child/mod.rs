@@ -21,7 +21,7 @@ pub mod rootfs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
-use crate::plan::{Plan, RootSource};
+use crate::plan::{ExecPlan, Plan, Request, RootSource};
 use crate::report::{SetupError, Stage};
 use crate::syscall;
 
@@ -39,7 +39,11 @@ pub fn main() -> ! {
     // Setup creates files and device nodes with exactly the modes it names (0666 for /dev/null);
     // the command's own umask is set later, from the spec (022 when it names none).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let err = match read_plan().and_then(|plan| run(&plan)) {
+    let result = read_request().and_then(|request| match request {
+        Request::Create(plan) => run(&plan),
+        Request::Exec(plan) => run_exec(&plan),
+    });
+    let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -50,7 +54,7 @@ pub fn main() -> ! {
     std::process::exit(127)
 }
 
-fn read_plan() -> Result<Plan, SetupError> {
+fn read_request() -> Result<Request, SetupError> {
     // SAFETY: PLAN_FD is ours; ManuallyDrop keeps it open as the lifeline after reading.
     let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
     let bad = |e: io::Error| SetupError::io(Stage::Plan, "reading the plan from the parent", &e);
@@ -133,6 +137,68 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     // 12. Signals as after boot; then make sure we die with the parent. A change of credentials
     //     cleared the parent-death signal that clone's child set, so it is set again here and the
     //     lifeline checked after, which closes the window in which the parent may have died.
+    process::reset_signals();
+    rearm_parent_death()?;
+    Err(process::exec(p, &exe))
+}
+
+/// An exec: we were born in the container's pid namespace (the spawner saw to that) and in its
+/// cgroup; join the rest of its namespaces, then become the command as a container's first
+/// process would. setns into the mount namespace also moves our root and working directory to
+/// the container's root, so there is nothing to pivot.
+fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
+    // The user namespace first (it owns the others), the mount namespace last of all: after it,
+    // /proc/<target> of the host is out of reach.
+    let kinds = [
+        ("user", libc::CLONE_NEWUSER),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("mnt", libc::CLONE_NEWNS),
+    ];
+    let mut files = Vec::new();
+    for (name, kind) in kinds {
+        let theirs = format!("/proc/{}/ns/{name}", plan.target);
+        let ours = format!("/proc/self/ns/{name}");
+        let same = match (std::fs::metadata(&theirs), std::fs::metadata(&ours)) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.ino() == b.ino() && a.dev() == b.dev()
+            }
+            (Err(e), _) => {
+                return Err(SetupError::io(
+                    Stage::Namespaces,
+                    format!("the container's {name} namespace ({theirs}; has it exited?)"),
+                    &e,
+                ))
+            }
+            _ => false,
+        };
+        if !same {
+            let f = std::fs::File::open(&theirs)
+                .map_err(|e| SetupError::io(Stage::Namespaces, format!("opening {theirs}"), &e))?;
+            files.push((f, kind, theirs));
+        }
+    }
+    for (f, kind, path) in &files {
+        // SAFETY: setns on a descriptor we own.
+        if unsafe { libc::setns(f.as_raw_fd(), *kind) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(SetupError::io(
+                Stage::Namespaces,
+                format!("joining {path}"),
+                &e,
+            ));
+        }
+    }
+    drop(files);
+    let p = &plan.process;
+    process::rlimits(p)?;
+    process::switch_user(p, setgroups_allowed())?;
+    process::enter_cwd(p)?;
+    let exe = process::lookup(p)?;
+    process::no_new_privs(p)?;
     process::reset_signals();
     rearm_parent_death()?;
     Err(process::exec(p, &exe))
