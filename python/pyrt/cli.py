@@ -74,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pids-limit", type=int)
     r.add_argument("--cpus", type=float)
     r.add_argument("-p", "--publish", dest="p", action="append", default=[], help=argparse.SUPPRESS)
-    r.add_argument("--init", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--init", action="store_true", help="a tiny init as pid 1: reaps, forwards")
     r.add_argument("image", help='"host", a rootfs directory or tarball, or a stored name')
     r.add_argument("command", nargs=argparse.REMAINDER)
 
@@ -114,8 +114,6 @@ def _container_from(a: argparse.Namespace) -> Container:
         raise PyrtError("-p is not supported by this pyrt yet")
     if a.tty:
         raise PyrtError("-t is not supported by this pyrt yet")
-    if a.init:
-        raise PyrtError("--init is not supported by this pyrt yet")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
     mounts += [Tmpfs(t) for t in a.tmpfs]
     opts: dict[str, Any] = {
@@ -133,6 +131,7 @@ def _container_from(a: argparse.Namespace) -> Container:
         "memory": a.memory,
         "pids_limit": a.pids_limit,
         "cpus": a.cpus,
+        "init": a.init,
     }
     entrypoint = [a.entrypoint] if a.entrypoint is not None else None
     return Container(resolve_image(a.image), a.command or None, entrypoint=entrypoint, **opts)

@@ -135,8 +135,6 @@ class Container:
         if ports is not None:
             raise PyrtError("ports=: published ports are not supported by this pyrt yet")
         self._limits = _limits(memory, pids_limit, cpus)
-        if init:
-            raise PyrtError("init=True: the built-in init is not supported by this pyrt yet")
         if rootless is None:
             rootless = os.geteuid() != 0
         if rootless:
@@ -173,6 +171,7 @@ class Container:
             "cap_add": list(cap_add),
             "cap_drop": list(cap_drop),
             "privileged": privileged,
+            "init": bool(init),
         }
         # Validate what can be validated before anything exists.
         spec.capability_set(cap_add, cap_drop, privileged)
@@ -210,6 +209,8 @@ class Container:
             raise PyrtError(f"workdir must be an absolute path: {cwd!r}")
         extra_mounts: list[dict[str, Any]] = []
         annotations = {"run.pyrt.cwd.create": "true"}
+        if o["init"]:
+            annotations["run.pyrt.init"] = "true"
         assert self._dir is not None
         if img.kind == "host":
             root = spec.RootSpec(path=root_dir, readonly=True, bind="/")

@@ -29,6 +29,8 @@ pub const ANNOTATION_OVERLAY: &str = "run.pyrt.rootfs.overlay";
 pub const ANNOTATION_ROOT_BIND: &str = "run.pyrt.rootfs.bind";
 /// Annotation "true": create a missing `process.cwd` inside the root (Docker's rule for `-w`).
 pub const ANNOTATION_CREATE_CWD: &str = "run.pyrt.cwd.create";
+/// Annotation "true": pyrt's init stays pid 1 and runs the command as its child.
+pub const ANNOTATION_INIT: &str = "run.pyrt.init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -129,6 +131,8 @@ pub struct Plan {
     pub create_cwd: bool,
     /// The container's own cgroup, made by the parent before clone.
     pub cgroup: Option<CgroupPlan>,
+    /// Keep pyrt-child as pid 1, reaping orphans and forwarding signals (`child::init`).
+    pub init: bool,
     /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
     /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
     pub new_cgroupns: bool,
@@ -294,6 +298,11 @@ impl Plan {
                 .and_then(|a| a.get(ANNOTATION_CREATE_CWD))
                 .is_some_and(|v| v == "true"),
             cgroup: plan_cgroup(spec)?,
+            init: spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_INIT))
+                .is_some_and(|v| v == "true"),
             new_cgroupns,
             process,
         })

@@ -86,8 +86,8 @@ impl ChildImage {
 /// stays alive until the child has executed (the parent thread sleeps until then).
 #[repr(C)]
 struct ChildArgs {
-    /// Sources for fds 0..=4, each >= FD_FLOOR so dup2 into 0..=4 cannot clobber a later source.
-    fds: [RawFd; 5],
+    /// Sources for fds 0..=5, each >= FD_FLOOR so dup2 into 0..=5 cannot clobber a later source.
+    fds: [RawFd; 6],
     exe_fd: RawFd,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
@@ -257,6 +257,8 @@ pub struct Child {
     pub pidfd: OwnedFd,
     /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
     _lifeline: OwnedFd,
+    /// Where an init (pid 1) reports the command's real wait status.
+    status_pipe: OwnedFd,
     status: Option<i32>,
 }
 
@@ -309,21 +311,25 @@ pub fn spawn(
     })?;
     let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
     let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-    let mut sources = Vec::with_capacity(5);
+    let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    // SAFETY: fcntl on our own descriptor; the parent reads it only after the child is reaped.
+    unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut sources = Vec::with_capacity(6);
     for fd in [
         stdio[0],
         stdio[1],
         stdio[2],
         plan_r.as_raw_fd(),
         err_w.as_raw_fd(),
+        status_w.as_raw_fd(),
     ] {
         sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
     }
-    drop((plan_r, err_w));
+    drop((plan_r, err_w, status_w));
     let argv: [*const libc::c_char; 2] = [c"pyrt-child".as_ptr(), std::ptr::null()];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let args = ChildArgs {
-        fds: [0, 1, 2, 3, 4].map(|i| sources[i].as_raw_fd()),
+        fds: [0, 1, 2, 3, 4, 5].map(|i| sources[i].as_raw_fd()),
         exe_fd: image.raw_fd(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -375,6 +381,7 @@ pub fn spawn(
         pid,
         pidfd,
         _lifeline: plan_w,
+        status_pipe: status_r,
         status: None,
     };
     // v2: into the cgroup before the child has its plan, so before the command's first
@@ -479,10 +486,22 @@ impl Child {
         if pid == 0 {
             return Ok(None);
         }
-        let code = match info.si_code {
+        let mut code = match info.si_code {
             libc::CLD_EXITED => status,
             _ => -status,
         };
+        // An init reports the command's own status: prefer it to its exit code.
+        let mut raw = [0u8; 4];
+        // SAFETY: reading into a local buffer; the writer is gone, so this cannot block long.
+        let n = unsafe { libc::read(self.status_pipe.as_raw_fd(), raw.as_mut_ptr().cast(), 4) };
+        if n == 4 {
+            let w = i32::from_ne_bytes(raw);
+            code = if libc::WIFEXITED(w) {
+                libc::WEXITSTATUS(w)
+            } else {
+                -libc::WTERMSIG(w)
+            };
+        }
         self.status = Some(code);
         Ok(Some(code))
     }

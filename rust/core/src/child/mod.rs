@@ -10,10 +10,12 @@
 //! | 0, 1, 2 | the container's stdio |
 //! | 3 | the plan: a little-endian u32 length, then the plan's JSON; afterwards the parent keeps the write end open as a lifeline |
 //! | 4 | the error pipe: a `SetupError` record on failure; closed by a successful execve |
+//! | 5 | the status pipe: with `init`, pid 1 writes the command's raw wait status here |
 //!
 //! The order of the steps matters and is the one below (bubblewrap's `main()` is the model).
 
 mod devices;
+mod init;
 mod network;
 mod process;
 pub mod rootfs;
@@ -31,8 +33,8 @@ pub const ERROR_FD: i32 = 4;
 /// Entry point of `pyrt-child`. Never returns: it becomes the container's command or exits.
 pub fn main() -> ! {
     // Nothing but our five descriptors may reach the container, whatever the parent held open.
-    let _ = syscall::close_from(5);
-    for fd in [PLAN_FD, ERROR_FD] {
+    let _ = syscall::close_from(6);
+    for fd in [PLAN_FD, ERROR_FD, init::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
@@ -139,6 +141,25 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     //     lifeline checked after, which closes the window in which the parent may have died.
     process::reset_signals();
     rearm_parent_death()?;
+    // 13. With init, fork: the child becomes the command, we stay as pid 1. Our copy of the
+    //     error pipe is closed so that the parent's EOF still means "the command runs".
+    if plan.init {
+        // SAFETY: we are single-threaded; the child only goes on to execve.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let _ = nix::unistd::close(unsafe { std::os::fd::OwnedFd::from_raw_fd(ERROR_FD) });
+                init::run(child)
+            }
+            Ok(nix::unistd::ForkResult::Child) => {}
+            Err(e) => {
+                return Err(SetupError::io(
+                    Stage::Exec,
+                    "fork for init",
+                    &io::Error::from(e),
+                ))
+            }
+        }
+    }
     Err(process::exec(p, &exe))
 }
 

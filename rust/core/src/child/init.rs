@@ -1,0 +1,60 @@
+//! `init=True`: pyrt-child stays as the container's pid 1 while the command runs as its child,
+//! as tini and catatonit do. It reaps every orphan that the kernel reparents to it (a pid 1 that
+//! does not leaves zombies behind) and forwards the signals it receives to the command.
+//!
+//! A pid 1 cannot be killed by a signal from inside its namespace, so it cannot die "of" the
+//! command's signal to pass it on. Instead it writes the command's raw wait status to the status
+//! pipe (fd 5), which the parent reads after reaping it, and exits with 128 + the signal number
+//! for anyone who only sees the exit code.
+
+use std::os::fd::RawFd;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+pub const STATUS_FD: RawFd = 5;
+
+/// Runs as pid 1 until `child`, the command, has exited. Never returns.
+pub fn run(child: Pid) -> ! {
+    let all = SigSet::all();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    let code = loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            // Forward: the command decides what a SIGTERM means. (SIGKILL and SIGSTOP never
+            // reach us; the parent ends the whole container with SIGKILL to pid 1.)
+            let _ = nix::sys::signal::kill(child, sig);
+            continue;
+        }
+        if let Some(raw) = reap(child) {
+            break raw;
+        }
+    };
+    // SAFETY: writing four bytes from a local to our own descriptor.
+    unsafe { libc::write(STATUS_FD, (&code as *const i32).cast(), 4) };
+    let exit = if libc::WIFEXITED(code) {
+        libc::WEXITSTATUS(code)
+    } else {
+        128 + libc::WTERMSIG(code)
+    };
+    std::process::exit(exit)
+}
+
+/// Reaps every child that has exited; returns the command's raw wait status once it has.
+fn reap(command: Pid) -> Option<i32> {
+    let mut result = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => result = Some(code << 8),
+            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == command => {
+                result = Some(sig as i32 | if core { 0x80 } else { 0 })
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return result,
+            Ok(_) => {}
+        }
+    }
+}
