@@ -147,7 +147,9 @@ pub struct ExecPlan {
     pub process: Process,
 }
 
-/// What a child is asked to do.
+/// What a child is asked to do. One is made per spawn and serialised at once: its size does
+/// not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Request {
     Create(Plan),
