@@ -5,7 +5,17 @@ from typing import Optional
 
 from typing_extensions import final
 
-__all__ = ["CHILD_SIZE", "Process", "communicate", "exec", "open_in_root", "plan", "spawn"]
+__all__ = [
+    "CHILD_SIZE",
+    "Process",
+    "communicate",
+    "exec",
+    "log_pipe",
+    "open_in_root",
+    "plan",
+    "spawn",
+    "tcp_probe",
+]
 
 CHILD_SIZE: int
 
@@ -26,6 +36,8 @@ def communicate(
     stderr: int,
     timeout: Optional[float] = None,
 ) -> tuple[bytes, bytes, bool]: ...
+def log_pipe(path: str, cap: int) -> int: ...
+def tcp_probe(pid: int, port: int, timeout: float) -> bool: ...
 def open_in_root(dirfd: int, path: str, flags: int, mode: int = 0) -> int: ...
 
 @final

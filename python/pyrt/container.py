@@ -6,12 +6,13 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
@@ -65,6 +66,11 @@ class Stats:
 
 
 _MIN_MEMORY = 6 << 20
+
+#: A detached container's log is rotated at this size, keeping one previous file.
+LOG_CAP = 16 << 20
+#: How often the wait_for_* helpers look again.
+POLL_INTERVAL = 0.005
 
 
 def _limits(
@@ -262,11 +268,11 @@ class Container:
             if self._proc is not None:
                 raise PyrtError(f"container {self.id[:12]} was already started")
             d = ContainerDir.create(self.id, overlay=self.image.kind != "host")
+            _fault("dir-created")
             log = -1
             try:
                 if stdout < 0:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                    log = stdout = stderr = os.open(d.log, flags, 0o600)
+                    log = stdout = stderr = _core.log_pipe(str(d.log), LOG_CAP)
                 self._dir = d
                 doc = self.build_spec(str(d.rootfs), cgroup)
                 state = self._state(doc)
@@ -274,7 +280,9 @@ class Container:
                     # Known before any kernel object exists; a crash from here on leaves a
                     # directory that collect_stale (or `pyrt gc`) finishes off.
                     d.write_state(state)
+                    _fault("state-written")
                 self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
+                _fault("spawned")
                 d.record_cgroups(self._proc.cgroup_paths())
                 if cgroup:
                     pid = self._proc.pid
@@ -282,6 +290,7 @@ class Container:
                                  cgroups=self._proc.cgroup_paths())  # fmt: skip
                     d.write_state(state)
                     self._state_doc = state
+                    _fault("running")
             except BaseException:
                 self._dir = None
                 d.remove()
@@ -509,14 +518,106 @@ class Container:
         return self._proc is not None and self._proc.oom_kills() > 0
 
     def logs(self) -> bytes:
-        """Everything the container wrote so far, stdout and stderr interleaved."""
+        """Everything the container wrote so far (up to the last 2 x 16 MiB), stdout and stderr
+        interleaved in the order written."""
         if self._dir is None:
             return b""
-        try:
-            with open(self._dir.log, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return b""
+        out = b""
+        for p in (self._dir.log.with_suffix(".1"), self._dir.log):
+            with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
+                out += f.read()
+        return out
+
+    def follow_logs(self, timeout: Optional[float] = None) -> Iterator[bytes]:
+        """Yields what the container writes as it writes it, until it has exited and all is
+        read (or ``timeout`` seconds pass: TimeoutExpired)."""
+        if self._dir is None:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with open(self._dir.log, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    yield chunk
+                    continue
+                if self.status != "running":
+                    time.sleep(0.02)  # the log thread's last copy
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutExpired(self.args, timeout or 0)
+                time.sleep(POLL_INTERVAL)
+
+    # --- readiness ---------------------------------------------------------------------
+
+    def _poll(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check()
+            if got:
+                return got
+            if self.status != "running":
+                raise PyrtError(
+                    f"container {self.id[:12]} exited (returncode {self.wait()}) "
+                    f"while waiting for {what}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(self.args, timeout)
+            time.sleep(POLL_INTERVAL)
+
+    def wait_for_log(
+        self, pattern: Union[str, bytes, re.Pattern[bytes]], timeout: float = 30
+    ) -> re.Match[bytes]:
+        """Waits until the logs match ``pattern`` (a regex); returns the match."""
+        if isinstance(pattern, str):
+            pattern = pattern.encode()
+        rx = re.compile(pattern) if isinstance(pattern, bytes) else pattern
+        m: re.Match[bytes] = self._poll(f"log pattern {rx.pattern!r}", timeout,
+                                        lambda: rx.search(self.logs()))  # fmt: skip
+        return m
+
+    def wait_for_command(
+        self, command: Sequence[str], timeout: float = 30, **exec_options: Any
+    ) -> Result:
+        """Waits until ``command``, exec'd inside, exits with status 0; returns its result."""
+        res: Result = self._poll(
+            f"{list(command)!r} to succeed",
+            timeout,
+            lambda: (r := self.exec(command, **exec_options)).returncode == 0 and r,
+        )
+        return res
+
+    def wait_for_file(self, path: str, timeout: float = 30) -> None:
+        """Waits until ``path`` exists inside the container (resolved inside its root)."""
+        if not path.startswith("/"):
+            raise ValueError(f"path must be absolute: {path!r}")
+
+        def exists() -> bool:
+            pid = self.pid
+            try:
+                root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return False
+            try:
+                os.close(_core.open_in_root(root, path, os.O_PATH))
+                return True
+            except OSError:
+                return False
+            finally:
+                os.close(root)
+
+        self._poll(f"file {path}", timeout, exists)
+
+    def wait_for_port(self, port: int, timeout: float = 30) -> None:
+        """Waits until a TCP connection to ``port`` on 127.0.0.1 inside the container's network
+        namespace is accepted."""
+        self._poll(
+            f"TCP port {port}",
+            timeout,
+            lambda: self.pid is not None and _core.tcp_probe(self.pid, port, 0.2),
+        )
 
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""
@@ -548,6 +649,12 @@ class Container:
                 self.remove()
         except Exception:
             pass
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash-recovery tests (PYRT_FAULT=point): die here by SIGKILL."""
+    if os.environ.get("PYRT_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _result(

@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod child;
 pub mod io;
+pub mod logs;
 pub mod mountopts;
 pub mod plan;
 pub mod report;

@@ -54,6 +54,15 @@ fn timeout_of(t: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
+/// Fault injection for the crash-recovery tests: with PYRT_FAULT naming this point, the process
+/// dies here by SIGKILL, as a crash would leave it.
+fn fault(point: &str) {
+    if std::env::var("PYRT_FAULT").is_ok_and(|v| v == point) {
+        // SAFETY: raise has no memory arguments.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
 /// The plan pyrt would carry out for this spec, as JSON: what the child will do, in order.
 #[pyfunction]
 fn plan(py: Python<'_>, spec_json: &str) -> PyResult<String> {
@@ -93,6 +102,7 @@ fn spawn(
                         .map_err(|e| SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))?,
                 ),
             };
+            fault("cgroup-created");
             let place = Placement {
                 cgroup: cgroup.as_ref(),
                 pidns: None,
@@ -213,6 +223,51 @@ fn open_in_root(dirfd: i32, path: &str, flags: i32, mode: u32) -> PyResult<i32> 
     })
 }
 
+/// A pipe whose read end pyrt's log thread copies into `path` (rotated at `cap` bytes, one old
+/// file kept), until every writer has closed it. Returns the write end, for the container's
+/// stdout and stderr.
+#[pyfunction]
+fn log_pipe(path: &str, cap: u64) -> PyResult<i32> {
+    use std::os::fd::IntoRawFd;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| PyOSError::new_err((e as i32, e.desc())))?;
+    pyrt_core::logs::follow_into(r, path.into(), cap)
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+    Ok(w.into_raw_fd())
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
+/// is accepted within `timeout` seconds. The socket is made by a short-lived thread that joins
+/// that namespace (a socket belongs to the namespace it was created in).
+#[pyfunction]
+fn tcp_probe(py: Python<'_>, pid: i32, port: u16, timeout: f64) -> PyResult<bool> {
+    let t = timeout_of(Some(timeout))?.unwrap_or_default();
+    let r = py.detach(|| {
+        std::thread::spawn(move || -> std::io::Result<bool> {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            // SAFETY: setns on a descriptor we own; this thread ends right after.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            Ok(
+                std::net::TcpStream::connect_timeout(&addr, t.max(Duration::from_millis(1)))
+                    .is_ok(),
+            )
+        })
+        .join()
+    });
+    match r {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(PyOSError::new_err((
+            e.raw_os_error().unwrap_or(0),
+            e.to_string(),
+        ))),
+        Err(_) => Err(PyOSError::new_err((0, "the probe thread failed"))),
+    }
+}
+
 /// A container's first process, as seen from the host.
 #[pyclass(module = "pyrt._core")]
 struct Process {
@@ -296,6 +351,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(exec, m)?)?;
     m.add_function(wrap_pyfunction!(communicate, m)?)?;
     m.add_function(wrap_pyfunction!(open_in_root, m)?)?;
+    m.add_function(wrap_pyfunction!(log_pipe, m)?)?;
+    m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
     m.add_class::<Process>()?;
     m.add("CHILD_SIZE", CHILD_BIN.len())?;
     Ok(())

@@ -1,0 +1,254 @@
+"""Long-running containers: exec, logs, readiness, init, and state shared across processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pyrt
+from pyrt.state import containers_root, stale_cgroups
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def pyrt_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyrt.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def shell(image: pyrt.Image) -> pyrt.Container:
+    c = pyrt.Container(image, ["sleep", "120"], env={"BASE": "b"}, workdir="/tmp")
+    c.start()
+    yield c
+    c.remove()
+
+
+def test_exec_with_users_envs_codes_and_stdin(shell: pyrt.Container) -> None:
+    r = shell.exec(["sh", "-c", "echo $BASE $X; pwd; id -u; cat"], input=b"in", env={"X": "x"})
+    assert r.stdout == b"b x\n/tmp\n0\nin" and r.returncode == 0
+    r = shell.exec(["sh", "-c", "id -u; id -G; echo $HOME"], user="app", text=True)
+    assert r.stdout.split() == ["1000", "1000", "10", "50", "/home/app"]
+    assert shell.exec(["sh", "-c", "exit 9"]).returncode == 9
+    assert shell.exec(["pwd"], workdir="/etc").stdout == b"/etc\n"
+    with pytest.raises(pyrt.ContainerError):
+        shell.exec(["false"], check=True)
+
+
+def test_exec_shares_the_containers_namespaces(shell: pyrt.Container) -> None:
+    shell.exec(["sh", "-c", "echo hello > /tmp/shared"])
+    r = shell.exec(["sh", "-c", "cat /tmp/shared; hostname; cat /proc/1/cmdline"], text=True)
+    assert r.stdout.split("\n")[:2] == ["hello", shell.id[:12]]
+    assert r.stdout.split("\n")[2].startswith("sleep")  # its pid 1 is the container's
+
+
+def test_exec_timeout_kills_only_the_exec(shell: pyrt.Container) -> None:
+    with pytest.raises(pyrt.TimeoutExpired):
+        shell.exec(["sleep", "30"], timeout=0.2)
+    assert shell.status == "running"
+    assert shell.exec(["true"]).returncode == 0
+
+
+def test_exec_errors(shell: pyrt.Container, image: pyrt.Image) -> None:
+    with pytest.raises(pyrt.SpawnError) as ei:
+        shell.exec(["/bin/nope"])
+    assert ei.value.errno == errno.ENOENT and "/bin/nope" in str(ei.value)
+    with pytest.raises(pyrt.SpawnError, match="/nowhere"):
+        shell.exec(["true"], workdir="/nowhere")
+    c = pyrt.Container(image, ["true"])
+    with pytest.raises(pyrt.PyrtError, match="not running"):
+        c.exec(["true"])
+
+
+def test_follow_logs_of_a_server_loop(image: pyrt.Image) -> None:
+    loop = "i=0; while [ $i -lt 5 ]; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.05; done"
+    with pyrt.Container(image, ["sh", "-c", loop]) as c:
+        got = b"".join(c.follow_logs(timeout=10))
+    lines = got.decode().splitlines()
+    assert lines == [f"{k} {i}" for i in range(5) for k in ("line", "err")]
+
+
+def test_logs_are_bounded(image: pyrt.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyrt.container
+
+    monkeypatch.setattr(pyrt.container, "LOG_CAP", 64 * 1024)
+    script = "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done; echo END; sleep 30"
+    with pyrt.Container(image, ["sh", "-c", script]) as c:
+        c.wait_for_log("END", timeout=30)
+        logs = c.logs()
+    assert len(logs) <= 2 * 64 * 1024
+    assert logs.endswith(b"END\n") and b"line-19999\n" in logs and not logs.startswith(b"line-0\n")
+
+
+def test_wait_helpers(image: pyrt.Image) -> None:
+    script = "sleep 0.3; echo ready on 8080; httpd -f -p 8080 & sleep 0.3; touch /tmp/flag; wait"
+    with pyrt.Container(image, ["sh", "-c", script]) as c:
+        t0 = time.monotonic()
+        m = c.wait_for_log(r"ready on (\d+)", timeout=10)
+        assert m.group(1) == b"8080"
+        c.wait_for_port(8080, timeout=10)
+        c.wait_for_file("/tmp/flag", timeout=10)
+        r = c.wait_for_command(["test", "-e", "/tmp/flag"], timeout=10)
+        assert r.returncode == 0
+        # Milliseconds, not seconds: the whole wait is ~0.6 s of the script's own sleeps.
+        assert time.monotonic() - t0 < 5
+
+
+def test_wait_helpers_time_out_and_notice_an_exit(image: pyrt.Image) -> None:
+    with pyrt.Container(image, ["sleep", "30"]) as c:
+        for wait in (
+            lambda: c.wait_for_log("never", timeout=0.2),
+            lambda: c.wait_for_port(9, timeout=0.2),
+            lambda: c.wait_for_file("/never", timeout=0.2),
+            lambda: c.wait_for_command(["false"], timeout=0.2),
+        ):
+            with pytest.raises(pyrt.TimeoutExpired):
+                wait()
+    with pyrt.Container(image, ["sh", "-c", "sleep 0.1; exit 3"]) as c:
+        with pytest.raises(pyrt.PyrtError, match="exited"):
+            c.wait_for_log("never", timeout=10)
+
+
+ORPHANS = "(sleep 0.1 &); (sleep 0.1 &); exec sleep 30"
+
+
+def _zombies(c: pyrt.Container) -> int:
+    r = c.exec(["ps", "-o", "stat"], text=True)
+    return sum(1 for s in r.stdout.split()[1:] if s.startswith("Z"))
+
+
+def test_zombies_pile_up_without_init(image: pyrt.Image) -> None:
+    with pyrt.Container(image, ["sh", "-c", ORPHANS]) as c:
+        time.sleep(0.5)
+        assert _zombies(c) == 2
+
+
+def test_init_reaps_zombies_and_forwards_signals(image: pyrt.Image) -> None:
+    with pyrt.Container(image, ["sh", "-c", ORPHANS], init=True) as c:
+        time.sleep(0.5)
+        assert _zombies(c) == 0
+        assert c.exec(["cat", "/proc/1/comm"]).stdout.startswith(b"memfd:pyrt-chil")
+        # SIGTERM reaches the command (a sleep, which dies of it), not an init that ignores it.
+        t0 = time.monotonic()
+        assert c.stop(timeout=10) == -15
+        assert time.monotonic() - t0 < 5
+
+
+def test_init_passes_exit_codes_and_errors(image: pyrt.Image) -> None:
+    assert pyrt.run(image, ["sh", "-c", "exit 7"], init=True).returncode == 7
+    assert pyrt.run(image, ["sh", "-c", "kill -9 $$"], init=True).returncode == -9
+    with pytest.raises(pyrt.SpawnError, match="/nope"):
+        pyrt.run(image, ["/nope"], init=True)
+
+
+OWNER = """
+import sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sh", "-c", "echo hello-log; sleep 120"], name=sys.argv[2]).start()
+print(c.id, c.pid, flush=True)
+sys.stdin.read()
+c.remove()
+"""
+
+
+def test_a_second_process_lists_execs_and_removes(rootfs: Path) -> None:
+    name = f"shared-{os.getpid()}"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(rootfs), name],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        cid, pid = owner.stdout.readline().split()
+        ps = pyrt_cli("ps")
+        assert name in ps.stdout and cid[:12] in ps.stdout
+        r = pyrt_cli("exec", name, "sh", "-c", "echo from-exec; cat /proc/1/cmdline")
+        assert r.returncode == 0 and r.stdout.startswith("from-exec\nsleep")  # sh exec'd it
+        assert pyrt_cli("exec", cid[:8], "sh", "-c", "exit 5").returncode == 5
+        assert pyrt_cli("logs", name).stdout == "hello-log\n"
+        assert pyrt_cli("rm", name).returncode == 0
+        # Dead (a zombie until its owner, blocked elsewhere, gets round to reaping it).
+        deadline = time.monotonic() + 5
+        while _alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(int(pid))
+        assert name not in pyrt_cli("ps").stdout
+    finally:
+        owner.communicate("")
+    assert not (containers_root() / cid).exists()
+
+
+def test_names_are_unique_among_running_containers(image: pyrt.Image) -> None:
+    with pyrt.Container(image, ["sleep", "30"], name="uniq-name"):
+        with pytest.raises(pyrt.PyrtError, match="already in use"):
+            pyrt.Container(image, ["sleep", "30"], name="uniq-name").start()
+
+
+def test_run_detached_outlives_the_command_line(rootfs: Path) -> None:
+    r = pyrt_cli("run", "-d", "--name", "detached-t", str(rootfs), "sh", "-c",
+                 "echo up; exec sleep 120")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip().splitlines()[-1]
+    try:
+        assert len(cid) == 32
+        ps = pyrt_cli("ps").stdout
+        assert "detached-t" in ps and "running" in ps
+        assert pyrt_cli("exec", "detached-t", "echo", "in").stdout == "in\n"
+        deadline = time.monotonic() + 5
+        while pyrt_cli("logs", cid).stdout != "up\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pyrt_cli("logs", cid).stdout == "up\n"
+        assert pyrt_cli("kill", "-s", "9", "detached-t").returncode == 0
+        deadline = time.monotonic() + 5
+        while "running" in pyrt_cli("ps").stdout and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "exited" in pyrt_cli("ps").stdout
+    finally:
+        assert pyrt_cli("rm", cid).returncode == 0
+    assert not (containers_root() / cid).exists()
+    assert "detached-t" not in pyrt_cli("ps").stdout
+
+
+def test_run_detached_reports_errors(rootfs: Path) -> None:
+    r = pyrt_cli("run", "-d", str(rootfs), "/bin/nope")
+    assert r.returncode == 127 and "/bin/nope" in r.stderr
+
+
+CRASH_AT = """
+import sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+pyrt.Container(img, ["sh", "-c", "sleep 100 & sleep 100"], memory="64m").start()
+print("not killed", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "point", ["dir-created", "state-written", "cgroup-created", "spawned", "running"]
+)
+def test_parent_killed_at_each_stage_of_start_then_gc(rootfs: Path, point: str) -> None:
+    before_dirs = set(os.listdir(containers_root()))
+    p = subprocess.run(
+        [sys.executable, "-c", CRASH_AT, str(rootfs)],
+        env=dict(os.environ, PYRT_FAULT=point), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == -9, (p.stdout, p.stderr)
+    left = set(os.listdir(containers_root())) - before_dirs
+    assert left, "the crash should leave a directory for gc to find"
+    r = pyrt_cli("gc")
+    assert r.returncode == 0
+    assert set(os.listdir(containers_root())) - before_dirs == set()
+    live = set(os.listdir(containers_root()))
+    assert stale_cgroups(live) == []
