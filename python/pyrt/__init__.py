@@ -19,6 +19,16 @@ from .mounts import Bind, Tmpfs
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # pyrt.aio is imported on first use: asyncio costs a plain `import pyrt` nothing.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module 'pyrt' has no attribute {name!r}")
+
+
 __all__ = [
     "Bind",
     "Container",

@@ -1,0 +1,377 @@
+"""pyrt for asyncio: the same API, every method that can block a coroutine.
+
+No thread per container: a container's exit is awaited through its pidfd with
+``loop.add_reader``, its pipes are read and written by the event loop, and only the spawn itself
+(a few milliseconds of syscalls, GIL released) runs in the loop's default executor.
+
+    async with pyrt.aio.Container(img, ["sleep", "60"]) as c:
+        res = await c.exec(["echo", "hi"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Optional, Union
+
+from . import _core
+from .container import POLL_INTERVAL, Input, Result, Stats, _result
+from .container import Container as _SyncContainer
+from .errors import PyrtError, TimeoutExpired
+from .image import Image
+
+__all__ = ["Container", "run"]
+
+
+async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int]:
+    """The return code once the process has exited, or None if ``timeout`` passed first."""
+    code = proc.wait(0)
+    if code is not None:
+        return code
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fd = proc.pidfd
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(fd)
+    return proc.wait(0)
+
+
+async def _communicate(
+    in_w: int, data: Optional[bytes], out_r: int, err_r: int, timeout: Optional[float]
+) -> tuple[bytes, bytes, bool]:
+    """Writes ``data`` to ``in_w`` (then closes it) and reads both outputs to EOF, on the event
+    loop. Returns (stdout, stderr, timed_out); the descriptors for reading stay the caller's."""
+    loop = asyncio.get_running_loop()
+    bufs: dict[int, bytearray] = {out_r: bytearray(), err_r: bytearray()}
+    eof: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in bufs}
+    for fd in (*bufs, *([in_w] if in_w >= 0 else [])):
+        os.set_blocking(fd, False)
+
+    def readable(fd: int) -> None:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if chunk:
+            bufs[fd] += chunk
+        else:
+            loop.remove_reader(fd)
+            if not eof[fd].done():
+                eof[fd].set_result(None)
+
+    for fd in bufs:
+        loop.add_reader(fd, readable, fd)
+    view = memoryview(data or b"")
+    writing = in_w >= 0
+
+    def close_stdin() -> None:
+        nonlocal writing
+        if writing:
+            loop.remove_writer(in_w)
+            os.close(in_w)
+            writing = False
+
+    def writable() -> None:
+        nonlocal view
+        try:
+            n = os.write(in_w, view[: 1 << 16])
+            view = view[n:]
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            view = view[:0]
+        if not view:
+            close_stdin()
+
+    if writing:
+        if view:
+            loop.add_writer(in_w, writable)
+        else:
+            close_stdin()
+    try:
+        _, pending = await asyncio.wait(list(eof.values()), timeout=timeout)
+        return bytes(bufs[out_r]), bytes(bufs[err_r]), bool(pending)
+    finally:
+        for fd in bufs:
+            loop.remove_reader(fd)
+        close_stdin()
+
+
+class Container:
+    """``pyrt.Container`` for asyncio; options as there."""
+
+    def __init__(self, image: Image, command: Optional[Sequence[str]] = None, **options: Any):
+        self._c = _SyncContainer(image, command, **options)
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._c.id
+
+    @property
+    def name(self) -> Optional[str]:
+        return self._c.name
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._c.pid
+
+    @property
+    def status(self) -> str:
+        return self._c.status
+
+    def __repr__(self) -> str:
+        return f"<pyrt.aio.Container {self.name or self.id[:12]} {self.status}>"
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def start(self) -> Container:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._c.start)
+        return self
+
+    async def _io(
+        self,
+        spawn: Any,
+        input: Input,
+        timeout: Optional[float],
+        drain_after_kill: Optional[float],
+        args: list[str],
+    ) -> tuple[_core.Process, bytes, bytes, int]:
+        if isinstance(input, str):
+            input = input.encode()
+        if input is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                proc: _core.Process = await asyncio.get_running_loop().run_in_executor(
+                    None, spawn, in_r, out_w, err_w
+                )
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            stdin_fd, in_w = in_w, -1
+            out, err, timed_out = await _communicate(stdin_fd, input, out_r, err_r, timeout)
+            if timed_out:
+                proc.kill(signal.SIGKILL)
+                more_out, more_err, _ = await _communicate(-1, None, out_r, err_r, drain_after_kill)
+                await _exited(proc, None)
+                raise TimeoutExpired(args, timeout or 0, out + more_out, err + more_err)
+            code = await _exited(proc, None)
+            assert code is not None
+            return proc, out, err, code
+        finally:
+            for fd in (in_w, out_r, err_r):
+                if fd >= 0:
+                    os.close(fd)
+
+    async def run(
+        self,
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+    ) -> Result:
+        """Runs to completion and removes the container; ``timeout`` kills all of it."""
+        c = self._c
+
+        def spawn(i: int, o: int, e: int) -> _core.Process:
+            c._spawn(i, o, e)
+            assert c._proc is not None
+            return c._proc
+
+        try:
+            proc, out, err, code = await self._io(spawn, input, timeout, None, c.args)
+            c._returncode = code
+            oom = proc.oom_kills() > 0
+        finally:
+            await self.remove()
+        return _result(c.args, code, out, err, text, check, oom)
+
+    async def exec(
+        self,
+        command: Sequence[str],
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        workdir: Optional[str] = None,
+    ) -> Result:
+        """As ``Container.exec``: ``timeout`` kills only this process."""
+        c = self._c
+        if isinstance(command, str) or not command:
+            raise TypeError("command must be a non-empty list of arguments")
+        proc = c._proc
+        if proc is None or c.status != "running":
+            raise PyrtError(f"container {self.id[:12]} is not running")
+        doc = c._exec_process(list(command), env, user, workdir)
+        import json
+
+        spec_json, paths, pid = json.dumps(doc), proc.cgroup_paths(), proc.pid
+
+        def spawn(i: int, o: int, e: int) -> _core.Process:
+            return _core.exec(pid, spec_json, i, o, e, paths)
+
+        _, out, err, code = await self._io(spawn, input, timeout, 0.2, list(command))
+        return _result(list(command), code, out, err, text, check, False)
+
+    async def wait(self, timeout: Optional[float] = None) -> int:
+        """The return code; on timeout TimeoutExpired, and the container keeps running."""
+        c = self._c
+        if c._returncode is not None:
+            return c._returncode
+        if c._proc is None:
+            raise PyrtError(f"container {self.id[:12]} was not started")
+        code = await _exited(c._proc, timeout)
+        if code is None:
+            raise TimeoutExpired(c.args, timeout or 0)
+        c._returncode = code
+        return code
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self._c.kill(sig)
+
+    async def stop(self, timeout: float = 10) -> int:
+        self.kill(signal.SIGTERM)
+        try:
+            return await self.wait(timeout)
+        except TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            return await self.wait()
+
+    async def remove(self) -> None:
+        c = self._c
+        if c._proc is not None and c._returncode is None and not c._removed:
+            c.kill(signal.SIGKILL)
+            await self.wait()
+        # What is left (cgroup and directory removal) is quick file work once it has exited.
+        await asyncio.get_running_loop().run_in_executor(None, c.remove)
+
+    async def stats(self) -> Stats:
+        return self._c.stats()
+
+    async def logs(self) -> bytes:
+        return self._c.logs()
+
+    async def follow_logs(self) -> AsyncIterator[bytes]:
+        """What the container writes, as it writes it, until it has exited and all is read."""
+        d = self._c._dir
+        if d is None:
+            return
+        with open(d.log, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    yield chunk
+                    continue
+                if self.status != "running":
+                    await asyncio.sleep(0.02)
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                await asyncio.sleep(POLL_INTERVAL)
+
+    # --- readiness --------------------------------------------------------------------------
+
+    async def _poll(self, what: str, timeout: float, check: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = await check()
+            if got:
+                return got
+            if self.status != "running":
+                raise PyrtError(f"container {self.id[:12]} exited while waiting for {what}")
+            if loop.time() > deadline:
+                raise TimeoutExpired(self._c.args, timeout)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def wait_for_log(
+        self, pattern: Union[str, bytes, re.Pattern[bytes]], timeout: float = 30
+    ) -> re.Match[bytes]:
+        if isinstance(pattern, str):
+            pattern = pattern.encode()
+        rx = re.compile(pattern) if isinstance(pattern, bytes) else pattern
+
+        async def check() -> Optional[re.Match[bytes]]:
+            return rx.search(self._c.logs())
+
+        m: re.Match[bytes] = await self._poll(f"log pattern {rx.pattern!r}", timeout, check)
+        return m
+
+    async def wait_for_command(
+        self, command: Sequence[str], timeout: float = 30, **exec_options: Any
+    ) -> Result:
+        async def check() -> Union[Result, bool]:
+            r = await self.exec(command, **exec_options)
+            return r.returncode == 0 and r
+
+        res: Result = await self._poll(f"{list(command)!r} to succeed", timeout, check)
+        return res
+
+    async def wait_for_file(self, path: str, timeout: float = 30) -> None:
+        async def check() -> bool:
+            try:
+                self._c.wait_for_file(path, timeout=0)
+                return True
+            except TimeoutExpired:
+                return False
+
+        await self._poll(f"file {path}", timeout, check)
+
+    async def wait_for_port(self, port: int, timeout: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def check() -> bool:
+            pid = self.pid
+            if pid is None:
+                return False
+            try:
+                return await loop.run_in_executor(None, _core.tcp_probe, pid, port, 0.2)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return False
+                raise
+
+        await self._poll(f"TCP port {port}", timeout, check)
+
+    async def __aenter__(self) -> Container:
+        if self._c._proc is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.remove()
+
+
+async def run(
+    image: Image,
+    command: Optional[Sequence[str]] = None,
+    input: Input = None,
+    timeout: Optional[float] = None,
+    check: bool = False,
+    text: bool = False,
+    **options: Any,
+) -> Result:
+    """``pyrt.run`` for asyncio."""
+    return await Container(image, command, **options).run(
+        input=input, timeout=timeout, check=check, text=text
+    )
