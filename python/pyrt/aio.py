@@ -35,7 +35,11 @@ async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     fd = proc.pidfd
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    def exited() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, exited)
     try:
         await asyncio.wait_for(done, timeout)
     except asyncio.TimeoutError:
