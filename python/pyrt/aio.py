@@ -35,6 +35,7 @@ async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     fd = proc.pidfd
+
     def exited() -> None:
         if not done.done():
             done.set_result(None)

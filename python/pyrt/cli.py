@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -69,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name")
     r.add_argument("--entrypoint")
     r.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
-    r.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal as the console")
     r.add_argument("--memory", "-m", help='memory limit, e.g. "256m"; swap is capped to it')
     r.add_argument("--pids-limit", type=int)
     r.add_argument("--cpus", type=float)
@@ -112,8 +113,6 @@ def _build_parser() -> argparse.ArgumentParser:
 def _container_from(a: argparse.Namespace) -> Container:
     if a.p:
         raise PyrtError("-p is not supported by this pyrt yet")
-    if a.tty:
-        raise PyrtError("-t is not supported by this pyrt yet")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
     mounts += [Tmpfs(t) for t in a.tmpfs]
     opts: dict[str, Any] = {
@@ -132,13 +131,70 @@ def _container_from(a: argparse.Namespace) -> Container:
         "pids_limit": a.pids_limit,
         "cpus": a.cpus,
         "init": a.init,
+        "tty": a.tty,
     }
     entrypoint = [a.entrypoint] if a.entrypoint is not None else None
     return Container(resolve_image(a.image), a.command or None, entrypoint=entrypoint, **opts)
 
 
+def _attach_console(c: Container, interactive: bool) -> None:
+    """Bridges our terminal and the container's console until the console closes: raw mode,
+    window size passed on (and again on SIGWINCH), bytes copied both ways."""
+    import fcntl
+    import select
+    import termios
+    import tty
+
+    master = c.console
+    assert master is not None
+    local_tty = os.isatty(0)
+
+    def copy_size(*_: object) -> None:
+        if local_tty:
+            with contextlib.suppress(OSError):
+                size = fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+    copy_size()
+    signal.signal(signal.SIGWINCH, copy_size)
+    saved = termios.tcgetattr(0) if local_tty and interactive else None
+    if saved is not None:
+        tty.setraw(0)
+    try:
+        watch = [master, 0] if interactive else [master]
+        while True:
+            ready, _, _ = select.select(watch, [], [])
+            if master in ready:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:  # EIO: every holder of the console's slave is gone
+                    return
+                if not data:
+                    return
+                os.write(1, data)
+            if 0 in ready:
+                data = os.read(0, 1 << 16)
+                if data:
+                    os.write(master, data)
+                else:
+                    watch = [master]
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
 def _run(a: argparse.Namespace) -> int:
     c = _container_from(a)
+    if a.tty:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            c._spawn(devnull)
+            _attach_console(c, a.interactive)
+            code = c.wait()
+        finally:
+            os.close(devnull)
+            c.remove()
+        return code if code >= 0 else 128 - code
     stdin = sys.stdin.fileno() if a.interactive else os.open(os.devnull, os.O_RDONLY)
     # The container writes straight to our stdout and stderr: no copying, no buffering.
     sys.stdout.flush()

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 import weakref
@@ -133,6 +134,7 @@ class Container:
         privileged: bool = False,
         init: bool = False,
         rootless: Optional[bool] = None,
+        tty: bool = False,
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
@@ -178,7 +180,10 @@ class Container:
             "cap_drop": list(cap_drop),
             "privileged": privileged,
             "init": bool(init),
+            "tty": bool(tty),
         }
+        #: With tty=True, once started: the pty's master (read the console, write its input).
+        self.console: Optional[int] = None
         # Validate what can be validated before anything exists.
         spec.capability_set(cap_add, cap_drop, privileged)
         for m in mounts:
@@ -241,6 +246,7 @@ class Container:
             additional_gids=ids.additional_gids,
             capabilities=spec.capability_set(o["cap_add"], o["cap_drop"], privileged),
             no_new_privileges=not privileged,
+            terminal=bool(o["tty"]),
         )
         c = spec.ContainerSpec(
             root=root,
@@ -270,8 +276,14 @@ class Container:
             d = ContainerDir.create(self.id, overlay=self.image.kind != "host")
             _fault("dir-created")
             log = -1
+            ours = theirs = -1
             try:
-                if stdout < 0:
+                if self._opts["tty"]:
+                    # fd 0 of the child is a socket it sends the pty's master over.
+                    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    ours, theirs = a.detach(), b.detach()
+                    stdin = stdout = stderr = theirs
+                elif stdout < 0:
                     log = stdout = stderr = _core.log_pipe(str(d.log), LOG_CAP)
                 self._dir = d
                 doc = self.build_spec(str(d.rootfs), cgroup)
@@ -282,6 +294,8 @@ class Container:
                     d.write_state(state)
                     _fault("state-written")
                 self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
+                if ours >= 0:
+                    self.console = _receive_fd(ours)
                 _fault("spawned")
                 d.record_cgroups(self._proc.cgroup_paths())
                 if cgroup:
@@ -296,8 +310,9 @@ class Container:
                 d.remove()
                 raise
             finally:
-                if log >= 0:
-                    os.close(log)
+                for fd in (log, ours, theirs):
+                    if fd >= 0:
+                        os.close(fd)
             _live.add(self)
 
     def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +345,9 @@ class Container:
             self._spawn(devnull, cgroup=True)
         finally:
             os.close(devnull)
+        if self.console is not None and self._dir is not None:
+            # The console's output is the container's log; `console` stays for its input.
+            _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
         return self
 
     def record_exit(self, code: int) -> None:
@@ -388,6 +406,8 @@ class Container:
     ) -> Result:
         """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
         ``timeout`` kills the whole container and raises TimeoutExpired."""
+        if self._opts["tty"]:
+            raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
 
         def start(i: int, o: int, e: int) -> _core.Process:
             self._spawn(i, o, e)
@@ -630,6 +650,9 @@ class Container:
                     self._proc.kill(signal.SIGKILL)
                     self._returncode = self._proc.wait(None)
                 self._proc.destroy_cgroup()
+            if self.console is not None:
+                os.close(self.console)
+                self.console = None
             if self._dir is not None:
                 self._dir.remove()
             _live.discard(self)
@@ -649,6 +672,16 @@ class Container:
                 self.remove()
         except Exception:
             pass
+
+
+def _receive_fd(sock: int) -> int:
+    """The descriptor a child sent over ``sock`` (SCM_RIGHTS)."""
+    with socket.socket(fileno=os.dup(sock)) as s:
+        _, fds, _, _ = socket.recv_fds(s, 16, 1)
+    if not fds:
+        raise SpawnError("the container sent no terminal", stage="devices", errno=5)
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def _fault(point: str) -> None:

@@ -189,6 +189,7 @@ class ProcessSpec:
     no_new_privileges: bool = True
     rlimits: Sequence[tuple[str, int, int]] = DEFAULT_RLIMITS
     umask: Optional[int] = 0o022
+    terminal: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def process_dict(p: ProcessSpec) -> dict[str, Any]:
     # set still allows a setuid binary (when no_new_privileges is off) to gain what it holds.
     active = caps if p.uid == 0 else []
     proc: dict[str, Any] = {
-        "terminal": False,
+        "terminal": p.terminal,
         "user": {"uid": p.uid, "gid": p.gid},
         "args": list(p.args),
         "env": list(p.env),

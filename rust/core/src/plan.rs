@@ -108,6 +108,8 @@ pub struct Process {
     pub rlimits: Vec<Rlimit>,
     pub capabilities: Option<CapSets>,
     pub oom_score_adj: Option<i32>,
+    /// A pty as the console: fd 0 is then a socket to send its master over.
+    pub terminal: bool,
 }
 
 /// What the child does, in the order it does it (see `child::run`).
@@ -508,6 +510,7 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
         rlimits,
         capabilities,
         oom_score_adj: p.oom_score_adj(),
+        terminal: p.terminal().unwrap_or(false),
     })
 }
 

@@ -236,6 +236,17 @@ fn log_pipe(path: &str, cap: u64) -> PyResult<i32> {
     Ok(w.into_raw_fd())
 }
 
+/// Copies what can be read from `fd` (taken over; e.g. a pty master) into `path` like a
+/// container's log pipe.
+#[pyfunction]
+fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller hands the descriptor over.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    pyrt_core::logs::follow_into(owned, path.into(), cap)
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+}
+
 /// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
 /// is accepted within `timeout` seconds. The socket is made by a short-lived thread that joins
 /// that namespace (a socket belongs to the namespace it was created in).
@@ -352,6 +363,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(communicate, m)?)?;
     m.add_function(wrap_pyfunction!(open_in_root, m)?)?;
     m.add_function(wrap_pyfunction!(log_pipe, m)?)?;
+    m.add_function(wrap_pyfunction!(log_from, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
     m.add_class::<Process>()?;
     m.add("CHILD_SIZE", CHILD_BIN.len())?;

@@ -14,6 +14,7 @@
 //!
 //! The order of the steps matters and is the one below (bubblewrap's `main()` is the model).
 
+mod console;
 mod devices;
 mod init;
 mod network;
@@ -104,6 +105,10 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     // 7. Swap roots; the host's tree is detached and unreachable from here on.
     rootfs::pivot(&root)?;
     drop(root);
+    // 7b. A terminal: the pty from the container's own /dev/pts, its master to the parent.
+    if plan.process.terminal {
+        console::setup(0)?;
+    }
     // 8. A read-only root, once every mount point in it exists. A host root was made read-only
     //    recursively in step 3 already.
     if plan.root.readonly && !matches!(plan.root.source, RootSource::Bind(_)) {
@@ -215,6 +220,9 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     }
     drop(files);
     let p = &plan.process;
+    if p.terminal {
+        console::setup(0)?;
+    }
     process::rlimits(p)?;
     process::switch_user(p, setgroups_allowed())?;
     process::enter_cwd(p)?;
