@@ -252,3 +252,23 @@ def test_parent_killed_at_each_stage_of_start_then_gc(rootfs: Path, point: str) 
     assert set(os.listdir(containers_root())) - before_dirs == set()
     live = set(os.listdir(containers_root()))
     assert stale_cgroups(live) == []
+
+
+def test_context_manager_cleans_up_when_the_body_raises(image: pyrt.Image) -> None:
+    with pytest.raises(RuntimeError), pyrt.Container(image, ["sleep", "60"], memory="64m") as c:
+        pid = c.pid
+        paths = c._proc.cgroup_paths()  # type: ignore[union-attr]
+        raise RuntimeError("test body failed")
+    assert c.status == "removed"
+    assert not _alive(pid or 0)
+    assert not any(os.path.exists(p) for p in paths)
+    assert not (containers_root() / c.id).exists()
+
+
+def test_context_manager_when_start_fails(image: pyrt.Image, tmp_path: Path) -> None:
+    before = set(os.listdir(containers_root()))
+    c = pyrt.Container(image, ["true"], mounts=[pyrt.Bind(tmp_path / "missing", "/m")])
+    with pytest.raises(pyrt.SpawnError), c:
+        pass
+    assert set(os.listdir(containers_root())) == before
+    assert stale_cgroups(set(os.listdir(containers_root()))) == []
