@@ -12,6 +12,8 @@ import pytest
 import pyrt
 from helpers import make_busybox_rootfs, make_tarball, snapshot
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "root: needs root (real namespaces as root)")

@@ -1,0 +1,164 @@
+"""pyrt's pytest plugin, installed with the package (a ``pytest11`` entry point).
+
+Fixtures:
+
+- ``pyrt_image``: the image named by ``--pyrt-image`` ("host", a path, or a stored name;
+  default: the host image).
+- ``pyrt_container``: a factory, ``pyrt_container(image, command, **options)``, returning a
+  started container; everything it made is removed when the test ends, pass or fail.
+- ``sandbox``: a started container of ``pyrt_image`` that idles until the test ends, fresh for
+  each test (``--pyrt-sandbox-scope=module`` or ``session`` shares one); work in it with
+  ``sandbox.exec(...)``. ``@pytest.mark.pyrt(image=..., **options)`` changes its image and
+  options for one test.
+
+When a test fails, the logs of the containers it started are attached to its report. On a
+machine that cannot run containers at all, tests that use these fixtures are skipped with the
+reason (the missing kernel feature), not failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
+
+import pytest
+
+from .container import Container
+from .errors import PyrtError, SpawnError
+from .image import Image
+
+_CONTAINERS = pytest.StashKey[list[Container]]()
+_PROBE: dict[str, Optional[str]] = {}
+
+#: An idle command that needs nothing of the image but a `sleep`; pyrt's init keeps it as pid 1's
+#: child so that zombies of the test's execs are reaped.
+IDLE = ["sleep", "2147483647"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("pyrt", "pyrt containers")
+    g.addoption(
+        "--pyrt-image",
+        default="host",
+        help='image for pyrt_image and sandbox: "host", a path, or a stored name',
+    )
+    g.addoption(
+        "--pyrt-sandbox-scope",
+        default="function",
+        choices=["function", "class", "module", "package", "session"],
+        help="share the sandbox fixture's container at this scope (default: fresh per test)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pyrt(image=None, **options): image and Container options for `sandbox`"
+    )
+
+
+def _cannot_run() -> Optional[str]:
+    """Why this machine cannot run containers at all (None if it can); probed once."""
+    if "reason" not in _PROBE:
+        try:
+            Container(Image.host(), ["true"]).run(timeout=30)
+            _PROBE["reason"] = None
+        except SpawnError as e:
+            what = {
+                "namespaces": "the kernel refused to create namespaces",
+                "mount": "mounting inside a new mount namespace failed",
+                "rootfs": "mounting the container's root failed",
+            }.get(e.stage, f"container setup failed at stage {e.stage!r}")
+            _PROBE["reason"] = f"pyrt cannot run containers here: {what}: {e}"
+        except PyrtError as e:
+            _PROBE["reason"] = f"pyrt cannot run containers here: {e}"
+    return _PROBE["reason"]
+
+
+def _require_containers() -> None:
+    reason = _cannot_run()
+    if reason:
+        pytest.skip(reason)
+
+
+def _resolve(ref: str) -> Image:
+    from .cli import resolve_image
+
+    return resolve_image(ref)
+
+
+@pytest.fixture(scope="session")
+def pyrt_image(pytestconfig: pytest.Config) -> Image:
+    """The image named by --pyrt-image (default: the host's filesystem, read-only)."""
+    _require_containers()
+    return _resolve(str(pytestconfig.getoption("--pyrt-image")))
+
+
+def _track(request: pytest.FixtureRequest, c: Container) -> None:
+    node = request.node
+    node.stash.setdefault(_CONTAINERS, []).append(c)
+
+
+@pytest.fixture
+def pyrt_container(request: pytest.FixtureRequest) -> Iterator[Callable[..., Container]]:
+    """A factory: ``pyrt_container(image, command, **options)`` -> a started Container, removed
+    when the test ends."""
+    _require_containers()
+    made: list[Container] = []
+
+    def make(image: Image, command: Optional[Sequence[str]] = None, **options: Any) -> Container:
+        c = Container(image, command, **options)
+        made.append(c)
+        _track(request, c)
+        return c.start()
+
+    try:
+        yield make
+    finally:
+        for c in reversed(made):
+            with contextlib.suppress(Exception):
+                c.remove()
+
+
+def _sandbox_scope(fixture_name: str, config: pytest.Config) -> str:
+    return str(config.getoption("--pyrt-sandbox-scope"))
+
+
+@pytest.fixture(scope=_sandbox_scope)  # type: ignore[arg-type]
+def sandbox(request: pytest.FixtureRequest, pyrt_image: Image) -> Iterator[Container]:
+    """A started container of ``pyrt_image`` that idles until the test (or the scope) ends."""
+    marker = request.node.get_closest_marker("pyrt")
+    image, options = pyrt_image, {}
+    if marker is not None:
+        options = dict(marker.kwargs)
+        ref = options.pop("image", None)
+        if ref is not None:
+            image = ref if isinstance(ref, Image) else _resolve(str(ref))
+    options.setdefault("init", True)
+    c = Container(image, IDLE, **options)
+    _track(request, c)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.remove()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    for c in item.stash.get(_CONTAINERS, []):
+        with contextlib.suppress(Exception):
+            logs = c.logs()
+            title = f"pyrt logs: {c.name or c.id[:12]} {' '.join(c.args)[:60]}"
+            report.sections.append((title, logs.decode("utf-8", "replace") or "(no output)"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A worker of pytest-xdist, or an interrupted run: whatever is still alive goes now.
+    from .container import _remove_all_at_exit
+
+    _remove_all_at_exit()

@@ -1,0 +1,196 @@
+"""The pytest plugin, driven through pytester in a separate pytest process, as a user's suite
+would load it (the pytest11 entry point). After each run nothing of pyrt's may remain."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import snapshot
+
+pytestmark = pytest.mark.usefixtures("nothing_left_behind")
+
+
+@pytest.fixture
+def nothing_left_behind() -> Iterator[None]:
+    before = snapshot()
+    yield
+    after = snapshot()
+    import time
+
+    deadline = time.monotonic() + 5
+    while set(after["processes"]) - set(before["processes"]) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        time.sleep(0.05)
+        after = snapshot()
+    for k in ("mounts", "cgroups", "state"):
+        assert [x for x in after[k] if x not in before[k]] == [], k  # type: ignore[union-attr]
+    assert set(after["processes"]) - set(before["processes"]) == set()  # type: ignore[arg-type]
+
+
+def test_pass_fail_and_logs_on_failure(pytester: pytest.Pytester, rootfs: Path) -> None:
+    pytester.makepyfile(
+        f"""
+        import pyrt
+
+        def test_passes(sandbox):
+            assert sandbox.exec(["echo", "hi"]).stdout == b"hi\\n"
+            assert sandbox.exec(["sh", "-c", "echo $$"]).returncode == 0
+
+        def test_fails(pyrt_container):
+            img = pyrt.Image.load({str(rootfs)!r})
+            c = pyrt_container(img, ["sh", "-c", "echo server-said-this; sleep 60"])
+            c.wait_for_log("server-said-this")
+            assert False, "the test failed"
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1, failed=1)
+    out = r.stdout.str()
+    assert "pyrt logs:" in out and "server-said-this" in out
+
+
+def test_sandbox_is_fresh_per_test_and_uses_the_image_option(
+    pytester: pytest.Pytester, rootfs: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_one(sandbox):
+            assert sandbox.exec(["cat", "/etc/marker"]).stdout == b"busybox-image\\n"
+            sandbox.exec(["touch", "/tmp/left-over"])
+
+        def test_two(sandbox):
+            assert sandbox.exec(["test", "-e", "/tmp/left-over"]).returncode == 1
+
+        def test_image(pyrt_image):
+            assert pyrt_image.kind == "rootfs"
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--pyrt-image={rootfs}")
+    r.assert_outcomes(passed=3)
+
+
+def test_shared_scope_and_marker(pytester: pytest.Pytester, rootfs: Path) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_a(sandbox):
+            sandbox.exec(["touch", "/tmp/shared"])
+
+        def test_b(sandbox):
+            assert sandbox.exec(["test", "-e", "/tmp/shared"]).returncode == 0
+        """
+    )
+    r = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--pyrt-image={rootfs}", "--pyrt-sandbox-scope=module"
+    )
+    r.assert_outcomes(passed=2)
+    pytester.makepyfile(
+        test_marker=f"""
+        import pytest
+
+        @pytest.mark.pyrt(image={str(rootfs)!r}, env={{"MODE": "marked"}}, memory="64m")
+        def test_marked(sandbox):
+            assert sandbox.exec(["sh", "-c", "echo $MODE"]).stdout == b"marked\\n"
+            assert sandbox.stats().memory_bytes > 0
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_marker.py")
+    r.assert_outcomes(passed=1)
+
+
+def test_error_in_fixture_setup(pytester: pytest.Pytester, rootfs: Path) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest, pyrt
+
+        @pytest.fixture
+        def broken(pyrt_container):
+            pyrt_container(pyrt.Image.load({str(rootfs)!r}), ["sleep", "60"])
+            raise RuntimeError("setup failed after starting a container")
+
+        def test_uses_it(broken):
+            pass
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(errors=1)
+
+
+def test_keyboard_interrupt(pytester: pytest.Pytester, rootfs: Path) -> None:
+    pytester.makepyfile(
+        f"""
+        import pyrt
+
+        def test_interrupted(pyrt_container, sandbox):
+            pyrt_container(pyrt.Image.load({str(rootfs)!r}), ["sleep", "60"])
+            raise KeyboardInterrupt
+
+        def test_never_runs(sandbox):
+            pass
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_xdist_two_workers(pytester: pytest.Pytester, rootfs: Path) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_many(sandbox, pyrt_container, pyrt_image, i):
+            assert sandbox.exec(["sh", "-c", f"echo {i}"]).stdout == f"{i}\\n".encode()
+            c = pyrt_container(pyrt_image, ["sleep", "60"], name=f"named-{i}")
+            assert c.status == "running"
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", f"--pyrt-image={rootfs}")
+    r.assert_outcomes(passed=12)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="pyrt-plugin-"))
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d)
+
+
+def test_skips_naming_the_cause_when_containers_cannot_run(public_dir: Path) -> None:
+    # An unprivileged user: this pyrt cannot make containers for one yet (no user-namespace
+    # support), so the fixtures skip with that reason instead of failing.
+    d = public_dir
+    (d / "test_x.py").write_text("def test_x(sandbox):\n    pass\n")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to run as another user")
+    r = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "pytest", "-p", "no:cacheprovider", "-rs", str(d)],
+        capture_output=True, text=True, cwd=d, env=dict(os.environ, HOME=str(d)), timeout=120,
+    )  # fmt: skip
+    assert "1 skipped" in r.stdout, r.stdout + r.stderr
+    assert "pyrt cannot run containers here" in r.stdout and "rootless" in r.stdout
+
+
+def test_the_documented_examples_run(
+    pytester: pytest.Pytester, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "pytest_fixtures"
+    for f in examples.iterdir():
+        if f.suffix == ".py":
+            pytester.makefile(".py", **{f.stem: f.read_text()})
+    monkeypatch.setenv("EXAMPLE_ROOTFS", str(rootfs))
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--pyrt-image={rootfs}")
+    r.assert_outcomes(passed=4)
