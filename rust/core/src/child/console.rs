@@ -29,7 +29,9 @@ pub fn setup(sock: RawFd) -> Result<(), SetupError> {
         0,
         syscall::RESOLVE_NO_SYMLINKS,
     )
-    .map_err(err("opening /dev/pts/ptmx (does the container mount devpts on /dev/pts?)"))?;
+    .map_err(err(
+        "opening /dev/pts/ptmx (does the container mount devpts on /dev/pts?)",
+    ))?;
     let unlock: libc::c_int = 0;
     // SAFETY: ioctls on our own descriptor with valid arguments.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
