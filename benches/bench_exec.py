@@ -7,6 +7,7 @@ Run as root:  python benches/bench_exec.py [-n ROUNDS]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -28,6 +29,7 @@ from bench_start import make_bundle, percentile, reexec_in_private_mount_ns  # n
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=300)
+    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     reexec_in_private_mount_ns()
     sys.path.insert(0, str(HERE.parent / "tests"))
@@ -39,8 +41,6 @@ def main() -> None:
     try:
         rootfs = make_busybox_rootfs(work / "rootfs")
         bundle = make_bundle(work, rootfs, False)
-        import json
-
         cfg = json.loads((bundle / "config.json").read_text())
         cfg["process"]["args"] = ["sleep", "3600"]
         (bundle / "config.json").write_text(json.dumps(cfg))
@@ -76,9 +76,15 @@ def main() -> None:
         base = statistics.median(times["crun exec"])
         print(f"exec of /bin/true into a running container, {args.rounds} interleaved rounds")
         print(f"{'tool':12} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
+        rows = []
         for name, xs in times.items():
             med = statistics.median(xs)
-            print(f"{name:12} {med:>10.2f} {percentile(xs, 0.95):>10.2f} {med / base:>8.2f}")
+            p95 = percentile(xs, 0.95)
+            print(f"{name:12} {med:>10.2f} {p95:>10.2f} {med / base:>8.2f}")
+            rows.append({"tool": name, "median_ms": round(med, 3), "p95_ms": round(p95, 3),
+                         "ratio_to_crun": round(med / base, 3)})  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
     finally:
         for tool, cid in ids:
             subprocess.run([tool, "delete", "-f", cid], stdout=dn, stderr=dn)

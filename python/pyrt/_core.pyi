@@ -10,6 +10,7 @@ __all__ = [
     "Process",
     "communicate",
     "exec",
+    "log_from",
     "log_pipe",
     "open_in_root",
     "plan",

@@ -23,7 +23,7 @@ fn main() {
         .args(["--profile", "child", "--bin", "pyrt-child"])
         .arg("--manifest-path")
         .arg(child_dir.join("Cargo.toml"))
-        .args(["--target", &target])
+        .args(["--target", &target, "--locked"])
         .arg("--target-dir")
         .arg(&target_dir);
     for (k, _) in env::vars() {

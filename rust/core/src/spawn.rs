@@ -52,10 +52,14 @@ impl ChildImage {
         let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // MFD_EXEC (Linux 6.3) asks for an executable memfd explicitly, which a system with
         // vm.memfd_noexec=1 would otherwise refuse; older kernels reject the flag: retry without.
-        // SAFETY: memfd_create with a valid name.
-        let mut fd = unsafe { libc::memfd_create(name.as_ptr(), base | MFD_EXEC) };
+        // The raw syscall, not glibc's wrapper (glibc 2.27): the wheel promises glibc 2.17.
+        let memfd = |flags: libc::c_uint| -> i32 {
+            // SAFETY: memfd_create with a valid NUL-terminated name.
+            unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), flags) as i32 }
+        };
+        let mut fd = memfd(base | MFD_EXEC);
         if fd < 0 {
-            fd = unsafe { libc::memfd_create(name.as_ptr(), base) };
+            fd = memfd(base);
         }
         if fd < 0 {
             return Err(io::Error::last_os_error());

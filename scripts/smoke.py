@@ -1,0 +1,30 @@
+"""A smoke test of an installed pyrt (from a wheel, in a fresh environment): a container of the
+host image and one of a busybox rootfs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pyrt
+
+r = pyrt.run(pyrt.Image.host(), ["sh", "-c", "echo $$"], text=True, check=True)
+assert r.stdout == "1\n", r.stdout
+root = tempfile.mkdtemp()
+try:
+    os.makedirs(f"{root}/bin")
+    shutil.copy("/bin/busybox", f"{root}/bin/busybox")
+    for a in subprocess.run(
+        ["/bin/busybox", "--list"], capture_output=True, text=True
+    ).stdout.split():
+        if a != "busybox":
+            os.symlink("busybox", f"{root}/bin/{a}")
+    r = pyrt.run(
+        pyrt.Image.load(root), ["sh", "-c", "ls /bin | wc -l; hostname"], text=True, check=True
+    )
+    assert int(r.stdout.split()[0]) > 100
+finally:
+    shutil.rmtree(root)
+print(f"smoke test passed: pyrt {pyrt.__version__} from {os.path.dirname(pyrt.__file__)}")
