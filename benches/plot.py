@@ -1,7 +1,7 @@
 """Draws the benchmark results (JSON written by the bench scripts' --json) as PNG bar charts:
 median start or exec time per tool, with the ratio to crun on each bar.
 
-    python benches/plot.py benches/results/start.json docs/img/start.png "Start to exit of /bin/true"
+    python benches/plot.py benches/results/start.json docs/img/start.png "Start to exit"
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot(results: Path, out: Path, title: str) -> None:
@@ -25,8 +25,8 @@ def plot(results: Path, out: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2), dpi=120)
     bars = ax.barh(names, medians, color=colors)
     for bar, r in zip(bars, rows):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f"  {r['median_ms']:.1f} ms ({r['ratio_to_crun']:.2f}x crun)", va="center")  # fmt: skip
+        label = f"  {r['median_ms']:.1f} ms ({r['ratio_to_crun']:.2f}x crun)"
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center")
     ax.invert_yaxis()
     ax.set_xlabel("median, milliseconds (lower is better)")
     ax.set_title(title)

@@ -30,8 +30,25 @@ def test_every_python_block_runs(page: str, tmp_path: Path) -> None:
         os.chdir(cwd)
 
 
+def test_readme_example_runs(tmp_path: Path) -> None:
+    from helpers import make_busybox_rootfs
+
+    code = BLOCK.findall((DOCS.parent / "README.md").read_text())
+    assert code, "the README has its example"
+    make_busybox_rootfs(tmp_path / "rootfs")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for i, block in enumerate(code):
+            exec(compile(block, f"README.md[{i}]", "exec"), {"__name__": "readme"})
+    finally:
+        os.chdir(cwd)
+
+
 def test_cli_reference_is_current() -> None:
     script = DOCS.parent / "scripts" / "gen_cli_docs.py"
     env = dict(os.environ, COLUMNS="100")
-    r = subprocess.run([sys.executable, str(script), "--check"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(script), "--check"], env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
