@@ -97,6 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
     rm.add_argument("-f", "--force", action="store_true", help="accepted for docker habits")
     rm.add_argument("containers", nargs="+")
 
+    pl_ = sub.add_parser("pull", help="pull an image from a registry (not supported yet)")
+    pl_.add_argument("--insecure", action="store_true")
+    pl_.add_argument("--creds", metavar="USER:PASS")
+    pl_.add_argument("ref")
+
     ld = sub.add_parser("load", help="load an image from a path into the local store")
     ld.add_argument("path")
     ld.add_argument("--tag", "-t")
@@ -376,6 +381,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _kill(a)
         if a.cmd == "rm":
             return _rm(a)
+        if a.cmd == "pull":
+            user, _, password = (a.creds or "").partition(":")
+            Image.pull(a.ref, insecure=a.insecure, username=user or None,
+                       password=password or None)  # fmt: skip
+            return 0
         if a.cmd == "load":
             img = Image.load(a.path, tag=a.tag)
             print(img.id)

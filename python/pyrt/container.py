@@ -532,6 +532,14 @@ class Container:
             raise PyrtError(f"container {self.id[:12]} has no cgroup (started by run())")
         return Stats(*s)
 
+    def port(self, container_port: int) -> int:
+        """The host port that reaches ``container_port`` (published ports are not supported by
+        this version: ``ports=`` is refused, so there is none to report)."""
+        raise PyrtError(
+            f"container {self.id[:12]} has no published port {container_port}: "
+            "published ports (ports=, network='private') are not supported by this pyrt yet"
+        )
+
     @property
     def oom_killed(self) -> bool:
         """Whether the OOM killer killed any process of the container."""
