@@ -89,3 +89,44 @@ def test_masking_does_not_depend_on_the_containers_dev(image: pyrt.Image) -> Non
         text=True,
     )  # fmt: skip
     assert r.stdout.split()[0] == "0"
+
+
+def test_an_image_with_a_symlinked_proc_is_refused(rootfs: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for name in ("proc", "sys", "dev"):
+        root = tmp_path / f"img-{name}"
+        shutil.copytree(rootfs, root, symlinks=True)
+        shutil.rmtree(root / name)
+        os.symlink("/etc", root / name)
+        with pytest.raises(pyrt.SpawnError, match=f"/{name} is a symlink"):
+            pyrt.run(pyrt.Image.load(root), ["true"])
+
+
+def test_cve_2017_5226_no_controlling_terminal(rootfs: Path) -> None:
+    # `pyrt run -i` in a terminal hands the container that terminal as stdin. The container
+    # must not have it as its controlling terminal: TIOCSTI could push keystrokes into the
+    # user's shell. Field 7 of /proc/self/stat is the controlling terminal (0: none).
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        script = "cut -d' ' -f7 /proc/self/stat; test -t 0 && echo stdin-is-a-tty"
+        os.execv(sys.executable, [sys.executable, "-m", "pyrt.cli", "run", "-i", str(rootfs),
+                                  "sh", "-c", script])  # fmt: skip
+    out = b""
+    while True:
+        r, _, _ = select.select([fd], [], [], 10)
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    lines = out.decode().split()
+    assert lines == ["0", "stdin-is-a-tty"], out

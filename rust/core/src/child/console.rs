@@ -19,8 +19,8 @@ fn err(what: &str) -> impl FnOnce(io::Error) -> SetupError + '_ {
     move |e| SetupError::io(Stage::Devices, format!("terminal: {what}"), &e)
 }
 
-/// After pivot_root: makes the pty, hands the master to the parent over `sock`, and makes the
-/// slave our session's controlling terminal and fds 0, 1 and 2.
+/// After pivot_root, as a session leader: makes the pty, hands the master to the parent over
+/// `sock`, and makes the slave our session's controlling terminal and fds 0, 1 and 2.
 pub fn setup(sock: RawFd) -> Result<(), SetupError> {
     let master = syscall::openat2(
         libc::AT_FDCWD,
@@ -59,7 +59,8 @@ pub fn setup(sock: RawFd) -> Result<(), SetupError> {
     )
     .map_err(|e| err("sending the pty to the parent")(io::Error::from(e)))?;
     drop(master);
-    nix::unistd::setsid().map_err(|e| err("setsid")(io::Error::from(e)))?;
+    // We lead a session of our own already (child::new_session): the slave becomes its
+    // controlling terminal.
     // SAFETY: as above.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(err("TIOCSCTTY")(io::Error::last_os_error()));

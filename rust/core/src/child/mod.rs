@@ -70,6 +70,10 @@ fn read_request() -> Result<Request, SetupError> {
 }
 
 fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
+    // 0. A session of our own: a container given the caller's terminal as stdio has it as no
+    //    controlling terminal, so it cannot push keystrokes into the caller's shell with TIOCSTI
+    //    (CVE-2017-5226, bubblewrap's --new-session).
+    new_session()?;
     // 1. Join the namespaces given by path (the new ones were made by clone); a new cgroup
     //    namespace now, when we are inside the container's cgroup, so that it is its root.
     join_namespaces(plan)?;
@@ -86,6 +90,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     rootfs::make_private()?;
     // 3. The root: a bind of the image directory, an overlay of its layers, or the host's "/".
     let root = rootfs::mount_root(&plan.root)?;
+    rootfs::refuse_special_symlinks(&root)?;
     // 4. The spec's mounts in order (/proc, /dev, /dev/pts, ..., binds, tmpfs), each target
     //    resolved inside the root.
     for m in &plan.mounts {
@@ -220,6 +225,7 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     }
     drop(files);
     let p = &plan.process;
+    new_session()?;
     if p.terminal {
         console::setup(0)?;
     }
@@ -253,6 +259,12 @@ fn join_namespaces(plan: &Plan) -> Result<(), SetupError> {
         }
     }
     Ok(())
+}
+
+fn new_session() -> Result<(), SetupError> {
+    nix::unistd::setsid()
+        .map(|_| ())
+        .map_err(|e| SetupError::io(Stage::Namespaces, "setsid", &io::Error::from(e)))
 }
 
 /// setgroups(2) is refused in a user namespace whose setgroups file says "deny".

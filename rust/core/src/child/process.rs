@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::capabilities;
@@ -43,10 +43,28 @@ pub fn rlimits(p: &Process) -> Result<()> {
         }
     }
     if let Some(adj) = p.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        write_proc("/proc/self/oom_score_adj", &adj.to_string())
             .map_err(|e| SetupError::io(Stage::Rlimits, "write to /proc/self/oom_score_adj", &e))?;
     }
     Ok(())
+}
+
+/// Writes a /proc file, after checking that the file really is on a procfs: a bind mount or a
+/// symlink planted over /proc must not turn the write into one elsewhere (CVE-2025-52881).
+pub fn write_proc(path: &str, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let st = nix::sys::statfs::fstatfs(&f).map_err(io::Error::from)?;
+    if st.filesystem_type().0 as i64 != PROC_SUPER_MAGIC {
+        return Err(io::Error::other(format!(
+            "{path} is not on a procfs; refusing to write it"
+        )));
+    }
+    f.write_all(value.as_bytes())
 }
 
 /// Switches to the spec's user. The bounding set is cut first (that needs CAP_SETPCAP, which a

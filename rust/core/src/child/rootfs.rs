@@ -89,6 +89,33 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// An image whose /proc, /sys or /dev is a symlink is refused: mounts there would land wherever
+/// the link points (CVE-2019-16884 and relatives). Resolution inside the root would keep them in
+/// it, but such an image is malformed or hostile either way.
+pub fn refuse_special_symlinks(root: &OwnedFd) -> Result<()> {
+    for name in ["proc", "sys", "dev"] {
+        let c = cstring(name).map_err(mount_err(Stage::Rootfs, name.into()))?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatat with a valid descriptor, name and out-parameter.
+        let r = unsafe {
+            libc::fstatat(
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(SetupError::new(
+                Stage::Rootfs,
+                libc::ELOOP,
+                format!("the image's /{name} is a symlink; refusing to mount over it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Opens `path` (absolute, inside the root), creating what is missing: directories along the way,
 /// and the last component as a directory or, with `file`, an empty file (a bind target for a
 /// file source). A dangling symlink on the way is followed inside the root, as the kernel would
