@@ -29,6 +29,7 @@ def exec(
     stdout: int,
     stderr: int,
     cgroup_paths: list[str] = ...,
+    seccomp_json: Optional[str] = None,
 ) -> Process: ...
 def communicate(
     stdin: int,

@@ -230,9 +230,10 @@ class Container:
         import json
 
         spec_json, paths, pid = json.dumps(doc), proc.cgroup_paths(), proc.pid
+        sc = json.dumps(c._seccomp) if c._seccomp is not None else None
 
         def spawn(i: int, o: int, e: int) -> _core.Process:
-            return _core.exec(pid, spec_json, i, o, e, paths)
+            return _core.exec(pid, spec_json, i, o, e, paths, sc)
 
         _, out, err, code = await self._io(spawn, input, timeout, 0.2, list(command))
         return _result(list(command), code, out, err, text, check, False)

@@ -289,7 +289,8 @@ def _exec(a: argparse.Namespace) -> int:
     stdin = sys.stdin.fileno() if a.interactive else os.open(os.devnull, os.O_RDONLY)
     sys.stdout.flush()
     sys.stderr.flush()
-    p = _core.exec(st["pid"], json.dumps(proc), stdin, 1, 2, st.get("cgroups") or [])
+    sc = json.dumps(st["seccomp"]) if st.get("seccomp") else None
+    p = _core.exec(st["pid"], json.dumps(proc), stdin, 1, 2, st.get("cgroups") or [], sc)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda signum, _frame: p.kill(signum))
     code = p.wait()

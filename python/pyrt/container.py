@@ -22,6 +22,7 @@ from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
 from .image.config import command_for
 from .mounts import Bind, Mount, Tmpfs
+from .seccomp import default_profile
 from .sizes import parse_size
 from .state import ContainerDir, pid_start_time
 
@@ -192,6 +193,7 @@ class Container:
         self._proc: Optional[_core.Process] = None
         self._process: Optional[spec.ProcessSpec] = None
         self._state_doc: Optional[dict[str, Any]] = None
+        self._seccomp: Optional[Mapping[str, Any]] = None
         self._detached = False
         self._dir: Optional[ContainerDir] = None
         self._returncode: Optional[int] = None
@@ -259,7 +261,10 @@ class Container:
             annotations=annotations,
             cgroups_path=f"pyrt-{self.id}" if cgroup or self._limits else None,
             resources=self._limits,
+            # Docker's rule: privileged containers run without a filter.
+            seccomp=None if privileged else default_profile(frozenset(self._process.capabilities)),
         )
+        self._seccomp = c.seccomp
         return spec.build(c)
 
     # --- starting -----------------------------------------------------------------------
@@ -328,6 +333,7 @@ class Container:
             "detached": self._detached,
             "log": str(self._dir.log) if self._dir else None,
             "process": doc["process"],
+            "seccomp": doc["linux"].get("seccomp"),
         }
 
     def start(self, *, detached: bool = False) -> Container:
@@ -446,9 +452,10 @@ class Container:
         doc = self._exec_process(list(command), env, user, workdir)
         paths = proc.cgroup_paths()
         pid = proc.pid
+        sc = json.dumps(self._seccomp) if self._seccomp is not None else None
 
         def start(i: int, o: int, e: int) -> _core.Process:
-            return _core.exec(pid, json.dumps(doc), i, o, e, paths)
+            return _core.exec(pid, json.dumps(doc), i, o, e, paths, sc)
 
         # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
         _, out, err, code = self._run_io(start, input, timeout, 0.2)

@@ -205,6 +205,8 @@ class ContainerSpec:
     #: A cgroup of its own (relative: below the caller's cgroup), with these limits.
     cgroups_path: Optional[str] = None
     resources: Optional[Limits] = None
+    #: An OCI linux.seccomp object (pyrt.seccomp.default_profile), or None for no filter.
+    seccomp: Optional[Mapping[str, Any]] = None
 
 
 def process_dict(p: ProcessSpec) -> dict[str, Any]:
@@ -272,6 +274,8 @@ def build(c: ContainerSpec) -> dict[str, Any]:
     }
     if c.hostname:
         spec["hostname"] = c.hostname
+    if c.seccomp is not None:
+        spec["linux"]["seccomp"] = c.seccomp
     if c.cgroups_path:
         spec["linux"]["cgroupsPath"] = c.cgroups_path
         if c.resources is not None:

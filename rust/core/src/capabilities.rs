@@ -66,6 +66,18 @@ pub fn drop_bounding(keep: u64) -> Result<(), caps::errors::CapsError> {
 /// the sets grow or shrink: effective must stay within permitted, ambient within both permitted
 /// and inheritable.
 pub fn apply(s: &CapSets) -> Result<(), caps::errors::CapsError> {
+    // A capability the runtime itself lacks (this VM has no CAP_SYS_RESOURCE, for one) cannot
+    // be given: "all capabilities" means all that we hold.
+    let held = caps::read(None, CapSet::Bounding)?
+        .iter()
+        .fold(0u64, |m, c| m | c.bitmask());
+    let s = CapSets {
+        bounding: s.bounding & held,
+        effective: s.effective & held,
+        permitted: s.permitted & held,
+        inheritable: s.inheritable & held,
+        ambient: s.ambient & held,
+    };
     caps::clear(None, CapSet::Ambient)?;
     caps::set(None, CapSet::Effective, &hashset(s.effective & s.permitted))?;
     caps::set(None, CapSet::Permitted, &hashset(s.permitted))?;

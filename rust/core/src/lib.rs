@@ -10,5 +10,6 @@ pub mod logs;
 pub mod mountopts;
 pub mod plan;
 pub mod report;
+pub mod seccomp;
 pub mod spawn;
 pub mod syscall;

@@ -20,6 +20,7 @@ use crate::cgroups::Resources;
 #[cfg(feature = "spec")]
 use crate::mountopts;
 use crate::mountopts::MountFlags;
+use crate::seccomp::Program;
 
 /// Annotation that asks the core to build the root as an overlay inside the container's own mount
 /// namespace, so that no host-visible mount exists to leak. Value: JSON `{"lower": [dir, ...],
@@ -135,6 +136,8 @@ pub struct Plan {
     pub cgroup: Option<CgroupPlan>,
     /// Keep pyrt-child as pid 1, reaping orphans and forwarding signals (`child::init`).
     pub init: bool,
+    /// The seccomp filter, compiled; installed last, just before execve.
+    pub seccomp: Option<Program>,
     /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
     /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
     pub new_cgroupns: bool,
@@ -147,6 +150,8 @@ pub struct Plan {
 pub struct ExecPlan {
     pub target: i32,
     pub process: Process,
+    /// The container's seccomp filter applies to what is exec'd into it too.
+    pub seccomp: Option<Program>,
 }
 
 /// What a child is asked to do. One is made per spawn and serialised at once: its size does
@@ -161,13 +166,28 @@ pub enum Request {
 #[cfg(feature = "spec")]
 impl ExecPlan {
     /// From the JSON of an OCI `process` object (what `runc exec --process` takes).
-    pub fn from_process_json(json: &str, target: i32) -> Result<ExecPlan, PlanError> {
+    pub fn from_process_json(
+        json: &str,
+        target: i32,
+        seccomp_json: Option<&str>,
+    ) -> Result<ExecPlan, PlanError> {
         let p: oci_spec::runtime::Process = serde_json::from_str(json)?;
         let mut spec = Spec::default();
         spec.set_process(Some(p));
+        let seccomp = match seccomp_json {
+            Some(j) => {
+                let s: oci_spec::runtime::LinuxSeccomp = serde_json::from_str(j)?;
+                Some(
+                    crate::seccomp::from_spec(&s)
+                        .map_err(|e| field_err("linux.seccomp", e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         Ok(ExecPlan {
             target,
             process: plan_process(&spec)?,
+            seccomp,
         })
     }
 }
@@ -302,6 +322,13 @@ impl Plan {
                 .and_then(|a| a.get(ANNOTATION_CREATE_CWD))
                 .is_some_and(|v| v == "true"),
             cgroup: plan_cgroup(spec)?,
+            seccomp: match linux.and_then(|l| l.seccomp().as_ref()) {
+                Some(s) => Some(
+                    crate::seccomp::from_spec(s)
+                        .map_err(|e| field_err("linux.seccomp", e.to_string()))?,
+                ),
+                None => None,
+            },
             init: spec
                 .annotations()
                 .as_ref()

@@ -130,7 +130,8 @@ fn spawn(
 /// from the JSON of an OCI `process` object; it joins the container's namespaces and the cgroup
 /// whose directories are `cgroup_paths` (may be empty).
 #[pyfunction]
-#[pyo3(signature = (target, process_json, stdin, stdout, stderr, cgroup_paths=Vec::new()))]
+#[pyo3(signature = (target, process_json, stdin, stdout, stderr, cgroup_paths=Vec::new(), seccomp_json=None))]
+#[allow(clippy::too_many_arguments)]
 fn exec(
     py: Python<'_>,
     target: i32,
@@ -139,8 +140,9 @@ fn exec(
     stdout: i32,
     stderr: i32,
     cgroup_paths: Vec<String>,
+    seccomp_json: Option<&str>,
 ) -> PyResult<Process> {
-    let plan = ExecPlan::from_process_json(process_json, target).map_err(|e| {
+    let plan = ExecPlan::from_process_json(process_json, target, seccomp_json).map_err(|e| {
         spawn_error(
             py,
             &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),

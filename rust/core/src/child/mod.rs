@@ -144,13 +144,14 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     process::switch_user(p, setgroups_allowed())?;
     process::enter_cwd(p)?;
     let exe = process::lookup(p)?;
-    // 11. no_new_privs, then (last, so that setup syscalls are not filtered) seccomp.
+    // 11. no_new_privs; seccomp comes in step 12, after the last setup syscall.
     process::no_new_privs(p)?;
-    // 12. Signals as after boot; then make sure we die with the parent. A change of credentials
+    // 12. Signals as after boot; then make sure we die with the parent; then the seccomp filter. A change of credentials
     //     cleared the parent-death signal that clone's child set, so it is set again here and the
     //     lifeline checked after, which closes the window in which the parent may have died.
     process::reset_signals();
     rearm_parent_death()?;
+    install_seccomp(plan.seccomp.as_ref())?;
     // 13. With init, fork: the child becomes the command, we stay as pid 1. Our copy of the
     //     error pipe is closed so that the parent's EOF still means "the command runs".
     if plan.init {
@@ -236,7 +237,18 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     process::no_new_privs(p)?;
     process::reset_signals();
     rearm_parent_death()?;
+    install_seccomp(plan.seccomp.as_ref())?;
     Err(process::exec(p, &exe))
+}
+
+/// The seccomp filter, last of all: nothing of the setup is filtered, only the command (and,
+/// with init, pyrt's init, which needs only wait, kill and exit).
+fn install_seccomp(p: Option<&crate::seccomp::Program>) -> Result<(), SetupError> {
+    match p {
+        Some(p) => crate::seccomp::install(p)
+            .map_err(|e| SetupError::io(Stage::Seccomp, "installing the seccomp filter", &e)),
+        None => Ok(()),
+    }
 }
 
 fn join_namespaces(plan: &Plan) -> Result<(), SetupError> {

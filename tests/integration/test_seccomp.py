@@ -1,0 +1,72 @@
+"""The default seccomp filter, observed from inside: what a denied call returns, and that the
+filter covers exec'd processes too. The host image gives the probe a Python with ctypes."""
+
+from __future__ import annotations
+
+import errno
+
+import pyrt
+
+PROBE = """
+import ctypes, errno, fcntl, os, termios
+libc = ctypes.CDLL(None, use_errno=True)
+libc.personality.argtypes = [ctypes.c_ulong]  # glibc's signature: no sign extension
+def call(nr, *args):
+    r = libc.syscall(nr, *args)
+    return 0 if r >= 0 else ctypes.get_errno()
+out = {}
+try:
+    fcntl.ioctl(0, termios.TIOCSTI, b"x")
+except OSError as e:
+    out["tiocsti"] = e.errno
+out["keyctl"] = call(250, 0, 0)          # not in the allow-list
+out["newer"] = call(462, 0, 0)           # past every syscall the profile names
+out["personality_query"] = 0 if libc.personality(0xFFFFFFFF) >= 0 else ctypes.get_errno()
+r = libc.personality(0x0040000)          # ADDR_NO_RANDOMIZE: not a harmless persona
+out["personality_norandom"] = 0 if r >= 0 else ctypes.get_errno()
+out["unshare"] = call(272, 0x10000000)  # unshare(CLONE_NEWUSER), last: it changes who we are
+print(out)
+"""
+
+
+def probe(**opts: object) -> dict[str, int]:
+    r = pyrt.run(pyrt.Image.host(), ["python3", "-c", PROBE], text=True, **opts)  # type: ignore[arg-type]
+    assert r.returncode == 0, r.stderr
+    import ast
+
+    return ast.literal_eval(r.stdout)
+
+
+def test_status_shows_the_filter(image: pyrt.Image) -> None:
+    r = pyrt.run(image, ["grep", "-E", "^(Seccomp|NoNewPrivs):", "/proc/self/status"], text=True)
+    assert r.stdout.split() == ["NoNewPrivs:", "1", "Seccomp:", "2"]
+
+
+def test_denied_calls_and_their_errnos() -> None:
+    out = probe()
+    assert out["tiocsti"] == errno.EPERM  # terminal injection (CVE-2017-5226)
+    assert out["keyctl"] == errno.EPERM
+    assert out["newer"] == errno.ENOSYS  # newer than the profile: "not implemented"
+    assert out["personality_query"] == 0  # an allowed argument
+    assert out["personality_norandom"] == errno.EPERM  # a denied one
+    assert out["unshare"] == errno.EPERM  # namespaces need CAP_SYS_ADMIN, which is not held
+
+
+def test_without_the_filter_the_same_calls_behave_differently() -> None:
+    # privileged: no filter (Docker's rule), so the probe's calls reach the kernel.
+    out = probe(privileged=True)
+    assert out["tiocsti"] == errno.ENOTTY  # stdin is /dev/null, not a terminal
+    assert out["personality_norandom"] == 0
+    assert out["unshare"] == 0
+
+
+def test_cap_add_opens_the_matching_calls() -> None:
+    out = probe(cap_add=["SYS_ADMIN"])
+    assert out["unshare"] == 0
+
+
+def test_execs_are_filtered_too(image: pyrt.Image) -> None:
+    with pyrt.Container(image, ["sleep", "60"]) as c:
+        r = c.exec(["grep", "^Seccomp:", "/proc/self/status"], text=True)
+        assert r.stdout.split() == ["Seccomp:", "2"]
+        assert c.exec(["unshare", "-U", "true"]).returncode != 0
