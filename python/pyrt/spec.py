@@ -123,6 +123,9 @@ def default_mounts(*, sysfs_readonly: bool = True) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev"] + (["ro"] if sysfs_readonly else [])},
+        # The host's cgroup layout, read-only, through the container's cgroup namespace.
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
     ]  # fmt: skip
 
 

@@ -4,8 +4,12 @@ filter covers exec'd processes too. The host image gives the probe a Python with
 from __future__ import annotations
 
 import errno
+import json
+import os
+from pathlib import Path
 
 import pyrt
+from pyrt import _core
 
 PROBE = """
 import ctypes, errno, fcntl, os, termios
@@ -70,3 +74,47 @@ def test_execs_are_filtered_too(image: pyrt.Image) -> None:
         r = c.exec(["grep", "^Seccomp:", "/proc/self/status"], text=True)
         assert r.stdout.split() == ["Seccomp:", "2"]
         assert c.exec(["unshare", "-U", "true"]).returncode != 0
+
+
+def test_masked_and_read_only_paths(image: pyrt.Image) -> None:
+    script = (
+        "wc -c < /proc/timer_list; ls /sys/firmware | wc -l;"  # masked: empty
+        "touch /sys/firmware/x 2>/dev/null; echo firmware=$?;"  # masked dir: not writable
+        "echo 1 > /proc/sys/kernel/panic 2>/dev/null; echo sys=$?;"  # read-only
+        "echo c > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?"
+    )
+    r = pyrt.run(image, ["sh", "-c", script], text=True)
+    assert r.stdout.split() == ["0", "0", "firmware=1", "sys=1", "sysrq=1"]
+
+
+def test_a_specs_own_seccomp_is_honoured(rootfs: Path) -> None:
+    # What a bundle brings: allow everything but mkdir, which gets EACCES.
+    from pyrt import spec as S
+
+    doc = S.build(
+        S.ContainerSpec(
+            root=S.RootSpec(str(rootfs), readonly=True),
+            process=S.ProcessSpec(["/bin/mkdir", "/tmp/x"]),
+            mounts=[pyrt.Tmpfs("/tmp").to_spec()],
+            seccomp={
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {
+                        "names": ["mkdir", "mkdirat"],
+                        "action": "SCMP_ACT_ERRNO",
+                        "errnoRet": errno.EACCES,
+                    }
+                ],  # fmt: skip
+            },
+        )
+    )
+    r_fd, w_fd = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        p = _core.spawn(json.dumps(doc), null, null, w_fd)
+        os.close(w_fd)
+        assert p.wait(10) == 1
+        assert b"Permission denied" in os.read(r_fd, 4096)
+    finally:
+        os.close(r_fd)
+        os.close(null)

@@ -294,9 +294,8 @@ impl Plan {
             .collect();
         sysctl.sort();
         for (k, _) in &sysctl {
-            if k.contains('/') && k.contains("..") || k.is_empty() {
-                return Err(field_err("linux.sysctl", format!("invalid key {k:?}")));
-            }
+            check_sysctl(k, clone_flags, &join)
+                .map_err(|r| field_err(format!("linux.sysctl.{k}"), r))?;
         }
 
         Ok(Plan {
@@ -337,6 +336,40 @@ impl Plan {
             new_cgroupns,
             process,
         })
+    }
+}
+
+/// Only sysctls that a namespace isolates, and only with that namespace the container's own
+/// (runc's allow-list): anything else would change the host.
+#[cfg(feature = "spec")]
+fn check_sysctl(key: &str, new: u64, joined: &[(u64, PathBuf)]) -> Result<(), String> {
+    if key.is_empty() || key.contains("..") || key.contains('/') {
+        return Err("not a sysctl name".into());
+    }
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let (ns, what) = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        (libc::CLONE_NEWIPC, "an ipc")
+    } else if key.starts_with("net.") {
+        (libc::CLONE_NEWNET, "a network")
+    } else if key == "kernel.domainname" || key == "kernel.hostname" {
+        (libc::CLONE_NEWUTS, "a uts")
+    } else {
+        return Err("not a namespaced sysctl: it would change the host".into());
+    };
+    let own = new & ns as u64 != 0 || joined.iter().any(|(b, _)| *b == ns as u64);
+    if own {
+        Ok(())
+    } else {
+        Err(format!("needs {what} namespace of the container's own"))
     }
 }
 
@@ -641,6 +674,25 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("overlay"), "{e}");
+    }
+
+    #[test]
+    fn sysctls_only_namespaced_and_with_their_namespace() {
+        let ok = Plan::from_json(&spec(
+            r#","linux2":1"#.replace(",\"linux2\":1", "").as_str(),
+        ));
+        assert!(ok.is_ok());
+        let with = |ns: &str, key: &str| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"/r"}},"process":{{"args":["x"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+                "linux":{{"namespaces":[{{"type":"mount"}}{ns}],"sysctl":{{"{key}":"1"}}}}}}"#
+            )
+        };
+        assert!(Plan::from_json(&with(r#",{"type":"network"}"#, "net.ipv4.ip_forward")).is_ok());
+        assert!(Plan::from_json(&with("", "net.ipv4.ip_forward")).is_err());
+        assert!(Plan::from_json(&with(r#",{"type":"ipc"}"#, "kernel.shmmax")).is_ok());
+        let e = Plan::from_json(&with(r#",{"type":"ipc"}"#, "kernel.panic")).unwrap_err();
+        assert!(e.to_string().contains("would change the host"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!
 //! The order of the steps matters and is the one below (bubblewrap's `main()` is the model).
 
+mod cgroupfs;
 mod console;
 mod devices;
 mod init;
@@ -134,8 +135,14 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     }
     for (k, v) in &plan.sysctl {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v)
-            .map_err(|e| SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e))?;
+        process::write_proc(&path, v).map_err(|e| match e.raw_os_error() {
+            Some(libc::EXDEV) => SetupError::new(
+                Stage::Sysctl,
+                libc::EXDEV,
+                format!("sysctl {k}: {path} is not on a procfs (something is mounted over it); refusing to write it"),
+            ),
+            _ => SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e),
+        })?;
     }
     // 10. Process attributes: rlimits, then user and capabilities, then the working directory
     //     (as the user, so its permissions apply), then the executable's lookup.

@@ -59,10 +59,9 @@ pub fn write_proc(path: &str, value: &str) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     let st = nix::sys::statfs::fstatfs(&f).map_err(io::Error::from)?;
-    if st.filesystem_type().0 as i64 != PROC_SUPER_MAGIC {
-        return Err(io::Error::other(format!(
-            "{path} is not on a procfs; refusing to write it"
-        )));
+    if st.filesystem_type().0 != PROC_SUPER_MAGIC {
+        // EXDEV: "not the filesystem expected"; the caller's message names the file.
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
     }
     f.write_all(value.as_bytes())
 }

@@ -89,6 +89,38 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A bind mount whose target resolves (through the image's symlinks) onto procfs or sysfs is
+/// refused unless the spec names a path under /proc or /sys itself: shadowing procfs files is
+/// how CVE-2019-19921 and CVE-2023-27561 got a writable /proc/self/attr past the LSMs. The
+/// check is on the filesystem the opened target is on, not on a path that could be raced.
+fn refuse_into_proc(target: &OwnedFd, dest: &Path) -> Result<()> {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    if dest.starts_with("/proc") || dest.starts_with("/sys") {
+        return Ok(());
+    }
+    let magic = nix::sys::statfs::fstatfs(target)
+        .map(|st| st.filesystem_type().0)
+        .map_err(|e| {
+            SetupError::io(
+                Stage::Mount,
+                format!("statfs of mount target {}", dest.display()),
+                &io::Error::from(e),
+            )
+        })?;
+    if magic == PROC_SUPER_MAGIC || magic == SYSFS_MAGIC {
+        return Err(SetupError::new(
+            Stage::Mount,
+            libc::EPERM,
+            format!(
+                "mount target {} resolves into /proc or /sys: mounting over /proc or /sys is refused",
+                dest.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An image whose /proc, /sys or /dev is a symlink is refused: mounts there would land wherever
 /// the link points (CVE-2019-16884 and relatives). Resolution inside the root would keep them in
 /// it, but such an image is malformed or hostile either way.
@@ -229,6 +261,7 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
             let target = ensure_in_root(root, &m.destination, !meta.is_dir()).map_err(
                 mount_err(Stage::Mount, format!("creating mount target {dest}")),
             )?;
+            refuse_into_proc(&target, &m.destination)?;
             let rec = if *recursive { libc::MS_REC } else { 0 };
             syscall::mount(
                 Some(&src),
@@ -254,6 +287,10 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                 ))?;
             }
             propagate(root, m)
+        }
+        // runc's convention: "cgroup" stands for the host's whole cgroup layout.
+        MountKind::Fs { fstype, .. } if fstype == "cgroup" => {
+            super::cgroupfs::mount(root, &m.destination)
         }
         MountKind::Fs { fstype, source } => {
             let target = ensure_in_root(root, &m.destination, false).map_err(mount_err(
