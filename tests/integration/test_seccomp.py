@@ -104,7 +104,7 @@ def test_a_specs_own_seccomp_is_honoured(rootfs: Path) -> None:
                         "action": "SCMP_ACT_ERRNO",
                         "errnoRet": errno.EACCES,
                     }
-                ],  # fmt: skip
+                ],
             },
         )
     )
