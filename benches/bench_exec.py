@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,12 @@ import pyrt
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_start import make_bundle, percentile, reexec_in_private_mount_ns  # noqa: E402
+from bench_start import (  # noqa: E402
+    interleave,
+    make_bundle,
+    percentile,
+    reexec_in_private_mount_ns,
+)
 
 
 def main() -> None:
@@ -60,18 +64,7 @@ def main() -> None:
             "pyrt exec": lambda: c.exec(["/bin/true"], check=True) and None,
             **{f"{t} exec": peer(t, cid) for t, cid in ids},
         }
-        times: dict[str, list[float]] = {k: [] for k in tools}
-        for fn in tools.values():
-            for _ in range(5):
-                fn()
-        for r in range(args.rounds):
-            order = list(tools.items())
-            if r % 2:
-                order.reverse()
-            for name, fn in order:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1000)
+        times = interleave(tools, args.rounds)
         c.remove()
         base = statistics.median(times["crun exec"])
         print(f"exec of /bin/true into a running container, {args.rounds} interleaved rounds")

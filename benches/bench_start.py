@@ -64,6 +64,25 @@ def make_bundle(root: Path, rootfs: Path, limits: bool) -> Path:
     return bundle
 
 
+def interleave(tools: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each tool: a few warm-up calls each (page cache, pyrt's child
+    memfd, interpreter paths), then rounds in which every tool takes a turn, in alternating
+    order, so that the machine's drift hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in tools}
+    for fn in tools.values():
+        for _ in range(5):
+            fn()
+    for r in range(rounds):
+        order = list(tools.items())
+        if r % 2:
+            order.reverse()
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -113,18 +132,7 @@ def main() -> None:
         if args.limits:
             # bwrap and a bare process have no limits to set: not the same work.
             del tools["bwrap"], tools["bare subprocess"]
-        times: dict[str, list[float]] = {k: [] for k in tools}
-        for fn in tools.values():  # warm-up: page cache, the child's memfd, interpreter paths
-            for _ in range(5):
-                fn()
-        for r in range(args.rounds):
-            order = list(tools.items())
-            if r % 2:
-                order.reverse()
-            for name, fn in order:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1000)
+        times = interleave(tools, args.rounds)
         crun_med = statistics.median(times["crun run"])
         rows = []
         for name, xs in times.items():

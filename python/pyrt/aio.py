@@ -220,21 +220,7 @@ class Container:
         workdir: Optional[str] = None,
     ) -> Result:
         """As ``Container.exec``: ``timeout`` kills only this process."""
-        c = self._c
-        if isinstance(command, str) or not command:
-            raise TypeError("command must be a non-empty list of arguments")
-        proc = c._proc
-        if proc is None or c.status != "running":
-            raise PyrtError(f"container {self.id[:12]} is not running")
-        doc = c._exec_process(list(command), env, user, workdir)
-        import json
-
-        spec_json, paths, pid = json.dumps(doc), proc.cgroup_paths(), proc.pid
-        sc = json.dumps(c._seccomp) if c._seccomp is not None else None
-
-        def spawn(i: int, o: int, e: int) -> _core.Process:
-            return _core.exec(pid, spec_json, i, o, e, paths, sc)
-
+        spawn = self._c._exec_starter(command, env, user, workdir)
         _, out, err, code = await self._io(spawn, input, timeout, 0.2, list(command))
         return _result(list(command), code, out, err, text, check, False)
 

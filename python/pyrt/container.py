@@ -444,22 +444,33 @@ class Container:
         """Runs ``command`` inside the running container (all its namespaces and its cgroup),
         with the container's environment plus ``env``, as its user or ``user``, in its working
         directory or ``workdir``. ``timeout`` kills only this process."""
+        start = self._exec_starter(command, env, user, workdir)
+        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
+        _, out, err, code = self._run_io(start, input, timeout, 0.2)
+        return _result(list(command), code, out, err, text, check, False)
+
+    def _exec_starter(
+        self,
+        command: Sequence[str],
+        env: Optional[Mapping[str, str]],
+        user: Optional[str],
+        workdir: Optional[str],
+    ) -> Callable[[int, int, int], _core.Process]:
+        """Checks and prepares an exec (for this class and pyrt.aio's); the returned function
+        starts it with the given stdin, stdout and stderr."""
         if isinstance(command, str) or not command:
             raise TypeError("command must be a non-empty list of arguments")
         proc = self._proc
         if proc is None or self._removed or self.status != "running":
             raise PyrtError(f"container {self.id[:12]} is not running")
-        doc = self._exec_process(list(command), env, user, workdir)
-        paths = proc.cgroup_paths()
-        pid = proc.pid
+        doc = json.dumps(self._exec_process(list(command), env, user, workdir))
+        paths, pid = proc.cgroup_paths(), proc.pid
         sc = json.dumps(self._seccomp) if self._seccomp is not None else None
 
         def start(i: int, o: int, e: int) -> _core.Process:
-            return _core.exec(pid, json.dumps(doc), i, o, e, paths, sc)
+            return _core.exec(pid, doc, i, o, e, paths, sc)
 
-        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
-        _, out, err, code = self._run_io(start, input, timeout, 0.2)
-        return _result(list(command), code, out, err, text, check, False)
+        return start
 
     def _exec_process(
         self,

@@ -25,8 +25,11 @@ pub mod rootfs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
-use crate::plan::{ExecPlan, Plan, Request, RootSource};
+use std::path::PathBuf;
+
+use crate::plan::{ExecPlan, Plan, Process, Request, RootSource};
 use crate::report::{SetupError, Stage};
+use crate::seccomp::Program;
 use crate::syscall;
 
 pub const PLAN_FD: i32 = 3;
@@ -144,24 +147,45 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
             _ => SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e),
         })?;
     }
+    // 10-14: the process itself, shared with exec.
+    Err(become_command(
+        &plan.process,
+        plan.seccomp.as_ref(),
+        plan.init,
+    ))
+}
+
+/// The last steps, for a container's command and an exec alike; returns only on failure.
+fn become_command(p: &Process, seccomp: Option<&Program>, init: bool) -> SetupError {
+    match prepare_command(p, seccomp, init) {
+        Ok(exe) => process::exec(p, &exe),
+        Err(e) => e,
+    }
+}
+
+fn prepare_command(
+    p: &Process,
+    seccomp: Option<&Program>,
+    init: bool,
+) -> Result<PathBuf, SetupError> {
     // 10. Process attributes: rlimits, then user and capabilities, then the working directory
     //     (as the user, so its permissions apply), then the executable's lookup.
-    let p = &plan.process;
     process::rlimits(p)?;
     process::switch_user(p, setgroups_allowed())?;
     process::enter_cwd(p)?;
     let exe = process::lookup(p)?;
-    // 11. no_new_privs; seccomp comes in step 12, after the last setup syscall.
+    // 11. no_new_privs.
     process::no_new_privs(p)?;
-    // 12. Signals as after boot; then make sure we die with the parent; then the seccomp filter. A change of credentials
-    //     cleared the parent-death signal that clone's child set, so it is set again here and the
-    //     lifeline checked after, which closes the window in which the parent may have died.
+    // 12. Signals as after boot; then make sure we die with the parent: a change of credentials
+    //     cleared the parent-death signal that clone's child set, so it is set again here and
+    //     the lifeline checked after, which closes the window in which the parent may have
+    //     died. Then the seccomp filter, after the last setup syscall.
     process::reset_signals();
     rearm_parent_death()?;
-    install_seccomp(plan.seccomp.as_ref())?;
+    install_seccomp(seccomp)?;
     // 13. With init, fork: the child becomes the command, we stay as pid 1. Our copy of the
     //     error pipe is closed so that the parent's EOF still means "the command runs".
-    if plan.init {
+    if init {
         // SAFETY: we are single-threaded; the child only goes on to execve.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
@@ -178,7 +202,8 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
             }
         }
     }
-    Err(process::exec(p, &exe))
+    // 14. execve (the caller).
+    Ok(exe)
 }
 
 /// An exec: we were born in the container's pid namespace (the spawner saw to that) and in its
@@ -232,25 +257,16 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
         }
     }
     drop(files);
-    let p = &plan.process;
     new_session()?;
-    if p.terminal {
+    if plan.process.terminal {
         console::setup(0)?;
     }
-    process::rlimits(p)?;
-    process::switch_user(p, setgroups_allowed())?;
-    process::enter_cwd(p)?;
-    let exe = process::lookup(p)?;
-    process::no_new_privs(p)?;
-    process::reset_signals();
-    rearm_parent_death()?;
-    install_seccomp(plan.seccomp.as_ref())?;
-    Err(process::exec(p, &exe))
+    Err(become_command(&plan.process, plan.seccomp.as_ref(), false))
 }
 
 /// The seccomp filter, last of all: nothing of the setup is filtered, only the command (and,
 /// with init, pyrt's init, which needs only wait, kill and exit).
-fn install_seccomp(p: Option<&crate::seccomp::Program>) -> Result<(), SetupError> {
+fn install_seccomp(p: Option<&Program>) -> Result<(), SetupError> {
     match p {
         Some(p) => crate::seccomp::install(p)
             .map_err(|e| SetupError::io(Stage::Seccomp, "installing the seccomp filter", &e)),
