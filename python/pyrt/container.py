@@ -194,6 +194,7 @@ class Container:
         self._process: Optional[spec.ProcessSpec] = None
         self._state_doc: Optional[dict[str, Any]] = None
         self._seccomp: Optional[Mapping[str, Any]] = None
+        self._seccomp_json: Optional[str] = None
         self._detached = False
         self._dir: Optional[ContainerDir] = None
         self._returncode: Optional[int] = None
@@ -265,6 +266,8 @@ class Container:
             seccomp=None if privileged else default_profile(frozenset(self._process.capabilities)),
         )
         self._seccomp = c.seccomp
+        # Serialised once: every exec sends the same text, which the core caches by.
+        self._seccomp_json = json.dumps(c.seccomp) if c.seccomp is not None else None
         return spec.build(c)
 
     # --- starting -----------------------------------------------------------------------
@@ -465,7 +468,7 @@ class Container:
             raise PyrtError(f"container {self.id[:12]} is not running")
         doc = json.dumps(self._exec_process(list(command), env, user, workdir))
         paths, pid = proc.cgroup_paths(), proc.pid
-        sc = json.dumps(self._seccomp) if self._seccomp is not None else None
+        sc = self._seccomp_json
 
         def start(i: int, o: int, e: int) -> _core.Process:
             return _core.exec(pid, doc, i, o, e, paths, sc)

@@ -176,11 +176,7 @@ impl ExecPlan {
         spec.set_process(Some(p));
         let seccomp = match seccomp_json {
             Some(j) => {
-                let s: oci_spec::runtime::LinuxSeccomp = serde_json::from_str(j)?;
-                Some(
-                    crate::seccomp::from_spec(&s)
-                        .map_err(|e| field_err("linux.seccomp", e.to_string()))?,
-                )
+                Some(crate::seccomp::from_json(j).map_err(|e| field_err("linux.seccomp", e))?)
             }
             None => None,
         };
