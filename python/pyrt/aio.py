@@ -11,18 +11,18 @@ No thread per container: a container's exit is awaited through its pidfd with
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import re
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
-from . import _core
+from . import _core, readiness
 from .container import POLL_INTERVAL, Input, Result, Stats, _result
 from .container import Container as _SyncContainer
 from .errors import PyrtError, TimeoutExpired
 from .image import Image
+from .stdio import Pipes
 
 __all__ = ["Container", "run"]
 
@@ -153,36 +153,29 @@ class Container:
         drain_after_kill: Optional[float],
         args: list[str],
     ) -> tuple[_core.Process, bytes, bytes, int]:
-        if isinstance(input, str):
-            input = input.encode()
-        if input is not None:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        p = Pipes(input)
         try:
             try:
                 proc: _core.Process = await asyncio.get_running_loop().run_in_executor(
-                    None, spawn, in_r, out_w, err_w
+                    None, spawn, *p.child
                 )
             finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            stdin_fd, in_w = in_w, -1
-            out, err, timed_out = await _communicate(stdin_fd, input, out_r, err_r, timeout)
+                p.started()
+            out, err, timed_out = await _communicate(
+                p.take_stdin(), p.input, p.out_r, p.err_r, timeout
+            )
             if timed_out:
                 proc.kill(signal.SIGKILL)
-                more_out, more_err, _ = await _communicate(-1, None, out_r, err_r, drain_after_kill)
+                more_out, more_err, _ = await _communicate(
+                    -1, None, p.out_r, p.err_r, drain_after_kill
+                )
                 await _exited(proc, None)
                 raise TimeoutExpired(args, timeout or 0, out + more_out, err + more_err)
             code = await _exited(proc, None)
             assert code is not None
             return proc, out, err, code
         finally:
-            for fd in (in_w, out_r, err_r):
-                if fd >= 0:
-                    os.close(fd)
+            p.close()
 
     async def run(
         self,
@@ -297,11 +290,9 @@ class Container:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def wait_for_log(
-        self, pattern: Union[str, bytes, re.Pattern[bytes]], timeout: float = 30
+        self, pattern: readiness.Pattern, timeout: float = 30
     ) -> re.Match[bytes]:
-        if isinstance(pattern, str):
-            pattern = pattern.encode()
-        rx = re.compile(pattern) if isinstance(pattern, bytes) else pattern
+        rx = readiness.compile_pattern(pattern)
 
         async def check() -> Optional[re.Match[bytes]]:
             return rx.search(self._c.logs())
@@ -320,12 +311,10 @@ class Container:
         return res
 
     async def wait_for_file(self, path: str, timeout: float = 30) -> None:
+        readiness.check_path(path)
+
         async def check() -> bool:
-            try:
-                self._c.wait_for_file(path, timeout=0)
-                return True
-            except TimeoutExpired:
-                return False
+            return readiness.file_exists(self.pid or 0, path)
 
         await self._poll(f"file {path}", timeout, check)
 
@@ -333,15 +322,7 @@ class Container:
         loop = asyncio.get_running_loop()
 
         async def check() -> bool:
-            pid = self.pid
-            if pid is None:
-                return False
-            try:
-                return await loop.run_in_executor(None, _core.tcp_probe, pid, port, 0.2)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return False
-                raise
+            return await loop.run_in_executor(None, readiness.port_accepts, self.pid or 0, port)
 
         await self._poll(f"TCP port {port}", timeout, check)
 

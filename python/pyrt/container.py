@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
-from . import _core, spec
+from . import _core, readiness, spec
 from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
 from .image.config import command_for
@@ -25,6 +25,7 @@ from .mounts import Bind, Mount, Tmpfs
 from .seccomp import default_profile
 from .sizes import parse_size
 from .state import ContainerDir, pid_start_time
+from .stdio import Pipes
 
 Input = Union[bytes, str, None]
 
@@ -375,26 +376,20 @@ class Container:
         """Starts a process with pipes for its stdio, feeds ``input``, collects both outputs and
         waits. On ``timeout`` the process is killed (SIGKILL) and TimeoutExpired raised, with
         what it wrote until then."""
-        if isinstance(input, str):
-            input = input.encode()
-        if input is not None:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        p = Pipes(input)
         try:
             try:
-                proc = start(in_r, out_w, err_w)
+                proc = start(*p.child)
             finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            # communicate takes in_w over and closes it.
-            stdin_fd, in_w = in_w, -1
-            out, err, timed_out = _core.communicate(stdin_fd, input, out_r, err_r, timeout)
+                p.started()
+            out, err, timed_out = _core.communicate(
+                p.take_stdin(), p.input, p.out_r, p.err_r, timeout
+            )
             if timed_out:
                 proc.kill(signal.SIGKILL)
-                more_out, more_err, _ = _core.communicate(-1, None, out_r, err_r, drain_after_kill)
+                more_out, more_err, _ = _core.communicate(
+                    -1, None, p.out_r, p.err_r, drain_after_kill
+                )
                 proc.wait()
                 assert timeout is not None
                 raise TimeoutExpired(self.args, timeout, out + more_out, err + more_err)
@@ -402,9 +397,7 @@ class Container:
             assert code is not None
             return proc, out, err, code
         finally:
-            for fd in (in_w, out_r, err_r):
-                if fd >= 0:
-                    os.close(fd)
+            p.close()
 
     def run(
         self,
@@ -616,15 +609,12 @@ class Container:
                 raise TimeoutExpired(self.args, timeout)
             time.sleep(POLL_INTERVAL)
 
-    def wait_for_log(
-        self, pattern: Union[str, bytes, re.Pattern[bytes]], timeout: float = 30
-    ) -> re.Match[bytes]:
+    def wait_for_log(self, pattern: readiness.Pattern, timeout: float = 30) -> re.Match[bytes]:
         """Waits until the logs match ``pattern`` (a regex); returns the match."""
-        if isinstance(pattern, str):
-            pattern = pattern.encode()
-        rx = re.compile(pattern) if isinstance(pattern, bytes) else pattern
-        m: re.Match[bytes] = self._poll(f"log pattern {rx.pattern!r}", timeout,
-                                        lambda: rx.search(self.logs()))  # fmt: skip
+        rx = readiness.compile_pattern(pattern)
+        m: re.Match[bytes] = self._poll(
+            f"log pattern {rx.pattern!r}", timeout, lambda: rx.search(self.logs())
+        )
         return m
 
     def wait_for_command(
@@ -640,33 +630,13 @@ class Container:
 
     def wait_for_file(self, path: str, timeout: float = 30) -> None:
         """Waits until ``path`` exists inside the container (resolved inside its root)."""
-        if not path.startswith("/"):
-            raise ValueError(f"path must be absolute: {path!r}")
-
-        def exists() -> bool:
-            pid = self.pid
-            try:
-                root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                return False
-            try:
-                os.close(_core.open_in_root(root, path, os.O_PATH))
-                return True
-            except OSError:
-                return False
-            finally:
-                os.close(root)
-
-        self._poll(f"file {path}", timeout, exists)
+        readiness.check_path(path)
+        self._poll(f"file {path}", timeout, lambda: readiness.file_exists(self.pid or 0, path))
 
     def wait_for_port(self, port: int, timeout: float = 30) -> None:
         """Waits until a TCP connection to ``port`` on 127.0.0.1 inside the container's network
         namespace is accepted."""
-        self._poll(
-            f"TCP port {port}",
-            timeout,
-            lambda: self.pid is not None and _core.tcp_probe(self.pid, port, 0.2),
-        )
+        self._poll(f"TCP port {port}", timeout, lambda: readiness.port_accepts(self.pid or 0, port))
 
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""

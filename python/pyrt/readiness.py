@@ -1,0 +1,49 @@
+"""The conditions the wait_for_* helpers poll (in Container and pyrt.aio.Container alike).
+Each is a plain check that answers now; the polling, its timeout and the "container exited"
+error belong to the callers."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Union
+
+from . import _core
+
+Pattern = Union[str, bytes, "re.Pattern[bytes]"]
+
+
+def compile_pattern(pattern: Pattern) -> re.Pattern[bytes]:
+    if isinstance(pattern, str):
+        pattern = pattern.encode()
+    return re.compile(pattern) if isinstance(pattern, bytes) else pattern
+
+
+def check_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"path must be absolute: {path!r}")
+    return path
+
+
+def file_exists(pid: int, path: str) -> bool:
+    """Whether ``path`` exists in the root of process ``pid``, resolved inside that root."""
+    try:
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.close(_core.open_in_root(root, path, os.O_PATH))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(root)
+
+
+def port_accepts(pid: int, port: int) -> bool:
+    """Whether 127.0.0.1:``port`` in the network namespace of ``pid`` accepts a connection
+    (within 0.2 s; a gone process counts as no)."""
+    try:
+        return _core.tcp_probe(pid, port, 0.2)
+    except FileNotFoundError:
+        return False
