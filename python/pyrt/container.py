@@ -10,6 +10,7 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from . import _core, readiness, spec
 from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
 from .image.config import command_for
+from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
 from .seccomp import default_profile
 from .sizes import parse_size
@@ -232,6 +234,14 @@ class Container:
             # The host's /tmp and /run hold its sockets and scratch files: give the container
             # its own, writable ones instead.
             extra_mounts = [Tmpfs("/tmp").to_spec(), Tmpfs("/run", mode=0o755).to_spec()]
+        elif not overlay_supported():
+            # No overlayfs: the container gets a private copy of the (flattened) image.
+            copy = self._dir.path / "copy"
+            r = subprocess.run(["cp", "-a", "--", img.lower[0], str(copy)],
+                               capture_output=True, text=True)  # fmt: skip
+            if r.returncode != 0:
+                raise PyrtError(f"copying the image for a kernel without overlayfs: {r.stderr}")
+            root = spec.RootSpec(path=root_dir, readonly=bool(o["readonly_rootfs"]), bind=str(copy))
         else:
             root = spec.RootSpec(
                 path=root_dir,

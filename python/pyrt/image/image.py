@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -14,8 +15,9 @@ from typing import IO, Any, Optional, Union
 
 from .. import _core
 from ..errors import ImageError, ImageNotFound
-from . import store
+from . import layers, oci, registry, store
 from .config import ImageConfig
+from .progress import Progress
 from .unpack import unpack
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -65,26 +67,80 @@ class Image:
         return cls("host", ("/",), ImageConfig(), _HOST_ID, source="host")
 
     @classmethod
-    def load(cls, path: PathLike, *, tag: Optional[str] = None, ref: Optional[str] = None) -> Image:
-        """A rootfs directory or a rootfs tarball (.tar, .tar.gz, .tar.zst); the kind is
-        detected from the contents, not the name. With ``tag``, the image is also recorded in
-        the local store under that name."""
+    def load(
+        cls,
+        path: PathLike,
+        *,
+        tag: Optional[str] = None,
+        ref: Optional[str] = None,
+        progress: Optional[bool] = None,
+    ) -> Image:
+        """A rootfs directory, a rootfs tarball (.tar, .tar.gz, .tar.xz, .tar.zst), an OCI image
+        layout (a directory, or a tar of one), or a docker archive; the kind is detected from
+        the contents, not the name. ``ref`` picks one image of a layout (by its
+        ``org.opencontainers.image.ref.name``) or of a docker archive (by a tag). With ``tag``,
+        the image is also recorded in the local store under that name. ``progress`` shows a
+        progress bar (default: when stderr is a terminal)."""
         p = Path(os.fspath(path))
         if not p.exists():
             raise ImageNotFound(f"no such image: {p} does not exist")
-        if p.is_dir():
-            if (p / "oci-layout").exists() or (p / "index.json").exists():
-                raise ImageError(f"{p}: OCI image layouts are not supported yet")
-            img = cls("rootfs", (str(p.resolve()),), ImageConfig(), source=str(p))
-        elif p.is_file():
-            img = cls._load_tarball(p)
-        else:
+        if not (p.is_dir() or p.is_file()):
             raise ImageError(f"{p}: neither a directory nor a regular file")
+        kind = oci.kind_of(p)
+        if kind in ("oci-layout", "oci-archive", "docker-archive"):
+            src = oci.Source(p, kind)
+            try:
+                with store.loading():
+                    r = src.resolve(ref)
+                    with Progress(str(p), sum(x.size or 0 for x in r.layers), progress) as bar:
+                        img = cls._stack(r, str(p), bar, verified=False)
+                    if tag is not None:
+                        img.tag(tag)
+                return img
+            finally:
+                src.close()
         if ref is not None:
-            raise ImageError(f"{p}: ref= selects an image of an OCI layout; this is a rootfs")
+            raise ImageError(
+                f"{p}: ref= selects an image of an OCI layout or archive; this is a rootfs"
+            )
+        if kind == "rootfs":
+            img = cls("rootfs", (str(p.resolve()),), ImageConfig(), source=str(p))
+        else:
+            img = cls._load_tarball(p)
         if tag is not None:
             img.tag(tag)
         return img
+
+    @classmethod
+    def _stack(cls, r: oci.Resolved, what: str, bar: Progress, verified: bool) -> Image:
+        """Unpacks (or finds) each layer of a resolved image, bottom first, and stacks them.
+        ``verified``: the blobs were checked against their digests on download."""
+        if not r.layers:
+            raise ImageError(f"{what}: the image has no layers")
+        lower: tuple[str, ...] = ()
+        parent: Optional[str] = None
+        for i, layer in enumerate(r.layers):
+            got = layers.ensure_layer(
+                layer.open,
+                layer.digest,
+                layer.diff_id,
+                parent,
+                lower,
+                f"{what}: layer {i + 1} of {len(r.layers)} ({layer.digest or layer.diff_id})",
+                verified=verified,
+                progress=None if verified else bar.update,
+            )
+            parent = got.chain_id
+            lower = (str(got.root), *lower)
+        if not overlay_supported():
+            lower = (str(layers.flatten(r.config_digest, lower)),)
+        return cls(
+            "oci",
+            lower,
+            ImageConfig.from_oci(r.config.get("config") or {}),
+            r.config_digest,
+            source=what,
+        )
 
     @classmethod
     def _load_tarball(cls, p: Path) -> Image:
@@ -116,9 +172,41 @@ class Image:
         insecure: bool = False,
         username: Optional[str] = None,
         password: Optional[str] = None,
+        progress: Optional[bool] = None,
     ) -> Image:
-        """Pulls from a registry (OCI distribution API). Not available in this version."""
-        raise ImageError(f"cannot pull {ref}: registry pulls are not implemented yet")
+        """Pulls ``ref`` from a registry over the OCI distribution API and records it in the
+        store under ``ref``. Layers already in the store are not downloaded again; the others
+        are fetched three at a time, verified, and unpacked. ``insecure`` allows plain HTTP."""
+        r = registry.parse_reference(ref)
+        client = registry.Client(r, insecure, username, password)
+        with store.loading():
+            resolved, descs = registry.resolve(client)
+            diff_ids = resolved.config["rootfs"]["diff_ids"]
+            chain: Optional[str] = None
+            needed = []
+            for diff in diff_ids:
+                chain = layers.chain_id(chain, diff)
+                needed.append(not layers.layer_root(chain).is_dir())
+            total = sum(int(d.get("size") or 0) for d, n in zip(descs, needed) if n)
+            with Progress(ref, total, progress) as bar:
+                futures = registry.download_layers(client, descs, needed, bar.update)
+                try:
+                    for d, diff, fut in zip(descs, diff_ids, futures):
+                        resolved.layers.append(
+                            oci.LayerRef(
+                                d["digest"],
+                                diff,
+                                d.get("size"),
+                                str(d.get("mediaType")),
+                                registry.opener(fut),
+                            )
+                        )
+                    img = cls._stack(resolved, ref, bar, verified=True)
+                finally:
+                    registry.discard(futures)
+            img.source = ref
+            img.tag(ref)
+        return img
 
     @classmethod
     def get(cls, name: str) -> Image:
@@ -172,17 +260,20 @@ class Image:
     def remove(self) -> None:
         """Removes this image's names from the store, and its unpacked files when no other name
         refers to them. Running containers keep working on what they have mounted."""
-        with store.locked():
+        with store.loading(exclusive=True), store.locked():
             index = store.read_index()
             mine = [n for n, r in index.items() if r.get("id") == self.id]
             for n in mine:
                 index.pop(n)
             store.write_index(index)
             still_used = {d for r in index.values() for d in r.get("lower") or ()}
-        base = str(store.root()) + os.sep
-        for d in self.lower:
-            if d.startswith(base) and d not in still_used:
-                shutil.rmtree(d, ignore_errors=True)
+            base = str(store.root()) + os.sep
+            if self.kind == "oci":
+                layers.collect(still_used, only=set(self.lower), grace=0.0)
+            else:
+                for d in self.lower:
+                    if d.startswith(base) and d not in still_used:
+                        shutil.rmtree(d, ignore_errors=True)
         self.tags = []
 
     # --- contents -----------------------------------------------------------------------
@@ -247,6 +338,21 @@ class Image:
         if not entry and uid == 0:
             home = "/root"
         return UserIds(uid, gid, extra, home)
+
+
+def overlay_supported() -> bool:
+    """Whether the kernel offers overlayfs (``PYRT_NO_OVERLAY=1`` pretends it does not, to test
+    the fallback)."""
+    return os.environ.get("PYRT_NO_OVERLAY") != "1" and _kernel_has_overlay()
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_has_overlay() -> bool:
+    try:
+        with open("/proc/filesystems") as f:
+            return any(line.split()[-1:] == ["overlay"] for line in f)
+    except OSError:
+        return False
 
 
 def _parse_colon_file(data: Optional[bytes]) -> list[list[str]]:

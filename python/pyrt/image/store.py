@@ -36,6 +36,19 @@ def locked() -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def loading(exclusive: bool = False) -> Iterator[None]:
+    """Held shared by every load and pull from before it places layers until its image is
+    tagged; taken exclusively by whatever deletes layers, so a layer just unpacked for an image
+    not yet recorded is never collected under it. Take it before :func:`locked`."""
+    fd = os.open(root() / "loading.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _index_path() -> Path:
     return root() / "images.json"
 

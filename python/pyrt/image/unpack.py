@@ -6,6 +6,11 @@ relative symlink planted by an earlier entry, can point a write outside the root
 itself is then made relative to that descriptor by a single name, never following a symlink.
 The caller unpacks into a fresh private directory and renames it into place only on success, so
 a refused or broken image leaves nothing behind.
+
+Layers carry deletions as whiteouts (the OCI image spec's ``.wh.NAME`` and ``.wh..wh..opq``).
+Unpacked for overlayfs, each becomes what overlayfs itself reads in a lower directory: a 0:0
+character device, and the ``trusted.overlay.opaque`` xattr. Flattened, they delete from the tree
+built so far. Either way no whiteout file is left in the result.
 """
 
 from __future__ import annotations
@@ -28,11 +33,24 @@ MAX_BYTES = 64 << 30
 _CHUNK = 1 << 20
 
 
+#: What to do with whiteout entries: keep them as plain files (a rootfs tarball, which is not a
+#: layer), turn them into overlayfs' markers, or apply them to the tree being unpacked into.
+WHITEOUTS_KEEP = "keep"
+WHITEOUTS_OVERLAY = "overlay"
+WHITEOUTS_APPLY = "apply"
+
+_WH = ".wh."
+_OPAQUE = ".wh..wh..opq"
+#: Xattrs that steer overlayfs (redirects, metacopy, opaque): an image must not set them itself.
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
 @dataclass
 class UnpackStats:
     entries: int = 0
     bytes: int = 0
     skipped_devices: list[str] = field(default_factory=list)
+    whiteouts: int = 0
 
 
 def _components(name: str) -> list[str]:
@@ -46,12 +64,36 @@ def _components(name: str) -> list[str]:
 class _Root:
     """The directory being unpacked into, and descriptors of directories resolved inside it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lowers: tuple[str, ...] = ()) -> None:
         self.path = path
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.lowers: list[int] = []
+        #: Directories created without an entry of their own, with the mtime they should keep.
+        self.implied: list[tuple[list[str], int]] = []
+        try:
+            for d in lowers:
+                self.lowers.append(os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError:
+            self.close()
+            raise
 
     def close(self) -> None:
         os.close(self.fd)
+        for fd in self.lowers:
+            os.close(fd)
+
+    def _lower_stat(self, rel: str) -> Optional[os.stat_result]:
+        """The directory ``rel`` as the layers below have it (topmost first), if they do."""
+        for lfd in self.lowers:
+            try:
+                fd = _core.open_in_root(lfd, rel, os.O_PATH | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+        return None
 
     def open_dir(self, parts: list[str], create: bool, entry: str, depth: int = 0) -> int:
         """A descriptor of the directory ``parts`` inside the root, creating missing ones. A
@@ -70,6 +112,12 @@ class _Root:
         parent = self.open_dir(parts[:-1], True, entry, depth + 1)
         try:
             os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            # A directory the layer implies takes its metadata from the layers below (as a
+            # flattened unpack would leave it), else root's 0755.
+            if (st := self._lower_stat(rel)) is not None:
+                os.chown(parts[-1], st.st_uid, st.st_gid, dir_fd=parent, follow_symlinks=False)
+                os.chmod(f"/proc/self/fd/{parent}/{parts[-1]}", st.st_mode & 0o7777)
+                self.implied.append((parts, st.st_mtime_ns))
         except FileExistsError:
             try:
                 target = os.readlink(parts[-1], dir_fd=parent)
@@ -119,8 +167,11 @@ def _apply_meta(fd: int, m: tarfile.TarInfo, as_root: bool) -> None:
     os.fchmod(fd, m.mode & 0o7777)
     for k, v in (m.pax_headers or {}).items():
         if k.startswith("SCHILY.xattr."):
+            attr = k[len("SCHILY.xattr.") :]
+            if attr.startswith(_OVERLAY_XATTRS):
+                continue
             try:
-                os.setxattr(fd, k[len("SCHILY.xattr.") :], v.encode("utf-8", "surrogateescape"))
+                os.setxattr(fd, attr, v.encode("utf-8", "surrogateescape"))
             except OSError as e:
                 # security.* / trusted.* need privilege and a filesystem that keeps them.
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
@@ -143,13 +194,18 @@ def unpack(
     what: str,
     max_entries: int = MAX_ENTRIES,
     max_bytes: int = MAX_BYTES,
+    whiteouts: str = WHITEOUTS_KEEP,
+    lowers: tuple[str, ...] = (),
 ) -> UnpackStats:
-    """Unpacks the (uncompressed or tarfile-decompressable) tar stream into the existing empty
-    directory ``dest``. ``what`` names the image in errors."""
+    """Unpacks the (uncompressed or tarfile-decompressable) tar stream into the directory
+    ``dest`` (empty, or with ``whiteouts="apply"`` the layers below this one). ``what`` names the
+    image in errors. ``lowers`` (topmost first) are the layers this one goes on top of."""
     as_root = os.geteuid() == 0
     stats = UnpackStats()
-    root = _Root(dest)
+    root = _Root(dest, lowers)
     dir_times: list[tuple[list[str], tarfile.TarInfo]] = []
+    # Paths this layer wrote: an opaque marker applied to a flattened tree spares them.
+    written: set[tuple[str, ...]] = set()
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 - a stream, closed with fileobj
         for m in _members(tf):
@@ -163,12 +219,24 @@ def unpack(
                 continue
             parent = root.open_dir(parts[:-1], True, m.name)
             try:
+                if whiteouts != WHITEOUTS_KEEP and parts[-1].startswith(_WH):
+                    _whiteout(m.name, parts, parent, whiteouts, written)
+                    stats.whiteouts += 1
+                    continue
                 _unpack_one(tf, m, parts, parent, root, stats, as_root, max_bytes, what)
+                if whiteouts == WHITEOUTS_APPLY:
+                    written.update(tuple(parts[:i]) for i in range(1, len(parts) + 1))
             finally:
                 os.close(parent)
             if m.isdir():
                 dir_times.append((parts, m))
         # Directory times last: every entry written inside a directory changed its mtime.
+        for parts, ns in reversed(root.implied):
+            fd = root.open_dir(parts, False, "/".join(parts))
+            try:
+                os.utime(f"/proc/self/fd/{fd}", ns=(ns, ns))
+            finally:
+                os.close(fd)
         for parts, m in reversed(dir_times):
             fd = root.open_dir(parts, False, m.name)
             try:
@@ -186,6 +254,36 @@ def unpack(
     finally:
         root.close()
     return stats
+
+
+def _whiteout(
+    entry: str, parts: list[str], parent: int, mode: str, written: set[tuple[str, ...]]
+) -> None:
+    """A ``.wh.`` entry: an opaque directory marker, or the deletion of one name below."""
+    name = parts[-1]
+    if name == _OPAQUE:
+        if mode == WHITEOUTS_OVERLAY:
+            os.setxattr(f"/proc/self/fd/{parent}", "trusted.overlay.opaque", b"y")
+        else:
+            here = tuple(parts[:-1])
+            for child in os.listdir(f"/proc/self/fd/{parent}"):
+                if (*here, child) not in written:
+                    _remove(parent, child)
+        return
+    if name.startswith(_WH + _WH):
+        # Other ".wh..wh." names are aufs bookkeeping (e.g. hard link directories): no meaning
+        # in an OCI layer, and nothing to unpack.
+        return
+    target = name[len(_WH) :]
+    if target in ("", ".", "..") or "/" in target:
+        raise UnsafeImageError(
+            f"tar entry {entry!r}: a whiteout must name one entry, not {target!r}"
+        )
+    if mode == WHITEOUTS_OVERLAY:
+        _remove(parent, target)
+        os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+    else:
+        _remove(parent, target)
 
 
 def _unpack_one(

@@ -1,0 +1,321 @@
+"""Layers in the local store: each one verified, unpacked once into its own directory, and shared
+read-only by every image and container that has it.
+
+A layer lives in ``layers/<hex of its chain id>/`` (``root/`` is the tree, an overlayfs lower
+directory; ``meta.json`` says where it came from). Layers are named by their chain id (the
+diff_ids of the layer and all below it), which does not depend on compression: the same image
+pulled or loaded in another form finds its layers already there, and does not read the blobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from ..errors import ImageError
+from ..places import ensure_dir
+from . import store
+from .unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
+
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+
+#: Called with the number of bytes just read from a blob (progress bars).
+Progress = Callable[[int], None]
+
+
+class _Hashing(io.RawIOBase):
+    """A reader that hashes what passes through it (and can be drained to the end)."""
+
+    def __init__(self, raw: IO[bytes], progress: Optional[Progress] = None) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.count = 0
+        self.progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.sha.update(data)
+        self.count += n
+        if self.progress is not None and n:
+            self.progress(n)
+        return n
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def hex_of(digest: str, what: str) -> str:
+    """The hex part of a "sha256:..." digest, checked (it becomes a file name)."""
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise ImageError(f"{what}: unsupported or malformed digest {digest!r}")
+    return hexd
+
+
+def file_digest(f: IO[bytes], progress: Optional[Progress] = None) -> str:
+    h = _Hashing(f, progress)
+    h.drain()
+    return h.digest()
+
+
+def layers_dir() -> Path:
+    return ensure_dir(store.root() / "layers", 0o711)
+
+
+def layer_root(diff_id: str) -> Path:
+    return layers_dir() / hex_of(diff_id, "layer") / "root"
+
+
+@contextlib.contextmanager
+def decompressed(raw: io.RawIOBase, what: str) -> Iterator[IO[bytes]]:
+    """The tar stream inside ``raw``: gzip, zstd or none, told by the magic bytes (media types
+    lie often enough; the content cannot)."""
+    buffered = io.BufferedReader(raw, _CHUNK)
+    magic = buffered.peek(4)[:4]
+    if magic.startswith(_GZIP):
+        import gzip
+
+        with gzip.GzipFile(fileobj=buffered, mode="rb") as g:
+            yield g  # type: ignore[misc]
+    elif magic.startswith(_ZSTD):
+        try:
+            import zstandard
+        except ImportError as e:  # pragma: no cover - a dependency of the package
+            raise ImageError(f"{what}: zstd-compressed; install the zstandard package") from e
+        with zstandard.ZstdDecompressor().stream_reader(buffered) as r:
+            yield io.BufferedReader(r, _CHUNK)
+    else:
+        yield buffered
+
+
+def chain_id(parent: Optional[str], diff_id: str) -> str:
+    """The OCI image spec's ChainID: a layer together with everything below it."""
+    if parent is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+@dataclass
+class Layer:
+    chain_id: str
+    root: Path
+    stats: Optional[UnpackStats] = None
+
+
+def ensure_layer(
+    opener: Callable[[], IO[bytes]],
+    blob_digest: Optional[str],
+    diff_id: str,
+    parent: Optional[str],
+    lowers: tuple[str, ...],
+    what: str,
+    *,
+    verified: bool = False,
+    progress: Optional[Progress] = None,
+) -> Layer:
+    """The layer in ``opener()``'s blob on top of ``parent`` (a chain id; ``lowers`` are its
+    directories, topmost first), unpacked into the store unless it is there already.
+
+    A layer is stored by its chain id, not its diff_id alone, because a directory that the layer
+    only implies (it holds entries, but has no entry of its own) takes its owner, mode and
+    times from the layers below, as it would in a flattened unpack.
+
+    ``blob_digest`` (when given) is checked before anything is unpacked, unless ``verified``
+    says the caller checked it while downloading; the uncompressed stream must then hash to
+    ``diff_id``, else the unpacked tree is thrown away."""
+    hex_of(diff_id, what)
+    cid = chain_id(parent, diff_id)
+    if layer_root(cid).is_dir():
+        return Layer(cid, layer_root(cid))
+    if blob_digest is not None and not verified:
+        with opener() as f:
+            got = file_digest(f, progress)
+        if got != blob_digest:
+            raise ImageError(
+                f"{what}: blob content does not match its digest {blob_digest} (got {got}); "
+                "refusing the layer"
+            )
+    tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir(), prefix="layer-"))
+    try:
+        (tmp / "root").mkdir(mode=0o755)
+        with opener() as raw:
+            outer = _Hashing(raw, progress if verified or blob_digest is None else None)
+            with decompressed(outer, what) as plain:
+                inner = _Hashing(plain)
+                stats = unpack(
+                    io.BufferedReader(inner, _CHUNK),
+                    str(tmp / "root"),
+                    what=what,
+                    whiteouts=WHITEOUTS_OVERLAY,
+                    lowers=lowers,
+                )
+                inner.drain()
+        got_diff = inner.digest()
+        if got_diff != diff_id:
+            raise ImageError(
+                f"{what}: uncompressed layer does not match the config's diff_id {diff_id} "
+                f"(got {got_diff}); refusing the layer"
+            )
+        meta = {
+            "chain_id": cid,
+            "diff_id": got_diff,
+            "parent": parent,
+            "blob": blob_digest,
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "skipped_devices": stats.skipped_devices,
+            "unpacked": time.time(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o755)
+        final = layers_dir() / hex_of(cid, what)
+        store.place_tree(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_codec_error(e):
+            raise ImageError(f"{what}: corrupt compressed layer: {e}") from e
+        raise
+    return Layer(cid, final / "root", stats)
+
+
+def _is_codec_error(e: BaseException) -> bool:
+    import zlib
+
+    if isinstance(e, (zlib.error, EOFError)):
+        return True
+    return type(e).__module__.startswith("zstandard") or type(e).__name__ == "ZstdError"
+
+
+def mounted_lowers() -> set[str]:
+    """Every overlay lower directory mounted in any mount namespace on the machine (that we can
+    see): a layer in use by a running container is never collected."""
+    seen: set[int] = set()
+    out: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if " - overlay " not in line:
+                continue
+            for opt in line.rsplit(" ", 1)[-1].split(","):
+                if opt.startswith("lowerdir="):
+                    out.update(opt[len("lowerdir=") :].split(":"))
+    return out
+
+
+def collect(
+    referenced: set[str], only: Optional[set[str]] = None, grace: float = 60.0
+) -> list[str]:
+    """Deletes layers (of ``only``, else all) that no stored image refers to, no container has
+    mounted, and that were not placed in the last ``grace`` seconds. The caller holds the
+    store's exclusive loading lock, so no load is between placing a layer and using it."""
+    removed: list[str] = []
+    in_use = mounted_lowers() | referenced
+    now = time.time()
+    base = layers_dir()
+    for name in os.listdir(base):
+        d = base / name
+        if str(d / "root") in in_use or (only is not None and str(d / "root") not in only):
+            continue
+        try:
+            if now - (d / "meta.json").stat().st_mtime < grace:
+                continue
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
+    """One directory holding the stacked layers (topmost first in ``lower``), for a kernel
+    without overlayfs. Whiteout markers are applied as deletions; the copy costs disk and
+    time, hence the warning."""
+    import subprocess
+    import warnings
+
+    final = store.root() / "flat" / hex_of(config_digest, "image")
+    if final.is_dir():
+        return final
+    warnings.warn(
+        "overlayfs is not available: the image's layers are copied into one flattened "
+        f"directory ({final}); this costs disk space and time",
+        stacklevel=3,
+    )
+    tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir(), prefix="flat-"))
+    try:
+        os.chmod(tmp, 0o755)
+        for layer in reversed(lower):
+            _apply_layer_tree(Path(layer), tmp, subprocess)
+        store.place_tree(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _apply_layer_tree(layer: Path, dest: Path, subprocess: Any) -> None:
+    """Copies one unpacked layer onto ``dest``: its whiteout devices and opaque directories
+    delete from what is there, then its files are copied over (``cp -a`` keeps owners, modes,
+    times, links and xattrs)."""
+    for dirpath, dirnames, filenames in os.walk(layer):
+        rel = Path(dirpath).relative_to(layer)
+        with contextlib.suppress(OSError):
+            if os.getxattr(dirpath, "trusted.overlay.opaque") == b"y" and (dest / rel).is_dir():
+                for child in os.listdir(dest / rel):
+                    _rm(dest / rel / child)
+        for name in dirnames + filenames:
+            if _is_whiteout(os.lstat(os.path.join(dirpath, name))):
+                _rm(dest / rel / name)
+    r = subprocess.run(["cp", "-a", f"{layer}/.", str(dest)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ImageError(f"flattening {layer}: {r.stderr.strip()}")
+    # The markers themselves came along: drop them.
+    for dirpath, _dirnames, filenames in os.walk(dest):
+        with contextlib.suppress(OSError):
+            os.removexattr(dirpath, "trusted.overlay.opaque")
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if _is_whiteout(os.lstat(full)):
+                os.unlink(full)
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
