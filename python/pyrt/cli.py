@@ -97,18 +97,23 @@ def _build_parser() -> argparse.ArgumentParser:
     rm.add_argument("-f", "--force", action="store_true", help="accepted for docker habits")
     rm.add_argument("containers", nargs="+")
 
-    pl_ = sub.add_parser("pull", help="pull an image from a registry (not supported yet)")
-    pl_.add_argument("--insecure", action="store_true")
-    pl_.add_argument("--creds", metavar="USER:PASS")
+    pl_ = sub.add_parser("pull", help="pull an image from a registry into the local store")
+    pl_.add_argument("--insecure", action="store_true", help="plain HTTP (a local registry)")
+    pl_.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
     pl_.add_argument("ref")
 
-    ld = sub.add_parser("load", help="load an image from a path into the local store")
+    ld = sub.add_parser(
+        "load", help="load an image (rootfs, OCI layout or archive, docker archive) into the store"
+    )
     ld.add_argument("path")
-    ld.add_argument("--tag", "-t")
+    ld.add_argument("--tag", "-t", help="the name to record it under")
+    ld.add_argument("--ref", help="which image of a multi-image layout or archive")
     sub.add_parser("images", help="list the local store")
     rmi = sub.add_parser("rmi", help="remove an image from the local store")
     rmi.add_argument("image")
-    sub.add_parser("gc", help="remove what crashed containers left behind")
+    sub.add_parser(
+        "gc", help="remove what crashed containers left behind, and layers no image uses"
+    )
     pl = sub.add_parser("plan", help="print what the core would do for a container (debugging)")
     pl.add_argument("image")
     pl.add_argument("command", nargs=argparse.REMAINDER)
@@ -384,11 +389,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _rm(a)
         if a.cmd == "pull":
             user, _, password = (a.creds or "").partition(":")
-            Image.pull(a.ref, insecure=a.insecure, username=user or None,
-                       password=password or None)  # fmt: skip
+            img = Image.pull(a.ref, insecure=a.insecure, username=user or None,
+                             password=password or None)  # fmt: skip
+            print(img.id)
             return 0
         if a.cmd == "load":
-            img = Image.load(a.path, tag=a.tag)
+            img = Image.load(a.path, tag=a.tag, ref=a.ref)
             print(img.id)
             return 0
         if a.cmd == "images":
@@ -409,6 +415,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for cg in stale_cgroups(live):
                 kill_and_rmdir(cg)
                 print(cg)
+            from .image import layers, store
+
+            with store.loading(exclusive=True), store.locked():
+                used = {x for r in store.read_index().values() for x in r.get("lower") or ()}
+                grace = float(os.environ.get("PYRT_GC_GRACE", "60"))
+                for name in layers.collect(used, grace=grace):
+                    print(f"layer sha256:{name}")
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)

@@ -25,6 +25,7 @@ from typing import IO, Any, Optional
 from ..errors import ImageError
 from ..places import ensure_dir
 from . import store
+from . import unpack as limits
 from .unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
 
 _GZIP = b"\x1f\x8b"
@@ -169,6 +170,8 @@ def ensure_layer(
                     what=what,
                     whiteouts=WHITEOUTS_OVERLAY,
                     lowers=lowers,
+                    max_entries=limits.MAX_ENTRIES,
+                    max_bytes=limits.MAX_BYTES,
                 )
                 inner.drain()
         got_diff = inner.digest()

@@ -211,7 +211,7 @@ def unpack(
         for m in _members(tf):
             stats.entries += 1
             if stats.entries > max_entries:
-                raise ImageError(f"{what}: more than {max_entries} entries; refusing to unpack")
+                raise ImageError(f"more than {max_entries} entries; refusing to unpack")
             parts = _components(m.name)
             if not parts:
                 if m.isdir():
@@ -243,6 +243,8 @@ def unpack(
                 os.utime(f"/proc/self/fd/{fd}", ns=(int(m.mtime * 1e9),) * 2)
             finally:
                 os.close(fd)
+    except ImageError as e:
+        raise type(e)(f"{what}: {e}") from e
     except (tarfile.TarError, EOFError) as e:
         raise ImageError(f"{what}: not a readable tar archive: {e}") from e
     except (OSError, ValueError) as e:
@@ -319,7 +321,7 @@ def _unpack_one(
     elif m.isreg():
         stats.bytes += m.size
         if stats.bytes > max_bytes:
-            raise ImageError(f"{what}: more than {max_bytes} bytes of content; refusing to unpack")
+            raise ImageError(f"more than {max_bytes} bytes of content; refusing to unpack")
         src = tf.extractfile(m)
         fd = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,

@@ -1,0 +1,233 @@
+"""Layers and manifests that try to escape or lie: each is refused with a typed error naming the
+entry, or (where the spec allows the shape) kept inside the layer's root. In every case nothing
+appears outside the store, and a refused image leaves no layer and no temporary file behind."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pyrt
+from imagetools import Entry, busybox_layer, d, make_layout, store_listing
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = tmp_path / "store"
+    monkeypatch.setenv("PYRT_ROOT", str(root))
+    yield root
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A host directory a hostile layer aims at, with a file it would like to delete."""
+    o = tmp_path / "outside"
+    o.mkdir()
+    (o / "canary").write_text("still here\n")
+    return o
+
+
+def assert_nothing_left(store: Path) -> None:
+    left = {p for p in store_listing(store) if p.startswith(("layers/", "tmp/", "flat/"))}
+    assert not left, f"a refused image left {sorted(left)}"
+
+
+def outside_untouched(outside: Path) -> None:
+    assert sorted(os.listdir(outside)) == ["canary"]
+    assert (outside / "canary").read_text() == "still here\n"
+    assert os.listxattr(outside) == []
+
+
+REFUSED = {
+    "dotdot": ([Entry("../escape", b"x")], pyrt.UnsafeImageError, "'..'"),
+    "dotdot-inside": ([Entry("a/../../escape", b"x")], pyrt.UnsafeImageError, "'..'"),
+    "hardlink-dotdot": (
+        [Entry("h", kind=tarfile.LNKTYPE, link="../../../etc/passwd")],
+        pyrt.UnsafeImageError,
+        "'..'",
+    ),
+    "hardlink-missing": (
+        [Entry("h", kind=tarfile.LNKTYPE, link="/etc/shadow")],
+        pyrt.ImageError,
+        "not in the image",
+    ),
+    "hardlink-to-dir": (
+        [d("dir"), Entry("h", kind=tarfile.LNKTYPE, link="dir")],
+        pyrt.UnsafeImageError,
+        "directory",
+    ),
+    "whiteout-dotdot": ([d("a"), Entry("a/.wh...", b"")], pyrt.UnsafeImageError, "whiteout"),
+    "whiteout-dot": ([Entry(".wh..", b"")], pyrt.UnsafeImageError, "whiteout"),
+    "symlink-loop": (
+        [Entry("l1", kind=tarfile.SYMTYPE, link="l2"), Entry("l2", kind=tarfile.SYMTYPE, link="l1"),
+         Entry("l1/f", b"x")],
+        pyrt.UnsafeImageError,
+        "symlink loop",
+    ),  # fmt: skip
+    "parent-is-a-file": ([Entry("f", b"x"), Entry("f/g", b"y")], pyrt.UnsafeImageError, "'f'"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(REFUSED))
+def test_hostile_layer_is_refused(shape: str, store: Path, tmp_path: Path, outside: Path) -> None:
+    entries, error, match = REFUSED[shape]
+    layout = make_layout(tmp_path / "lay", [entries])
+    with pytest.raises(error, match=match) as exc:
+        pyrt.Image.load(layout)
+    assert "layer 1 of 1" in str(exc.value)
+    assert_nothing_left(store)
+    outside_untouched(outside)
+
+
+def test_symlinked_parents_stay_inside(store: Path, tmp_path: Path, outside: Path,
+                                       rootfs: Path) -> None:  # fmt: skip
+    """Absolute and climbing symlinks planted by an earlier entry or layer are resolved inside
+    the layer's root, for files, whiteouts and opaque markers alike."""
+    layer1 = busybox_layer(rootfs) + [
+        Entry("abs", kind=tarfile.SYMTYPE, link=str(outside)),
+        Entry("climb", kind=tarfile.SYMTYPE, link="../../../../.." + str(outside)),
+        Entry("abs/written", b"inside\n"),
+    ]  # fmt: skip
+    layer2 = [
+        Entry("abs", kind=tarfile.SYMTYPE, link=str(outside)),
+        Entry("climb/.wh.canary", b""),
+        Entry("abs/.wh..wh..opq", b""),
+        Entry("/absolute-name", b"rooted\n"),
+    ]  # fmt: skip
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [layer1, layer2]))
+    outside_untouched(outside)
+    r = pyrt.run(img, ["sh", "-c", f"cat /absolute-name; ls -A {outside}"], text=True)
+    # Inside, the opaque marker hides what layer 1 wrote there.
+    assert r.stdout == "rooted\n"
+    written = Path(img.lower[1]) / str(outside).lstrip("/") / "written"
+    assert written.read_text() == "inside\n"
+
+
+def _layout_with(tmp_path: Path, rootfs: Path) -> tuple[Path, dict[str, object]]:
+    layout = make_layout(tmp_path / "lay", [busybox_layer(rootfs)])
+    index = json.loads((layout / "index.json").read_text())
+    mpath = layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]
+    return layout, json.loads(mpath.read_text())
+
+
+def test_blob_digest_mismatch(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    blob = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]  # type: ignore[index]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(pyrt.ImageError, match="does not match its digest"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_diff_id_mismatch(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    from imagetools import image_manifest, layer_tar, named, write_index
+
+    layout = tmp_path / "lay"
+    desc = image_manifest(layout, [layer_tar(busybox_layer(rootfs))], ["gzip"],
+                          diff_ids=["sha256:" + "0" * 64])  # fmt: skip
+    write_index(layout, [named(desc, "t")])
+    with pytest.raises(pyrt.ImageError, match="diff_id"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_missing_blob(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    (layout / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]).unlink()  # type: ignore[index]
+    with pytest.raises(pyrt.ImageError, match="missing"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_blob_symlinked_to_a_host_file_is_not_read(store: Path, tmp_path: Path,
+                                                   rootfs: Path) -> None:  # fmt: skip
+    """A layout's blob that is a symlink out of the layout is resolved inside it (and so is
+    missing), even when the host file has the very content the digest names."""
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    cfg = layout / "blobs" / "sha256" / manifest["config"]["digest"][7:]  # type: ignore[index]
+    host_copy = tmp_path / "host-config.json"
+    host_copy.write_bytes(cfg.read_bytes())
+    cfg.unlink()
+    cfg.symlink_to(host_copy)
+    with pytest.raises(pyrt.ImageError, match="missing"):
+        pyrt.Image.load(layout)
+
+
+def test_malformed_digest_in_manifest(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    manifest["layers"][0]["digest"] = "sha256:../../../../etc/passwd"  # type: ignore[index]
+    data = json.dumps(manifest).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "digest": "sha256:" + digest, "size": len(data)}]}))  # fmt: skip
+    with pytest.raises(pyrt.ImageError, match="malformed digest"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_manifest_that_lies_about_its_digest(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    index = json.loads((layout / "index.json").read_text())
+    mpath = layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]
+    mpath.write_text(json.dumps(manifest) + " ")
+    with pytest.raises(pyrt.ImageError, match="does not match its digest"):
+        pyrt.Image.load(layout)
+
+
+def test_corrupt_gzip_layer(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    from imagetools import _blob, write_index
+
+    layout = tmp_path / "lay"
+    raw = gzip.compress(b"x" * 100_000)[:-40] + b"\0" * 40
+    ldigest = _blob(layout, raw)
+    cfg = {"architecture": "amd64", "os": "linux",
+           "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}}  # fmt: skip
+    cdata = json.dumps(cfg).encode()
+    manifest = {"schemaVersion": 2, "config": {"digest": _blob(layout, cdata), "size": len(cdata)},
+                "layers": [{"digest": ldigest, "size": len(raw),
+                            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}]}  # fmt: skip
+    mdata = json.dumps(manifest).encode()
+    write_index(layout, [{"digest": _blob(layout, mdata), "size": len(mdata),
+                          "mediaType": "application/vnd.oci.image.manifest.v1+json"}])  # fmt: skip
+    with pytest.raises(pyrt.ImageError, match="layer 1 of 1"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_decompression_bomb_limits(store: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import pyrt.image.unpack as unpack
+
+    monkeypatch.setattr(unpack, "MAX_BYTES", 50_000)
+    layout = make_layout(tmp_path / "lay", [[Entry("big", b"\0" * 100_000)]])
+    with pytest.raises(pyrt.ImageError, match="more than 50000 bytes"):
+        pyrt.Image.load(layout)
+    monkeypatch.setattr(unpack, "MAX_ENTRIES", 10)
+    layout = make_layout(tmp_path / "lay2", [[Entry(f"f{i}", b"") for i in range(20)]])
+    with pytest.raises(pyrt.ImageError, match="more than 10 entries"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_overlay_xattrs_in_a_layer_are_dropped(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    """trusted.overlay.* steer overlayfs (redirects, metacopy, opacity): only pyrt sets them,
+    from whiteouts, never an image's own xattrs."""
+    layer = busybox_layer(rootfs) + [
+        Entry("r", b"x", pax={"SCHILY.xattr.trusted.overlay.redirect": "/etc",
+                              "SCHILY.xattr.user.kept": "yes"}),
+    ]  # fmt: skip
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [layer]))
+    path = Path(img.lower[0]) / "r"
+    assert os.getxattr(path, "user.kept") == b"yes"
+    assert "trusted.overlay.redirect" not in os.listxattr(path)
