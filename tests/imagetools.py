@@ -43,8 +43,15 @@ done
 
 
 def tree_seen_by_container(img: pyrt.Image) -> str:
-    r = pyrt.run(img, ["/bin/sh", "-c", TREE_PROBE], entrypoint=[], user="0", workdir="/",
-                 text=True, check=True)  # fmt: skip
+    r = pyrt.run(
+        img,
+        ["/bin/sh", "-c", TREE_PROBE],
+        entrypoint=[],
+        user="0",
+        workdir="/",
+        text=True,
+        check=True,
+    )
     return r.stdout
 
 
@@ -95,11 +102,30 @@ def umoci_two_layers(rootfs: Path, work: Path) -> Path:
     os.chmod(r / "etc" / "marker", 0o640)
     run("umoci", "repack", "--image", f"{layout}:bb", str(bundle))
     shutil.rmtree(bundle)
-    run("umoci", "config", "--image", f"{layout}:bb", "--config.user", "app",
-        "--config.entrypoint", "/bin/echo", "--config.entrypoint", "ep",
-        "--config.cmd", "c1", "--config.cmd", "c2", "--config.workingdir", "/srv",
-        "--config.env", "FROM_IMAGE=yes", "--config.exposedports", "8080/tcp",
-        "--config.label", "org.example=1")  # fmt: skip
+    run(
+        "umoci",
+        "config",
+        "--image",
+        f"{layout}:bb",
+        "--config.user",
+        "app",
+        "--config.entrypoint",
+        "/bin/echo",
+        "--config.entrypoint",
+        "ep",
+        "--config.cmd",
+        "c1",
+        "--config.cmd",
+        "c2",
+        "--config.workingdir",
+        "/srv",
+        "--config.env",
+        "FROM_IMAGE=yes",
+        "--config.exposedports",
+        "8080/tcp",
+        "--config.label",
+        "org.example=1",
+    )
     return layout
 
 
@@ -195,10 +221,13 @@ def image_manifest(
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest,
-                   "size": csize},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": cdigest,
+            "size": csize,
+        },
         "layers": descs,
-    }  # fmt: skip
+    }
     mdigest, msize = _json_blob(layout, manifest)
     return {"mediaType": manifest["mediaType"], "digest": mdigest, "size": msize}
 
@@ -238,8 +267,15 @@ def busybox_layer(rootfs: Path) -> list[Entry]:
             if full.is_symlink():
                 out.append(Entry(rel, kind=tarfile.SYMTYPE, link=os.readlink(full), mode=0o777))
             elif full.is_dir():
-                out.append(Entry(rel, kind=tarfile.DIRTYPE, mode=st.st_mode & 0o7777,
-                                 uid=st.st_uid, gid=st.st_gid))  # fmt: skip
+                out.append(
+                    Entry(
+                        rel,
+                        kind=tarfile.DIRTYPE,
+                        mode=st.st_mode & 0o7777,
+                        uid=st.st_uid,
+                        gid=st.st_gid,
+                    )
+                )
             else:
                 out.append(Entry(rel, data=full.read_bytes(), mode=st.st_mode & 0o7777))
     return out
@@ -286,6 +322,7 @@ class Registry:
 def registry(work: Path, creds: Optional[tuple[str, str]] = None) -> Iterator[Registry]:
     """Debian's docker-registry on a free 127.0.0.1 port, storing in ``work``; with ``creds``,
     behind htpasswd basic auth."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = [
         "version: 0.1",
@@ -298,8 +335,11 @@ def registry(work: Path, creds: Optional[tuple[str, str]] = None) -> Iterator[Re
         hp.write_text(run("htpasswd", "-Bbn", *creds))
         cfg.append(f"auth: {{htpasswd: {{realm: test, path: {hp}}}}}")
     (work / "config.yml").write_text("\n".join(cfg) + "\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(work / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

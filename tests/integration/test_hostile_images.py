@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from imagetools import Entry, busybox_layer, d, make_layout, store_listing
 
 import pyrt
-from imagetools import Entry, busybox_layer, d, make_layout, store_listing
 
 
 @pytest.fixture
@@ -66,11 +66,14 @@ REFUSED = {
     "whiteout-dotdot": ([d("a"), Entry("a/.wh...", b"")], pyrt.UnsafeImageError, "whiteout"),
     "whiteout-dot": ([Entry(".wh..", b"")], pyrt.UnsafeImageError, "whiteout"),
     "symlink-loop": (
-        [Entry("l1", kind=tarfile.SYMTYPE, link="l2"), Entry("l2", kind=tarfile.SYMTYPE, link="l1"),
-         Entry("l1/f", b"x")],
+        [
+            Entry("l1", kind=tarfile.SYMTYPE, link="l2"),
+            Entry("l2", kind=tarfile.SYMTYPE, link="l1"),
+            Entry("l1/f", b"x"),
+        ],
         pyrt.UnsafeImageError,
         "symlink loop",
-    ),  # fmt: skip
+    ),
     "parent-is-a-file": ([Entry("f", b"x"), Entry("f/g", b"y")], pyrt.UnsafeImageError, "'f'"),
 }
 
@@ -86,21 +89,23 @@ def test_hostile_layer_is_refused(shape: str, store: Path, tmp_path: Path, outsi
     outside_untouched(outside)
 
 
-def test_symlinked_parents_stay_inside(store: Path, tmp_path: Path, outside: Path,
-                                       rootfs: Path) -> None:  # fmt: skip
+def test_symlinked_parents_stay_inside(
+    store: Path, tmp_path: Path, outside: Path, rootfs: Path
+) -> None:
     """Absolute and climbing symlinks planted by an earlier entry or layer are resolved inside
     the layer's root, for files, whiteouts and opaque markers alike."""
-    layer1 = busybox_layer(rootfs) + [
+    layer1 = [
+        *busybox_layer(rootfs),
         Entry("abs", kind=tarfile.SYMTYPE, link=str(outside)),
         Entry("climb", kind=tarfile.SYMTYPE, link="../../../../.." + str(outside)),
         Entry("abs/written", b"inside\n"),
-    ]  # fmt: skip
+    ]
     layer2 = [
         Entry("abs", kind=tarfile.SYMTYPE, link=str(outside)),
         Entry("climb/.wh.canary", b""),
         Entry("abs/.wh..wh..opq", b""),
         Entry("/absolute-name", b"rooted\n"),
-    ]  # fmt: skip
+    ]
     img = pyrt.Image.load(make_layout(tmp_path / "lay", [layer1, layer2]))
     outside_untouched(outside)
     r = pyrt.run(img, ["sh", "-c", f"cat /absolute-name; ls -A {outside}"], text=True)
@@ -132,8 +137,9 @@ def test_diff_id_mismatch(store: Path, tmp_path: Path, rootfs: Path) -> None:
     from imagetools import image_manifest, layer_tar, named, write_index
 
     layout = tmp_path / "lay"
-    desc = image_manifest(layout, [layer_tar(busybox_layer(rootfs))], ["gzip"],
-                          diff_ids=["sha256:" + "0" * 64])  # fmt: skip
+    desc = image_manifest(
+        layout, [layer_tar(busybox_layer(rootfs))], ["gzip"], diff_ids=["sha256:" + "0" * 64]
+    )
     write_index(layout, [named(desc, "t")])
     with pytest.raises(pyrt.ImageError, match="diff_id"):
         pyrt.Image.load(layout)
@@ -148,8 +154,9 @@ def test_missing_blob(store: Path, tmp_path: Path, rootfs: Path) -> None:
     assert_nothing_left(store)
 
 
-def test_blob_symlinked_to_a_host_file_is_not_read(store: Path, tmp_path: Path,
-                                                   rootfs: Path) -> None:  # fmt: skip
+def test_blob_symlinked_to_a_host_file_is_not_read(
+    store: Path, tmp_path: Path, rootfs: Path
+) -> None:
     """A layout's blob that is a symlink out of the layout is resolved inside it (and so is
     missing), even when the host file has the very content the digest names."""
     layout, manifest = _layout_with(tmp_path, rootfs)
@@ -168,9 +175,20 @@ def test_malformed_digest_in_manifest(store: Path, tmp_path: Path, rootfs: Path)
     data = json.dumps(manifest).encode()
     digest = hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-         "digest": "sha256:" + digest, "size": len(data)}]}))  # fmt: skip
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + digest,
+                        "size": len(data),
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(pyrt.ImageError, match="malformed digest"):
         pyrt.Image.load(layout)
     assert_nothing_left(store)
@@ -191,22 +209,42 @@ def test_corrupt_gzip_layer(store: Path, tmp_path: Path, rootfs: Path) -> None:
     layout = tmp_path / "lay"
     raw = gzip.compress(b"x" * 100_000)[:-40] + b"\0" * 40
     ldigest = _blob(layout, raw)
-    cfg = {"architecture": "amd64", "os": "linux",
-           "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}}  # fmt: skip
+    cfg = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
+    }
     cdata = json.dumps(cfg).encode()
-    manifest = {"schemaVersion": 2, "config": {"digest": _blob(layout, cdata), "size": len(cdata)},
-                "layers": [{"digest": ldigest, "size": len(raw),
-                            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}]}  # fmt: skip
+    manifest = {
+        "schemaVersion": 2,
+        "config": {"digest": _blob(layout, cdata), "size": len(cdata)},
+        "layers": [
+            {
+                "digest": ldigest,
+                "size": len(raw),
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            }
+        ],
+    }
     mdata = json.dumps(manifest).encode()
-    write_index(layout, [{"digest": _blob(layout, mdata), "size": len(mdata),
-                          "mediaType": "application/vnd.oci.image.manifest.v1+json"}])  # fmt: skip
+    write_index(
+        layout,
+        [
+            {
+                "digest": _blob(layout, mdata),
+                "size": len(mdata),
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            }
+        ],
+    )
     with pytest.raises(pyrt.ImageError, match="layer 1 of 1"):
         pyrt.Image.load(layout)
     assert_nothing_left(store)
 
 
-def test_decompression_bomb_limits(store: Path, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_decompression_bomb_limits(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pyrt.image.unpack as unpack
 
     monkeypatch.setattr(unpack, "MAX_BYTES", 50_000)
@@ -223,10 +261,14 @@ def test_decompression_bomb_limits(store: Path, tmp_path: Path,
 def test_overlay_xattrs_in_a_layer_are_dropped(store: Path, tmp_path: Path, rootfs: Path) -> None:
     """trusted.overlay.* steer overlayfs (redirects, metacopy, opacity): only pyrt sets them,
     from whiteouts, never an image's own xattrs."""
-    layer = busybox_layer(rootfs) + [
-        Entry("r", b"x", pax={"SCHILY.xattr.trusted.overlay.redirect": "/etc",
-                              "SCHILY.xattr.user.kept": "yes"}),
-    ]  # fmt: skip
+    layer = [
+        *busybox_layer(rootfs),
+        Entry(
+            "r",
+            b"x",
+            pax={"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.kept": "yes"},
+        ),
+    ]
     img = pyrt.Image.load(make_layout(tmp_path / "lay", [layer]))
     path = Path(img.lower[0]) / "r"
     assert os.getxattr(path, "user.kept") == b"yes"

@@ -15,8 +15,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-import pyrt
 from imagetools import (
     HAVE_BUILDAH,
     HAVE_SKOPEO,
@@ -34,6 +32,8 @@ from imagetools import (
     umoci_unpacked,
     write_index,
 )
+
+import pyrt
 
 needs_umoci = pytest.mark.skipif(not HAVE_UMOCI, reason="needs umoci (Debian package umoci)")
 needs_skopeo = pytest.mark.skipif(not HAVE_SKOPEO, reason="needs skopeo (Debian package skopeo)")
@@ -74,8 +74,12 @@ def test_config_drives_defaults(umoci_layout: Path) -> None:
     assert pyrt.run(img).stdout == b"ep c1 c2\n"
     # A command replaces Cmd and keeps the Entrypoint; an entrypoint replaces it.
     assert pyrt.run(img, ["x"]).stdout == b"ep x\n"
-    r = pyrt.run(img, ["sh", "-c", "id -u; id -g; pwd; echo $FROM_IMAGE; cat /secret"],
-                 entrypoint=[], text=True)  # fmt: skip
+    r = pyrt.run(
+        img,
+        ["sh", "-c", "id -u; id -g; pwd; echo $FROM_IMAGE; cat /secret"],
+        entrypoint=[],
+        text=True,
+    )
     assert r.stdout.splitlines() == ["1000", "1000", "/srv", "yes"]
     assert "Permission denied" in r.stderr
 
@@ -83,9 +87,19 @@ def test_config_drives_defaults(umoci_layout: Path) -> None:
 @needs_umoci
 def test_hardlinks_symlinks_and_modes(umoci_layout: Path) -> None:
     img = pyrt.Image.load(umoci_layout)
-    r = pyrt.run(img, ["sh", "-c", "stat -c '%i %h' /hl/one /hl/two; readlink /lnk; "
-                       "cat /hl/rel/keep; stat -c '%a %U' /etc/marker /secret /srv"],
-                 entrypoint=[], user="0", text=True, check=True)  # fmt: skip
+    r = pyrt.run(
+        img,
+        [
+            "sh",
+            "-c",
+            "stat -c '%i %h' /hl/one /hl/two; readlink /lnk; "
+            "cat /hl/rel/keep; stat -c '%a %U' /etc/marker /secret /srv",
+        ],
+        entrypoint=[],
+        user="0",
+        text=True,
+        check=True,
+    )
     one, two, lnk, keep, marker, secret, srv = r.stdout.splitlines()
     assert one == two and one.endswith(" 2")
     assert lnk == "/data/keep" and keep == "keep"
@@ -100,8 +114,10 @@ def test_layers_are_unpacked_once_and_shared(umoci_layout: Path) -> None:
     for layer in a.lower:
         assert layer.startswith(str(pyrt.places.store_root()))
     # Two containers share the read-only layers; each writes only to its own upper directory.
-    with pyrt.Container(a, ["sleep", "30"], entrypoint=[], user="0") as c1, \
-         pyrt.Container(a, ["sleep", "30"], entrypoint=[], user="0") as c2:  # fmt: skip
+    with (
+        pyrt.Container(a, ["sleep", "30"], entrypoint=[], user="0") as c1,
+        pyrt.Container(a, ["sleep", "30"], entrypoint=[], user="0") as c2,
+    ):
         c1.exec(["sh", "-c", "echo one > /data/keep"], check=True)
         assert c2.exec(["cat", "/data/keep"]).stdout == b"keep\n"
     assert pyrt.run(a, ["cat", "/data/keep"], entrypoint=[]).stdout == b"keep\n"
@@ -110,8 +126,9 @@ def test_layers_are_unpacked_once_and_shared(umoci_layout: Path) -> None:
 @needs_umoci
 @needs_skopeo
 @pytest.mark.parametrize("transport", ["docker-archive", "oci-archive"])
-def test_archives_from_skopeo(umoci_layout: Path, tmp_path: Path, transport: str,
-                              umoci_reference: str) -> None:  # fmt: skip
+def test_archives_from_skopeo(
+    umoci_layout: Path, tmp_path: Path, transport: str, umoci_reference: str
+) -> None:
     archive = tmp_path / "img.tar"
     run("skopeo", "copy", f"oci:{umoci_layout}:bb", f"{transport}:{archive}:bb:v1")
     img = pyrt.Image.load(archive)
@@ -129,8 +146,14 @@ def test_archives_from_skopeo(umoci_layout: Path, tmp_path: Path, transport: str
 def test_zstd_layers_from_skopeo(umoci_layout: Path, tmp_path: Path, umoci_reference: str) -> None:
     pytest.importorskip("zstandard")
     out = tmp_path / "zstd"
-    run("skopeo", "copy", "--dest-compress-format", "zstd", f"oci:{umoci_layout}:bb",
-        f"oci:{out}:bb")  # fmt: skip
+    run(
+        "skopeo",
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        f"oci:{umoci_layout}:bb",
+        f"oci:{out}:bb",
+    )
     blobs = [p.read_bytes()[:4] for p in (out / "blobs" / "sha256").iterdir()]
     assert b"\x28\xb5\x2f\xfd" in blobs  # really zstd
     assert tree_seen_by_container(pyrt.Image.load(out)) == umoci_reference
@@ -140,25 +163,42 @@ def test_opaque_dirs_whiteouts_and_compressions(rootfs: Path, tmp_path: Path) ->
     """Shapes umoci does not write: an opaque directory marker, a whiteout of a directory,
     layers gzip, zstd and plain in one image; compared with `umoci unpack` of the same."""
     pytest.importorskip("zstandard")
-    base = busybox_layer(rootfs) + [
-        d("opq"), Entry("opq/a", b"a"), d("opq/sub"), Entry("opq/sub/b", b"b"),
-        d("wd"), Entry("wd/x", b"x"), Entry("f", b"f"),
-        Entry("hard", b"h", mode=0o600, uid=7, gid=8),
+    base = [
+        *busybox_layer(rootfs),
+        d("opq"),
+        Entry("opq/a", b"a"),
+        d("opq/sub"),
+        Entry("opq/sub/b", b"b"),
+        d("wd"),
+        Entry("wd/x", b"x"),
+        Entry("f", b"f"),
+        Entry("hard", b"h", mode=384, uid=7, gid=8),
         Entry("hard2", kind=tarfile.LNKTYPE, link="hard"),
-    ]  # fmt: skip
+    ]
     top = [
-        Entry("opq/.wh..wh..opq", b""), Entry("opq/new", b"n"),
-        Entry(".wh.wd", b""), Entry(".wh.f", b""),
+        Entry("opq/.wh..wh..opq", b""),
+        Entry("opq/new", b"n"),
+        Entry(".wh.wd", b""),
+        Entry(".wh.f", b""),
         # Parents not in the layer get the lower layers' metadata (umoci's layer test covers
         # that); new ones would carry the time of the unpack, which differs between two tools.
-        d("deep"), d("deep/er"), Entry("deep/er/file", b"implied parents\n"),
-    ]  # fmt: skip
+        d("deep"),
+        d("deep/er"),
+        Entry("deep/er/file", b"implied parents\n"),
+    ]
     # A third, uncompressed layer re-creates what the second deleted.
     third = [Entry("f", b"back\n")]
     layout = make_layout(tmp_path / "lay", [base, top, third], ["gzip", "zstd", None])
     img = pyrt.Image.load(layout)
-    r = pyrt.run(img, ["sh", "-c", "ls -A /opq; ls -d /wd; cat /f; cat /deep/er/file; "
-                       "stat -c '%a %u %g %h' /hard2"], text=True)  # fmt: skip
+    r = pyrt.run(
+        img,
+        [
+            "sh",
+            "-c",
+            "ls -A /opq; ls -d /wd; cat /f; cat /deep/er/file; stat -c '%a %u %g %h' /hard2",
+        ],
+        text=True,
+    )
     assert r.stdout.splitlines() == ["new", "back", "implied parents", "600 7 8 2"]
     assert "/wd" in r.stderr and "No such file" in r.stderr
     if HAVE_UMOCI:
@@ -171,8 +211,10 @@ def test_opaque_dirs_whiteouts_and_compressions(rootfs: Path, tmp_path: Path) ->
 def test_hardlink_to_a_lower_layer_is_an_image_error(rootfs: Path, tmp_path: Path) -> None:
     """Each layer is its own overlayfs directory: a hard link to a file of a layer below
     cannot be made (umoci and containerd's overlay snapshotter refuse it too)."""
-    layout = make_layout(tmp_path / "lay", [busybox_layer(rootfs) + [Entry("f", b"x")],
-                                            [Entry("g", kind=tarfile.LNKTYPE, link="f")]])  # fmt: skip
+    layout = make_layout(
+        tmp_path / "lay",
+        [[*busybox_layer(rootfs), Entry("f", b"x")], [Entry("g", kind=tarfile.LNKTYPE, link="f")]],
+    )
     with pytest.raises(pyrt.ImageError, match="hard link target 'f'"):
         pyrt.Image.load(layout)
 
@@ -192,8 +234,10 @@ def test_multi_platform_index_picks_the_host(rootfs: Path, tmp_path: Path) -> No
     data = json.dumps(index).encode()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest[7:]).write_bytes(data)
-    write_index(layout, [named({"mediaType": index["mediaType"], "digest": digest,
-                                "size": len(data)}, "multi")])  # fmt: skip
+    write_index(
+        layout,
+        [named({"mediaType": index["mediaType"], "digest": digest, "size": len(data)}, "multi")],
+    )
     if os.uname().machine != "x86_64":
         pytest.skip("the test image lists amd64 as the matching platform")
     img = pyrt.Image.load(layout)
@@ -217,13 +261,31 @@ def test_multi_image_layout_needs_ref(rootfs: Path, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAVE_BUILDAH, reason="needs buildah (Debian package buildah)")
 def test_buildah_image(rootfs: Path, tmp_path: Path) -> None:
-    g = ["buildah", "--root", str(tmp_path / "storage"), "--runroot", str(tmp_path / "run"),
-         "--storage-driver", "vfs"]  # fmt: skip
+    g = [
+        "buildah",
+        "--root",
+        str(tmp_path / "storage"),
+        "--runroot",
+        str(tmp_path / "run"),
+        "--storage-driver",
+        "vfs",
+    ]
     ctr = run(*g, "from", "scratch").strip()
     try:
         run(*g, "copy", ctr, f"{rootfs}/", "/")
-        run(*g, "config", "--user", "app", "--workingdir", "/home/app",
-            "--entrypoint", '["/bin/sh", "-c"]', "--cmd", '["id -un; pwd"]', ctr)  # fmt: skip
+        run(
+            *g,
+            "config",
+            "--user",
+            "app",
+            "--workingdir",
+            "/home/app",
+            "--entrypoint",
+            '["/bin/sh", "-c"]',
+            "--cmd",
+            '["id -un; pwd"]',
+            ctr,
+        )
         run(*g, "commit", ctr, f"oci:{tmp_path / 'layout'}:b1")
     finally:
         subprocess.run([*g, "rm", ctr], capture_output=True)
@@ -234,8 +296,9 @@ def test_buildah_image(rootfs: Path, tmp_path: Path) -> None:
 
 
 @needs_umoci
-def test_tag_get_remove_and_gc(umoci_layout: Path, tmp_path: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_tag_get_remove_and_gc(
+    umoci_layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYRT_ROOT", str(tmp_path / "store"))
     img = pyrt.Image.load(umoci_layout, tag="bb:one")
     img.tag("bb:two")
@@ -250,8 +313,9 @@ def test_tag_get_remove_and_gc(umoci_layout: Path, tmp_path: Path,
         assert c.exec(["cat", "/data/keep"]).stdout == b"keep\n"
         with pytest.raises(pyrt.ImageNotFound):
             pyrt.Image.get("bb:two")
-    r = subprocess.run(["pyrt", "gc"], capture_output=True, text=True,
-                       env={**os.environ, "PYRT_GC_GRACE": "0"})  # fmt: skip
+    r = subprocess.run(
+        ["pyrt", "gc"], capture_output=True, text=True, env={**os.environ, "PYRT_GC_GRACE": "0"}
+    )
     assert r.returncode == 0, r.stderr
     assert not any(p.exists() for p in layers)
 
@@ -269,8 +333,10 @@ def test_concurrent_loads_from_processes(umoci_layout: Path, tmp_path: Path) -> 
     store = tmp_path / "store"
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_load_in_child, args=(str(umoci_layout), str(store), q))
-             for _ in range(4)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_load_in_child, args=(str(umoci_layout), str(store), q))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
     results = [q.get(timeout=60) for _ in procs]
@@ -281,21 +347,26 @@ def test_concurrent_loads_from_processes(umoci_layout: Path, tmp_path: Path) -> 
     assert os.listdir(store / "tmp") == []
 
 
-def test_without_overlayfs_the_image_is_flattened(rootfs: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_without_overlayfs_the_image_is_flattened(
+    rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYRT_NO_OVERLAY", "1")
     monkeypatch.setenv("PYRT_ROOT", str(tmp_path / "store"))
-    layout = make_layout(tmp_path / "lay", [
-        busybox_layer(rootfs) + [d("opq"), Entry("opq/old", b"o"), Entry("gone", b"g")],
-        [Entry("opq/.wh..wh..opq", b""), Entry("opq/new", b"n"), Entry(".wh.gone", b"")],
-    ])  # fmt: skip
+    layout = make_layout(
+        tmp_path / "lay",
+        [
+            [*busybox_layer(rootfs), d("opq"), Entry("opq/old", b"o"), Entry("gone", b"g")],
+            [Entry("opq/.wh..wh..opq", b""), Entry("opq/new", b"n"), Entry(".wh.gone", b"")],
+        ],
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         img = pyrt.Image.load(layout)
     assert any("overlayfs is not available" in str(x.message) for x in w)
     assert len(img.lower) == 1
-    r = pyrt.run(img, ["sh", "-c", "ls -A /opq; ls /gone; echo x > /opq/w && cat /opq/w"],
-                 text=True)  # fmt: skip
+    r = pyrt.run(
+        img, ["sh", "-c", "ls -A /opq; ls /gone; echo x > /opq/w && cat /opq/w"], text=True
+    )
     assert r.stdout.splitlines() == ["new", "x"] and "gone" in r.stderr
     # The container wrote to its own copy, not to the flattened image.
     assert not (Path(img.lower[0]) / "opq" / "w").exists()

@@ -1,0 +1,281 @@
+"""Pulls from a real registry (Debian's docker-registry on 127.0.0.1, images pushed by skopeo),
+with basic auth, with bearer tokens, through a connection that drops mid-blob, and with a blob
+the registry has lost."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from imagetools import (
+    HAVE_REGISTRY,
+    HAVE_SKOPEO,
+    Entry,
+    Registry,
+    busybox_layer,
+    make_layout,
+    registry,
+    run,
+    store_listing,
+)
+
+import pyrt
+
+pytestmark = pytest.mark.skipif(
+    not (HAVE_REGISTRY and HAVE_SKOPEO),
+    reason="needs docker-registry and skopeo (Debian packages docker-registry, skopeo)",
+)
+
+
+@pytest.fixture(scope="module")
+def layout(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    big = os.urandom(3 << 20)  # a layer big enough to be cut in the middle
+    layers = [busybox_layer(rootfs), [Entry("big", big), Entry("etc/marker", b"pulled\n")]]
+    return make_layout(
+        tmp_path_factory.mktemp("img") / "lay",
+        layers,
+        config={"Cmd": ["cat", "/etc/marker"], "User": "app"},
+    )
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory, layout: Path) -> Iterator[Registry]:
+    with registry(tmp_path_factory.mktemp("registry")) as r:
+        r.push(f"oci:{layout}:t", "bb:1")
+        yield r
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "store"
+    monkeypatch.setenv("PYRT_ROOT", str(root))
+    return root
+
+
+def test_pull_run_and_cached_pull(reg: Registry, store: Path) -> None:
+    ref = f"{reg.host}/bb:1"
+    img = pyrt.Image.pull(ref, insecure=True)
+    assert img.tags == [ref] and len(img.lower) == 2
+    r = pyrt.run(img, text=True)
+    assert r.stdout == "pulled\n"
+    assert pyrt.run(img, ["id", "-un"], text=True).stdout == "app\n"
+    assert pyrt.Image.get(ref).id == img.id
+    # Pulled again: the layers are found by their chain ids, nothing is downloaded.
+    with Proxy(reg.host) as p:
+        again = pyrt.Image.pull(f"{p.host}/bb:1", insecure=True)
+    assert again.lower == img.lower
+    # Only the manifest and the config were fetched.
+    assert [x.split("/")[-1] for x in p.paths if "/blobs/" in x] == [img.id]
+    assert os.listdir(store / "tmp") == []
+
+
+def test_pull_by_digest(reg: Registry, store: Path) -> None:
+    out = run("skopeo", "inspect", "--tls-verify=false", f"docker://{reg.host}/bb:1")
+    digest = json.loads(out)["Digest"]
+    img = pyrt.Image.pull(f"{reg.host}/bb@{digest}", insecure=True)
+    assert pyrt.run(img).stdout == b"pulled\n"
+
+
+def test_errors_name_the_cause(reg: Registry, store: Path) -> None:
+    with pytest.raises(pyrt.ImageNotFound, match="not found"):
+        pyrt.Image.pull(f"{reg.host}/nope:1", insecure=True)
+    with pytest.raises(pyrt.ImageError, match="insecure"):
+        pyrt.Image.pull(f"{reg.host}/bb:1")
+    with pytest.raises(pyrt.ImageError, match=r"bad tag|invalid image reference"):
+        pyrt.Image.pull(f"{reg.host}/bb:../x", insecure=True)
+    with pytest.raises(pyrt.ImageError, match="cannot reach"):
+        pyrt.Image.pull("127.0.0.1:1/bb:1", insecure=True)
+    assert not [p for p in store_listing(store) if p.startswith(("layers/", "tmp/"))]
+
+
+def test_basic_auth(tmp_path: Path, layout: Path, store: Path) -> None:
+    with registry(tmp_path / "reg", creds=("alice", "s3cret")) as r:
+        r.push(f"oci:{layout}:t", "private/bb:1")
+        ref = f"{r.host}/private/bb:1"
+        with pytest.raises(pyrt.ImageError, match="requires a user name and password"):
+            pyrt.Image.pull(ref, insecure=True)
+        with pytest.raises(pyrt.ImageError, match="access denied"):
+            pyrt.Image.pull(ref, insecure=True, username="alice", password="wrong")
+        img = pyrt.Image.pull(ref, insecure=True, username="alice", password="s3cret")
+        assert pyrt.run(img).stdout == b"pulled\n"
+
+
+def test_dropped_connection_mid_blob_is_resumed(reg: Registry, store: Path) -> None:
+    with Proxy(reg.host, drop_after=1 << 20) as p:
+        img = pyrt.Image.pull(f"{p.host}/bb:1", insecure=True)
+    assert pyrt.run(img).stdout == b"pulled\n"
+    assert p.dropped == 1
+    assert any(rng.startswith("bytes=") and rng != "bytes=0-" for rng in p.ranges), p.ranges
+
+
+def test_bearer_token_auth_and_no_credentials_to_other_hosts(reg: Registry, store: Path) -> None:
+    with Proxy(reg.host, token=True, redirect_blobs=True) as p:
+        with pytest.raises(pyrt.ImageError, match="authentication failed"):
+            pyrt.Image.pull(f"{p.host}/bb:1", insecure=True, username="alice", password="no")
+        img = pyrt.Image.pull(f"{p.host}/bb:1", insecure=True, username="alice", password="s3cret")
+    assert pyrt.run(img).stdout == b"pulled\n"
+    assert p.redirected > 0
+    assert p.auth_on_redirect == [], "credentials were sent to the host a redirect named"
+
+
+def test_manifest_naming_a_missing_blob(tmp_path: Path, layout: Path, store: Path) -> None:
+    with registry(tmp_path / "reg") as r:
+        r.push(f"oci:{layout}:t", "bb:1")
+        manifest = json.loads(
+            (
+                layout
+                / "blobs"
+                / "sha256"
+                / json.loads((layout / "index.json").read_text())["manifests"][0]["digest"][7:]
+            ).read_text()
+        )
+        lost = manifest["layers"][1]["digest"][7:]
+        data = tmp_path / "reg" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        (data / lost[:2] / lost / "data").unlink()
+        with pytest.raises(pyrt.ImageError, match="blob the registry does not have"):
+            pyrt.Image.pull(f"{r.host}/bb:1", insecure=True)
+    assert not [p for p in store_listing(store) if p.startswith("tmp/")]
+
+
+def test_cli_pull_run_images_rmi(reg: Registry, store: Path) -> None:
+    ref = f"{reg.host}/bb:1"
+    env = {**os.environ, "PYRT_ROOT": str(store)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["pyrt", *args], capture_output=True, text=True, env=env)
+
+    r = cli("pull", "--insecure", ref)
+    assert r.returncode == 0 and r.stdout.startswith("sha256:"), r.stderr
+    assert cli("run", "--rm", ref).stdout == "pulled\n"
+    assert ref in cli("images").stdout
+    r = cli("pull", ref)
+    assert r.returncode != 0 and "insecure" in r.stderr and "Traceback" not in r.stderr
+    assert cli("rmi", ref).returncode == 0
+    assert ref not in cli("images").stdout
+
+
+# --- a registry proxy that misbehaves on purpose ----------------------------------------------
+
+
+class Proxy:
+    """Forwards GETs to ``upstream``; can cut the first big blob mid-way, demand bearer tokens
+    from its own token service, and redirect blobs to another host name (``localhost``) where
+    it notes any Authorization header that arrives."""
+
+    def __init__(
+        self,
+        upstream: str,
+        drop_after: Optional[int] = None,
+        token: bool = False,
+        redirect_blobs: bool = False,
+    ) -> None:
+        self.upstream = upstream
+        self.drop_after = drop_after
+        self.token = token
+        self.redirect_blobs = redirect_blobs
+        self.paths: list[str] = []
+        self.ranges: list[str] = []
+        self.dropped = 0
+        self.redirected = 0
+        self.auth_on_redirect: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.handle(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _reply(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        status: int,
+        body: bytes = b"",
+        headers: Optional[dict[str, str]] = None,
+    ) -> None:
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        path = h.path
+        self.paths.append(path)
+        if path.startswith("/token"):
+            import base64
+
+            good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+            if h.headers.get("Authorization") != good:
+                return self._reply(h, 401)
+            return self._reply(h, 200, json.dumps({"token": "tok-123"}).encode())
+        if path.startswith("/direct/"):
+            if auth := h.headers.get("Authorization"):
+                self.auth_on_redirect.append(auth)
+            return self._forward(h, path[len("/direct") :])
+        if self.token and h.headers.get("Authorization") != "Bearer tok-123":
+            realm = f"http://{self.host}/token"
+            return self._reply(
+                h,
+                401,
+                b"{}",
+                {
+                    "WWW-Authenticate": f'Bearer realm="{realm}",service="test",'
+                    'scope="repository:bb:pull"'
+                },
+            )
+        if self.redirect_blobs and "/blobs/" in path:
+            self.redirected += 1
+            return self._reply(
+                h, 307, b"", {"Location": f"http://localhost:{self.port}/direct{path}"}
+            )
+        self._forward(h, path)
+
+    def _forward(self, h: http.server.BaseHTTPRequestHandler, path: str) -> None:
+        headers = {k: v for k, v in h.headers.items() if k.lower() in ("accept", "range")}
+        if "Range" in headers:
+            self.ranges.append(headers["Range"])
+        conn = http.client.HTTPConnection(self.upstream, timeout=10)
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        h.send_response(resp.status)
+        for k in ("Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges"):
+            if v := resp.getheader(k):
+                h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if self.drop_after is not None and not self.dropped and len(body) > self.drop_after:
+            self.dropped += 1
+            h.wfile.write(body[: self.drop_after])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        h.wfile.write(body)
