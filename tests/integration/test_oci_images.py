@@ -370,3 +370,14 @@ def test_without_overlayfs_the_image_is_flattened(
     assert r.stdout.splitlines() == ["new", "x"] and "gone" in r.stderr
     # The container wrote to its own copy, not to the flattened image.
     assert not (Path(img.lower[0]) / "opq" / "w").exists()
+
+
+def test_many_layers(rootfs: Path, tmp_path: Path) -> None:
+    """More layers than mount(2)'s one page of overlay options holds (with store paths, about
+    forty): the core passes them one by one through fsconfig instead."""
+    n = 70
+    layers = [busybox_layer(rootfs)] + [[Entry(f"layers/{i:03}", b"%d\n" % i)] for i in range(n)]
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", layers))
+    assert len(img.lower) == n + 1 and len(":".join(img.lower)) > 4096
+    r = pyrt.run(img, ["sh", "-c", "ls /layers | wc -l; cat /layers/069"], text=True, check=True)
+    assert r.stdout.split() == [str(n), "69"]

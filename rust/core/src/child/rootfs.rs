@@ -58,13 +58,31 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
                 ov.upper.display(),
                 ov.work.display()
             );
-            let data = cstring(data).map_err(mount_err(Stage::Rootfs, "overlay options".into()))?;
-            syscall::mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data)).map_err(
-                mount_err(
+            let what = format!("mounting the overlay root on {shown}");
+            if data.len() < OVERLAY_OPTIONS_MAX {
+                let data =
+                    cstring(data).map_err(mount_err(Stage::Rootfs, "overlay options".into()))?;
+                syscall::mount(Some(c"overlay"), &target, Some(c"overlay"), 0, Some(&data))
+                    .map_err(mount_err(Stage::Rootfs, what))?
+            } else {
+                // Too long for mount(2)'s one page of options: many layers.
+                let opts = mount_err(Stage::Rootfs, "overlay directories".into());
+                let lower = ov
+                    .lower
+                    .iter()
+                    .map(|p| cpath(p))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(opts)?;
+                let upper = cpath(&ov.upper).map_err(mount_err(Stage::Rootfs, "upper".into()))?;
+                let work = cpath(&ov.work).map_err(mount_err(Stage::Rootfs, "work".into()))?;
+                syscall::mount_overlay_fs(&lower, &upper, &work, &target).map_err(mount_err(
                     Stage::Rootfs,
-                    format!("mounting the overlay root on {shown}"),
-                ),
-            )?
+                    format!(
+                        "{what} ({} layers: needs Linux 6.8 for this many)",
+                        ov.lower.len()
+                    ),
+                ))?
+            }
         }
     }
     let fd = syscall::openat2(
@@ -155,6 +173,9 @@ pub fn refuse_special_symlinks(root: &OwnedFd) -> Result<()> {
 pub fn ensure_in_root(root: &OwnedFd, path: &Path, file: bool) -> io::Result<OwnedFd> {
     ensure_depth(root, path, file, 0)
 }
+
+/// mount(2) copies at most one page of options; longer overlay options go through fsconfig.
+const OVERLAY_OPTIONS_MAX: usize = 4000;
 
 const MAX_LINKS: u32 = 40;
 
