@@ -33,8 +33,17 @@ DEBIAN = Path("/var/tmp/debian-rootfs")
 def debian_rootfs() -> Path:
     if not (DEBIAN / "usr" / "bin").is_dir():
         print("making a Debian rootfs with debootstrap (once)...", file=sys.stderr)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(DEBIAN),
-                        "http://deb.debian.org/debian"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "bookworm",
+                str(DEBIAN),
+                "http://deb.debian.org/debian",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return DEBIAN
 
 
@@ -43,8 +52,11 @@ def make_layout(src: Path, dest: Path) -> tuple[Path, int, int]:
     number of entries."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    tar = subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(src), "-cf", "-", "."],
-                         capture_output=True, check=True).stdout  # fmt: skip
+    tar = subprocess.run(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(src), "-cf", "-", "."],
+        capture_output=True,
+        check=True,
+    ).stdout
     entries = subprocess.run(["tar", "-tf", "-"], input=tar, capture_output=True, check=True)
     layer = gzip.compress(tar, compresslevel=6)
 
@@ -54,18 +66,38 @@ def make_layout(src: Path, dest: Path) -> tuple[Path, int, int]:
         return "sha256:" + h
 
     diff = "sha256:" + hashlib.sha256(tar).hexdigest()
-    cfg = json.dumps({"architecture": "amd64", "os": "linux",
-                      "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()  # fmt: skip
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(cfg),
-                   "size": len(cfg)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": put(layer), "size": len(layer)}],
-    }).encode()  # fmt: skip
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest),
-        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "t"}}]}  # fmt: skip
+    cfg = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff]}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(cfg),
+                "size": len(cfg),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": put(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": put(manifest),
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": "t"},
+            }
+        ],
+    }
     (dest / "index.json").write_text(json.dumps(index))
     (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     return dest, len(tar), len(entries.stdout.splitlines())
@@ -81,8 +113,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pyrt-bench-unpack-", dir="/var/tmp"))
     try:
         layout, size, entries = make_layout(src, work / "layout")
-        layer_blob = next(p for p in (layout / "blobs" / "sha256").iterdir()
-                          if p.stat().st_size > 4096)  # fmt: skip
+        layer_blob = next(
+            p for p in (layout / "blobs" / "sha256").iterdir() if p.stat().st_size > 4096
+        )
 
         def fresh(name: str) -> Path:
             p = work / name
@@ -95,13 +128,17 @@ def main() -> None:
             pyrt.Image.load(layout, progress=False)
 
         def run_umoci() -> None:
-            subprocess.run(["umoci", "unpack", "--image", f"{layout}:t", str(fresh("umoci"))],
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["umoci", "unpack", "--image", f"{layout}:t", str(fresh("umoci"))],
+                check=True,
+                capture_output=True,
+            )
 
         def run_skopeo_tar() -> None:
             d, r = fresh("skopeo"), fresh("skopeo-root")
-            subprocess.run(["skopeo", "copy", f"oci:{layout}:t", f"dir:{d}"], check=True,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["skopeo", "copy", f"oci:{layout}:t", f"dir:{d}"], check=True, capture_output=True
+            )
             r.mkdir()
             blob = max(d.iterdir(), key=lambda p: p.stat().st_size)
             subprocess.run(["tar", "--numeric-owner", "-xzf", str(blob), "-C", str(r)], check=True)
@@ -109,8 +146,9 @@ def main() -> None:
         def run_tar() -> None:
             r = fresh("tar")
             r.mkdir()
-            subprocess.run(["tar", "--numeric-owner", "-xzf", str(layer_blob), "-C", str(r)],
-                           check=True)  # fmt: skip
+            subprocess.run(
+                ["tar", "--numeric-owner", "-xzf", str(layer_blob), "-C", str(r)], check=True
+            )
 
         tools: dict[str, Callable[[], None]] = {"pyrt": run_pyrt}
         if shutil.which("umoci"):

@@ -381,3 +381,18 @@ def test_many_layers(rootfs: Path, tmp_path: Path) -> None:
     assert len(img.lower) == n + 1 and len(":".join(img.lower)) > 4096
     r = pyrt.run(img, ["sh", "-c", "ls /layers | wc -l; cat /layers/069"], text=True, check=True)
     assert r.stdout.split() == [str(n), "69"]
+
+
+def test_pax_long_names_and_link_targets(rootfs: Path, tmp_path: Path) -> None:
+    deep = "/".join(f"a-rather-long-directory-name-{i:02}" for i in range(8))
+    target = "/" + deep + "/file"
+    layer = [
+        *busybox_layer(rootfs),
+        Entry(deep + "/file", b"long\n"),
+        Entry("short", kind=tarfile.SYMTYPE, link=target),
+        Entry("hl", kind=tarfile.LNKTYPE, link=deep + "/file"),
+    ]
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [layer]))
+    assert len(target) > 255
+    r = pyrt.run(img, ["sh", "-c", "cat /short; readlink /short; stat -c %h /hl"], text=True)
+    assert r.stdout.splitlines() == ["long", target, "2"]
