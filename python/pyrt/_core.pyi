@@ -12,6 +12,7 @@ __all__ = [
     "exec",
     "log_from",
     "log_pipe",
+    "new_netns",
     "open_in_root",
     "plan",
     "spawn",
@@ -40,6 +41,9 @@ def communicate(
 ) -> tuple[bytes, bytes, bool]: ...
 def log_pipe(path: str, cap: int) -> int: ...
 def log_from(fd: int, path: str, cap: int) -> None: ...
+def new_netns() -> int:
+    """A new network namespace with ``lo`` up, as a descriptor the caller owns and closes."""
+
 def tcp_probe(pid: int, port: int, timeout: float) -> bool: ...
 def open_in_root(dirfd: int, path: str, flags: int, mode: int = 0) -> int: ...
 

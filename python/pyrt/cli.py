@@ -63,7 +63,11 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-u", "--user")
     r.add_argument("--hostname")
     r.add_argument("--read-only", action="store_true")
-    r.add_argument("--network", default="none", choices=["none", "host", "private"])
+    r.add_argument(
+        "--network",
+        choices=["none", "host", "private"],
+        help="none (default): loopback only; private: outbound access and -p; host",
+    )
     r.add_argument("--cap-add", action="append", default=[])
     r.add_argument("--cap-drop", action="append", default=[])
     r.add_argument("--privileged", action="store_true")
@@ -74,7 +78,15 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory", "-m", help='memory limit, e.g. "256m"; swap is capped to it')
     r.add_argument("--pids-limit", type=int)
     r.add_argument("--cpus", type=float)
-    r.add_argument("-p", "--publish", dest="p", action="append", default=[], help=argparse.SUPPRESS)
+    r.add_argument(
+        "-p",
+        "--publish",
+        dest="p",
+        action="append",
+        default=[],
+        metavar="[[ADDR:]HOST:]CTR[/udp]",
+        help="publish a container port on the host (implies --network private)",
+    )
     r.add_argument("--init", action="store_true", help="a tiny init as pid 1: reaps, forwards")
     r.add_argument("image", help='"host", a rootfs directory or tarball, or a stored name')
     r.add_argument("command", nargs=argparse.REMAINDER)
@@ -120,9 +132,23 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _publish(specs: list[str]) -> dict[str, Any]:
+    """Docker's -p forms: CTR, HOST:CTR, ADDR:HOST:CTR, ADDR::CTR (CTR may end in /udp)."""
+    ports: dict[str, Any] = {}
+    for p in specs:
+        parts = p.rsplit(":", 2)
+        ctr = parts[-1]
+        if len(parts) == 1:
+            ports[ctr] = None
+        elif len(parts) == 2:
+            ports[ctr] = int(parts[0]) if parts[0].isdigit() else parts[0]
+        else:
+            ports[ctr] = f"{parts[0]}:{parts[1] or 0}"
+    return ports
+
+
 def _container_from(a: argparse.Namespace) -> Container:
-    if a.p:
-        raise PyrtError("-p is not supported by this pyrt yet")
+    network = a.network or ("private" if a.p else "none")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
     mounts += [Tmpfs(t) for t in a.tmpfs]
     opts: dict[str, Any] = {
@@ -133,7 +159,8 @@ def _container_from(a: argparse.Namespace) -> Container:
         "name": a.name,
         "mounts": mounts,
         "readonly_rootfs": a.read_only,
-        "network": a.network,
+        "network": network,
+        "ports": _publish(a.p) or None,
         "cap_add": a.cap_add,
         "cap_drop": a.cap_drop,
         "privileged": a.privileged,

@@ -24,6 +24,7 @@ from .image import Image
 from .image.config import command_for
 from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
+from .network import HostPort, PrivateNetwork, etc_files, parse_ports
 from .seccomp import default_profile
 from .sizes import parse_size
 from .state import ContainerDir, pid_start_time
@@ -128,8 +129,8 @@ class Container:
         name: Optional[str] = None,
         mounts: Sequence[Mount] = (),
         readonly_rootfs: bool = False,
-        network: str = "none",
-        ports: Optional[Mapping[int, Optional[int]]] = None,
+        network: Union[str, Container] = "none",
+        ports: Optional[Mapping[Any, HostPort]] = None,
         memory: Union[int, str, None] = None,
         pids_limit: Optional[int] = None,
         cpus: Optional[float] = None,
@@ -144,8 +145,6 @@ class Container:
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
         if isinstance(command, str):
             raise TypeError("command must be a list of arguments, not a str")
-        if ports is not None:
-            raise PyrtError("ports=: published ports are not supported by this pyrt yet")
         self._limits = _limits(memory, pids_limit, cpus)
         if rootless is None:
             rootless = os.geteuid() != 0
@@ -153,10 +152,20 @@ class Container:
             raise PyrtError(
                 "rootless containers (user namespaces) are not supported by this pyrt yet"
             )
-        if network not in spec.NETWORK_MODES:
+        self._join_net: Optional[Container] = None
+        if isinstance(network, Container):
+            # Docker's "container:" mode: share that container's network namespace (and so its
+            # loopback and its published ports), as an app and its database often do.
+            self._join_net, network = network, "joined"
+        elif network not in spec.NETWORK_MODES:
             raise PyrtError(
-                f"network={network!r}: supported modes are {', '.join(spec.NETWORK_MODES)}"
+                f"network={network!r}: supported modes are {', '.join(spec.NETWORK_MODES)}, "
+                "or another pyrt.Container to share its network"
             )
+        self._ports = parse_ports(ports)
+        if self._ports and network != "private":
+            raise PyrtError("ports= needs network='private' (its own network with a way in)")
+        self._net: Optional[PrivateNetwork] = None
         for m in mounts:
             if not isinstance(m, (Bind, Tmpfs)):
                 raise TypeError(f"mounts must be pyrt.Bind or pyrt.Tmpfs, not {m!r}")
@@ -266,7 +275,8 @@ class Container:
             root=root,
             process=self._process,
             hostname=hostname,
-            network=o["network"],
+            network="none" if o["network"] in ("private", "joined") else o["network"],
+            netns_path=self._netns_path(),
             mounts=extra_mounts + [m.to_spec() for m in o["mounts"]],
             masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
             readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
@@ -305,7 +315,9 @@ class Container:
                 elif stdout < 0:
                     log = stdout = stderr = _core.log_pipe(str(d.log), LOG_CAP)
                 self._dir = d
+                net_mounts = self._start_network(d)
                 doc = self.build_spec(str(d.rootfs), cgroup)
+                doc["mounts"].extend(net_mounts)
                 state = self._state(doc)
                 if cgroup:
                     # Known before any kernel object exists; a crash from here on leaves a
@@ -326,6 +338,9 @@ class Container:
                     _fault("running")
             except BaseException:
                 self._dir = None
+                if self._net is not None:
+                    self._net.close()
+                    self._net = None
                 d.remove()
                 raise
             finally:
@@ -333,6 +348,30 @@ class Container:
                     if fd >= 0:
                         os.close(fd)
             _live.add(self)
+
+    def _netns_path(self) -> Optional[str]:
+        if self._net is not None:
+            return self._net.path
+        if self._join_net is not None:
+            other = self._join_net
+            if other.pid is None or other._returncode is not None or other._removed:
+                raise PyrtError(f"network: container {other.id[:12]} is not running")
+            return f"/proc/{other.pid}/ns/net"
+        return None
+
+    def _start_network(self, d: ContainerDir) -> list[dict[str, Any]]:
+        """The private network (before the container exists, so that it is ready when the
+        command runs), its published ports, and the /etc files that go with it."""
+        if self._opts["network"] != "private":
+            return []
+        self._net = PrivateNetwork(d.path)
+        for cport, proto, addr, hport in self._ports:
+            self._net.publish(cport, proto, addr, hport)
+        mounts = []
+        for name, text in etc_files(self._opts["hostname"] or self.id[:12]).items():
+            (d.path / name).write_text(text)
+            mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
+        return mounts
 
     def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
         """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""
@@ -556,12 +595,15 @@ class Container:
             raise PyrtError(f"container {self.id[:12]} has no cgroup (started by run())")
         return Stats(*s)
 
-    def port(self, container_port: int) -> int:
-        """The host port that reaches ``container_port`` (published ports are not supported by
-        this version: ``ports=`` is refused, so there is none to report)."""
+    def port(self, container_port: Union[int, str]) -> int:
+        """The host port that reaches ``container_port`` ("PORT/udp" for a UDP one)."""
+        cport, _, proto = str(container_port).partition("/")
+        for p in self._net.published if self._net is not None else ():
+            if str(p.container_port) == cport and p.proto == (proto or "tcp"):
+                return p.host_port
         raise PyrtError(
-            f"container {self.id[:12]} has no published port {container_port}: "
-            "published ports (ports=, network='private') are not supported by this pyrt yet"
+            f"container {self.id[:12]} has no published port {container_port}"
+            + ("" if self._net is not None else " (it is not started, or has no ports=)")
         )
 
     @property
@@ -662,6 +704,8 @@ class Container:
             if self.console is not None:
                 os.close(self.console)
                 self.console = None
+            if self._net is not None:
+                self._net.close()
             if self._dir is not None:
                 self._dir.remove()
             _live.discard(self)

@@ -72,7 +72,7 @@ DEFAULT_RLIMITS: tuple[tuple[str, int, int], ...] = (
     ("RLIMIT_CORE", 0, 0),
 )
 
-NETWORK_MODES = ("none", "host")
+NETWORK_MODES = ("none", "host", "private")
 
 ANNOTATION_OVERLAY = "run.pyrt.rootfs.overlay"
 ANNOTATION_ROOT_BIND = "run.pyrt.rootfs.bind"
@@ -201,6 +201,8 @@ class ContainerSpec:
     process: ProcessSpec
     hostname: Optional[str] = None
     network: str = "none"
+    #: A network namespace to join (a private network, or another container's) instead.
+    netns_path: Optional[str] = None
     mounts: Sequence[Mapping[str, Any]] = ()
     masked_paths: Sequence[str] = DEFAULT_MASKED_PATHS
     readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS
@@ -252,7 +254,9 @@ def build(c: ContainerSpec) -> dict[str, Any]:
     if c.network not in NETWORK_MODES:
         raise ValueError(f"network must be one of {', '.join(NETWORK_MODES)}: {c.network!r}")
     namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "cgroup")]
-    if c.network == "none":
+    if c.netns_path is not None:
+        namespaces.append({"type": "network", "path": c.netns_path})
+    elif c.network == "none":
         namespaces.append({"type": "network"})
     annotations = dict(c.annotations)
     r = c.root

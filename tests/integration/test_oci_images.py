@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -314,7 +315,10 @@ def test_tag_get_remove_and_gc(
         with pytest.raises(pyrt.ImageNotFound):
             pyrt.Image.get("bb:two")
     r = subprocess.run(
-        ["pyrt", "gc"], capture_output=True, text=True, env={**os.environ, "PYRT_GC_GRACE": "0"}
+        [sys.executable, "-m", "pyrt.cli", "gc"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYRT_GC_GRACE": "0"},
     )
     assert r.returncode == 0, r.stderr
     assert not any(p.exists() for p in layers)

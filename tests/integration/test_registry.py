@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +151,9 @@ def test_cli_pull_run_images_rmi(reg: Registry, store: Path) -> None:
     env = {**os.environ, "PYRT_ROOT": str(store)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["pyrt", *args], capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "pyrt.cli", *args], capture_output=True, text=True, env=env
+        )
 
     r = cli("pull", "--insecure", ref)
     assert r.returncode == 0 and r.stdout.startswith("sha256:"), r.stderr

@@ -151,11 +151,21 @@ class _Gunzip:
 
 
 class _Unzstd:
+    """zstd, including several frames one after the other."""
+
     def __init__(self, zstandard: Any) -> None:
-        self.d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        self.z = zstandard.ZstdDecompressor()
+        self.d = self.z.decompressobj()
 
     def feed(self, data: bytes) -> bytes:
-        return bytes(self.d.decompress(data))
+        if self.d.eof:  # the last chunk ended exactly with a frame
+            self.d = self.z.decompressobj()
+        out = [self.d.decompress(data)]
+        while self.d.eof and self.d.unused_data:
+            rest = self.d.unused_data
+            self.d = self.z.decompressobj()
+            out.append(self.d.decompress(rest))
+        return b"".join(out)
 
     def finish(self) -> None:
         if not getattr(self.d, "eof", True):

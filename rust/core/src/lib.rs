@@ -8,6 +8,7 @@ pub mod child;
 pub mod io;
 pub mod logs;
 pub mod mountopts;
+pub mod netns;
 pub mod plan;
 pub mod report;
 pub mod seccomp;

@@ -249,6 +249,15 @@ fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<()> {
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
+/// A new network namespace with `lo` up, as a descriptor the caller owns (see core/netns.rs).
+#[pyfunction]
+fn new_netns() -> PyResult<i32> {
+    use std::os::fd::IntoRawFd;
+    pyrt_core::netns::create()
+        .map(|fd| fd.into_raw_fd())
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+}
+
 /// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
 /// is accepted within `timeout` seconds. The socket is made by a short-lived thread that joins
 /// that namespace (a socket belongs to the namespace it was created in).
@@ -310,10 +319,24 @@ impl Process {
     /// Waits at most `timeout` seconds; the return code, or None if it is still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
-        let t = timeout_of(timeout)?;
+        // Waited for in slices, with Python's signal handlers run in between: a wait without
+        // a timeout must not make the process deaf to Ctrl-C or to a handler that forwards
+        // SIGTERM to the container (`pyrt run`).
+        const SLICE: Duration = Duration::from_millis(100);
+        let deadline = timeout_of(timeout)?.map(|t| Instant::now() + t);
         let child = &mut self.child;
-        py.detach(|| child.wait(t))
-            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+        loop {
+            let slice = deadline.map_or(SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(SLICE)
+            });
+            let r = py
+                .detach(|| child.wait(Some(slice)))
+                .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+            if r.is_some() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(r);
+            }
+            py.check_signals()?;
+        }
     }
 
     /// (memory_bytes, pids, cpu_ns) of the container's cgroup, or None when it has none.
@@ -367,6 +390,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_pipe, m)?)?;
     m.add_function(wrap_pyfunction!(log_from, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_class::<Process>()?;
     m.add("CHILD_SIZE", CHILD_BIN.len())?;
     Ok(())

@@ -18,7 +18,7 @@ mod cgroupfs;
 mod console;
 mod devices;
 mod init;
-mod network;
+pub mod network;
 mod process;
 pub mod rootfs;
 
