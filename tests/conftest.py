@@ -53,6 +53,7 @@ def no_leaks() -> Iterator[None]:
         "cgroups": [c for c in after["cgroups"] if c not in before["cgroups"]],  # type: ignore[union-attr]
         "processes": sorted(new_procs),
         "state": [s for s in after["state"] if s not in before["state"]],  # type: ignore[union-attr]
+        "netns": [n for n in after["netns"] if n not in before["netns"]],  # type: ignore[union-attr]
     }
     leaks = {k: v for k, v in leaks.items() if v}
     assert not leaks, f"pyrt left things behind after the test session: {leaks}"

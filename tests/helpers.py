@@ -87,6 +87,33 @@ def foreign_pidns_processes() -> set[int]:
     return out
 
 
+def helper_processes() -> set[int]:
+    """pyrt's helpers outside containers: the user-mode network's slirp4netns."""
+    out = set()
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{e}/comm").read_text().strip() == "slirp4netns":
+                out.add(int(e))
+        except OSError:
+            continue
+    return out
+
+
+def netns_descriptors() -> list[str]:
+    """Network namespaces this process holds open (private networks not yet closed)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("net:["):
+            out.append(target)
+    return out
+
+
 def state_entries() -> list[str]:
     from pyrt.places import state_root, store_root
 
@@ -101,6 +128,7 @@ def snapshot() -> dict[str, object]:
     return {
         "mounts": pyrt_mounts(),
         "cgroups": pyrt_cgroups(),
-        "processes": foreign_pidns_processes(),
+        "processes": foreign_pidns_processes() | helper_processes(),
+        "netns": netns_descriptors(),
         "state": state_entries(),
     }

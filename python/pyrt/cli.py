@@ -287,11 +287,13 @@ def _run_detached(argv: Sequence[str]) -> int:
 def _ps() -> int:
     from .state import list_states
 
-    print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':10}{'PID':>8}  COMMAND")
+    print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':10}{'PID':>8}  {'COMMAND':32}"
+          "  PORTS")  # fmt: skip
     for st in list_states():
         cmd = " ".join(st.get("command") or [])
+        ports = ", ".join(st.get("ports") or [])
         print(f"{st['id'][:12]:14}{(st.get('name') or '-'):16}{str(st.get('image'))[:26]:28}"
-              f"{st['status']:10}{st.get('pid') or '-':>8}  {cmd[:40]}")  # fmt: skip
+              f"{st['status']:10}{st.get('pid') or '-':>8}  {cmd[:32]:32}  {ports}")  # fmt: skip
     return 0
 
 

@@ -387,6 +387,10 @@ class Container:
             "log": str(self._dir.log) if self._dir else None,
             "process": doc["process"],
             "seccomp": doc["linux"].get("seccomp"),
+            "ports": [
+                f"{p.host_addr}:{p.host_port}->{p.container_port}/{p.proto}"
+                for p in (self._net.published if self._net is not None else ())
+            ],
         }
 
     def start(self, *, detached: bool = False) -> Container:

@@ -157,7 +157,8 @@ def test_ports_need_a_private_network(image: pyrt.Image) -> None:
 
 
 def test_udp_port() -> None:
-    """busybox has no UDP listener: the host image's Python is the server."""
+    """busybox has no UDP listener: the host image's Python is the server (by its real path:
+    the host image has a /tmp of its own, where a virtual environment may live)."""
     import sys
     import time
 
@@ -167,7 +168,7 @@ def test_udp_port() -> None:
     )
     with pyrt.Container(
         pyrt.Image.host(),
-        [sys.executable, "-c", server],
+        [os.path.realpath(sys.executable), "-c", server],
         network="private",
         ports={"5353/udp": None},
     ) as c:
@@ -225,3 +226,30 @@ def test_cli_publish(image: pyrt.Image, rootfs: Path) -> None:
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_owner_killed_leaves_no_network_behind(rootfs: Path) -> None:
+    """slirp4netns holds the read end of a pipe only the owner writes to: when the owner dies,
+    even by SIGKILL, it exits, and the container with it (parent-death signal)."""
+    import time
+
+    before = slirp_processes()
+    code = (
+        "import os, sys, pyrt\n"
+        f"img = pyrt.Image.load({str(rootfs)!r})\n"
+        "c = pyrt.Container(img, ['sleep', '60'], network='private', ports={80: None})\n"
+        "c.start()\n"
+        "print(c.port(80), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    port = int(r.stdout)
+    deadline = time.monotonic() + 5
+    while slirp_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slirp_processes() == before
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    # The dead owner's directory is collected as any crashed container's is.
+    subprocess.run([sys.executable, "-m", "pyrt.cli", "gc"], check=True, capture_output=True)

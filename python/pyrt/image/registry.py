@@ -53,6 +53,7 @@ class Reference:
 _NAME = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+(?::[0-9]{1,5})?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -78,6 +79,8 @@ def parse_reference(ref: str) -> Reference:
             repo = "library/" + repo
     if registry in ("docker.io", "index.docker.io"):
         registry = DOCKER_HUB
+    if not _HOST.match(registry):
+        raise ImageError(f"invalid image reference {ref!r}: bad registry {registry!r}")
     if not _NAME.match(repo):
         raise ImageError(f"invalid image reference {ref!r}: bad repository name {repo!r}")
     return Reference(registry, repo, tag if tag or digest else "latest", digest or None)

@@ -1,0 +1,147 @@
+"""Through a published port: throughput (a 64 MiB file over HTTP) and connection latency (a new
+TCP connection and a one-byte file per request), pyrt's network="private" against podman's
+root default (netavark bridge, `-p`), the same busybox httpd serving the same files.
+
+podman runs with its own --root and runc (Debian 12's crun refuses this VM's hybrid cgroup
+layout); the image is the same busybox rootfs, imported into podman. The two servers run side
+by side and the client takes turns between them.
+
+Run as root:  python benches/bench_network.py [-n REQUESTS] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyrt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers import make_busybox_rootfs
+
+BIG = 64 << 20
+
+
+def get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        n = 0
+        while chunk := resp.read(1 << 20):
+            n += len(chunk)
+        return n
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            get(port, "/small")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--requests", type=int, default=300)
+    ap.add_argument("--big", type=int, default=8, help="downloads of the 64 MiB file")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pyrt-bench-net-", dir="/var/tmp"))
+    podman = [
+        "podman",
+        "--root",
+        str(work / "podman"),
+        "--runroot",
+        str(work / "podman-run"),
+        "--runtime",
+        "runc",
+    ]
+    results: dict[str, list[float]] = {}
+    cid = None
+    try:
+        root = make_busybox_rootfs(work / "rootfs")
+        (root / "www").mkdir()
+        (root / "www" / "big").write_bytes(os.urandom(BIG))
+        (root / "www" / "small").write_bytes(b"x")
+        tar = work / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+        subprocess.run(
+            [*podman, "import", str(tar), "localhost/bb-net"], check=True, capture_output=True
+        )
+        server = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+        with pyrt.Container(
+            pyrt.Image.load(root), server, network="private", ports={8080: None}
+        ) as c:
+            ports = {"pyrt": c.port(8080)}
+            ports["podman"] = 18000 + os.getpid() % 1000
+            cid = subprocess.run(
+                [
+                    *podman,
+                    "run",
+                    "-d",
+                    "--ulimit",
+                    "nofile=1024:1024",
+                    "--ulimit",
+                    "nproc=1024:1024",
+                    "-p",
+                    f"127.0.0.1:{ports['podman']}:8080",
+                    "localhost/bb-net",
+                    *server,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            for p in ports.values():
+                wait_ready(p)
+            for r in range(a.requests):
+                order = list(ports.items()) if r % 2 else list(reversed(ports.items()))
+                for name, p in order:
+                    t0 = time.perf_counter()
+                    get(p, "/small")
+                    results.setdefault(f"request: {name}", []).append(
+                        (time.perf_counter() - t0) * 1000
+                    )
+            for r in range(a.big):
+                order = list(ports.items()) if r % 2 else list(reversed(ports.items()))
+                for name, p in order:
+                    t0 = time.perf_counter()
+                    assert get(p, "/big") == BIG
+                    results.setdefault(f"64 MiB: {name}", []).append(
+                        BIG / (time.perf_counter() - t0) / 1e6
+                    )
+    finally:
+        if cid:
+            subprocess.run([*podman, "rm", "-f", "-t", "0", cid], capture_output=True)
+        subprocess.run([*podman, "system", "reset", "-f"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'':18} {'median':>10} {'p95':>10}  ratio to podman")
+    for name, xs in results.items():
+        m = statistics.median(xs)
+        p95 = sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.95))]
+        unit = "ms" if name.startswith("request") else "MB/s"
+        peer = statistics.median(results[name.split(":")[0] + ": podman"])
+        print(f"{name:18} {m:7.2f} {unit:4} {p95:7.2f}  {m / peer:.2f}x")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
