@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
+from helpers import helper_processes
 
 pytestmark = pytest.mark.skipif(
     shutil.which("slirp4netns") is None, reason="needs slirp4netns (Debian package slirp4netns)"
@@ -46,18 +47,6 @@ def host_server() -> Iterator[int]:
     srv.server_close()
 
 
-def slirp_processes() -> set[int]:
-    out = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "slirp4netns":
-                    out.add(int(pid))
-            except OSError:
-                pass
-    return out
-
-
 def test_private_network_reaches_the_host_loopback(image: pyrt.Image, host_server: int) -> None:
     r = pyrt.run(
         image,
@@ -81,7 +70,7 @@ def test_private_network_reaches_the_host_loopback(image: pyrt.Image, host_serve
 
 
 def test_published_port_reaches_a_server_in_the_container(image: pyrt.Image) -> None:
-    before = slirp_processes()
+    before = helper_processes()
     with pyrt.Container(
         image, ["httpd", "-f", "-p", "8080", "-h", "/etc"], network="private", ports={8080: None}
     ) as c:
@@ -91,9 +80,9 @@ def test_published_port_reaches_a_server_in_the_container(image: pyrt.Image) -> 
             assert resp.read() == b"busybox-image\n"
         with pytest.raises(pyrt.PyrtError, match="no published port 9090"):
             c.port(9090)
-        assert slirp_processes() - before
+        assert helper_processes() - before
     # remove() ended the forwarder and the namespace with the container.
-    assert slirp_processes() == before
+    assert helper_processes() == before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
@@ -115,7 +104,7 @@ def test_given_host_port_and_address(image: pyrt.Image) -> None:
 
 
 def test_port_already_taken_is_a_clear_error(image: pyrt.Image) -> None:
-    before = slirp_processes()
+    before = helper_processes()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -124,7 +113,7 @@ def test_port_already_taken_is_a_clear_error(image: pyrt.Image) -> None:
         with pytest.raises(pyrt.PyrtError, match=f"{port}.*already in use"):
             c.start()
         c.remove()
-    assert slirp_processes() == before
+    assert helper_processes() == before
 
 
 def test_two_containers_share_a_network(image: pyrt.Image) -> None:
@@ -233,7 +222,7 @@ def test_owner_killed_leaves_no_network_behind(rootfs: Path) -> None:
     even by SIGKILL, it exits, and the container with it (parent-death signal)."""
     import time
 
-    before = slirp_processes()
+    before = helper_processes()
     code = (
         "import os, sys, pyrt\n"
         f"img = pyrt.Image.load({str(rootfs)!r})\n"
@@ -246,9 +235,9 @@ def test_owner_killed_leaves_no_network_behind(rootfs: Path) -> None:
     assert r.returncode == -9, r.stderr
     port = int(r.stdout)
     deadline = time.monotonic() + 5
-    while slirp_processes() - before and time.monotonic() < deadline:
+    while helper_processes() - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert slirp_processes() == before
+    assert helper_processes() == before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     # The dead owner's directory is collected as any crashed container's is.
