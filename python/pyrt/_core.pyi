@@ -7,9 +7,11 @@ from typing_extensions import final
 
 __all__ = [
     "CHILD_SIZE",
+    "PortForward",
     "Process",
     "communicate",
     "exec",
+    "forward_tcp",
     "log_from",
     "log_pipe",
     "new_netns",
@@ -41,6 +43,15 @@ def communicate(
 ) -> tuple[bytes, bytes, bool]: ...
 def log_pipe(path: str, cap: int) -> int: ...
 def log_from(fd: int, path: str, cap: int) -> None: ...
+def forward_tcp(netns_fd: int, addr: str, port: int, target: int) -> PortForward:
+    """Listens on ``addr:port`` (0: a free port), forwarding to 127.0.0.1:``target`` inside."""
+
+@final
+class PortForward:
+    @property
+    def port(self) -> int: ...
+    def close(self) -> None: ...
+
 def new_netns() -> int:
     """A new network namespace with ``lo`` up, as a descriptor the caller owns and closes."""
 

@@ -5,8 +5,10 @@ The user-mode stack is Debian's slirp4netns, not veth + NAT: it needs no firewal
 host, behaves the same as root and (later) rootless, and dies with the Python process that
 started it (its exit descriptor is a pipe only that process holds). It is attached to a
 namespace that pyrt makes first (``_core.new_netns``), so the network is configured before the
-container's command runs; the container joins it by path. Published ports are slirp4netns's
-host forwards (``add_hostfwd`` on its API socket), bound on the host address asked for.
+container's command runs; the container joins it by path. A published TCP port is pyrt's own
+forwarder (``core/portfwd.rs``): a host listener whose connections are opened from inside the
+namespace, kernel sockets end to end, to the container's 127.0.0.1. UDP ports are slirp4netns's
+host forwards (``add_hostfwd`` on its API socket).
 
 The addresses are slirp4netns's defaults: the container is 10.0.2.100, the gateway 10.0.2.2
 reaches the host's 127.0.0.1, and 10.0.2.3 answers DNS with the host's resolver.
@@ -15,6 +17,7 @@ reaches the host's 127.0.0.1, and 10.0.2.3 answers DNS with the host's resolver.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -92,6 +95,7 @@ class PrivateNetwork:
         self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
         self.api = workdir / "slirp.sock"
         self.published: list[Published] = []
+        self._forwards: list[_core.PortForward] = []
         self._log = workdir / "slirp.log"
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
@@ -139,6 +143,18 @@ class PrivateNetwork:
 
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
         """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``."""
+        if proto == "tcp":
+            try:
+                fwd = _core.forward_tcp(self.fd, addr, hport, cport)
+            except OSError as e:
+                why = "the host port is already in use" if e.errno == errno.EADDRINUSE else e
+                raise PyrtError(
+                    f"cannot publish container port {cport}/tcp on {addr}:{hport or 'any'}: {why}"
+                ) from e
+            self._forwards.append(fwd)
+            p = Published(cport, proto, addr, fwd.port)
+            self.published.append(p)
+            return p
         for _ in range(20 if hport == 0 else 1):
             port = hport or _free_port(addr, proto)
             reply = self._api({"execute": "add_hostfwd", "arguments": {
@@ -158,6 +174,8 @@ class PrivateNetwork:
         )
 
     def close(self) -> None:
+        for f in getattr(self, "_forwards", ()):
+            f.close()
         if self._exit_w >= 0:
             os.close(self._exit_w)  # slirp4netns exits when this closes
             self._exit_w = -1

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod mountopts;
 pub mod netns;
 pub mod plan;
+pub mod portfwd;
 pub mod report;
 pub mod seccomp;
 pub mod spawn;

@@ -258,6 +258,47 @@ fn new_netns() -> PyResult<i32> {
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
+/// A published TCP port (see core/portfwd.rs): stops accepting on `close()`.
+#[pyclass(module = "pyrt._core")]
+struct PortForward {
+    inner: Option<pyrt_core::portfwd::Forwarder>,
+    port: u16,
+}
+
+#[pymethods]
+impl PortForward {
+    /// The host port it listens on.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops accepting connections; idempotent.
+    fn close(&mut self, py: Python<'_>) {
+        if let Some(mut f) = self.inner.take() {
+            py.detach(move || f.close());
+        }
+    }
+}
+
+/// Listens on `addr`:`port` (0: a free port) and forwards each connection to 127.0.0.1:`target`
+/// inside the network namespace `netns_fd` (which stays the caller's).
+#[pyfunction]
+fn forward_tcp(netns_fd: i32, addr: &str, port: u16, target: u16) -> PyResult<PortForward> {
+    use std::os::fd::BorrowedFd;
+    let ip: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("not an IPv4 address: {addr}")))?;
+    // SAFETY: the caller keeps the descriptor open for the duration of this call.
+    let ns = unsafe { BorrowedFd::borrow_raw(netns_fd) };
+    let f = pyrt_core::portfwd::Forwarder::tcp(ns, ip, port, target)
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+    Ok(PortForward {
+        port: f.port(),
+        inner: Some(f),
+    })
+}
+
 /// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
 /// is accepted within `timeout` seconds. The socket is made by a short-lived thread that joins
 /// that namespace (a socket belongs to the namespace it was created in).
@@ -391,6 +432,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_from, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
+    m.add_class::<PortForward>()?;
     m.add_class::<Process>()?;
     m.add("CHILD_SIZE", CHILD_BIN.len())?;
     Ok(())
