@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
-from . import _core, readiness, spec
+from . import _core, readiness, spec, userns
 from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
 from .image.config import command_for
@@ -148,10 +148,9 @@ class Container:
         self._limits = _limits(memory, pids_limit, cpus)
         if rootless is None:
             rootless = os.geteuid() != 0
-        if rootless:
-            raise PyrtError(
-                "rootless containers (user namespaces) are not supported by this pyrt yet"
-            )
+        self._userns = userns.maps_for_caller() if rootless else None
+        if self._userns is not None and self._limits:
+            userns.check_limits_possible()
         self._join_net: Optional[Container] = None
         if isinstance(network, Container):
             # Docker's "container:" mode: share that container's network namespace (and so its
@@ -260,6 +259,8 @@ class Container:
                 work=str(self._dir.work),
             )
         privileged = bool(o["privileged"])
+        if self._userns is not None:
+            ids = userns.fit(ids, self._userns)
         self._process = spec.ProcessSpec(
             args=self.args,
             env=env,
@@ -281,7 +282,11 @@ class Container:
             masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
             readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
             annotations=annotations,
-            cgroups_path=f"pyrt-{self.id}" if cgroup or self._limits else None,
+            cgroups_path=f"pyrt-{self.id}"
+            if (cgroup or self._limits) and not self._userns
+            else None,
+            uid_map=self._userns.uid if self._userns else (),
+            gid_map=self._userns.gid if self._userns else (),
             resources=self._limits,
             # Docker's rule: privileged containers run without a filter.
             seccomp=None if privileged else default_profile(frozenset(self._process.capabilities)),
@@ -324,7 +329,14 @@ class Container:
                     # directory that collect_stale (or `pyrt gc`) finishes off.
                     d.write_state(state)
                     _fault("state-written")
-                self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
+                try:
+                    self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
+                except SpawnError as e:
+                    if self._userns is not None and e.stage == "namespaces":
+                        why = userns.blocked_because()
+                        if why is not None:
+                            raise SpawnError(f"{e}: {why}", stage=e.stage, errno=e.errno) from e
+                    raise
                 if ours >= 0:
                     self.console = _receive_fd(ours)
                 _fault("spawned")

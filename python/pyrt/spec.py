@@ -108,9 +108,11 @@ def capability_set(
     return sorted(caps, key=ALL_CAPABILITIES.index)
 
 
-def default_mounts(*, sysfs_readonly: bool = True) -> list[dict[str, Any]]:
-    """/proc, a fresh /dev with /dev/pts, /dev/shm and /dev/mqueue, and /sys, as `runc spec`."""
-    return [
+def default_mounts(*, sysfs_readonly: bool = True, rootless: bool = False) -> list[dict[str, Any]]:
+    """/proc, a fresh /dev with /dev/pts, /dev/shm and /dev/mqueue, and /sys, as `runc spec`.
+    In a user namespace: devpts without gid=5 (not mapped there) and no cgroup mount (cgroupfs
+    v1 cannot be mounted from a user namespace), as `runc spec --rootless`."""
+    mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -127,6 +129,10 @@ def default_mounts(*, sysfs_readonly: bool = True) -> list[dict[str, Any]]:
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
     ]  # fmt: skip
+    if rootless:
+        mounts[2]["options"] = [o for o in mounts[2]["options"] if o != "gid=5"]
+        mounts = mounts[:-1]
+    return mounts
 
 
 def merge_env(*layers: Optional[Mapping[str, str]]) -> list[str]:
@@ -203,6 +209,9 @@ class ContainerSpec:
     network: str = "none"
     #: A network namespace to join (a private network, or another container's) instead.
     netns_path: Optional[str] = None
+    #: A user namespace with these (inside, outside, count) uid and gid ranges.
+    uid_map: Sequence[tuple[int, int, int]] = ()
+    gid_map: Sequence[tuple[int, int, int]] = ()
     mounts: Sequence[Mapping[str, Any]] = ()
     masked_paths: Sequence[str] = DEFAULT_MASKED_PATHS
     readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS
@@ -272,13 +281,22 @@ def build(c: ContainerSpec) -> dict[str, Any]:
         "ociVersion": OCI_VERSION,
         "root": {"path": r.path, "readonly": r.readonly},
         "process": process_dict(c.process),
-        "mounts": default_mounts(sysfs_readonly=True) + [dict(m) for m in c.mounts],
+        "mounts": default_mounts(sysfs_readonly=True, rootless=bool(c.uid_map))
+        + [dict(m) for m in c.mounts],
         "linux": {
             "namespaces": namespaces,
             "maskedPaths": list(c.masked_paths),
             "readonlyPaths": list(c.readonly_paths),
         },
     }
+    if c.uid_map:
+        namespaces.insert(0, {"type": "user"})
+
+        def ranges(m: Sequence[tuple[int, int, int]]) -> list[dict[str, int]]:
+            return [{"containerID": i, "hostID": o, "size": n} for i, o, n in m]
+
+        spec["linux"]["uidMappings"] = ranges(c.uid_map)
+        spec["linux"]["gidMappings"] = ranges(c.gid_map or c.uid_map)
     if c.hostname:
         spec["hostname"] = c.hostname
     if c.seccomp is not None:

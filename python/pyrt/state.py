@@ -89,7 +89,7 @@ class ContainerDir:
                 with contextlib.suppress(FileNotFoundError):
                     os.rmdir(self.path / d)
         except OSError:
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_tree(self.path)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
@@ -182,10 +182,19 @@ def collect_stale() -> list[str]:
             continue
         with contextlib.suppress(OSError):
             remove_cgroups(os.path.join(e.path, "cgroups"))
-            shutil.rmtree(e.path)
-            gone.append(e.name)
+            remove_tree(Path(e.path))
+            if not os.path.exists(e.path):
+                gone.append(e.name)
         os.close(fd)
     return gone
+
+
+def remove_tree(path: Path) -> None:
+    """A container directory, whatever is left in it. overlayfs leaves its work/work directory
+    with mode 000: root walks through that, a rootless owner must open it up first."""
+    with contextlib.suppress(OSError):
+        os.chmod(path / "work" / "work", 0o700)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_cgroups(listing: str) -> None:

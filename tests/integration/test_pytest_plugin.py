@@ -167,21 +167,26 @@ def public_dir() -> Iterator[Path]:
     shutil.rmtree(d)
 
 
-def test_skips_naming_the_cause_when_containers_cannot_run(public_dir: Path) -> None:
-    # An unprivileged user: this pyrt cannot make containers for one yet (no user-namespace
-    # support), so the fixtures skip with that reason instead of failing.
-    d = public_dir
-    (d / "test_x.py").write_text("def test_x(sandbox):\n    pass\n")
+def _pytest_as_nobody(d: Path) -> subprocess.CompletedProcess[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("needs setpriv (util-linux) to run as another user")
-    r = subprocess.run(
+    return subprocess.run(
         [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
          "pytest", "-p", "no:cacheprovider", "-rs", str(d)],
         capture_output=True, text=True, cwd=d, env=dict(os.environ, HOME=str(d)), timeout=120,
     )  # fmt: skip
-    assert "1 skipped" in r.stdout, r.stdout + r.stderr
-    assert "pyrt cannot run containers here" in r.stdout and "rootless" in r.stdout
+
+
+def test_sandbox_works_for_an_unprivileged_user(public_dir: Path) -> None:
+    """As nobody, the fixtures run rootless containers (a user namespace)."""
+    (public_dir / "test_x.py").write_text(
+        "def test_x(sandbox):\n"
+        "    assert sandbox.exec(['id', '-u']).stdout == b'0\\n'\n"
+        "    assert b'65534' in sandbox.exec(['cat', '/proc/self/uid_map']).stdout\n"
+    )
+    r = _pytest_as_nobody(public_dir)
+    assert "1 passed" in r.stdout, r.stdout + r.stderr
 
 
 def test_the_documented_examples_run(

@@ -141,7 +141,17 @@ pub struct Plan {
     /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
     /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
     pub new_cgroupns: bool,
+    /// With a new user namespace: its uid and gid maps, which the parent writes before it sends
+    /// the plan (so the child does nothing before they are in place).
+    pub id_maps: Option<IdMaps>,
     pub process: Process,
+}
+
+/// A user namespace's maps: (id inside, id outside, count) ranges.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdMaps {
+    pub uid: Vec<(u32, u32, u32)>,
+    pub gid: Vec<(u32, u32, u32)>,
 }
 
 /// A process to start inside a running container (`exec`): it joins the namespaces of the
@@ -152,6 +162,12 @@ pub struct ExecPlan {
     pub process: Process,
     /// The container's seccomp filter applies to what is exec'd into it too.
     pub seccomp: Option<Program>,
+    /// Join the container's pid namespace here, then fork (the command is born inside; we wait
+    /// for it and pass its status on), instead of being born there by the spawner. For a
+    /// container in a user namespace: only a process inside that namespace may make processes
+    /// in its pid namespace, and only a single-threaded one may enter it.
+    #[serde(default)]
+    pub fork_into_pidns: bool,
 }
 
 /// What a child is asked to do. One is made per spawn and serialised at once: its size does
@@ -161,6 +177,20 @@ pub struct ExecPlan {
 pub enum Request {
     Create(Plan),
     Exec(ExecPlan),
+}
+
+/// Whether process `pid` is in our own namespace of this kind (an unreadable one counts as
+/// the same: the child's own attempt will then report why).
+#[cfg(feature = "spec")]
+fn same_namespace(pid: i32, kind: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/ns/{kind}")),
+        std::fs::metadata(format!("/proc/self/ns/{kind}")),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => true,
+    }
 }
 
 #[cfg(feature = "spec")]
@@ -184,6 +214,7 @@ impl ExecPlan {
             target,
             process: plan_process(&spec)?,
             seccomp,
+            fork_into_pidns: !same_namespace(target, "user"),
         })
     }
 }
@@ -213,6 +244,7 @@ impl Plan {
                 _ => clone_flags |= bit,
             }
         }
+        let id_maps = plan_id_maps(linux, clone_flags)?;
         let new_cgroupns = clone_flags & libc::CLONE_NEWCGROUP as u64 != 0;
         clone_flags &= !(libc::CLONE_NEWCGROUP as u64);
         if clone_flags & libc::CLONE_NEWNS as u64 == 0 {
@@ -317,6 +349,7 @@ impl Plan {
                 .and_then(|a| a.get(ANNOTATION_CREATE_CWD))
                 .is_some_and(|v| v == "true"),
             cgroup: plan_cgroup(spec)?,
+            id_maps,
             seccomp: match linux.and_then(|l| l.seccomp().as_ref()) {
                 Some(s) => Some(
                     crate::seccomp::from_spec(s)
@@ -367,6 +400,40 @@ fn check_sysctl(key: &str, new: u64, joined: &[(u64, PathBuf)]) -> Result<(), St
     } else {
         Err(format!("needs {what} namespace of the container's own"))
     }
+}
+
+#[cfg(feature = "spec")]
+fn plan_id_maps(
+    linux: Option<&oci_spec::runtime::Linux>,
+    clone_flags: u64,
+) -> Result<Option<IdMaps>, PlanError> {
+    if clone_flags & libc::CLONE_NEWUSER as u64 == 0 {
+        return Ok(None);
+    }
+    let ranges = |v: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, field: &str| {
+        let out: Vec<(u32, u32, u32)> = v
+            .into_iter()
+            .flatten()
+            .map(|m| (m.container_id(), m.host_id(), m.size()))
+            .collect();
+        if out.is_empty() || out.iter().any(|r| r.2 == 0) {
+            return Err(field_err(
+                field,
+                "a new user namespace needs at least one mapping, each of a non-zero size",
+            ));
+        }
+        Ok(out)
+    };
+    Ok(Some(IdMaps {
+        uid: ranges(
+            linux.and_then(|l| l.uid_mappings().as_ref()),
+            "linux.uidMappings",
+        )?,
+        gid: ranges(
+            linux.and_then(|l| l.gid_mappings().as_ref()),
+            "linux.gidMappings",
+        )?,
+    }))
 }
 
 #[cfg(feature = "spec")]

@@ -398,6 +398,21 @@ pub fn spawn(
         }
     }
 
+    // A user namespace's maps, before the child has its plan (and so before it does anything).
+    if let Request::Create(p) = request {
+        if let Some(maps) = &p.id_maps {
+            if let Err(e) = crate::idmap::write(pid, maps) {
+                let _ = child.kill(libc::SIGKILL);
+                let _ = child.wait(None);
+                return Err(SetupError::new(
+                    Stage::Namespaces,
+                    e.raw_os_error().unwrap_or(libc::EPERM),
+                    format!("user namespace: {e}"),
+                ));
+            }
+        }
+    }
+
     // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
     let mut w = std::fs::File::from(
         child

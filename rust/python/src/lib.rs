@@ -167,9 +167,11 @@ fn exec(
                     .ok()
                     .and_then(|l| Cgroup::from_paths(l, &paths)),
             };
+            // A container in a user namespace of its own: the child joins its pid namespace
+            // itself (see ExecPlan::fork_into_pidns), the spawner cannot.
             let place = Placement {
                 cgroup: cgroup.as_ref(),
-                pidns: Some(&pidns),
+                pidns: (!plan.fork_into_pidns).then_some(&pidns),
             };
             core_spawn(image, &Request::Exec(plan), [stdin, stdout, stderr], place)
         })

@@ -36,9 +36,14 @@ pub const PLAN_FD: i32 = 3;
 pub const ERROR_FD: i32 = 4;
 
 /// Entry point of `pyrt-child`. Never returns: it becomes the container's command or exits.
+/// Where a re-executed pyrt-child finds its plan (see `reexec_in_userns`).
+const REEXEC_PLAN_FD: i32 = 6;
+const REEXEC_ARG: &str = "--plan-in-fd-6";
+
 pub fn main() -> ! {
+    let reexeced = std::env::args().nth(1).as_deref() == Some(REEXEC_ARG);
     // Nothing but our five descriptors may reach the container, whatever the parent held open.
-    let _ = syscall::close_from(6);
+    let _ = syscall::close_from(if reexeced { 7 } else { 6 });
     for fd in [PLAN_FD, ERROR_FD, init::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -46,10 +51,15 @@ pub fn main() -> ! {
     // Setup creates files and device nodes with exactly the modes it names (0666 for /dev/null);
     // the command's own umask is set later, from the spec (022 when it names none).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let result = read_request().and_then(|request| match request {
-        Request::Create(plan) => run(&plan),
-        Request::Exec(plan) => run_exec(&plan),
-    });
+    let result = read_request(if reexeced { REEXEC_PLAN_FD } else { PLAN_FD }).and_then(
+        |(request, bytes)| match request {
+            Request::Create(plan) if plan.id_maps.is_some() && !reexeced => {
+                reexec_in_userns(&bytes)
+            }
+            Request::Create(plan) => run(&plan),
+            Request::Exec(plan) => run_exec(&plan),
+        },
+    );
     let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
@@ -61,16 +71,71 @@ pub fn main() -> ! {
     std::process::exit(127)
 }
 
-fn read_request() -> Result<Request, SetupError> {
-    // SAFETY: PLAN_FD is ours; ManuallyDrop keeps it open as the lifeline after reading.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
+/// The request, and its bytes as they came (length prefix included).
+fn read_request(fd: i32) -> Result<(Request, Vec<u8>), SetupError> {
+    // SAFETY: the descriptor is ours; ManuallyDrop keeps PLAN_FD open as the lifeline after
+    // reading (a re-executed child closes its plan memfd below).
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let bad = |e: io::Error| SetupError::io(Stage::Plan, "reading the plan from the parent", &e);
     let mut len = [0u8; 4];
     f.read_exact(&mut len).map_err(bad)?;
     let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
     f.read_exact(&mut buf).map_err(bad)?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| SetupError::new(Stage::Plan, libc::EINVAL, format!("decoding the plan: {e}")))
+    if fd != PLAN_FD {
+        // SAFETY: the re-exec's plan memfd, read and no longer needed.
+        unsafe { libc::close(fd) };
+    }
+    let request = serde_json::from_slice(&buf).map_err(|e| {
+        SetupError::new(Stage::Plan, libc::EINVAL, format!("decoding the plan: {e}"))
+    })?;
+    let mut bytes = len.to_vec();
+    bytes.extend_from_slice(&buf);
+    Ok((request, bytes))
+}
+
+/// In a new user namespace, pyrt-child was executed before the parent wrote the id maps, when
+/// its uid meant nobody there: execve gave it no capabilities. Now that the maps are in place
+/// (the parent writes them before the plan), executing itself again makes it root of the
+/// namespace with every capability, as a process that never exec'd after clone would be. The
+/// plan goes along in a memfd; /proc/self/exe is the same sealed memfd as before.
+fn reexec_in_userns(bytes: &[u8]) -> Result<std::convert::Infallible, SetupError> {
+    let err = |what: &str, e: io::Error| SetupError::io(Stage::Namespaces, what, &e);
+    // SAFETY: a valid name; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, c"pyrt-plan".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(err("memfd for the plan", io::Error::last_os_error()));
+    }
+    let fd = fd as i32;
+    // SAFETY: our new descriptor, wrapped without closing it.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    f.write_all(bytes)
+        .map_err(|e| err("writing the plan to its memfd", e))?;
+    // SAFETY: plain descriptor calls on our own descriptors.
+    unsafe {
+        // The protocol's descriptors must survive this exec (main made them close-on-exec).
+        for keep in [PLAN_FD, ERROR_FD, init::STATUS_FD] {
+            libc::fcntl(keep, libc::F_SETFD, 0);
+        }
+        libc::lseek(fd, 0, libc::SEEK_SET);
+        if fd != REEXEC_PLAN_FD {
+            if libc::dup2(fd, REEXEC_PLAN_FD) < 0 {
+                return Err(err("dup2 of the plan memfd", io::Error::last_os_error()));
+            }
+            libc::close(fd);
+        }
+    }
+    let argv = [
+        c"pyrt-child".as_ptr(),
+        c"--plan-in-fd-6".as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: valid NUL-terminated arrays; on success this does not return.
+    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(err(
+        "executing pyrt-child again in its user namespace",
+        io::Error::last_os_error(),
+    ))
 }
 
 fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
@@ -215,6 +280,14 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     // /proc/<target> of the host is out of reach.
     let kinds = [
         ("user", libc::CLONE_NEWUSER),
+        (
+            "pid",
+            if plan.fork_into_pidns {
+                libc::CLONE_NEWPID
+            } else {
+                0
+            },
+        ),
         ("cgroup", libc::CLONE_NEWCGROUP),
         ("ipc", libc::CLONE_NEWIPC),
         ("uts", libc::CLONE_NEWUTS),
@@ -223,6 +296,9 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     ];
     let mut files = Vec::new();
     for (name, kind) in kinds {
+        if kind == 0 {
+            continue;
+        }
         let theirs = format!("/proc/{}/ns/{name}", plan.target);
         let ours = format!("/proc/self/ns/{name}");
         let same = match (std::fs::metadata(&theirs), std::fs::metadata(&ours)) {
@@ -261,7 +337,13 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     if plan.process.terminal {
         console::setup(0)?;
     }
-    Err(become_command(&plan.process, plan.seccomp.as_ref(), false))
+    // With the pid namespace joined here, fork: the command is born inside it, and we stay
+    // outside to pass its wait status on (the init path does exactly that).
+    Err(become_command(
+        &plan.process,
+        plan.seccomp.as_ref(),
+        plan.fork_into_pidns,
+    ))
 }
 
 /// The seccomp filter, last of all: nothing of the setup is filtered, only the command (and,

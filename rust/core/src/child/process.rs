@@ -87,10 +87,16 @@ pub fn switch_user(p: &Process, setgroups_allowed: bool) -> Result<()> {
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
-        nix::unistd::setgroups(&groups).map_err(errno_err(
-            Stage::User,
-            format!("setgroups {:?}", p.additional_gids),
-        ))?;
+        match nix::unistd::setgroups(&groups) {
+            // A user namespace whose setgroups is "deny" refuses even an empty list; when we
+            // could not tell (an exec outside the container's pid namespace cannot read its
+            // /proc/self), having no groups to set is no loss.
+            Err(nix::errno::Errno::EPERM) if groups.is_empty() => {}
+            r => r.map_err(errno_err(
+                Stage::User,
+                format!("setgroups {:?}", p.additional_gids),
+            ))?,
+        }
     }
     let gid = nix::unistd::Gid::from_raw(p.gid);
     nix::unistd::setresgid(gid, gid, gid)

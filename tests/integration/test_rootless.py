@@ -1,0 +1,215 @@
+"""Rootless containers: each scenario runs as an unprivileged user (nobody, without subordinate
+ids; and pyrt-ci, which .ci/run creates with a /etc/subuid range), in a process of its own,
+and reports what it saw. Effects are checked from inside the container and on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import make_busybox_rootfs, make_tarball
+
+SETPRIV = shutil.which("setpriv")
+pytestmark = pytest.mark.skipif(SETPRIV is None, reason="needs setpriv (util-linux)")
+
+NOBODY = 65534
+
+
+def subid_user() -> tuple[int, int] | None:
+    """(uid, gid) of pyrt-ci, the user with a subordinate id range, if this machine has it."""
+    try:
+        pw = pwd.getpwnam("pyrt-ci")
+    except KeyError:
+        return None
+    with open("/etc/subuid") as f:
+        if not any(line.startswith("pyrt-ci:") for line in f):
+            return None
+    return pw.pw_uid, pw.pw_gid
+
+
+@pytest.fixture(scope="module")
+def public() -> Iterator[Path]:
+    """A world-readable directory with a busybox rootfs and its tarball in it."""
+    d = Path(tempfile.mkdtemp(prefix="pyrt-rootless-"))
+    os.chmod(d, 0o755)
+    make_busybox_rootfs(d / "rootfs")
+    make_tarball(d / "rootfs", d / "rootfs.tar.gz")
+    subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
+    yield d
+    shutil.rmtree(d)
+
+
+def as_user(uid: int, gid: int, code: str, public: Path, tmp_path: Path) -> dict[str, Any]:
+    """Runs ``code`` (which sets ``out``, a dict) as uid:gid with a home of its own; returns
+    ``out``, with ``leftover`` listing what pyrt's state directory still holds afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=f"home-{uid}-", dir=public))
+    os.chown(home, uid, gid)
+    prog = (
+        textwrap.dedent(
+            f"""
+        import json, os, pyrt
+        from pathlib import Path
+        PUBLIC = Path({str(public)!r})
+        out = {{}}
+        """
+        )
+        + textwrap.dedent(code)
+        + textwrap.dedent(
+            """
+        from pyrt.places import state_root
+        c = state_root() / "containers"
+        out["leftover"] = sorted(os.listdir(c)) if c.is_dir() else []
+        print("RESULT " + json.dumps(out))
+        """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYRT_", "XDG_"))}
+    env["HOME"] = str(home)
+    r = subprocess.run(
+        [
+            SETPRIV or "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            prog,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=env,
+        timeout=120,
+    )
+    lines = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, r.stdout + r.stderr
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+def test_run_exec_and_maps_without_subordinate_ids(public: Path, tmp_path: Path) -> None:
+    out = as_user(
+        NOBODY,
+        NOBODY,
+        """
+        img = pyrt.Image.load(PUBLIC / "rootfs")
+        r = pyrt.run(img, ["sh", "-c", "id -u; cat /proc/self/uid_map"], text=True)
+        out["run"] = r.stdout.split()
+        with pyrt.Container(img, ["sleep", "30"]) as c:
+            out["exec"] = c.exec(["sh", "-c", "id -u; cat /proc/1/cmdline"]).stdout.decode()
+        """,
+        public,
+        tmp_path,
+    )
+    assert out["run"] == ["0", "0", str(NOBODY), "1"]
+    assert out["exec"] == "0\nsleep\x0030\x00"
+    assert out["leftover"] == []
+
+
+def test_bind_mounts_and_host_permissions(public: Path, tmp_path: Path) -> None:
+    shared = Path(tempfile.mkdtemp(dir=public))
+    os.chown(shared, NOBODY, NOBODY)
+    secret = shared.parent / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    out = as_user(
+        NOBODY,
+        NOBODY,
+        f"""
+        img = pyrt.Image.load(PUBLIC / "rootfs")
+        mounts = [pyrt.Bind({str(shared)!r}, "/data"), pyrt.Bind({str(secret)!r}, "/secret")]
+        r = pyrt.run(img, ["sh", "-c", "echo hi > /data/made; cat /secret"], mounts=mounts,
+                     text=True)
+        out["code"], out["err"] = r.returncode, r.stderr
+        """,
+        public,
+        tmp_path,
+    )
+    made = shared / "made"
+    # Created as root inside, owned by the caller outside; root inside is still not root.
+    assert made.read_text() == "hi\n" and made.stat().st_uid == NOBODY
+    assert out["code"] != 0 and "Permission denied" in out["err"]
+
+
+def test_store_images_and_refused_limits(public: Path, tmp_path: Path) -> None:
+    out = as_user(
+        NOBODY,
+        NOBODY,
+        """
+        img = pyrt.Image.load(PUBLIC / "rootfs.tar.gz", tag="bb:rootless")
+        out["store"] = img.lower[0]
+        stored = pyrt.Image.get("bb:rootless")
+        out["marker"] = pyrt.run(stored, ["cat", "/etc/marker"]).stdout.decode()
+        try:
+            pyrt.run(img, ["true"], memory="64m")
+        except pyrt.PyrtError as e:
+            out["limits"] = str(e)
+        """,
+        public,
+        tmp_path,
+    )
+    assert "/.local/share/pyrt/" in out["store"] and out["store"].startswith(str(public))
+    assert out["marker"] == "busybox-image\n"
+    assert "delegated" in out["limits"] and "cgroup" in out["limits"]
+
+
+def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
+    ids = subid_user()
+    if ids is None:
+        pytest.skip("needs the user pyrt-ci with a /etc/subuid range (.ci/run creates it)")
+    out = as_user(
+        *ids,
+        """
+        img = pyrt.Image.load(PUBLIC / "rootfs")
+        r = pyrt.run(img, ["sh", "-c", "cat /proc/self/uid_map; touch /f; chown 1000:1000 /f; "
+                           "stat -c '%u %g' /f; id -un"], user="0", text=True)
+        out["lines"] = r.stdout.splitlines()
+        out["app"] = pyrt.run(img, ["id", "-u"], user="app", text=True).stdout
+        """,
+        public,
+        tmp_path,
+    )
+    maps = [x.split() for x in out["lines"][:2]]
+    assert maps[0] == ["0", str(ids[0]), "1"] and maps[1][0] == "1"
+    assert out["lines"][2] == "1000 1000"  # a file of another owner: the range makes it possible
+    assert out["app"] == "1000\n"
+
+
+def test_blocked_user_namespaces_are_named(public: Path, tmp_path: Path) -> None:
+    """user.max_user_namespaces is per user namespace: set to 0 inside one made for the test,
+    the container's own user namespace cannot be created, and the error says why and how to
+    allow it."""
+    code = (
+        "import pyrt\n"
+        "try:\n"
+        "    pyrt.run(pyrt.Image.host(), ['true'], rootless=True)\n"
+        "except pyrt.SpawnError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    r = subprocess.run(
+        [
+            "unshare",
+            "-U",
+            "-r",
+            "sh",
+            "-c",
+            f'echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c "$0"',
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "ERROR" in r.stdout, r.stdout + r.stderr
+    assert "sysctl -w user.max_user_namespaces" in r.stdout
