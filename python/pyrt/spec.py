@@ -272,9 +272,12 @@ def build(c: ContainerSpec) -> dict[str, Any]:
     if r.lower:
         if not (r.upper and r.work):
             raise ValueError("an overlay root needs upper and work directories")
-        annotations[ANNOTATION_OVERLAY] = json.dumps(
-            {"lower": list(r.lower), "upper": r.upper, "work": r.work}
-        )
+        ov: dict[str, Any] = {"lower": list(r.lower), "upper": r.upper, "work": r.work}
+        if c.uid_map:
+            # In a user namespace overlayfs reads its markers from user.* xattrs (the store's
+            # layers were unpacked rootless with those).
+            ov["userxattr"] = True
+        annotations[ANNOTATION_OVERLAY] = json.dumps(ov)
     elif r.bind:
         annotations[ANNOTATION_ROOT_BIND] = r.bind
     spec: dict[str, Any] = {

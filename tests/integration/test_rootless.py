@@ -213,3 +213,44 @@ def test_blocked_user_namespaces_are_named(public: Path, tmp_path: Path) -> None
     )
     assert "ERROR" in r.stdout, r.stdout + r.stderr
     assert "sysctl -w user.max_user_namespaces" in r.stdout
+
+
+def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
+    """A rootless store cannot make overlayfs's 0:0 device whiteouts: its layers carry xattr
+    whiteouts and user.* opaque marks instead, which the container's overlay reads."""
+    from imagetools import Entry, busybox_layer, d, make_layout
+
+    layout = make_layout(
+        public / "layout",
+        [
+            [
+                *busybox_layer(public / "rootfs"),
+                d("opq"),
+                Entry("opq/old", b"o"),
+                Entry("gone", b"g"),
+                d("sub"),
+                Entry("sub/gone", b"g"),
+                Entry("sub/keep", b"k"),
+            ],
+            [
+                Entry("opq/.wh..wh..opq", b""),
+                Entry("opq/new", b"n"),
+                Entry(".wh.gone", b""),
+                Entry("sub/.wh.gone", b""),
+            ],
+        ],
+    )
+    subprocess.run(["chmod", "-R", "a+rX", str(layout)], check=True)
+    out = as_user(
+        NOBODY,
+        NOBODY,
+        f"""
+        img = pyrt.Image.load({str(layout)!r})
+        r = pyrt.run(img, ["sh", "-c", "ls -A /opq /sub; ls /gone"], text=True)
+        out["seen"], out["err"] = r.stdout.split(), r.stderr
+        """,
+        public,
+        tmp_path,
+    )
+    assert out["seen"] == ["/opq:", "new", "/sub:", "keep"]
+    assert "gone" in out["err"]

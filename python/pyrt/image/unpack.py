@@ -263,13 +263,18 @@ def _whiteout(
 ) -> None:
     """A ``.wh.`` entry: an opaque directory marker, or the deletion of one name below."""
     name = parts[-1]
+    here = f"/proc/self/fd/{parent}"
     if name == _OPAQUE:
         if mode == WHITEOUTS_OVERLAY:
-            os.setxattr(f"/proc/self/fd/{parent}", "trusted.overlay.opaque", b"y")
+            os.setxattr(here, "user.overlay.opaque", b"y")
+            if os.geteuid() == 0:
+                # Root's store serves root's containers (trusted.*) and rootless=True ones,
+                # whose overlay reads user.* ("userxattr"): both marks, then.
+                os.setxattr(here, "trusted.overlay.opaque", b"y")
         else:
-            here = tuple(parts[:-1])
-            for child in os.listdir(f"/proc/self/fd/{parent}"):
-                if (*here, child) not in written:
+            base = tuple(parts[:-1])
+            for child in os.listdir(here):
+                if (*base, child) not in written:
                     _remove(parent, child)
         return
     if name.startswith(_WH + _WH):
@@ -281,11 +286,28 @@ def _whiteout(
         raise UnsafeImageError(
             f"tar entry {entry!r}: a whiteout must name one entry, not {target!r}"
         )
-    if mode == WHITEOUTS_OVERLAY:
-        _remove(parent, target)
+    _remove(parent, target)
+    if mode != WHITEOUTS_OVERLAY:
+        return
+    if os.geteuid() == 0:
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
-    else:
-        _remove(parent, target)
+        return
+    # Without CAP_MKNOD: overlayfs's xattr whiteout (Linux 6.7), a zero-size file marked
+    # user.overlay.whiteout in a directory marked opaque "x" (not opaque, but holding such
+    # whiteouts), read by overlay mounts with "userxattr", as rootless containers' are.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=parent)  # fmt: skip
+    try:
+        os.setxattr(fd, "user.overlay.whiteout", b"")  # needs write permission: mode 0 after
+        os.fchmod(fd, 0)
+    finally:
+        os.close(fd)
+    try:
+        opaque = os.getxattr(here, "user.overlay.opaque")
+    except OSError:
+        opaque = b""
+    if opaque != b"y":
+        os.setxattr(here, "user.overlay.opaque", b"x")
 
 
 def _unpack_one(

@@ -54,6 +54,10 @@ pub struct Overlay {
     pub lower: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// overlayfs's markers (whiteouts, opaque directories) are user.* xattrs: a rootless
+    /// store's layers, mounted in a user namespace.
+    #[serde(default)]
+    pub userxattr: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

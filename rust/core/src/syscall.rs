@@ -145,6 +145,7 @@ pub fn close_from(first: u32) -> io::Result<()> {
 }
 
 const FSOPEN_CLOEXEC: u32 = 0x1;
+const FSCONFIG_SET_FLAG: u32 = 0;
 const FSCONFIG_SET_STRING: u32 = 1;
 const FSCONFIG_CMD_CREATE: u32 = 6;
 const FSMOUNT_CLOEXEC: u32 = 0x1;
@@ -157,6 +158,7 @@ pub fn mount_overlay_fs(
     lower: &[CString],
     upper: &CStr,
     work: &CStr,
+    userxattr: bool,
     target: &CStr,
 ) -> io::Result<()> {
     // SAFETY: a valid NUL-terminated name; the result is a new descriptor we own.
@@ -182,6 +184,19 @@ pub fn mount_overlay_fs(
     }
     set(c"upperdir", upper)?;
     set(c"workdir", work)?;
+    if userxattr {
+        // SAFETY: FSCONFIG_SET_FLAG takes a key and no value.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                c"userxattr".as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        })?;
+    }
     // SAFETY: CMD_CREATE takes no key or value.
     check(unsafe {
         libc::syscall(

@@ -53,10 +53,11 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
         RootSource::Overlay(ov) => {
             let lower: Vec<String> = ov.lower.iter().map(|p| p.display().to_string()).collect();
             let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
+                "lowerdir={},upperdir={},workdir={}{}",
                 lower.join(":"),
                 ov.upper.display(),
-                ov.work.display()
+                ov.work.display(),
+                if ov.userxattr { ",userxattr" } else { "" }
             );
             let what = format!("mounting the overlay root on {shown}");
             if data.len() < OVERLAY_OPTIONS_MAX {
@@ -75,13 +76,15 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
                     .map_err(opts)?;
                 let upper = cpath(&ov.upper).map_err(mount_err(Stage::Rootfs, "upper".into()))?;
                 let work = cpath(&ov.work).map_err(mount_err(Stage::Rootfs, "work".into()))?;
-                syscall::mount_overlay_fs(&lower, &upper, &work, &target).map_err(mount_err(
-                    Stage::Rootfs,
-                    format!(
-                        "{what} ({} layers: needs Linux 6.8 for this many)",
-                        ov.lower.len()
+                syscall::mount_overlay_fs(&lower, &upper, &work, ov.userxattr, &target).map_err(
+                    mount_err(
+                        Stage::Rootfs,
+                        format!(
+                            "{what} ({} layers: needs Linux 6.8 for this many)",
+                            ov.lower.len()
+                        ),
                     ),
-                ))?
+                )?
             }
         }
     }
