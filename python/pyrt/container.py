@@ -162,6 +162,12 @@ class Container:
                 "or another pyrt.Container to share its network"
             )
         self._ports = parse_ports(ports)
+        if self._join_net is not None and rootless:
+            raise PyrtError(
+                "network=<container> is not available to rootless containers (each has a user "
+                "namespace of its own); reach the other one through a published port at "
+                "host.pyrt.internal instead"
+            )
         if self._ports and network != "private":
             raise PyrtError("ports= needs network='private' (its own network with a way in)")
         self._net: Optional[PrivateNetwork] = None
@@ -330,7 +336,11 @@ class Container:
                     d.write_state(state)
                     _fault("state-written")
                 try:
-                    self._proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr)
+                    hold = self._net is not None and self._net.rootless
+                    proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr, hold=hold)
+                    if hold:
+                        self._attach_network(proc)
+                    self._proc = proc
                 except SpawnError as e:
                     if self._userns is not None and e.stage == "namespaces":
                         why = userns.blocked_because()
@@ -376,14 +386,32 @@ class Container:
         command runs), its published ports, and the /etc files that go with it."""
         if self._opts["network"] != "private":
             return []
-        self._net = PrivateNetwork(d.path)
-        for cport, proto, addr, hport in self._ports:
-            self._net.publish(cport, proto, addr, hport)
+        self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
+        if not self._net.rootless:
+            self._publish()
         mounts = []
         for name, text in etc_files(self._opts["hostname"] or self.id[:12]).items():
             (d.path / name).write_text(text)
             mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
         return mounts
+
+    def _publish(self) -> None:
+        assert self._net is not None
+        for cport, proto, addr, hport in self._ports:
+            self._net.publish(cport, proto, addr, hport)
+
+    def _attach_network(self, proc: _core.Process) -> None:
+        """Rootless: the held container made its network namespace; slirp4netns joins it and
+        the ports are published before the command runs."""
+        assert self._net is not None
+        try:
+            self._net.attach(proc.pid)
+            self._publish()
+            proc.release()
+        except BaseException:
+            proc.kill(signal.SIGKILL)
+            proc.wait(None)
+            raise
 
     def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
         """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""

@@ -84,27 +84,52 @@ def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str,
 class PrivateNetwork:
     """A network namespace with slirp4netns attached; ``close`` ends both."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, rootless: bool = False) -> None:
+        """As root: makes the namespace and attaches slirp4netns now (the container will join
+        ``path``). Rootless: the namespace must belong to the container's user namespace, so
+        the container makes it, and ``attach`` is called while it is held before its plan."""
         binary = shutil.which("slirp4netns")
         if binary is None:
             raise PyrtError(
                 "network='private' needs slirp4netns (Debian package slirp4netns), not found "
                 "on PATH"
             )
-        self.fd = _core.new_netns()
-        self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        self._binary = binary
+        self.rootless = rootless
+        self.fd = -1
+        self.path: Optional[str] = None
         self.api = workdir / "slirp.sock"
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
         self._log = workdir / "slirp.log"
+        self._exit_w = -1
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        if not rootless:
+            self.fd = _core.new_netns()
+            self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+            try:
+                self._start_slirp(["--netns-type=path", self.path])
+            except BaseException:
+                self.close()
+                raise
+
+    def attach(self, pid: int) -> None:
+        """Rootless: attaches slirp4netns to the network namespace of the held container
+        ``pid`` (joining its user namespace to do so)."""
+        self._start_slirp([f"--userns-path=/proc/{pid}/ns/user", "--netns-type=path",
+                           f"/proc/{pid}/ns/net"])  # fmt: skip
+
+    def _start_slirp(self, target: list[str]) -> None:
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
         try:
             with open(self._log, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [binary, "--configure", "--mtu=65520", f"--ready-fd={ready_w}",
-                     f"--exit-fd={exit_r}", f"--api-socket={self.api}", "--enable-sandbox",
-                     "--netns-type=path", self.path, "tap0"],
+                    [self._binary, "--configure", "--mtu=65520", f"--ready-fd={ready_w}",
+                     f"--exit-fd={exit_r}", f"--api-socket={self.api}",
+                     # (Its sandbox never reports ready when started by an unprivileged user
+                     # into a container's user namespace: measured with slirp4netns 1.2.0.)
+                     *([] if self.rootless else ["--enable-sandbox"]), *target, "tap0"],
                     pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=log,
                 )  # fmt: skip
@@ -114,13 +139,10 @@ class PrivateNetwork:
             r, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
             if not r or os.read(ready_r, 1) != b"1":
                 raise PyrtError(f"slirp4netns did not come up: {self._tail()}")
-        except BaseException:
+        finally:
             for fd in (ready_w, exit_r):
                 if fd >= 0:
                     os.close(fd)
-            self.close()
-            raise
-        finally:
             os.close(ready_r)
 
     def _tail(self) -> str:
@@ -143,7 +165,9 @@ class PrivateNetwork:
 
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
         """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``."""
-        if proto == "tcp":
+        if proto == "tcp" and not self.rootless:
+            # Rootless, the forwarder could not enter the namespace (that takes privilege
+            # over the caller's own user namespace): slirp4netns forwards instead.
             try:
                 fwd = _core.forward_tcp(self.fd, addr, hport, cport)
             except OSError as e:
@@ -174,12 +198,12 @@ class PrivateNetwork:
         )
 
     def close(self) -> None:
-        for f in getattr(self, "_forwards", ()):
+        for f in self._forwards:
             f.close()
         if self._exit_w >= 0:
             os.close(self._exit_w)  # slirp4netns exits when this closes
             self._exit_w = -1
-        proc = getattr(self, "proc", None)
+        proc = self.proc
         if proc is not None:
             try:
                 proc.wait(5)

@@ -47,3 +47,24 @@ def port_accepts(pid: int, port: int) -> bool:
         return _core.tcp_probe(pid, port, 0.2)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        # A rootless container's namespace cannot be entered from here (that takes privilege
+        # over the caller's own user namespace); its socket table can still be read.
+        return port_listening(pid, port)
+
+
+def port_listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket in the network namespace of ``pid`` listens on ``port`` on any
+    address (the socket tables /proc/<pid>/net/tcp and tcp6, state 0A)."""
+    want = f"{port:04X}"
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "0A" and fields[1].endswith(":" + want):
+                        return True
+        except OSError:
+            continue
+    return False

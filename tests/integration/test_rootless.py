@@ -254,3 +254,39 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
     )
     assert out["seen"] == ["/opq:", "new", "/sub:", "keep"]
     assert "gone" in out["err"]
+
+
+def test_private_network_and_published_port(public: Path, tmp_path: Path) -> None:
+    """Rootless: slirp4netns joins the container's own user and network namespaces while the
+    container is held before its command; ports are slirp4netns's forwards."""
+    import http.server
+    import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        out = as_user(
+            NOBODY,
+            NOBODY,
+            f"""
+            import urllib.request
+            img = pyrt.Image.load(PUBLIC / "rootfs.tar.gz")
+            url = "http://host.pyrt.internal:{srv.server_address[1]}/"
+            r = pyrt.run(img, ["sh", "-c", f"wget -qO- {{url}} | head -c 15; ip -4 route"],
+                         network="private", text=True)
+            out["inside"] = r.stdout
+            with pyrt.Container(img, ["httpd", "-f", "-p", "8080", "-h", "/etc"],
+                                network="private", ports={{8080: None}}) as c:
+                c.wait_for_port(8080)
+                url = f"http://127.0.0.1:{{c.port(8080)}}/marker"
+                out["outside"] = urllib.request.urlopen(url, timeout=10).read().decode()
+            """,
+            public,
+            tmp_path,
+        )
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert out["inside"].startswith("<!DOCTYPE HTML>") and "default via 10.0.2.2" in out["inside"]
+    assert out["outside"] == "busybox-image\n"
+    assert out["leftover"] == []

@@ -302,6 +302,28 @@ pub fn spawn(
     stdio: [RawFd; 3],
     place: Placement,
 ) -> Result<Child, SetupError> {
+    let (mut child, pending) = spawn_held(image, request, stdio, place)?;
+    release(&mut child, pending)?;
+    Ok(child)
+}
+
+/// What `release` still has to send and read.
+#[derive(Debug)]
+pub struct Pending {
+    request: Vec<u8>,
+    report: OwnedFd,
+}
+
+/// Like `spawn`, but stops before the plan is sent: the process exists, in its namespaces (and
+/// its user namespace's maps are written), and waits. The caller may prepare what must exist
+/// before the command runs (a rootless container's network, attached to its namespace), then
+/// calls `release`.
+pub fn spawn_held(
+    image: &ChildImage,
+    request: &Request,
+    stdio: [RawFd; 3],
+    place: Placement,
+) -> Result<(Child, Pending), SetupError> {
     let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
     let (enter, leave) = match place.cgroup {
         Some(c) => (
@@ -413,6 +435,21 @@ pub fn spawn(
         }
     }
 
+    Ok((
+        child,
+        Pending {
+            request: request_bytes,
+            report: err_r,
+        },
+    ))
+}
+
+/// Sends the plan to a held child and waits for its report: Ok once the command runs.
+pub fn release(child: &mut Child, pending: Pending) -> Result<(), SetupError> {
+    let Pending {
+        request: request_bytes,
+        report: err_r,
+    } = pending;
     // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
     let mut w = std::fs::File::from(
         child
@@ -428,7 +465,7 @@ pub fn spawn(
     let mut report = Vec::new();
     let _ = std::fs::File::from(err_r).read_to_end(&mut report);
     if report.is_empty() {
-        return Ok(child);
+        return Ok(());
     }
     let err = if report.len() == 12 && report.starts_with(b"PYRTEXEC") {
         let errno = i32::from_ne_bytes([report[8], report[9], report[10], report[11]]);

@@ -13,7 +13,9 @@ use pyrt_core::cgroups::{self, Cgroup};
 use pyrt_core::io::{communicate as core_communicate, Outputs};
 use pyrt_core::plan::{ExecPlan, Plan, Request};
 use pyrt_core::report::{SetupError, Stage};
-use pyrt_core::spawn::{spawn as core_spawn, Child, ChildImage, Placement};
+use pyrt_core::spawn::{
+    release as core_release, spawn as core_spawn, spawn_held, Child, ChildImage, Pending, Placement,
+};
 
 static CHILD_BIN: &[u8] = include_bytes!(env!("PYRT_CHILD_BIN"));
 
@@ -76,14 +78,17 @@ fn plan(py: Python<'_>, spec_json: &str) -> PyResult<String> {
 }
 
 /// Starts a container from an OCI runtime spec (JSON) with the given stdio descriptors, which
-/// stay the caller's. Returns once the command runs.
+/// stay the caller's. Returns once the command runs; with `hold`, once the process exists in
+/// its namespaces but before it has its plan (call `release()` to go on).
 #[pyfunction]
+#[pyo3(signature = (spec_json, stdin, stdout, stderr, hold=false))]
 fn spawn(
     py: Python<'_>,
     spec_json: &str,
     stdin: i32,
     stdout: i32,
     stderr: i32,
+    hold: bool,
 ) -> PyResult<Process> {
     let plan = Plan::from_json(spec_json).map_err(|e| {
         spawn_error(
@@ -92,7 +97,7 @@ fn spawn(
         )
     })?;
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
-    let (child, cgroup) = py
+    let (child, cgroup, pending) = py
         .detach(|| {
             let cgroup = match &plan.cgroup {
                 None => None,
@@ -107,13 +112,25 @@ fn spawn(
                 cgroup: cgroup.as_ref(),
                 pidns: None,
             };
-            match core_spawn(
-                image,
-                &Request::Create(plan),
-                [stdin, stdout, stderr],
-                place,
-            ) {
-                Ok(child) => Ok((child, cgroup)),
+            let spawned = if hold {
+                spawn_held(
+                    image,
+                    &Request::Create(plan),
+                    [stdin, stdout, stderr],
+                    place,
+                )
+                .map(|(c, p)| (c, Some(p)))
+            } else {
+                core_spawn(
+                    image,
+                    &Request::Create(plan),
+                    [stdin, stdout, stderr],
+                    place,
+                )
+                .map(|c| (c, None))
+            };
+            match spawned {
+                Ok((child, pending)) => Ok((child, cgroup, pending)),
                 Err(e) => {
                     if let Some(c) = cgroup {
                         let _ = c.destroy();
@@ -123,7 +140,11 @@ fn spawn(
             }
         })
         .map_err(|e| spawn_error(py, &e))?;
-    Ok(Process { child, cgroup })
+    Ok(Process {
+        child,
+        cgroup,
+        pending,
+    })
 }
 
 /// Starts a process inside the running container whose first process is `target` (a host pid),
@@ -179,6 +200,7 @@ fn exec(
     Ok(Process {
         child,
         cgroup: None,
+        pending: None,
     })
 }
 
@@ -339,10 +361,23 @@ struct Process {
     child: Child,
     /// The container's cgroup, owned (destroyed) by its first process's handle.
     cgroup: Option<Cgroup>,
+    /// Set for a process spawned with `hold=True` until `release()`.
+    pending: Option<Pending>,
 }
 
 #[pymethods]
 impl Process {
+    /// Lets a process spawned with `hold=True` go on: returns once its command runs, or raises
+    /// its setup error. Does nothing for a process not held.
+    fn release(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let child = &mut self.child;
+        py.detach(|| core_release(child, pending))
+            .map_err(|e| spawn_error(py, &e))
+    }
+
     #[getter]
     fn pid(&self) -> i32 {
         self.child.pid
