@@ -43,7 +43,8 @@ def make_busybox_rootfs(root: Path) -> Path:
     (root / "etc" / "passwd").write_text(PASSWD)
     (root / "etc" / "group").write_text(GROUP)
     (root / "etc" / "marker").write_text("busybox-image\n")
-    os.chown(root / "home" / "app", 1000, 1000)
+    if os.geteuid() == 0:  # (an unprivileged caller's files are all its own)
+        os.chown(root / "home" / "app", 1000, 1000)
     return root
 
 
