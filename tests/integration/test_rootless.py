@@ -290,3 +290,42 @@ def test_private_network_and_published_port(public: Path, tmp_path: Path) -> Non
     assert out["inside"].startswith("<!DOCTYPE HTML>") and "default via 10.0.2.2" in out["inside"]
     assert out["outside"] == "busybox-image\n"
     assert out["leftover"] == []
+
+
+def test_two_rootless_containers_talk_and_taken_ports(public: Path, tmp_path: Path) -> None:
+    """Rootless containers each have a user namespace of their own, so one reaches the other
+    through its published port on the host's loopback (host.pyrt.internal); a host port that
+    is taken is a clear error."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        out = as_user(
+            NOBODY,
+            NOBODY,
+            f"""
+            img = pyrt.Image.load(PUBLIC / "rootfs.tar.gz")
+            with pyrt.Container(img, ["httpd", "-f", "-p", "8080", "-h", "/etc"],
+                                network="private", ports={{8080: None}}) as web:
+                web.wait_for_port(8080)
+                url = f"http://host.pyrt.internal:{{web.port(8080)}}/marker"
+                r = pyrt.run(img, ["wget", "-qO-", url], network="private")
+                out["fetched"] = r.stdout.decode()
+            try:
+                pyrt.run(img, ["true"], network="private", ports={{80: {busy}}})
+            except pyrt.PyrtError as e:
+                out["taken"] = str(e)
+            try:
+                pyrt.Container(img, ["true"], network=web)
+            except pyrt.PyrtError as e:
+                out["join"] = str(e)
+            """,
+            public,
+            tmp_path,
+        )
+    assert out["fetched"] == "busybox-image\n"
+    assert str(busy) in out["taken"] and "in use" in out["taken"]
+    assert "published port" in out["join"]
+    assert out["leftover"] == []
