@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import userns
 from .places import ensure_dir, state_root
 
 
@@ -194,7 +195,7 @@ def remove_tree(path: Path) -> None:
     with mode 000: root walks through that, a rootless owner must open it up first."""
     with contextlib.suppress(OSError):
         os.chmod(path / "work" / "work", 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+    userns.remove_tree(path)
 
 
 def remove_cgroups(listing: str) -> None:

@@ -113,3 +113,50 @@ def blocked_because(proc: str = "/proc") -> str | None:
             "kernel.apparmor_restrict_unprivileged_userns=0"
         )
     return None
+
+
+def helper_prefix() -> list[str] | None:
+    """A command prefix that runs a helper in a user namespace mapped as rootless containers
+    are (the caller as 0, its subordinate range from 1), or None when there is no range (or the
+    caller is root): then the caller owns every file pyrt makes. util-linux's unshare does the
+    mapping through newuidmap/newgidmap."""
+    maps = maps_for_caller()
+    if os.geteuid() == 0 or len(maps.uid) < 2 or shutil.which("unshare") is None:
+        return None
+    (_, su, nu), (_, sg, ng) = maps.uid[1], maps.gid[1]
+    return ["unshare", "--map-root-user", f"--map-users={su},1,{nu}",
+            f"--map-groups={sg},1,{ng}", "--"]  # fmt: skip
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Deletes a tree pyrt made, including what a rootless container's processes wrote into it
+    as other users (files owned by the caller's subordinate ids, which only a process in the
+    mapped user namespace may delete)."""
+    import subprocess
+
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path) and (prefix := helper_prefix()) is not None:
+        subprocess.run([*prefix, "rm", "-rf", "--", os.fspath(path)], capture_output=True)
+
+
+def unshare_user() -> None:
+    """unshare(CLONE_NEWUSER) for the calling (single-threaded, forked) process."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def write_maps(pid: int) -> None:
+    """Maps process ``pid``'s new user namespace as rootless containers' are (a subordinate
+    range, through newuidmap and newgidmap)."""
+    import subprocess
+
+    maps = maps_for_caller()
+    for tool, ranges in (("newuidmap", maps.uid), ("newgidmap", maps.gid)):
+        args = [str(x) for r in ranges for x in r]
+        r = subprocess.run([tool, str(pid), *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise PyrtError(f"{tool} refused the map: {r.stderr.strip()}")

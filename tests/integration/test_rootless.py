@@ -176,6 +176,14 @@ def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
                            "stat -c '%u %g' /f; id -un"], user="0", text=True)
         out["lines"] = r.stdout.splitlines()
         out["app"] = pyrt.run(img, ["id", "-u"], user="app", text=True).stdout
+        # From the store: the image's owners are kept (unpacked in the mapped namespace), and
+        # removing the image deletes files the caller itself could not.
+        stored = pyrt.Image.load(PUBLIC / "rootfs.tar.gz", tag="bb:sub")
+        r = pyrt.run(stored, ["stat", "-c", "%u %g", "/home/app"], text=True)
+        out["owner"] = r.stdout
+        lower = stored.lower[0]
+        stored.remove()
+        out["removed"] = not os.path.exists(lower)
         """,
         public,
         tmp_path,
@@ -184,6 +192,8 @@ def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
     assert maps[0] == ["0", str(ids[0]), "1"] and maps[1][0] == "1"
     assert out["lines"][2] == "1000 1000"  # a file of another owner: the range makes it possible
     assert out["app"] == "1000\n"
+    assert out["owner"] == "1000 1000\n" and out["removed"]
+    assert out["leftover"] == []
 
 
 def test_blocked_user_namespaces_are_named(public: Path, tmp_path: Path) -> None:

@@ -7,18 +7,17 @@ import functools
 import hashlib
 import io
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from .. import _core
+from .. import _core, userns
 from ..errors import ImageError, ImageNotFound
 from . import layers, oci, registry, store
 from .config import ImageConfig
 from .progress import Progress
-from .unpack import unpack
+from .unpack import WHITEOUTS_KEEP
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -157,10 +156,10 @@ class Image:
             try:
                 os.chmod(tmp, 0o755)
                 with open(p, "rb") as raw, _decompressed(raw, magic, str(p)) as stream:
-                    unpack(stream, str(tmp), what=str(p))
+                    layers.unpack_stream(stream, tmp, str(p), WHITEOUTS_KEEP)
                 store.place_tree(tmp, final)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                userns.remove_tree(tmp)
                 raise
         return cls("rootfs", (str(final),), ImageConfig(), "sha256:" + hexd, source=str(p))
 
@@ -275,7 +274,7 @@ class Image:
             else:
                 for d in self.lower:
                     if d.startswith(base) and d not in still_used:
-                        shutil.rmtree(d, ignore_errors=True)
+                        userns.remove_tree(d)
         self.tags = []
 
     # --- contents -----------------------------------------------------------------------

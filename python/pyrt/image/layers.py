@@ -10,6 +10,7 @@ pulled or loaded in another form finds its layers already there, and does not re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from ..errors import ImageError
+from .. import userns
+from ..errors import ImageError, UnsafeImageError
 from ..places import ensure_dir
 from . import store
 from . import unpack as limits
@@ -251,15 +253,8 @@ def ensure_layer(
             # The blob's own digest was checked already (above, or on download).
             inflater = _Inflater(raw, what, progress if verified or blob_digest is None else None)
             try:
-                stats = unpack(
-                    io.BufferedReader(inflater, _CHUNK),
-                    str(tmp / "root"),
-                    what=what,
-                    whiteouts=WHITEOUTS_OVERLAY,
-                    lowers=lowers,
-                    max_entries=limits.MAX_ENTRIES,
-                    max_bytes=limits.MAX_BYTES,
-                )
+                stream = io.BufferedReader(inflater, _CHUNK)
+                stats = unpack_stream(stream, tmp / "root", what, WHITEOUTS_OVERLAY, lowers)
                 inflater.drain()
             finally:
                 inflater.close()
@@ -284,11 +279,91 @@ def ensure_layer(
         final = layers_dir() / hex_of(cid, what)
         store.place_tree(tmp, final)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        userns.remove_tree(tmp)
         if _is_codec_error(e):
             raise ImageError(f"{what}: corrupt compressed layer: {e}") from e
         raise
     return Layer(cid, final / "root", stats)
+
+
+def unpack_stream(
+    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...] = ()
+) -> UnpackStats:
+    """Unpacks a tar stream into ``dest``: here, or for a rootless caller with a subordinate
+    range, in the mapped user namespace (so that the image's owners are kept)."""
+    if userns.helper_prefix() is not None:
+        return _unpack_in_userns(stream, dest, what, whiteouts, lowers)
+    return _unpack_here(stream, dest, what, whiteouts, lowers)
+
+
+def _unpack_here(
+    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...]
+) -> UnpackStats:
+    return unpack(stream, str(dest), what=what, whiteouts=whiteouts, lowers=lowers,
+                  max_entries=limits.MAX_ENTRIES, max_bytes=limits.MAX_BYTES)  # fmt: skip
+
+
+def _unpack_in_userns(
+    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...]
+) -> UnpackStats:
+    """Rootless with a subordinate range: a forked child enters a user namespace mapped as the
+    containers' are (the caller as 0, its range from 1), where it is root and the image's
+    owners exist, and unpacks the stream the parent feeds it. Forked rather than executed: the
+    interpreter may live where the namespace's root cannot reach (e.g. under /root)."""
+    go_r, go_w = os.pipe()
+    data_r, data_w = os.pipe()
+    res_r, res_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through res_w
+        code = 1
+        try:
+            for fd in (go_w, data_w, res_r, ready_r):
+                os.close(fd)
+            userns.unshare_user()
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            with os.fdopen(data_r, "rb") as data:
+                stats = _unpack_here(data, dest, what, whiteouts, lowers)
+            answer: dict[str, Any] = {"stats": dataclasses.asdict(stats)}
+            code = 0
+        except ImageError as e:
+            kind = "unsafe" if isinstance(e, UnsafeImageError) else "image"
+            answer = {"error": kind, "message": str(e)}
+        except BaseException as e:
+            answer = {"error": "image", "message": f"{what}: unpacking failed: {e}"}
+        try:
+            os.write(res_w, json.dumps(answer).encode())
+        finally:
+            os._exit(code)
+    for fd in (go_r, data_r, res_w, ready_w):
+        os.close(fd)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise ImageError(f"{what}: could not make a user namespace to unpack in")
+        userns.write_maps(pid)
+        os.write(go_w, b"1")
+        with open(data_w, "wb", closefd=False) as out:
+            try:
+                while chunk := stream.read(_CHUNK):
+                    out.write(chunk)
+            except BrokenPipeError:
+                pass  # the child stopped early: its answer says why
+    finally:
+        for fd in (go_w, data_w, ready_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with os.fdopen(res_r, "rb") as res:
+            raw = res.read()
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise ImageError(f"{what}: the unpacking child died") from None
+    if "error" in answer:
+        cls = UnsafeImageError if answer["error"] == "unsafe" else ImageError
+        raise cls(answer["message"])
+    return UnpackStats(**answer["stats"])
 
 
 def _is_codec_error(e: BaseException) -> bool:
@@ -344,7 +419,7 @@ def collect(
                 continue
         except FileNotFoundError:
             pass
-        shutil.rmtree(d, ignore_errors=True)
+        userns.remove_tree(d)
         removed.append(name)
     return removed
 

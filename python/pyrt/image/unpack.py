@@ -16,6 +16,7 @@ built so far. Either way no whiteout file is left in the result.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import tarfile
@@ -258,6 +259,18 @@ def unpack(
     return stats
 
 
+@functools.lru_cache(maxsize=1)
+def privileged() -> bool:
+    """Root of the host (not of a user namespace): device nodes and trusted.* xattrs."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
 def _whiteout(
     entry: str, parts: list[str], parent: int, mode: str, written: set[tuple[str, ...]]
 ) -> None:
@@ -267,7 +280,7 @@ def _whiteout(
     if name == _OPAQUE:
         if mode == WHITEOUTS_OVERLAY:
             os.setxattr(here, "user.overlay.opaque", b"y")
-            if os.geteuid() == 0:
+            if privileged():
                 # Root's store serves root's containers (trusted.*) and rootless=True ones,
                 # whose overlay reads user.* ("userxattr"): both marks, then.
                 os.setxattr(here, "trusted.overlay.opaque", b"y")
@@ -289,7 +302,7 @@ def _whiteout(
     _remove(parent, target)
     if mode != WHITEOUTS_OVERLAY:
         return
-    if os.geteuid() == 0:
+    if privileged():
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         return
     # Without CAP_MKNOD: overlayfs's xattr whiteout (Linux 6.7), a zero-size file marked
@@ -386,7 +399,9 @@ def _unpack_one(
             os.close(tparent)
     elif m.ischr() or m.isblk() or m.isfifo():
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
-        if not m.isfifo() and not as_root:
+        if not m.isfifo() and not privileged():
+            # Device nodes need CAP_MKNOD of the host: a rootless store skips them (the
+            # container's /dev has the standard ones).
             stats.skipped_devices.append(m.name)
             return
         os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=parent)
