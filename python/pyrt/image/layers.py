@@ -283,6 +283,16 @@ def ensure_layer(
         if _is_codec_error(e):
             raise ImageError(f"{what}: corrupt compressed layer: {e}") from e
         raise
+    if stats.skipped_devices:
+        import warnings
+
+        shown = ", ".join(stats.skipped_devices[:5])
+        more = len(stats.skipped_devices) - 5
+        warnings.warn(
+            f"{what}: device nodes skipped (creating them needs root): {shown}"
+            + (f" and {more} more" if more > 0 else ""),
+            stacklevel=3,
+        )
     return Layer(cid, final / "root", stats)
 
 
