@@ -10,6 +10,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -247,6 +248,7 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
                 Entry("opq/new", b"n"),
                 Entry(".wh.gone", b""),
                 Entry("sub/.wh.gone", b""),
+                Entry("dev/tty9", kind=tarfile.CHRTYPE, mode=0o620),
             ],
         ],
     )
@@ -255,7 +257,11 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
         NOBODY,
         NOBODY,
         f"""
-        img = pyrt.Image.load({str(layout)!r})
+        import warnings
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            img = pyrt.Image.load({str(layout)!r})
+        out["warned"] = [str(x.message) for x in w]
         r = pyrt.run(img, ["sh", "-c", "ls -A /opq /sub; ls /gone"], text=True)
         out["seen"], out["err"] = r.stdout.split(), r.stderr
         """,
@@ -263,6 +269,7 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
         tmp_path,
     )
     assert out["seen"] == ["/opq:", "new", "/sub:", "keep"]
+    assert any("device nodes skipped" in m and "dev/tty9" in m for m in out["warned"])
     assert "gone" in out["err"]
 
 
