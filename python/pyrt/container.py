@@ -114,7 +114,19 @@ atexit.register(_remove_all_at_exit)
 
 
 class Container:
-    """A container of ``image``. Nothing happens until ``run()`` or ``start()``."""
+    """A container of ``image``. Nothing happens until ``run()`` or ``start()``.
+
+    The options are those of the contract (``../shared/api.md``). Among them:
+
+    - ``network``: ``"none"`` (default; loopback only), ``"host"``, ``"private"`` (outbound
+      access through slirp4netns; ``host.pyrt.internal`` is the host's 127.0.0.1), or another
+      ``Container`` whose network namespace to share (root only).
+    - ``ports``: with ``"private"``, ``{container_port: host}`` where host is None (a free
+      port on 127.0.0.1), a port, ``"ADDR:PORT"`` or ``(ADDR, PORT)``; a key may be
+      ``"53/udp"``. ``port(n)`` says which host port was chosen.
+    - ``rootless``: a user namespace with the caller as root (the default when not root;
+      ``True`` asks for it as root too, the stronger choice for untrusted code).
+    """
 
     def __init__(
         self,
