@@ -19,7 +19,9 @@ pub const STATUS_FD: RawFd = 5;
 pub fn run(child: Pid) -> ! {
     let all = SigSet::all();
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
-    let code = loop {
+    // The command may have exited before the mask above: its SIGCHLD, arriving while ignored
+    // by default, is gone, so look once before waiting for the next one.
+    let code = reap(child).unwrap_or_else(|| loop {
         let sig = match all.wait() {
             Ok(s) => s,
             Err(_) => continue,
@@ -33,7 +35,7 @@ pub fn run(child: Pid) -> ! {
         if let Some(raw) = reap(child) {
             break raw;
         }
-    };
+    });
     // SAFETY: writing four bytes from a local to our own descriptor.
     unsafe { libc::write(STATUS_FD, (&code as *const i32).cast(), 4) };
     let exit = if libc::WIFEXITED(code) {
