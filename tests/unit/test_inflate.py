@@ -8,13 +8,13 @@ import io
 
 import pytest
 
-from pyrt.image.layers import _Inflater
+from pyrt.image.inflate import Inflater
 
 zstandard = pytest.importorskip("zstandard")
 
 
 def inflate(blob: bytes) -> bytes:
-    inf = _Inflater(io.BytesIO(blob), "test", None)
+    inf = Inflater(io.BytesIO(blob), "test", None)
     try:
         out = b""
         while chunk := inf.read(7777):

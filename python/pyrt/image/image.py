@@ -14,7 +14,7 @@ from typing import IO, Any, Optional, Union
 
 from .. import _core, userns
 from ..errors import ImageError, ImageNotFound
-from . import layers, oci, registry, store
+from . import flatten, layers, oci, registry, store
 from .config import ImageConfig
 from .progress import Progress
 from .unpack import WHITEOUTS_KEEP
@@ -132,7 +132,7 @@ class Image:
             parent = got.chain_id
             lower = (str(got.root), *lower)
         if not overlay_supported():
-            lower = (str(layers.flatten(r.config_digest, lower)),)
+            lower = (str(flatten.flatten(r.config_digest, lower)),)
         return cls(
             "oci",
             lower,

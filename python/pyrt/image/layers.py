@@ -15,10 +15,7 @@ import hashlib
 import io
 import json
 import os
-import queue
-import shutil
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -31,147 +28,10 @@ from ..errors import ImageError, UnsafeImageError
 from ..places import ensure_dir
 from . import store
 from . import unpack as limits
+from .inflate import Inflater, Progress, file_digest
 from .unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
 
-_GZIP = b"\x1f\x8b"
-_ZSTD = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
-
-#: Called with the number of bytes just read from a blob (progress bars).
-Progress = Callable[[int], None]
-
-
-class _Inflater(io.RawIOBase):
-    """The uncompressed stream of a blob (gzip, zstd or none, told by its magic bytes: media
-    types lie often enough; the content cannot), hashed as it goes.
-
-    Decompressing and hashing run on a worker thread: zlib, zstd and hashlib release the GIL,
-    so on a machine with two cores they overlap with the unpacker's file system calls instead
-    of adding to them (measured: a third off a Debian rootfs layer)."""
-
-    def __init__(self, raw: IO[bytes], what: str, progress: Optional[Progress]) -> None:
-        self.raw = raw
-        self.what = what
-        self.progress = progress
-        self.sha = hashlib.sha256()
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=16)
-        self.stop = threading.Event()
-        self.buf = memoryview(b"")
-        self.done = False
-        self.worker = threading.Thread(target=self._run, name="pyrt-inflate", daemon=True)
-        self.worker.start()
-
-    def readable(self) -> bool:
-        return True
-
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _decoder(self, head: bytes) -> Any:
-        if head.startswith(_GZIP):
-            return _Gunzip()
-        if head.startswith(_ZSTD):
-            try:
-                import zstandard
-            except ImportError as e:  # pragma: no cover - a dependency of the package
-                raise ImageError(f"{self.what}: zstd-compressed; install zstandard") from e
-            return _Unzstd(zstandard)
-        return None
-
-    def _run(self) -> None:
-        try:
-            chunk = self.raw.read(_CHUNK)
-            dec = self._decoder(chunk[:4])
-            while chunk:
-                if self.progress is not None:
-                    self.progress(len(chunk))
-                out = dec.feed(chunk) if dec is not None else chunk
-                if out:
-                    self.sha.update(out)
-                    if not self._put(out):
-                        return
-                chunk = self.raw.read(_CHUNK)
-            if dec is not None:
-                dec.finish()
-            self._put(None)
-        except BaseException as e:
-            self._put(e)
-
-    def readinto(self, b: Any) -> int:
-        while not self.buf:
-            if self.done:
-                return 0
-            item = self.q.get()
-            if item is None:
-                self.done = True
-                return 0
-            if isinstance(item, BaseException):
-                self.done = True
-                raise item
-            self.buf = memoryview(item)
-        n = min(len(b), len(self.buf))
-        b[:n] = self.buf[:n]
-        self.buf = self.buf[n:]
-        return n
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.worker.join()
-        super().close()
-
-    def digest(self) -> str:
-        return "sha256:" + self.sha.hexdigest()
-
-
-class _Gunzip:
-    """gzip, including several members one after the other (as pigz and some tools write)."""
-
-    def __init__(self) -> None:
-        self.d = zlib.decompressobj(31)
-
-    def feed(self, data: bytes) -> bytes:
-        out = [self.d.decompress(data)]
-        while self.d.eof and self.d.unused_data:
-            rest = self.d.unused_data
-            self.d = zlib.decompressobj(31)
-            out.append(self.d.decompress(rest))
-        return b"".join(out)
-
-    def finish(self) -> None:
-        if not self.d.eof:
-            raise EOFError("the gzip stream ends early")
-
-
-class _Unzstd:
-    """zstd, including several frames one after the other."""
-
-    def __init__(self, zstandard: Any) -> None:
-        self.z = zstandard.ZstdDecompressor()
-        self.d = self.z.decompressobj()
-
-    def feed(self, data: bytes) -> bytes:
-        if self.d.eof:  # the last chunk ended exactly with a frame
-            self.d = self.z.decompressobj()
-        out = [self.d.decompress(data)]
-        while self.d.eof and self.d.unused_data:
-            rest = self.d.unused_data
-            self.d = self.z.decompressobj()
-            out.append(self.d.decompress(rest))
-        return b"".join(out)
-
-    def finish(self) -> None:
-        if not getattr(self.d, "eof", True):
-            raise EOFError("the zstd stream ends early")
 
 
 def hex_of(digest: str, what: str) -> str:
@@ -180,15 +40,6 @@ def hex_of(digest: str, what: str) -> str:
     if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
         raise ImageError(f"{what}: unsupported or malformed digest {digest!r}")
     return hexd
-
-
-def file_digest(f: IO[bytes], progress: Optional[Progress] = None) -> str:
-    sha = hashlib.sha256()
-    while chunk := f.read(_CHUNK):
-        sha.update(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return "sha256:" + sha.hexdigest()
 
 
 def layers_dir() -> Path:
@@ -251,7 +102,7 @@ def ensure_layer(
         (tmp / "root").mkdir(mode=0o755)
         with opener() as raw:
             # The blob's own digest was checked already (above, or on download).
-            inflater = _Inflater(raw, what, progress if verified or blob_digest is None else None)
+            inflater = Inflater(raw, what, progress if verified or blob_digest is None else None)
             try:
                 stream = io.BufferedReader(inflater, _CHUNK)
                 stats = unpack_stream(stream, tmp / "root", what, WHITEOUTS_OVERLAY, lowers)
@@ -377,7 +228,6 @@ def _unpack_in_userns(
 
 
 def _is_codec_error(e: BaseException) -> bool:
-    import zlib
 
     if isinstance(e, (zlib.error, EOFError)):
         return True
@@ -432,67 +282,3 @@ def collect(
         userns.remove_tree(d)
         removed.append(name)
     return removed
-
-
-def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
-    """One directory holding the stacked layers (topmost first in ``lower``), for a kernel
-    without overlayfs. Whiteout markers are applied as deletions; the copy costs disk and
-    time, hence the warning."""
-    import subprocess
-    import warnings
-
-    final = store.root() / "flat" / hex_of(config_digest, "image")
-    if final.is_dir():
-        return final
-    warnings.warn(
-        "overlayfs is not available: the image's layers are copied into one flattened "
-        f"directory ({final}); this costs disk space and time",
-        stacklevel=3,
-    )
-    tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir(), prefix="flat-"))
-    try:
-        os.chmod(tmp, 0o755)
-        for layer in reversed(lower):
-            _apply_layer_tree(Path(layer), tmp, subprocess)
-        store.place_tree(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def _apply_layer_tree(layer: Path, dest: Path, subprocess: Any) -> None:
-    """Copies one unpacked layer onto ``dest``: its whiteout devices and opaque directories
-    delete from what is there, then its files are copied over (``cp -a`` keeps owners, modes,
-    times, links and xattrs)."""
-    for dirpath, dirnames, filenames in os.walk(layer):
-        rel = Path(dirpath).relative_to(layer)
-        with contextlib.suppress(OSError):
-            if os.getxattr(dirpath, "trusted.overlay.opaque") == b"y" and (dest / rel).is_dir():
-                for child in os.listdir(dest / rel):
-                    _rm(dest / rel / child)
-        for name in dirnames + filenames:
-            if _is_whiteout(os.lstat(os.path.join(dirpath, name))):
-                _rm(dest / rel / name)
-    r = subprocess.run(["cp", "-a", f"{layer}/.", str(dest)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise ImageError(f"flattening {layer}: {r.stderr.strip()}")
-    # The markers themselves came along: drop them.
-    for dirpath, _dirnames, filenames in os.walk(dest):
-        with contextlib.suppress(OSError):
-            os.removexattr(dirpath, "trusted.overlay.opaque")
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if _is_whiteout(os.lstat(full)):
-                os.unlink(full)
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
-
-
-def _rm(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
