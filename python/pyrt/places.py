@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -28,7 +29,27 @@ def state_root() -> Path:
         return Path("/run/pyrt")
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "pyrt"
-    return Path(f"/tmp/pyrt-{os.getuid()}")
+    return _private_tmp_dir(Path(f"/tmp/pyrt-{os.getuid()}"))
+
+
+def _private_tmp_dir(p: Path) -> Path:
+    """/tmp/pyrt-$UID, owner-only. In a directory everyone may write to, a name can be taken
+    first by someone else (a directory of theirs, or a symlink to one): refuse it then."""
+    import stat
+
+    from .errors import PyrtError
+
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(p, 0o700)
+    st = os.lstat(p)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PyrtError(
+            f"{p} is not a directory of this user's (someone else made it first?); set "
+            "XDG_RUNTIME_DIR or PYRT_STATE to a private directory"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(p, 0o700)
+    return p
 
 
 def ensure_dir(p: Path, mode: int = 0o700) -> Path:

@@ -34,3 +34,15 @@ def test_fit_drops_unmapped_groups_and_refuses_unmapped_users() -> None:
     one = userns.IdMaps(((0, 1000, 1),), ((0, 1000, 1),))
     with pytest.raises(pyrt.PyrtError, match="subordinate ids"):
         userns.fit(ids, one)
+
+
+def test_tmp_state_dir_is_owner_only(tmp_path: Path) -> None:
+    from pyrt.places import _private_tmp_dir
+
+    d = _private_tmp_dir(tmp_path / "mine")
+    assert d.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "loose").mkdir(mode=0o755)
+    assert _private_tmp_dir(tmp_path / "loose").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "link").symlink_to(tmp_path / "mine")
+    with pytest.raises(pyrt.PyrtError, match="not a directory of this user"):
+        _private_tmp_dir(tmp_path / "link")
