@@ -306,6 +306,9 @@ def test_tag_get_remove_and_gc(
     got = pyrt.Image.get("bb:one")
     assert got.id == img.id and sorted(got.tags) == ["bb:one", "bb:two"]
     assert [i.id for i in pyrt.images()] == [img.id]
+    img.tag("bb")  # "bb" and "bb:latest" name one image, as in Docker
+    assert pyrt.Image.get("bb:latest").id == img.id
+    assert pyrt.Image.get("bb").id == img.id
     layers = [Path(x) for x in img.lower]
     # A running container keeps its layers through remove() of the image.
     with pyrt.Container(got, ["sleep", "30"], entrypoint=[]) as c:

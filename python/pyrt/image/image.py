@@ -211,8 +211,11 @@ class Image:
     def get(cls, name: str) -> Image:
         """An image from the local store by name; ImageNotFound if there is none."""
         rec = store.lookup(name)
+        # "name" and "name:latest" are one image (Docker's rule), whichever was recorded.
         if rec is None and ":" not in name.rpartition("/")[2] and "@" not in name:
             rec = store.lookup(name + ":latest")
+        if rec is None and name.endswith(":latest"):
+            rec = store.lookup(name.removesuffix(":latest"))
         if rec is None:
             raise ImageNotFound(f"no image named {name!r} in the local store ({store.root()})")
         return cls._from_record(rec, [n for n, r in store.read_index().items() if r == rec])
