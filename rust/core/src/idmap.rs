@@ -25,18 +25,34 @@ fn write_proc(pid: i32, file: &str, data: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("writing /proc/{pid}/{file}: {e}")))
 }
 
-fn helper(tool: &str, pid: i32, ranges: &Ranges) -> io::Result<()> {
+/// Starts newuidmap or newgidmap; `finish` waits for it. Both run at once when both are
+/// needed: each is a setuid process costing 1-2 ms, the largest part of a rootless start.
+fn helper(tool: &'static str, pid: i32, ranges: &Ranges) -> io::Result<Helper> {
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for (inside, outside, n) in ranges {
         cmd.args([inside.to_string(), outside.to_string(), n.to_string()]);
     }
-    let out = cmd.output().map_err(|e| {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("{tool} (Debian package uidmap) is needed for this map: {e}"),
         )
     })?;
+    Ok(Helper { tool, child })
+}
+
+struct Helper {
+    tool: &'static str,
+    child: std::process::Child,
+}
+
+fn finish(h: Helper) -> io::Result<()> {
+    let tool = h.tool;
+    let out = h.child.wait_with_output()?;
     if !out.status.success() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -54,19 +70,22 @@ pub fn write(pid: i32, maps: &IdMaps) -> io::Result<()> {
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let own = |r: &Ranges, id: u32| r.len() == 1 && r[0].1 == id && r[0].2 == 1;
-    if euid == 0 || own(&maps.uid, euid) {
+    let uid_helper = if euid == 0 || own(&maps.uid, euid) {
         write_proc(pid, "uid_map", &text(&maps.uid))?;
+        None
     } else {
-        helper("newuidmap", pid, &maps.uid)?;
-    }
-    if euid == 0 {
+        Some(helper("newuidmap", pid, &maps.uid)?)
+    };
+    let gids = if euid == 0 {
         write_proc(pid, "gid_map", &text(&maps.gid))
     } else if own(&maps.gid, egid) {
         // Without this, an unprivileged process may not write a gid map: setgroups could
         // otherwise drop a group that denies it access.
-        write_proc(pid, "setgroups", "deny")?;
-        write_proc(pid, "gid_map", &text(&maps.gid))
+        write_proc(pid, "setgroups", "deny")
+            .and_then(|_| write_proc(pid, "gid_map", &text(&maps.gid)))
     } else {
-        helper("newgidmap", pid, &maps.gid)
-    }
+        helper("newgidmap", pid, &maps.gid).and_then(finish)
+    };
+    let uids = uid_helper.map_or(Ok(()), finish);
+    uids.and(gids)
 }
