@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pyrt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from bench_image import podman as podman_cmd
 
 from helpers import make_busybox_rootfs
 
@@ -64,15 +67,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pyrt-bench-net-", dir="/var/tmp"))
-    podman = [
-        "podman",
-        "--root",
-        str(work / "podman"),
-        "--runroot",
-        str(work / "podman-run"),
-        "--runtime",
-        "runc",
-    ]
+    podman = podman_cmd(work / "podman")
     results: dict[str, list[float]] = {}
     cid = None
     try:

@@ -64,13 +64,15 @@ def make_bundle(root: Path, rootfs: Path, limits: bool) -> Path:
     return bundle
 
 
-def interleave(tools: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each tool: a few warm-up calls each (page cache, pyrt's child
+def interleave(
+    tools: dict[str, Callable[[], None]], rounds: int, warmup: int = 5
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each tool: ``warmup`` calls each (page cache, pyrt's child
     memfd, interpreter paths), then rounds in which every tool takes a turn, in alternating
     order, so that the machine's drift hits all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in tools}
     for fn in tools.values():
-        for _ in range(5):
+        for _ in range(warmup):
             fn()
     for r in range(rounds):
         order = list(tools.items())

@@ -21,11 +21,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pyrt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_start import interleave
 
 DEBIAN = Path("/var/tmp/debian-rootfs")
 
@@ -156,17 +159,8 @@ def main() -> None:
         if shutil.which("skopeo"):
             tools["skopeo + tar"] = run_skopeo_tar
         tools["tar -xzf (floor)"] = run_tar
-        times: dict[str, list[float]] = {k: [] for k in tools}
-        for fn in tools.values():
-            fn()  # warm the page cache and the code paths
-        for r in range(a.rounds):
-            order = list(tools.items())
-            if r % 2:
-                order.reverse()
-            for name, fn in order:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        # One warm-up each (page cache, code paths): a round here takes seconds.
+        times = {k: [ms / 1000 for ms in v] for k, v in interleave(tools, a.rounds, 1).items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ref = statistics.median(times.get("umoci unpack") or times["pyrt"])

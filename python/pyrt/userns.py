@@ -8,9 +8,12 @@ podman does it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -115,28 +118,81 @@ def blocked_because(proc: str = "/proc") -> str | None:
     return None
 
 
-def helper_prefix() -> list[str] | None:
-    """A command prefix that runs a helper in a user namespace mapped as rootless containers
-    are (the caller as 0, its subordinate range from 1), or None when there is no range (or the
-    caller is root): then the caller owns every file pyrt makes. util-linux's unshare does the
-    mapping through newuidmap/newgidmap."""
-    maps = maps_for_caller()
-    if os.geteuid() == 0 or len(maps.uid) < 2 or shutil.which("unshare") is None:
-        return None
-    (_, su, nu), (_, sg, ng) = maps.uid[1], maps.gid[1]
-    return ["unshare", "--map-root-user", f"--map-users={su},1,{nu}",
-            f"--map-groups={sg},1,{ng}", "--"]  # fmt: skip
+def has_range() -> bool:
+    """Whether pyrt maps a subordinate range for this caller (not root, with /etc/subuid and
+    /etc/subgid entries and the helpers): then files may belong to ids other than the caller's,
+    and only the mapped namespace (``in_mapped_namespace``) may set or delete them."""
+    return os.geteuid() != 0 and len(maps_for_caller().uid) > 1
+
+
+def in_mapped_namespace(
+    work: Callable[[int], Any], feed: Callable[[int], None] | None = None
+) -> Any:
+    """Runs ``work(data_fd)`` in a forked child inside a user namespace mapped as rootless
+    containers are (the caller as 0, its range from 1), where it is root and the range's ids
+    exist; ``feed(fd)``, in the parent, writes what the child reads from ``data_fd``. Returns
+    ``work``'s (JSON-able) result, or raises its PyrtError (its class and message kept).
+
+    Forked rather than executed: the interpreter may live where the namespace's root cannot
+    reach (e.g. under /root), and the parent's imports are already there."""
+    from . import errors
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    data_r, data_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through res_w
+        answer: dict[str, Any]
+        try:
+            for fd in (ready_r, go_w, data_w, res_r):
+                os.close(fd)
+            unshare_user()
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            answer = {"ok": work(data_r)}
+        except errors.PyrtError as e:
+            answer = {"error": type(e).__name__, "message": str(e)}
+        except BaseException as e:
+            answer = {"error": "PyrtError", "message": f"in the mapped user namespace: {e}"}
+        try:
+            os.write(res_w, json.dumps(answer).encode())
+        finally:
+            os._exit(0)
+    for fd in (ready_w, go_r, data_r, res_w):
+        os.close(fd)
+    try:
+        if os.read(ready_r, 1) == b"1":
+            write_maps(pid)
+            os.write(go_w, b"1")
+            if feed is not None:
+                # A child that stopped early closes its end: its answer says why.
+                with contextlib.suppress(BrokenPipeError):
+                    feed(data_w)
+    finally:
+        for fd in (ready_r, go_w, data_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with os.fdopen(res_r, "rb") as res:
+            raw = res.read()
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise PyrtError("the helper in the mapped user namespace died without a word") from None
+    if "error" in answer:
+        cls = getattr(errors, answer["error"], PyrtError)
+        raise cls(answer["message"])
+    return answer["ok"]
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
     """Deletes a tree pyrt made, including what a rootless container's processes wrote into it
     as other users (files owned by the caller's subordinate ids, which only a process in the
     mapped user namespace may delete)."""
-    import subprocess
-
     shutil.rmtree(path, ignore_errors=True)
-    if os.path.lexists(path) and (prefix := helper_prefix()) is not None:
-        subprocess.run([*prefix, "rm", "-rf", "--", os.fspath(path)], capture_output=True)
+    if os.path.lexists(path) and has_range():
+        in_mapped_namespace(lambda _fd: shutil.rmtree(path, ignore_errors=True))
 
 
 def unshare_user() -> None:

@@ -185,6 +185,15 @@ def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
         lower = stored.lower[0]
         stored.remove()
         out["removed"] = not os.path.exists(lower)
+        # The mapped namespace's helper: root there, and its errors come back as they were.
+        from pyrt import userns
+        out["helper_uid"] = userns.in_mapped_namespace(lambda _fd: os.getuid())
+        def fail(_fd):
+            raise pyrt.UnsafeImageError("entry 'x' climbs out")
+        try:
+            userns.in_mapped_namespace(fail)
+        except pyrt.UnsafeImageError as e:
+            out["helper_error"] = str(e)
         """,
         public,
         tmp_path,
@@ -194,6 +203,7 @@ def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
     assert out["lines"][2] == "1000 1000"  # a file of another owner: the range makes it possible
     assert out["app"] == "1000\n"
     assert out["owner"] == "1000 1000\n" and out["removed"]
+    assert out["helper_uid"] == 0 and out["helper_error"] == "entry 'x' climbs out"
     assert out["leftover"] == []
 
 

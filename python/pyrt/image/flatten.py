@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from ..errors import ImageError
 from . import store
@@ -18,7 +18,6 @@ def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
     """One directory holding the stacked layers (topmost first in ``lower``), for a kernel
     without overlayfs. Whiteout markers are applied as deletions; the copy costs disk and
     time, hence the warning."""
-    import subprocess
     import warnings
 
     final = store.root() / "flat" / hex_of(config_digest, "image")
@@ -33,7 +32,7 @@ def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
     try:
         os.chmod(tmp, 0o755)
         for layer in reversed(lower):
-            _apply_layer_tree(Path(layer), tmp, subprocess)
+            _apply_layer_tree(Path(layer), tmp)
         store.place_tree(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -41,7 +40,7 @@ def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
     return final
 
 
-def _apply_layer_tree(layer: Path, dest: Path, subprocess: Any) -> None:
+def _apply_layer_tree(layer: Path, dest: Path) -> None:
     """Copies one unpacked layer onto ``dest``: its whiteout devices and opaque directories
     delete from what is there, then its files are copied over (``cp -a`` keeps owners, modes,
     times, links and xattrs)."""

@@ -9,7 +9,6 @@ pulled or loaded in another form finds its layers already there, and does not re
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from .. import userns
-from ..errors import ImageError, UnsafeImageError
+from ..errors import ImageError
 from ..places import ensure_dir
 from . import store
 from . import unpack as limits
@@ -152,7 +151,7 @@ def unpack_stream(
 ) -> UnpackStats:
     """Unpacks a tar stream into ``dest``: here, or for a rootless caller with a subordinate
     range, in the mapped user namespace (so that the image's owners are kept)."""
-    if userns.helper_prefix() is not None:
+    if userns.has_range():
         return _unpack_in_userns(stream, dest, what, whiteouts, lowers)
     return _unpack_here(stream, dest, what, whiteouts, lowers)
 
@@ -167,64 +166,19 @@ def _unpack_here(
 def _unpack_in_userns(
     stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...]
 ) -> UnpackStats:
-    """Rootless with a subordinate range: a forked child enters a user namespace mapped as the
-    containers' are (the caller as 0, its range from 1), where it is root and the image's
-    owners exist, and unpacks the stream the parent feeds it. Forked rather than executed: the
-    interpreter may live where the namespace's root cannot reach (e.g. under /root)."""
-    go_r, go_w = os.pipe()
-    data_r, data_w = os.pipe()
-    res_r, res_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through res_w
-        code = 1
-        try:
-            for fd in (go_w, data_w, res_r, ready_r):
-                os.close(fd)
-            userns.unshare_user()
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
-            with os.fdopen(data_r, "rb") as data:
-                stats = _unpack_here(data, dest, what, whiteouts, lowers)
-            answer: dict[str, Any] = {"stats": dataclasses.asdict(stats)}
-            code = 0
-        except ImageError as e:
-            kind = "unsafe" if isinstance(e, UnsafeImageError) else "image"
-            answer = {"error": kind, "message": str(e)}
-        except BaseException as e:
-            answer = {"error": "image", "message": f"{what}: unpacking failed: {e}"}
-        try:
-            os.write(res_w, json.dumps(answer).encode())
-        finally:
-            os._exit(code)
-    for fd in (go_r, data_r, res_w, ready_w):
-        os.close(fd)
-    try:
-        if os.read(ready_r, 1) != b"1":
-            raise ImageError(f"{what}: could not make a user namespace to unpack in")
-        userns.write_maps(pid)
-        os.write(go_w, b"1")
-        with open(data_w, "wb", closefd=False) as out:
-            try:
-                while chunk := stream.read(_CHUNK):
-                    out.write(chunk)
-            except BrokenPipeError:
-                pass  # the child stopped early: its answer says why
-    finally:
-        for fd in (go_w, data_w, ready_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with os.fdopen(res_r, "rb") as res:
-            raw = res.read()
-        os.waitpid(pid, 0)
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        raise ImageError(f"{what}: the unpacking child died") from None
-    if "error" in answer:
-        cls = UnsafeImageError if answer["error"] == "unsafe" else ImageError
-        raise cls(answer["message"])
-    return UnpackStats(**answer["stats"])
+    """Rootless with a subordinate range: the unpacker runs as root of the mapped user namespace
+    (the containers' mapping), where the image's owners exist, reading the stream we feed it."""
+
+    def work(data_fd: int) -> dict[str, Any]:
+        with os.fdopen(data_fd, "rb") as data:
+            return dataclasses.asdict(_unpack_here(data, dest, what, whiteouts, lowers))
+
+    def feed(data_fd: int) -> None:
+        with open(data_fd, "wb", closefd=False) as out:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+
+    return UnpackStats(**userns.in_mapped_namespace(work, feed))
 
 
 def _is_codec_error(e: BaseException) -> bool:

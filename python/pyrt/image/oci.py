@@ -261,10 +261,7 @@ def _read_small(f: IO[bytes], what: str) -> bytes:
 
 def _resolve_layout(src: Any, ref: Optional[str]) -> Resolved:
     what = src.what
-    try:
-        layout = parse_json(_read_small(src.open_path("oci-layout"), what), what + " oci-layout")
-    except ImageError:
-        raise
+    layout = parse_json(_read_small(src.open_path("oci-layout"), what), what + " oci-layout")
     if layout.get("imageLayoutVersion") != "1.0.0":
         raise ImageError(
             f"{what}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}"
