@@ -48,9 +48,42 @@ fn main() {
     let status = cmd.status().expect("running cargo to build pyrt-child");
     assert!(status.success(), "building pyrt-child failed");
 
+    // pyrt-runc, the OCI runtime, by a second call: features unify across the packages of one
+    // call, and pyrt-child must stay without the spec parser. maturin ships it as a script
+    // of the wheel (`[tool.maturin] data`), so that installing pyrt puts it on PATH.
+    let mut runc = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let child_manifest = child_dir.join("Cargo.toml");
+    let runc_manifest = manifest_dir.join("../runc/Cargo.toml");
+    runc.args(cmd.get_args().map(|a| {
+        if a == "pyrt-child" {
+            std::ffi::OsStr::new("pyrt-runc")
+        } else if a == child_manifest.as_os_str() {
+            runc_manifest.as_os_str()
+        } else {
+            a
+        }
+    }));
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => runc.env(k, v),
+            None => runc.env_remove(k),
+        };
+    }
+    let status = runc.status().expect("running cargo to build pyrt-runc");
+    assert!(status.success(), "building pyrt-runc failed");
+    let scripts = manifest_dir.join("../../python/pyrt.data/scripts");
+    std::fs::create_dir_all(&scripts).expect("creating python/pyrt.data/scripts");
+    let built = target_dir.join(&target).join("child").join("pyrt-runc");
+    // A rename over the old file: a running pyrt-runc keeps its own image.
+    let tmp = scripts.join(".pyrt-runc.tmp");
+    std::fs::copy(&built, &tmp).expect("copying pyrt-runc");
+    std::fs::rename(&tmp, scripts.join("pyrt-runc")).expect("placing pyrt-runc");
+
     let bin = target_dir.join(&target).join("child").join("pyrt-child");
     println!("cargo:rustc-env=PYRT_CHILD_BIN={}", bin.display());
     for d in [
+        manifest_dir.join("../runc/src"),
+        manifest_dir.join("../runc/Cargo.toml"),
         child_dir.join("src"),
         core_dir.join("src"),
         child_dir.join("Cargo.toml"),

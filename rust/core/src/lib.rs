@@ -5,6 +5,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod child;
+pub mod hooks;
 pub mod idmap;
 pub mod io;
 pub mod logs;

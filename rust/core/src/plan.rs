@@ -17,6 +17,7 @@ use crate::capabilities::CapSets;
 use crate::cgroups::CgroupPlan;
 #[cfg(feature = "spec")]
 use crate::cgroups::Resources;
+use crate::hooks::Hook;
 #[cfg(feature = "spec")]
 use crate::mountopts;
 use crate::mountopts::MountFlags;
@@ -149,6 +150,43 @@ pub struct Plan {
     /// the plan (so the child does nothing before they are in place).
     pub id_maps: Option<IdMaps>,
     pub process: Process,
+    /// `linux.devices`: nodes made in the container's /dev (after the default ones).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// The container outlives the process that made it (`pyrt-runc create`): no parent-death
+    /// signal, no lifeline.
+    #[serde(default)]
+    pub detached: bool,
+    /// `pyrt-runc create`: once set up, wait for `start` to connect to a unix socket named
+    /// `start.sock`, bound in this directory before pivot_root; errors after that go to `start`.
+    #[serde(default)]
+    pub start_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub hooks: ChildHooks,
+}
+
+/// A device node of `linux.devices`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Device {
+    /// Absolute, normalised path inside the container.
+    pub path: PathBuf,
+    /// S_IFCHR, S_IFBLK or S_IFIFO.
+    pub kind: u32,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits (0666 when the spec names none).
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// The hooks the child runs itself, and whether it stops before pivot_root so that the parent
+/// runs the runtime namespace's (`createRuntime`, `prestart`) and sends the state JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChildHooks {
+    pub sync: bool,
+    pub create_container: Vec<Hook>,
+    pub start_container: Vec<Hook>,
 }
 
 /// A user namespace's maps: (id inside, id outside, count) ranges.
@@ -172,6 +210,9 @@ pub struct ExecPlan {
     /// in its pid namespace, and only a single-threaded one may enter it.
     #[serde(default)]
     pub fork_into_pidns: bool,
+    /// The process outlives the one that started it (`pyrt-runc exec --detach`).
+    #[serde(default)]
+    pub detached: bool,
 }
 
 /// What a child is asked to do. One is made per spawn and serialised at once: its size does
@@ -219,6 +260,7 @@ impl ExecPlan {
             process: plan_process(&spec)?,
             seccomp,
             fork_into_pidns: !same_namespace(target, "user"),
+            detached: false,
         })
     }
 }
@@ -368,8 +410,84 @@ impl Plan {
                 .is_some_and(|v| v == "true"),
             new_cgroupns,
             process,
+            devices: plan_devices(linux)?,
+            detached: false,
+            start_socket: None,
+            hooks: plan_hooks(spec),
         })
     }
+}
+
+#[cfg(feature = "spec")]
+fn plan_hooks(spec: &Spec) -> ChildHooks {
+    let Some(h) = spec.hooks().as_ref() else {
+        return ChildHooks::default();
+    };
+    let list = |v: &Option<Vec<oci_spec::runtime::Hook>>| -> Vec<Hook> {
+        v.iter().flatten().map(Hook::from_spec).collect()
+    };
+    #[allow(deprecated)]
+    let prestart = list(h.prestart());
+    let create_runtime = list(h.create_runtime());
+    let create_container = list(h.create_container());
+    let start_container = list(h.start_container());
+    ChildHooks {
+        sync: !(prestart.is_empty()
+            && create_runtime.is_empty()
+            && create_container.is_empty()
+            && start_container.is_empty()),
+        create_container,
+        start_container,
+    }
+}
+
+#[cfg(feature = "spec")]
+fn plan_devices(linux: Option<&oci_spec::runtime::Linux>) -> Result<Vec<Device>, PlanError> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let mut out = Vec::new();
+    for (i, d) in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("linux.devices[{i}]");
+        let path =
+            normalize_destination(d.path()).map_err(|r| field_err(format!("{field}.path"), r))?;
+        if !path.starts_with("/dev") {
+            return Err(field_err(
+                format!("{field}.path"),
+                format!("{} is not under /dev", path.display()),
+            ));
+        }
+        let kind = match d.typ() {
+            T::C | T::U => libc::S_IFCHR,
+            T::B => libc::S_IFBLK,
+            T::P => libc::S_IFIFO,
+            T::A => {
+                return Err(field_err(
+                    format!("{field}.type"),
+                    "\"a\" is for the cgroup allow-list, not a node",
+                ))
+            }
+        };
+        if kind != libc::S_IFIFO && (d.major() < 0 || d.minor() < 0) {
+            return Err(field_err(
+                field,
+                "a character or block device needs major and minor numbers",
+            ));
+        }
+        out.push(Device {
+            path,
+            kind,
+            major: d.major(),
+            minor: d.minor(),
+            mode: d.file_mode().unwrap_or(0o666) & 0o7777,
+            uid: d.uid(),
+            gid: d.gid(),
+        });
+    }
+    Ok(out)
 }
 
 /// Only sysctls that a namespace isolates, and only with that namespace the container's own

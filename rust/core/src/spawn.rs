@@ -97,6 +97,8 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     /// Where a failure of execveat itself is reported (the child's copy of the error pipe).
     report_fd: RawFd,
+    /// Die with the parent (not for a container that must outlive `pyrt-runc create`).
+    pdeathsig: bool,
 }
 
 const FD_FLOOR: RawFd = 10;
@@ -106,13 +108,15 @@ extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points at the ChildArgs the parent thread keeps alive while it sleeps.
     let a = unsafe { &*(arg as *const ChildArgs) };
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        if a.pdeathsig {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+        }
         for (target, src) in a.fds.iter().enumerate() {
             if libc::dup2(*src, target as RawFd) < 0 {
                 return fail(a.report_fd);
@@ -360,6 +364,10 @@ pub fn spawn_held(
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         report_fd: sources[4].as_raw_fd(),
+        pdeathsig: match request {
+            Request::Create(p) => !p.detached,
+            Request::Exec(e) => !e.detached,
+        },
     };
     let clone_flags = match request {
         Request::Create(p) => p.clone_flags,
@@ -444,8 +452,22 @@ pub fn spawn_held(
     ))
 }
 
+/// The record a child writes when it stops before pivot_root for the parent's hooks
+/// (`plan.hooks.sync`); the parent answers on the plan pipe with the state JSON, length first.
+pub const SYNC_RECORD: &[u8; 8] = b"PYRTSYNC";
+
 /// Sends the plan to a held child and waits for its report: Ok once the command runs.
 pub fn release(child: &mut Child, pending: Pending) -> Result<(), SetupError> {
+    release_with(child, pending, |_| Ok("{}".into()))
+}
+
+/// `release`, with `on_sync` run when the child stops before pivot_root: it runs the runtime
+/// namespace's hooks and returns the state JSON the child's own hooks get.
+pub fn release_with(
+    child: &mut Child,
+    pending: Pending,
+    mut on_sync: impl FnMut(i32) -> Result<String, SetupError>,
+) -> Result<(), SetupError> {
     let Pending {
         request: request_bytes,
         report: err_r,
@@ -460,10 +482,37 @@ pub fn release(child: &mut Child, pending: Pending) -> Result<(), SetupError> {
     let _ = w
         .write_all(&(request_bytes.len() as u32).to_le_bytes())
         .and_then(|_| w.write_all(&request_bytes));
-    drop(w);
 
+    let mut err_r = std::fs::File::from(err_r);
     let mut report = Vec::new();
-    let _ = std::fs::File::from(err_r).read_to_end(&mut report);
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match err_r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if &head == SYNC_RECORD {
+        match on_sync(child.pid) {
+            Ok(state) => {
+                let _ = w
+                    .write_all(&(state.len() as u32).to_le_bytes())
+                    .and_then(|_| w.write_all(state.as_bytes()));
+            }
+            Err(e) => {
+                let _ = child.kill(libc::SIGKILL);
+                let _ = child.wait(None);
+                return Err(e);
+            }
+        }
+    } else {
+        report.extend_from_slice(&head[..got]);
+    }
+    drop(w);
+    let _ = err_r.read_to_end(&mut report);
     if report.is_empty() {
         return Ok(());
     }

@@ -115,7 +115,7 @@ impl Group {
             if g.dirs.iter().any(|(_, d)| *d == dir) {
                 continue;
             }
-            if let Err(e) = fs::create_dir(&dir) {
+            if let Err(e) = make_parents(&c.mount, &dir, name).and_then(|_| fs::create_dir(&dir)) {
                 if e.kind() != std::io::ErrorKind::AlreadyExists {
                     let _ = g.destroy();
                     return Err(io_err("creating cgroup", &dir)(e));
@@ -297,4 +297,33 @@ fn limit_name(ctrl: &str) -> &'static str {
         "cpuset" => "cpuset",
         _ => "cgroup",
     }
+}
+
+/// Creates the missing directories above `dir` (a path such as containerd's or podman's
+/// `/parent/name`), each a new cgroup. A new cpuset cgroup starts with no cpus and no memory
+/// nodes, in which no process may run: it gets its parent's.
+fn make_parents(mount: &Path, dir: &Path, controller: &str) -> std::io::Result<()> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let missing: Vec<&Path> = parent
+        .ancestors()
+        .take_while(|a| a.starts_with(mount) && *a != mount && !a.exists())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if controller == "cpuset" {
+            if let Some(up) = d.parent() {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = fs::read_to_string(up.join(f))?;
+                    fs::write(d.join(f), v.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

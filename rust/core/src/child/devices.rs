@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
+use crate::plan::Device;
 use crate::report::{SetupError, Stage};
 use crate::syscall::{self, cstring, fd_path, open_in_root};
 
@@ -77,6 +78,60 @@ pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
                 return Err(SetupError::io(
                     Stage::Devices,
                     format!("symlink /dev/{name}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The nodes `linux.devices` names, with their owners. In a user namespace (mknod refused) the
+/// host's node at the same path is bound instead, as runc does.
+pub fn create(root: &OwnedFd, devices: &[Device]) -> Result<(), SetupError> {
+    for d in devices {
+        let rel = d.path.strip_prefix("/").unwrap_or(&d.path);
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let shown = d.path.display().to_string();
+        let dir = super::rootfs::ensure_in_root(root, &Path::new("/").join(parent), false)
+            .map_err(err(format!("the directory of {shown}")))?;
+        let name = rel.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
+        let c = cstring(name).map_err(err(shown.clone()))?;
+        // SAFETY: unlinking and making a node relative to a directory descriptor we hold.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+        let dev = libc::makedev(d.major as u32, d.minor as u32);
+        // SAFETY: as above.
+        let r = unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), d.kind | d.mode, dev) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EPERM) {
+                return Err(SetupError::io(Stage::Devices, format!("mknod {shown}"), &e));
+            }
+            let target = super::rootfs::ensure_in_root(root, &d.path, true)
+                .map_err(err(format!("creating {shown}")))?;
+            let src = syscall::cpath(&d.path).map_err(err(shown.clone()))?;
+            syscall::mount(Some(&src), &fd_path(&target), None, libc::MS_BIND, None)
+                .map_err(err(format!("bind mounting the host's {shown}")))?;
+            continue;
+        }
+        // mknod applies the umask (0 here) but not the set-id bits: chmod for the whole mode.
+        let uid = d.uid.map_or(u32::MAX, |u| u);
+        let gid = d.gid.map_or(u32::MAX, |g| g);
+        // SAFETY: as above.
+        unsafe {
+            if libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), d.mode, 0) != 0
+                || libc::fchownat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) != 0
+            {
+                let e = io::Error::last_os_error();
+                return Err(SetupError::io(
+                    Stage::Devices,
+                    format!("owner and mode of {shown}"),
                     &e,
                 ));
             }

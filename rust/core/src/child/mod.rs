@@ -17,6 +17,7 @@
 mod cgroupfs;
 mod console;
 mod devices;
+pub mod gate;
 mod init;
 pub mod network;
 mod process;
@@ -34,6 +35,8 @@ use crate::syscall;
 
 pub const PLAN_FD: i32 = 3;
 pub const ERROR_FD: i32 = 4;
+/// The start gate's socket name in a `pyrt-runc` container's state directory.
+pub const GATE_SOCKET: &str = gate::SOCKET_NAME;
 
 /// Entry point of `pyrt-child`. Never returns: it becomes the container's command or exits.
 /// Where a re-executed pyrt-child finds its plan (see `reexec_in_userns`).
@@ -169,13 +172,41 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     if plan.default_devices {
         devices::populate(&root)?;
     }
+    devices::create(&root, &plan.devices)?;
     // 5b. A missing working directory is made inside the root (Docker's rule). A failure (a
     //     read-only root, a path through a file) is left for step 10, whose chdir error names it.
     if plan.create_cwd {
         let _ = rootfs::ensure_in_root(&root, &plan.process.cwd, false);
     }
+    // 5c. Sysctls, before /proc/sys may be made read-only below: the files of the namespaced
+    //     ones act on the namespaces of the writer, which are the container's already.
+    for (k, v) in &plan.sysctl {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        process::write_proc(&path, v).map_err(|e| match e.raw_os_error() {
+            Some(libc::EXDEV) => SetupError::new(
+                Stage::Sysctl,
+                libc::EXDEV,
+                format!("sysctl {k}: {path} is not on a procfs (something is mounted over it); refusing to write it"),
+            ),
+            _ => SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e),
+        })?;
+    }
     // 6. Masked and read-only paths, in the container's /proc and /sys mounted above.
     rootfs::mask_and_protect(&root, &plan.masked_paths, &plan.readonly_paths)?;
+    // 6b. pyrt-runc: the start gate's socket, bound while the state directory is reachable;
+    //     then, with hooks, stop for the parent's createRuntime/prestart hooks and run the
+    //     createContainer hooks here, in the container's namespaces, before pivot_root.
+    let gate = match &plan.start_socket {
+        Some(dir) => Some(gate::bind(dir)?),
+        None => None,
+    };
+    let state = if plan.hooks.sync {
+        sync_with_parent()?
+    } else {
+        String::new()
+    };
+    crate::hooks::run_all(&plan.hooks.create_container, &state)
+        .map_err(|e| SetupError::new(Stage::Exec, libc::EIO, format!("createContainer {e}")))?;
     // 7. Swap roots; the host's tree is detached and unreachable from here on.
     rootfs::pivot(&root)?;
     drop(root);
@@ -201,41 +232,68 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     if plan.loopback {
         network::loopback_up()?;
     }
-    for (k, v) in &plan.sysctl {
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        process::write_proc(&path, v).map_err(|e| match e.raw_os_error() {
-            Some(libc::EXDEV) => SetupError::new(
-                Stage::Sysctl,
-                libc::EXDEV,
-                format!("sysctl {k}: {path} is not on a procfs (something is mounted over it); refusing to write it"),
-            ),
-            _ => SetupError::io(Stage::Sysctl, format!("sysctl {k}={v}"), &e),
-        })?;
-    }
     // 10-14: the process itself, shared with exec.
-    Err(become_command(
-        &plan.process,
-        plan.seccomp.as_ref(),
-        plan.init,
-    ))
+    let how = Finish {
+        seccomp: plan.seccomp.as_ref(),
+        init: plan.init,
+        detached: plan.detached,
+        gate: gate
+            .as_ref()
+            .map(|g| (g, plan.hooks.start_container.as_slice(), state.as_str())),
+    };
+    Err(become_command(&plan.process, how))
+}
+
+/// How a process ends its setup: its filter, whether an init stays, and for `pyrt-runc` whether
+/// it outlives its parent and waits at the start gate first.
+struct Finish<'a> {
+    seccomp: Option<&'a Program>,
+    init: bool,
+    detached: bool,
+    gate: Option<(&'a std::os::fd::OwnedFd, &'a [crate::hooks::Hook], &'a str)>,
+}
+
+/// Stops before pivot_root: tells the parent (the sync record on the error pipe) and reads the
+/// state JSON it answers with, once its own hooks have run. EOF: the parent gave up.
+fn sync_with_parent() -> Result<String, SetupError> {
+    // SAFETY: our descriptors, borrowed for a write and a read.
+    let mut report = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(ERROR_FD) });
+    let mut plan = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
+    let bad = |e: io::Error| SetupError::io(Stage::Exec, "waiting for the runtime's hooks", &e);
+    report.write_all(crate::spawn::SYNC_RECORD).map_err(bad)?;
+    let mut len = [0u8; 4];
+    if plan.read_exact(&mut len).is_err() {
+        std::process::exit(127);
+    }
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    plan.read_exact(&mut buf).map_err(bad)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// The last steps, for a container's command and an exec alike; returns only on failure.
-fn become_command(p: &Process, seccomp: Option<&Program>, init: bool) -> SetupError {
-    match prepare_command(p, seccomp, init) {
+fn become_command(p: &Process, how: Finish) -> SetupError {
+    match prepare_command(p, how) {
         Ok(exe) => process::exec(p, &exe),
         Err(e) => e,
     }
 }
 
-fn prepare_command(
-    p: &Process,
-    seccomp: Option<&Program>,
-    init: bool,
-) -> Result<PathBuf, SetupError> {
+fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
+    let Finish {
+        seccomp,
+        init,
+        detached,
+        gate,
+    } = how;
     // 10. Process attributes: rlimits, then user and capabilities, then the working directory
     //     (as the user, so its permissions apply), then the executable's lookup.
     process::rlimits(p)?;
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it now, before the
+    // capabilities go (runc's order); with it, as late as possible (step 12).
+    let seccomp_early = !p.no_new_privs;
+    if seccomp_early {
+        install_seccomp(seccomp)?;
+    }
     process::switch_user(p, setgroups_allowed())?;
     process::enter_cwd(p)?;
     let exe = process::lookup(p)?;
@@ -246,8 +304,16 @@ fn prepare_command(
     //     the lifeline checked after, which closes the window in which the parent may have
     //     died. Then the seccomp filter, after the last setup syscall.
     process::reset_signals();
-    rearm_parent_death()?;
-    install_seccomp(seccomp)?;
+    if !detached {
+        rearm_parent_death()?;
+    }
+    // 12b. pyrt-runc: wait for `start` (and run the startContainer hooks).
+    if let Some((listener, hooks, state)) = gate {
+        gate::wait(listener, hooks, state)?;
+    }
+    if !seccomp_early {
+        install_seccomp(seccomp)?;
+    }
     // 13. With init, fork: the child becomes the command, we stay as pid 1. Our copy of the
     //     error pipe is closed so that the parent's EOF still means "the command runs".
     if init {
@@ -341,8 +407,12 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
     // outside to pass its wait status on (the init path does exactly that).
     Err(become_command(
         &plan.process,
-        plan.seccomp.as_ref(),
-        plan.fork_into_pidns,
+        Finish {
+            seccomp: plan.seccomp.as_ref(),
+            init: plan.fork_into_pidns,
+            detached: plan.detached,
+            gate: None,
+        },
     ))
 }
 

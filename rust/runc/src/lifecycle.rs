@@ -1,0 +1,426 @@
+//! `create`, `start`, `run`, `kill` and `delete`: the runtime spec's lifecycle (runtime.md,
+//! "Lifecycle" and "Operations") with runc's exit codes and messages.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::Spec;
+use pyrt_core::cgroups::{self, Cgroup, CgroupPlan};
+use pyrt_core::hooks::{self, Hook};
+use pyrt_core::plan::{Plan, Request};
+use pyrt_core::report::{SetupError, Stage};
+use pyrt_core::spawn::{self, Child, ChildImage, Placement};
+
+use crate::error::{io_err, Result, RuncError};
+use crate::log;
+use crate::state::{self, Record, Status};
+
+pub struct CreateOpts<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// The pyrt-child image: this very binary, copied into a sealed memfd, so that a container can
+/// reach only that copy through /proc/self/exe (CVE-2019-5736).
+fn child_image() -> Result<ChildImage> {
+    let exe = std::fs::read("/proc/self/exe").map_err(io_err("reading /proc/self/exe"))?;
+    ChildImage::from_bytes(&exe).map_err(io_err("making the sealed copy of pyrt-runc"))
+}
+
+pub fn child_image_pub() -> Result<ChildImage> {
+    child_image()
+}
+
+pub fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| RuncError::Spec(format!("{}: {e}", path.display())))
+}
+
+fn hook_list(v: &Option<Vec<oci_spec::runtime::Hook>>) -> Vec<Hook> {
+    v.iter().flatten().map(Hook::from_spec).collect()
+}
+
+/// Connects to the console socket: fd 0 of the child, which sends the pty master over it.
+fn console(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(io_err(format!(
+        "connecting to the console socket {}",
+        path.display()
+    )))
+}
+
+fn cgroup_plan(spec: &Spec, plan: &Plan, id: &str) -> Result<Option<CgroupPlan>> {
+    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    if let Some(p) = &path {
+        let s = p.to_string_lossy();
+        if !s.starts_with('/') && s.matches(':').count() == 2 {
+            return Err(RuncError::Spec(format!(
+                "linux.cgroupsPath {s:?} is a systemd slice:prefix:name; pyrt-runc has no systemd cgroup driver (use cgroupfs)"
+            )));
+        }
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    Ok(match (&plan.cgroup, root) {
+        (Some(c), _) => Some(c.clone()),
+        // Without a path, a cgroup of our own naming: `kill --all`, `ps` and `delete` need one.
+        (None, true) => Some(CgroupPlan {
+            path: PathBuf::from(format!("/pyrt-runc/{id}")),
+            resources: Default::default(),
+        }),
+        (None, false) => None,
+    })
+}
+
+/// What `create` leaves running: the init, blocked at the start gate.
+pub struct Created {
+    pub child: Child,
+}
+
+pub fn create(o: &CreateOpts) -> Result<Created> {
+    let dir = state::dir(o.root, o.id)?;
+    let bundle = std::fs::canonicalize(&o.bundle)
+        .map_err(io_err(format!("the bundle {}", o.bundle.display())))?;
+    let mut spec = load_spec(&bundle)?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    match (terminal, &o.console_socket) {
+        (true, None) => {
+            return Err(RuncError::Usage(
+                "process.terminal is true: a --console-socket is needed to receive the pty".into(),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(RuncError::Usage(
+                "--console-socket given but process.terminal is false".into(),
+            ))
+        }
+        _ => {}
+    }
+    // root.path is relative to the bundle.
+    let rootfs = match spec.root().as_ref() {
+        Some(r) => bundle.join(r.path()),
+        None => return Err(RuncError::Spec("config.json: root: missing".into())),
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(io_err(format!("root.path {}", rootfs.display())))?;
+    if let Some(r) = spec.root_mut() {
+        r.set_path(rootfs.clone());
+    }
+    let mut plan = Plan::from_spec(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
+    let cg_plan = cgroup_plan(&spec, &plan, o.id)?;
+    plan.detached = true;
+    plan.start_socket = Some(dir.clone());
+
+    std::fs::create_dir_all(o.root).map_err(io_err(format!(
+        "creating the state root {}",
+        o.root.display()
+    )))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuncError::Exists(o.id.into()))
+        }
+        Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
+    }
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    let record = Record {
+        id: o.id.into(),
+        pid: 0,
+        start_time: 0,
+        bundle: bundle.clone(),
+        rootfs,
+        created: log::now_rfc3339(),
+        owner: String::new(),
+        annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        cgroup: Vec::new(),
+        poststart: hook_list(hooks.poststart()),
+        poststop: hook_list(hooks.poststop()),
+    };
+    #[allow(deprecated)]
+    let runtime_hooks: Vec<Hook> = hook_list(hooks.prestart())
+        .into_iter()
+        .chain(hook_list(hooks.create_runtime()))
+        .collect();
+    let r = start_init(o, &plan, cg_plan.as_ref(), record, &runtime_hooks);
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn start_init(
+    o: &CreateOpts,
+    plan: &Plan,
+    cg_plan: Option<&CgroupPlan>,
+    mut record: Record,
+    runtime_hooks: &[Hook],
+) -> Result<Created> {
+    let cgroup = match cg_plan {
+        Some(p) => {
+            let layout = cgroups::layout().map_err(|e| {
+                RuncError::Setup(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))
+            })?;
+            Some(Cgroup::create(layout, p).map_err(|e| {
+                RuncError::Setup(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))
+            })?)
+        }
+        None => None,
+    };
+    let console = o.console_socket.as_deref().map(console).transpose()?;
+    let stdin: RawFd = console.as_ref().map_or(0, |c| c.as_raw_fd());
+    let image = child_image()?;
+    let request = Request::Create(plan.clone());
+    let result = (|| -> Result<Child> {
+        let (mut child, pending) = spawn::spawn_held(
+            &image,
+            &request,
+            [stdin, 1, 2],
+            Placement {
+                cgroup: cgroup.as_ref(),
+                pidns: None,
+            },
+        )?;
+        let pid = child.pid;
+        let start = state::start_time(pid).unwrap_or(0);
+        record.pid = pid;
+        record.start_time = start;
+        let rec = &record;
+        spawn::release_with(&mut child, pending, |pid| {
+            let state = rec.oci_state(Status::Created);
+            let mut state = state;
+            state["status"] = "creating".into();
+            state["pid"] = pid.into();
+            let text = state.to_string();
+            hooks::run_all(runtime_hooks, &text).map_err(|e| {
+                SetupError::new(Stage::Exec, libc::EIO, format!("createRuntime {e}"))
+            })?;
+            Ok(text)
+        })?;
+        Ok(child)
+    })();
+    let child = match result {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                let _ = cg.destroy();
+            }
+            return Err(e);
+        }
+    };
+    record.cgroup = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
+    let kill = |child: &Child| {
+        let _ = child.kill(libc::SIGKILL);
+        if let Some(cg) = &cgroup {
+            let _ = cg.destroy();
+        }
+    };
+    if let Err(e) = record.save(o.root) {
+        kill(&child);
+        return Err(e);
+    }
+    if let Some(p) = &o.pid_file {
+        if let Err(e) = write_pid_file(p, child.pid) {
+            kill(&child);
+            return Err(e);
+        }
+    }
+    Ok(Created { child })
+}
+
+/// The pid, written to a temporary file and renamed: a reader never sees half of it.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.pyrt-tmp"));
+    std::fs::write(&tmp, pid.to_string()).map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+}
+
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let rec = Record::load(root, id)?;
+    match rec.status(root) {
+        Status::Created => {}
+        Status::Running => {
+            return Err(RuncError::State(
+                "cannot start an already running container".into(),
+            ))
+        }
+        Status::Stopped => {
+            return Err(RuncError::State(
+                "cannot start a container that has stopped".into(),
+            ))
+        }
+    }
+    let dir = state::dir(root, id)?;
+    let gate = dir.join(state::GATE);
+    let mut conn =
+        connect_gate(&dir).map_err(io_err(format!("opening the start gate {}", gate.display())))?;
+    // From here the container is started, whatever follows: the gate goes, so that the status
+    // reads "running" (or "stopped", when the init failed).
+    let _ = std::fs::remove_file(&gate);
+    conn.write_all(b"s")
+        .map_err(io_err("releasing the container"))?;
+    let mut report = Vec::new();
+    let read = conn.read_to_end(&mut report);
+    if report.is_empty() && read.is_err() {
+        return Err(RuncError::State(
+            "the container's init ended before its command ran".into(),
+        ));
+    }
+    if !report.is_empty() {
+        return Err(RuncError::Setup(SetupError::decode(&report)));
+    }
+    let state = rec.oci_state(Status::Running).to_string();
+    for h in &rec.poststart {
+        if let Err(e) = hooks::run(h, &state) {
+            log::write("warning", &format!("poststart {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// The gate's name is short and relative: connect from inside the state directory, through a
+/// descriptor so that no path length limit applies.
+fn connect_gate(dir: &Path) -> std::io::Result<UnixStream> {
+    let d = std::fs::File::open(dir)?;
+    let path = format!("/proc/self/fd/{}/{}", d.as_raw_fd(), state::GATE);
+    UnixStream::connect(path)
+}
+
+/// Kills what is left of the container and waits for the init to be gone.
+fn stop(rec: &Record, all: bool) {
+    if all {
+        if let Some(cg) = cgroup_of(rec) {
+            let _ = cg.kill_all();
+        }
+    }
+    if state::alive(rec.pid, rec.start_time) {
+        let _ = signal_init(rec, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state::alive(rec.pid, rec.start_time) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn cgroup_of(rec: &Record) -> Option<Cgroup> {
+    if rec.cgroup.is_empty() {
+        return None;
+    }
+    Cgroup::from_paths(cgroups::layout().ok()?, &rec.cgroup)
+}
+
+/// Signals the init through a pidfd, after checking that the pid is still the init's.
+fn signal_init(rec: &Record, sig: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_open with no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if !state::alive(rec.pid, rec.start_time) {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: pidfd_send_signal on our descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn pids(rec: &Record) -> Vec<i32> {
+    let mut out: Vec<i32> = match rec.cgroup.first() {
+        Some(d) => std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    if out.is_empty() && state::alive(rec.pid, rec.start_time) {
+        out.push(rec.pid);
+    }
+    out.sort();
+    out
+}
+
+pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
+    let rec = Record::load(root, id)?;
+    if rec.status(root) == Status::Stopped {
+        return Err(RuncError::State("container not running".into()));
+    }
+    if all {
+        for pid in pids(&rec) {
+            // SAFETY: kill(2); the pids were read from the container's own cgroup.
+            unsafe { libc::kill(pid, sig) };
+        }
+        return Ok(());
+    }
+    signal_init(&rec, sig).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => RuncError::State("container not running".into()),
+        _ => io_err("signalling the container")(e),
+    })
+}
+
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let rec = match Record::load(root, id) {
+        Ok(r) => r,
+        Err(RuncError::NotExist(_)) if force => return Ok(()),
+        Err(RuncError::State(_)) if force => {
+            let _ = std::fs::remove_dir_all(state::dir(root, id)?);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let status = rec.status(root);
+    if status == Status::Running && !force {
+        return Err(RuncError::State(format!(
+            "cannot delete container {id} that is not stopped: running"
+        )));
+    }
+    // A created container is killed and deleted without --force, as runc does (the spec asks
+    // for an error: see tests/conformance).
+    stop(&rec, true);
+    if let Some(cg) = cgroup_of(&rec) {
+        if let Err(e) = cg.destroy() {
+            log::write("warning", &format!("removing the cgroup of {id}: {e}"));
+        }
+    }
+    std::fs::remove_dir_all(state::dir(root, id)?)
+        .map_err(io_err(format!("removing the state of {id}")))?;
+    let state = rec.oci_state(Status::Stopped).to_string();
+    for h in &rec.poststop {
+        if let Err(e) = hooks::run(h, &state) {
+            log::write("warning", &format!("poststop {e}"));
+        }
+    }
+    Ok(())
+}
