@@ -72,7 +72,7 @@ fn cgroup_plan(spec: &Spec, plan: &Plan, id: &str) -> Result<Option<CgroupPlan>>
         (Some(c), _) => Some(c.clone()),
         // Without a path, a cgroup of our own naming: `kill --all`, `ps` and `delete` need one.
         (None, true) => Some(CgroupPlan {
-            path: PathBuf::from(format!("/pyrt-runc/{id}")),
+            path: PathBuf::from(format!("/pyrt-runc-{id}")),
             resources: Default::default(),
         }),
         (None, false) => None,

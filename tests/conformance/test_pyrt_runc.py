@@ -1,0 +1,111 @@
+"""What pyrt-runc promises beyond the spec's operations: runc's global flags as containerd and
+podman pass them, its errors, `spec`, `features` and `list`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from ocitools import BASE_CONFIG, Runtime, _pyrt_runc, write_config
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs containers as root")
+
+
+@pytest.fixture
+def prt(tmp_path: Path) -> Runtime:
+    return Runtime("pyrt-runc", _pyrt_runc(), tmp_path / "state")
+
+
+def test_systemd_cgroup_is_a_clear_error(prt: Runtime) -> None:
+    p = subprocess.run([prt.binary, "--systemd-cgroup", "list"], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert "systemd" in p.stderr and "cgroupfs" in p.stderr
+
+
+def test_errors_go_to_the_json_log(prt: Runtime, tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    p = prt("--log", str(log), "--log-format", "json", "start", "nothing-here", check=False)
+    assert p.returncode == 1
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["level"] == "error"
+    assert "nothing-here" in last["msg"]
+    assert last["time"].endswith("Z")
+
+
+def test_create_failure_names_the_cause_and_leaves_nothing(
+    prt: Runtime, rootfs: Path, tmp_path: Path
+) -> None:
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "rootfs").symlink_to(rootfs)
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["process"]["args"] = ["/no/such/program"]
+    write_config(b, cfg)
+    p = prt.create(b, "bad")
+    assert p.returncode == 1
+    assert "/no/such/program" in p.stderr
+    assert prt("list", "-q").stdout.strip() == ""
+    assert not any(Path("/sys/fs/cgroup").glob("*/pyrt-runc-bad"))
+
+
+def test_bad_id_and_spec_and_features_and_list(prt: Runtime, tmp_path: Path) -> None:
+    assert prt("state", "../etc", check=False).returncode == 1
+    b = tmp_path / "spec"
+    b.mkdir()
+    subprocess.run([prt.binary, "spec", "--bundle", str(b)], check=True)
+    cfg = json.loads((b / "config.json").read_text())
+    assert cfg["root"]["path"] == "rootfs" and cfg["process"]["args"] == ["sh"]
+    again = subprocess.run([prt.binary, "spec", "--bundle", str(b)], capture_output=True)
+    assert again.returncode == 1
+    f = json.loads(subprocess.run([prt.binary, "features"], capture_output=True).stdout)
+    assert f["ociVersionMin"] and "createContainer" in f["hooks"]
+    assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"]
+    assert json.loads(prt("list", "--format", "json").stdout) == []
+
+
+def test_console_socket_receives_the_pty(prt: Runtime, rootfs: Path, tmp_path: Path) -> None:
+    """`--console-socket` (containerd's `ctr run -t`): the pty master arrives over the socket
+    and the container's output comes through it."""
+    import array
+    import socket
+
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "rootfs").symlink_to(rootfs)
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["process"]["terminal"] = True
+    cfg["process"]["args"] = ["/bin/sh", "-c", "tty; echo on-the-pty"]
+    write_config(b, cfg)
+    path = str(tmp_path / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    p = subprocess.Popen(
+        prt.cmd("create", "--bundle", str(b), "--console-socket", path, "tty1"),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    conn, _ = srv.accept()
+    fds = array.array("i")
+    _msg, anc, _f, _a = conn.recvmsg(16, socket.CMSG_LEN(fds.itemsize))
+    fds.frombytes(anc[0][2][: fds.itemsize])
+    assert p.wait(10) == 0, p.stderr.read() if p.stderr else ""
+    master = fds[0]
+    prt("start", "tty1")
+    out = b""
+    while b"on-the-pty" not in out:
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    conn.close()
+    srv.close()
+    assert b"/dev/pts/0" in out and b"on-the-pty" in out
+    prt("delete", "--force", "tty1")
