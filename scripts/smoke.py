@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pyrt
@@ -27,4 +28,8 @@ try:
     assert int(r.stdout.split()[0]) > 100
 finally:
     shutil.rmtree(root)
+# pyrt-runc, the OCI runtime, comes with the wheel as a script beside the interpreter.
+runc = os.path.join(os.path.dirname(sys.executable), "pyrt-runc")
+features = subprocess.run([runc, "features"], capture_output=True, text=True, check=True)
+assert '"ociVersionMin"' in features.stdout, features.stdout
 print(f"smoke test passed: pyrt {pyrt.__version__} from {os.path.dirname(pyrt.__file__)}")

@@ -126,6 +126,10 @@ class Runtime:
 
 
 def write_config(bundle: Path, cfg: dict[str, Any]) -> None:
+    # runc takes no symlink as the root: give the real path (relative paths are the bundle's).
+    root = bundle / cfg["root"]["path"]
+    if root.is_symlink():
+        cfg = dict(cfg, root=dict(cfg["root"], path=str(root.resolve())))
     (bundle / "config.json").write_text(json.dumps(cfg))
 
 

@@ -1,0 +1,58 @@
+"""podman with pyrt-runc as its OCI runtime (`--runtime`), on an image loaded from an archive:
+run, -d, exec, stop, rm. (This machine's root has no CAP_SYS_RESOURCE, so podman's default
+rlimits, which raise hard limits, are lowered with --ulimit.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ocitools import _pyrt_runc
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="podman as root")
+
+ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+
+
+@pytest.fixture(scope="module")
+def podman_image(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    assert shutil.which("podman"), "podman is not installed (.ci/run installs it from Debian)"
+    tar = tmp_path_factory.mktemp("podman") / "bb.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+    subprocess.run(["podman", "import", "-q", str(tar), "localhost/pyrt-runc-test:latest"],
+                   check=True, capture_output=True)  # fmt: skip
+    return "localhost/pyrt-runc-test:latest"
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        ["podman", "--runtime", _pyrt_runc(), *args], capture_output=True, text=True, timeout=60
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)}: {p.returncode}: {p.stderr}")
+    return p
+
+
+def test_podman_run_rm(podman_image: str) -> None:
+    p = podman("run", "--rm", *ULIMITS, podman_image, "echo", "ok")
+    assert p.stdout.strip() == "ok"
+    assert (
+        podman("run", "--rm", *ULIMITS, podman_image, "sh", "-c", "exit 7", check=False).returncode
+        == 7
+    )
+
+
+def test_podman_detached_exec_stop_rm(podman_image: str) -> None:
+    cid = podman("run", "-d", *ULIMITS, podman_image, "sleep", "60").stdout.strip().splitlines()[-1]
+    try:
+        assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "running"
+        out = podman("exec", cid, "sh", "-c", "echo in:$(cat /proc/1/cmdline | tr '\\0' ' ')")
+        assert out.stdout.strip() == "in:sleep 60"
+        podman("stop", "-t", "1", cid)
+        assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "exited"
+    finally:
+        podman("rm", "-f", cid, check=False)
+    assert cid not in podman("ps", "-a", "-q", "--no-trunc").stdout
