@@ -76,7 +76,10 @@ pub fn apply(s: &CapSets) -> Result<(), caps::errors::CapsError> {
         effective: s.effective & held,
         permitted: s.permitted & held,
         inheritable: s.inheritable & held,
-        ambient: s.ambient & held,
+        // The kernel keeps ambient within permitted and inheritable; a spec that asks for more
+        // (`runc spec` lists ambient capabilities but no inheritable ones) gets what can be
+        // had, as runc gives it, rather than a failed start.
+        ambient: s.ambient & held & s.permitted & s.inheritable,
     };
     caps::clear(None, CapSet::Ambient)?;
     caps::set(None, CapSet::Effective, &hashset(s.effective & s.permitted))?;
