@@ -180,9 +180,12 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     }
     // 5c. Sysctls, before /proc/sys may be made read-only below: the files of the namespaced
     //     ones act on the namespaces of the writer, which are the container's already.
+    //     Written through the container's own /proc (inside the root), so that a mount
+    //     shadowing the file there is refused rather than written (CVE-2025-52881).
     for (k, v) in &plan.sysctl {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        process::write_proc(&path, v).map_err(|e| match e.raw_os_error() {
+        let inside = format!("/proc/self/fd/{}{path}", root.as_raw_fd());
+        process::write_proc(&inside, v).map_err(|e| match e.raw_os_error() {
             Some(libc::EXDEV) => SetupError::new(
                 Stage::Sysctl,
                 libc::EXDEV,
