@@ -11,14 +11,20 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_start import HERE, interleave, make_bundle, percentile, reexec_in_private_mount_ns
+from bench_start import (
+    HERE,
+    interleave,
+    make_bundle,
+    print_rows,
+    reexec_in_private_mount_ns,
+    summarize,
+)
 
 
 def main() -> None:
@@ -65,20 +71,10 @@ def main() -> None:
         for name, tool in (("pyrt-runc", pyrt_runc), ("crun", "crun"), ("runc", "runc")):
             tools[f"{name} create+start+delete"] = lifecycle(tool)
         times = interleave(tools, args.rounds)
-        rows = []
-        for name, xs in times.items():
-            kind = name.split(" ", 1)[1]
-            crun = statistics.median(times[f"crun {kind}"])
-            med = statistics.median(xs)
-            rows.append({"tool": name, "median_ms": round(med, 3),
-                         "p95_ms": round(percentile(xs, 0.95), 3),
-                         "ratio_to_crun": round(med / crun, 3)})  # fmt: skip
+        rows = summarize(times, lambda name: "crun " + name.split(" ", 1)[1])
         print(f"{args.rounds} interleaved rounds, kernel {os.uname().release}, "
               f"{os.cpu_count()} cpus")  # fmt: skip
-        print(f"{'tool':32} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
-        for r in rows:
-            print(f"{r['tool']:32} {r['median_ms']:>10.2f} {r['p95_ms']:>10.2f} "
-                  f"{r['ratio_to_crun']:>8.2f}")  # fmt: skip
+        print_rows(rows, 32)
         if args.json:
             args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
     finally:

@@ -90,6 +90,27 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def summarize(
+    times: dict[str, list[float]], baseline: Callable[[str], str]
+) -> list[dict[str, object]]:
+    """Median, p95 and the ratio of each tool's median to its baseline's (crun's, same work)."""
+    rows: list[dict[str, object]] = []
+    for name, xs in times.items():
+        med = statistics.median(xs)
+        base = statistics.median(times[baseline(name)])
+        rows.append({"tool": name, "median_ms": round(med, 3),
+                     "p95_ms": round(percentile(xs, 0.95), 3),
+                     "ratio_to_crun": round(med / base, 3)})  # fmt: skip
+    return rows
+
+
+def print_rows(rows: list[dict[str, object]], width: int) -> None:
+    print(f"{'tool':{width}} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
+    for r in rows:
+        print(f"{r['tool']:{width}} {r['median_ms']:>10.2f} {r['p95_ms']:>10.2f} "
+              f"{r['ratio_to_crun']:>8.2f}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=300)
@@ -135,25 +156,11 @@ def main() -> None:
             # bwrap and a bare process have no limits to set: not the same work.
             del tools["bwrap"], tools["bare subprocess"]
         times = interleave(tools, args.rounds)
-        crun_med = statistics.median(times["crun run"])
-        rows = []
-        for name, xs in times.items():
-            med = statistics.median(xs)
-            rows.append(
-                {
-                    "tool": name,
-                    "median_ms": round(med, 3),
-                    "p95_ms": round(percentile(xs, 0.95), 3),
-                    "ratio_to_crun": round(med / crun_med, 3),
-                }
-            )
+        rows = summarize(times, lambda _name: "crun run")
         print(f"start-to-exit of /bin/true{' with limits' if args.limits else ''}, "
               f"{args.rounds} interleaved rounds, "
               f"kernel {os.uname().release}, {os.cpu_count()} cpus")  # fmt: skip
-        print(f"{'tool':18} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
-        for row in rows:
-            print(f"{row['tool']:18} {row['median_ms']:>10.2f} {row['p95_ms']:>10.2f} "
-                  f"{row['ratio_to_crun']:>8.2f}")  # fmt: skip
+        print_rows(rows, 18)
         if args.json:
             args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
     finally:

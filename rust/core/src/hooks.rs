@@ -64,6 +64,14 @@ pub fn run(hook: &Hook, state: &str) -> Result<(), HookError> {
         path: path.clone(),
         source,
     })?;
+    // Drained while the hook runs: one that writes more than a pipe holds must not block.
+    let stderr = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = e.read_to_string(&mut out);
+            out
+        })
+    });
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is not an error (EPIPE is ignored).
         let _ = stdin.write_all(state.as_bytes());
@@ -95,10 +103,7 @@ pub fn run(hook: &Hook, state: &str) -> Result<(), HookError> {
     if status.success() {
         return Ok(());
     }
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     let err = err.trim();
     let tail: String = err
         .chars()

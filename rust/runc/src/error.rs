@@ -3,6 +3,7 @@
 
 use std::io;
 
+use pyrt_core::cgroups::CgroupError;
 use pyrt_core::report::SetupError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum RuncError {
     Spec(String),
     #[error("{0}")]
     Setup(#[from] SetupError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }

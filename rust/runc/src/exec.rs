@@ -119,7 +119,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         })
         .transpose()?;
     let stdin = console.as_ref().map_or(0, |c| c.as_raw_fd());
-    let image = lifecycle_image()?;
+    let image = lifecycle::child_image()?;
     let mut child = spawn::spawn(
         &image,
         &Request::Exec(plan),
@@ -136,8 +136,4 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         return Ok(0);
     }
     crate::signals::wait_forwarding(&mut child)
-}
-
-fn lifecycle_image() -> Result<pyrt_core::spawn::ChildImage> {
-    lifecycle::child_image_pub()
 }

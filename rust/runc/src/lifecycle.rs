@@ -28,13 +28,9 @@ pub struct CreateOpts<'a> {
 
 /// The pyrt-child image: this very binary, copied into a sealed memfd, so that a container can
 /// reach only that copy through /proc/self/exe (CVE-2019-5736).
-fn child_image() -> Result<ChildImage> {
+pub fn child_image() -> Result<ChildImage> {
     let exe = std::fs::read("/proc/self/exe").map_err(io_err("reading /proc/self/exe"))?;
     ChildImage::from_bytes(&exe).map_err(io_err("making the sealed copy of pyrt-runc"))
-}
-
-pub fn child_image_pub() -> Result<ChildImage> {
-    child_image()
 }
 
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
@@ -172,14 +168,7 @@ fn start_init(
     runtime_hooks: &[Hook],
 ) -> Result<Created> {
     let cgroup = match cg_plan {
-        Some(p) => {
-            let layout = cgroups::layout().map_err(|e| {
-                RuncError::Setup(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))
-            })?;
-            Some(Cgroup::create(layout, p).map_err(|e| {
-                RuncError::Setup(SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))
-            })?)
-        }
+        Some(p) => Some(Cgroup::create(cgroups::layout()?, p)?),
         None => None,
     };
     let console = o.console_socket.as_deref().map(console).transpose()?;
