@@ -9,6 +9,9 @@ from .errors import (
     ContainerError,
     ImageError,
     ImageNotFound,
+    InvalidArgument,
+    InvalidOption,
+    PathNotFound,
     PyrtError,
     SpawnError,
     TimeoutExpired,
@@ -16,6 +19,7 @@ from .errors import (
 )
 from .image import Image, ImageConfig, images
 from .mounts import Bind, Tmpfs
+from .stdio import DEVNULL, PIPE, STDOUT
 
 __version__ = "0.1.0"
 
@@ -30,6 +34,9 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
     "Bind",
     "Container",
     "ContainerError",
@@ -37,6 +44,9 @@ __all__ = [
     "ImageConfig",
     "ImageError",
     "ImageNotFound",
+    "InvalidArgument",
+    "InvalidOption",
+    "PathNotFound",
     "PyrtError",
     "Result",
     "SpawnError",

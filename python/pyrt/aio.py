@@ -17,12 +17,12 @@ import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
-from . import _core, readiness
-from .container import POLL_INTERVAL, Input, Result, Stats, _result
+from . import _core, checks, readiness
+from .container import POLL_INTERVAL, Input, Result, Stats, _io_args, _result
 from .container import Container as _SyncContainer
 from .errors import PyrtError, TimeoutExpired
 from .image import Image
-from .stdio import Pipes
+from .stdio import Pipes, Target
 
 __all__ = ["Container", "run"]
 
@@ -56,7 +56,7 @@ async def _communicate(
     """Writes ``data`` to ``in_w`` (then closes it) and reads both outputs to EOF, on the event
     loop. Returns (stdout, stderr, timed_out); the descriptors for reading stay the caller's."""
     loop = asyncio.get_running_loop()
-    bufs: dict[int, bytearray] = {out_r: bytearray(), err_r: bytearray()}
+    bufs: dict[int, bytearray] = {fd: bytearray() for fd in (out_r, err_r) if fd >= 0}
     eof: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in bufs}
     for fd in (*bufs, *([in_w] if in_w >= 0 else [])):
         os.set_blocking(fd, False)
@@ -104,7 +104,8 @@ async def _communicate(
             close_stdin()
     try:
         _, pending = await asyncio.wait(list(eof.values()), timeout=timeout)
-        return bytes(bufs[out_r]), bytes(bufs[err_r]), bool(pending)
+        empty = bytearray()
+        return bytes(bufs.get(out_r, empty)), bytes(bufs.get(err_r, empty)), bool(pending)
     finally:
         for fd in bufs:
             loop.remove_reader(fd)
@@ -148,32 +149,41 @@ class Container:
     async def _io(
         self,
         spawn: Any,
-        input: Input,
+        p: Pipes,
         timeout: Optional[float],
         drain_after_kill: Optional[float],
         args: list[str],
-    ) -> tuple[_core.Process, bytes, bytes, int]:
-        p = Pipes(input)
+    ) -> tuple[_core.Process, Optional[bytes], Optional[bytes], int]:
+        """As the sync ``Container._run_io``, on the event loop."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        proc: Optional[_core.Process] = None
         try:
             try:
-                proc: _core.Process = await asyncio.get_running_loop().run_in_executor(
-                    None, spawn, *p.child
-                )
+                proc = await loop.run_in_executor(None, spawn, *p.child)
             finally:
                 p.started()
+            assert proc is not None
             out, err, timed_out = await _communicate(
                 p.take_stdin(), p.input, p.out_r, p.err_r, timeout
             )
-            if timed_out:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            code = None if timed_out else await _exited(proc, left)
+            if code is None:
                 proc.kill(signal.SIGKILL)
                 more_out, more_err, _ = await _communicate(
                     -1, None, p.out_r, p.err_r, drain_after_kill
                 )
                 await _exited(proc, None)
                 raise TimeoutExpired(args, timeout or 0, out + more_out, err + more_err)
-            code = await _exited(proc, None)
-            assert code is not None
-            return proc, out, err, code
+            cap_out, cap_err = p.captured
+            return proc, out if cap_out else None, err if cap_err else None, code
+        except BaseException:
+            # A started process is always waited for (its zombie would hold the container).
+            if proc is not None and proc.wait(0) is None:
+                proc.kill(signal.SIGKILL)
+                await loop.run_in_executor(None, proc.wait)
+            raise
         finally:
             p.close()
 
@@ -183,8 +193,12 @@ class Container:
         timeout: Optional[float] = None,
         check: bool = False,
         text: bool = False,
+        *,
+        stdout: Target = None,
+        stderr: Target = None,
     ) -> Result:
         """Runs to completion and removes the container; ``timeout`` kills all of it."""
+        data, timeout, check, text = _io_args(input, timeout, check, text)
         c = self._c
 
         def spawn(i: int, o: int, e: int) -> _core.Process:
@@ -193,7 +207,9 @@ class Container:
             return c._proc
 
         try:
-            proc, out, err, code = await self._io(spawn, input, timeout, None, c.args)
+            proc, out, err, code = await self._io(
+                spawn, Pipes(data, stdout, stderr), timeout, None, c.args
+            )
             c._returncode = code
             oom = proc.oom_kills() > 0
         finally:
@@ -211,14 +227,20 @@ class Container:
         env: Optional[Mapping[str, str]] = None,
         user: Optional[str] = None,
         workdir: Optional[str] = None,
+        stdout: Target = None,
+        stderr: Target = None,
     ) -> Result:
         """As ``Container.exec``: ``timeout`` kills only this process."""
-        spawn = self._c._exec_starter(command, env, user, workdir)
-        _, out, err, code = await self._io(spawn, input, timeout, 0.2, list(command))
-        return _result(list(command), code, out, err, text, check, False)
+        data, timeout, check, text = _io_args(input, timeout, check, text)
+        args = checks.args(command, "command")
+        spawn = self._c._exec_starter(args, env, user, workdir)
+        p = Pipes(data, stdout, stderr)
+        _, out, err, code = await self._io(spawn, p, timeout, 0.2, args)
+        return _result(args, code, out, err, text, check, False)
 
     async def wait(self, timeout: Optional[float] = None) -> int:
         """The return code; on timeout TimeoutExpired, and the container keeps running."""
+        timeout = checks.timeout(timeout)
         c = self._c
         if c._returncode is not None:
             return c._returncode
@@ -278,7 +300,10 @@ class Container:
 
     async def _poll(self, what: str, timeout: float, check: Any) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        t = checks.timeout(timeout)
+        if t is None:
+            raise TypeError("timeout must be a number of seconds, not None")
+        deadline = loop.time() + t
         while True:
             got = await check()
             if got:
@@ -311,6 +336,7 @@ class Container:
         return res
 
     async def wait_for_file(self, path: str, timeout: float = 30) -> None:
+        path = checks.container_path(path, "path")
         readiness.check_path(path)
 
         async def check() -> bool:
@@ -319,6 +345,7 @@ class Container:
         await self._poll(f"file {path}", timeout, check)
 
     async def wait_for_port(self, port: int, timeout: float = 30) -> None:
+        port = checks.whole(port, "port", 1, 65535)
         loop = asyncio.get_running_loop()
 
         async def check() -> bool:

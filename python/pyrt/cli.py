@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from . import _core
 from .container import Container
-from .errors import PyrtError, SpawnError
+from .errors import ImageNotFound, PyrtError, SpawnError
 from .image import Image, images
 from .mounts import Bind, Mount, Tmpfs
 
@@ -24,7 +24,14 @@ def resolve_image(ref: str) -> Image:
         return Image.host()
     if os.path.exists(ref):
         return Image.load(ref)
-    return Image.get(ref)
+    try:
+        return Image.get(ref)
+    except ImageNotFound:
+        if "/" in ref or ref.startswith("."):
+            raise ImageNotFound(
+                f"image {ref!r}: no such file or directory, and no stored image of that name"
+            ) from None
+        raise
 
 
 def _env(items: Sequence[str]) -> dict[str, str]:
@@ -55,7 +62,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a command in a new container")
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    r.add_argument("-d", "--detach", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument(
+        "-d", "--detach", action="store_true",
+        help="run in the background, print the id; lasts until `pyrt kill`/`pyrt rm`",
+    )  # fmt: skip
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
     r.add_argument("--tmpfs", action="append", default=[], metavar="DST")
@@ -151,8 +161,12 @@ def _container_from(a: argparse.Namespace) -> Container:
     network = a.network or ("private" if a.p else "none")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
     mounts += [Tmpfs(t) for t in a.tmpfs]
+    env = _env(a.env)
+    if a.tty:
+        # Docker's rule: a container with a terminal is told what kind it is.
+        env.setdefault("TERM", "xterm")
     opts: dict[str, Any] = {
-        "env": _env(a.env),
+        "env": env,
         "workdir": a.workdir,
         "user": a.user,
         "hostname": a.hostname,
@@ -468,7 +482,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pyrt: {e} (stage {e.stage})", file=sys.stderr)
         # Docker's convention: 127 for a command not found, 126 for one that cannot run.
         return 127 if e.stage == "exec" and e.errno == 2 else 126 if e.stage == "exec" else 125
-    except PyrtError as e:
+    except (PyrtError, ValueError, TypeError, OverflowError) as e:
+        # A user's mistake (a bad size, name, path or value) is one line, never a traceback.
+        print(f"pyrt: {e}", file=sys.stderr)
+        return 125
+    except OSError as e:
         print(f"pyrt: {e}", file=sys.stderr)
         return 125
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
 import os
 import re
@@ -13,12 +14,13 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
-from . import _core, readiness, spec, userns
+from . import _core, checks, files, options, readiness, rootview, spec, userns
 from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
 from .image.config import command_for
@@ -26,11 +28,11 @@ from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
 from .network import HostPort, PrivateNetwork, etc_files, parse_ports
 from .seccomp import default_profile
-from .sizes import parse_size
 from .state import ContainerDir, pid_start_time
-from .stdio import Pipes
+from .stdio import Pipes, Target
 
 Input = Union[bytes, str, None]
+PathArg = Union[str, "os.PathLike[str]"]
 
 
 class Result:
@@ -40,8 +42,8 @@ class Result:
         self,
         args: list[str],
         returncode: int,
-        stdout: Union[bytes, str],
-        stderr: Union[bytes, str],
+        stdout: Union[bytes, str, None],
+        stderr: Union[bytes, str, None],
         oom_killed: bool = False,
     ) -> None:
         self.args = args
@@ -51,7 +53,15 @@ class Result:
         self.oom_killed = oom_killed
 
     def __repr__(self) -> str:
-        return f"Result(args={self.args!r}, returncode={self.returncode})"
+        parts = [f"args={self.args!r}", f"returncode={self.returncode}"]
+        for name in ("stdout", "stderr"):
+            v = getattr(self, name)
+            if v is not None:
+                r = repr(v)
+                parts.append(f"{name}={r if len(r) <= 200 else r[:197] + '...'}")
+        if self.oom_killed:
+            parts.append("oom_killed=True")
+        return f"Result({', '.join(parts)})"
 
     def check_returncode(self) -> None:
         """Raises ContainerError when the return code is not 0."""
@@ -71,34 +81,10 @@ class Stats:
     cpu_ns: int
 
 
-_MIN_MEMORY = 6 << 20
-
 #: A detached container's log is rotated at this size, keeping one previous file.
 LOG_CAP = 16 << 20
 #: How often the wait_for_* helpers look again.
 POLL_INTERVAL = 0.005
-
-
-def _limits(
-    memory: Union[int, str, None], pids_limit: Optional[int], cpus: Optional[float]
-) -> Optional[spec.Limits]:
-    """Validated limits; a limit that cannot be applied is an error, never silently ignored."""
-    if memory is None and pids_limit is None and cpus is None:
-        return None
-    mem = None
-    if memory is not None:
-        mem = parse_size(memory, "memory")
-        if mem < _MIN_MEMORY:
-            raise PyrtError(f"memory={memory!r}: below the minimum of 6 MiB a container needs")
-    if pids_limit is not None and (
-        isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < 1
-    ):
-        raise PyrtError(f"pids_limit={pids_limit!r}: must be a whole number of at least 1")
-    if cpus is not None:
-        ncpu = os.cpu_count() or 1
-        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0.01 <= cpus <= ncpu:
-            raise PyrtError(f"cpus={cpus!r}: must be between 0.01 and {ncpu}, the CPUs there are")
-    return spec.Limits(memory=mem, pids=pids_limit, cpus=float(cpus) if cpus is not None else None)
 
 
 _live: weakref.WeakSet[Container] = weakref.WeakSet()
@@ -141,7 +127,7 @@ class Container:
         name: Optional[str] = None,
         mounts: Sequence[Mount] = (),
         readonly_rootfs: bool = False,
-        network: Union[str, Container] = "none",
+        network: Union[str, Container, None] = None,
         ports: Optional[Mapping[Any, HostPort]] = None,
         memory: Union[int, str, None] = None,
         pids_limit: Optional[int] = None,
@@ -155,23 +141,31 @@ class Container:
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
-        if isinstance(command, str):
-            raise TypeError("command must be a list of arguments, not a str")
-        self._limits = _limits(memory, pids_limit, cpus)
-        if rootless is None:
+        lim = options.limits(memory, pids_limit, cpus)
+        if rootless is not None:
+            checks.flag(rootless, "rootless")
+        else:
             rootless = os.geteuid() != 0
-        self._userns = userns.maps_for_caller() if rootless else None
-        if self._userns is not None and self._limits:
-            userns.check_limits_possible()
         self._join_net: Optional[Container] = None
         if isinstance(network, Container):
             # Docker's "container:" mode: share that container's network namespace (and so its
             # loopback and its published ports), as an app and its database often do.
             self._join_net, network = network, "joined"
+        elif network is None:
+            # Publishing a port implies a network with a way in, as `pyrt run -p` does.
+            network = "private" if ports else "none"
+        elif not isinstance(network, str):
+            raise TypeError(
+                f"network must be a str or a pyrt.Container, not {type(network).__name__}"
+            )
         elif network not in spec.NETWORK_MODES:
             raise PyrtError(
                 f"network={network!r}: supported modes are {', '.join(spec.NETWORK_MODES)}, "
                 "or another pyrt.Container to share its network"
+            )
+        if ports is not None and not isinstance(ports, Mapping):
+            raise TypeError(
+                f"ports must be a dict of container port to host port, not {type(ports).__name__}"
             )
         self._ports = parse_ports(ports)
         if self._join_net is not None and rootless:
@@ -182,43 +176,41 @@ class Container:
             )
         if self._ports and network != "private":
             raise PyrtError("ports= needs network='private' (its own network with a way in)")
+        self._o = options.ContainerOptions(
+            env=checks.env(env),
+            workdir=None if workdir is None else checks.container_path(workdir, "workdir"),
+            user=checks.user(user),
+            hostname=checks.hostname(hostname),
+            name=checks.name(name),
+            mounts=options.mounts(mounts),
+            readonly_rootfs=checks.flag(readonly_rootfs, "readonly_rootfs"),
+            network=network,
+            cap_add=tuple(checks.names(cap_add, "cap_add")),
+            cap_drop=tuple(checks.names(cap_drop, "cap_drop")),
+            privileged=checks.flag(privileged, "privileged"),
+            init=checks.flag(init, "init"),
+            tty=checks.flag(tty, "tty"),
+            limits=lim,
+        )
+        # Validate what can be validated before anything exists.
+        spec.capability_set(self._o.cap_add, self._o.cap_drop, self._o.privileged)
+        self._limits = lim
+        self._userns = userns.maps_for_caller() if rootless else None
+        if self._userns is not None and self._limits:
+            userns.check_limits_possible()
         self._net: Optional[PrivateNetwork] = None
-        for m in mounts:
-            if not isinstance(m, (Bind, Tmpfs)):
-                raise TypeError(f"mounts must be pyrt.Bind or pyrt.Tmpfs, not {m!r}")
-            if not m.target.startswith("/"):
-                raise PyrtError(f"mount target must be an absolute path: {m.target!r}")
         self.image = image
         self.id = secrets.token_hex(16)
-        self.name = name
+        self.name = self._o.name
         self.args = command_for(
             image.config,
-            list(command) if command is not None else None,
-            list(entrypoint) if entrypoint is not None else None,
+            None if command is None else checks.args(command, "command", empty_ok=True),
+            None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True),
         )
         if not self.args:
             raise PyrtError("no command: the image has no Entrypoint or Cmd, and none was given")
-        self._opts: dict[str, Any] = {
-            "env": dict(env or {}),
-            "workdir": workdir,
-            "user": user,
-            "hostname": hostname,
-            "mounts": list(mounts),
-            "readonly_rootfs": readonly_rootfs,
-            "network": network,
-            "cap_add": list(cap_add),
-            "cap_drop": list(cap_drop),
-            "privileged": privileged,
-            "init": bool(init),
-            "tty": bool(tty),
-        }
         #: With tty=True, once started: the pty's master (read the console, write its input).
         self.console: Optional[int] = None
-        # Validate what can be validated before anything exists.
-        spec.capability_set(cap_add, cap_drop, privileged)
-        for m in mounts:
-            if isinstance(m, Tmpfs):
-                m.to_spec()
         self._proc: Optional[_core.Process] = None
         self._process: Optional[spec.ProcessSpec] = None
         self._state_doc: Optional[dict[str, Any]] = None
@@ -238,21 +230,21 @@ class Container:
     def build_spec(self, root_dir: str, cgroup: bool = False) -> dict[str, Any]:
         """The OCI runtime spec of this container, its root mounted on ``root_dir``; with
         ``cgroup`` (implied by limits) in a cgroup of its own."""
-        o = self._opts
+        o = self._o
         img = self.image
         try:
-            ids = img.resolve_user(o["user"] or img.config.user)
+            ids = img.resolve_user(o.user or img.config.user)
         except ValueError as e:
             raise SpawnError(str(e), stage="user", errno=22) from None
-        hostname = o["hostname"] or self.id[:12]
+        hostname = o.hostname or self.id[:12]
         base_env = {"PATH": spec.DEFAULT_PATH, "HOSTNAME": hostname, "HOME": ids.home}
-        env = spec.merge_env(base_env, img.config.env, o["env"])
-        cwd = o["workdir"] or img.config.workdir or "/"
+        env = spec.merge_env(base_env, img.config.env, o.env)
+        cwd = o.workdir or img.config.workdir or "/"
         if not cwd.startswith("/"):
             raise PyrtError(f"workdir must be an absolute path: {cwd!r}")
         extra_mounts: list[dict[str, Any]] = []
         annotations = {"run.pyrt.cwd.create": "true"}
-        if o["init"]:
+        if o.init:
             annotations["run.pyrt.init"] = "true"
         assert self._dir is not None
         if img.kind == "host":
@@ -261,22 +253,19 @@ class Container:
             # its own, writable ones instead.
             extra_mounts = [Tmpfs("/tmp").to_spec(), Tmpfs("/run", mode=0o755).to_spec()]
         elif not overlay_supported():
-            # No overlayfs: the container gets a private copy of the (flattened) image.
+            # No overlayfs: the container's private copy of the (flattened) image, made with
+            # its directory (_ensure_dir).
             copy = self._dir.path / "copy"
-            r = subprocess.run(["cp", "-a", "--", img.lower[0], str(copy)],
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode != 0:
-                raise PyrtError(f"copying the image for a kernel without overlayfs: {r.stderr}")
-            root = spec.RootSpec(path=root_dir, readonly=bool(o["readonly_rootfs"]), bind=str(copy))
+            root = spec.RootSpec(path=root_dir, readonly=bool(o.readonly_rootfs), bind=str(copy))
         else:
             root = spec.RootSpec(
                 path=root_dir,
-                readonly=bool(o["readonly_rootfs"]),
+                readonly=bool(o.readonly_rootfs),
                 lower=img.lower,
                 upper=str(self._dir.upper),
                 work=str(self._dir.work),
             )
-        privileged = bool(o["privileged"])
+        privileged = bool(o.privileged)
         if self._userns is not None:
             ids = userns.fit(ids, self._userns)
         self._process = spec.ProcessSpec(
@@ -286,17 +275,17 @@ class Container:
             uid=ids.uid,
             gid=ids.gid,
             additional_gids=ids.additional_gids,
-            capabilities=spec.capability_set(o["cap_add"], o["cap_drop"], privileged),
+            capabilities=spec.capability_set(o.cap_add, o.cap_drop, privileged),
             no_new_privileges=not privileged,
-            terminal=bool(o["tty"]),
+            terminal=bool(o.tty),
         )
         c = spec.ContainerSpec(
             root=root,
             process=self._process,
             hostname=hostname,
-            network="none" if o["network"] in ("private", "joined") else o["network"],
+            network="none" if o.network in ("private", "joined") else o.network,
             netns_path=self._netns_path(),
-            mounts=extra_mounts + [m.to_spec() for m in o["mounts"]],
+            mounts=extra_mounts + [m.to_spec() for m in o.mounts],
             masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
             readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
             annotations=annotations,
@@ -325,12 +314,12 @@ class Container:
                 raise PyrtError(f"container {self.id[:12]} was removed")
             if self._proc is not None:
                 raise PyrtError(f"container {self.id[:12]} was already started")
-            d = ContainerDir.create(self.id, overlay=self.image.kind != "host")
+            d = self._dir if self._dir is not None else self._make_dir()
             _fault("dir-created")
             log = -1
             ours = theirs = -1
             try:
-                if self._opts["tty"]:
+                if self._o.tty:
                     # fd 0 of the child is a socket it sends the pty's master over.
                     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                     ours, theirs = a.detach(), b.detach()
@@ -396,13 +385,13 @@ class Container:
     def _start_network(self, d: ContainerDir) -> list[dict[str, Any]]:
         """The private network (before the container exists, so that it is ready when the
         command runs), its published ports, and the /etc files that go with it."""
-        if self._opts["network"] != "private":
+        if self._o.network != "private":
             return []
         self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
         if not self._net.rootless:
             self._publish()
         mounts = []
-        for name, text in etc_files(self._opts["hostname"] or self.id[:12]).items():
+        for name, text in etc_files(self._o.hostname or self.id[:12]).items():
             (d.path / name).write_text(text)
             mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
         return mounts
@@ -474,35 +463,44 @@ class Container:
     def _run_io(
         self,
         start: Callable[[int, int, int], _core.Process],
-        input: Input,
+        args: list[str],
+        io: Pipes,
         timeout: Optional[float],
         drain_after_kill: Optional[float],
-    ) -> tuple[_core.Process, bytes, bytes, int]:
-        """Starts a process with pipes for its stdio, feeds ``input``, collects both outputs and
-        waits. On ``timeout`` the process is killed (SIGKILL) and TimeoutExpired raised, with
-        what it wrote until then."""
-        p = Pipes(input)
+    ) -> tuple[_core.Process, Optional[bytes], Optional[bytes], int]:
+        """Starts a process on ``io``'s descriptors, feeds its input, collects what it captures
+        and waits. On ``timeout`` the process is killed (SIGKILL) and TimeoutExpired raised, with
+        what it wrote until then. A process that was started is waited for whatever happens
+        (a zombie of an exec'd process would keep its container's init from ever exiting)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        proc: Optional[_core.Process] = None
         try:
             try:
-                proc = start(*p.child)
+                proc = start(*io.child)
             finally:
-                p.started()
+                io.started()
             out, err, timed_out = _core.communicate(
-                p.take_stdin(), p.input, p.out_r, p.err_r, timeout
+                io.take_stdin(), io.input, io.out_r, io.err_r, timeout
             )
-            if timed_out:
+            # With nothing captured, communicate returns at once: the wait keeps the deadline.
+            code = None if timed_out else proc.wait(_left(deadline))
+            if code is None:
                 proc.kill(signal.SIGKILL)
                 more_out, more_err, _ = _core.communicate(
-                    -1, None, p.out_r, p.err_r, drain_after_kill
+                    -1, None, io.out_r, io.err_r, drain_after_kill
                 )
                 proc.wait()
                 assert timeout is not None
-                raise TimeoutExpired(self.args, timeout, out + more_out, err + more_err)
-            code = proc.wait()
-            assert code is not None
-            return proc, out, err, code
+                raise TimeoutExpired(args, timeout, out + more_out, err + more_err)
+            cap_out, cap_err = io.captured
+            return proc, out if cap_out else None, err if cap_err else None, code
+        except BaseException:
+            if proc is not None and proc.wait(0) is None:
+                proc.kill(signal.SIGKILL)
+                proc.wait()
+            raise
         finally:
-            p.close()
+            io.close()
 
     def run(
         self,
@@ -510,10 +508,16 @@ class Container:
         timeout: Optional[float] = None,
         check: bool = False,
         text: bool = False,
+        *,
+        stdout: Target = None,
+        stderr: Target = None,
     ) -> Result:
         """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
-        ``timeout`` kills the whole container and raises TimeoutExpired."""
-        if self._opts["tty"]:
+        ``timeout`` kills the whole container and raises TimeoutExpired. ``stdout`` and
+        ``stderr`` may go to a file, a descriptor or ``pyrt.DEVNULL`` instead of the result
+        (``stderr=pyrt.STDOUT`` merges it into stdout)."""
+        data, timeout, check, text = _io_args(input, timeout, check, text)
+        if self._o.tty:
             raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
 
         def start(i: int, o: int, e: int) -> _core.Process:
@@ -522,8 +526,9 @@ class Container:
             return self._proc
 
         try:
+            io = Pipes(data, stdout, stderr)
             # Killing the first process ends the whole pid namespace: the drain ends at EOF.
-            proc, out, err, code = self._run_io(start, input, timeout, None)
+            proc, out, err, code = self._run_io(start, self.args, io, timeout, None)
             self._returncode = code
             oom = proc.oom_kills() > 0
         finally:
@@ -541,14 +546,20 @@ class Container:
         env: Optional[Mapping[str, str]] = None,
         user: Optional[str] = None,
         workdir: Optional[str] = None,
+        stdout: Target = None,
+        stderr: Target = None,
     ) -> Result:
         """Runs ``command`` inside the running container (all its namespaces and its cgroup),
         with the container's environment plus ``env``, as its user or ``user``, in its working
-        directory or ``workdir``. ``timeout`` kills only this process."""
-        start = self._exec_starter(command, env, user, workdir)
+        directory or ``workdir``. ``timeout`` kills only this process. ``stdout``/``stderr``
+        as for ``run``."""
+        data, timeout, check, text = _io_args(input, timeout, check, text)
+        args = checks.args(command, "command")
+        start = self._exec_starter(args, env, user, workdir)
+        io = Pipes(data, stdout, stderr)
         # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
-        _, out, err, code = self._run_io(start, input, timeout, 0.2)
-        return _result(list(command), code, out, err, text, check, False)
+        _, out, err, code = self._run_io(start, args, io, timeout, 0.2)
+        return _result(args, code, out, err, text, check, False)
 
     def _exec_starter(
         self,
@@ -559,8 +570,11 @@ class Container:
     ) -> Callable[[int, int, int], _core.Process]:
         """Checks and prepares an exec (for this class and pyrt.aio's); the returned function
         starts it with the given stdin, stdout and stderr."""
-        if isinstance(command, str) or not command:
-            raise TypeError("command must be a non-empty list of arguments")
+        command = checks.args(command, "command")
+        env = checks.env(env)
+        user = checks.user(user)
+        if workdir is not None:
+            workdir = checks.container_path(workdir, "workdir")
         proc = self._proc
         if proc is None or self._removed or self.status != "running":
             raise PyrtError(f"container {self.id[:12]} is not running")
@@ -595,6 +609,178 @@ class Container:
             raise PyrtError(f"workdir must be an absolute path: {p.cwd!r}")
         return spec.process_dict(p)
 
+    # --- its files -------------------------------------------------------------------------
+
+    def _make_dir(self) -> ContainerDir:
+        d = ContainerDir.create(self.id, overlay=self.image.kind != "host")
+        if self.image.kind != "host" and not overlay_supported():
+            # No overlayfs: the container gets a private copy of the (flattened) image.
+            r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
+                               capture_output=True, text=True)  # fmt: skip
+            if r.returncode != 0:
+                d.remove()
+                raise PyrtError(f"copying the image for a kernel without overlayfs: {r.stderr}")
+        return d
+
+    def _ensure_dir(self) -> ContainerDir:
+        """The container's directory, made now for one that was not started yet (files written
+        into it are there when it starts)."""
+        if self._dir is None:
+            self._dir = self._make_dir()
+            _live.add(self)
+        return self._dir
+
+    def _root_owner(self, in_userns: bool) -> files.Owner:
+        """Who the container's root is, as the writer of its files sees ids."""
+        if in_userns:
+            return (0, 0)
+        if os.geteuid() != 0:
+            return None  # a rootless caller writes as itself: the container's root
+        if self._userns is not None:
+            return (_outside(self._userns.uid, 0), _outside(self._userns.gid, 0))
+        return (0, 0)
+
+    def _in_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
+        """``op(root_fd, owner)`` on the container's root, whatever its state (``rootview``)."""
+        with self._lock:
+            if self._removed:
+                raise PyrtError(f"container {self.id[:12]} was removed")
+            if self.status == "running" and self._proc is not None:
+                pid = self._proc.pid
+                return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
+            d = self._ensure_dir()
+            if self.image.kind == "host":
+                if write:
+                    raise PyrtError(
+                        f"{what}: a container of the host image has a read-only root; write "
+                        "into a running one's /tmp or /run, or into a Bind or Tmpfs mount"
+                    )
+                return rootview.call_directory("/", lambda fd: op(fd, None))
+            if not overlay_supported():
+                owner = self._root_owner(False)
+                return rootview.call_directory(str(d.path / "copy"), lambda fd: op(fd, owner))
+            rootless = self._userns is not None and os.geteuid() != 0
+            ov = rootview.Overlay(
+                lower=self.image.lower,
+                upper=str(d.upper),
+                work=str(d.work),
+                target=str(d.rootfs),
+                userxattr=self._userns is not None,
+            )
+            return rootview.call_stopped(ov, lambda fd: op(fd, self._root_owner(rootless)),
+                                         rootless)  # fmt: skip
+
+    def write_file(self, path: PathArg, data: Union[bytes, str], mode: int = 0o644) -> None:
+        """Writes ``data`` to ``path`` inside the container (parents made), owned by its root.
+        Works before start (the file is there when the command runs), while it runs, and
+        after it exited, until ``remove()``."""
+        p = checks.container_path(path, "path")
+        if isinstance(data, str):
+            data = data.encode()
+        elif isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
+        m = checks.whole(mode, "mode", 0, 0o7777)
+        blob = data
+
+        def op(root: int, owner: files.Owner) -> bytes:
+            files.write_file(root, p, blob, m, owner)
+            return b""
+
+        self._in_root(p, op, write=True)
+
+    def read_file(self, path: PathArg) -> bytes:
+        """The contents of the file at ``path`` inside the container (symlinks followed inside
+        its root); pyrt.PathNotFound (a PyrtError) naming the path when there is none."""
+        p = checks.container_path(path, "path")
+        return self._in_root(p, lambda root, _owner: files.read_file(root, p), write=False)
+
+    def put_archive(self, path: PathArg, data: Union[bytes, IO[bytes]]) -> None:
+        """Extracts a tar (bytes or a binary file object; gzip, bzip2 and xz too) into the
+        directory ``path`` inside the container, as safely as an image layer: no entry can
+        land outside ``path``. As root the archive's owners are kept (Docker's rule)."""
+        p = checks.container_path(path, "path")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            stream: IO[bytes] = io.BytesIO(bytes(data))
+        elif hasattr(data, "read"):
+            stream = data
+        else:
+            raise TypeError(
+                f"data must be bytes or a binary file object, not {type(data).__name__}"
+            )
+        keep = os.geteuid() == 0 and self._userns is None
+
+        def op(root: int, owner: files.Owner) -> bytes:
+            files.extract(root, p, stream, owner, keep_owners=keep)
+            return b""
+
+        self._in_root(p, op, write=True)
+
+    def get_archive(self, path: PathArg) -> bytes:
+        """An uncompressed tar of ``path`` (a file or a tree) inside the container, its top entry
+        named after the path's last component."""
+        p = checks.container_path(path, "path")
+
+        def op(root: int, _owner: files.Owner) -> bytes:
+            buf = io.BytesIO()
+            files.write_archive(root, p, buf)
+            return buf.getvalue()
+
+        return self._in_root(p, op, write=False)
+
+    def copy_in(self, src: PathArg, dst: PathArg) -> None:
+        """Copies the host file or tree ``src`` to ``dst`` inside the container, as `docker cp
+        SRC CTR:DST` does: into ``dst`` when that is a directory, else as ``dst``. What is
+        written belongs to the container's root."""
+        host = os.path.abspath(checks.host_path(src, "src"))
+        target = checks.container_path(dst, "dst")
+        if not os.path.lexists(host):
+            raise PyrtError(f"copy_in: {host} does not exist on the host")
+
+        def op(root: int, owner: files.Owner) -> bytes:
+            if files.exists(root, target) == "dir":
+                into, name = target, os.path.basename(host.rstrip("/")) or "."
+            else:
+                into, name = files._split(target)
+            with files.piped(lambda out: files.host_archive(host, name, out)) as stream:
+                files.extract(root, into, stream, owner)
+            return b""
+
+        self._in_root(target, op, write=True)
+
+    def copy_out(self, src: PathArg, dst: PathArg) -> list[str]:
+        """Copies ``src`` (a file or a tree) from inside the container to the host path ``dst``,
+        as `docker cp CTR:SRC DST` does: into ``dst`` when that is a directory, else as
+        ``dst``. Owners are kept where the caller may set them (root) and are the caller's
+        otherwise; set-id bits are cleared. Device nodes and sockets are not copied: returns
+        what was left out, and warns about it."""
+        p = checks.container_path(src, "src")
+        host = os.path.abspath(checks.host_path(dst, "dst"))
+        if os.path.isdir(host):
+            into, name = host, (os.path.basename(p.rstrip("/")) or ".")
+        else:
+            into, name = os.path.dirname(host), os.path.basename(host)
+            if not os.path.isdir(into):
+                raise PyrtError(f"copy_out: {into} is not a directory on the host")
+        rootless = os.geteuid() != 0
+
+        def op(root: int, _owner: files.Owner) -> bytes:
+            skipped: list[str] = []
+
+            def produce(out: IO[bytes]) -> None:
+                skipped.extend(files.write_archive(root, p, out, arcname=name).skipped)
+
+            with files.piped(produce) as stream:
+                got = files.extract_to_host(stream, into, f"copy of {p}",
+                                            (0, 0) if rootless else None)  # fmt: skip
+            return json.dumps(skipped + got.skipped).encode()
+
+        left_out: list[str] = json.loads(self._in_root(p, op, write=False))
+        if left_out:
+            warnings.warn(f"copy_out of {p} left out: {', '.join(left_out[:20])}", stacklevel=2)
+        return left_out
+
     # --- a running container -------------------------------------------------------------
 
     @property
@@ -615,6 +801,7 @@ class Container:
     def wait(self, timeout: Optional[float] = None) -> int:
         """The return code (exit status, or -SIGNUM). On timeout raises TimeoutExpired and the
         container keeps running, as ``subprocess.Popen.wait``."""
+        timeout = checks.timeout(timeout)
         if self._returncode is not None:
             return self._returncode
         if self._proc is None:
@@ -628,16 +815,18 @@ class Container:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Sends ``sig`` to the container's first process (SIGKILL ends the whole container)."""
+        sig = _signal_number(sig)
         if self._proc is not None and self._returncode is None:
-            self._proc.kill(int(sig))
+            self._proc.kill(sig)
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the return code."""
+        grace = checks.timeout(timeout)
         if self._proc is None:
             raise PyrtError(f"container {self.id[:12]} was not started")
         self.kill(signal.SIGTERM)
         try:
-            return self.wait(timeout)
+            return self.wait(grace)
         except TimeoutExpired:
             self.kill(signal.SIGKILL)
             return self.wait()
@@ -703,7 +892,10 @@ class Container:
     # --- readiness ---------------------------------------------------------------------
 
     def _poll(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + timeout
+        t = checks.timeout(timeout, "timeout")
+        if t is None:
+            raise TypeError("timeout must be a number of seconds, not None")
+        deadline = time.monotonic() + t
         while True:
             got = check()
             if got:
@@ -738,12 +930,14 @@ class Container:
 
     def wait_for_file(self, path: str, timeout: float = 30) -> None:
         """Waits until ``path`` exists inside the container (resolved inside its root)."""
+        path = checks.container_path(path, "path")
         readiness.check_path(path)
         self._poll(f"file {path}", timeout, lambda: readiness.file_exists(self.pid or 0, path))
 
     def wait_for_port(self, port: int, timeout: float = 30) -> None:
         """Waits until a TCP connection to ``port`` on 127.0.0.1 inside the container's network
         namespace is accepted."""
+        port = checks.whole(port, "port", 1, 65535)
         self._poll(f"TCP port {port}", timeout, lambda: readiness.port_accepts(self.pid or 0, port))
 
     def remove(self) -> None:
@@ -799,16 +993,62 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _result(
-    args: list[str], code: int, out: bytes, err: bytes, text: bool, check: bool, oom: bool
-) -> Result:
-    res = Result(
-        args,
-        code,
-        out.decode("utf-8", "replace") if text else out,
-        err.decode("utf-8", "replace") if text else err,
-        oom_killed=oom,
+def _outside(ranges: Sequence[tuple[int, int, int]], inside: int) -> int:
+    """The host id that ``inside`` maps to."""
+    for i, o, n in ranges:
+        if i <= inside < i + n:
+            return o + inside - i
+    raise PyrtError(f"id {inside} is not mapped in the container's user namespace")
+
+
+def _signal_number(sig: object) -> int:
+    """A signal given as a number, a ``signal.Signals`` or a name ("TERM", "SIGTERM")."""
+    if isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise ValueError(f"signal {sig!r}: no such signal") from None
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"signal must be a number or a name, not {type(sig).__name__}")
+    if not 1 <= int(sig) < signal.NSIG:
+        raise ValueError(f"signal {sig!r}: not a signal number (1 to {signal.NSIG - 1})")
+    return int(sig)
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _io_args(
+    input: object, timeout: object, check: object, text: object
+) -> tuple[Optional[bytes], Optional[float], bool, bool]:
+    """The common arguments of run and exec, checked before anything is started."""
+    return (
+        checks.input_data(input),
+        checks.timeout(timeout),
+        checks.flag(check, "check"),
+        checks.flag(text, "text"),
     )
+
+
+def _decoded(data: Optional[bytes], text: bool) -> Union[bytes, str, None]:
+    if data is None or not text:
+        return data
+    return data.decode("utf-8", "replace")
+
+
+def _result(
+    args: list[str],
+    code: int,
+    out: Optional[bytes],
+    err: Optional[bytes],
+    text: bool,
+    check: bool,
+    oom: bool,
+) -> Result:
+    res = Result(args, code, _decoded(out, text), _decoded(err, text), oom_killed=oom)
     if check:
         res.check_returncode()
     return res

@@ -22,6 +22,22 @@ class UnsafeImageError(ImageError):
     """A layer tried to write outside its root; nothing was written outside."""
 
 
+class InvalidOption(PyrtError, ValueError):
+    """A value pyrt was given is not one it can use (also a ``ValueError``); the message names
+    the option and the value."""
+
+
+class PathNotFound(PyrtError, FileNotFoundError):
+    """A path inside a container does not exist (also a ``FileNotFoundError``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(2, f"no such file or directory in the container: {path}")
+        self.filename = path
+
+    def __str__(self) -> str:
+        return f"no such file or directory in the container: {self.filename}"
+
+
 class SpawnError(PyrtError):
     """The container could not start.
 
@@ -37,6 +53,14 @@ class SpawnError(PyrtError):
     @property
     def strerror(self) -> str:
         return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+class InvalidArgument(SpawnError, ValueError):
+    """A command's argument or environment the kernel cannot take (a NUL byte): refused before
+    anything starts (also a ``ValueError``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, stage="args", errno=22)
 
 
 class ContainerError(PyrtError):

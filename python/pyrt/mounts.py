@@ -15,8 +15,16 @@ class Bind:
     the container's root, never outside it."""
 
     source: Union[str, os.PathLike[str]]
-    target: str
+    target: Union[str, os.PathLike[str]]
     readonly: bool = False
+
+    def __post_init__(self) -> None:
+        # Paths are checked when the mount is made, so a mistake points at the Bind(...) line.
+        from .checks import container_path, flag, host_path
+
+        object.__setattr__(self, "source", host_path(self.source, "Bind.source"))
+        object.__setattr__(self, "target", container_path(self.target, "Bind.target"))
+        flag(self.readonly, "Bind.readonly")
 
     def to_spec(self) -> dict[str, object]:
         opts = ["rbind", "ro" if self.readonly else "rw", "nosuid", "nodev", "rprivate"]
@@ -32,9 +40,17 @@ class Bind:
 class Tmpfs:
     """A fresh tmpfs at ``target``, of at most ``size`` bytes (int or "64m") when given."""
 
-    target: str
+    target: Union[str, os.PathLike[str]]
     size: Optional[Size] = None
     mode: int = 0o1777
+
+    def __post_init__(self) -> None:
+        from .checks import container_path, whole
+
+        object.__setattr__(self, "target", container_path(self.target, "Tmpfs.target"))
+        whole(self.mode, "Tmpfs.mode", 0, 0o7777)
+        if self.size is not None:
+            parse_size(self.size, f"Tmpfs({self.target!r}).size")
 
     def to_spec(self) -> dict[str, object]:
         opts = ["nosuid", "nodev", f"mode={self.mode:o}"]

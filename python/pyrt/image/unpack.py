@@ -197,10 +197,17 @@ def unpack(
     max_bytes: int = MAX_BYTES,
     whiteouts: str = WHITEOUTS_KEEP,
     lowers: tuple[str, ...] = (),
+    owner: Optional[tuple[int, int]] = None,
+    devices: bool = True,
+    strip_setid: bool = False,
 ) -> UnpackStats:
     """Unpacks the (uncompressed or tarfile-decompressable) tar stream into the directory
     ``dest`` (empty, or with ``whiteouts="apply"`` the layers below this one). ``what`` names the
-    image in errors. ``lowers`` (topmost first) are the layers this one goes on top of."""
+    image in errors. ``lowers`` (topmost first) are the layers this one goes on top of.
+
+    For files copied into and out of containers: ``owner`` replaces every entry's owner,
+    ``devices=False`` skips device nodes (named in the stats), ``strip_setid`` clears set-uid
+    and set-gid bits."""
     as_root = os.geteuid() == 0
     stats = UnpackStats()
     root = _Root(dest, lowers)
@@ -213,6 +220,13 @@ def unpack(
             stats.entries += 1
             if stats.entries > max_entries:
                 raise ImageError(f"more than {max_entries} entries; refusing to unpack")
+            if owner is not None:
+                m.uid, m.gid = owner
+            if strip_setid:
+                m.mode &= ~0o6000
+            if not devices and (m.ischr() or m.isblk()):
+                stats.skipped_devices.append(m.name)
+                continue
             parts = _components(m.name)
             if not parts:
                 if m.isdir():

@@ -78,7 +78,7 @@ pub fn run(hook: &Hook, state: &str) -> Result<(), HookError> {
     }
     let deadline = hook
         .timeout
-        .map(|s| Instant::now() + Duration::from_secs(s));
+        .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,

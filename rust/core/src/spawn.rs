@@ -537,7 +537,7 @@ impl Child {
         if let Some(s) = self.status {
             return Ok(Some(s));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let left = match deadline {
                 None => -1,

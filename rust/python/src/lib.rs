@@ -46,14 +46,22 @@ fn spawn_error(py: Python<'_>, e: &SetupError) -> PyErr {
     build().unwrap_or_else(|err| err)
 }
 
+/// A timeout in seconds as a duration: NaN and negative numbers are refused, and one too large
+/// for a `Duration` (or infinity) means no limit, so no conversion can panic.
 fn timeout_of(t: Option<f64>) -> PyResult<Option<Duration>> {
     match t {
         None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(PyValueError::new_err(format!(
+        Some(s) if s.is_nan() || s < 0.0 => Err(PyValueError::new_err(format!(
             "timeout must be a non-negative number, not {s}"
         ))),
+        Some(s) => Ok(Duration::try_from_secs_f64(s).ok()),
     }
+}
+
+/// The instant `timeout` seconds from now; None (no limit) when that lies beyond what an
+/// `Instant` can hold.
+fn deadline_of(t: Option<f64>) -> PyResult<Option<Instant>> {
+    Ok(timeout_of(t)?.and_then(|d| Instant::now().checked_add(d)))
 }
 
 /// Fault injection for the crash-recovery tests: with PYRT_FAULT naming this point, the process
@@ -216,7 +224,7 @@ fn communicate<'py>(
     stderr: i32,
     timeout: Option<f64>,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, bool)> {
-    let deadline = timeout_of(timeout)?.map(|t| Instant::now() + t);
+    let deadline = deadline_of(timeout)?;
     let input = input.map(|b| b.to_vec()).unwrap_or_default();
     let mut out = Outputs::default();
     py.detach(|| core_communicate(stdin, &input, stdout, stderr, deadline, &mut out))
@@ -328,7 +336,7 @@ fn forward_tcp(netns_fd: i32, addr: &str, port: u16, target: u16) -> PyResult<Po
 /// that namespace (a socket belongs to the namespace it was created in).
 #[pyfunction]
 fn tcp_probe(py: Python<'_>, pid: i32, port: u16, timeout: f64) -> PyResult<bool> {
-    let t = timeout_of(Some(timeout))?.unwrap_or_default();
+    let t = timeout_of(Some(timeout))?.unwrap_or(Duration::from_secs(3600));
     let r = py.detach(|| {
         std::thread::spawn(move || -> std::io::Result<bool> {
             use std::os::fd::AsRawFd;
@@ -401,7 +409,7 @@ impl Process {
         // a timeout must not make the process deaf to Ctrl-C or to a handler that forwards
         // SIGTERM to the container (`pyrt run`).
         const SLICE: Duration = Duration::from_millis(100);
-        let deadline = timeout_of(timeout)?.map(|t| Instant::now() + t);
+        let deadline = deadline_of(timeout)?;
         let child = &mut self.child;
         loop {
             let slice = deadline.map_or(SLICE, |d| {
