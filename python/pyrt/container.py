@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -20,10 +21,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any, Optional, Union
 
-from . import _core, checks, files, options, readiness, rootview, spec, userns
+from . import (
+    _core,
+    cgroupfreeze,
+    checks,
+    files,
+    options,
+    readiness,
+    rootview,
+    snapshot,
+    spec,
+    userns,
+)
 from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
 from .image import Image
-from .image.config import command_for
+from .image.config import ImageConfig, command_for
 from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
 from .network import HostPort, PrivateNetwork, etc_files, parse_ports
@@ -202,11 +214,11 @@ class Container:
         self.image = image
         self.id = secrets.token_hex(16)
         self.name = self._o.name
-        self.args = command_for(
-            image.config,
-            None if command is None else checks.args(command, "command", empty_ok=True),
-            None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True),
+        self._command = None if command is None else checks.args(command, "command", empty_ok=True)
+        self._entrypoint = (
+            None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True)
         )
+        self.args = command_for(image.config, self._command, self._entrypoint)
         if not self.args:
             raise PyrtError("no command: the image has no Entrypoint or Cmd, and none was given")
         #: With tty=True, once started: the pty's master (read the console, write its input).
@@ -384,12 +396,14 @@ class Container:
 
     def _start_network(self, d: ContainerDir) -> list[dict[str, Any]]:
         """The private network (before the container exists, so that it is ready when the
-        command runs), its published ports, and the /etc files that go with it."""
+        command runs), its published ports, and the /etc files that go with it. A network that
+        outlived a reset (as root) is kept: same namespace, address and forwarders."""
         if self._o.network != "private":
             return []
-        self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
-        if not self._net.rootless:
-            self._publish()
+        if self._net is None:
+            self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
+            if not self._net.rootless:
+                self._publish()
         mounts = []
         for name, text in etc_files(self._o.hostname or self.id[:12]).items():
             (d.path / name).write_text(text)
@@ -780,6 +794,104 @@ class Container:
         if left_out:
             warnings.warn(f"copy_out of {p} left out: {', '.join(left_out[:20])}", stacklevel=2)
         return left_out
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def _config(self) -> ImageConfig:
+        """The image config this container runs with (for commit)."""
+        base = self.image.config
+        ep: Optional[list[str]]
+        cmd: Optional[list[str]]
+        if self._entrypoint is not None:
+            ep, cmd = self._entrypoint, self._command or []
+        else:
+            ep = base.entrypoint
+            cmd = self._command if self._command is not None else base.cmd
+        return dataclasses.replace(
+            base,
+            entrypoint=list(ep) if ep else None,
+            cmd=list(cmd) if cmd else None,
+            env={**base.env, **self._o.env},
+            workdir=self._o.workdir or base.workdir,
+            user=self._o.user or base.user,
+        )
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """The container's processes frozen (cgroup freezer) while its layer is read, so that a
+        commit of a running container is one consistent moment."""
+        proc = self._proc
+        if proc is None or self.status != "running":
+            yield
+            return
+        with cgroupfreeze.frozen(proc.cgroup_paths()):
+            yield
+
+    def commit(
+        self,
+        tag: Optional[str] = None,
+        command: Optional[Sequence[str]] = None,
+        entrypoint: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        workdir: Optional[str] = None,
+        user: Optional[str] = None,
+    ) -> Image:
+        """A new image: this container's image plus one layer holding what the container
+        changed (deletions as OCI whiteouts), with the container's config and the given fields
+        replaced (``env`` is added to). A running container is frozen while its layer is read."""
+        if tag is not None:
+            checks.text(tag, "tag")
+        changes = {
+            "cmd": None if command is None else checks.args(command, "command", empty_ok=True),
+            "entrypoint": (
+                None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True)
+            ),
+            "env": checks.env(env),
+            "workdir": None if workdir is None else checks.container_path(workdir, "workdir"),
+            "user": checks.user(user),
+        }
+        if self._removed:
+            raise PyrtError(f"container {self.id[:12]} was removed")
+        if self.image.kind != "host" and not overlay_supported():
+            raise PyrtError("commit needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1)")
+        d = self._ensure_dir()
+        cfg = snapshot.merged_config(self._config(), changes)
+        with self._frozen():
+            return snapshot.commit(self.image, str(d.upper), cfg, tag, f"container {self.id[:12]}")
+
+    def reset(self) -> Container:
+        """Every process killed, the root back to the image exactly (a fresh writable layer),
+        and the command started again, with the same id, name, network, address and published
+        ports. Returns the container, running."""
+        with self._lock:
+            if self._removed:
+                raise PyrtError(f"container {self.id[:12]} was removed")
+            if self._proc is None:
+                raise PyrtError(f"container {self.id[:12]} was not started")
+            if self._o.tty:
+                raise PyrtError("reset of a container with tty=True is not supported")
+            proc = self._proc
+            if self._returncode is None and proc.wait(0) is None:
+                proc.kill(signal.SIGKILL)
+            proc.wait(None)
+            proc.destroy_cgroup()
+            if self._net is not None and self._net.rootless:
+                # A rootless network lives in the container's user namespace: made again, on
+                # the same host ports.
+                self._ports = [(p.container_port, p.proto, p.host_addr, p.host_port)
+                               for p in self._net.published]  # fmt: skip
+                self._net.close()
+                self._net = None
+            assert self._dir is not None
+            self._dir.reset_layer()
+            self._proc = None
+            self._returncode = None
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._spawn(devnull, cgroup=True)
+        finally:
+            os.close(devnull)
+        return self
 
     # --- a running container -------------------------------------------------------------
 

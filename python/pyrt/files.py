@@ -180,10 +180,23 @@ def write_archive(root: int, path: str, out: IO[bytes], arcname: Optional[str] =
                 raise PathNotFound(path) from None
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             links: dict[tuple[int, int], str] = {}
-            _add(tf, parent, name or ".", top, links, result)
+            _add(tf, parent, name or ".", top, links, result, _kernel_dirs(root))
     finally:
         os.close(parent)
     return result
+
+
+def _kernel_dirs(root: int) -> set[tuple[int, int]]:
+    """The running container's /proc and /sys mounts: archived as empty directories (their
+    contents are the kernel's, not files)."""
+    out = set()
+    top = os.stat(root)
+    for name in ("proc", "sys"):
+        with contextlib.suppress(OSError):
+            st = os.stat(name, dir_fd=root, follow_symlinks=False)
+            if st.st_dev != top.st_dev:
+                out.add((st.st_dev, st.st_ino))
+    return out
 
 
 def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
@@ -202,8 +215,12 @@ def _add(
     arcname: str,
     links: dict[tuple[int, int], str],
     result: Copied,
+    kernel_dirs: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
 ) -> None:
-    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return  # removed by the running container meanwhile
     ti = _info(arcname, st)
     m = st.st_mode
     if stat.S_ISREG(m):
@@ -221,14 +238,17 @@ def _add(
     elif stat.S_ISDIR(m):
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
-        fd = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd
-        )
+        result.entries += 1
+        if (st.st_dev, st.st_ino) in kernel_dirs:
+            return
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dirfd)
         try:
             for child in sorted(os.listdir(fd)):
-                _add(tf, fd, child, f"{arcname}/{child}", links, result)
+                _add(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs)
         finally:
             os.close(fd)
+        return
     elif stat.S_ISLNK(m):
         ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
         tf.addfile(ti)

@@ -79,6 +79,18 @@ class ContainerDir:
         if paths:
             (self.path / "cgroups").write_text("\n".join(paths) + "\n")
 
+    def reset_layer(self) -> None:
+        """A fresh, empty writable layer (the container is not running)."""
+        with contextlib.suppress(OSError):
+            os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000
+        for d in (self.upper, self.work):
+            if d.exists():
+                userns.remove_tree(d)
+        with contextlib.suppress(FileExistsError):
+            self.upper.mkdir(mode=0o755)
+        with contextlib.suppress(FileExistsError):
+            self.work.mkdir(mode=0o700)
+
     def remove(self) -> None:
         # Most containers leave their directory as it was made (an empty upper layer): removing
         # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.

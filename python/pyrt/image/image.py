@@ -280,6 +280,17 @@ class Image:
                         userns.remove_tree(d)
         self.tags = []
 
+    def save(self, path: PathLike, format: str = "oci") -> None:
+        """Writes the image out: ``"oci"``, an OCI image layout directory (new, or empty);
+        ``"oci-archive"`` or ``"docker-archive"``, a tar file. skopeo, umoci and podman read
+        them. Layers pulled or loaded are written from their unpacked trees (their compressed
+        blobs are not kept), so their digests may differ from the original's."""
+        from .. import checks, snapshot  # snapshot builds on images: imported when used
+
+        dest = checks.host_path(path, "path")
+        fmt = checks.text(format, "format")
+        snapshot.save(self, dest, fmt)
+
     # --- contents -----------------------------------------------------------------------
 
     def read_file(self, path: str) -> Optional[bytes]:
