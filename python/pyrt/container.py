@@ -856,8 +856,13 @@ class Container:
             raise PyrtError("commit needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1)")
         d = self._ensure_dir()
         cfg = snapshot.merged_config(self._config(), changes)
+        remap = None
+        if self._userns is not None:
+            maps = self._userns
+            remap = lambda u, g: (_inside(maps.uid, u), _inside(maps.gid, g))  # noqa: E731
         with self._frozen():
-            return snapshot.commit(self.image, str(d.upper), cfg, tag, f"container {self.id[:12]}")
+            return snapshot.commit(self.image, str(d.upper), cfg, tag,
+                                   f"container {self.id[:12]}", remap)  # fmt: skip
 
     def reset(self) -> Container:
         """Every process killed, the root back to the image exactly (a fresh writable layer),
@@ -1111,6 +1116,14 @@ def _outside(ranges: Sequence[tuple[int, int, int]], inside: int) -> int:
         if i <= inside < i + n:
             return o + inside - i
     raise PyrtError(f"id {inside} is not mapped in the container's user namespace")
+
+
+def _inside(ranges: Sequence[tuple[int, int, int]], outside: int) -> int:
+    """The id inside the user namespace that the host id ``outside`` is (nobody if none)."""
+    for i, o, n in ranges:
+        if o <= outside < o + n:
+            return i + outside - o
+    return 65534
 
 
 def _signal_number(sig: object) -> int:

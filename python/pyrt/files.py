@@ -199,10 +199,14 @@ def _kernel_dirs(root: int) -> set[tuple[int, int]]:
     return out
 
 
-def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
+#: Maps a file's owner as the host sees it to the one the archive records (a user namespace's).
+IdMap = Callable[[int, int], tuple[int, int]]
+
+
+def _info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.mode = stat.S_IMODE(st.st_mode)
-    ti.uid, ti.gid = st.st_uid, st.st_gid
+    ti.uid, ti.gid = remap(st.st_uid, st.st_gid) if remap else (st.st_uid, st.st_gid)
     ti.mtime = int(st.st_mtime)
     ti.uname = ti.gname = ""
     return ti
@@ -216,12 +220,13 @@ def _add(
     links: dict[tuple[int, int], str],
     result: Copied,
     kernel_dirs: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
+    remap: Optional[IdMap] = None,
 ) -> None:
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return  # removed by the running container meanwhile
-    ti = _info(arcname, st)
+    ti = _info(arcname, st, remap)
     m = st.st_mode
     if stat.S_ISREG(m):
         key = (st.st_dev, st.st_ino)
@@ -245,7 +250,7 @@ def _add(
         fd = os.open(name, flags, dir_fd=dirfd)
         try:
             for child in sorted(os.listdir(fd)):
-                _add(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs)
+                _add(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs, remap)
         finally:
             os.close(fd)
         return

@@ -64,7 +64,7 @@ class _Hashing:
 # --- a layer from a directory ----------------------------------------------------------------
 
 
-def write_layer(top: str, out: IO[bytes]) -> None:
+def write_layer(top: str, out: IO[bytes], remap: Optional[files.IdMap] = None) -> None:
     """A tar of the overlay-format directory ``top`` (an upper directory or a stored layer) with
     its markers as OCI whiteouts. Sockets cannot be in a layer and are left out."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -72,7 +72,7 @@ def write_layer(top: str, out: IO[bytes]) -> None:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             links: dict[tuple[int, int], str] = {}
             for name in sorted(os.listdir(fd)):
-                _add_layer_entry(tf, fd, name, name, links)
+                _add_layer_entry(tf, fd, name, name, links, remap)
     finally:
         os.close(fd)
 
@@ -86,7 +86,12 @@ def _opaque(fd: int) -> bool:
 
 
 def _add_layer_entry(
-    tf: tarfile.TarFile, dirfd: int, name: str, arc: str, links: dict[tuple[int, int], str]
+    tf: tarfile.TarFile,
+    dirfd: int,
+    name: str,
+    arc: str,
+    links: dict[tuple[int, int], str],
+    remap: Optional[files.IdMap],
 ) -> None:
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
@@ -96,7 +101,7 @@ def _add_layer_entry(
         tf.addfile(wh)
         return
     if stat.S_ISDIR(st.st_mode):
-        ti = files._info(arc, st)
+        ti = files._info(arc, st, remap)
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,15 +112,19 @@ def _add_layer_entry(
                 opq.mtime = int(st.st_mtime)
                 tf.addfile(opq)
             for child in sorted(os.listdir(fd)):
-                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links)
+                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links, remap)
         finally:
             os.close(fd)
         return
-    files._add(tf, dirfd, name, arc, links, files.Copied())
+    files._add(tf, dirfd, name, arc, links, files.Copied(), remap=remap)
 
 
 def store_layer(
-    top: str, parent_chain: Optional[str], lowers: tuple[str, ...], what: str
+    top: str,
+    parent_chain: Optional[str],
+    lowers: tuple[str, ...],
+    what: str,
+    remap: Optional[files.IdMap] = None,
 ) -> tuple[str, layers.Layer]:
     """``top`` as a stored layer on ``parent_chain``: its tar blob kept under blobs/, its tree
     unpacked into the layer store. Returns (diff_id, layer)."""
@@ -123,7 +132,7 @@ def store_layer(
     try:
         with os.fdopen(fd, "wb") as raw:
             h = _Hashing(raw)
-            write_layer(top, h)  # type: ignore[arg-type]
+            write_layer(top, h, remap)  # type: ignore[arg-type]
         diff_id = h.digest
         layer = layers.ensure_layer(
             lambda: open(tmp, "rb"),  # noqa: SIM115 - ensure_layer closes what it opens
@@ -186,8 +195,16 @@ def oci_config(cfg: ImageConfig, ids: Sequence[str], history: str) -> dict[str, 
     return doc
 
 
-def commit(img: Image, upper: str, cfg: ImageConfig, tag: Optional[str], what: str) -> Image:
-    """The image ``img`` plus the layer in ``upper``, with config ``cfg``."""
+def commit(
+    img: Image,
+    upper: str,
+    cfg: ImageConfig,
+    tag: Optional[str],
+    what: str,
+    remap: Optional[files.IdMap] = None,
+) -> Image:
+    """The image ``img`` plus the layer in ``upper``, with config ``cfg``; ``remap`` turns the
+    owners the host sees in ``upper`` into the container's (a rootless container's)."""
     if img.kind == "host":
         raise PyrtError(f"{what}: a container of the host image has no layer of its own to commit")
     with store.loading():
@@ -202,7 +219,7 @@ def commit(img: Image, upper: str, cfg: ImageConfig, tag: Optional[str], what: s
             lowers: tuple[str, ...] = (str(base.root),)
         else:
             lowers = img.lower
-        diff_id, layer = store_layer(upper, parent, lowers, what)
+        diff_id, layer = store_layer(upper, parent, lowers, what, remap)
         ids = [str(d) for d in base_ids] + [diff_id]
         doc = oci_config(cfg, ids, f"pyrt commit ({what})")
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -356,3 +356,57 @@ def test_two_rootless_containers_talk_and_taken_ports(public: Path, tmp_path: Pa
     assert str(busy) in out["taken"] and "in use" in out["taken"]
     assert "published port" in out["join"]
     assert out["leftover"] == []
+
+
+STATE_SCENARIO = """
+img = pyrt.Image.load(PUBLIC / "rootfs")
+c = pyrt.Container(img, ["sh", "-c", "cat /cfg > /seen; echo up > /up; sleep 60"])
+c.write_file("/cfg", "prepared\\n")
+out["created"] = c.read_file("/cfg").decode()
+c.start()
+c.wait_for_file("/up")
+out["seen"] = c.read_file("/seen").decode()
+out["owner"] = c.exec(["stat", "-c", "%u:%g", "/cfg"], text=True).stdout
+src = Path(os.environ["HOME"]) / "tree"
+(src / "d").mkdir(parents=True)
+(src / "d" / "f").write_text("in")
+c.copy_in(src, "/tree")
+out["copied_in"] = c.exec(["sh", "-c", "cat /tree/d/f; stat -c %u /tree/d/f"], text=True).stdout
+c.exec(["sh", "-c", "mkdir /o && echo out > /o/f && chown 7:7 /o/f"])
+dst = Path(os.environ["HOME"]) / "dst"
+dst.mkdir()
+c.copy_out("/o", dst)
+st = os.stat(dst / "o" / "f")
+out["copied_out"] = [(dst / "o" / "f").read_text(), st.st_uid == os.getuid()]
+img2 = c.commit()
+out["committed"] = pyrt.run(img2, ["cat", "/seen", "/tree/d/f"], text=True).stdout
+c.reset()
+c.wait_for_file("/up")
+out["after_reset"] = c.exec(["sh", "-c", "ls /tree /cfg 2>&1 | wc -l; cat /seen"],
+                            text=True).stdout
+c.kill()
+c.wait()
+out["exited"] = c.read_file("/up").decode()
+c.remove()
+"""
+
+
+@pytest.mark.parametrize("who", ["nobody", "subids"])
+def test_files_commit_reset_rootless(who: str, public: Path, tmp_path: Path) -> None:
+    if who == "subids":
+        ids = subid_user()
+        assert ids is not None, ".ci/run creates pyrt-ci with a subordinate id range"
+        uid, gid = ids
+    else:
+        uid = gid = NOBODY
+    out = as_user(uid, gid, STATE_SCENARIO, public, tmp_path)
+    assert out["created"] == "prepared\n"
+    assert out["seen"] == "prepared\n", "written before start, there when the command ran"
+    assert out["owner"] == "0:0\n"
+    assert out["copied_in"] == "in0\n"
+    assert out["copied_out"] == ["out\n", True], "owned by the caller on the way out"
+    assert out["committed"] == "prepared\nin"
+    # After reset: /tree and /cfg are gone (2 lines of "No such file"), /seen is new (empty).
+    assert out["after_reset"] == "2\n"
+    assert out["exited"] == "up\n"
+    assert out["leftover"] == []

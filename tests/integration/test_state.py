@@ -318,7 +318,7 @@ def test_reset_restores_the_image_and_keeps_identity(image: pyrt.Image) -> None:
         c.write_file("/before-start", "x")
         c.start()
         c.wait_for_file("/starts")
-        sh(c, "echo dirty > /dirty; rm /etc/passwd; sleep 30 & echo $! > /bg")
+        sh(c, "echo dirty > /dirty; rm /etc/passwd; sleep 30 >/dev/null 2>&1 & echo $! > /bg")
         cid, pid = c.id, c.pid
         assert c.reset() is c
         assert (c.id, c.name, c.status) == (cid, "resettable", "running")
