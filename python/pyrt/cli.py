@@ -130,6 +130,16 @@ def _build_parser() -> argparse.ArgumentParser:
     ld.add_argument("path")
     ld.add_argument("--tag", "-t", help="the name to record it under")
     ld.add_argument("--ref", help="which image of a multi-image layout or archive")
+    cp = sub.add_parser("cp", help="copy files between a container and the host (ID:PATH)")
+    cp.add_argument("src", metavar="SRC", help="ID:PATH or a host path")
+    cp.add_argument("dst", metavar="DST", help="ID:PATH or a host path")
+    cm = sub.add_parser("commit", help="a new image of a container's image plus its changes")
+    cm.add_argument("container")
+    cm.add_argument("tag", nargs="?")
+    sv = sub.add_parser("save", help="write an image out (OCI layout, OCI or docker archive)")
+    sv.add_argument("image")
+    sv.add_argument("path")
+    sv.add_argument("--format", default="oci", choices=["oci", "oci-archive", "docker-archive"])
     sub.add_parser("images", help="list the local store")
     rmi = sub.add_parser("rmi", help="remove an image from the local store")
     rmi.add_argument("image")
@@ -346,6 +356,61 @@ def _exec(a: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
+def _container_ref(arg: str) -> tuple[Optional[str], str]:
+    """ "ID:PATH" names a container's path; anything else (or a colon after a slash) is the
+    host's (Docker's rule)."""
+    ref, sep, path = arg.partition(":")
+    if sep and ref and "/" not in ref:
+        return ref, path or "/"
+    return None, arg
+
+
+def _running(ref: str) -> dict[str, Any]:
+    from .state import find, pid_start_time
+
+    st = find(ref)
+    if st["status"] != "running" or pid_start_time(st["pid"]) != st.get("pid_start"):
+        raise PyrtError(f"container {ref} is not running")
+    return st
+
+
+def _cp(a: argparse.Namespace) -> int:
+    from . import checks, files, rootview
+
+    (sref, spath), (dref, dpath) = _container_ref(a.src), _container_ref(a.dst)
+    if (sref is None) == (dref is None):
+        raise PyrtError("cp: exactly one of SRC and DST is ID:PATH")
+    owner = (0, 0) if os.geteuid() == 0 else None
+    if sref is not None:
+        src = checks.container_path(spath, "SRC")
+        dst = os.path.abspath(dpath)
+        with rootview.running_root(_running(sref)["pid"]) as root:
+            for left in files.copy_out(root, src, dst):
+                print(f"pyrt: left out {left}", file=sys.stderr)
+    else:
+        assert dref is not None
+        dst = checks.container_path(dpath, "DST")
+        with rootview.running_root(_running(dref)["pid"]) as root:
+            files.copy_in(root, os.path.abspath(spath), dst, owner)
+    return 0
+
+
+def _commit(a: argparse.Namespace) -> Image:
+    """A container of another process (`pyrt run -d`) committed from its state: its image, its
+    writable layer, its command; frozen while the layer is read."""
+    from pathlib import Path
+
+    from . import cgroupfreeze, snapshot
+
+    st = _running(a.container)
+    img = resolve_image(str(st["image"]))
+    cfg = snapshot.merged_config(img.config, {"cmd": list(st.get("command") or []),
+                                              "entrypoint": []})  # fmt: skip
+    with cgroupfreeze.frozen(st.get("cgroups") or []):
+        return snapshot.commit(img, str(Path(st["dir"]) / "upper"), cfg, a.tag,
+                               f"container {st['id'][:12]}")  # fmt: skip
+
+
 def _logs(a: argparse.Namespace) -> int:
     import time
 
@@ -439,6 +504,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.cmd == "load":
             img = Image.load(a.path, tag=a.tag, ref=a.ref)
             print(img.id)
+            return 0
+        if a.cmd == "cp":
+            return _cp(a)
+        if a.cmd == "commit":
+            print(_commit(a).id)
+            return 0
+        if a.cmd == "save":
+            resolve_image(a.image).save(a.path, format=a.format)
             return 0
         if a.cmd == "images":
             print(f"{'NAME':40} {'ID':20} KIND")

@@ -753,12 +753,7 @@ class Container:
             raise PyrtError(f"copy_in: {host} does not exist on the host")
 
         def op(root: int, owner: files.Owner) -> bytes:
-            if files.exists(root, target) == "dir":
-                into, name = target, os.path.basename(host.rstrip("/")) or "."
-            else:
-                into, name = files._split(target)
-            with files.piped(lambda out: files.host_archive(host, name, out)) as stream:
-                files.extract(root, into, stream, owner)
+            files.copy_in(root, host, target, owner)
             return b""
 
         self._in_root(target, op, write=True)
@@ -771,24 +766,10 @@ class Container:
         what was left out, and warns about it."""
         p = checks.container_path(src, "src")
         host = os.path.abspath(checks.host_path(dst, "dst"))
-        if os.path.isdir(host):
-            into, name = host, (os.path.basename(p.rstrip("/")) or ".")
-        else:
-            into, name = os.path.dirname(host), os.path.basename(host)
-            if not os.path.isdir(into):
-                raise PyrtError(f"copy_out: {into} is not a directory on the host")
-        rootless = os.geteuid() != 0
+        files.host_destination(host, p)  # checked before anything is read
 
         def op(root: int, _owner: files.Owner) -> bytes:
-            skipped: list[str] = []
-
-            def produce(out: IO[bytes]) -> None:
-                skipped.extend(files.write_archive(root, p, out, arcname=name).skipped)
-
-            with files.piped(produce) as stream:
-                got = files.extract_to_host(stream, into, f"copy of {p}",
-                                            (0, 0) if rootless else None)  # fmt: skip
-            return json.dumps(skipped + got.skipped).encode()
+            return json.dumps(files.copy_out(root, p, host)).encode()
 
         left_out: list[str] = json.loads(self._in_root(p, op, write=False))
         if left_out:

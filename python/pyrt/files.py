@@ -361,3 +361,47 @@ def host_archive(src: str, arcname: str, out: IO[bytes]) -> None:
 def _host_filter(ti: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
     ti.uname = ti.gname = ""
     return ti
+
+
+# --- `docker cp` in either direction ---------------------------------------------------------
+
+
+def copy_in(root: int, host: str, target: str, owner: Owner) -> None:
+    """The host file or tree ``host`` to ``target`` inside the root: into it when it is a
+    directory, else as it (`docker cp`'s rule)."""
+    if not os.path.lexists(host):
+        raise PyrtError(f"copy_in: {host} does not exist on the host")
+    if exists(root, target) == "dir":
+        into, name = target, os.path.basename(host.rstrip("/")) or "."
+    else:
+        into, name = _split(target)
+    with piped(lambda out: host_archive(host, name, out)) as stream:
+        extract(root, into, stream, owner)
+
+
+def host_destination(host: str, src: str) -> tuple[str, str]:
+    """(directory, name) on the host that a copy of ``src`` goes to."""
+    if os.path.isdir(host):
+        return host, os.path.basename(src.rstrip("/")) or "."
+    into = os.path.dirname(host)
+    if not os.path.isdir(into):
+        raise PyrtError(f"copy_out: {into} is not a directory on the host")
+    return into, os.path.basename(host)
+
+
+def copy_out(root: int, src: str, host: str) -> list[str]:
+    """``src`` inside the root to the host path ``host`` (into it when it is a directory, else
+    as it). Returns what was left out (device nodes, sockets)."""
+    into, name = host_destination(host, src)
+    skipped: list[str] = []
+
+    def produce(out: IO[bytes]) -> None:
+        skipped.extend(write_archive(root, src, out, arcname=name).skipped)
+
+    # In a user namespace (a rootless helper) we are its root: what comes out is the caller's.
+    owner = (0, 0) if os.geteuid() == 0 and not unpack.privileged() else None
+    if os.geteuid() != 0:
+        owner = (0, 0)
+    with piped(produce) as stream:
+        got = extract_to_host(stream, into, f"copy of {src}", owner)
+    return skipped + got.skipped

@@ -85,3 +85,40 @@ def test_load_tag_images_rmi(rootfs: Path) -> None:
 def test_plan_shows_the_steps(rootfs: Path) -> None:
     r = pyrt_cli("plan", str(rootfs), "true")
     assert r.returncode == 0 and '"pivot' not in r.stdout and '"mounts"' in r.stdout
+
+
+def test_cp_commit_save_of_a_detached_container(rootfs: Path, tmp_path: Path) -> None:
+    r = pyrt_cli("run", "-d", str(rootfs), "sh", "-c", "echo made > /made; sleep 60")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.split()[-1]
+    try:
+        (tmp_path / "in.txt").write_text("in\n")
+        assert pyrt_cli("cp", str(tmp_path / "in.txt"), f"{cid}:/etc/in.txt").returncode == 0
+        out = pyrt_cli("exec", cid, "cat", "/etc/in.txt")
+        assert out.stdout == "in\n"
+        r = pyrt_cli("cp", f"{cid}:/etc/in.txt", str(tmp_path / "back.txt"))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "back.txt").read_text() == "in\n"
+        r = pyrt_cli("cp", str(tmp_path), str(tmp_path))
+        assert r.returncode == 125 and "exactly one" in r.stderr
+        r = pyrt_cli("commit", cid, "pyrt-test/cli-commit:1")
+        assert r.returncode == 0, r.stderr
+        img = pyrt.Image.get("pyrt-test/cli-commit:1")
+        assert img.id == r.stdout.strip()
+        seen = pyrt.run(img, ["cat", "/etc/in.txt", "/made"], text=True)
+        assert seen.stdout == "in\nmade\n"
+        r = pyrt_cli("save", "pyrt-test/cli-commit:1", str(tmp_path / "img.tar"),
+                     "--format", "oci-archive")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert pyrt.run(pyrt.Image.load(tmp_path / "img.tar"), ["cat", "/made"]).stdout == b"made\n"
+        img.remove()
+    finally:
+        pyrt_cli("rm", cid)
+
+
+def test_user_mistakes_are_one_line(rootfs: Path) -> None:
+    r = pyrt_cli("run", "-m", "lots", str(rootfs), "true")
+    assert r.returncode == 125 and "memory" in r.stderr and "Traceback" not in r.stderr
+    r = pyrt_cli("run", "./no/such/rootfs", "true")
+    assert r.returncode == 125 and "no such file or directory" in r.stderr
+    assert "-d, --detach" in pyrt_cli("run", "--help").stdout
