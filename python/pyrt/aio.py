@@ -369,9 +369,12 @@ async def run(
     timeout: Optional[float] = None,
     check: bool = False,
     text: bool = False,
+    *,
+    stdout: Target = None,
+    stderr: Target = None,
     **options: Any,
 ) -> Result:
     """``pyrt.run`` for asyncio."""
     return await Container(image, command, **options).run(
-        input=input, timeout=timeout, check=check, text=text
+        input=input, timeout=timeout, check=check, text=text, stdout=stdout, stderr=stderr
     )

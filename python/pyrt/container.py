@@ -1167,9 +1167,14 @@ def run(
     timeout: Optional[float] = None,
     check: bool = False,
     text: bool = False,
+    *,
+    stdout: Target = None,
+    stderr: Target = None,
     **options: Any,
 ) -> Result:
-    """Runs ``command`` in a fresh container of ``image`` and removes it; like subprocess.run."""
+    """Runs ``command`` in a fresh container of ``image`` and removes it; like subprocess.run.
+    ``stdout``/``stderr``: ``pyrt.PIPE`` (captured, the default), ``pyrt.DEVNULL``, a file or
+    a descriptor (``stderr=pyrt.STDOUT`` merges it into stdout)."""
     return Container(image, command, **options).run(
-        input=input, timeout=timeout, check=check, text=text
+        input=input, timeout=timeout, check=check, text=text, stdout=stdout, stderr=stderr
     )

@@ -138,9 +138,17 @@ def test_network_none_has_no_route_out(image: pyrt.Image, host_server: int) -> N
     assert "Network is unreachable" in r.stderr
 
 
-def test_ports_need_a_private_network(image: pyrt.Image) -> None:
+def test_ports_imply_a_private_network(image: pyrt.Image) -> None:
+    # As `pyrt run -p` does: publishing a port without naming a network gives a private one.
+    with pyrt.Container(
+        image, ["httpd", "-f", "-p", "8080", "-h", "/etc"], ports={8080: None}
+    ) as c:
+        c.wait_for_port(8080)
+        assert c.port(8080) > 0
     with pytest.raises(pyrt.PyrtError, match="network='private'"):
-        pyrt.Container(image, ["true"], ports={80: None})
+        pyrt.Container(image, ["true"], network="none", ports={80: None})
+    with pytest.raises(TypeError, match="ports"):
+        pyrt.Container(image, ["true"], ports=[80])  # type: ignore[arg-type]
     with pytest.raises(pyrt.PyrtError, match="not a container port"):
         pyrt.Container(image, ["true"], network="private", ports={"http": None})
 

@@ -1,0 +1,175 @@
+"""Hostile values at pyrt's doors: wrong types, NaN, infinities, huge and negative numbers, NUL
+bytes, lone surrogates (not UTF-8), nested junk, path objects. Each call either works or raises
+one of the allowed types (TypeError, ValueError, OverflowError, a PyrtError), never anything
+else (an AttributeError from deep inside, a panic), never hangs, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pyrt
+from helpers import state_entries
+
+ALLOWED = (TypeError, ValueError, OverflowError, pyrt.PyrtError)
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.text(alphabet=st.sampled_from(["\0", "\udc80", "/", ".", "a", ":"]), max_size=6),
+    st.binary(max_size=6),
+    st.builds(Path, st.sampled_from(["/tmp", "rel", "/a/../b"])),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.builds(object),
+)
+
+OPTIONS = [
+    "env", "workdir", "user", "hostname", "name", "mounts", "readonly_rootfs", "network",
+    "ports", "memory", "pids_limit", "cpus", "cap_add", "cap_drop", "privileged", "init",
+    "rootless", "entrypoint",
+]  # fmt: skip
+
+
+class Hang(Exception):
+    pass
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """A per-call hang detector: any call that blocks for 10 s fails the test."""
+
+    def ring(*_: object) -> None:
+        raise Hang("a call hung")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> None:
+    signal.alarm(10)
+    try:
+        fn(*args, **kwargs)
+    except ALLOWED:
+        pass
+    finally:
+        signal.alarm(0)
+
+
+FAST = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@FAST
+@given(option=st.sampled_from(OPTIONS), value=junk)
+def test_container_options(image: pyrt.Image, alarm: None, option: str, value: object) -> None:
+    before = state_entries()
+    c = None
+    signal.alarm(10)
+    try:
+        c = pyrt.Container(image, ["true"], **{option: value})
+    except ALLOWED:
+        pass
+    finally:
+        signal.alarm(0)
+    if c is not None:
+        _call(c.run)
+        c.remove()
+    assert state_entries() == before
+
+
+@FAST
+@given(
+    timeout=junk,
+    input=junk,
+    command=st.one_of(junk, st.lists(junk, min_size=1, max_size=2)),
+)
+def test_run_arguments(
+    image: pyrt.Image, alarm: None, timeout: Any, input: Any, command: Any
+) -> None:
+    before = state_entries()
+    _call(pyrt.run, image, command, input=input, timeout=timeout)
+    _call(pyrt.run, image, ["true"], timeout=timeout)
+    assert state_entries() == before
+
+
+@pytest.fixture(scope="module")
+def running(image: pyrt.Image) -> Iterator[pyrt.Container]:
+    with pyrt.Container(image, ["sleep", "600"]) as c:
+        yield c
+
+
+@FAST
+@given(a=junk, b=junk)
+def test_methods_of_a_running_container(
+    running: pyrt.Container, alarm: None, a: Any, b: Any
+) -> None:
+    c = running
+    _call(c.exec, ["true"], timeout=a)
+    _call(c.exec, a)
+    _call(c.exec, ["true"], env=a, user=b)
+    _call(c.exec, ["true"], workdir=a)
+    _call(c.wait, 0.001)
+    if not isinstance(a, int):  # a number is a real signal: tested apart
+        _call(c.kill, a)
+    _call(c.write_file, a, b)
+    _call(c.write_file, "/tmp/f", b"x", mode=a)
+    _call(c.read_file, a)
+    _call(c.put_archive, a, b)
+    _call(c.get_archive, a)
+    _call(c.copy_in, a, b)
+    _call(c.wait_for_port, a, timeout=0.01)
+    # A long wait for a file that never comes is legitimate, not a hang: only bad timeouts.
+    if not (isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0):
+        _call(c.wait_for_file, "/nope", timeout=a)
+    assert c.status == "running", "no hostile call may take the container down"
+
+
+def test_huge_timeouts_are_no_limit(running: pyrt.Container) -> None:
+    for t in (1e300, math.inf, 2**64, 2**1000):
+        assert running.exec(["true"], timeout=t).returncode == 0
+        assert pyrt.run(pyrt.Image.host(), ["true"], timeout=t).returncode == 0
+
+
+def test_an_error_after_an_exec_started_does_not_hang_remove(image: pyrt.Image) -> None:
+    c = pyrt.Container(image, ["sleep", "600"]).start()
+    with pytest.raises(ValueError):
+        c.exec(["true"], timeout=-1)
+    with pytest.raises(TypeError):
+        c.exec(["true"], stdout=object())  # type: ignore[arg-type]
+    signal.alarm(20)
+    try:
+        c.remove()
+    finally:
+        signal.alarm(0)
+    assert c.status == "removed"
+
+
+def test_output_to_a_file_not_to_memory(image: pyrt.Image, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        r = pyrt.run(image, ["sh", "-c", "head -c 50000000 /dev/zero; echo err >&2"], stdout=f)
+    assert r.stdout is None and r.stderr == b"err\n"
+    assert os.path.getsize(out) == 50_000_000
+    r = pyrt.run(image, ["sh", "-c", "echo a; echo b >&2"], stdout=pyrt.DEVNULL,
+                 stderr=pyrt.STDOUT)  # fmt: skip
+    assert r.stdout is None and r.stderr is None
+    r = pyrt.run(image, ["sh", "-c", "echo a; echo b >&2"], stderr=pyrt.STDOUT)
+    assert r.stdout == b"a\nb\n"
+    assert "a\\nb\\n" in repr(r), "the repr shows the output"
