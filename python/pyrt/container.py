@@ -458,11 +458,7 @@ class Container:
             if any(st.get("name") == self.name for st in list_states()):
                 raise PyrtError(f"the name {self.name!r} is already in use by a running container")
         self._detached = detached
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._spawn(devnull, cgroup=True)
-        finally:
-            os.close(devnull)
+        self._spawn_detached()
         if self.console is not None and self._dir is not None:
             # The console's output is the container's log; `console` stays for its input.
             _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
@@ -872,12 +868,16 @@ class Container:
             self._dir.reset_layer()
             self._proc = None
             self._returncode = None
+        self._spawn_detached()
+        return self
+
+    def _spawn_detached(self) -> None:
+        """Started with stdin from /dev/null and its output to the log, in a cgroup."""
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._spawn(devnull, cgroup=True)
         finally:
             os.close(devnull)
-        return self
 
     # --- a running container -------------------------------------------------------------
 
