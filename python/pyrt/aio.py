@@ -11,20 +11,23 @@ No thread per container: a container's exit is awaited through its pidfd with
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Optional, Union
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import IO, Any, Optional, TypeVar, Union
 
 from . import _core, checks, readiness
-from .container import POLL_INTERVAL, Input, Result, Stats, _io_args, _result
+from .container import POLL_INTERVAL, Input, PathArg, Result, Stats, _io_args, _result
 from .container import Container as _SyncContainer
 from .errors import PyrtError, TimeoutExpired
 from .image import Image
 from .stdio import Pipes, Target
 
 __all__ = ["Container", "run"]
+
+T = TypeVar("T")
 
 
 async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int]:
@@ -295,6 +298,38 @@ class Container:
                         yield rest
                     return
                 await asyncio.sleep(POLL_INTERVAL)
+
+    # --- files and snapshots (file work, run off the event loop) ------------------------------
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def write_file(self, path: PathArg, data: Union[bytes, str], mode: int = 0o644) -> None:
+        await self._off_loop(self._c.write_file, path, data, mode)
+
+    async def read_file(self, path: PathArg) -> bytes:
+        return await self._off_loop(self._c.read_file, path)
+
+    async def copy_in(self, src: PathArg, dst: PathArg) -> None:
+        await self._off_loop(self._c.copy_in, src, dst)
+
+    async def copy_out(self, src: PathArg, dst: PathArg) -> list[str]:
+        return await self._off_loop(self._c.copy_out, src, dst)
+
+    async def put_archive(self, path: PathArg, data: Union[bytes, IO[bytes]]) -> None:
+        await self._off_loop(self._c.put_archive, path, data)
+
+    async def get_archive(self, path: PathArg) -> bytes:
+        return await self._off_loop(self._c.get_archive, path)
+
+    async def commit(self, tag: Optional[str] = None, **changes: Any) -> Image:
+        """As ``Container.commit``."""
+        return await self._off_loop(self._c.commit, tag, **changes)
+
+    async def reset(self) -> Container:
+        await self._off_loop(self._c.reset)
+        return self
 
     # --- readiness --------------------------------------------------------------------------
 

@@ -350,3 +350,24 @@ def test_reset_keeps_published_ports(image: pyrt.Image, tmp_path: Path) -> None:
                     raise
                 time.sleep(0.05)
         assert body == b"hello\n"
+
+
+def test_the_async_front_end(image: pyrt.Image, tmp_path: Path) -> None:
+    import asyncio
+
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        async with pyrt.aio.Container(image, ["sh", "-c", "echo x > /x; sleep 60"]) as c:
+            await c.write_file("/a", "async")
+            got = await c.read_file("/a")
+            await c.copy_out("/a", tmp_path / "a")
+            img = await c.commit()
+            await c.reset()
+            after = (await c.exec(["sh", "-c", "ls /a 2>&1 || true"])).stdout
+        res = await pyrt.aio.run(img, ["cat", "/a"])
+        assert isinstance(after, bytes)
+        return got, after, res.stdout or b""
+
+    got, after, committed = asyncio.run(scenario())
+    assert got == b"async" and (tmp_path / "a").read_bytes() == b"async"
+    assert b"No such file" in after
+    assert committed == b"async"
