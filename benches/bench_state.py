@@ -23,8 +23,9 @@ from pathlib import Path
 import pyrt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_start import interleave, summarize  # noqa: E402
-from helpers import make_busybox_rootfs  # noqa: E402
+from bench_start import interleave, summarize
+
+from helpers import make_busybox_rootfs
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
