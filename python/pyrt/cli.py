@@ -534,6 +534,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .image import layers, store
 
             with store.loading(exclusive=True), store.locked():
+                # No load, pull, commit or save holds the loading lock now: whatever is in the
+                # store's tmp/ was left by one that was killed.
+                for name in store.collect_tmp():
+                    print(f"tmp/{name}")
                 used = {x for r in store.read_index().values() for x in r.get("lower") or ()}
                 grace = float(os.environ.get("PYRT_GC_GRACE", "60"))
                 for name in layers.collect(used, grace=grace):

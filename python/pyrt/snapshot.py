@@ -260,6 +260,11 @@ def save(img: Image, path: str, fmt: str) -> None:
         raise PyrtError(f"save: {dest} exists and is not an empty directory")
     if fmt != "oci" and dest.is_dir():
         raise PyrtError(f"save: {dest} is a directory; {fmt} is written as a file")
+    with store.loading():  # `pyrt gc` leaves tmp/ alone meanwhile
+        _save(img, dest, fmt)
+
+
+def _save(img: Image, dest: Path, fmt: str) -> None:
     work = Path(tempfile.mkdtemp(dir=store.tmp_dir(), prefix="save-"))
     temps: list[Path] = []
     try:

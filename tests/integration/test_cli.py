@@ -122,3 +122,16 @@ def test_user_mistakes_are_one_line(rootfs: Path) -> None:
     r = pyrt_cli("run", "./no/such/rootfs", "true")
     assert r.returncode == 125 and "no such file or directory" in r.stderr
     assert "-d, --detach" in pyrt_cli("run", "--help").stdout
+
+
+def test_gc_removes_what_an_interrupted_load_left(tmp_path: Path) -> None:
+    from pyrt.image import store
+
+    stale = store.tmp_dir() / "layer-killed"
+    (stale / "root" / "d").mkdir(parents=True)
+    (stale / "root" / "d" / "f").write_bytes(b"x" * 1000)
+    (store.tmp_dir() / "blob-killed").write_bytes(b"partial")
+    r = pyrt_cli("gc")
+    assert r.returncode == 0, r.stderr
+    assert "tmp/layer-killed" in r.stdout and "tmp/blob-killed" in r.stdout
+    assert not stale.exists() and not (store.tmp_dir() / "blob-killed").exists()

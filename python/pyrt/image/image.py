@@ -105,7 +105,8 @@ class Image:
         if kind == "rootfs":
             img = cls("rootfs", (str(p.resolve()),), ImageConfig(), source=str(p))
         else:
-            img = cls._load_tarball(p)
+            with store.loading():  # `pyrt gc` leaves tmp/ alone meanwhile
+                img = cls._load_tarball(p)
         if tag is not None:
             img.tag(tag)
         return img

@@ -49,6 +49,25 @@ def loading(exclusive: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+def collect_tmp() -> list[str]:
+    """Removes what interrupted loads, pulls, commits and saves left in tmp/. The caller holds
+    the loading lock exclusively, so none of them is under way."""
+    from .. import userns
+
+    gone = []
+    base = tmp_dir()
+    for name in sorted(os.listdir(base)):
+        p = base / name
+        if p.is_dir() and not p.is_symlink():
+            userns.remove_tree(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        if not os.path.lexists(p):
+            gone.append(name)
+    return gone
+
+
 def _index_path() -> Path:
     return root() / "images.json"
 

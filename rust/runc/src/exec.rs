@@ -96,11 +96,17 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
             "--console-socket given but the process has no terminal".into()
         }));
     }
-    let seccomp = load_spec(&rec.bundle)
-        .ok()
-        .and_then(|s| s.linux().clone())
+    // The container's seccomp filter applies to every process in it: a bundle whose config can
+    // no longer be read is an error, never an exec without the filter.
+    let spec = load_spec(&rec.bundle)
+        .map_err(|e| RuncError::Spec(format!("the container's seccomp filter: {e}")))?;
+    let seccomp = spec
+        .linux()
+        .clone()
         .and_then(|l| l.seccomp().clone())
-        .map(|s| serde_json::to_string(&s).expect("a seccomp spec serialises"));
+        .map(|s| serde_json::to_string(&s))
+        .transpose()
+        .map_err(|e| RuncError::Spec(format!("the container's seccomp spec: {e}")))?;
     let mut plan = ExecPlan::from_process_json(&process.to_string(), rec.pid, seccomp.as_deref())
         .map_err(|e| RuncError::Spec(e.to_string()))?;
     plan.detached = o.detach;
