@@ -352,17 +352,6 @@ def piped(produce: Callable[[IO[bytes]], object]) -> Iterator[IO[bytes]]:
         raise failure[0]
 
 
-def host_archive(src: str, arcname: str, out: IO[bytes]) -> None:
-    """A tar of the host path ``src`` (not following symlinks) with its top entry ``arcname``."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        tf.add(src, arcname=arcname, recursive=True, filter=_host_filter)
-
-
-def _host_filter(ti: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
-    ti.uname = ti.gname = ""
-    return ti
-
-
 # --- `docker cp` in either direction ---------------------------------------------------------
 
 
