@@ -450,7 +450,7 @@ def _rm(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .state import find, kill_and_rmdir, pid_start_time
+    from .state import find, kill_all_and_rmdir, pid_start_time
 
     for ref in a.containers:
         st = find(ref)
@@ -469,9 +469,7 @@ def _rm(a: argparse.Namespace) -> int:
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                 finally:
                     os.close(fd)
-            for cg in st.get("cgroups") or []:
-                if os.path.isdir(cg):
-                    kill_and_rmdir(cg)
+            kill_all_and_rmdir([cg for cg in st.get("cgroups") or [] if os.path.isdir(cg)])
             (d / "removed").touch()
         print(st["id"])
     return 0
@@ -523,13 +521,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolve_image(a.image).remove()
             return 0
         if a.cmd == "gc":
-            from .state import collect_stale, containers_root, kill_and_rmdir, stale_cgroups
+            from .state import collect_stale, containers_root, kill_all_and_rmdir, stale_cgroups
 
             for cid in collect_stale():
                 print(cid)
             live = set(os.listdir(containers_root()))
-            for cg in stale_cgroups(live):
-                kill_and_rmdir(cg)
+            stale = stale_cgroups(live)
+            kill_all_and_rmdir(stale)
+            for cg in stale:
                 print(cg)
             from .image import layers, store
 

@@ -381,19 +381,13 @@ def copy_in(root: int, host: str, target: str, owner: Owner) -> Copied:
 
 
 def _replace(parent: int, name: str, is_dir: bool) -> None:
-    """Clears the way for a new entry ``name`` (an existing directory stays, for merging)."""
-    try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if is_dir and stat.S_ISDIR(st.st_mode):
-        return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(f"/proc/self/fd/{parent}/{name}")
-    else:
-        os.unlink(name, dir_fd=parent)
+    """Clears the way for a new entry ``name``; an existing directory stays when a directory
+    comes (the copy merges into it, as `docker cp` does)."""
+    if is_dir:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                return
+    unpack.remove_entry(parent, name)
 
 
 def _copy_entry(
@@ -498,10 +492,9 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
     def produce(out: IO[bytes]) -> None:
         skipped.extend(write_archive(root, src, out, arcname=name).skipped)
 
-    # In a user namespace (a rootless helper) we are its root: what comes out is the caller's.
-    owner = (0, 0) if os.geteuid() == 0 and not unpack.privileged() else None
-    if os.geteuid() != 0:
-        owner = (0, 0)
+    # Only the host's root keeps the container's owners; anyone else (a rootless helper is root
+    # of a user namespace only) makes what comes out the caller's.
+    owner = None if unpack.privileged() else (0, 0)
     with piped(produce) as stream:
         got = extract_to_host(stream, into, f"copy of {src}", owner)
     return skipped + got.skipped

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional
@@ -29,6 +30,7 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - reports through res_w
         code = 0
@@ -106,6 +109,11 @@ def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
             os.close(res_r)
             os.close(go_w)
             os.close(ready_r)
+            # Dies with its caller: a SIGKILL of the caller must not leave the helper (and its
+            # mount namespace) running on.
+            _check(_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+            if os.getppid() != parent:
+                os._exit(1)
             if rootless:
                 _check(_libc().unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
                 os.write(ready_w, b"1")
@@ -142,14 +150,19 @@ def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
         for fd in (res_r, go_w, ready_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
     raw = b"".join(chunks)
     if raw[:1] == b"0":
         return raw[1:]
     try:
         err = json.loads(raw[1:])
     except ValueError:
-        raise errors.PyrtError("the helper that mounts the container's root died") from None
+        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
+        raise errors.PyrtError(
+            f"the helper that mounts the container's root ({ov.target}) died ({how}) "
+            "before it answered"
+        ) from None
     raise _exception(err["class"], err["message"])
 
 

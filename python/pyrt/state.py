@@ -217,8 +217,22 @@ def remove_cgroups(listing: str) -> None:
             paths = [p for p in f.read().split("\n") if p]
     except FileNotFoundError:
         return
-    for p in paths:
-        kill_and_rmdir(p)
+    kill_all_and_rmdir(paths)
+
+
+def thaw(cgroup_dirs: list[str]) -> None:
+    """Lifts any freeze (its owner died during a commit): a frozen task does not act on its
+    SIGKILL until it is thawed, so every cgroup of a container is thawed before any is killed."""
+    for d in cgroup_dirs:
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError), open(os.path.join(d, name), "w") as f:
+                f.write(value)
+
+
+def kill_all_and_rmdir(cgroup_dirs: list[str]) -> None:
+    thaw(cgroup_dirs)
+    for d in cgroup_dirs:
+        kill_and_rmdir(d)
 
 
 def kill_and_rmdir(cgroup_dir: str) -> None:

@@ -122,3 +122,34 @@ def test_stale_collection_leaves_live_containers_alone(image: pyrt.Image) -> Non
     with pyrt.Container(image, ["sleep", "60"]) as c:
         assert c.id not in collect_stale()
         assert (containers_root() / c.id).exists()
+
+
+FROZEN_CHILD = """
+import sys, pyrt
+from pyrt import cgroupfreeze
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sleep", "1000"]).start()
+assert cgroupfreeze.freeze(c._proc.cgroup_paths())  # as a commit in progress leaves it
+print(c.pid, c.id, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups of root containers")
+def test_owner_killed_during_a_freeze_leaves_nothing(rootfs: Path) -> None:
+    """The owner dies while the container is frozen (in the middle of a commit): on cgroup v1
+    the frozen init cannot act on its parent-death SIGKILL, so stale collection thaws first."""
+    p = subprocess.Popen([sys.executable, "-c", FROZEN_CHILD, str(rootfs)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    pid, cid = p.stdout.readline().split()
+    p.kill()
+    p.wait()
+    assert cid in collect_stale()
+    deadline = time.monotonic() + 5
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(int(pid)), "the frozen container's init survived"
+    from helpers import pyrt_cgroups
+
+    assert not [c for c in pyrt_cgroups() if cid in c]

@@ -147,7 +147,7 @@ def _lexical(base: list[str], target: str) -> list[str]:
     return out
 
 
-def _remove(parent: int, name: str) -> None:
+def remove_entry(parent: int, name: str) -> None:
     """Removes whatever is at ``name`` under ``parent`` (not following a symlink)."""
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -302,7 +302,7 @@ def _whiteout(
             base = tuple(parts[:-1])
             for child in os.listdir(here):
                 if (*base, child) not in written:
-                    _remove(parent, child)
+                    remove_entry(parent, child)
         return
     if name.startswith(_WH + _WH):
         # Other ".wh..wh." names are aufs bookkeeping (e.g. hard link directories): no meaning
@@ -313,7 +313,7 @@ def _whiteout(
         raise UnsafeImageError(
             f"tar entry {entry!r}: a whiteout must name one entry, not {target!r}"
         )
-    _remove(parent, target)
+    remove_entry(parent, target)
     if mode != WHITEOUTS_OVERLAY:
         return
     if privileged():
@@ -355,7 +355,7 @@ def _unpack_one(
     except FileNotFoundError:
         existing = None
     if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
-        _remove(parent, name)
+        remove_entry(parent, name)
 
     if m.isdir():
         if existing is None or not stat.S_ISDIR(existing.st_mode):
