@@ -88,16 +88,24 @@ def foreign_pidns_processes() -> set[int]:
     return out
 
 
-def helper_processes() -> set[int]:
-    """pyrt's helpers outside containers: the user-mode network's slirp4netns."""
+def helper_processes(*names: str) -> set[int]:
+    """pyrt's helpers outside containers: the user-mode network's slirp4netns, and reapers
+    (one per owning process) whose owner is gone."""
+    names = names or ("slirp4netns", "pyrt-reaper")
     out = set()
     for e in os.listdir("/proc"):
         if not e.isdigit():
             continue
         try:
-            if Path(f"/proc/{e}/comm").read_text().strip() == "slirp4netns":
-                out.add(int(e))
-        except OSError:
+            comm = Path(f"/proc/{e}/comm").read_text().strip()
+            if comm not in names:
+                continue
+            if comm == "pyrt-reaper":
+                owner = Path(f"/proc/{e}/cmdline").read_bytes().split(b"\0")[-2]
+                if os.path.exists(f"/proc/{int(owner)}"):
+                    continue
+            out.add(int(e))
+        except (OSError, ValueError, IndexError):
             continue
     return out
 

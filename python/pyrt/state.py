@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import userns
+from . import reaper, userns
 from .places import ensure_dir, state_root
 
 
@@ -62,6 +62,7 @@ class ContainerDir:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        reaper.watch(cid)
         return cls(path, fd)
 
     @property
@@ -106,6 +107,7 @@ class ContainerDir:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+            reaper.forget(self.path.name)
 
 
 def pid_start_time(pid: int) -> Optional[int]:
@@ -173,15 +175,16 @@ def find(ref: str) -> dict[str, Any]:
     raise PyrtError(f"{ref!r} names {len(matches)} containers: give more of the id")
 
 
-def collect_stale() -> list[str]:
-    """Deletes the directories of containers whose owner died; returns their ids."""
+def collect_stale(only: Optional[set[str]] = None) -> list[str]:
+    """Deletes the directories of containers whose owner died (of those named in ``only``,
+    when given); returns their ids."""
     gone: list[str] = []
     try:
         entries = list(os.scandir(containers_root()))
     except FileNotFoundError:
         return gone
     for e in entries:
-        if not e.is_dir(follow_symlinks=False):
+        if not e.is_dir(follow_symlinks=False) or (only is not None and e.name not in only):
             continue
         try:
             fd = os.open(os.path.join(e.path, "lock"), os.O_RDWR | os.O_CLOEXEC)
@@ -254,14 +257,21 @@ def kill_and_rmdir(cgroup_dir: str) -> None:
             time.sleep(0.005)
 
 
-def stale_cgroups(live_ids: set[str], root: str = "/sys/fs/cgroup", depth: int = 6) -> list[str]:
+def stale_cgroups(
+    live_ids: set[str],
+    root: str = "/sys/fs/cgroup",
+    depth: int = 6,
+    only: Optional[set[str]] = None,
+) -> list[str]:
     """Cgroup directories named pyrt-<id> whose container is gone (for `pyrt gc`, which
-    finds them even when the crashed process died before noting them down)."""
+    finds them even when the crashed process died before noting them down); with ``only``,
+    just those of these ids."""
     found = []
     base_depth = root.rstrip("/").count("/")
     for dirpath, dirnames, _ in os.walk(root):
         for d in list(dirnames):
-            if d.startswith("pyrt-") and d[5:] not in live_ids:
+            cid = d[5:]
+            if d.startswith("pyrt-") and cid not in live_ids and (only is None or cid in only):
                 found.append(os.path.join(dirpath, d))
                 dirnames.remove(d)
         if dirpath.count("/") - base_depth >= depth:

@@ -70,7 +70,7 @@ def test_private_network_reaches_the_host_loopback(image: pyrt.Image, host_serve
 
 
 def test_published_port_reaches_a_server_in_the_container(image: pyrt.Image) -> None:
-    before = helper_processes()
+    before = helper_processes("slirp4netns")
     with pyrt.Container(
         image, ["httpd", "-f", "-p", "8080", "-h", "/etc"], network="private", ports={8080: None}
     ) as c:
@@ -80,9 +80,9 @@ def test_published_port_reaches_a_server_in_the_container(image: pyrt.Image) -> 
             assert resp.read() == b"busybox-image\n"
         with pytest.raises(pyrt.PyrtError, match="no published port 9090"):
             c.port(9090)
-        assert helper_processes() - before
+        assert helper_processes("slirp4netns") - before
     # remove() ended the forwarder and the namespace with the container.
-    assert helper_processes() == before
+    assert helper_processes("slirp4netns") == before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
@@ -104,7 +104,7 @@ def test_given_host_port_and_address(image: pyrt.Image) -> None:
 
 
 def test_port_already_taken_is_a_clear_error(image: pyrt.Image) -> None:
-    before = helper_processes()
+    before = helper_processes("slirp4netns")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -113,7 +113,7 @@ def test_port_already_taken_is_a_clear_error(image: pyrt.Image) -> None:
         with pytest.raises(pyrt.PyrtError, match=f"{port}.*already in use"):
             c.start()
         c.remove()
-    assert helper_processes() == before
+    assert helper_processes("slirp4netns") == before
 
 
 def test_two_containers_share_a_network(image: pyrt.Image) -> None:
@@ -230,7 +230,7 @@ def test_owner_killed_leaves_no_network_behind(rootfs: Path) -> None:
     even by SIGKILL, it exits, and the container with it (parent-death signal)."""
     import time
 
-    before = helper_processes()
+    before = helper_processes("slirp4netns")
     code = (
         "import os, sys, pyrt\n"
         f"img = pyrt.Image.load({str(rootfs)!r})\n"
@@ -243,9 +243,9 @@ def test_owner_killed_leaves_no_network_behind(rootfs: Path) -> None:
     assert r.returncode == -9, r.stderr
     port = int(r.stdout)
     deadline = time.monotonic() + 5
-    while helper_processes() - before and time.monotonic() < deadline:
+    while helper_processes("slirp4netns") - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert helper_processes() == before
+    assert helper_processes("slirp4netns") == before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     # The dead owner's directory is collected as any crashed container's is.

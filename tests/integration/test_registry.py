@@ -179,8 +179,12 @@ class Proxy:
         drop_after: Optional[int] = None,
         token: bool = False,
         redirect_blobs: bool = False,
+        stall_after: Optional[int] = None,
     ) -> None:
         self.upstream = upstream
+        self.stall_after = stall_after
+        self.stalled = threading.Event()
+        self.release = threading.Event()
         self.drop_after = drop_after
         self.token = token
         self.redirect_blobs = redirect_blobs
@@ -210,6 +214,7 @@ class Proxy:
         return self
 
     def __exit__(self, *a: object) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -274,6 +279,13 @@ class Proxy:
                 h.send_header(k, v)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
+        if self.stall_after is not None and len(body) > self.stall_after:
+            h.wfile.write(body[: self.stall_after])
+            h.wfile.flush()
+            self.stalled.set()
+            self.release.wait(30)
+            h.close_connection = True
+            return
         if self.drop_after is not None and not self.dropped and len(body) > self.drop_after:
             self.dropped += 1
             h.wfile.write(body[: self.drop_after])
@@ -282,3 +294,23 @@ class Proxy:
             h.connection.shutdown(2)
             return
         h.wfile.write(body)
+
+
+PULLING = """
+import sys, pyrt
+pyrt.Image.pull(sys.argv[1], insecure=True)
+"""
+
+
+def test_owner_killed_during_a_pull_leaves_nothing_after_gc(reg: Registry, store: Path) -> None:
+    with Proxy(reg.host, stall_after=1 << 20) as p:
+        child = subprocess.Popen([sys.executable, "-c", PULLING, f"{p.host}/bb:1"])
+        assert p.stalled.wait(30), "the pull never reached the big blob"
+        child.kill()
+        child.wait()
+    assert os.listdir(store / "tmp"), "the killed pull should have left a partial blob"
+    gc = subprocess.run([sys.executable, "-m", "pyrt", "gc"], capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stderr
+    assert os.listdir(store / "tmp") == []
+    img = pyrt.Image.pull(f"{reg.host}/bb:1", insecure=True)
+    assert pyrt.run(img, text=True).stdout == "pulled\n"

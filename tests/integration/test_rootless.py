@@ -410,3 +410,41 @@ def test_files_commit_reset_rootless(who: str, public: Path, tmp_path: Path) -> 
     assert out["after_reset"] == "2\n"
     assert out["exited"] == "up\n"
     assert out["leftover"] == []
+
+
+OWNER_DEATH_SCENARIO = """
+import subprocess, sys, time
+from pyrt.places import state_root
+CHILD = (
+    "import pyrt, sys; c = pyrt.Container(pyrt.Image.load(sys.argv[1]), ['sh', '-c', "
+    "'mkdir /d && touch /d/f && (chown -R 1000:1000 /d || true) && touch /up && sleep 1000']"
+    ").start(); c.wait_for_file('/up'); print(c.id, flush=True); sys.stdin.read()"
+)
+exe = sys.executable if os.access(sys.executable, os.X_OK) else "/proc/self/exe"
+env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyrt.__file__)))
+child = subprocess.Popen([exe, "-c", CHILD, str(PUBLIC / "rootfs")], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+cid = child.stdout.readline().strip()
+assert cid
+d = state_root() / "containers" / cid
+out["made"] = d.is_dir()
+child.kill()
+child.wait()
+t = time.monotonic()
+while d.exists() and time.monotonic() - t < 5:
+    time.sleep(0.02)
+out["left"] = d.exists()
+out["took"] = time.monotonic() - t
+"""
+
+
+@pytest.mark.parametrize("who", ["nobody", "subids"])
+def test_rootless_owner_killed_leaves_nothing_within_2s(
+    who: str, public: Path, tmp_path: Path
+) -> None:
+    """Its reaper removes the state directory, files of subordinate ids included."""
+    ids = subid_user() if who == "subids" else (NOBODY, NOBODY)
+    assert ids is not None, ".ci/run creates pyrt-ci with a subordinate id range"
+    out = as_user(*ids, OWNER_DEATH_SCENARIO, public, tmp_path)
+    assert out["made"] and not out["left"] and out["took"] < 2, out
+    assert out["leftover"] == []
