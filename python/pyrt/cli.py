@@ -541,6 +541,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 grace = float(os.environ.get("PYRT_GC_GRACE", "60"))
                 for name in layers.collect(used, grace=grace):
                     print(f"layer sha256:{name}")
+                from .image import shifted
+
+                for name in shifted.collect(layers.mounted_lowers(), grace=grace):
+                    print(name)
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)

@@ -123,7 +123,9 @@ class Container:
       port on 127.0.0.1), a port, ``"ADDR:PORT"`` or ``(ADDR, PORT)``; a key may be
       ``"53/udp"``. ``port(n)`` says which host port was chosen.
     - ``rootless``: a user namespace with the caller as root (the default when not root;
-      ``True`` asks for it as root too, the stronger choice for untrusted code).
+      ``True`` asks for it as root too, mapped to an unprivileged range, the stronger choice
+      for untrusted code). Root's containers of the host image always have one, unless
+      ``privileged``.
     """
 
     def __init__(
@@ -180,7 +182,15 @@ class Container:
                 f"ports must be a dict of container port to host port, not {type(ports).__name__}"
             )
         self._ports = parse_ports(ports)
-        if self._join_net is not None and rootless:
+        # Root's containers of the host image see the host's own files: in a user namespace
+        # of an unprivileged range, what belongs to host root (its unix sockets, /etc/shadow)
+        # is someone else's to them. privileged=True keeps them the host's root.
+        sandboxed = (
+            image.kind == "host" and os.geteuid() == 0 and not checks.flag(privileged, "privileged")
+        )
+        if self._join_net is not None and rootless and os.geteuid() != 0:
+            # (Root's containers in a user namespace are born in the other's network
+            # namespace instead: the core's spawner steps into it for the clone.)
             raise PyrtError(
                 "network=<container> is not available to rootless containers (each has a user "
                 "namespace of its own); reach the other one through a published port at "
@@ -207,8 +217,8 @@ class Container:
         # Validate what can be validated before anything exists.
         spec.capability_set(self._o.cap_add, self._o.cap_drop, self._o.privileged)
         self._limits = lim
-        self._userns = userns.maps_for_caller() if rootless else None
-        if self._userns is not None and self._limits:
+        self._userns = userns.maps_for_caller() if rootless or sandboxed else None
+        if self._userns is not None and self._limits and os.geteuid() != 0:
             userns.check_limits_possible()
         self._net: Optional[PrivateNetwork] = None
         self.image = image
@@ -273,7 +283,7 @@ class Container:
             root = spec.RootSpec(
                 path=root_dir,
                 readonly=bool(o.readonly_rootfs),
-                lower=img.lower,
+                lower=self._lower(),
                 upper=str(self._dir.upper),
                 work=str(self._dir.work),
             )
@@ -301,8 +311,9 @@ class Container:
             masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
             readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
             annotations=annotations,
+            # Root places any container in a cgroup; a rootless caller has none to write.
             cgroups_path=f"pyrt-{self.id}"
-            if (cgroup or self._limits) and not self._userns
+            if (cgroup or self._limits) and (not self._userns or os.geteuid() == 0)
             else None,
             uid_map=self._userns.uid if self._userns else (),
             gid_map=self._userns.gid if self._userns else (),
@@ -621,8 +632,28 @@ class Container:
 
     # --- its files -------------------------------------------------------------------------
 
+    def _mapped_root(self) -> Optional[tuple[int, int]]:
+        """The host ids of the container's root when a root caller maps it to a range."""
+        if self._userns is None or os.geteuid() != 0:
+            return None
+        return _outside(self._userns.uid, 0), _outside(self._userns.gid, 0)
+
+    def _lower(self) -> tuple[str, ...]:
+        """The image's layers as the container mounts them: moved into its range when a root
+        caller maps it to one (``image.shifted``)."""
+        mapped = self._mapped_root()
+        if mapped is None:
+            return tuple(self.image.lower)
+        from .image import shifted
+
+        assert self._userns is not None
+        count = min(n for _, _, n in self._userns.uid + self._userns.gid)
+        return tuple(shifted.shifted_lowers(self.image.lower, mapped[0], mapped[1], count))
+
     def _make_dir(self) -> ContainerDir:
-        d = ContainerDir.create(self.id, overlay=self.image.kind != "host")
+        d = ContainerDir.create(
+            self.id, overlay=self.image.kind != "host", owner=self._mapped_root()
+        )
         if self.image.kind != "host" and not overlay_supported():
             # No overlayfs: the container gets a private copy of the (flattened) image.
             r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
@@ -657,6 +688,8 @@ class Container:
                 raise PyrtError(f"container {self.id[:12]} was removed")
             if self.status == "running" and self._proc is not None:
                 pid = self._proc.pid
+                if write and self._mapped_root() is not None:
+                    return rootview.call_running_as_its_root(pid, lambda fd: op(fd, (0, 0)))
                 return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
             d = self._ensure_dir()
             if self.image.kind == "host":
@@ -671,7 +704,7 @@ class Container:
                 return rootview.call_directory(str(d.path / "copy"), lambda fd: op(fd, owner))
             rootless = self._userns is not None and os.geteuid() != 0
             ov = rootview.Overlay(
-                lower=self.image.lower,
+                lower=self._lower(),
                 upper=str(d.upper),
                 work=str(d.work),
                 target=str(d.rootfs),

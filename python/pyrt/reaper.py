@@ -31,7 +31,10 @@ _owner = -1
 
 #: Run by the helper's interpreter: this package's modules without its __init__ (which imports
 #: everything, ~0.3 s of a CPU that the owner's containers should have), and no site-packages.
+#: First, it closes what it inherited beyond its stdio (posix_spawn passes every descriptor
+#: that is not close-on-exec: a pipe its owner's parent waits on must not stay open here).
 _BOOT = (
+    "import os; os.closerange(3, os.sysconf('SC_OPEN_MAX')); "
     "import sys, types; p = types.ModuleType('pyrt'); p.__path__ = [sys.argv[1]]; "
     "sys.modules['pyrt'] = p; from pyrt import reaper; sys.exit(reaper.main(sys.argv))"
 )

@@ -98,6 +98,37 @@ def call_directory(path: str, op: Operation) -> bytes:
 
 def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
     """``op`` on the overlay ``ov``, mounted in a forked helper's private mount namespace."""
+
+    def setup() -> int:
+        _mount_overlay(ov)
+        return os.open(ov.target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    return _forked(setup, op, rootless, f"mounts the container's root ({ov.target})")
+
+
+def call_running_as_its_root(pid: int, op: Operation) -> bytes:
+    """``op`` on a running container's root, from a forked helper that joined its user
+    namespace as its root: a root caller's container mapped to a range has filesystems (its
+    /tmp, /run) that refuse files of host ids it does not map, and ids only its root may set."""
+
+    def setup() -> int:
+        fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        ns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc().setns(ns, _CLONE_NEWUSER), "setns(the container's user namespace)")
+        finally:
+            os.close(ns)
+        os.setresgid(0, 0, 0)
+        os.setgroups([])
+        os.setresuid(0, 0, 0)
+        return fd
+
+    return _forked(setup, op, False, f"joins container process {pid}")
+
+
+def _forked(setup: Callable[[], int], op: Operation, rootless: bool, what: str) -> bytes:
+    """``op(setup())`` in a forked child (first in a user namespace mapped as a rootless
+    container's, with ``rootless``); its bytes, or its exception, come back through a pipe."""
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -119,9 +150,7 @@ def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
                 os.write(ready_w, b"1")
                 if os.read(go_r, 1) != b"1":
                     os._exit(1)
-            _mount_overlay(ov)
-            fd = os.open(ov.target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            out = b"0" + op(fd)
+            out = b"0" + op(setup())
         except BaseException as e:
             cls = type(e).__name__ if isinstance(e, errors.PyrtError) else None
             if isinstance(e, errors.PathNotFound):
@@ -159,10 +188,7 @@ def call_stopped(ov: Overlay, op: Operation, rootless: bool) -> bytes:
     except ValueError:
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
-        raise errors.PyrtError(
-            f"the helper that mounts the container's root ({ov.target}) died ({how}) "
-            "before it answered"
-        ) from None
+        raise errors.PyrtError(f"the helper that {what} died ({how}) before it answered") from None
     raise _exception(err["class"], err["message"])
 
 

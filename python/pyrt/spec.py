@@ -108,10 +108,14 @@ def capability_set(
     return sorted(caps, key=ALL_CAPABILITIES.index)
 
 
-def default_mounts(*, sysfs_readonly: bool = True, rootless: bool = False) -> list[dict[str, Any]]:
+def default_mounts(
+    *, sysfs_readonly: bool = True, rootless: bool = False, foreign_netns: bool = False
+) -> list[dict[str, Any]]:
     """/proc, a fresh /dev with /dev/pts, /dev/shm and /dev/mqueue, and /sys, as `runc spec`.
     In a user namespace: devpts without gid=5 (not mapped there) and no cgroup mount (cgroupfs
-    v1 cannot be mounted from a user namespace), as `runc spec --rootless`."""
+    v1 cannot be mounted from a user namespace), as `runc spec --rootless`; with a network
+    namespace it does not own too (the host's, or another container's it joins), the host's
+    /sys bound read-only (a sysfs may only be mounted by the owner of the network namespace)."""
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -132,6 +136,9 @@ def default_mounts(*, sysfs_readonly: bool = True, rootless: bool = False) -> li
     if rootless:
         mounts[2]["options"] = [o for o in mounts[2]["options"] if o != "gid=5"]
         mounts = mounts[:-1]
+        if foreign_netns:
+            mounts[-1] = {"destination": "/sys", "type": "bind", "source": "/sys",
+                          "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}  # fmt: skip
     return mounts
 
 
@@ -284,7 +291,11 @@ def build(c: ContainerSpec) -> dict[str, Any]:
         "ociVersion": OCI_VERSION,
         "root": {"path": r.path, "readonly": r.readonly},
         "process": process_dict(c.process),
-        "mounts": default_mounts(sysfs_readonly=True, rootless=bool(c.uid_map))
+        "mounts": default_mounts(
+            sysfs_readonly=True,
+            rootless=bool(c.uid_map),
+            foreign_netns=c.network == "host" or bool(c.netns_path),
+        )
         + [dict(m) for m in c.mounts],
         "linux": {
             "namespaces": namespaces,

@@ -23,13 +23,21 @@ from .places import ensure_dir, state_root
 
 
 def containers_root() -> Path:
-    return ensure_dir(state_root() / "containers", 0o700)
+    """Searchable by all, listable by none: a root caller's container whose root is mapped to
+    another id mounts its root below it (container directories have unguessable names)."""
+    p = ensure_dir(state_root() / "containers", 0o711)
+    if os.geteuid() == 0 and os.stat(p).st_mode & 0o777 == 0o700:
+        os.chmod(p, 0o711)
+    return p
 
 
 @dataclass
 class ContainerDir:
     path: Path
     lock_fd: int
+    #: Host (uid, gid) of the container's root when a root caller maps it to a range: its
+    #: writable layer is theirs.
+    owner: Optional[tuple[int, int]] = None
 
     @property
     def rootfs(self) -> Path:
@@ -48,7 +56,9 @@ class ContainerDir:
         return self.path / "log"
 
     @classmethod
-    def create(cls, cid: str, overlay: bool) -> ContainerDir:
+    def create(
+        cls, cid: str, overlay: bool, owner: Optional[tuple[int, int]] = None
+    ) -> ContainerDir:
         collect_stale_once()
         path = containers_root() / cid
         path.mkdir(mode=0o711)
@@ -59,11 +69,12 @@ class ContainerDir:
             if overlay:
                 (path / "upper").mkdir(mode=0o755)
                 (path / "work").mkdir(mode=0o700)
+                _chown_layer(path, owner)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
         reaper.watch(cid)
-        return cls(path, fd)
+        return cls(path, fd, owner)
 
     @property
     def state_file(self) -> Path:
@@ -91,6 +102,7 @@ class ContainerDir:
             self.upper.mkdir(mode=0o755)
         with contextlib.suppress(FileExistsError):
             self.work.mkdir(mode=0o700)
+        _chown_layer(self.path, self.owner)
 
     def remove(self) -> None:
         # Most containers leave their directory as it was made (an empty upper layer): removing
@@ -108,6 +120,14 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
+
+
+def _chown_layer(path: Path, owner: Optional[tuple[int, int]]) -> None:
+    """A writable layer for a container whose root is ``owner`` on the host (its overlay is
+    mounted, and written, by that root)."""
+    if owner is not None:
+        for d in ("upper", "work"):
+            os.chown(path / d, *owner)
 
 
 def pid_start_time(pid: int) -> Optional[int]:

@@ -40,10 +40,31 @@ def _subids(path: str, name: str, ident: int) -> tuple[int, int] | None:
     return None
 
 
+#: The range a root caller's sandboxed containers map to when /etc/subuid and /etc/subgid have
+#: no ``containers`` entry (podman's name for --userns=auto): ids nobody on a host uses.
+SANDBOX_BASE = 0x70000000
+SANDBOX_SIZE = 65536
+
+
+def sandbox_range() -> tuple[int, int, int, int]:
+    """(uid base, uid count, gid base, gid count) of the range a root caller's rootless=True
+    and host-image containers map to: ``containers`` in /etc/subuid and /etc/subgid when
+    present (at most 65536 ids of it), else pyrt's reserved one."""
+    u = _subids("/etc/subuid", "containers", -1)
+    g = _subids("/etc/subgid", "containers", -1)
+    if u and g:
+        return u[0], min(u[1], SANDBOX_SIZE), g[0], min(g[1], SANDBOX_SIZE)
+    return SANDBOX_BASE, SANDBOX_SIZE, SANDBOX_BASE, SANDBOX_SIZE
+
+
 def maps_for_caller() -> IdMaps:
     """The caller as 0 inside; with subordinate ranges (and the helpers to use them), ids 1..N
-    mapped to the caller's range."""
+    mapped to the caller's range. Root's containers map to an unprivileged range instead
+    (``sandbox_range``): mapping 0 to 0 would leave them the host's root."""
     uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        ub, un, gb, gn = sandbox_range()
+        return IdMaps(((0, ub, un),), ((0, gb, gn),))
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -5,6 +5,7 @@ else (an AttributeError from deep inside, a panic), never hangs, and leaves noth
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -173,3 +174,60 @@ def test_output_to_a_file_not_to_memory(image: pyrt.Image, tmp_path: Path) -> No
     r = pyrt.run(image, ["sh", "-c", "echo a; echo b >&2"], stderr=pyrt.STDOUT)
     assert r.stdout == b"a\nb\n"
     assert "a\\nb\\n" in repr(r), "the repr shows the output"
+
+
+def _acall(coro_fn: Any, *args: Any, **kwargs: Any) -> None:
+    """``_call`` for pyrt.aio: the coroutine is made and run to its end under the same hang
+    detector (asyncio.run blocks the test thread, where SIGALRM lands)."""
+    import asyncio
+
+    async def go() -> None:
+        await coro_fn(*args, **kwargs)
+
+    _call(asyncio.run, go())
+
+
+@FAST
+@given(option=st.sampled_from(OPTIONS), value=junk, timeout=junk)
+def test_aio_run_and_options(
+    image: pyrt.Image, alarm: None, option: str, value: object, timeout: Any
+) -> None:
+    from pyrt import aio
+
+    before = state_entries()
+    _acall(aio.run, image, ["true"], **{option: value})
+    _acall(aio.run, image, ["true"], timeout=timeout, input=value)
+    assert state_entries() == before
+
+
+@FAST
+@given(a=junk, b=junk)
+def test_aio_methods_of_a_running_container(image: pyrt.Image, alarm: None, a: Any, b: Any) -> None:
+    import asyncio
+
+    from pyrt import aio
+
+    before = state_entries()
+
+    async def scenario() -> None:
+        async with aio.Container(image, ["sleep", "600"]) as c:
+            for call in (
+                lambda: c.exec(["true"], timeout=a),
+                lambda: c.exec(a),
+                lambda: c.exec(["true"], env=a, user=b),
+                lambda: c.write_file(a, b),
+                lambda: c.read_file(a),
+                lambda: c.put_archive(a, b),
+                lambda: c.get_archive(a),
+                lambda: c.wait_for_port(a, timeout=0.01),
+            ):
+                with contextlib.suppress(ALLOWED):
+                    await call()
+            assert (await c.exec(["true"])).returncode == 0, "still usable"
+
+    signal.alarm(20)
+    try:
+        asyncio.run(scenario())
+    finally:
+        signal.alarm(0)
+    assert state_entries() == before

@@ -5,7 +5,6 @@ closed; and nothing left behind."""
 from __future__ import annotations
 
 import http.server
-import os
 import shutil
 import socket
 import subprocess
@@ -156,7 +155,6 @@ def test_ports_imply_a_private_network(image: pyrt.Image) -> None:
 def test_udp_port() -> None:
     """busybox has no UDP listener: the host image's Python is the server (by its real path:
     the host image has a /tmp of its own, where a virtual environment may live)."""
-    import sys
     import time
 
     server = (
@@ -165,7 +163,9 @@ def test_udp_port() -> None:
     )
     with pyrt.Container(
         pyrt.Image.host(),
-        [os.path.realpath(sys.executable), "-c", server],
+        # Debian's python: the host image's root is an unprivileged id, which may not search
+        # the directory the test's own interpreter lives in (a pyenv under /root).
+        ["/usr/bin/python3", "-c", server],
         network="private",
         ports={"5353/udp": None},
     ) as c:

@@ -226,7 +226,10 @@ def collect(
     base = layers_dir()
     for name in os.listdir(base):
         d = base / name
-        if str(d / "root") in in_use or (only is not None and str(d / "root") not in only):
+        # A layer is in use through its root or a copy of it beside it (shifted.py).
+        if any(u.startswith(f"{d}/") for u in in_use) or (
+            only is not None and str(d / "root") not in only
+        ):
             continue
         try:
             if now - (d / "meta.json").stat().st_mtime < grace:

@@ -27,6 +27,7 @@
 //! The exit signal is 0, not SIGCHLD: only a wait with `__WALL` sees these children, so a Python
 //! program's own `os.wait()` or a subprocess reaper cannot steal a container's exit status.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
@@ -99,6 +100,10 @@ struct ChildArgs {
     report_fd: RawFd,
     /// Die with the parent (not for a container that must outlive `pyrt-runc create`).
     pdeathsig: bool,
+    /// With a user namespace whose root is not the caller (a root caller mapping the container
+    /// to a subordinate range): a pipe to wait on until the maps are written, then become the
+    /// namespace's root before executing (see `needs_setid`). -1 otherwise.
+    setid_fd: RawFd,
 }
 
 const FD_FLOOR: RawFd = 10;
@@ -116,6 +121,22 @@ extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
                 0,
                 0,
             );
+        }
+        if a.setid_fd >= 0 {
+            // Our uid is the caller's, which means nobody in the new namespace: executing now
+            // would drop every capability. Once the parent has written the maps (it says so by
+            // closing the pipe), becoming 0 makes us the namespace's root, and the execution
+            // below keeps its capabilities. Raw syscalls: glibc's setresuid would signal the
+            // threads of the parent, whose memory we share.
+            let mut b = 0u8;
+            libc::read(a.setid_fd, &mut b as *mut u8 as *mut libc::c_void, 1);
+            if b != b'1'
+                || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+            {
+                return fail(a.report_fd);
+            }
         }
         for (target, src) in a.fds.iter().enumerate() {
             if libc::dup2(*src, target as RawFd) < 0 {
@@ -152,6 +173,11 @@ struct Job {
     leave: Vec<RawFd>,
     /// For an exec: the container's pid namespace, which the child must be born in.
     pidns: Option<RawFd>,
+    /// A network namespace the child must be born in (`prejoin_net`).
+    netns: Option<RawFd>,
+    /// Without CLONE_VFORK (a child that waits for its maps): EOF here once the child has
+    /// executed or died, until when its stack must not be reused.
+    exec_wait: Option<OwnedFd>,
     reply: mpsc::SyncSender<io::Result<(i32, OwnedFd)>>,
 }
 // SAFETY: the pointer is only dereferenced by the clone child while the sending thread waits for
@@ -169,11 +195,28 @@ fn setns(fd: RawFd, kind: libc::c_int) -> io::Result<()> {
 /// Everything the spawner thread does for one job, in order: step into the cgroups and the pid
 /// namespace the child must be born in, clone, step back out.
 fn run_job(job: &Job, stack: &mut [u8], home_pidns: RawFd) -> io::Result<(i32, OwnedFd)> {
+    // Our network namespace is opened per job, not held: an open one would look like a
+    // network kept alive.
+    let home_net = match job.netns {
+        Some(_) => Some(std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)?),
+        None => None,
+    };
+    let home = Home {
+        pidns: home_pidns,
+        netns: home_net.as_ref().map_or(-1, |f| f.as_raw_fd()),
+    };
+    let home = &home;
     move_self(&job.enter)?;
     if let Some(ns) = job.pidns {
         // Only pid_for_children changes; our own pid namespace stays what it was, so the way
         // back below is always allowed.
         setns(ns, libc::CLONE_NEWPID)?;
+    }
+    if let Some(ns) = job.netns {
+        if let Err(e) = setns(ns, libc::CLONE_NEWNET) {
+            let _ = back_home(job, home);
+            return Err(e);
+        }
     }
     let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
     let mut pidfd: libc::c_int = -1;
@@ -188,20 +231,34 @@ fn run_job(job: &Job, stack: &mut [u8], home_pidns: RawFd) -> io::Result<(i32, O
         )
     };
     let clone_err = io::Error::last_os_error();
-    // Back home. A failure here would start later containers in this one's cgroups or pid
-    // namespace, so it fails the job loudly rather than going unnoticed.
-    let back_ns = if job.pidns.is_some() {
-        setns(home_pidns, libc::CLONE_NEWPID)
-    } else {
-        Ok(())
-    };
-    let back_cg = move_self(&job.leave);
+    let back = back_home(job, home);
     if pid < 0 {
         return Err(clone_err);
     }
     // SAFETY: CLONE_PIDFD stored a new descriptor for the child in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    back_ns.and(back_cg).map(|_| (pid, pidfd))
+    back.map(|_| (pid, pidfd))
+}
+
+/// The spawner thread's own namespaces, to return to after a clone in someone else's.
+struct Home {
+    pidns: RawFd,
+    netns: RawFd,
+}
+
+/// Back home. A failure here would start later containers in this one's cgroups or
+/// namespaces, so it fails the job loudly rather than going unnoticed.
+fn back_home(job: &Job, home: &Home) -> io::Result<()> {
+    let pid = match job.pidns {
+        Some(_) => setns(home.pidns, libc::CLONE_NEWPID),
+        None => Ok(()),
+    };
+    let net = match job.netns {
+        Some(_) => setns(home.netns, libc::CLONE_NEWNET),
+        None => Ok(()),
+    };
+    let cg = move_self(&job.leave);
+    pid.and(net).and(cg)
 }
 
 fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
@@ -238,12 +295,71 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     if r.is_err() {
                         let _ = move_self(&job.leave);
                     }
+                    let cloned = r.is_ok();
                     let _ = job.reply.send(r);
+                    if let (true, Some(fd)) = (cloned, &job.exec_wait) {
+                        wait_eof(fd.as_raw_fd());
+                    }
                 }
             })
             .expect("spawning the pyrt-spawner thread");
         Mutex::new(tx)
     })
+}
+
+/// Blocks until the other end of the pipe is closed everywhere (a close-on-exec end held by a
+/// child: until it executed or died).
+fn wait_eof(fd: RawFd) {
+    let mut buf = [0u8; 16];
+    loop {
+        // SAFETY: reading into a local buffer from a descriptor we own.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n == 0 || (n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return;
+        }
+    }
+}
+
+/// Whether the child must become its user namespace's root itself: a root caller whose map
+/// gives the namespace's 0 to another id (a subordinate range). A caller mapped as 0 (rootless,
+/// or root mapping 0 to 0) is that root already.
+/// A child in a new user namespace has no capability over a network namespace of the host's
+/// user namespace, so it cannot join one (a root caller's sandboxed container sharing another
+/// container's network): the spawner thread steps into that namespace for the clone instead,
+/// and the child is born in it. Returns the request without that join, and the namespace.
+fn prejoin_net(request: &Request) -> Result<(Cow<'_, Request>, Option<OwnedFd>), SetupError> {
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let newnet = libc::CLONE_NEWNET as u64;
+    let Request::Create(p) = request else {
+        return Ok((Cow::Borrowed(request), None));
+    };
+    let Some(i) = p.join.iter().position(|(bit, _)| *bit == newnet) else {
+        return Ok((Cow::Borrowed(request), None));
+    };
+    if p.clone_flags & newuser == 0 {
+        return Ok((Cow::Borrowed(request), None));
+    }
+    let mut p = p.clone();
+    let (_, path) = p.join.remove(i);
+    let f = std::fs::File::open(&path).map_err(|e| {
+        SetupError::io(
+            Stage::Namespaces,
+            format!("opening namespace {}", path.display()),
+            &e,
+        )
+    })?;
+    Ok((Cow::Owned(Request::Create(p)), Some(OwnedFd::from(f))))
+}
+
+fn needs_setid(request: &Request) -> bool {
+    let Request::Create(p) = request else {
+        return false;
+    };
+    let Some(maps) = &p.id_maps else { return false };
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let root_of = |r: &[(u32, u32, u32)]| r.iter().find(|(i, _, _)| *i == 0).map(|(_, o, _)| *o);
+    euid == 0 && root_of(&maps.uid) != Some(0)
 }
 
 /// Writes "0" into each cgroup v1 `tasks` file: moves the calling thread alone, which skips the
@@ -336,6 +452,8 @@ pub fn spawn_held(
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let (request, netns) = prejoin_net(request)?;
+    let request = request.as_ref();
     let request_bytes = serde_json::to_vec(request).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
@@ -356,6 +474,18 @@ pub fn spawn_held(
         sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
     }
     drop((plan_r, err_w, status_w));
+    // A child that becomes its namespace's root waits on `setid` for its maps; the parent
+    // learns that it executed from `exec_done` (both close-on-exec in the child).
+    let setid = if needs_setid(request) {
+        let (go_r, go_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let (done_r, done_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let done_r2 = done_r
+            .try_clone()
+            .map_err(|e| spawn_err("dup of a pipe", e))?;
+        Some((go_r, go_w, done_r, done_r2, done_w))
+    } else {
+        None
+    };
     let argv: [*const libc::c_char; 2] = [c"pyrt-child".as_ptr(), std::ptr::null()];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let args = ChildArgs {
@@ -368,20 +498,37 @@ pub fn spawn_held(
             Request::Create(p) => !p.detached,
             Request::Exec(e) => !e.detached,
         },
+        setid_fd: setid.as_ref().map_or(-1, |s| s.0.as_raw_fd()),
     };
     let clone_flags = match request {
         Request::Create(p) => p.clone_flags,
         Request::Exec(_) => 0,
     };
-    let flags =
-        (clone_flags as libc::c_int) | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    // CLONE_VFORK would sleep the spawner until the child executes, and a child waiting for
+    // its maps executes only after the parent has written them.
+    let vfork = if setid.is_some() {
+        0
+    } else {
+        libc::CLONE_VFORK
+    };
+    let flags = (clone_flags as libc::c_int) | libc::CLONE_VM | vfork | libc::CLONE_PIDFD;
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    // The child gets its copies of these at clone; the pipe ends that are its own are closed
+    // here after the reply (`setid_rest`).
+    let (exec_done, setid_rest) = match setid {
+        Some((go_r, go_w, done_r, done_r2, done_w)) => {
+            (Some(done_r), Some((go_r, done_w, go_w, done_r2)))
+        }
+        None => (None, None),
+    };
     let job = Job {
         flags,
         args: &args,
         enter: enter.iter().map(|f| f.as_raw_fd()).collect(),
         leave: leave.iter().map(|f| f.as_raw_fd()).collect(),
         pidns: place.pidns.map(|f| f.as_raw_fd()),
+        netns: netns.as_ref().map(|f| f.as_raw_fd()),
+        exec_wait: exec_done,
         reply: reply_tx,
     };
     let sent = spawner()
@@ -394,8 +541,13 @@ pub fn spawn_held(
     } else {
         Err(gone())
     };
-    // The child has executed pyrt-child (or died): its copies of the descriptors are its own now.
+    // The child has executed pyrt-child (or died), or, waiting for its maps, has its own copies
+    // of the descriptors: ours can go.
     drop(sources);
+    let setid_rest = setid_rest.map(|(go_r, done_w, go_w, done_r)| {
+        drop((go_r, done_w));
+        (go_w, done_r)
+    });
     let (pid, pidfd) = cloned.map_err(|e| {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
         let hint = match errno {
@@ -441,6 +593,14 @@ pub fn spawn_held(
                 ));
             }
         }
+    }
+    if let Some((go_w, done_r)) = setid_rest {
+        // The maps are there: the child may become root and execute. It reads `args` (on our
+        // stack) until it has, so we wait for that before returning.
+        // SAFETY: a one-byte write to our own pipe.
+        unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr() as *const libc::c_void, 1) };
+        drop(go_w);
+        wait_eof(done_r.as_raw_fd());
     }
 
     Ok((
