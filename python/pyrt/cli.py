@@ -86,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     r.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal as the console")
     r.add_argument("--memory", "-m", help='memory limit, e.g. "256m"; swap is capped to it')
+    r.add_argument("--disk", help='bound on the writable layer, e.g. "1g" (root; a tmpfs)')
     r.add_argument("--pids-limit", type=int)
     r.add_argument("--cpus", type=float)
     r.add_argument(
@@ -191,6 +192,7 @@ def _container_from(a: argparse.Namespace) -> Container:
         "memory": a.memory,
         "pids_limit": a.pids_limit,
         "cpus": a.cpus,
+        "disk": a.disk,
         "init": a.init,
         "tty": a.tty,
     }
@@ -400,14 +402,14 @@ def _commit(a: argparse.Namespace) -> Image:
     writable layer, its command; frozen while the layer is read."""
     from pathlib import Path
 
-    from . import cgroupfreeze, snapshot
+    from . import cgroupfreeze, snapshot, state
 
     st = _running(a.container)
     img = resolve_image(str(st["image"]))
     cfg = snapshot.merged_config(img.config, {"cmd": list(st.get("command") or []),
                                               "entrypoint": []})  # fmt: skip
     with cgroupfreeze.frozen(st.get("cgroups") or []):
-        return snapshot.commit(img, str(Path(st["dir"]) / "upper"), cfg, a.tag,
+        return snapshot.commit(img, str(state.upper_of(Path(st["dir"]))), cfg, a.tag,
                                f"container {st['id'][:12]}")  # fmt: skip
 
 

@@ -126,6 +126,9 @@ class Container:
       ``True`` asks for it as root too, mapped to an unprivileged range, the stronger choice
       for untrusted code). Root's containers of the host image always have one, unless
       ``privileged``.
+    - ``disk``: a bound on the writable layer (bytes or ``"1g"``): writes beyond it fail
+      with ENOSPC inside. The layer is then a tmpfs of that size (memory, as the rest of the
+      run state); root only, and not for the host image, which has no writable layer.
     """
 
     def __init__(
@@ -152,10 +155,12 @@ class Container:
         init: bool = False,
         rootless: Optional[bool] = None,
         tty: bool = False,
+        disk: Union[int, str, None] = None,
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
         lim = options.limits(memory, pids_limit, cpus)
+        disk_bytes = options.disk(disk, image.kind, image.kind == "host" or overlay_supported())
         if rootless is not None:
             checks.flag(rootless, "rootless")
         else:
@@ -213,6 +218,7 @@ class Container:
             init=checks.flag(init, "init"),
             tty=checks.flag(tty, "tty"),
             limits=lim,
+            disk=disk_bytes,
         )
         # Validate what can be validated before anything exists.
         spec.capability_set(self._o.cap_add, self._o.cap_drop, self._o.privileged)
@@ -652,7 +658,10 @@ class Container:
 
     def _make_dir(self) -> ContainerDir:
         d = ContainerDir.create(
-            self.id, overlay=self.image.kind != "host", owner=self._mapped_root()
+            self.id,
+            overlay=self.image.kind != "host",
+            owner=self._mapped_root(),
+            disk=self._o.disk,
         )
         if self.image.kind != "host" and not overlay_supported():
             # No overlayfs: the container gets a private copy of the (flattened) image.
@@ -688,9 +697,14 @@ class Container:
                 raise PyrtError(f"container {self.id[:12]} was removed")
             if self.status == "running" and self._proc is not None:
                 pid = self._proc.pid
-                if write and self._mapped_root() is not None:
-                    return rootview.call_running_as_its_root(pid, lambda fd: op(fd, (0, 0)))
-                return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
+                try:
+                    if write and self._mapped_root() is not None:
+                        return rootview.call_running_as_its_root(pid, lambda fd: op(fd, (0, 0)))
+                    return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
+                except PyrtError:
+                    # It exited just now: its layer is reached as a stopped one's.
+                    if self._proc.wait(0) is None:
+                        raise
             d = self._ensure_dir()
             if self.image.kind == "host":
                 if write:

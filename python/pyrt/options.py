@@ -66,6 +66,45 @@ def limits(memory: object, pids_limit: object, cpus: object) -> Optional[Limits]
     return Limits(mem, pids, ncpus)
 
 
+#: The least a writable layer can be: overlayfs's work directory and a few files.
+MIN_DISK = 1 << 20
+
+
+def disk(value: object, image_kind: str, overlay: bool) -> Optional[int]:
+    """The size in bytes of a size-bounded writable layer (``disk="1g"``), or None; refused
+    where pyrt cannot enforce it (see ``disklayer``)."""
+    if value is None:
+        return None
+    from .sizes import parse_size
+
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"disk must be bytes (int) or a size like '1g', not {show(value)}")
+    size = parse_size(value, "disk")
+    if size < MIN_DISK:
+        raise InvalidOption(f"disk={value!r}: below the minimum of 1 MiB a writable layer needs")
+    if size >= 1 << 62:
+        raise InvalidOption(f"disk={value!r}: larger than any machine's memory (the layer is "
+                            "a tmpfs)")  # fmt: skip
+    if image_kind == "host":
+        raise InvalidOption(
+            f"disk={value!r}: a container of the host image has no writable layer (its root is "
+            "the host's, read-only); bound its scratch space with mounts=[pyrt.Tmpfs(path, "
+            "size=...)]"
+        )
+    if not overlay:
+        raise InvalidOption(
+            f"disk={value!r}: needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1): "
+            "without it the writable layer is a copy of the whole image"
+        )
+    if os.geteuid() != 0:
+        raise InvalidOption(
+            f"disk={value!r}: needs root: the bound is a tmpfs that pyrt mounts under the "
+            "container's directory on the host, which an unprivileged user cannot do; bound a "
+            "scratch directory instead with mounts=[pyrt.Tmpfs(path, size=...)]"
+        )
+    return size
+
+
 @dataclass(frozen=True)
 class ContainerOptions:
     """Everything about a container but its image and command, checked once."""
@@ -85,3 +124,5 @@ class ContainerOptions:
     init: bool = False
     tty: bool = False
     limits: Optional[Limits] = None
+    #: Bytes of the writable layer, when bounded.
+    disk: Optional[int] = None

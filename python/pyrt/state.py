@@ -11,14 +11,13 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import reaper, userns
+from . import disklayer, reaper, userns
 from .places import ensure_dir, state_root
 
 
@@ -38,6 +37,9 @@ class ContainerDir:
     #: Host (uid, gid) of the container's root when a root caller maps it to a range: its
     #: writable layer is theirs.
     owner: Optional[tuple[int, int]] = None
+    #: Where the upper and work directories are: the directory itself, or its size-bounded
+    #: layer (``disk=``).
+    layer: Optional[Path] = None
 
     @property
     def rootfs(self) -> Path:
@@ -45,11 +47,11 @@ class ContainerDir:
 
     @property
     def upper(self) -> Path:
-        return self.path / "upper"
+        return (self.layer or self.path) / "upper"
 
     @property
     def work(self) -> Path:
-        return self.path / "work"
+        return (self.layer or self.path) / "work"
 
     @property
     def log(self) -> Path:
@@ -57,24 +59,36 @@ class ContainerDir:
 
     @classmethod
     def create(
-        cls, cid: str, overlay: bool, owner: Optional[tuple[int, int]] = None
+        cls,
+        cid: str,
+        overlay: bool,
+        owner: Optional[tuple[int, int]] = None,
+        disk: Optional[int] = None,
     ) -> ContainerDir:
+        """A new container's directory; with ``disk`` (bytes, overlay only) its writable
+        layer on a tmpfs of that size."""
         collect_stale_once()
         path = containers_root() / cid
         path.mkdir(mode=0o711)
+        layer = None
         try:
             fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Watched from before the first mount: a SIGKILL from here on leaves nothing.
+            reaper.watch(cid)
             (path / "rootfs").mkdir(mode=0o755)
             if overlay:
-                (path / "upper").mkdir(mode=0o755)
-                (path / "work").mkdir(mode=0o700)
-                _chown_layer(path, owner)
+                if disk is not None:
+                    layer = disklayer.mount(path, disk, owner)
+                base = layer or path
+                (base / "upper").mkdir(mode=0o755)
+                (base / "work").mkdir(mode=0o700)
+                _chown_layer(base, owner)
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
+            reaper.forget(cid)
             raise
-        reaper.watch(cid)
-        return cls(path, fd, owner)
+        return cls(path, fd, owner, layer)
 
     @property
     def state_file(self) -> Path:
@@ -102,12 +116,14 @@ class ContainerDir:
             self.upper.mkdir(mode=0o755)
         with contextlib.suppress(FileExistsError):
             self.work.mkdir(mode=0o700)
-        _chown_layer(self.path, self.owner)
+        _chown_layer(self.layer or self.path, self.owner)
 
     def remove(self) -> None:
         # Most containers leave their directory as it was made (an empty upper layer): removing
         # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.
         try:
+            if self.layer is not None:
+                disklayer.unmount(self.path)
             for f in ("state.json", "lock", "log", "cgroups", "removed"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / f)
@@ -120,6 +136,13 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
+
+
+def upper_of(path: Path) -> Path:
+    """The upper directory of the container directory ``path`` (of another process's
+    container: its own ``ContainerDir`` knows)."""
+    bounded = path / disklayer.NAME
+    return (bounded if bounded.is_dir() else path) / "upper"
 
 
 def _chown_layer(path: Path, owner: Optional[tuple[int, int]]) -> None:
@@ -227,7 +250,10 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
 
 def remove_tree(path: Path) -> None:
     """A container directory, whatever is left in it. overlayfs leaves its work/work directory
-    with mode 000: root walks through that, a rootless owner must open it up first."""
+    with mode 000: root walks through that, a rootless owner must open it up first. A
+    size-bounded layer is unmounted first (rmtree would empty it and leave the mount)."""
+    with contextlib.suppress(OSError):
+        disklayer.unmount(path)
     with contextlib.suppress(OSError):
         os.chmod(path / "work" / "work", 0o700)
     userns.remove_tree(path)

@@ -39,7 +39,7 @@ junk = st.one_of(
 OPTIONS = [
     "env", "workdir", "user", "hostname", "name", "mounts", "readonly_rootfs", "network",
     "ports", "memory", "pids_limit", "cpus", "cap_add", "cap_drop", "privileged", "init",
-    "rootless", "entrypoint",
+    "rootless", "entrypoint", "disk",
 ]  # fmt: skip
 
 

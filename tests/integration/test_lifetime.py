@@ -188,13 +188,22 @@ elif what == "detached-with-limits":
     c = pyrt.Container(img, ["sleep", "1000"], memory="64m", pids_limit=50).start()
     print(c.id, flush=True)
     sys.stdin.read()
+elif what == "with-a-bounded-layer":
+    c = pyrt.Container(img, ["sh", "-c", "echo x > /f; exec sleep 1000"], disk="16m").start()
+    c.wait_for_file("/f", timeout=10)
+    print(c.id, flush=True)
+    sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("what", ["exec", "run-with-output", "detached-with-limits"])
+@pytest.mark.parametrize(
+    "what", ["exec", "run-with-output", "detached-with-limits", "with-a-bounded-layer"]
+)
 def test_owner_killed_while_busy_leaves_nothing_within_2s(rootfs: Path, what: str) -> None:
     if what == "detached-with-limits" and os.geteuid() != 0:
         pytest.skip("limits need root here (no delegated cgroup v2 subtree)")
+    if what == "with-a-bounded-layer" and os.geteuid() != 0:
+        pytest.skip("disk= needs root (its tmpfs is mounted on the host)")
     p = subprocess.Popen([sys.executable, "-c", KILLED_WHILE, str(rootfs), what],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert p.stdout is not None

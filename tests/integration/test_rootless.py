@@ -156,6 +156,10 @@ def test_store_images_and_refused_limits(public: Path, tmp_path: Path) -> None:
             pyrt.run(img, ["true"], memory="64m")
         except pyrt.PyrtError as e:
             out["limits"] = str(e)
+        try:
+            pyrt.Container(img, ["true"], disk="64m")
+        except pyrt.InvalidOption as e:
+            out["disk"] = str(e)
         """,
         public,
         tmp_path,
@@ -163,6 +167,7 @@ def test_store_images_and_refused_limits(public: Path, tmp_path: Path) -> None:
     assert "/.local/share/pyrt/" in out["store"] and out["store"].startswith(str(public))
     assert out["marker"] == "busybox-image\n"
     assert "delegated" in out["limits"] and "cgroup" in out["limits"]
+    assert "disk=" in out["disk"] and "needs root" in out["disk"], out
 
 
 def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
@@ -448,3 +453,4 @@ def test_rootless_owner_killed_leaves_nothing_within_2s(
     out = as_user(*ids, OWNER_DEATH_SCENARIO, public, tmp_path)
     assert out["made"] and not out["left"] and out["took"] < 2, out
     assert out["leftover"] == []
+
