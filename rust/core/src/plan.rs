@@ -42,6 +42,20 @@ pub enum PlanError {
     Field { field: String, reason: String },
 }
 
+/// Whether ``s`` can go to the kernel as a C string (the child converts every path and name
+/// the plan holds; a NUL would cut it short, or fail only there).
+fn has_nul(s: impl AsRef<std::ffi::OsStr>) -> bool {
+    s.as_ref().as_encoded_bytes().contains(&0)
+}
+
+#[cfg(feature = "spec")]
+fn no_nul(field: impl Into<String>, s: impl AsRef<std::ffi::OsStr>) -> Result<(), PlanError> {
+    if has_nul(&s) {
+        return Err(field_err(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
 #[cfg(feature = "spec")]
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
     PlanError::Field {
@@ -285,8 +299,24 @@ impl Plan {
         {
             // LinuxNamespaceType's discriminants are the CLONE_NEW* bits.
             let bit = ns.typ() as u64;
+            if clone_flags & bit != 0 || join.iter().any(|(b, _)| *b == bit) {
+                // (config-linux.md: a namespace type appears once.)
+                return Err(field_err(
+                    "linux.namespaces",
+                    format!("{:?} is named more than once", ns.typ()),
+                ));
+            }
             match ns.path() {
-                Some(p) if !p.as_os_str().is_empty() => join.push((bit, p.clone())),
+                Some(p) if !p.as_os_str().is_empty() => {
+                    if !p.is_absolute() {
+                        return Err(field_err(
+                            "linux.namespaces.path",
+                            format!("must be an absolute path: {}", p.display()),
+                        ));
+                    }
+                    no_nul("linux.namespaces.path", p)?;
+                    join.push((bit, p.clone()))
+                }
                 _ => clone_flags |= bit,
             }
         }
@@ -320,6 +350,7 @@ impl Plan {
                         format!("bind source must be an absolute path: {}", source.display()),
                     ));
                 }
+                no_nul(format!("{field}.source"), &source)?;
                 MountKind::Bind {
                     source,
                     recursive: flags.recursive,
@@ -327,6 +358,10 @@ impl Plan {
             } else {
                 if typ.is_empty() {
                     return Err(field_err(format!("{field}.type"), "a mount needs a type"));
+                }
+                no_nul(format!("{field}.type"), &typ)?;
+                if let Some(src) = m.source() {
+                    no_nul(format!("{field}.source"), src)?;
                 }
                 if destination == Path::new("/dev") && typ == "tmpfs" {
                     dev_tmpfs = true;
@@ -349,6 +384,9 @@ impl Plan {
 
         let process = plan_process(spec)?;
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+        if let Some(h) = &hostname {
+            no_nul("hostname", h)?;
+        }
         if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
             return Err(field_err(
                 "hostname",
@@ -367,9 +405,10 @@ impl Plan {
             .into_iter()
             .collect();
         sysctl.sort();
-        for (k, _) in &sysctl {
+        for (k, v) in &sysctl {
             check_sysctl(k, clone_flags, &join)
                 .map_err(|r| field_err(format!("linux.sysctl.{k}"), r))?;
+            no_nul(format!("linux.sysctl.{k}"), v)?;
         }
 
         Ok(Plan {
@@ -571,6 +610,7 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
             "must be an absolute path (resolve it against the bundle first)",
         ));
     }
+    no_nul("root.path", &path)?;
     let ann = spec.annotations().as_ref();
     let source = if let Some(ov) = ann.and_then(|a| a.get(ANNOTATION_OVERLAY)) {
         let ov: Overlay = serde_json::from_str(ov)
@@ -584,16 +624,26 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
         for p in ov.lower.iter().chain([&ov.upper, &ov.work]) {
             // overlayfs takes these in a comma and colon separated option string.
             let s = p.to_string_lossy();
-            if !p.is_absolute() || s.contains([',', ':']) {
+            if !p.is_absolute() || s.contains([',', ':', '\0']) {
                 return Err(field_err(
                     format!("annotations.{ANNOTATION_OVERLAY}"),
-                    format!("overlay directories must be absolute and free of ',' and ':': {s}"),
+                    format!(
+                        "overlay directories must be absolute and free of ',', ':' and NUL: {s}"
+                    ),
                 ));
             }
         }
         RootSource::Overlay(ov)
     } else if let Some(src) = ann.and_then(|a| a.get(ANNOTATION_ROOT_BIND)) {
-        RootSource::Bind(PathBuf::from(src))
+        let src = PathBuf::from(src);
+        if !src.is_absolute() {
+            return Err(field_err(
+                format!("annotations.{ANNOTATION_ROOT_BIND}"),
+                format!("must be an absolute path: {}", src.display()),
+            ));
+        }
+        no_nul(format!("annotations.{ANNOTATION_ROOT_BIND}"), &src)?;
+        RootSource::Bind(src)
     } else {
         RootSource::InPlace
     };
@@ -717,6 +767,7 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
             format!("must be absolute: {}", cwd.display()),
         ));
     }
+    no_nul("process.cwd", &cwd)?;
     let mut rlimits = Vec::new();
     for r in p.rlimits().iter().flatten() {
         if r.soft() > r.hard() {
@@ -791,6 +842,9 @@ fn rlimit_resource(t: PosixRlimitType) -> u32 {
 pub fn normalize_destination(p: &Path) -> Result<PathBuf, String> {
     if !p.is_absolute() {
         return Err(format!("must be an absolute path: {}", p.display()));
+    }
+    if has_nul(p) {
+        return Err(format!("contains a NUL byte: {}", p.display()));
     }
     let mut out = PathBuf::from("/");
     for c in p.components() {
