@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -141,3 +142,30 @@ def snapshot() -> dict[str, object]:
         "netns": netns_descriptors(),
         "state": state_entries(),
     }
+
+
+# --- after an owner's death ---------------------------------------------------------------
+
+
+def what_is_left_of(cid: str) -> list[str]:
+    """Everything of container ``cid`` that its owner's death must not leave behind."""
+    from pyrt.state import containers_root
+
+    left = [str(containers_root() / cid)] if (containers_root() / cid).exists() else []
+    left += [c for c in pyrt_cgroups() if cid in c]
+    left += [m for m in pyrt_mounts() if cid in m]
+    left += [f"reaper {r}" for r in orphan_reapers()]
+    return left
+
+
+def orphan_reapers() -> list[int]:
+    return sorted(helper_processes("pyrt-reaper"))
+
+
+def assert_nothing_left_of(cid: str, within: float = 2.0) -> None:
+    """Within ``within`` seconds of the owner's death (the contract's promise), with no pyrt
+    call in between: no state directory, cgroup, mount or helper of the container remains."""
+    deadline = time.monotonic() + within
+    while (left := what_is_left_of(cid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left, f"{within} s after its owner died, container {cid} left {left}"

@@ -19,6 +19,7 @@ from .errors import (
 )
 from .image import Image, ImageConfig, images
 from .mounts import Bind, Tmpfs
+from .pool import Pool
 from .stdio import DEVNULL, PIPE, STDOUT
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidOption",
     "PathNotFound",
+    "Pool",
     "PyrtError",
     "Result",
     "SpawnError",

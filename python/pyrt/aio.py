@@ -11,6 +11,7 @@ No thread per container: a container's exit is awaited through its pidfd with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -23,9 +24,10 @@ from .container import POLL_INTERVAL, Input, PathArg, Result, Stats, _io_args, _
 from .container import Container as _SyncContainer
 from .errors import PyrtError, TimeoutExpired
 from .image import Image
+from .pool import Pool as _SyncPool
 from .stdio import Pipes, Target
 
-__all__ = ["Container", "run"]
+__all__ = ["Container", "Pool", "run"]
 
 T = TypeVar("T")
 
@@ -120,6 +122,13 @@ class Container:
 
     def __init__(self, image: Image, command: Optional[Sequence[str]] = None, **options: Any):
         self._c = _SyncContainer(image, command, **options)
+
+    @classmethod
+    def _of(cls, c: _SyncContainer) -> Container:
+        """The asyncio face of an existing container (one a pool handed out)."""
+        self = cls.__new__(cls)
+        self._c = c
+        return self
 
     # --- identity -------------------------------------------------------------------------
 
@@ -395,6 +404,52 @@ class Container:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.remove()
+
+
+class Pool:
+    """``pyrt.Pool`` for asyncio: the waits and the closing run off the event loop.
+
+    async with pyrt.aio.Pool(img, ["sleep", "3600"], size=4) as pool:
+        async with pool.acquire() as c:
+            await c.exec(["true"])
+    """
+
+    def __init__(
+        self, image: Image, command: Optional[Sequence[str]] = None, size: int = 4, **options: Any
+    ):
+        self._pool = _SyncPool(image, command, size, **options)
+
+    def __repr__(self) -> str:
+        return repr(self._pool).replace("pyrt.Pool", "pyrt.aio.Pool", 1)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, timeout: Optional[float] = None) -> AsyncIterator[Container]:
+        """As ``pyrt.Pool.acquire``: an ``aio.Container``, reset for the next caller after."""
+        loop = asyncio.get_running_loop()
+        taking = loop.run_in_executor(None, self._pool.take, timeout)
+        try:
+            c = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The wait goes on in its thread: what it takes goes back, not astray.
+            taking.add_done_callback(self._give_back_taken)
+            raise
+        try:
+            yield Container._of(c)
+        finally:
+            self._pool.give_back(c)
+
+    def _give_back_taken(self, taking: asyncio.Future[_SyncContainer]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            self._pool.give_back(taking.result())
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.close)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 async def run(

@@ -9,7 +9,12 @@ Fixtures:
 - ``sandbox``: a started container of ``pyrt_image`` that idles until the test ends, fresh for
   each test (``--pyrt-sandbox-scope=module`` or ``session`` shares one); work in it with
   ``sandbox.exec(...)``. ``@pytest.mark.pyrt(image=..., **options)`` changes its image and
-  options for one test.
+  options for one test. It comes from a warm pool of ``--pyrt-pool N`` containers per image and
+  options (default 2; 0 starts one per test instead), reset after each test, never reused
+  dirty; each pytest-xdist worker has pools of its own.
+- ``pyrt_pool``: a factory, ``pyrt_pool(image, command, size=2, **options)``, returning a
+  ``pyrt.Pool`` that lasts the session (the same arguments give the same pool), closed at its
+  end: ``with pyrt_pool(img, ["sleep", "3600"]).acquire() as c: ...``.
 
 When a test fails, the logs of the containers it started are attached to its report. On a
 machine that cannot run containers at all, tests that use these fixtures are skipped with the
@@ -27,6 +32,7 @@ import pytest
 from .container import Container
 from .errors import PyrtError, SpawnError
 from .image import Image
+from .pool import Pool
 
 _CONTAINERS = pytest.StashKey[list[Container]]()
 _PROBE: dict[str, Optional[str]] = {}
@@ -48,6 +54,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="function",
         choices=["function", "class", "module", "package", "session"],
         help="share the sandbox fixture's container at this scope (default: fresh per test)",
+    )
+    g.addoption(
+        "--pyrt-pool",
+        type=int,
+        default=2,
+        metavar="N",
+        help="serve the sandbox fixture from a warm pool of N containers (0: start one per test)",
     )
 
 
@@ -124,8 +137,54 @@ def _sandbox_scope(fixture_name: str, config: pytest.Config) -> str:
     return str(config.getoption("--pyrt-sandbox-scope"))
 
 
+class _Pools:
+    """The session's pools, one per image, command and options (a repr is their key: options
+    hold lists and mounts, which do not hash)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, Pool] = {}
+
+    def get(
+        self, image: Image, command: Optional[Sequence[str]], size: int, **options: Any
+    ) -> Pool:
+        key = repr((image.lower, image.kind, command, size, sorted(options.items())))
+        if key not in self._pools:
+            self._pools[key] = Pool(image, command, size, **options)
+        return self._pools[key]
+
+    def close(self) -> None:
+        for p in self._pools.values():
+            with contextlib.suppress(Exception):
+                p.close()
+        self._pools.clear()
+
+
+@pytest.fixture(scope="session")
+def _pyrt_pools() -> Iterator[_Pools]:
+    pools = _Pools()
+    try:
+        yield pools
+    finally:
+        pools.close()
+
+
+@pytest.fixture(scope="session")
+def pyrt_pool(_pyrt_pools: _Pools) -> Callable[..., Pool]:
+    """A factory: ``pyrt_pool(image, command, size=2, **options)`` -> a ``pyrt.Pool`` for the
+    session (the same arguments, the same pool), closed when the session ends."""
+    _require_containers()
+
+    def make(image: Image, command: Optional[Sequence[str]] = None, size: int = 2,
+             **options: Any) -> Pool:  # fmt: skip
+        return _pyrt_pools.get(image, command, size, **options)
+
+    return make
+
+
 @pytest.fixture(scope=_sandbox_scope)  # type: ignore[arg-type]
-def sandbox(request: pytest.FixtureRequest, pyrt_image: Image) -> Iterator[Container]:
+def sandbox(
+    request: pytest.FixtureRequest, pyrt_image: Image, _pyrt_pools: _Pools
+) -> Iterator[Container]:
     """A started container of ``pyrt_image`` that idles until the test (or the scope) ends."""
     marker = request.node.get_closest_marker("pyrt")
     image, options = pyrt_image, {}
@@ -135,13 +194,22 @@ def sandbox(request: pytest.FixtureRequest, pyrt_image: Image) -> Iterator[Conta
         if ref is not None:
             image = ref if isinstance(ref, Image) else _resolve(str(ref))
     options.setdefault("init", True)
-    c = Container(image, IDLE, **options)
-    _track(request, c)
-    c.start()
-    try:
+    size = request.config.getoption("--pyrt-pool")
+    if not isinstance(size, int) or size < 0:
+        raise pytest.UsageError(f"--pyrt-pool must be 0 or more, not {size!r}")
+    if size == 0 or options.get("name") is not None:
+        # A name is one container's: it cannot come from a pool.
+        c = Container(image, IDLE, **options)
+        _track(request, c)
+        c.start()
+        try:
+            yield c
+        finally:
+            c.remove()
+        return
+    with _pyrt_pools.get(image, IDLE, size, **options).acquire() as c:
+        _track(request, c)
         yield c
-    finally:
-        c.remove()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -231,3 +231,25 @@ def test_aio_methods_of_a_running_container(image: pyrt.Image, alarm: None, a: A
     finally:
         signal.alarm(0)
     assert state_entries() == before
+
+
+@FAST
+@given(size=junk, option=st.sampled_from(OPTIONS), value=junk, timeout=junk)
+def test_pool_arguments(
+    image: pyrt.Image, alarm: None, size: Any, option: str, value: object, timeout: Any
+) -> None:
+    before = state_entries()
+    for kwargs in ({"size": size}, {"size": 1, option: value}):
+        pool = None
+        signal.alarm(10)
+        try:
+            pool = pyrt.Pool(image, ["sleep", "60"], **kwargs)
+        except ALLOWED:
+            pass
+        finally:
+            signal.alarm(0)
+        if pool is not None:
+            with pool:
+                _call(pool.take, timeout)
+                _call(pool.give_back, value)
+    assert state_entries() == before

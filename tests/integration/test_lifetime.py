@@ -14,33 +14,8 @@ from pathlib import Path
 import pytest
 
 import pyrt
+from helpers import assert_nothing_left_of
 from pyrt.state import collect_stale, containers_root
-
-
-def what_is_left_of(cid: str) -> list[str]:
-    """Everything of container ``cid`` that its owner's death must not leave behind."""
-    from helpers import pyrt_cgroups, pyrt_mounts
-
-    left = [str(containers_root() / cid)] if (containers_root() / cid).exists() else []
-    left += [c for c in pyrt_cgroups() if cid in c]
-    left += [m for m in pyrt_mounts() if cid in m]
-    left += [f"reaper {r}" for r in orphan_reapers()]
-    return left
-
-
-def orphan_reapers() -> list[int]:
-    from helpers import helper_processes
-
-    return sorted(helper_processes("pyrt-reaper"))
-
-
-def assert_nothing_left_of(cid: str, within: float = 2.0) -> None:
-    """Within ``within`` seconds of the owner's death (the contract's promise), with no pyrt
-    call in between: no state directory, cgroup, mount or helper of the container remains."""
-    deadline = time.monotonic() + within
-    while (left := what_is_left_of(cid)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not left, f"{within} s after its owner died, container {cid} left {left}"
 
 
 def _alive(pid: int) -> bool:

@@ -199,3 +199,41 @@ def test_the_documented_examples_run(
     monkeypatch.setenv("EXAMPLE_ROOTFS", str(rootfs))
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--pyrt-image={rootfs}")
     r.assert_outcomes(passed=4)
+
+
+def test_sandbox_from_a_warm_pool_and_the_pool_factory(
+    pytester: pytest.Pytester, rootfs: Path
+) -> None:
+    """Every test sees a fresh container whatever the pool's size (0: none), and pyrt_pool
+    gives one pool per arguments for the session."""
+    ids = pytester.path / "ids"
+    pytester.makepyfile(
+        f"""
+        import pytest, pyrt
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_fresh(sandbox, i):
+            assert sandbox.status == "running"
+            assert sandbox.exec(["test", "-e", "/tmp/dirty"]).returncode == 1
+            sandbox.exec(["touch", "/tmp/dirty"])
+            with open({str(ids)!r}, "a") as f:
+                f.write(sandbox.id + "\\n")
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_factory(pyrt_pool, pyrt_image, i):
+            pool = pyrt_pool(pyrt_image, ["sleep", "3600"], size=1)
+            assert pool is pyrt_pool(pyrt_image, ["sleep", "3600"], size=1)
+            with pool.acquire(timeout=30) as c:
+                assert c.exec(["test", "-e", "/f"]).returncode == 1
+                c.write_file("/f", "x")
+        """
+    )
+    for size in ("1", "0", "3"):
+        ids.write_text("")
+        r = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", f"--pyrt-image={rootfs}", f"--pyrt-pool={size}"
+        )
+        r.assert_outcomes(passed=9)
+        assert len(ids.read_text().split()) == 6
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyrt-pool=-1")
+    assert r.ret != 0 and "--pyrt-pool" in r.stderr.str() + r.stdout.str()

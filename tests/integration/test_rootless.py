@@ -453,4 +453,3 @@ def test_rootless_owner_killed_leaves_nothing_within_2s(
     out = as_user(*ids, OWNER_DEATH_SCENARIO, public, tmp_path)
     assert out["made"] and not out["left"] and out["took"] < 2, out
     assert out["leftover"] == []
-

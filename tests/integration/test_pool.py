@@ -1,0 +1,203 @@
+"""Warm pools: what a caller gets is started and fresh (nothing of an earlier caller's files or
+processes, seen from inside), pools are thread-safe and asyncio-safe, refuse bad options
+before starting anything, report a pool that cannot start instead of hanging, and leave
+nothing behind after close() or their owner's death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pyrt
+from helpers import assert_nothing_left_of, state_entries
+from pyrt.state import containers_root
+
+IDLE = ["sleep", "3600"]
+
+
+def processes(c: pyrt.Container) -> list[str]:
+    """The commands running in ``c``, as its own ps shows them (the probe's ps and sh aside)."""
+    out = c.exec(["ps", "-o", "args"]).stdout.decode().split("\n")[1:]
+    return sorted(x.strip() for x in out if x.strip() and not x.strip().startswith("ps "))
+
+
+def test_each_caller_gets_a_started_fresh_container(image: pyrt.Image) -> None:
+    with pyrt.Pool(image, IDLE, size=1) as pool:
+        seen = []
+        for _ in range(4):
+            with pool.acquire(timeout=30) as c:
+                assert c.status == "running"
+                seen.append(c.id)
+                # What the previous caller left: a file, a process, a changed image file.
+                assert c.exec(["test", "-e", "/dirty"]).returncode == 1
+                assert processes(c) == ["sleep 3600"], processes(c)
+                assert c.read_file("/etc/marker") == b"busybox-image\n"
+                c.write_file("/dirty", "x")
+                c.exec(["sh", "-c", "sleep 1000 >/dev/null 2>&1 &"])
+                c.exec(["sh", "-c", "echo changed > /etc/marker"])
+        assert len(seen) == 4
+
+
+def test_a_container_is_never_handed_to_two_callers(image: pyrt.Image) -> None:
+    held: set[str] = set()
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    with pyrt.Pool(image, IDLE, size=2) as pool:
+
+        def user(tid: int) -> None:
+            try:
+                for i in range(5):
+                    with pool.acquire(timeout=60) as c:
+                        with lock:
+                            assert c.id not in held, "handed out twice"
+                            held.add(c.id)
+                        r = c.exec(["sh", "-c", f"test ! -e /mark && echo {tid}-{i} > /mark"])
+                        assert r.returncode == 0, "an earlier caller's file was there"
+                        with lock:
+                            held.discard(c.id)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=user, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+
+
+def test_close_removes_every_container_also_those_handed_out(image: pyrt.Image) -> None:
+    before = state_entries()
+    pool = pyrt.Pool(image, IDLE, size=3)
+    c = pool.take(timeout=30)
+    deadline = time.monotonic() + 30
+    while "ready=3" not in repr(pool) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "ready=3" in repr(pool), "the pool refills to its size"
+    pool.close()
+    pool.close()  # idempotent
+    assert c.status == "removed"
+    assert state_entries() == before
+    with pytest.raises(pyrt.PyrtError, match="closed"):
+        pool.take(timeout=1)
+
+
+def test_waiting_for_a_container_times_out(image: pyrt.Image) -> None:
+    with pyrt.Pool(image, IDLE, size=1) as pool:
+        # Right after construction nothing has started yet: a zero wait finds none.
+        with pytest.raises(pyrt.TimeoutExpired):
+            pool.take(timeout=0)
+        with pool.acquire(timeout=30) as c:
+            assert c.status == "running"
+
+
+def test_a_pool_that_cannot_start_says_why(image: pyrt.Image) -> None:
+    before = state_entries()
+    with pyrt.Pool(image, ["/no/such/program"], size=2) as pool:
+        with pytest.raises(pyrt.SpawnError, match="no/such/program"):
+            pool.take(timeout=30)
+    assert state_entries() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"size": 0}, pyrt.InvalidOption),
+        ({"size": "2"}, TypeError),
+        ({"size": 10**6}, pyrt.InvalidOption),
+        ({"memory": "lots"}, ValueError),
+        ({"name": "one"}, pyrt.InvalidOption),
+        ({"ports": [80]}, TypeError),
+        ({"bogus": 1}, TypeError),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    image: pyrt.Image, kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    before = state_entries()
+    with pytest.raises(error):
+        pyrt.Pool(image, IDLE, **kwargs)  # type: ignore[arg-type]
+    assert state_entries() == before
+    with pytest.raises(TypeError):
+        pyrt.Pool("busybox", IDLE)  # type: ignore[arg-type]
+
+
+def test_give_back_only_what_it_handed_out(image: pyrt.Image) -> None:
+    with pyrt.Pool(image, IDLE, size=1) as pool, pyrt.Container(image, IDLE) as other:
+        with pytest.raises(pyrt.PyrtError, match="not one this pool handed out"):
+            pool.give_back(other)
+        with pytest.raises(TypeError):
+            pool.give_back("x")  # type: ignore[arg-type]
+
+
+def test_a_removed_or_killed_container_is_replaced(image: pyrt.Image) -> None:
+    with pyrt.Pool(image, IDLE, size=1) as pool:
+        with pool.acquire(timeout=30) as c:
+            c.remove()
+        with pool.acquire(timeout=30) as c:
+            c.kill()
+            c.wait(timeout=10)
+        with pool.acquire(timeout=30) as c:
+            assert c.status == "running"
+            assert c.exec(["true"]).returncode == 0
+
+
+def test_aio_pool(image: pyrt.Image) -> None:
+    async def main() -> list[str]:
+        ids = []
+        async with pyrt.aio.Pool(image, IDLE, size=2) as pool:
+
+            async def use(i: int) -> None:
+                async with pool.acquire(timeout=30) as c:
+                    assert isinstance(c, pyrt.aio.Container)
+                    r = await c.exec(["sh", "-c", f"test ! -e /m && echo {i} > /m && cat /m"])
+                    assert r.stdout == f"{i}\n".encode()
+                    ids.append(c.id)
+
+            await asyncio.gather(*(use(i) for i in range(6)))
+            # A wait that is cancelled gives back what it took.
+            waiter = asyncio.ensure_future(pool.acquire(timeout=30).__aenter__())
+            await asyncio.sleep(0)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        return ids
+
+    before = state_entries()
+    assert len(asyncio.run(main())) == 6
+    assert state_entries() == before
+
+
+OWNER = """
+import sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+pool = pyrt.Pool(img, ["sleep", "3600"], size=3)
+c = pool.take(timeout=30)
+import time
+deadline = time.monotonic() + 30
+while "ready=3" not in repr(pool) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(c.id, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_owner_killed_leaves_nothing_of_its_pool_within_2s(rootfs: Path) -> None:
+    before = set(os.listdir(containers_root()))
+    p = subprocess.Popen([sys.executable, "-c", OWNER, str(rootfs)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    cid = p.stdout.readline().strip()
+    made = set(os.listdir(containers_root())) - before
+    assert cid in made and len(made) == 4, made
+    p.kill()
+    p.wait()
+    for c in made:
+        assert_nothing_left_of(c)
