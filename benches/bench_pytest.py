@@ -21,16 +21,18 @@ def main() -> None:
     ap.add_argument("-r", "--repeats", type=int, default=3)
     args = ap.parse_args()
     files = {
-        "subprocess": "test_subprocess.py",
-        "bwrap": "test_bwrap.py",
-        "pyrt sandbox": "test_pyrt.py",
+        "subprocess": ["test_subprocess.py"],
+        "bwrap": ["test_bwrap.py"],
+        "pyrt pooled": ["test_pyrt.py"],  # the plugin's default: a warm pool of 2
+        "pyrt unpooled": ["test_pyrt.py", "--pyrt-pool=0"],
     }
     best: dict[str, float] = {}
     for _ in range(args.repeats):
-        for name, f in files.items():
+        for name, (f, *extra) in files.items():
             t0 = time.perf_counter()
             r = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(SUITE / f)],
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(SUITE / f),
+                 *extra],
                 capture_output=True, text=True,
             )  # fmt: skip
             dt = time.perf_counter() - t0

@@ -1,0 +1,87 @@
+"""Sandbox cycles: what a test pays for a fresh container to work in, against one bwrap run of
+/bin/true on the same rootfs (the cheapest peer's cheapest sandbox).
+
+- cycle: start a `sleep` container, one exec of /bin/true in it, remove it;
+- pooled cycle: `pool.acquire()`, one exec, release (a pyrt.Pool of 2; the reset happens in
+  the pool's thread, off the caller's path);
+- exec alone, in a running container, for scale.
+
+The kinds take turns within each round (`bench_start.interleave`).
+
+Run as root:  python benches/bench_pool.py [-n ROUNDS] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_start import HERE, interleave, percentile
+
+import pyrt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", "--rounds", type=int, default=200)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import make_busybox_rootfs
+
+    work = Path(tempfile.mkdtemp(prefix="pyrt-bench-"))
+    try:
+        rootfs = make_busybox_rootfs(work / "rootfs")
+        img = pyrt.Image.load(rootfs)
+        dn = subprocess.DEVNULL
+        bwrap = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", str(rootfs), "/",
+                 "--proc", "/proc", "--dev", "/dev", "/bin/true"]  # fmt: skip
+        idle = ["sleep", "3600"]
+
+        def cycle() -> None:
+            with pyrt.Container(img, idle) as c:
+                c.exec(["/bin/true"], check=True)
+
+        with pyrt.Pool(img, idle, size=2) as pool, pyrt.Container(img, idle) as running:
+
+            def pooled() -> None:
+                with pool.acquire() as c:
+                    c.exec(["/bin/true"], check=True)
+
+            times = interleave(
+                {
+                    "bwrap run": lambda: (
+                        subprocess.run(bwrap, stdout=dn, stderr=dn, check=True) and None
+                    ),
+                    "pyrt cycle": cycle,
+                    "pyrt pooled cycle": pooled,
+                    "pyrt exec": lambda: running.exec(["/bin/true"], check=True) and None,
+                },
+                args.rounds,
+            )
+        base = statistics.median(times["bwrap run"])
+        rows = [{"kind": k, "median_ms": round(statistics.median(v), 3),
+                 "p95_ms": round(percentile(v, 0.95), 3),
+                 "ratio_to_bwrap": round(statistics.median(v) / base, 3)}
+                for k, v in times.items()]  # fmt: skip
+        print(f"sandbox cycles, {args.rounds} interleaved rounds, kernel {os.uname().release}, "
+              f"{os.cpu_count()} cpus")  # fmt: skip
+        print(f"{'kind':18} {'median ms':>10} {'p95 ms':>10} {'x bwrap':>8}")
+        for r in rows:
+            print(f"{r['kind']:18} {r['median_ms']:>10.2f} {r['p95_ms']:>10.2f} "
+                  f"{r['ratio_to_bwrap']:>8.2f}")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
