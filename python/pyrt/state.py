@@ -72,8 +72,7 @@ class ContainerDir:
         path.mkdir(mode=0o711)
         layer = None
         try:
-            fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = _locked_file(path / "lock")
             # Watched from before the first mount: a SIGKILL from here on leaves nothing.
             reaper.watch(cid)
             (path / "rootfs").mkdir(mode=0o755)
@@ -136,6 +135,31 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
+
+
+def _locked_file(path: Path) -> int:
+    """A new lock file at ``path`` that is already locked when it appears: otherwise another
+    thread's or process's stale collection could take a lock made a moment before its flock,
+    and delete the directory being created as a dead owner's."""
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:  # a filesystem without O_TMPFILE: lock it as soon as it exists
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # linkat(AT_SYMLINK_FOLLOW) through /proc: os.link uses link(2), which does not follow,
+        # unless given a directory descriptor.
+        fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+        finally:
+            os.close(fds)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def upper_of(path: Path) -> Path:

@@ -220,3 +220,34 @@ def test_owner_killed_during_a_load_leaves_nothing_after_gc(tmp_path: Path) -> N
     # And the next load of the same image works.
     r = subprocess.run([sys.executable, "-c", LOADING, str(layout)], env=env)
     assert r.returncode == 0
+
+
+def test_stale_collection_never_takes_a_directory_being_created(image: pyrt.Image) -> None:
+    """Another thread's (or process's) collection runs while containers are made: a directory
+    whose lock file exists is always locked already (it appears locked)."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    taken: list[str] = []
+
+    def collect() -> None:
+        while not stop.is_set():
+            taken.extend(collect_stale())
+
+    def make() -> None:
+        try:
+            for _ in range(40):
+                assert pyrt.run(image, ["true"]).returncode == 0
+        except BaseException as e:
+            errors.append(e)
+
+    collector = threading.Thread(target=collect)
+    makers = [threading.Thread(target=make) for _ in range(2)]
+    collector.start()
+    for t in makers:
+        t.start()
+    for t in makers:
+        t.join(120)
+    stop.set()
+    collector.join(30)
+    assert not errors, errors
+    assert taken == [], "a live container's directory was collected"
