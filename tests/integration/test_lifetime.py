@@ -240,6 +240,8 @@ def test_stale_collection_never_takes_a_directory_being_created(image: pyrt.Imag
         except BaseException as e:
             errors.append(e)
 
+    # (Earlier tests' dead owners may have left directories: collecting those is right.)
+    before = set(os.listdir(containers_root()))
     collector = threading.Thread(target=collect)
     makers = [threading.Thread(target=make) for _ in range(2)]
     collector.start()
@@ -250,4 +252,4 @@ def test_stale_collection_never_takes_a_directory_being_created(image: pyrt.Imag
     stop.set()
     collector.join(30)
     assert not errors, errors
-    assert taken == [], "a live container's directory was collected"
+    assert set(taken) <= before, "a live container's directory was collected"
