@@ -49,8 +49,14 @@ class Tmpfs:
 
         object.__setattr__(self, "target", container_path(self.target, "Tmpfs.target"))
         whole(self.mode, "Tmpfs.mode", 0, 0o7777)
-        if self.size is not None:
-            parse_size(self.size, f"Tmpfs({self.target!r}).size")
+        if self.size is not None and parse_size(self.size, f"Tmpfs({self.target!r}).size") == 0:
+            from .errors import InvalidOption
+
+            # The kernel reads size=0 as no limit at all: never what a 0 meant.
+            raise InvalidOption(
+                f"Tmpfs({self.target!r}).size=0: a tmpfs needs a size of at least one page, "
+                "or None for the default (half of RAM)"
+            )
 
     def to_spec(self) -> dict[str, object]:
         opts = ["nosuid", "nodev", f"mode={self.mode:o}"]

@@ -91,6 +91,8 @@ def test_relative_mount_target(image: pyrt.Image, tmp_path: Path) -> None:
 def test_bad_sizes_and_options(image: pyrt.Image) -> None:
     with pytest.raises(ValueError, match="not a size"):
         pyrt.Container(image, ["true"], mounts=[pyrt.Tmpfs("/t", size="lots")])
+    with pytest.raises(pyrt.InvalidOption, match=r"size=0"):  # the kernel's "no limit"
+        pyrt.Tmpfs("/t", size=0)
     with pytest.raises(ValueError, match="unknown capability"):
         pyrt.Container(image, ["true"], cap_add=["CAP_FLY"])
     with pytest.raises(pyrt.PyrtError, match="network"):

@@ -104,7 +104,7 @@ container_specs = st.builds(
         st.one_of(
             st.builds(pyrt.Bind, source=abs_paths, target=abs_paths, readonly=st.booleans()),
             st.builds(
-                pyrt.Tmpfs, target=abs_paths, size=st.one_of(st.none(), st.integers(0, 1 << 30))
+                pyrt.Tmpfs, target=abs_paths, size=st.one_of(st.none(), st.integers(1, 1 << 30))
             ),
         ).map(lambda m: m.to_spec()),
         max_size=4,
