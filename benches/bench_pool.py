@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_start import HERE, interleave, percentile
+from bench_start import HERE, interleave, print_rows, summarize
 
 import pyrt
 
@@ -66,17 +65,10 @@ def main() -> None:
                 },
                 args.rounds,
             )
-        base = statistics.median(times["bwrap run"])
-        rows = [{"kind": k, "median_ms": round(statistics.median(v), 3),
-                 "p95_ms": round(percentile(v, 0.95), 3),
-                 "ratio_to_bwrap": round(statistics.median(v) / base, 3)}
-                for k, v in times.items()]  # fmt: skip
+        rows = summarize(times, lambda _name: "bwrap run", peer="bwrap")
         print(f"sandbox cycles, {args.rounds} interleaved rounds, kernel {os.uname().release}, "
               f"{os.cpu_count()} cpus")  # fmt: skip
-        print(f"{'kind':18} {'median ms':>10} {'p95 ms':>10} {'x bwrap':>8}")
-        for r in rows:
-            print(f"{r['kind']:18} {r['median_ms']:>10.2f} {r['p95_ms']:>10.2f} "
-                  f"{r['ratio_to_bwrap']:>8.2f}")  # fmt: skip
+        print_rows(rows, 18, peer="bwrap")
         if args.json:
             args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
     finally:

@@ -91,24 +91,25 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def summarize(
-    times: dict[str, list[float]], baseline: Callable[[str], str]
+    times: dict[str, list[float]], baseline: Callable[[str], str], peer: str = "crun"
 ) -> list[dict[str, object]]:
-    """Median, p95 and the ratio of each tool's median to its baseline's (crun's, same work)."""
+    """Median, p95 and the ratio of each tool's median to its baseline's (``peer``'s, same
+    work), as ``ratio_to_<peer>``."""
     rows: list[dict[str, object]] = []
     for name, xs in times.items():
         med = statistics.median(xs)
         base = statistics.median(times[baseline(name)])
         rows.append({"tool": name, "median_ms": round(med, 3),
                      "p95_ms": round(percentile(xs, 0.95), 3),
-                     "ratio_to_crun": round(med / base, 3)})  # fmt: skip
+                     f"ratio_to_{peer}": round(med / base, 3)})  # fmt: skip
     return rows
 
 
-def print_rows(rows: list[dict[str, object]], width: int) -> None:
-    print(f"{'tool':{width}} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
+def print_rows(rows: list[dict[str, object]], width: int, peer: str = "crun") -> None:
+    print(f"{'tool':{width}} {'median ms':>10} {'p95 ms':>10} {'x ' + peer:>8}")
     for r in rows:
         print(f"{r['tool']:{width}} {r['median_ms']:>10.2f} {r['p95_ms']:>10.2f} "
-              f"{r['ratio_to_crun']:>8.2f}")  # fmt: skip
+              f"{r[f'ratio_to_{peer}']:>8.2f}")  # fmt: skip
 
 
 def main() -> None:
