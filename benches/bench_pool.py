@@ -14,15 +14,13 @@ Run as root:  python benches/bench_pool.py [-n ROUNDS] [--json FILE]
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_start import HERE, interleave, print_rows, summarize
+from bench_start import HERE, interleave, report, summarize
 
 import pyrt
 
@@ -66,11 +64,7 @@ def main() -> None:
                 args.rounds,
             )
         rows = summarize(times, lambda _name: "bwrap run", peer="bwrap")
-        print(f"sandbox cycles, {args.rounds} interleaved rounds, kernel {os.uname().release}, "
-              f"{os.cpu_count()} cpus")  # fmt: skip
-        print_rows(rows, 18, peer="bwrap")
-        if args.json:
-            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
+        report("sandbox cycles", rows, 18, args.json, args.rounds, peer="bwrap")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -8,7 +8,6 @@ containerd's shim does for each container). Interleaved rounds; medians, p95s an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -21,8 +20,8 @@ from bench_start import (
     HERE,
     interleave,
     make_bundle,
-    print_rows,
     reexec_in_private_mount_ns,
+    report,
     summarize,
 )
 
@@ -72,11 +71,7 @@ def main() -> None:
             tools[f"{name} create+start+delete"] = lifecycle(tool)
         times = interleave(tools, args.rounds)
         rows = summarize(times, lambda name: "crun " + name.split(" ", 1)[1])
-        print(f"{args.rounds} interleaved rounds, kernel {os.uname().release}, "
-              f"{os.cpu_count()} cpus")  # fmt: skip
-        print_rows(rows, 32)
-        if args.json:
-            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
+        report("pyrt-runc, crun and runc", rows, 32, args.json, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 import pyrt
 
@@ -112,6 +113,16 @@ def print_rows(rows: list[dict[str, object]], width: int, peer: str = "crun") ->
               f"{r[f'ratio_to_{peer}']:>8.2f}")  # fmt: skip
 
 
+def report(title: str, rows: list[dict[str, object]], width: int, json_out: Optional[Path],
+           rounds: int, peer: str = "crun") -> None:  # fmt: skip
+    """The table on stdout (``title`` above it, with the machine), and the rows as JSON."""
+    print(f"{title}, {rounds} interleaved rounds, kernel {os.uname().release}, "
+          f"{os.cpu_count()} cpus")  # fmt: skip
+    print_rows(rows, width, peer)
+    if json_out:
+        json_out.write_text(json.dumps({"rounds": rounds, "rows": rows}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=300)
@@ -158,12 +169,8 @@ def main() -> None:
             del tools["bwrap"], tools["bare subprocess"]
         times = interleave(tools, args.rounds)
         rows = summarize(times, lambda _name: "crun run")
-        print(f"start-to-exit of /bin/true{' with limits' if args.limits else ''}, "
-              f"{args.rounds} interleaved rounds, "
-              f"kernel {os.uname().release}, {os.cpu_count()} cpus")  # fmt: skip
-        print_rows(rows, 18)
-        if args.json:
-            args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
+        title = f"start-to-exit of /bin/true{' with limits' if args.limits else ''}"
+        report(title, rows, 18, args.json, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -160,7 +160,7 @@ class Container:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
         lim = options.limits(memory, pids_limit, cpus)
-        disk_bytes = options.disk(disk, image.kind, image.kind == "host" or overlay_supported())
+        disk_bytes = options.disk(disk, image.kind)
         if rootless is not None:
             checks.flag(rootless, "rootless")
         else:

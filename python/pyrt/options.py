@@ -70,11 +70,12 @@ def limits(memory: object, pids_limit: object, cpus: object) -> Optional[Limits]
 MIN_DISK = 1 << 20
 
 
-def disk(value: object, image_kind: str, overlay: bool) -> Optional[int]:
+def disk(value: object, image_kind: str) -> Optional[int]:
     """The size in bytes of a size-bounded writable layer (``disk="1g"``), or None; refused
     where pyrt cannot enforce it (see ``disklayer``)."""
     if value is None:
         return None
+    from .image.image import overlay_supported
     from .sizes import parse_size
 
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -91,7 +92,7 @@ def disk(value: object, image_kind: str, overlay: bool) -> Optional[int]:
             "the host's, read-only); bound its scratch space with mounts=[pyrt.Tmpfs(path, "
             "size=...)]"
         )
-    if not overlay:
+    if not overlay_supported():
         raise InvalidOption(
             f"disk={value!r}: needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1): "
             "without it the writable layer is a copy of the whole image"
