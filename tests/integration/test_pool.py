@@ -162,12 +162,31 @@ def test_aio_pool(image: pyrt.Image) -> None:
                     ids.append(c.id)
 
             await asyncio.gather(*(use(i) for i in range(6)))
-            # A wait that is cancelled gives back what it took.
+            # A wait cancelled while its take runs in a thread gives back what it took: the
+            # take is held until the cancel has happened.
+            go, took = threading.Event(), threading.Event()
+            real_take = pool._pool.take
+
+            def held_take(timeout: object = None) -> pyrt.Container:
+                go.wait(10)
+                try:
+                    return real_take(timeout)  # type: ignore[arg-type]
+                finally:
+                    took.set()
+
+            pool._pool.take = held_take  # type: ignore[method-assign]
             waiter = asyncio.ensure_future(pool.acquire(timeout=30).__aenter__())
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
+            go.set()
+            assert await asyncio.get_running_loop().run_in_executor(None, took.wait, 10)
+            for _ in range(500):
+                if "busy=0" in repr(pool):
+                    break
+                await asyncio.sleep(0.01)
+            assert "busy=0" in repr(pool), f"a cancelled wait kept its container: {pool!r}"
         return ids
 
     before = state_entries()
