@@ -263,6 +263,11 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
         except BlockingIOError:
             os.close(fd)
             continue
+        if not _still_linked(fd, os.path.join(e.path, "lock")):
+            # Its owner removed the directory between our open and our flock (it unlinks the
+            # lock it holds, then releases it): the lock we won is of a file that is gone.
+            os.close(fd)
+            continue
         with contextlib.suppress(OSError):
             remove_cgroups(os.path.join(e.path, "cgroups"))
             remove_tree(Path(e.path))
@@ -270,6 +275,15 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
                 gone.append(e.name)
         os.close(fd)
     return gone
+
+
+def _still_linked(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def remove_tree(path: Path) -> None:
