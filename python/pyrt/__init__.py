@@ -17,8 +17,10 @@ from .errors import (
     TimeoutExpired,
     UnsafeImageError,
 )
+from .health import Healthcheck
 from .image import Image, ImageConfig, images
 from .mounts import Bind, Tmpfs
+from .networks import Network
 from .pool import Pool
 from .stdio import DEVNULL, PIPE, STDOUT
 
@@ -41,12 +43,14 @@ __all__ = [
     "Bind",
     "Container",
     "ContainerError",
+    "Healthcheck",
     "Image",
     "ImageConfig",
     "ImageError",
     "ImageNotFound",
     "InvalidArgument",
     "InvalidOption",
+    "Network",
     "PathNotFound",
     "Pool",
     "PyrtError",

@@ -18,6 +18,7 @@ __all__ = [
     "open_in_root",
     "plan",
     "spawn",
+    "tcp_connect",
     "tcp_probe",
 ]
 
@@ -56,6 +57,9 @@ def new_netns() -> int:
     """A new network namespace with ``lo`` up, as a descriptor the caller owns and closes."""
 
 def tcp_probe(pid: int, port: int, timeout: float) -> bool: ...
+def tcp_connect(netns: str, port: int, timeout: float) -> int:
+    """A connected socket to 127.0.0.1:``port`` inside the namespace at ``netns``."""
+
 def open_in_root(dirfd: int, path: str, flags: int, mode: int = 0) -> int: ...
 
 @final

@@ -33,12 +33,14 @@ from . import (
     spec,
     userns,
 )
-from .errors import ContainerError, PyrtError, SpawnError, TimeoutExpired
+from .errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
+from .health import Checker, Healthcheck
 from .image import Image
 from .image.config import ImageConfig, command_for
 from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
-from .network import HostPort, PrivateNetwork, etc_files, parse_ports
+from .network import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
+from .networks import Member, Network
 from .seccomp import default_profile
 from .state import ContainerDir, pid_start_time
 from .stdio import Pipes, Target
@@ -144,7 +146,8 @@ class Container:
         name: Optional[str] = None,
         mounts: Sequence[Mount] = (),
         readonly_rootfs: bool = False,
-        network: Union[str, Container, None] = None,
+        network: Union[str, Container, Network, None] = None,
+        aliases: Sequence[str] = (),
         ports: Optional[Mapping[Any, HostPort]] = None,
         memory: Union[int, str, None] = None,
         pids_limit: Optional[int] = None,
@@ -156,6 +159,7 @@ class Container:
         rootless: Optional[bool] = None,
         tty: bool = False,
         disk: Union[int, str, None] = None,
+        healthcheck: Optional[Healthcheck] = None,
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
@@ -166,7 +170,13 @@ class Container:
         else:
             rootless = os.geteuid() != 0
         self._join_net: Optional[Container] = None
-        if isinstance(network, Container):
+        self._network: Optional[Network] = None
+        if isinstance(network, str) and network not in spec.NETWORK_MODES:
+            network = Network.open(network)
+        if isinstance(network, Network):
+            # One of several containers on a shared network, each with its own namespace.
+            self._network, network = network, "shared"
+        elif isinstance(network, Container):
             # Docker's "container:" mode: share that container's network namespace (and so its
             # loopback and its published ports), as an app and its database often do.
             self._join_net, network = network, "joined"
@@ -175,12 +185,8 @@ class Container:
             network = "private" if ports else "none"
         elif not isinstance(network, str):
             raise TypeError(
-                f"network must be a str or a pyrt.Container, not {type(network).__name__}"
-            )
-        elif network not in spec.NETWORK_MODES:
-            raise PyrtError(
-                f"network={network!r}: supported modes are {', '.join(spec.NETWORK_MODES)}, "
-                "or another pyrt.Container to share its network"
+                "network must be a str, a pyrt.Network or a pyrt.Container, not "
+                f"{type(network).__name__}"
             )
         if ports is not None and not isinstance(ports, Mapping):
             raise TypeError(
@@ -201,8 +207,13 @@ class Container:
                 "namespace of its own); reach the other one through a published port at "
                 "host.pyrt.internal instead"
             )
-        if self._ports and network != "private":
-            raise PyrtError("ports= needs network='private' (its own network with a way in)")
+        if self._ports and network not in ("private", "shared"):
+            raise PyrtError(
+                "ports= needs network='private' or a pyrt.Network (a network with a way in)"
+            )
+        alias_list = [checks.name(a, "aliases") or "" for a in checks.names(aliases, "aliases")]
+        if alias_list and self._network is None:
+            raise InvalidOption("aliases= needs network=<pyrt.Network> (names on a shared network)")
         self._o = options.ContainerOptions(
             env=checks.env(env),
             workdir=None if workdir is None else checks.container_path(workdir, "workdir"),
@@ -212,6 +223,7 @@ class Container:
             mounts=options.mounts(mounts),
             readonly_rootfs=checks.flag(readonly_rootfs, "readonly_rootfs"),
             network=network,
+            aliases=tuple(alias_list),
             cap_add=tuple(checks.names(cap_add, "cap_add")),
             cap_drop=tuple(checks.names(cap_drop, "cap_drop")),
             privileged=checks.flag(privileged, "privileged"),
@@ -226,7 +238,14 @@ class Container:
         self._userns = userns.maps_for_caller() if rootless or sandboxed else None
         if self._userns is not None and self._limits and os.geteuid() != 0:
             userns.check_limits_possible()
-        self._net: Optional[PrivateNetwork] = None
+        self._net: Union[PrivateNetwork, Member, None] = None
+        if healthcheck is not None and not isinstance(healthcheck, Healthcheck):
+            raise TypeError(
+                f"healthcheck must be a pyrt.Healthcheck, not {checks.show(healthcheck)}"
+            )
+        hc = healthcheck or Healthcheck.from_image(image.config.healthcheck)
+        self._healthcheck = None if hc is None or hc.disabled else hc
+        self._checker: Optional[Checker] = None
         self.image = image
         self.id = secrets.token_hex(16)
         self.name = self._o.name
@@ -311,7 +330,7 @@ class Container:
             root=root,
             process=self._process,
             hostname=hostname,
-            network="none" if o.network in ("private", "joined") else o.network,
+            network="none" if o.network in ("private", "joined", "shared") else o.network,
             netns_path=self._netns_path(),
             mounts=extra_mounts + [m.to_spec() for m in o.mounts],
             masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
@@ -415,6 +434,8 @@ class Container:
         """The private network (before the container exists, so that it is ready when the
         command runs), its published ports, and the /etc files that go with it. A network that
         outlived a reset (as root) is kept: same namespace, address and forwarders."""
+        if self._o.network == "shared":
+            return self._join_network(d)
         if self._o.network != "private":
             return []
         if self._net is None:
@@ -427,6 +448,32 @@ class Container:
             mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
         return mounts
 
+    def _join_network(self, d: ContainerDir) -> list[dict[str, Any]]:
+        """A member's namespace on its shared network, its ports, and its /etc files (kept, as
+        the address, across a reset)."""
+        assert self._network is not None
+        if self._net is None:
+            o = self._o
+            names = [n for n in (o.name, *o.aliases, o.hostname or self.id[:12]) if n]
+            self._net = self._network.join(self, d.path, list(dict.fromkeys(names)))
+            self._publish()
+        else:
+            self._network.refresh()
+        return [Bind(str(d.path / n), f"/etc/{n}").to_spec() for n in ("hosts", "resolv.conf")]
+
+    @property
+    def ip(self) -> Optional[str]:
+        """The container's address on its network (a pyrt.Network's, or 10.0.2.100 on its
+        private one), once started; None without one."""
+        if isinstance(self._net, Member):
+            return self._net.address
+        return GUEST if self._net is not None else None
+
+    @property
+    def network(self) -> Optional[Network]:
+        """The shared network the container is on, if any."""
+        return self._network
+
     def _publish(self) -> None:
         assert self._net is not None
         for cport, proto, addr, hport in self._ports:
@@ -435,7 +482,7 @@ class Container:
     def _attach_network(self, proc: _core.Process) -> None:
         """Rootless: the held container made its network namespace; slirp4netns joins it and
         the ports are published before the command runs."""
-        assert self._net is not None
+        assert isinstance(self._net, PrivateNetwork)
         try:
             self._net.attach(proc.pid)
             self._publish()
@@ -479,7 +526,33 @@ class Container:
         if self.console is not None and self._dir is not None:
             # The console's output is the container's log; `console` stays for its input.
             _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
+        self._start_checker()
         return self
+
+    def _start_checker(self) -> None:
+        if self._healthcheck is None:
+            return
+        if self._checker is not None:
+            self._checker.stop()
+
+        def run_check(argv: list[str], timeout: float) -> int:
+            return self.exec(argv, timeout=timeout).returncode
+
+        def noted(status: str) -> None:
+            if self._dir is not None and self._state_doc is not None and not self._removed:
+                self._state_doc["health"] = status
+                with contextlib.suppress(OSError):
+                    self._dir.write_state(self._state_doc)
+
+        self._checker = Checker(self._healthcheck, run_check,
+                                lambda: self.status == "running", noted)  # fmt: skip
+
+    @property
+    def health(self) -> Optional[str]:
+        """None (no healthcheck), "starting", "healthy" or "unhealthy"."""
+        if self._healthcheck is None:
+            return None
+        return self._checker.status if self._checker is not None else "starting"
 
     def record_exit(self, code: int) -> None:
         """Notes the exit status in the shared state (for `pyrt ps` and the like)."""
@@ -899,6 +972,9 @@ class Container:
                 raise PyrtError(f"container {self.id[:12]} was not started")
             if self._o.tty:
                 raise PyrtError("reset of a container with tty=True is not supported")
+            if self._checker is not None:
+                self._checker.stop()
+                self._checker = None
             proc = self._proc
             if self._returncode is None and proc.wait(0) is None:
                 proc.kill(signal.SIGKILL)
@@ -916,6 +992,7 @@ class Container:
             self._proc = None
             self._returncode = None
         self._spawn_detached()
+        self._start_checker()
         return self
 
     def _spawn_detached(self) -> None:
@@ -1046,10 +1123,7 @@ class Container:
             if got:
                 return got
             if self.status != "running":
-                raise PyrtError(
-                    f"container {self.id[:12]} exited (returncode {self.wait()}) "
-                    f"while waiting for {what}"
-                )
+                raise ContainerError(self.wait(), self.args, self.logs(), waiting_for=what)
             if time.monotonic() > deadline:
                 raise TimeoutExpired(self.args, timeout)
             time.sleep(POLL_INTERVAL)
@@ -1085,12 +1159,57 @@ class Container:
         port = checks.whole(port, "port", 1, 65535)
         self._poll(f"TCP port {port}", timeout, lambda: readiness.port_accepts(self.pid or 0, port))
 
+    def wait_for_http(
+        self, port: int, path: str = "/", status: int = 200, timeout: float = 60.0
+    ) -> None:
+        """Waits until an HTTP GET of ``path`` on ``port`` answers ``status``: through the
+        published host port when there is one, else inside the container's network namespace
+        (root; a rootless container's needs the port published)."""
+        port = checks.whole(port, "port", 1, 65535)
+        path = checks.text(path, "path")
+        if not path.startswith("/") or any(ch in path for ch in " \r\n"):
+            raise InvalidOption(f"path={path!r}: an absolute URL path (starting with '/')")
+        status = checks.whole(status, "status", 100, 599)
+        connect = self._connector(port)
+        self._poll(f"HTTP {status} from port {port} {path}", timeout,
+                   lambda: readiness.http_status(connect, path, 2.0) == status)  # fmt: skip
+
+    def _connector(self, port: int) -> Callable[[], socket.socket]:
+        for p in self._net.published if self._net is not None else ():
+            if p.container_port == port and p.proto == "tcp":
+                addr = "127.0.0.1" if p.host_addr == "0.0.0.0" else p.host_addr
+                return lambda: socket.create_connection((addr, p.host_port), 0.5)
+        if self._userns is not None and os.geteuid() != 0:
+            raise PyrtError(
+                f"wait_for_http({port}): a rootless container's network namespace cannot be "
+                "entered from the host; publish the port (ports={port: None})"
+            )
+        net_path = self._net.path if self._net is not None else None
+
+        def connect() -> socket.socket:
+            path = net_path or f"/proc/{self.pid or 0}/ns/net"
+            return socket.socket(fileno=_core.tcp_connect(path, port, 0.5))
+
+        return connect
+
+    def wait_for_healthy(self, timeout: float = 60.0) -> None:
+        """Waits until the healthcheck passes; ContainerError at once if the container exits,
+        TimeoutExpired (the container keeps running) when ``timeout`` passes first."""
+        if self._healthcheck is None:
+            raise PyrtError(
+                f"container {self.id[:12]} has no healthcheck (give healthcheck=pyrt.Healthcheck"
+                "(...), or use an image with a HEALTHCHECK)"
+            )
+        self._poll("the healthcheck to pass", timeout, lambda: self.health == "healthy")
+
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""
         with self._lock:
             if self._removed:
                 return
             self._removed = True
+            if self._checker is not None:
+                self._checker.stop()
             if self._proc is not None:
                 if self._returncode is None:
                     self._proc.kill(signal.SIGKILL)

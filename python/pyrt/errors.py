@@ -64,7 +64,8 @@ class InvalidArgument(SpawnError, ValueError):
 
 
 class ContainerError(PyrtError):
-    """Raised by ``check=True`` when the command exits with a non-zero status."""
+    """Raised by ``check=True`` when the command exits with a non-zero status, and by the
+    readiness waits when the container exits while they wait."""
 
     def __init__(
         self,
@@ -72,17 +73,23 @@ class ContainerError(PyrtError):
         cmd: list[str],
         stdout: Union[bytes, str, None] = None,
         stderr: Union[bytes, str, None] = None,
+        *,
+        waiting_for: Optional[str] = None,
     ) -> None:
         super().__init__(returncode, cmd, stdout, stderr)
         self.returncode = returncode
         self.cmd = cmd
         self.stdout = stdout
         self.stderr = stderr
+        #: Set when a readiness wait saw the container exit: what it waited for.
+        self.waiting_for = waiting_for
 
     def __str__(self) -> str:
         if self.returncode < 0:
-            return f"command {self.cmd!r} was killed by signal {-self.returncode}"
-        return f"command {self.cmd!r} exited with status {self.returncode}"
+            said = f"command {self.cmd!r} was killed by signal {-self.returncode}"
+        else:
+            said = f"command {self.cmd!r} exited with status {self.returncode}"
+        return said + (f" while waiting for {self.waiting_for}" if self.waiting_for else "")
 
 
 class TimeoutExpired(PyrtError, TimeoutError):

@@ -84,10 +84,11 @@ def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str,
 class PrivateNetwork:
     """A network namespace with slirp4netns attached; ``close`` ends both."""
 
-    def __init__(self, workdir: Path, rootless: bool = False) -> None:
+    def __init__(self, workdir: Path, rootless: bool = False, configure: bool = True) -> None:
         """As root: makes the namespace and attaches slirp4netns now (the container will join
         ``path``). Rootless: the namespace must belong to the container's user namespace, so
-        the container makes it, and ``attach`` is called while it is held before its plan."""
+        the container makes it, and ``attach`` is called while it is held before its plan.
+        Without ``configure``, the tap is left bare (a shared network bridges it)."""
         binary = shutil.which("slirp4netns")
         if binary is None:
             raise PyrtError(
@@ -104,6 +105,7 @@ class PrivateNetwork:
         self._log = workdir / "slirp.log"
         self._exit_w = -1
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._configure = configure
         if not rootless:
             self.fd = _core.new_netns()
             self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
@@ -125,8 +127,9 @@ class PrivateNetwork:
         try:
             with open(self._log, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [self._binary, "--configure", "--mtu=65520", f"--ready-fd={ready_w}",
-                     f"--exit-fd={exit_r}", f"--api-socket={self.api}",
+                    [self._binary, *(["--configure"] if self._configure else []),
+                     "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                     f"--api-socket={self.api}",
                      # (Its sandbox never reports ready when started by an unprivileged user
                      # into a container's user namespace: measured with slirp4netns 1.2.0.)
                      *([] if self.rootless else ["--enable-sandbox"]), *target, "tap0"],
@@ -168,26 +171,23 @@ class PrivateNetwork:
         if proto == "tcp" and not self.rootless:
             # Rootless, the forwarder could not enter the namespace (that takes privilege
             # over the caller's own user namespace): slirp4netns forwards instead.
-            try:
-                fwd = _core.forward_tcp(self.fd, addr, hport, cport)
-            except OSError as e:
-                why = "the host port is already in use" if e.errno == errno.EADDRINUSE else e
-                raise PyrtError(
-                    f"cannot publish container port {cport}/tcp on {addr}:{hport or 'any'}: {why}"
-                ) from e
+            fwd = forward_tcp(self.fd, cport, addr, hport)
             self._forwards.append(fwd)
             p = Published(cport, proto, addr, fwd.port)
-            self.published.append(p)
-            return p
+        else:
+            p = self.hostfwd(GUEST, cport, proto, addr, hport)
+        self.published.append(p)
+        return p
+
+    def hostfwd(self, guest: str, cport: int, proto: str, addr: str, hport: int) -> Published:
+        """slirp4netns's own forward of ``addr:hport`` on the host to ``guest:cport``."""
         for _ in range(20 if hport == 0 else 1):
             port = hport or _free_port(addr, proto)
             reply = self._api({"execute": "add_hostfwd", "arguments": {
-                "proto": proto, "host_addr": addr, "host_port": port, "guest_addr": GUEST,
+                "proto": proto, "host_addr": addr, "host_port": port, "guest_addr": guest,
                 "guest_port": cport}})  # fmt: skip
             if "return" in reply:
-                p = Published(cport, proto, addr, port)
-                self.published.append(p)
-                return p
+                return Published(cport, proto, addr, port)
             if hport:
                 break
             time.sleep(0.01)  # someone took the free port meanwhile: another one
@@ -217,6 +217,17 @@ class PrivateNetwork:
             os.unlink(self.api)
 
 
+def forward_tcp(netns_fd: int, cport: int, addr: str, hport: int) -> _core.PortForward:
+    """pyrt's forwarder of ``addr:hport`` on the host to 127.0.0.1:``cport`` in ``netns_fd``."""
+    try:
+        return _core.forward_tcp(netns_fd, addr, hport, cport)
+    except OSError as e:
+        why = "the host port is already in use" if e.errno == errno.EADDRINUSE else e
+        raise PyrtError(
+            f"cannot publish container port {cport}/tcp on {addr}:{hport or 'any'}: {why}"
+        ) from e
+
+
 def _free_port(addr: str, proto: str) -> int:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
@@ -224,12 +235,17 @@ def _free_port(addr: str, proto: str) -> int:
         return int(s.getsockname()[1])
 
 
+def hosts_file(entries: list[tuple[str, list[str]]]) -> str:
+    """/etc/hosts: localhost, then each (address, names), then the host's loopback alias."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{addr}\t{' '.join(names)}" for addr, names in entries if names]
+    lines.append(f"{GATEWAY}\t{HOST_ALIAS}")
+    return "\n".join(lines) + "\n"
+
+
 def etc_files(hostname: str) -> dict[str, str]:
     """/etc/hosts and /etc/resolv.conf for a container on a private network."""
     return {
-        "hosts": (
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{GUEST}\t{hostname}\n{GATEWAY}\t{HOST_ALIAS}\n"
-        ),
+        "hosts": hosts_file([(GUEST, [hostname])]),
         "resolv.conf": f"nameserver {DNS}\noptions ndots:0\n",
     }

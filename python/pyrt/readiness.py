@@ -4,9 +4,12 @@ error belong to the callers."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
-from typing import Union
+import socket
+from collections.abc import Callable
+from typing import Optional, Union
 
 from . import _core
 
@@ -68,3 +71,32 @@ def port_listening(pid: int, port: int) -> bool:
         except OSError:
             continue
     return False
+
+
+class _Connected(http.client.HTTPConnection):
+    """An HTTP connection over a socket made elsewhere (inside a network namespace)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        sock.settimeout(timeout)
+        self.sock = sock
+
+    def connect(self) -> None:  # already connected
+        pass
+
+
+def http_status(connect: Callable[[], socket.socket], path: str, timeout: float) -> Optional[int]:
+    """The status of a GET of ``path`` over a new connection, or None when none is made or
+    no answer comes within ``timeout``."""
+    try:
+        sock = connect()
+    except OSError:
+        return None
+    conn = _Connected(sock, timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", "User-Agent": "pyrt"})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from .places import state_root
 
+#: What an id of a shared network's registry directory starts with (``watch(NETWORK + name)``).
+NETWORK = "net:"
+
 _lock = threading.Lock()
 #: The write end of the pipe to this process's helper, and the pid it was started for (a forked
 #: child has none of its own until it makes a container).
@@ -147,6 +150,10 @@ def collect(ids: set[str]) -> None:
     from . import state
 
     root = Path(state_root()) / "containers"
+    nets = {i[len(NETWORK) :] for i in ids if i.startswith(NETWORK)}
+    ids -= {NETWORK + n for n in nets}
+    if nets:
+        state.collect_stale_networks(only=nets)
     state.collect_stale(only={i for i in ids if (root / i).exists()})
     if os.geteuid() == 0:
         state.kill_all_and_rmdir(state.stale_cgroups(set(), only=ids))

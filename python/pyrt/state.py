@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import disklayer, reaper, userns
 from .places import ensure_dir, state_root
@@ -72,7 +72,7 @@ class ContainerDir:
         path.mkdir(mode=0o711)
         layer = None
         try:
-            fd = _locked_file(path / "lock")
+            fd = locked_file(path / "lock")
             # Watched from before the first mount: a SIGKILL from here on leaves nothing.
             reaper.watch(cid)
             (path / "rootfs").mkdir(mode=0o755)
@@ -137,7 +137,7 @@ class ContainerDir:
             reaper.forget(self.path.name)
 
 
-def _locked_file(path: Path) -> int:
+def locked_file(path: Path) -> int:
     """A new lock file at ``path`` that is already locked when it appears: otherwise another
     thread's or process's stale collection could take a lock made a moment before its flock,
     and delete the directory being created as a dead owner's."""
@@ -245,9 +245,33 @@ def find(ref: str) -> dict[str, Any]:
 def collect_stale(only: Optional[set[str]] = None) -> list[str]:
     """Deletes the directories of containers whose owner died (of those named in ``only``,
     when given); returns their ids."""
+
+    def clean(path: str) -> None:
+        remove_cgroups(os.path.join(path, "cgroups"))
+        remove_tree(Path(path))
+
+    return _collect_unlocked(state_root() / "containers", only, clean)
+
+
+def networks_root() -> Path:
+    return ensure_dir(state_root() / "networks", 0o700)
+
+
+def collect_stale_networks(only: Optional[set[str]] = None) -> list[str]:
+    """Deletes the registry directories of shared networks whose owner died (everything else
+    of a network, its namespaces and its slirp4netns, dies with the owner)."""
+    return _collect_unlocked(
+        state_root() / "networks", only, lambda path: userns.remove_tree(Path(path))
+    )
+
+
+def _collect_unlocked(
+    root: Path, only: Optional[set[str]], clean: Callable[[str], None]
+) -> list[str]:
+    """Cleans each directory under ``root`` whose ``lock`` nobody holds; returns their names."""
     gone: list[str] = []
     try:
-        entries = list(os.scandir(containers_root()))
+        entries = list(os.scandir(root))
     except FileNotFoundError:
         return gone
     for e in entries:
@@ -269,8 +293,7 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
             os.close(fd)
             continue
         with contextlib.suppress(OSError):
-            remove_cgroups(os.path.join(e.path, "cgroups"))
-            remove_tree(Path(e.path))
+            clean(e.path)
             if not os.path.exists(e.path):
                 gone.append(e.name)
         os.close(fd)
@@ -371,3 +394,4 @@ def collect_stale_once() -> None:
     if not _collected:
         _collected = True
         collect_stale()
+        collect_stale_networks()

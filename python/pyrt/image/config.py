@@ -16,6 +16,9 @@ class ImageConfig:
     user: Optional[str] = None
     exposed_ports: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    #: Docker's ``Healthcheck`` object as the image has it (Test, Interval, Timeout,
+    #: StartPeriod in nanoseconds, Retries); read by ``pyrt.Healthcheck.from_image``.
+    healthcheck: Optional[dict[str, Any]] = None
 
     @classmethod
     def from_oci(cls, cfg: Mapping[str, Any]) -> ImageConfig:
@@ -32,6 +35,7 @@ class ImageConfig:
             user=cfg.get("User") or None,
             exposed_ports=sorted((cfg.get("ExposedPorts") or {}).keys()),
             labels=dict(cfg.get("Labels") or {}),
+            healthcheck=dict(hc) if isinstance(hc := cfg.get("Healthcheck"), Mapping) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,6 +47,7 @@ class ImageConfig:
             "User": self.user or "",
             "ExposedPorts": {p: {} for p in self.exposed_ports},
             "Labels": self.labels,
+            **({"Healthcheck": self.healthcheck} if self.healthcheck is not None else {}),
         }
 
 

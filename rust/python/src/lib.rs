@@ -331,35 +331,57 @@ fn forward_tcp(netns_fd: i32, addr: &str, port: u16, target: u16) -> PyResult<Po
     })
 }
 
-/// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
-/// is accepted within `timeout` seconds. The socket is made by a short-lived thread that joins
-/// that namespace (a socket belongs to the namespace it was created in).
-#[pyfunction]
-fn tcp_probe(py: Python<'_>, pid: i32, port: u16, timeout: f64) -> PyResult<bool> {
-    let t = timeout_of(Some(timeout))?.unwrap_or(Duration::from_secs(3600));
+/// A TCP connection to 127.0.0.1:`port` inside the network namespace at `netns` (a path),
+/// made within `t` by a short-lived thread that joins that namespace (a socket belongs to the
+/// namespace it was created in, wherever it is used afterwards).
+fn connect_in(
+    py: Python<'_>,
+    netns: String,
+    port: u16,
+    t: Duration,
+) -> PyResult<std::io::Result<std::net::TcpStream>> {
     let r = py.detach(|| {
-        std::thread::spawn(move || -> std::io::Result<bool> {
+        std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {
             use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            let ns = std::fs::File::open(&netns)?;
             // SAFETY: setns on a descriptor we own; this thread ends right after.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            Ok(
-                std::net::TcpStream::connect_timeout(&addr, t.max(Duration::from_millis(1)))
-                    .is_ok(),
-            )
+            std::net::TcpStream::connect_timeout(&addr, t.max(Duration::from_millis(1)))
         })
         .join()
     });
-    match r {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(PyOSError::new_err((
-            e.raw_os_error().unwrap_or(0),
-            e.to_string(),
-        ))),
-        Err(_) => Err(PyOSError::new_err((0, "the probe thread failed"))),
+    r.map_err(|_| PyOSError::new_err((0, "the connecting thread failed")))
+}
+
+fn os_error(e: &std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` inside the network namespace of process `pid`
+/// is accepted within `timeout` seconds.
+#[pyfunction]
+fn tcp_probe(py: Python<'_>, pid: i32, port: u16, timeout: f64) -> PyResult<bool> {
+    let t = timeout_of(Some(timeout))?.unwrap_or(Duration::from_secs(3600));
+    match connect_in(py, format!("/proc/{pid}/ns/net"), port, t)? {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(os_error(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(os_error(&e)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// A connected TCP socket to 127.0.0.1:`port` inside the network namespace at path `netns`,
+/// as a descriptor the caller owns; OSError when refused or not within `timeout` seconds.
+#[pyfunction]
+fn tcp_connect(py: Python<'_>, netns: String, port: u16, timeout: f64) -> PyResult<i32> {
+    use std::os::fd::IntoRawFd;
+    let t = timeout_of(Some(timeout))?.unwrap_or(Duration::from_secs(3600));
+    match connect_in(py, netns, port, t)? {
+        Ok(s) => Ok(s.into_raw_fd()),
+        Err(e) => Err(os_error(&e)),
     }
 }
 
@@ -476,6 +498,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_pipe, m)?)?;
     m.add_function(wrap_pyfunction!(log_from, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(tcp_connect, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
     m.add_class::<PortForward>()?;
