@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import signal
 import time
 from pathlib import Path
 
@@ -281,3 +282,21 @@ def test_context_manager_when_start_fails(image: pyrt.Image, tmp_path: Path) -> 
         pass
     assert set(os.listdir(containers_root())) == before
     assert stale_cgroups(set(os.listdir(containers_root()))) == []
+
+
+def test_one_thread_waits_while_others_ask_and_signal(image: pyrt.Image) -> None:
+    """The core's process handle is shared between threads: a blocking wait() must not make
+    status, stats or kill from another thread fail (it did: "Already borrowed")."""
+    import threading
+
+    with pyrt.Container(image, ["sleep", "30"]) as c:
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(c.wait()))
+        waiter.start()
+        for _ in range(20):
+            assert c.status == "running"
+            c.stats()
+            time.sleep(0.01)
+        c.kill(signal.SIGKILL)  # (pid 1 of its namespace: TERM has no default action there)
+        waiter.join(10)
+        assert got == [-signal.SIGKILL] and c.status == "exited"

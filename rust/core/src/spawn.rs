@@ -383,7 +383,9 @@ pub struct Child {
     _lifeline: OwnedFd,
     /// Where an init (pid 1) reports the command's real wait status.
     status_pipe: OwnedFd,
-    status: Option<i32>,
+    /// The return code once reaped. Behind a lock, so that a `Child` can be waited for,
+    /// signalled and asked from several threads at once (the reap itself is made under it).
+    status: std::sync::Mutex<Option<i32>>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -422,8 +424,8 @@ pub fn spawn(
     stdio: [RawFd; 3],
     place: Placement,
 ) -> Result<Child, SetupError> {
-    let (mut child, pending) = spawn_held(image, request, stdio, place)?;
-    release(&mut child, pending)?;
+    let (child, pending) = spawn_held(image, request, stdio, place)?;
+    release(&child, pending)?;
     Ok(child)
 }
 
@@ -563,12 +565,12 @@ pub fn spawn_held(
             format!("clone: {}{hint}", strerror(errno)),
         )
     })?;
-    let mut child = Child {
+    let child = Child {
         pid,
         pidfd,
         _lifeline: plan_w,
         status_pipe: status_r,
-        status: None,
+        status: std::sync::Mutex::new(None),
     };
     // v2: into the cgroup before the child has its plan, so before the command's first
     // instruction. (v1: it was born there.)
@@ -617,14 +619,14 @@ pub fn spawn_held(
 pub const SYNC_RECORD: &[u8; 8] = b"PYRTSYNC";
 
 /// Sends the plan to a held child and waits for its report: Ok once the command runs.
-pub fn release(child: &mut Child, pending: Pending) -> Result<(), SetupError> {
+pub fn release(child: &Child, pending: Pending) -> Result<(), SetupError> {
     release_with(child, pending, |_| Ok("{}".into()))
 }
 
 /// `release`, with `on_sync` run when the child stops before pivot_root: it runs the runtime
 /// namespace's hooks and returns the state JSON the child's own hooks get.
 pub fn release_with(
-    child: &mut Child,
+    child: &Child,
     pending: Pending,
     mut on_sync: impl FnMut(i32) -> Result<String, SetupError>,
 ) -> Result<(), SetupError> {
@@ -693,8 +695,8 @@ pub fn release_with(
 impl Child {
     /// Waits for the process to end, at most `timeout`. Returns its return code (the exit status,
     /// or -SIGNUM when a signal ended it), or None when the time ran out.
-    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Option<i32>> {
-        if let Some(s) = self.status {
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Option<i32>> {
+        if let Some(s) = self.returncode() {
             return Ok(Some(s));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -732,7 +734,12 @@ impl Child {
         }
     }
 
-    fn try_reap(&mut self) -> io::Result<Option<i32>> {
+    fn try_reap(&self) -> io::Result<Option<i32>> {
+        let mut done = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = *done {
+            // Another thread reaped it while this one polled.
+            return Ok(Some(s));
+        }
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our pidfd with a valid out-parameter.
         let r = unsafe {
@@ -767,13 +774,13 @@ impl Child {
                 -libc::WTERMSIG(w)
             };
         }
-        self.status = Some(code);
+        *done = Some(code);
         Ok(Some(code))
     }
 
     /// Sends a signal through the pidfd: never to a recycled pid.
     pub fn kill(&self, sig: i32) -> io::Result<()> {
-        if self.status.is_some() {
+        if self.returncode().is_some() {
             return Ok(());
         }
         // SAFETY: pidfd_send_signal with no siginfo.
@@ -797,6 +804,6 @@ impl Child {
     }
 
     pub fn returncode(&self) -> Option<i32> {
-        self.status
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

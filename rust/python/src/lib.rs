@@ -2,7 +2,7 @@
 //! descriptors; every blocking call releases the GIL; every failure becomes a pyrt exception
 //! (`pyrt.errors.SpawnError` with `.stage` and `.errno`), never a panic across the FFI.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -150,8 +150,8 @@ fn spawn(
         .map_err(|e| spawn_error(py, &e))?;
     Ok(Process {
         child,
-        cgroup,
-        pending,
+        cgroup: Mutex::new(cgroup),
+        pending: Mutex::new(pending),
     })
 }
 
@@ -207,8 +207,8 @@ fn exec(
         .map_err(|e| spawn_error(py, &e))?;
     Ok(Process {
         child,
-        cgroup: None,
-        pending: None,
+        cgroup: Mutex::new(None),
+        pending: Mutex::new(None),
     })
 }
 
@@ -390,20 +390,27 @@ fn tcp_connect(py: Python<'_>, netns: String, port: u16, timeout: f64) -> PyResu
 struct Process {
     child: Child,
     /// The container's cgroup, owned (destroyed) by its first process's handle.
-    cgroup: Option<Cgroup>,
+    cgroup: Mutex<Option<Cgroup>>,
     /// Set for a process spawned with `hold=True` until `release()`.
-    pending: Option<Pending>,
+    pending: Mutex<Option<Pending>>,
+}
+
+/// Every method takes `&self`: a container is waited for in one thread while another signals
+/// it or asks its status (a healthcheck, a pool's refill), and PyO3 refuses a second borrow
+/// of a `&mut self` while the first waits with the GIL released.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[pymethods]
 impl Process {
     /// Lets a process spawned with `hold=True` go on: returns once its command runs, or raises
     /// its setup error. Does nothing for a process not held.
-    fn release(&mut self, py: Python<'_>) -> PyResult<()> {
-        let Some(pending) = self.pending.take() else {
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(pending) = locked(&self.pending).take() else {
             return Ok(());
         };
-        let child = &mut self.child;
+        let child = &self.child;
         py.detach(|| core_release(child, pending))
             .map_err(|e| spawn_error(py, &e))
     }
@@ -426,13 +433,13 @@ impl Process {
 
     /// Waits at most `timeout` seconds; the return code, or None if it is still running.
     #[pyo3(signature = (timeout=None))]
-    fn wait(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
         // Waited for in slices, with Python's signal handlers run in between: a wait without
         // a timeout must not make the process deaf to Ctrl-C or to a handler that forwards
         // SIGTERM to the container (`pyrt run`).
         const SLICE: Duration = Duration::from_millis(100);
         let deadline = deadline_of(timeout)?;
-        let child = &mut self.child;
+        let child = &self.child;
         loop {
             let slice = deadline.map_or(SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(SLICE)
@@ -449,7 +456,7 @@ impl Process {
 
     /// (memory_bytes, pids, cpu_ns) of the container's cgroup, or None when it has none.
     fn stats(&self) -> PyResult<Option<(u64, u64, u64)>> {
-        match &self.cgroup {
+        match &*locked(&self.cgroup) {
             None => Ok(None),
             Some(c) => c
                 .stats()
@@ -460,19 +467,20 @@ impl Process {
 
     /// How many of the container's processes the OOM killer killed (0 without a cgroup).
     fn oom_kills(&self) -> u64 {
-        self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+        locked(&self.cgroup).as_ref().map_or(0, |c| c.oom_kills())
     }
 
     /// The container's cgroup directories (one per v1 hierarchy, or the v2 one).
     fn cgroup_paths(&self) -> Vec<String> {
-        self.cgroup.as_ref().map_or_else(Vec::new, |c| {
+        locked(&self.cgroup).as_ref().map_or_else(Vec::new, |c| {
             c.paths().iter().map(|p| p.display().to_string()).collect()
         })
     }
 
     /// Kills everything in the container's cgroup and removes it; idempotent.
-    fn destroy_cgroup(&mut self, py: Python<'_>) -> PyResult<()> {
-        match self.cgroup.take() {
+    fn destroy_cgroup(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = locked(&self.cgroup).take();
+        match taken {
             None => Ok(()),
             Some(c) => py
                 .detach(|| c.destroy())

@@ -126,7 +126,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         .transpose()?;
     let stdin = console.as_ref().map_or(0, |c| c.as_raw_fd());
     let image = lifecycle::child_image()?;
-    let mut child = spawn::spawn(
+    let child = spawn::spawn(
         &image,
         &Request::Exec(plan),
         [stdin, 1, 2],
@@ -141,5 +141,5 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if o.detach {
         return Ok(0);
     }
-    crate::signals::wait_forwarding(&mut child)
+    crate::signals::wait_forwarding(&child)
 }

@@ -190,7 +190,7 @@ fn start_init(
         record.pid = pid;
         record.start_time = start;
         let rec = &record;
-        spawn::release_with(&mut child, pending, |pid| {
+        spawn::release_with(&child, pending, |pid| {
             let state = rec.oci_state(Status::Created);
             let mut state = state;
             state["status"] = "creating".into();

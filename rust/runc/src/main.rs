@@ -249,7 +249,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             keep,
         } => {
             let o = create_opts(root, create)?;
-            let mut c = lifecycle::create(&o)?;
+            let c = lifecycle::create(&o)?;
             if let Err(e) = lifecycle::start(root, &create.container_id) {
                 let _ = lifecycle::delete(root, &create.container_id, true);
                 return Err(e);
@@ -257,7 +257,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if *detach {
                 return Ok(0);
             }
-            let code = signals::wait_forwarding(&mut c.child)?;
+            let code = signals::wait_forwarding(&c.child)?;
             if !keep {
                 lifecycle::delete(root, &create.container_id, true)?;
             }

@@ -25,7 +25,7 @@ const FORWARDED: [libc::c_int; 7] = [
 ];
 
 /// Returns the exit status the shell convention gives: the code, or 128 + the signal.
-pub fn wait_forwarding(child: &mut Child) -> Result<i32> {
+pub fn wait_forwarding(child: &Child) -> Result<i32> {
     for s in FORWARDED {
         // SAFETY: installing an async-signal-safe handler that only stores an integer.
         unsafe { libc::signal(s, note as *const () as usize) };
