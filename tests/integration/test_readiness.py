@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from imagetools import busybox_layer, make_layout
 
 import pyrt
-from imagetools import busybox_layer, make_layout
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="enters the namespace as root")
 needs_slirp = pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="needs slirp4netns")
@@ -98,7 +98,7 @@ def test_the_images_healthcheck_is_the_default(rootfs: Path, tmp_path: Path) -> 
             "Test": ["CMD-SHELL", "test -f /tmp/up"],
             "Interval": 50_000_000,
             "Retries": 3,
-        },  # fmt: skip
+        },
     }
     img = pyrt.Image.load(make_layout(tmp_path / "layout", [busybox_layer(rootfs)], config=config))
     assert img.config.healthcheck is not None
