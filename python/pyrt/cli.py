@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from . import _core
+from . import _core, checks
 from .container import Container
 from .errors import ImageNotFound, PyrtError, SpawnError
 from .image import Image, images
@@ -75,9 +75,14 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--read-only", action="store_true")
     r.add_argument(
         "--network",
-        choices=["none", "host", "private"],
-        help="none (default): loopback only; private: outbound access and -p; host",
+        metavar="MODE|NAME",
+        help="none (default): loopback only; private: outbound access and -p; host; or the "
+        "NAME of a network (`pyrt network create`) to join",
     )
+    r.add_argument(
+        "--alias", action="append", default=[], metavar="A",
+        help="a name for the container on its --network NAME (repeatable)",
+    )  # fmt: skip
     r.add_argument("--cap-add", action="append", default=[])
     r.add_argument("--cap-drop", action="append", default=[])
     r.add_argument("--privileged", action="store_true")
@@ -103,6 +108,14 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER)
 
     sub.add_parser("ps", help="list running containers (from any process)")
+    nw = sub.add_parser("network", help="networks that several containers join by name")
+    nws = nw.add_subparsers(dest="network_cmd", required=True)
+    nwc = nws.add_parser("create", help="make a network (it lasts until `pyrt network rm`)")
+    nwc.add_argument("name")
+    nws.add_parser("ls", help="list the networks, with their members")
+    nwr = nws.add_parser("rm", help="remove networks (refused while members run, unless -f)")
+    nwr.add_argument("-f", "--force", action="store_true", help="kill running members first")
+    nwr.add_argument("names", nargs="+")
     ex = sub.add_parser("exec", help="run a command in a running container")
     ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     ex.add_argument("-u", "--user")
@@ -185,6 +198,7 @@ def _container_from(a: argparse.Namespace) -> Container:
         "mounts": mounts,
         "readonly_rootfs": a.read_only,
         "network": network,
+        "aliases": a.alias,
         "ports": _publish(a.p) or None,
         "cap_add": a.cap_add,
         "cap_drop": a.cap_drop,
@@ -287,21 +301,29 @@ def parse_signal(name: str) -> int:
         raise PyrtError(f"unknown signal: {name}") from None
 
 
-def _run_detached(argv: Sequence[str]) -> int:
-    """`pyrt run -d`: a monitor process owns the container; we print its id once it runs."""
-    rest = [x for x in argv[1:] if x not in ("-d", "--detach")]
+def _start_owner(module: str, args: Sequence[str]) -> tuple[str, str]:
+    """Starts ``python -m module FD ARGS...`` in a session of its own, to own something beyond
+    this command's life; returns what it reports on FD: ("ok", rest) or ("err", rest)."""
     r, w = os.pipe()
     import subprocess
 
     subprocess.Popen(
-        [sys.executable, "-m", "pyrt.monitor", str(w), *rest],
+        [sys.executable, "-m", module, str(w), *args],
         pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
     )  # fmt: skip
     os.close(w)
     with os.fdopen(r) as f:
         report = f.read().strip()
-    kind, _, rest_msg = report.partition(" ")
+    kind, _, rest = report.partition(" ")
+    return kind, rest
+
+
+def _run_detached(argv: Sequence[str]) -> int:
+    """`pyrt run -d`: a monitor process owns the container; we print its id once it runs."""
+    kind, rest_msg = _start_owner(
+        "pyrt.monitor", [x for x in argv[1:] if x not in ("-d", "--detach")]
+    )
     if kind == "ok":
         print(rest_msg)
         return 0
@@ -310,16 +332,42 @@ def _run_detached(argv: Sequence[str]) -> int:
     return int(code) if code.isdigit() else 125
 
 
+def _network(a: argparse.Namespace) -> int:
+    """`pyrt network create|ls|rm`: a created network is owned by a holder process (see
+    ``networks.main``) until `rm`."""
+    from .networks import Network, list_networks
+
+    if a.network_cmd == "create":
+        checks.name(a.name, "name")
+        kind, msg = _start_owner("pyrt.networks", [a.name])
+        if kind != "ok":
+            raise PyrtError(msg or "the network's holder failed to start")
+        print(a.name)
+    elif a.network_cmd == "ls":
+        print(f"{'NAME':24}{'MEMBERS':>8}  ADDRESSES")
+        for n in list_networks():
+            members = ", ".join(f"{m['address']} {'/'.join(m['names'])}" for m in n["members"])
+            print(f"{n['name']:24}{len(n['members']):>8}  {members}")
+    else:
+        for name in a.names:
+            Network.open(name).remove(force=a.force)
+            print(name)
+    return 0
+
+
 def _ps() -> int:
     from .state import list_states
 
-    print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':10}{'PID':>8}  {'COMMAND':32}"
+    print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':22}{'PID':>8}  {'COMMAND':32}"
           "  PORTS")  # fmt: skip
     for st in list_states():
         cmd = " ".join(st.get("command") or [])
         ports = ", ".join(st.get("ports") or [])
+        status = st["status"]
+        if status == "running" and st.get("health"):
+            status += f" ({st['health']})"  # Docker's "Up 3 seconds (healthy)"
         print(f"{st['id'][:12]:14}{(st.get('name') or '-'):16}{str(st.get('image'))[:26]:28}"
-              f"{st['status']:10}{st.get('pid') or '-':>8}  {cmd[:32]:32}  {ports}")  # fmt: skip
+              f"{status:22}{st.get('pid') or '-':>8}  {cmd[:32]:32}  {ports}")  # fmt: skip
     return 0
 
 
@@ -487,6 +535,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run(a)
         if a.cmd == "ps":
             return _ps()
+        if a.cmd == "network":
+            return _network(a)
         if a.cmd == "exec":
             return _exec(a)
         if a.cmd == "logs":

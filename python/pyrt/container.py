@@ -510,6 +510,9 @@ class Container:
                 f"{p.host_addr}:{p.host_port}->{p.container_port}/{p.proto}"
                 for p in (self._net.published if self._net is not None else ())
             ],
+            "network": self._network.name if self._network is not None else self._o.network,
+            "ip": self.ip,
+            **({"health": "starting"} if self._healthcheck is not None else {}),
         }
 
     def start(self, *, detached: bool = False) -> Container:

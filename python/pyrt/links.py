@@ -34,14 +34,21 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
-def batch(netns: str, commands: list[str]) -> None:
+def batch(netns: str, commands: list[str], low_ports: bool = False) -> None:
     """Runs ``ip`` commands (one per line, as ``ip -batch`` reads them) in the network
-    namespace at path ``netns``."""
+    namespace at path ``netns``; with ``low_ports``, anyone there may bind ports below 1024
+    too, as in Docker's containers: the namespace is root's, and a container with a user
+    namespace of its own has no privilege over it."""
     nsenter = _tool("nsenter", "util-linux")
     ip = _tool("ip", "iproute2")
+    argv = [nsenter, f"--net={netns}", ip, "-batch", "-"]
+    if low_ports:
+        # /proc/sys/net is the namespace of whoever opens it: written from in there.
+        argv[2:2] = ["/bin/sh", "-c",
+                     'echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"', "-"]  # fmt: skip
     try:
         r = subprocess.run(
-            [nsenter, f"--net={netns}", ip, "-batch", "-"],
+            argv,
             input="\n".join(commands) + "\n",
             capture_output=True,
             text=True,
@@ -78,6 +85,7 @@ def plug(hub: str, member: str, link: str, address: str, gateway: str) -> None:
             f"addr add {address}/{PREFIX} dev eth0",
             f"route add default via {gateway}",
         ],
+        low_ports=True,
     )
 
 

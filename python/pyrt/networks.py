@@ -280,8 +280,8 @@ class Network:
         if (running or others) and not force:
             names = [c.name or c.id[:12] for c in running] + [r.container[:12] for r in others]
             raise NetworkError(
-                f"{len(names)} members run ({', '.join(names)}): remove them first, or "
-                "remove(force=True)",
+                f"{len(names)} members run ({', '.join(names)}): remove them first, or force "
+                "it (remove(force=True), `pyrt network rm -f`)",
                 self.name,
             )
         for c in self.containers:

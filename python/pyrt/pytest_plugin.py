@@ -32,6 +32,7 @@ import pytest
 from .container import Container
 from .errors import PyrtError, SpawnError
 from .image import Image
+from .networks import Network
 from .pool import Pool
 
 _CONTAINERS = pytest.StashKey[list[Container]]()
@@ -131,6 +132,18 @@ def pyrt_container(request: pytest.FixtureRequest) -> Iterator[Callable[..., Con
         for c in reversed(made):
             with contextlib.suppress(Exception):
                 c.remove()
+
+
+@pytest.fixture
+def pyrt_network() -> Iterator[Network]:
+    """A ``pyrt.Network`` for the test: containers join it with ``network=pyrt_network`` and
+    reach each other by name and alias; it and its members are removed when the test ends."""
+    _require_containers()
+    net = Network()
+    try:
+        yield net
+    finally:
+        net.remove(force=True)
 
 
 def _sandbox_scope(fixture_name: str, config: pytest.Config) -> str:

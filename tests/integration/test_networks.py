@@ -219,3 +219,56 @@ def test_nothing_is_left_when_the_owner_is_killed(image: pyrt.Image, tmp_path: P
     # The name is free again.
     pyrt.Network(name="doomed-net").remove()
     assert not netns_descriptors()
+
+
+def test_the_command_line_makes_joins_lists_and_removes_networks(rootfs: Path) -> None:
+    from pyrt.places import state_root
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pyrt", *args], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    assert cli("network", "create", "cli-net").stdout == "cli-net\n"
+    try:
+        web = cli("run", "-d", "--network", "cli-net", "--alias", "web", "--name", "cli-web",
+                  str(rootfs), "sh", "-c", "mkdir /www; echo hello > /www/i; httpd -f -h /www")  # fmt: skip
+        assert web.returncode == 0, web.stderr
+        got = ""
+        for _ in range(50):  # until httpd listens
+            r = cli(
+                "run", "--rm", "--network", "cli-net", str(rootfs), "wget", "-qO-", "http://web/i"
+            )
+            got = r.stdout
+            if got:
+                break
+            time.sleep(0.1)
+        assert got == "hello\n"
+        ls = cli("network", "ls").stdout
+        assert "cli-net" in ls and "cli-web/web" in ls
+        refused = cli("network", "rm", "cli-net")
+        assert refused.returncode == 125 and "members run" in refused.stderr
+        assert "running" in cli("ps").stdout
+        assert cli("network", "rm", "-f", "cli-net").returncode == 0
+        assert not (state_root() / "networks" / "cli-net").exists()
+        assert "cli-net" not in cli("network", "ls").stdout
+        bad = cli("run", "--network", "no-such-net", str(rootfs), "true")
+        assert bad.returncode == 125 and "no-such-net" in bad.stderr
+    finally:
+        cli("rm", "cli-web")
+        cli("network", "rm", "-f", "cli-net")
+
+
+def test_members_with_a_user_namespace_serve_low_ports_and_take_execs(image: pyrt.Image) -> None:
+    """Root's host-image and rootless=True containers run in a user namespace of an
+    unprivileged range: the member's namespace is root's, yet they bind port 80 (as in
+    Docker's containers) and exec joins them (the exec joins the user namespace last)."""
+    serve = (
+        "mkdir -p /tmp/www; echo sandboxed > /tmp/www/i; exec busybox httpd -f -p 80 -h /tmp/www"
+    )
+    with pyrt.Network() as net:
+        web = pyrt.Container(pyrt.Image.host(), ["sh", "-c", serve], network=net,
+                             aliases=["web"]).start()  # fmt: skip
+        mapped = pyrt.Container(image, ["sleep", "60"], network=net, rootless=True).start()
+        assert web.exec(["cat", "/proc/self/uid_map"], text=True).stdout.split()[1] != "0"
+        web.wait_for_http(80, "/i", timeout=10)
+        assert fetch(mapped, "http://web/i").stdout == "sandboxed\n"

@@ -390,6 +390,14 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
             files.push((f, kind, theirs));
         }
     }
+    // A root caller joins the user namespace last instead: inside it, root has no privilege
+    // over namespaces that host root made and the container only joined (a sandboxed
+    // container on a shared network), while from outside it may enter them all. An
+    // unprivileged caller has its privilege only inside, so it goes in first.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        files.sort_by_key(|(_, kind, _)| *kind == libc::CLONE_NEWUSER);
+    }
     for (f, kind, path) in &files {
         // SAFETY: setns on a descriptor we own.
         if unsafe { libc::setns(f.as_raw_fd(), *kind) } != 0 {
