@@ -44,8 +44,8 @@ def batch(netns: str, commands: list[str], low_ports: bool = False) -> None:
     argv = [nsenter, f"--net={netns}", ip, "-batch", "-"]
     if low_ports:
         # /proc/sys/net is the namespace of whoever opens it: written from in there.
-        argv[2:2] = ["/bin/sh", "-c",
-                     'echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"', "-"]  # fmt: skip
+        script = 'echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"'
+        argv[2:2] = ["/bin/sh", "-c", script, "-"]
     try:
         r = subprocess.run(
             argv,
