@@ -230,8 +230,9 @@ def test_the_command_line_makes_joins_lists_and_removes_networks(rootfs: Path) -
 
     assert cli("network", "create", "cli-net").stdout == "cli-net\n"
     try:
+        serve = "mkdir /www; echo hello > /www/i; httpd -f -h /www"
         web = cli("run", "-d", "--network", "cli-net", "--alias", "web", "--name", "cli-web",
-                  str(rootfs), "sh", "-c", "mkdir /www; echo hello > /www/i; httpd -f -h /www")  # fmt: skip
+                  str(rootfs), "sh", "-c", serve)  # fmt: skip
         assert web.returncode == 0, web.stderr
         got = ""
         for _ in range(50):  # until httpd listens
