@@ -22,7 +22,7 @@ from typing import IO, Any, Optional, TypeVar, Union
 from . import _core, checks, readiness
 from .container import POLL_INTERVAL, Input, PathArg, Result, Stats, _io_args, _result
 from .container import Container as _SyncContainer
-from .errors import PyrtError, TimeoutExpired
+from .errors import ContainerError, PyrtError, TimeoutExpired
 from .image import Image
 from .pool import Pool as _SyncPool
 from .stdio import Pipes, Target
@@ -353,7 +353,7 @@ class Container:
             if got:
                 return got
             if self.status != "running":
-                raise PyrtError(f"container {self.id[:12]} exited while waiting for {what}")
+                raise ContainerError(self._c.wait(), self._c.args, self._c.logs(), waiting_for=what)
             if loop.time() > deadline:
                 raise TimeoutExpired(self._c.args, timeout)
             await asyncio.sleep(POLL_INTERVAL)
@@ -396,6 +396,33 @@ class Container:
             return await loop.run_in_executor(None, readiness.port_accepts, self.pid or 0, port)
 
         await self._poll(f"TCP port {port}", timeout, check)
+
+    async def wait_for_http(
+        self, port: int, path: str = "/", status: int = 200, timeout: float = 60.0
+    ) -> None:
+        what, check = self._c._http_check(port, path, status)
+        loop = asyncio.get_running_loop()
+
+        async def probe() -> bool:
+            return await loop.run_in_executor(None, check)
+
+        await self._poll(what, timeout, probe)
+
+    async def wait_for_healthy(self, timeout: float = 60.0) -> None:
+        check = self._c._healthy_check()
+
+        async def probe() -> bool:
+            return check()
+
+        await self._poll("the healthcheck to pass", timeout, probe)
+
+    @property
+    def health(self) -> Optional[str]:
+        return self._c.health
+
+    @property
+    def ip(self) -> Optional[str]:
+        return self._c.ip
 
     async def __aenter__(self) -> Container:
         if self._c._proc is None:

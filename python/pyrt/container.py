@@ -1168,14 +1168,19 @@ class Container:
         """Waits until an HTTP GET of ``path`` on ``port`` answers ``status``: through the
         published host port when there is one, else inside the container's network namespace
         (root; a rootless container's needs the port published)."""
+        what, check = self._http_check(port, path, status)
+        self._poll(what, timeout, check)
+
+    def _http_check(self, port: int, path: str, status: int) -> tuple[str, Callable[[], bool]]:
+        """What wait_for_http waits for, and the check (which blocks up to 2 s)."""
         port = checks.whole(port, "port", 1, 65535)
         path = checks.text(path, "path")
         if not path.startswith("/") or any(ch in path for ch in " \r\n"):
             raise InvalidOption(f"path={path!r}: an absolute URL path (starting with '/')")
         status = checks.whole(status, "status", 100, 599)
         connect = self._connector(port)
-        self._poll(f"HTTP {status} from port {port} {path}", timeout,
-                   lambda: readiness.http_status(connect, path, 2.0) == status)  # fmt: skip
+        return (f"HTTP {status} from port {port} {path}",
+                lambda: readiness.http_status(connect, path, 2.0) == status)  # fmt: skip
 
     def _connector(self, port: int) -> Callable[[], socket.socket]:
         for p in self._net.published if self._net is not None else ():
@@ -1198,12 +1203,15 @@ class Container:
     def wait_for_healthy(self, timeout: float = 60.0) -> None:
         """Waits until the healthcheck passes; ContainerError at once if the container exits,
         TimeoutExpired (the container keeps running) when ``timeout`` passes first."""
+        self._poll("the healthcheck to pass", timeout, self._healthy_check())
+
+    def _healthy_check(self) -> Callable[[], bool]:
         if self._healthcheck is None:
             raise PyrtError(
                 f"container {self.id[:12]} has no healthcheck (give healthcheck=pyrt.Healthcheck"
                 "(...), or use an image with a HEALTHCHECK)"
             )
-        self._poll("the healthcheck to pass", timeout, lambda: self.health == "healthy")
+        return lambda: self.health == "healthy"
 
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""

@@ -74,3 +74,24 @@ def test_fifty_containers_concurrently_on_one_loop(image: pyrt.Image) -> None:
     assert time.monotonic() - t0 < 120
     # The default executor's few workers for the spawns, not one thread per container.
     assert threading.active_count() - threads_before <= 10
+
+
+def test_readiness_waits_async(image: pyrt.Image) -> None:
+    serve = "mkdir /www; echo ok > /www/i; sleep 0.2; touch /tmp/ready; exec httpd -f -h /www"
+    hc = pyrt.Healthcheck(["CMD", "test", "-f", "/tmp/ready"])
+
+    async def main() -> None:
+        async with pyrt.aio.Container(image, ["sh", "-c", serve], healthcheck=hc,
+                                      ports={80: None}) as c:  # fmt: skip
+            assert c.health == "starting"
+            await asyncio.gather(c.wait_for_http(80, "/i", timeout=20),
+                                 c.wait_for_healthy(timeout=20))  # fmt: skip
+            assert c.health == "healthy" and c.ip == "10.0.2.100"
+            with pytest.raises(pyrt.TimeoutExpired):
+                await c.wait_for_http(80, "/missing", timeout=0.3)
+        async with pyrt.aio.Container(image, ["sh", "-c", "exit 4"], healthcheck=hc) as c:
+            with pytest.raises(pyrt.ContainerError) as e:
+                await c.wait_for_healthy(timeout=60)
+            assert e.value.returncode == 4
+
+    arun(main())
