@@ -1,6 +1,12 @@
-"""Through a published port: throughput (a 64 MiB file over HTTP) and connection latency (a new
-TCP connection and a one-byte file per request), pyrt's network="private" against podman's
-root default (netavark bridge, `-p`), the same busybox httpd serving the same files.
+"""Networks, pyrt against podman's root default (netavark bridge), the same busybox httpd
+serving the same files:
+
+- through a published port: throughput (a 64 MiB file over HTTP) and connection latency (a new
+  TCP connection and a one-byte file per request) from the host, pyrt's network="private" and
+  a pyrt.Network member against podman's `-p`;
+- container to container on one network (a pyrt.Network against `podman network create`):
+  the same two measures, timed inside the client container (a loop of busybox wget, so that
+  neither runtime's exec cost is counted), by address.
 
 podman runs with its own --root and runc (Debian 12's crun refuses this VM's hybrid cgroup
 layout); the image is the same busybox rootfs, imported into podman. The two servers run side
@@ -33,6 +39,71 @@ from bench_image import podman as podman_cmd
 from helpers import make_busybox_rootfs
 
 BIG = 64 << 20
+#: Requests per timed loop inside a client container (the loop's time / BATCH is one request).
+BATCH = 20
+
+
+def inside_loop(url: str, n: int) -> list[str]:
+    """A shell loop that fetches ``url`` ``n`` times and prints the microseconds it took."""
+    loop = (f"s=$(date +%s%N); i=0; while [ $i -lt {n} ]; do wget -qO /dev/null {url} || "
+            "exit 1; i=$((i+1)); done; e=$(date +%s%N); echo $(( (e - s) / 1000 ))")  # fmt: skip
+    return ["sh", "-c", loop]
+
+
+def container_to_container(a: argparse.Namespace, img: pyrt.Image, podman: list[str],
+                           server: list[str], results: dict[str, list[float]]) -> None:  # fmt: skip
+    """Two members of one network each: a server, and a client that fetches from it."""
+    net_name = f"bench-{os.getpid()}"
+    made: list[str] = []
+    try:
+        subprocess.run([*podman, "network", "create", net_name], check=True, capture_output=True)
+
+        def podman_run(name: str, argv: list[str]) -> str:
+            limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+            subprocess.run([*podman, "run", "-d", "--network", net_name, "--name", name, *limits,
+                            "localhost/bb-net", *argv],
+                           check=True, capture_output=True)  # fmt: skip
+            made.append(name)
+            return name
+
+        psrv = podman_run(f"srv-{os.getpid()}", server)
+        pcli = podman_run(f"cli-{os.getpid()}", ["sleep", "3600"])
+        pip = subprocess.run(
+            [*podman, "inspect", "-f", f"{{{{.NetworkSettings.Networks.{net_name}.IPAddress}}}}",
+             psrv], check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+        def podman_exec(argv: list[str]) -> str:
+            return subprocess.run([*podman, "exec", pcli, *argv], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+
+        with pyrt.Network() as net:
+            srv = pyrt.Container(img, server, network=net).start()
+            cli = pyrt.Container(img, ["sleep", "3600"], network=net).start()
+            srv.wait_for_http(8080, "/small", timeout=30)
+            runs = {
+                "pyrt": lambda argv: cli.exec(argv, check=True, text=True).stdout,
+                "podman": podman_exec,
+            }
+            addr = {"pyrt": srv.ip, "podman": pip}
+            for name, run in runs.items():  # warm up, and wait for podman's server
+                for _ in range(100):
+                    try:
+                        run(inside_loop(f"http://{addr[name]}:8080/small", 1))
+                        break
+                    except (subprocess.CalledProcessError, pyrt.ContainerError):
+                        time.sleep(0.05)
+            for r in range(max(1, a.requests // BATCH)):
+                for name in ("pyrt", "podman") if r % 2 else ("podman", "pyrt"):
+                    us = int(runs[name](inside_loop(f"http://{addr[name]}:8080/small", BATCH)))
+                    results.setdefault(f"c2c request: {name}", []).append(us / 1000 / BATCH)
+            for r in range(a.big):
+                for name in ("pyrt", "podman") if r % 2 else ("podman", "pyrt"):
+                    us = int(runs[name](inside_loop(f"http://{addr[name]}:8080/big", 1)))
+                    results.setdefault(f"c2c 64 MiB: {name}", []).append(BIG / us)
+    finally:
+        for name in made:
+            subprocess.run([*podman, "rm", "-f", "-t", "0", name], capture_output=True)
+        subprocess.run([*podman, "network", "rm", "-f", net_name], capture_output=True)
 
 
 def get(port: int, path: str) -> int:
@@ -81,10 +152,11 @@ def main() -> None:
             [*podman, "import", str(tar), "localhost/bb-net"], check=True, capture_output=True
         )
         server = ["httpd", "-f", "-p", "8080", "-h", "/www"]
-        with pyrt.Container(
-            pyrt.Image.load(root), server, network="private", ports={8080: None}
-        ) as c:
-            ports = {"pyrt": c.port(8080)}
+        img = pyrt.Image.load(root)
+        with pyrt.Container(img, server, network="private", ports={8080: None}) as c, \
+                pyrt.Network() as net:  # fmt: skip
+            member = pyrt.Container(img, server, network=net, ports={8080: None}).start()
+            ports = {"pyrt": c.port(8080), "pyrt net": member.port(8080)}
             ports["podman"] = 18000 + os.getpid() % 1000
             cid = subprocess.run(
                 [
@@ -122,18 +194,19 @@ def main() -> None:
                     results.setdefault(f"64 MiB: {name}", []).append(
                         BIG / (time.perf_counter() - t0) / 1e6
                     )
+        container_to_container(a, img, podman, server, results)
     finally:
         if cid:
             subprocess.run([*podman, "rm", "-f", "-t", "0", cid], capture_output=True)
         subprocess.run([*podman, "system", "reset", "-f"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'':18} {'median':>10} {'p95':>10}  ratio to podman")
+    print(f"{'':22} {'median':>10} {'p95':>10}  ratio to podman")
     for name, xs in results.items():
         m = statistics.median(xs)
         p95 = sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.95))]
-        unit = "ms" if name.startswith("request") else "MB/s"
+        unit = "ms" if "request" in name else "MB/s"
         peer = statistics.median(results[name.split(":")[0] + ": podman"])
-        print(f"{name:18} {m:7.2f} {unit:4} {p95:7.2f}  {m / peer:.2f}x")
+        print(f"{name:22} {m:7.2f} {unit:4} {p95:7.2f}  {m / peer:.2f}x")
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -246,6 +247,8 @@ class Container:
         hc = healthcheck or Healthcheck.from_image(image.config.healthcheck)
         self._healthcheck = None if hc is None or hc.disabled else hc
         self._checker: Optional[Checker] = None
+        #: Reads EOF once the log thread has written all the container's output (see logs()).
+        self._log_done = -1
         self.image = image
         self.id = secrets.token_hex(16)
         self.name = self._o.name
@@ -373,7 +376,10 @@ class Container:
                     ours, theirs = a.detach(), b.detach()
                     stdin = stdout = stderr = theirs
                 elif stdout < 0:
-                    log = stdout = stderr = _core.log_pipe(str(d.log), LOG_CAP)
+                    log, done = _core.log_pipe(str(d.log), LOG_CAP)
+                    stdout = stderr = log
+                    self._close_log_done()
+                    self._log_done = done
                 self._dir = d
                 net_mounts = self._start_network(d)
                 doc = self.build_spec(str(d.rootfs), cgroup)
@@ -1081,11 +1087,25 @@ class Container:
         """Whether the OOM killer killed any process of the container."""
         return self._proc is not None and self._proc.oom_kills() > 0
 
+    def _logs_flushed(self, timeout: float = 2.0) -> None:
+        """Once the container has exited: waits until the log thread has written the last of
+        its output (a moment after the exit; a process the container left holding its stdout
+        keeps it open, hence the bound)."""
+        if self._log_done >= 0:
+            select.select([self._log_done], [], [], timeout)
+
+    def _close_log_done(self) -> None:
+        if self._log_done >= 0:
+            os.close(self._log_done)
+            self._log_done = -1
+
     def logs(self) -> bytes:
         """Everything the container wrote so far (up to the last 2 x 16 MiB), stdout and stderr
         interleaved in the order written."""
         if self._dir is None:
             return b""
+        if self.status != "running":
+            self._logs_flushed()
         out = b""
         for p in (self._dir.log.with_suffix(".1"), self._dir.log):
             with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
@@ -1105,7 +1125,7 @@ class Container:
                     yield chunk
                     continue
                 if self.status != "running":
-                    time.sleep(0.02)  # the log thread's last copy
+                    self._logs_flushed()
                     rest = f.read()
                     if rest:
                         yield rest
@@ -1229,6 +1249,7 @@ class Container:
             if self.console is not None:
                 os.close(self.console)
                 self.console = None
+            self._close_log_done()
             if self._net is not None:
                 self._net.close()
             if self._dir is not None:

@@ -18,6 +18,8 @@ struct Sink {
     file: File,
     written: u64,
     cap: u64,
+    /// Closed (with the sink) once everything is in the file: a reader waits for its EOF.
+    _done: Option<OwnedFd>,
 }
 
 impl Sink {
@@ -95,8 +97,14 @@ fn run(epoll: Epoll, new: mpsc::Receiver<Sink>) {
 }
 
 /// Copies everything readable from `pipe` into `path` until EOF, keeping the file below `cap`
-/// bytes (with one rotated predecessor). The pipe is taken over.
-pub fn follow_into(pipe: OwnedFd, path: PathBuf, cap: u64) -> io::Result<()> {
+/// bytes (with one rotated predecessor). The pipe is taken over, and so is `done`, which is
+/// closed once the last byte is in the file.
+pub fn follow_into(
+    pipe: OwnedFd,
+    path: PathBuf,
+    cap: u64,
+    done: Option<OwnedFd>,
+) -> io::Result<()> {
     let p = pump()?;
     let file = open_log(&path)?;
     let written = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -109,6 +117,7 @@ pub fn follow_into(pipe: OwnedFd, path: PathBuf, cap: u64) -> io::Result<()> {
         file,
         written,
         cap: cap.max(4096),
+        _done: done,
     };
     let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP, fd as u64);
     // Hand the sink over first so that the pump knows the descriptor when its first event comes.

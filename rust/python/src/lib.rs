@@ -259,15 +259,19 @@ fn open_in_root(dirfd: i32, path: &str, flags: i32, mode: u32) -> PyResult<i32> 
 
 /// A pipe whose read end pyrt's log thread copies into `path` (rotated at `cap` bytes, one old
 /// file kept), until every writer has closed it. Returns the write end, for the container's
-/// stdout and stderr.
+/// stdout and stderr, and a descriptor that reads EOF once all of it is in the file.
 #[pyfunction]
-fn log_pipe(path: &str, cap: u64) -> PyResult<i32> {
+fn log_pipe(path: &str, cap: u64) -> PyResult<(i32, i32)> {
     use std::os::fd::IntoRawFd;
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| PyOSError::new_err((e as i32, e.desc())))?;
-    pyrt_core::logs::follow_into(r, path.into(), cap)
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| PyOSError::new_err((e as i32, e.desc())))
+    };
+    let (r, w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    pyrt_core::logs::follow_into(r, path.into(), cap, Some(done_w))
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
-    Ok(w.into_raw_fd())
+    Ok((w.into_raw_fd(), done_r.into_raw_fd()))
 }
 
 /// Copies what can be read from `fd` (taken over; e.g. a pty master) into `path` like a
@@ -277,7 +281,7 @@ fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<()> {
     use std::os::fd::FromRawFd;
     // SAFETY: the caller hands the descriptor over.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    pyrt_core::logs::follow_into(owned, path.into(), cap)
+    pyrt_core::logs::follow_into(owned, path.into(), cap, None)
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
