@@ -6,15 +6,18 @@
 //! DNAT. Here a connection is two kernel sockets and splice(2) between them, no firewall
 //! rule is touched, and the listener binds port 0 itself, so "any free port" has no race.
 //!
-//! The inside socket is made by the accepting thread, which joins the namespace once it has its
+//! The inside socket is made by the forwarder's thread, which joins the namespace once it has its
 //! listener (a socket belongs to the namespace of the thread that creates it, and setns changes
-//! only the calling thread). Each connection then gets one thread that moves both directions
-//! with splice(2) through two pipes: the bytes never enter user space.
+//! only the calling thread). That one thread is an event loop over every connection: each moves
+//! both directions with splice(2) through two pipes, so the bytes never enter user space.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 /// A running forwarder; dropping it (or `close`) stops accepting. Connections already made run
 /// until either side closes.
@@ -68,38 +71,165 @@ impl Drop for Forwarder {
     }
 }
 
+/// The forwarder's one thread: an event loop over the listener, the stop eventfd and every
+/// connection's two sockets (edge-triggered; each event moves what can be moved in both
+/// directions of its connection). No thread per connection: a request costs an accept, a
+/// connect and a few splices, with no thread to start or to wake on another CPU.
 fn accept_loop(listener: TcpListener, netns: OwnedFd, stop: OwnedFd, target: u16) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // The listener was made in the host's namespace and stays there; from now on this thread's
     // new sockets are made in the container's.
     if nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
         return;
     }
     drop(netns);
-    loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
-            Ok(_) => {}
+    let _ = Relay::new(listener, stop, target).map(|mut r| r.run());
+}
+
+const LISTENER: u64 = u64::MAX;
+const STOP: u64 = u64::MAX - 1;
+
+/// A forwarded connection: the host's client, the socket made inside, and a direction each way.
+struct Conn {
+    client: TcpStream,
+    inside: TcpStream,
+    out: Direction,
+    back: Direction,
+}
+
+struct Relay {
+    epoll: Epoll,
+    listener: TcpListener,
+    _stop: OwnedFd,
+    target: u16,
+    conns: HashMap<u64, Conn>,
+    next: u64,
+    /// Empty pipes of finished connections, for the next ones (two pipe2 and two fcntl saved).
+    spare: Vec<Direction>,
+}
+
+impl Relay {
+    fn new(listener: TcpListener, stop: OwnedFd, target: u16) -> io::Result<Relay> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        epoll
+            .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+            .map_err(io::Error::from)?;
+        epoll
+            .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
+            .map_err(io::Error::from)?;
+        Ok(Relay {
+            epoll,
+            listener,
+            _stop: stop,
+            target,
+            conns: HashMap::new(),
+            next: 0,
+            spare: Vec::new(),
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = [EpollEvent::empty(); 64];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    STOP => return,
+                    LISTENER => self.accept_all(),
+                    id => self.pump(id),
+                }
+            }
         }
-        if fds[1].any().unwrap_or(false) {
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let client = match self.listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A connection that failed before we took it (ECONNABORTED) or a lack of
+                // descriptors: drop this one, keep serving.
+                Err(_) => return,
+            };
+            let Ok(inside) =
+                TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.target))
+            else {
+                // Nothing listens inside (yet): the client sees its connection closed, as
+                // with Docker.
+                continue;
+            };
+            let _ = self.add(client, inside);
+        }
+    }
+
+    fn direction(&mut self) -> io::Result<Direction> {
+        match self.spare.pop() {
+            Some(d) => Ok(d),
+            None => Direction::new(),
+        }
+    }
+
+    fn add(&mut self, client: TcpStream, inside: TcpStream) -> io::Result<()> {
+        for s in [&client, &inside] {
+            s.set_nodelay(true)?;
+            s.set_nonblocking(true)?;
+        }
+        let (out, back) = (self.direction()?, self.direction()?);
+        let id = self.next;
+        self.next += 1;
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+        self.epoll
+            .add(&client, EpollEvent::new(flags, id))
+            .map_err(io::Error::from)?;
+        if let Err(e) = self.epoll.add(&inside, EpollEvent::new(flags, id)) {
+            let _ = self.epoll.delete(&client);
+            return Err(e.into());
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                client,
+                inside,
+                out,
+                back,
+            },
+        );
+        // Data may have come before the registration: move it now.
+        self.pump(id);
+        Ok(())
+    }
+
+    /// Moves what can be moved both ways (until neither direction gets further: the events
+    /// are edge-triggered); a finished or failed connection is closed.
+    fn pump(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
             return;
+        };
+        let finished = loop {
+            let a = c.out.step(&c.client, &c.inside);
+            let b = c.back.step(&c.inside, &c.client);
+            match (a, b) {
+                (Err(_), _) | (_, Err(_)) => break true,
+                _ if c.out.done && c.back.done => break true,
+                (Ok(false), Ok(false)) => break false,
+                _ => {}
+            }
+        };
+        if finished {
+            if let Some(c) = self.conns.remove(&id) {
+                let _ = self.epoll.delete(&c.client);
+                let _ = self.epoll.delete(&c.inside);
+                for d in [c.out, c.back] {
+                    if d.buffered == 0 && self.spare.len() < 64 {
+                        self.spare.push(d.reused());
+                    }
+                }
+            }
         }
-        let Ok((client, _)) = listener.accept() else {
-            continue;
-        };
-        let Ok(inside) = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, target)) else {
-            // Nothing listens inside (yet): the client sees its connection closed, as with
-            // Docker.
-            continue;
-        };
-        let _ = std::thread::Builder::new()
-            .name("pyrt-portfwd-conn".into())
-            .spawn(move || relay(client, inside));
     }
 }
 
@@ -131,14 +261,24 @@ impl Direction {
         })
     }
 
-    /// Moves what it can without blocking; Err ends the whole connection.
-    fn step(&mut self, from: &TcpStream, to: &TcpStream) -> Result<(), nix::errno::Errno> {
+    /// The same (empty) pipe, for a new connection.
+    fn reused(self) -> Self {
+        Direction {
+            eof: false,
+            done: false,
+            ..self
+        }
+    }
+
+    /// Moves what it can without blocking; whether anything moved. Err ends the connection.
+    fn step(&mut self, from: &TcpStream, to: &TcpStream) -> Result<bool, nix::errno::Errno> {
         use nix::errno::Errno;
         use nix::fcntl::{splice, SpliceFFlags};
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         if self.done {
-            return Ok(());
+            return Ok(false);
         }
+        let mut moved = false;
         if !self.eof && self.buffered < CHUNK {
             match splice(
                 from.as_fd(),
@@ -148,15 +288,15 @@ impl Direction {
                 CHUNK - self.buffered,
                 flags,
             ) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.buffered += n,
+                Ok(0) => (self.eof, moved) = (true, true),
+                Ok(n) => (self.buffered, moved) = (self.buffered + n, true),
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
         }
         if self.buffered > 0 {
             match splice(self.r.as_fd(), None, to.as_fd(), None, self.buffered, flags) {
-                Ok(n) => self.buffered -= n,
+                Ok(n) => (self.buffered, moved) = (self.buffered - n, moved || n > 0),
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
@@ -167,46 +307,7 @@ impl Direction {
             let _ = to.shutdown(Shutdown::Write);
             self.done = true;
         }
-        Ok(())
-    }
-}
-
-/// Both directions of a connection on one thread, until both are done or one fails.
-fn relay(client: TcpStream, inside: TcpStream) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let _ = client.set_nodelay(true);
-    let _ = inside.set_nodelay(true);
-    if client.set_nonblocking(true).is_err() || inside.set_nonblocking(true).is_err() {
-        return;
-    }
-    let (Ok(mut out), Ok(mut back)) = (Direction::new(), Direction::new()) else {
-        return;
-    };
-    loop {
-        if out.step(&client, &inside).is_err() || back.step(&inside, &client).is_err() {
-            return;
-        }
-        if out.done && back.done {
-            return;
-        }
-        let wants = |read: &Direction, write: &Direction| {
-            let mut f = PollFlags::empty();
-            if !read.done && !read.eof && read.buffered < CHUNK {
-                f |= PollFlags::POLLIN;
-            }
-            if write.buffered > 0 {
-                f |= PollFlags::POLLOUT;
-            }
-            f
-        };
-        let mut fds = [
-            PollFd::new(client.as_fd(), wants(&out, &back)),
-            PollFd::new(inside.as_fd(), wants(&back, &out)),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return,
-        }
+        Ok(moved)
     }
 }
 
@@ -238,6 +339,59 @@ mod tests {
         echo.join().unwrap();
         fwd.close();
         assert!(TcpStream::connect(("127.0.0.1", fwd.port())).is_err());
+    }
+
+    #[test]
+    fn many_connections_at_once_each_get_all_their_bytes_back() {
+        // One event loop serves them all: big transfers in both directions at once, with the
+        // pipes full and the sockets pushing back, must neither stall nor mix connections.
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = server.local_addr().unwrap().port();
+        let ns: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let mut fwd = Forwarder::tcp(ns.as_fd(), Ipv4Addr::LOCALHOST, 0, target).unwrap();
+        const CLIENTS: usize = 8;
+        const SIZE: usize = 3 << 20;
+        let echo = std::thread::spawn(move || {
+            let mut handlers = Vec::new();
+            for _ in 0..CLIENTS {
+                let (mut s, _) = server.accept().unwrap();
+                handlers.push(std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let copy = std::thread::spawn(move || {
+                        std::io::copy(&mut r, &mut s).unwrap();
+                        s.shutdown(Shutdown::Write).unwrap();
+                    });
+                    copy.join().unwrap();
+                }));
+            }
+            for h in handlers {
+                h.join().unwrap();
+            }
+        });
+        let port = fwd.port();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let data: Vec<u8> = (0..SIZE).map(|j| (i * 31 + j * 7) as u8).collect();
+                    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let mut w = c.try_clone().unwrap();
+                    let sent = data.clone();
+                    let writer = std::thread::spawn(move || {
+                        w.write_all(&sent).unwrap();
+                        w.shutdown(Shutdown::Write).unwrap();
+                    });
+                    let mut got = Vec::new();
+                    c.read_to_end(&mut got).unwrap();
+                    writer.join().unwrap();
+                    assert!(got == data, "connection {i} got other bytes back");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        echo.join().unwrap();
+        fwd.close();
     }
 
     #[test]
