@@ -300,8 +300,8 @@ class Container:
                 if chunk:
                     yield chunk
                     continue
-                if self.status != "running":
-                    await asyncio.sleep(0.02)
+                if not self._c._alive():
+                    await asyncio.get_running_loop().run_in_executor(None, self._c._logs_flushed)
                     rest = f.read()
                     if rest:
                         yield rest
@@ -352,7 +352,7 @@ class Container:
             got = await check()
             if got:
                 return got
-            if self.status != "running":
+            if not self._c._alive():
                 raise ContainerError(self._c.wait(), self._c.args, self._c.logs(), waiting_for=what)
             if loop.time() > deadline:
                 raise TimeoutExpired(self._c.args, timeout)

@@ -24,7 +24,6 @@ from typing import IO, Any, Optional, Union
 
 from . import (
     _core,
-    cgroupfreeze,
     checks,
     files,
     options,
@@ -247,6 +246,7 @@ class Container:
         hc = healthcheck or Healthcheck.from_image(image.config.healthcheck)
         self._healthcheck = None if hc is None or hc.disabled else hc
         self._checker: Optional[Checker] = None
+        self._paused = False
         #: Reads EOF once the log thread has written all the container's output (see logs()).
         self._log_done = -1
         self.image = image
@@ -554,7 +554,7 @@ class Container:
                     self._dir.write_state(self._state_doc)
 
         self._checker = Checker(self._healthcheck, run_check,
-                                lambda: self.status == "running", noted)  # fmt: skip
+                                self._alive, noted, lambda: self._paused)  # fmt: skip
 
     @property
     def health(self) -> Optional[str]:
@@ -686,7 +686,8 @@ class Container:
             workdir = checks.container_path(workdir, "workdir")
         proc = self._proc
         if proc is None or self._removed or self.status != "running":
-            raise PyrtError(f"container {self.id[:12]} is not running")
+            raise PyrtError(f"container {self.id[:12]} is {self.status}, not running"
+                            + (" (resume() it first)" if self._paused else ""))  # fmt: skip
         doc = json.dumps(self._exec_process(list(command), env, user, workdir))
         paths, pid = proc.cgroup_paths(), proc.pid
         sc = self._seccomp_json
@@ -777,7 +778,7 @@ class Container:
         with self._lock:
             if self._removed:
                 raise PyrtError(f"container {self.id[:12]} was removed")
-            if self.status == "running" and self._proc is not None:
+            if self._alive() and self._proc is not None:
                 pid = self._proc.pid
                 try:
                     if write and self._mapped_root() is not None:
@@ -928,10 +929,14 @@ class Container:
         commit of a running container is one consistent moment."""
         proc = self._proc
         if proc is None or self.status != "running":
-            yield
+            yield  # not running, or paused: nothing moves
             return
-        with cgroupfreeze.frozen(proc.cgroup_paths()):
+        froze = self._freeze(proc, "commit")
+        try:
             yield
+        finally:
+            if froze:
+                proc.thaw()
 
     def commit(
         self,
@@ -987,6 +992,7 @@ class Container:
             proc = self._proc
             if self._returncode is None and proc.wait(0) is None:
                 proc.kill(signal.SIGKILL)
+                self._thaw()
             proc.wait(None)
             proc.destroy_cgroup()
             if self._net is not None and self._net.rootless:
@@ -1026,8 +1032,12 @@ class Container:
         if self._proc is None:
             return "created"
         if self._returncode is None and self._proc.wait(0) is None:
-            return "running"
+            return "paused" if self._paused else "running"
         return "exited"
+
+    def _alive(self) -> bool:
+        """Started and not ended: running or paused."""
+        return self.status in ("running", "paused")
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """The return code (exit status, or -SIGNUM). On timeout raises TimeoutExpired and the
@@ -1049,6 +1059,8 @@ class Container:
         sig = _signal_number(sig)
         if self._proc is not None and self._returncode is None:
             self._proc.kill(sig)
+            if self._paused and sig == signal.SIGKILL:
+                self._thaw()  # (a frozen process dies only once thawed)
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the return code."""
@@ -1061,6 +1073,79 @@ class Container:
         except TimeoutExpired:
             self.kill(signal.SIGKILL)
             return self.wait()
+
+    # --- pause, resume, update -----------------------------------------------------------
+
+    def _cgroup_proc(self, what: str) -> _core.Process:
+        if self._proc is None or not self._alive():
+            raise PyrtError(f"{what}: container {self.id[:12]} is {self.status}, not running")
+        if not self._proc.cgroup_paths():
+            raise PyrtError(f"{what}: container {self.id[:12]} has no cgroup (started by run())")
+        return self._proc
+
+    def _freeze(self, proc: _core.Process, what: str) -> bool:
+        try:
+            return proc.freeze()
+        except OSError as e:
+            raise PyrtError(f"{what}: freezing container {self.id[:12]}: {e.strerror}") from e
+
+    def _thaw(self) -> None:
+        if self._paused and self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.thaw()
+        self._paused = False
+
+    def pause(self) -> None:
+        """Freezes every process of the container (the cgroup freezer), as ``docker pause``;
+        status "paused" until ``resume()``. Exec is refused meanwhile; files, commit, logs,
+        kill and remove work."""
+        with self._lock:
+            proc = self._cgroup_proc("pause")
+            if self._paused:
+                return
+            if not self._freeze(proc, "pause"):
+                raise PyrtError("pause: this machine's cgroups have no freezer")
+            self._paused = True
+
+    def resume(self) -> None:
+        """Lets a paused container run on."""
+        with self._lock:
+            proc = self._cgroup_proc("resume")
+            if not self._paused:
+                return
+            try:
+                proc.thaw()
+            except OSError as e:
+                raise PyrtError(f"resume: thawing container {self.id[:12]}: {e.strerror}") from e
+            self._paused = False
+
+    def update(
+        self,
+        memory: Union[int, str, None] = None,
+        pids_limit: Optional[int] = None,
+        cpus: Optional[float] = None,
+    ) -> None:
+        """New limits on the running container (as ``docker update``), checked as at creation;
+        those not given stay as they are. They last across ``reset()``."""
+        lim = options.limits(memory, pids_limit, cpus)
+        if lim is None:
+            raise TypeError("update() needs memory=, pids_limit= or cpus=")
+        with self._lock:
+            proc = self._cgroup_proc("update")
+            try:
+                paths = proc.update(json.dumps(lim.to_spec()))
+            except ValueError as e:
+                raise InvalidOption(f"update: {e}") from e
+            except OSError as e:
+                raise PyrtError(f"update: {e.strerror or e}") from e
+            old = self._limits or spec.Limits()
+            self._limits = spec.Limits(
+                memory=lim.memory if lim.memory is not None else old.memory,
+                pids=lim.pids if lim.pids is not None else old.pids,
+                cpus=lim.cpus if lim.cpus is not None else old.cpus,
+            )
+            if self._dir is not None:
+                self._dir.record_cgroups(paths)
 
     def stats(self) -> Stats:
         """Memory, processes and CPU time of the container, from its cgroup."""
@@ -1104,7 +1189,7 @@ class Container:
         interleaved in the order written."""
         if self._dir is None:
             return b""
-        if self.status != "running":
+        if not self._alive():
             self._logs_flushed()
         out = b""
         for p in (self._dir.log.with_suffix(".1"), self._dir.log):
@@ -1124,7 +1209,7 @@ class Container:
                 if chunk:
                     yield chunk
                     continue
-                if self.status != "running":
+                if not self._alive():
                     self._logs_flushed()
                     rest = f.read()
                     if rest:
@@ -1145,7 +1230,7 @@ class Container:
             got = check()
             if got:
                 return got
-            if self.status != "running":
+            if not self._alive():
                 raise ContainerError(self.wait(), self.args, self.logs(), waiting_for=what)
             if time.monotonic() > deadline:
                 raise TimeoutExpired(self.args, timeout)
@@ -1244,6 +1329,7 @@ class Container:
             if self._proc is not None:
                 if self._returncode is None:
                     self._proc.kill(signal.SIGKILL)
+                    self._thaw()
                     self._returncode = self._proc.wait(None)
                 self._proc.destroy_cgroup()
             if self.console is not None:

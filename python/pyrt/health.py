@@ -110,7 +110,7 @@ class Checker:
     """Runs ``check`` on a thread until ``stop``; ``status`` is the container's health.
     ``run_check(argv, timeout)`` execs inside and returns the exit status (raising
     ``PyrtError`` once the container is gone); ``alive()`` says whether it still runs;
-    ``noted(status)`` is told each change."""
+    ``noted(status)`` is told each change; nothing is checked while ``paused()``."""
 
     def __init__(
         self,
@@ -118,9 +118,11 @@ class Checker:
         run_check: Callable[[list[str], float], int],
         alive: Callable[[], bool],
         noted: Callable[[str], None] = lambda _status: None,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.check = check
         self._noted = noted
+        self._paused = paused
         self.status = "starting"
         self.last_output = ""
         self._run = run_check
@@ -134,6 +136,9 @@ class Checker:
         failures = 0
         argv = self.check.command()
         while not self._stop.is_set() and self._alive():
+            if self._paused():  # as Docker: no checks while paused
+                self._stop.wait(self.check.interval)
+                continue
             try:
                 ok = self._run(argv, self.check.timeout) == 0
             except PyrtError as e:

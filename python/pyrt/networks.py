@@ -275,7 +275,7 @@ class Network:
         force = checks.flag(force, "force")
         if self._removed:
             return
-        running = [c for c in self.containers if c.status == "running"]
+        running = [c for c in self.containers if c.status in ("running", "paused")]
         others = [r for r in self.records() if r.container not in self._members]
         if (running or others) and not force:
             names = [c.name or c.id[:12] for c in running] + [r.container[:12] for r in others]

@@ -61,6 +61,7 @@ def test_bad_id_and_spec_and_features_and_list(prt: Runtime, tmp_path: Path) -> 
     again = subprocess.run([prt.binary, "spec", "--bundle", str(b)], capture_output=True)
     assert again.returncode == 1
     f = json.loads(subprocess.run([prt.binary, "features"], capture_output=True).stdout)
+    assert f["linux"]["mountExtensions"]["idmap"]["enabled"] is False
     assert f["ociVersionMin"] and "createContainer" in f["hooks"]
     assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"]
     assert json.loads(prt("list", "--format", "json").stdout) == []
@@ -109,3 +110,20 @@ def test_console_socket_receives_the_pty(prt: Runtime, rootfs: Path, tmp_path: P
     srv.close()
     assert b"/dev/pts/0" in out and b"on-the-pty" in out
     prt("delete", "--force", "tty1")
+
+
+def test_an_idmapped_mount_is_refused_by_name(prt: Runtime, rootfs: Path, tmp_path: Path) -> None:
+    """`features` says idmap is not enabled; a spec that asks for it anyway is refused at
+    create, naming the field, rather than mounted with the wrong owners."""
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "rootfs").symlink_to(rootfs)
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    ids = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    mnt = {"destination": "/mnt", "type": "bind", "source": str(tmp_path), "options": ["rbind"]}
+    cfg["mounts"].append({**mnt, "uidMappings": ids, "gidMappings": ids})
+    write_config(b, cfg)
+    p = prt.create(b, "idmapped")
+    assert p.returncode == 1
+    assert "uidMappings" in p.stderr and "idmapped" in p.stderr
+    assert prt("list", "-q").stdout.strip() == ""

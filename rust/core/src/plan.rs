@@ -334,6 +334,14 @@ impl Plan {
         let mut dev_tmpfs = false;
         for (i, m) in spec.mounts().iter().flatten().enumerate() {
             let field = format!("mounts[{i}]");
+            if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+                // An idmapped mount done without the mapping would give the container files
+                // of the wrong owners: refused, as `features` says (idmap disabled).
+                return Err(field_err(
+                    format!("{field}.uidMappings"),
+                    "idmapped mounts are not supported by pyrt",
+                ));
+            }
             let destination = normalize_destination(m.destination())
                 .map_err(|r| field_err(format!("{field}.destination"), r))?;
             let (flags, is_bind) =
@@ -654,13 +662,20 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
     })
 }
 
+/// `resources_of` for a `linux.resources` object as JSON (what `update` takes).
 #[cfg(feature = "spec")]
-fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
-    let Some(linux) = spec.linux().as_ref() else {
-        return Ok(None);
-    };
+pub fn resources_from_json(text: &str) -> Result<Resources, PlanError> {
+    let res: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(text).map_err(|e| field_err("linux.resources", e.to_string()))?;
+    resources_of(&res)
+}
+
+/// The limits of an OCI `LinuxResources` object that pyrt applies, checked: what a spec asks
+/// for at create, and what `pyrt-runc update --resources` asks for later.
+#[cfg(feature = "spec")]
+pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources, PlanError> {
     let mut r = Resources::default();
-    if let Some(res) = linux.resources() {
+    {
         // Limits pyrt does not apply are refused: a container must never run silently
         // unlimited. (The devices allow-list is accepted: pyrt creates only the default nodes.)
         let unsupported = [
@@ -730,6 +745,18 @@ fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
             ));
         }
     }
+    Ok(r)
+}
+
+#[cfg(feature = "spec")]
+fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(None);
+    };
+    let r = match linux.resources() {
+        Some(res) => resources_of(res)?,
+        None => Resources::default(),
+    };
     let path = linux.cgroups_path().clone();
     match path {
         Some(path) => Ok(Some(CgroupPlan { path, resources: r })),

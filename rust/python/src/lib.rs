@@ -389,6 +389,27 @@ fn tcp_connect(py: Python<'_>, netns: String, port: u16, timeout: f64) -> PyResu
     }
 }
 
+/// Freezes (or, with `freeze` false, thaws) the container cgroup at `paths` (its directories,
+/// as `Process.cgroup_paths()` gives them; another process's container); false when it has no
+/// freezer.
+#[pyfunction]
+fn cgroup_freeze(py: Python<'_>, paths: Vec<String>, freeze: bool) -> PyResult<bool> {
+    let layout = cgroups::layout().map_err(cgroup_error)?;
+    let dirs: Vec<std::path::PathBuf> = paths.iter().map(Into::into).collect();
+    let Some(c) = Cgroup::from_paths(layout, &dirs) else {
+        return Ok(false);
+    };
+    if freeze {
+        py.detach(|| c.freeze()).map_err(cgroup_error)
+    } else {
+        c.thaw().map(|_| true).map_err(cgroup_error)
+    }
+}
+
+fn cgroup_error(e: cgroups::CgroupError) -> PyErr {
+    PyOSError::new_err((e.errno(), e.to_string()))
+}
+
 /// A container's first process, as seen from the host.
 #[pyclass(module = "pyrt._core")]
 struct Process {
@@ -492,6 +513,45 @@ impl Process {
         }
     }
 
+    /// Freezes the container's processes (its cgroup's freezer); false without a cgroup.
+    fn freeze(&self, py: Python<'_>) -> PyResult<bool> {
+        let g = locked(&self.cgroup);
+        match &*g {
+            None => Ok(false),
+            Some(c) => py.detach(|| c.freeze()).map_err(cgroup_error),
+        }
+    }
+
+    /// Lets them run again.
+    fn thaw(&self) -> PyResult<()> {
+        match &*locked(&self.cgroup) {
+            None => Ok(()),
+            Some(c) => c.thaw().map_err(cgroup_error),
+        }
+    }
+
+    /// Whether the container's cgroup is frozen.
+    fn frozen(&self) -> bool {
+        locked(&self.cgroup).as_ref().is_some_and(|c| c.frozen())
+    }
+
+    /// New limits, from an OCI `linux.resources` object (JSON), checked as at create; returns
+    /// the cgroup's directories (a v1 hierarchy may have been added).
+    fn update(&self, resources_json: &str) -> PyResult<Vec<String>> {
+        let r = pyrt_core::plan::resources_from_json(resources_json)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let layout = cgroups::layout().map_err(cgroup_error)?;
+        let mut g = locked(&self.cgroup);
+        let Some(c) = g.as_mut() else {
+            return Err(PyOSError::new_err((
+                libc::ENOENT,
+                "the container has no cgroup (started by run())",
+            )));
+        };
+        c.update(layout, &r).map_err(cgroup_error)?;
+        Ok(c.paths().iter().map(|p| p.display().to_string()).collect())
+    }
+
     /// Sends `sig` through the pidfd; a process that already ended is not an error.
     fn kill(&self, sig: i32) -> PyResult<()> {
         self.child
@@ -511,6 +571,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_from, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_connect, m)?)?;
+    m.add_function(wrap_pyfunction!(cgroup_freeze, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
     m.add_class::<PortForward>()?;

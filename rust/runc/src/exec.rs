@@ -10,7 +10,7 @@ use pyrt_core::plan::{ExecPlan, Request};
 use pyrt_core::spawn::{self, Placement};
 
 use crate::error::{io_err, Result, RuncError};
-use crate::lifecycle::{self, cgroup_of, load_spec, write_pid_file};
+use crate::lifecycle::{self, load_spec, write_pid_file};
 use crate::state::{Record, Status};
 
 #[derive(Default)]
@@ -82,10 +82,18 @@ fn process_json(rec: &Record, o: &ExecOpts) -> Result<serde_json::Value> {
 /// Runs the process; returns its exit code (0 at once with `--detach`).
 pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     let rec = Record::load(root, id)?;
-    if rec.status(root) == Status::Stopped {
-        return Err(RuncError::State(
-            "cannot exec in a stopped container".into(),
-        ));
+    match rec.status(root) {
+        Status::Stopped => {
+            return Err(RuncError::State(
+                "cannot exec in a stopped container".into(),
+            ))
+        }
+        Status::Paused => {
+            return Err(RuncError::State(
+                "cannot exec in a paused container (resume it first)".into(),
+            ))
+        }
+        _ => {}
     }
     let process = process_json(&rec, o)?;
     let terminal = process["terminal"].as_bool().unwrap_or(false);
@@ -110,7 +118,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     let mut plan = ExecPlan::from_process_json(&process.to_string(), rec.pid, seccomp.as_deref())
         .map_err(|e| RuncError::Spec(e.to_string()))?;
     plan.detached = o.detach;
-    let cgroup = cgroup_of(&rec);
+    let cgroup = rec.cgroup_handle();
     let pidns: OwnedFd = std::fs::File::open(format!("/proc/{}/ns/pid", rec.pid))
         .map_err(io_err("opening the container's pid namespace"))?
         .into();

@@ -197,6 +197,9 @@ pub fn features() {
                 "archs": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
             },
             "apparmor": {"enabled": false},
+            // Mounts are not idmapped (a mount's uidMappings/gidMappings are refused at
+            // create): said so, for an engine that would otherwise count on them.
+            "mountExtensions": {"idmap": {"enabled": false}},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false}
         },

@@ -176,7 +176,7 @@ fn start_init(
     let image = child_image()?;
     let request = Request::Create(plan.clone());
     let result = (|| -> Result<Child> {
-        let (mut child, pending) = spawn::spawn_held(
+        let (child, pending) = spawn::spawn_held(
             &image,
             &request,
             [stdin, 1, 2],
@@ -247,7 +247,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let rec = Record::load(root, id)?;
     match rec.status(root) {
         Status::Created => {}
-        Status::Running => {
+        Status::Running | Status::Paused => {
             return Err(RuncError::State(
                 "cannot start an already running container".into(),
             ))
@@ -297,7 +297,7 @@ fn connect_gate(dir: &Path) -> std::io::Result<UnixStream> {
 /// Kills what is left of the container and waits for the init to be gone.
 fn stop(rec: &Record, all: bool) {
     if all {
-        if let Some(cg) = cgroup_of(rec) {
+        if let Some(cg) = rec.cgroup_handle() {
             let _ = cg.kill_all();
         }
     }
@@ -308,13 +308,6 @@ fn stop(rec: &Record, all: bool) {
     while state::alive(rec.pid, rec.start_time) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-pub fn cgroup_of(rec: &Record) -> Option<Cgroup> {
-    if rec.cgroup.is_empty() {
-        return None;
-    }
-    Cgroup::from_paths(cgroups::layout().ok()?, &rec.cgroup)
 }
 
 /// Signals the init through a pidfd, after checking that the pid is still the init's.
@@ -390,15 +383,16 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let status = rec.status(root);
-    if status == Status::Running && !force {
+    if matches!(status, Status::Running | Status::Paused) && !force {
         return Err(RuncError::State(format!(
-            "cannot delete container {id} that is not stopped: running"
+            "cannot delete container {id} that is not stopped: {}",
+            status.name()
         )));
     }
     // A created container is killed and deleted without --force, as runc does (the spec asks
     // for an error: see tests/conformance).
     stop(&rec, true);
-    if let Some(cg) = cgroup_of(&rec) {
+    if let Some(cg) = rec.cgroup_handle() {
         if let Err(e) = cg.destroy() {
             log::write("warning", &format!("removing the cgroup of {id}: {e}"));
         }

@@ -4,6 +4,7 @@
 //! (benches/README.md). Executed as `pyrt-child` (from its sealed copy), it is the container's
 //! setup process instead.
 
+mod control;
 mod error;
 mod exec;
 mod info;
@@ -160,6 +161,41 @@ enum Cmd {
     },
     /// Print what this runtime implements (runtime-spec features.md).
     Features,
+    /// Freeze every process of a container (the cgroup freezer).
+    Pause { container_id: String },
+    /// Let a paused container run on.
+    Resume { container_id: String },
+    /// Change a running container's limits (runc's flags, or an OCI linux.resources JSON).
+    Update {
+        /// A linux.resources JSON file, or - for stdin; the flags below override it.
+        #[arg(long, short = 'r')]
+        resources: Option<PathBuf>,
+        /// Memory limit in bytes (or 512m, 1g; -1 for unlimited).
+        #[arg(long, short = 'm')]
+        memory: Option<String>,
+        /// Memory plus swap (as --memory).
+        #[arg(long = "memory-swap")]
+        memory_swap: Option<String>,
+        /// Accepted for compatibility: pyrt sets no soft memory limit.
+        #[arg(long = "memory-reservation")]
+        memory_reservation: Option<String>,
+        /// Accepted for compatibility: kernel memory is no longer limited separately.
+        #[arg(long = "kernel-memory")]
+        kernel_memory: Option<String>,
+        #[arg(long = "pids-limit")]
+        pids_limit: Option<i64>,
+        #[arg(long = "cpu-quota")]
+        cpu_quota: Option<i64>,
+        #[arg(long = "cpu-period")]
+        cpu_period: Option<u64>,
+        #[arg(long = "cpu-shares")]
+        cpu_shares: Option<u64>,
+        #[arg(long = "cpuset-cpus")]
+        cpuset_cpus: Option<String>,
+        #[arg(long = "cpuset-mems")]
+        cpuset_mems: Option<String>,
+        container_id: String,
+    },
 }
 
 /// runc's signal words: KILL, SIGKILL, 9.
@@ -323,6 +359,40 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::List { format, quiet } => info::list(root, format, *quiet)?,
         Cmd::Spec { bundle, rootless } => info::spec(bundle, *rootless)?,
         Cmd::Features => info::features(),
+        Cmd::Pause { container_id } => control::pause(root, container_id)?,
+        Cmd::Resume { container_id } => control::resume(root, container_id)?,
+        Cmd::Update {
+            resources,
+            memory,
+            memory_swap,
+            memory_reservation,
+            kernel_memory: _,
+            pids_limit,
+            cpu_quota,
+            cpu_period,
+            cpu_shares,
+            cpuset_cpus,
+            cpuset_mems,
+            container_id,
+        } => {
+            if memory_reservation.is_some() {
+                return Err(RuncError::Usage(
+                    "--memory-reservation is not applied by pyrt-runc (no soft limit); refusing rather than ignoring it".into(),
+                ));
+            }
+            let o = control::UpdateOpts {
+                resources: resources.clone(),
+                memory: memory.clone(),
+                memory_swap: memory_swap.clone(),
+                pids_limit: *pids_limit,
+                cpu_quota: *cpu_quota,
+                cpu_period: *cpu_period,
+                cpu_shares: *cpu_shares,
+                cpuset_cpus: cpuset_cpus.clone(),
+                cpuset_mems: cpuset_mems.clone(),
+            };
+            control::update(root, container_id, &o)?
+        }
     }
     Ok(0)
 }

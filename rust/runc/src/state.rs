@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use pyrt_core::cgroups::{self, Cgroup};
 use pyrt_core::hooks::Hook;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,7 @@ pub struct Record {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -41,6 +43,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -105,8 +108,17 @@ impl Record {
         }
         match dir(root, &self.id) {
             Ok(d) if d.join(GATE).exists() => Status::Created,
+            _ if self.cgroup_handle().is_some_and(|c| c.frozen()) => Status::Paused,
             _ => Status::Running,
         }
+    }
+
+    /// The container's cgroup, from the directories `create` recorded.
+    pub fn cgroup_handle(&self) -> Option<Cgroup> {
+        if self.cgroup.is_empty() {
+            return None;
+        }
+        Cgroup::from_paths(cgroups::layout().ok()?, &self.cgroup)
     }
 
     /// The runtime spec's state JSON.

@@ -300,6 +300,43 @@ impl Cgroup {
         }
     }
 
+    /// New limits on a running container (`update`); may add a v1 hierarchy it had none in,
+    /// so `paths()` can grow.
+    pub fn update(&mut self, layout: &Layout, r: &Resources) -> Result<(), CgroupError> {
+        match (self, layout) {
+            (Cgroup::V1(g), Layout::V1(l)) => g.update(l, r),
+            (Cgroup::V2(g), _) => g.apply(r),
+            (Cgroup::V1(_), Layout::V2 { .. }) => Err(CgroupError::Limit {
+                limit: "cgroup".into(),
+                reason: "the container's cgroup is v1, this process sees v2".into(),
+            }),
+        }
+    }
+
+    /// Freezes every process of the container (`pause`); false when it has no freezer.
+    pub fn freeze(&self) -> Result<bool, CgroupError> {
+        match self {
+            Cgroup::V1(g) => g.freeze(),
+            Cgroup::V2(g) => g.freeze(),
+        }
+    }
+
+    /// Lets them run again (`resume`).
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        match self {
+            Cgroup::V1(g) => g.thaw(),
+            Cgroup::V2(g) => g.thaw(),
+        }
+    }
+
+    /// Whether it is frozen (or freezing).
+    pub fn frozen(&self) -> bool {
+        match self {
+            Cgroup::V1(g) => g.frozen(),
+            Cgroup::V2(g) => g.frozen(),
+        }
+    }
+
     pub fn paths(&self) -> Vec<PathBuf> {
         match self {
             Cgroup::V1(g) => g.dirs.iter().map(|(_, d)| d.clone()).collect(),

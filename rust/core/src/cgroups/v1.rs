@@ -62,7 +62,7 @@ impl Layout {
         Layout { controllers }
     }
 
-    fn get(&self, name: &str) -> Option<&Controller> {
+    pub fn get(&self, name: &str) -> Option<&Controller> {
         self.controllers.iter().find(|c| c.name == name)
     }
 }
@@ -142,11 +142,27 @@ impl Group {
     fn apply(&self, r: &Resources) -> Result<(), CgroupError> {
         if let Some(m) = r.memory {
             let d = self.dir("memory").expect("created above");
-            write_limit(d, "memory.limit_in_bytes", &m.to_string(), "memory")?;
             // Swap counts against memory+swap: cap it to the memory limit unless told otherwise.
             // memsw exists only with swap accounting on; without it there is nothing to cap.
             let memsw = r.memory_swap.unwrap_or(m);
-            if d.join("memory.memsw.limit_in_bytes").exists() {
+            let has_memsw = d.join("memory.memsw.limit_in_bytes").exists();
+            // The kernel keeps memory <= memory+swap at every write: raising both (an update)
+            // goes memsw first, lowering them memory first.
+            let current: i64 = fs::read_to_string(d.join("memory.memsw.limit_in_bytes"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(i64::MAX);
+            let memsw_first = has_memsw && memsw >= 0 && m > current;
+            if memsw_first {
+                write_limit(
+                    d,
+                    "memory.memsw.limit_in_bytes",
+                    &memsw.to_string(),
+                    "memory swap",
+                )?;
+            }
+            write_limit(d, "memory.limit_in_bytes", &m.to_string(), "memory")?;
+            if has_memsw && !memsw_first {
                 write_limit(
                     d,
                     "memory.memsw.limit_in_bytes",
@@ -196,6 +212,117 @@ impl Group {
             }
         }
         Ok(())
+    }
+
+    /// New limits on a running container. A controller the container was made without (cpu or
+    /// cpuset, made only when limited) is made now, next to the others, and every process
+    /// moved into it.
+    pub fn update(&mut self, layout: &Layout, r: &Resources) -> Result<(), CgroupError> {
+        for name in ["memory", "pids", "cpu", "cpuset"] {
+            if !(needs(r, name) || name == "cpu" && r.cpu_period.is_some()) {
+                continue;
+            }
+            if self.dir(name).is_some() {
+                continue;
+            }
+            let Some(c) = layout.get(name) else {
+                return Err(CgroupError::Limit {
+                    limit: limit_name(name).into(),
+                    reason: format!("the {name} cgroup controller is not mounted on this machine"),
+                });
+            };
+            self.add_controller(layout, c)?;
+        }
+        self.apply(r)
+    }
+
+    fn add_controller(&mut self, layout: &Layout, c: &Controller) -> Result<(), CgroupError> {
+        // The container's place in another hierarchy tells where it goes in this one: below
+        // our own cgroup there (a relative cgroupsPath), or from the root (an absolute one).
+        let own = |c: &Controller| c.mount.join(c.own.strip_prefix("/").unwrap_or(&c.own));
+        let (dir, procs) = self
+            .dirs
+            .iter()
+            .find_map(|(n, d)| {
+                let other = layout.get(n)?;
+                let procs = d.join("cgroup.procs");
+                match d.strip_prefix(own(other)) {
+                    Ok(rel) if !rel.as_os_str().is_empty() => Some((own(c).join(rel), procs)),
+                    _ => Some((c.mount.join(d.strip_prefix(&other.mount).ok()?), procs)),
+                }
+            })
+            .ok_or_else(|| CgroupError::Limit {
+                limit: limit_name(&c.name).into(),
+                reason: "the container has no cgroup to take its place from".into(),
+            })?;
+        if let Err(e) = make_parents(&c.mount, &dir, &c.name).and_then(|_| fs::create_dir(&dir)) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io_err("creating cgroup", &dir)(e));
+            }
+        }
+        if c.name == "cpuset" {
+            let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let v = fs::read_to_string(parent.join(f)).unwrap_or_default();
+                write_limit(&dir, f, v.trim(), f)?;
+            }
+        }
+        // Until a pass finds nobody left to move: a process forked meanwhile by one not yet
+        // moved is born outside.
+        let target = dir.join("cgroup.procs");
+        for _ in 0..100 {
+            let inside = read_pids(&target);
+            let missing: Vec<i32> = read_pids(&procs)
+                .into_iter()
+                .filter(|p| !inside.contains(p))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            for p in missing {
+                // A process that exited meanwhile (ESRCH) has nothing to move.
+                let _ = fs::write(&target, p.to_string());
+            }
+        }
+        self.dirs.push((c.name.clone(), dir));
+        self.home
+            .push(c.mount.join(c.own.strip_prefix("/").unwrap_or(&c.own)));
+        Ok(())
+    }
+
+    /// Freezes every process (v1 `freezer.state`), waiting until the kernel says FROZEN;
+    /// false when the container has no freezer cgroup.
+    pub fn freeze(&self) -> Result<bool, CgroupError> {
+        let Some(d) = self.dir("freezer") else {
+            return Ok(false);
+        };
+        let state = d.join("freezer.state");
+        for _ in 0..5000 {
+            fs::write(&state, "FROZEN").map_err(io_err("freezing", &state))?;
+            if fs::read_to_string(&state).unwrap_or_default().trim() == "FROZEN" {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = fs::write(&state, "THAWED");
+        Err(CgroupError::Limit {
+            limit: "pause".into(),
+            reason: format!("{} did not freeze within 5 s", d.display()),
+        })
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        if let Some(d) = self.dir("freezer") {
+            let state = d.join("freezer.state");
+            fs::write(&state, "THAWED").map_err(io_err("thawing", &state))?;
+        }
+        Ok(())
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.dir("freezer")
+            .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| s.trim() != "THAWED")
     }
 
     pub fn open_tasks(&self, home: bool) -> Result<Vec<OwnedFd>, CgroupError> {

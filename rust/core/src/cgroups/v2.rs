@@ -138,6 +138,41 @@ impl Group {
         Ok(())
     }
 
+    /// Freezes every process (`cgroup.freeze`), waiting until `cgroup.events` says frozen.
+    pub fn freeze(&self) -> Result<bool, CgroupError> {
+        let f = self.dir.join("cgroup.freeze");
+        if !f.exists() {
+            return Ok(false);
+        }
+        fs::write(&f, "1").map_err(io_err("freezing", &f))?;
+        for _ in 0..5000 {
+            if self.frozen() {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = fs::write(&f, "0");
+        Err(CgroupError::Limit {
+            limit: "pause".into(),
+            reason: format!("{} did not freeze within 5 s", self.dir.display()),
+        })
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let f = self.dir.join("cgroup.freeze");
+        if f.exists() {
+            fs::write(&f, "0").map_err(io_err("thawing", &f))?;
+        }
+        Ok(())
+    }
+
+    pub fn frozen(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.events"))
+            .ok()
+            .and_then(|s| keyed(&s, "frozen"))
+            == Some(1)
+    }
+
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
         let p = self.dir.join("cgroup.procs");
         fs::write(&p, pid.to_string()).map_err(io_err("placing the container in", &p))
