@@ -15,7 +15,10 @@ from ocitools import Runtime, config, write_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs containers as root")
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; usleep 5000; done"
+# Written by rename: a freeze never catches the file half-written.
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; usleep 5000; done"
+)
 
 
 def started(rt: Runtime, bundle: Path, script: str) -> str:

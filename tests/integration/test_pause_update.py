@@ -13,7 +13,10 @@ import pyrt
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a cgroup to write)")
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; usleep 5000; done"
+# Written by rename: a freeze never catches the file half-written.
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; usleep 5000; done"
+)
 
 
 def count(c: pyrt.Container) -> int:
