@@ -39,7 +39,7 @@ junk = st.one_of(
 OPTIONS = [
     "env", "workdir", "user", "hostname", "name", "mounts", "readonly_rootfs", "network",
     "ports", "memory", "pids_limit", "cpus", "cap_add", "cap_drop", "privileged", "init",
-    "rootless", "entrypoint", "disk",
+    "rootless", "entrypoint", "disk", "aliases", "healthcheck",
 ]  # fmt: skip
 
 
@@ -139,11 +139,44 @@ def test_methods_of_a_running_container(
     if not (isinstance(a, (str, Path)) and os.path.lexists(a)):
         _call(c.copy_in, a, b)
     _call(c.wait_for_port, a, timeout=0.01)
+    _call(c.wait_for_http, a, timeout=0.01)
+    _call(c.wait_for_http, 80, a, timeout=0.01)
+    _call(c.wait_for_http, 80, "/", a, timeout=0.01)
+    _call(c.wait_for_http, 80, timeout=a if not isinstance(a, (int, float)) else 0.01)
+    # update: a valid value is a real limit (a pids limit of 1 would leave no room for an
+    # exec), so the container gets generous ones back after.
+    _call(c.update, memory=a)
+    _call(c.update, pids_limit=a)
+    _call(c.update, cpus=b)
+    c.update(memory="1g", pids_limit=4096, cpus=float(os.cpu_count() or 1))
     # A long wait for a file that never comes is legitimate, not a hang: only bad timeouts.
     if not (isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0):
         _call(c.wait_for_file, "/nope", timeout=a)
     assert c.status == "running", "no hostile call may take the container down"
     assert c.exec(["true"]).returncode == 0, "no hostile call may break the container's root"
+
+
+@FAST
+@given(a=junk, b=junk)
+def test_healthcheck_and_network_arguments(alarm: None, a: Any, b: Any) -> None:
+    from pyrt.places import state_root
+
+    _call(pyrt.Healthcheck, a)
+    _call(pyrt.Healthcheck, ["CMD", "true"], interval=a, timeout=b)
+    _call(pyrt.Healthcheck, ["CMD", "true"], retries=a, start_period=b)
+    nets = state_root() / "networks"
+    before = sorted(os.listdir(nets)) if nets.is_dir() else []
+    signal.alarm(10)
+    try:
+        net = pyrt.Network(name=a)
+    except ALLOWED:
+        pass
+    else:
+        net.remove()
+    finally:
+        signal.alarm(0)
+    _call(pyrt.Network.open, a)
+    assert (sorted(os.listdir(nets)) if nets.is_dir() else []) == before
 
 
 def test_huge_timeouts_are_no_limit(running: pyrt.Container) -> None:
