@@ -4,8 +4,10 @@ import pyrt
 pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
+from .build import build
 from .container import Container, Result, Stats, run
 from .errors import (
+    BuildError,
     ContainerError,
     ImageError,
     ImageNotFound,
@@ -41,6 +43,7 @@ __all__ = [
     "PIPE",
     "STDOUT",
     "Bind",
+    "BuildError",
     "Container",
     "ContainerError",
     "Healthcheck",
@@ -61,6 +64,7 @@ __all__ = [
     "Tmpfs",
     "UnsafeImageError",
     "__version__",
+    "build",
     "images",
     "run",
 ]

@@ -839,7 +839,8 @@ class Container:
     def put_archive(self, path: PathArg, data: Union[bytes, IO[bytes]]) -> None:
         """Extracts a tar (bytes or a binary file object; gzip, bzip2 and xz too) into the
         directory ``path`` inside the container, as safely as an image layer: no entry can
-        land outside ``path``. As root the archive's owners are kept (Docker's rule)."""
+        land outside ``path``. The archive's owners are kept (Docker's rule) where the container
+        can hold them: as root, and rootless with a subordinate id range while not running."""
         p = checks.container_path(path, "path")
         if isinstance(data, (bytes, bytearray, memoryview)):
             stream: IO[bytes] = io.BytesIO(bytes(data))
@@ -850,9 +851,13 @@ class Container:
                 f"data must be bytes or a binary file object, not {type(data).__name__}"
             )
         keep = os.geteuid() == 0 and self._userns is None
+        ranged = os.geteuid() != 0 and userns.has_range()
 
         def op(root: int, owner: files.Owner) -> bytes:
-            files.extract(root, p, stream, owner, keep_owners=keep)
+            # (0, 0) for a rootless caller: the helper is in the container's user namespace,
+            # where a subordinate range can hold the archive's owners too.
+            kept = keep or (ranged and owner == (0, 0))
+            files.extract(root, p, stream, owner, keep_owners=kept)
             return b""
 
         self._in_root(p, op, write=True)
@@ -973,7 +978,18 @@ class Container:
             remap = lambda u, g: (_inside(maps.uid, u), _inside(maps.gid, g))  # noqa: E731
         with self._frozen():
             return snapshot.commit(self.image, str(d.upper), cfg, tag,
-                                   f"container {self.id[:12]}", remap)  # fmt: skip
+                                   f"container {self.id[:12]}", remap,
+                                   self._mount_points())  # fmt: skip
+
+    def _mount_points(self) -> frozenset[str]:
+        """Where this container's mounts made files or directories the image does not have
+        (its /etc/hosts and resolv.conf on a network, its Bind and Tmpfs targets): commit leaves
+        them out when they are still empty, as Docker does."""
+        from .image import merged
+
+        targets = {"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
+        targets |= {str(m.to_spec()["destination"]) for m in self._o.mounts}
+        return frozenset(t.strip("/") for t in targets if merged.kind(self.image.lower, t) is None)
 
     def reset(self) -> Container:
         """Every process killed, the root back to the image exactly (a fresh writable layer),

@@ -107,3 +107,27 @@ class TimeoutExpired(PyrtError, TimeoutError):
         self.timeout = timeout
         self.stdout = stdout
         self.stderr = stderr
+
+
+class BuildError(PyrtError):
+    """A build failed: ``file`` and ``line`` say where, ``instruction`` is the line as written;
+    for a failing RUN, ``output`` is what it printed and ``returncode`` its status."""
+
+    def __init__(
+        self,
+        message: str,
+        file: str,
+        line: int = 0,
+        instruction: str = "",
+        *,
+        output: Optional[bytes] = None,
+        returncode: Optional[int] = None,
+    ) -> None:
+        where = f"{file}:{line}" if line else file
+        text = f"{where}: {instruction}: {message}" if instruction else f"{where}: {message}"
+        if output:
+            tail = output[-4000:].decode(errors="replace").rstrip()
+            text += "\n" + tail
+        super().__init__(text)
+        self.file, self.line, self.instruction = file, line, instruction
+        self.output, self.returncode = output, returncode

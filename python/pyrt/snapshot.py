@@ -64,17 +64,37 @@ class _Hashing:
 # --- a layer from a directory ----------------------------------------------------------------
 
 
-def write_layer(top: str, out: IO[bytes], remap: Optional[files.IdMap] = None) -> None:
+def write_layer(
+    top: str,
+    out: IO[bytes],
+    remap: Optional[files.IdMap] = None,
+    skip: frozenset[str] = frozenset(),
+) -> None:
     """A tar of the overlay-format directory ``top`` (an upper directory or a stored layer) with
-    its markers as OCI whiteouts. Sockets cannot be in a layer and are left out."""
+    its markers as OCI whiteouts. Sockets cannot be in a layer and are left out, and so are the
+    paths in ``skip`` (relative) when they are an empty file or directory: the mount points a
+    container's bind mounts made, which are not its changes."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             links: dict[tuple[int, int], str] = {}
             for name in sorted(os.listdir(fd)):
-                _add_layer_entry(tf, fd, name, name, links, remap)
+                _add_layer_entry(tf, fd, name, name, links, remap, skip)
     finally:
         os.close(fd)
+
+
+def _empty(dirfd: int, name: str, st: os.stat_result) -> bool:
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dirfd)  # fmt: skip
+        try:
+            return not os.listdir(fd)
+        finally:
+            os.close(fd)
+    return False
 
 
 def _opaque(fd: int) -> bool:
@@ -92,8 +112,11 @@ def _add_layer_entry(
     arc: str,
     links: dict[tuple[int, int], str],
     remap: Optional[files.IdMap],
+    skip: frozenset[str] = frozenset(),
 ) -> None:
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    if arc in skip and _empty(dirfd, name, st):
+        return
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
         head, _, base = arc.rpartition("/")
         wh = tarfile.TarInfo(f"{head}/.wh.{base}" if head else f".wh.{base}")
@@ -112,7 +135,7 @@ def _add_layer_entry(
                 opq.mtime = int(st.st_mtime)
                 tf.addfile(opq)
             for child in sorted(os.listdir(fd)):
-                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links, remap)
+                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links, remap, skip)
         finally:
             os.close(fd)
         return
@@ -125,6 +148,7 @@ def store_layer(
     lowers: tuple[str, ...],
     what: str,
     remap: Optional[files.IdMap] = None,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[str, layers.Layer]:
     """``top`` as a stored layer on ``parent_chain``: its tar blob kept under blobs/, its tree
     unpacked into the layer store. Returns (diff_id, layer)."""
@@ -132,7 +156,7 @@ def store_layer(
     try:
         with os.fdopen(fd, "wb") as raw:
             h = _Hashing(raw)
-            write_layer(top, h, remap)  # type: ignore[arg-type]
+            write_layer(top, h, remap, skip)  # type: ignore[arg-type]
         diff_id = h.digest
         layer = layers.ensure_layer(
             lambda: open(tmp, "rb"),  # noqa: SIM115 - ensure_layer closes what it opens
@@ -202,33 +226,66 @@ def commit(
     tag: Optional[str],
     what: str,
     remap: Optional[files.IdMap] = None,
+    skip: frozenset[str] = frozenset(),
 ) -> Image:
     """The image ``img`` plus the layer in ``upper``, with config ``cfg``; ``remap`` turns the
-    owners the host sees in ``upper`` into the container's (a rootless container's)."""
+    owners the host sees in ``upper`` into the container's (a rootless container's); ``skip``
+    as for ``write_layer``."""
     if img.kind == "host":
         raise PyrtError(f"{what}: a container of the host image has no layer of its own to commit")
     with store.loading():
-        base_ids = diff_ids(img)
-        parent = chain_of(img)
-        if any(d is None for d in base_ids):
-            # A rootfs image (a directory or a tarball) becomes a layer of its own first, once.
-            if len(img.lower) != 1:
-                raise ImageError(f"{what}: the image's layers are not in the store")
-            base_id, base = store_layer(img.lower[0], None, (), f"{what}: base rootfs")
-            base_ids, parent = [base_id], base.chain_id
-            lowers: tuple[str, ...] = (str(base.root),)
-        else:
-            lowers = img.lower
-        diff_id, layer = store_layer(upper, parent, lowers, what, remap)
-        ids = [str(d) for d in base_ids] + [diff_id]
-        doc = oci_config(cfg, ids, f"pyrt commit ({what})")
-        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        (blobs_dir() / config_digest.partition(":")[2]).write_bytes(raw)
-        new = Image("oci", (str(layer.root), *lowers), cfg, config_digest, source=what)
+        base_ids, parent, lowers = layered(img, what)
+        diff_id, layer = store_layer(upper, parent, lowers, what, remap, skip)
+        ids = [*base_ids, diff_id]
+        new = _with_doc(
+            (str(layer.root), *lowers), cfg, oci_config(cfg, ids, f"pyrt commit ({what})"), what
+        )
         if tag is not None:
             new.tag(tag)
     return new
+
+
+def layered(img: Image, what: str) -> tuple[list[str], Optional[str], tuple[str, ...]]:
+    """The image as stored layers: (diff_ids bottom first, top chain id, lower directories). A
+    rootfs image (a directory or a tarball) becomes a layer of its own first, once."""
+    base_ids = diff_ids(img)
+    if all(d is not None for d in base_ids):
+        return [str(d) for d in base_ids], chain_of(img), img.lower
+    if len(img.lower) != 1:
+        raise ImageError(f"{what}: the image's layers are not in the store")
+    base_id, base = store_layer(img.lower[0], None, (), f"{what}: base rootfs")
+    return [base_id], base.chain_id, (str(base.root),)
+
+
+def _with_doc(lowers: tuple[str, ...], cfg: ImageConfig, doc: dict[str, Any], what: str) -> Image:
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    config_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    (blobs_dir() / config_digest.partition(":")[2]).write_bytes(raw)
+    return Image("oci", lowers, cfg, config_digest, source=what)
+
+
+def configured(
+    img: Image, cfg: ImageConfig, history: list[dict[str, Any]], created: str, what: str
+) -> Image:
+    """The layers of ``img`` with the config ``cfg``, its "created" time and history given, so
+    that the same layers and config always make the same image id (a cached build's)."""
+    with store.loading():
+        ids, _, lowers = layered(img, what) if img.lower else ([], None, ())
+        doc = oci_config(cfg, ids, what)
+        doc["created"] = created
+        doc["history"] = history
+        return _with_doc(lowers, cfg, doc, what)
+
+
+def empty_layer(what: str) -> str:
+    """An empty layer (the base of a build FROM scratch); returns its directory."""
+    tmp = tempfile.mkdtemp(dir=store.tmp_dir(), prefix="empty-")
+    try:
+        with store.loading():
+            _, layer = store_layer(tmp, None, (), what)
+    finally:
+        os.rmdir(tmp)
+    return str(layer.root)
 
 
 # --- save ---------------------------------------------------------------------------------------

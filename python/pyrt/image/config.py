@@ -19,6 +19,9 @@ class ImageConfig:
     #: Docker's ``Healthcheck`` object as the image has it (Test, Interval, Timeout,
     #: StartPeriod in nanoseconds, Retries); read by ``pyrt.Healthcheck.from_image``.
     healthcheck: Optional[dict[str, Any]] = None
+    #: The signal that stops the container ("SIGTERM", "9"); kept through commit and build.
+    stop_signal: Optional[str] = None
+    volumes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_oci(cls, cfg: Mapping[str, Any]) -> ImageConfig:
@@ -33,9 +36,11 @@ class ImageConfig:
             env=env,
             workdir=cfg.get("WorkingDir") or None,
             user=cfg.get("User") or None,
-            exposed_ports=sorted((cfg.get("ExposedPorts") or {}).keys()),
+            exposed_ports=_keys(cfg.get("ExposedPorts")),
             labels=dict(cfg.get("Labels") or {}),
             healthcheck=dict(hc) if isinstance(hc := cfg.get("Healthcheck"), Mapping) else None,
+            stop_signal=str(cfg["StopSignal"]) if cfg.get("StopSignal") else None,
+            volumes=_keys(cfg.get("Volumes")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +53,14 @@ class ImageConfig:
             "ExposedPorts": {p: {} for p in self.exposed_ports},
             "Labels": self.labels,
             **({"Healthcheck": self.healthcheck} if self.healthcheck is not None else {}),
+            **({"StopSignal": self.stop_signal} if self.stop_signal else {}),
+            **({"Volumes": {v: {} for v in self.volumes}} if self.volumes else {}),
         }
+
+
+def _keys(obj: Any) -> list[str]:
+    """The names of a JSON object whose values do not matter (ExposedPorts, Volumes)."""
+    return sorted(str(k) for k in obj) if isinstance(obj, Mapping) else []
 
 
 def command_for(

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import os
 import re
 import socket
@@ -84,6 +85,19 @@ def parse_reference(ref: str) -> Reference:
     if not _NAME.match(repo):
         raise ImageError(f"invalid image reference {ref!r}: bad repository name {repo!r}")
     return Reference(registry, repo, tag if tag or digest else "latest", digest or None)
+
+
+def loopback(registry: str) -> bool:
+    """Whether ``registry`` (host[:port]) is on this machine, where plain HTTP is allowed
+    without asking (Docker's rule for localhost registries)."""
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Transient(Exception):
