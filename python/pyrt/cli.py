@@ -138,6 +138,20 @@ def _build_parser() -> argparse.ArgumentParser:
     pl_.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
     pl_.add_argument("ref")
 
+    ph = sub.add_parser("push", help="push an image to a registry (OCI distribution API)")
+    ph.add_argument("--insecure", action="store_true", help="plain HTTP (default: only local)")
+    ph.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
+    ph.add_argument("image", help="a stored image's name or id")
+    ph.add_argument("ref", nargs="?", help="where to (default: the image's name)")
+    bd = sub.add_parser("build", help="build an image from a Containerfile or Dockerfile")
+    bd.add_argument("-t", "--tag", help="the name to record the image under")
+    bd.add_argument("-f", "--file", help="the Containerfile (default: CONTEXT/Containerfile)")
+    bd.add_argument("--build-arg", action="append", default=[], metavar="K=V",
+                    help="a value for an ARG (repeatable)")  # fmt: skip
+    bd.add_argument("--target", help="build up to this stage")
+    bd.add_argument("--pull", action="store_true", help="pull FROM images even if stored")
+    bd.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    bd.add_argument("context", metavar="CONTEXT")
     ld = sub.add_parser(
         "load", help="load an image (rootfs, OCI layout or archive, docker archive) into the store"
     )
@@ -525,6 +539,37 @@ def _rm(a: argparse.Namespace) -> int:
     return 0
 
 
+def _push(a: argparse.Namespace) -> int:
+    user, _, password = (a.creds or "").partition(":")
+    img = resolve_image(a.image)
+    ref = a.ref or a.image
+    digest = img.push(ref, insecure=True if a.insecure else None, username=user or None,
+                      password=password or None)  # fmt: skip
+    print(digest)
+    return 0
+
+
+def _build(a: argparse.Namespace) -> int:
+    from .build import build
+
+    args = {}
+    for kv in a.build_arg:
+        k, eq, v = kv.partition("=")
+        if not eq:
+            # Docker's rule: --build-arg NAME takes the value from the environment.
+            if k not in os.environ:
+                continue
+            v = os.environ[k]
+        args[k] = v
+    img = build(a.context, file=a.file, tag=a.tag, build_args=args, target=a.target,
+                pull=a.pull, progress=False if a.quiet else None)  # fmt: skip
+    if a.tag is None:
+        # Recorded under its id, so that `pyrt run ID` finds it (`pyrt images` shows <none>).
+        img.tag(img.id)
+    print(img.id)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = _build_parser().parse_args(argv)
@@ -551,6 +596,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              password=password or None)  # fmt: skip
             print(img.id)
             return 0
+        if a.cmd == "push":
+            return _push(a)
+        if a.cmd == "build":
+            return _build(a)
         if a.cmd == "load":
             img = Image.load(a.path, tag=a.tag, ref=a.ref)
             print(img.id)
@@ -567,7 +616,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{'NAME':40} {'ID':20} KIND")
             for img in images():
                 for t in img.tags:
-                    print(f"{t:40} {img.id[7:19]:20} {img.kind}")
+                    shown = "<none>" if t.startswith("sha256:") else t
+                    print(f"{shown:40} {img.id[7:19]:20} {img.kind}")
             return 0
         if a.cmd == "rmi":
             resolve_image(a.image).remove()

@@ -291,7 +291,7 @@ def empty_layer(what: str) -> str:
 # --- save ---------------------------------------------------------------------------------------
 
 
-def _layer_blobs(img: Image) -> Iterator[tuple[str, Path, bool]]:
+def layer_blobs(img: Image) -> Iterator[tuple[str, Path, bool]]:
     """(diff_id, blob path, temporary) of each layer, bottom first: the kept blob, or a tar made
     now from the layer's tree (for layers pulled or loaded, whose compressed blobs are not kept)."""
     for root, known in zip(reversed(img.lower), diff_ids(img)):
@@ -328,7 +328,7 @@ def _save(img: Image, dest: Path, fmt: str) -> None:
         blobs = ensure_dir(work / "blobs" / "sha256", 0o755)
         layer_list: list[tuple[str, int]] = []
         ids: list[str] = []
-        for diff_id, blob, temporary in _layer_blobs(img):
+        for diff_id, blob, temporary in layer_blobs(img):
             hexd = diff_id.partition(":")[2]
             target = blobs / hexd
             if not target.exists():
@@ -340,7 +340,7 @@ def _save(img: Image, dest: Path, fmt: str) -> None:
                 temps.append(blob)
             layer_list.append((diff_id, target.stat().st_size))
             ids.append(diff_id)
-        config = _config_for(img, ids)
+        config = config_blob(img, ids)
         config_digest = _put(blobs, config)
         manifest = {
             "schemaVersion": 2,
@@ -407,7 +407,7 @@ def _put(blobs: Path, data: bytes) -> str:
     return digest
 
 
-def _config_for(img: Image, ids: list[str]) -> bytes:
+def config_blob(img: Image, ids: list[str]) -> bytes:
     """The image's own config blob when its diff_ids are those being saved (a committed image),
     else one made from its config."""
     if img.id.startswith("sha256:"):

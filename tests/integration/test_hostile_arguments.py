@@ -179,6 +179,22 @@ def test_healthcheck_and_network_arguments(alarm: None, a: Any, b: Any) -> None:
     assert (sorted(os.listdir(nets)) if nets.is_dir() else []) == before
 
 
+@FAST
+@given(option=st.sampled_from(["file", "tag", "build_args", "target", "pull"]), value=junk,
+       ref=junk, insecure=junk)  # fmt: skip
+def test_build_and_push_arguments(
+    image: pyrt.Image, rootfs: Path, tmp_path_factory: pytest.TempPathFactory, alarm: None,
+    option: str, value: object, ref: object, insecure: object,
+) -> None:  # fmt: skip
+    ctx = tmp_path_factory.mktemp("ctx")
+    (ctx / "Containerfile").write_text(f"FROM {rootfs}\nARG A\nRUN true\n")
+    _call(pyrt.build, value)
+    _call(pyrt.build, ctx, **{option: value})
+    # A push that gets as far as the network goes to a port where nothing listens.
+    _call(image.push, f"127.0.0.1:1/{ref}" if isinstance(ref, str) else ref)
+    _call(image.push, "127.0.0.1:1/a:1", insecure=insecure, username=ref, password=value)
+
+
 def test_huge_timeouts_are_no_limit(running: pyrt.Container) -> None:
     for t in (1e300, math.inf, 2**64, 2**1000):
         assert running.exec(["true"], timeout=t).returncode == 0

@@ -127,7 +127,8 @@ def _instruction(joined: str, file: str, line: int, first: str, escape: str) -> 
                 raise BuildError(f"malformed flag {tok!r}", file, line, first)
             if m.group(1) in flags:
                 raise BuildError(f"flag --{m.group(1)} given twice", file, line, first)
-            flags[m.group(1)] = m.group(2) if m.group(2) is not None else "true"
+            # A bare flag (BuildKit's --link) has no value; those pyrt takes all need one.
+            flags[m.group(1)] = m.group(2) or ""
             rest = after.lstrip()
     if "<<" in rest and kw in ("RUN", "COPY", "ADD") and re.search(r"<<-?[\"']?[A-Za-z]", rest):
         raise BuildError("heredocs (<<EOF) are not supported", file, line, first)

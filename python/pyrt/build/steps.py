@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
+from .. import userns
 from ..errors import BuildError, PyrtError
 from ..image import Image, ImageConfig, merged, store
 from . import cache, parser
@@ -260,9 +261,11 @@ class Steps:
 
     def _copy_or_add(self, st: State, ins: Instruction, add: bool) -> None:
         allowed = {"chown", "chmod"} | ({"from"} if not add else set())
-        for flag in ins.flags:
+        for flag, value in ins.flags.items():
             if flag not in allowed:
                 raise ins.error(f"{ins.keyword} --{flag} is not supported")
+            if not value:
+                raise ins.error(f"--{flag} needs a value (--{flag}=...)")
         form = ins.exec_form()
         items = (
             [self._sub(st, w) for w in form]
@@ -375,6 +378,11 @@ class Steps:
             ids = st.image.resolve_user(spec) if st.image.lower else _numeric(spec)
         except ValueError as e:
             raise ins.error(f"--chown={spec}: {e}") from None
+        if (ids.uid, ids.gid) != (0, 0) and os.geteuid() != 0 and not userns.has_range():
+            raise ins.error(
+                f"--chown={spec}: a rootless build can only own files as root without a "
+                "subordinate id range (/etc/subuid and /etc/subgid)"
+            )
         return ids.uid, ids.gid
 
     def _is_archive(self, rel: str) -> bool:

@@ -218,6 +218,8 @@ class Image:
         if rec is None and name.endswith(":latest"):
             rec = store.lookup(name.removesuffix(":latest"))
         if rec is None:
+            rec = _by_id(name)
+        if rec is None:
             raise ImageNotFound(f"no image named {name!r} in the local store ({store.root()})")
         return cls._from_record(rec, [n for n, r in store.read_index().items() if r == rec])
 
@@ -291,6 +293,28 @@ class Image:
         dest = checks.host_path(path, "path")
         fmt = checks.text(format, "format")
         snapshot.save(self, dest, fmt)
+
+    def push(
+        self,
+        ref: str,
+        insecure: Optional[bool] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        *,
+        progress: Optional[bool] = None,
+    ) -> str:
+        """Pushes the image to a registry as ``ref`` ("host[:port]/repo:tag") over the OCI
+        distribution API; returns the manifest's digest. ``insecure`` allows plain HTTP (None:
+        only for a registry on this machine); ``username``/``password`` as for ``pull``."""
+        from .. import checks, push  # push builds on snapshot: imported when used
+
+        ref = checks.text(ref, "ref")
+        if insecure is not None and not isinstance(insecure, bool):
+            raise TypeError(f"insecure must be True, False or None, not {type(insecure).__name__}")
+        for name, v in (("username", username), ("password", password)):
+            if v is not None:
+                checks.text(v, name)
+        return push.push(self, ref, insecure, username, password, progress)
 
     # --- contents -----------------------------------------------------------------------
 
@@ -408,6 +432,17 @@ def _decompressed(raw: IO[bytes], magic: bytes, what: str) -> Any:
     else:
         # tarfile's "r|*" recognises gzip, bzip2 and xz itself.
         yield raw
+
+
+def _by_id(name: str) -> Optional[dict[str, Any]]:
+    """The record of the image whose id is ``name`` ("sha256:<hex>", or 12 or more hex digits
+    of it, as `pyrt images` shows), when exactly one has it."""
+    hexd = name.removeprefix("sha256:")
+    if len(hexd) < 12 or any(c not in "0123456789abcdef" for c in hexd):
+        return None
+    found = {str(r.get("id")): r for r in store.read_index().values()
+             if str(r.get("id", "")).removeprefix("sha256:").startswith(hexd)}  # fmt: skip
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 def images() -> list[Image]:

@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Union
 
 from ..errors import ImageError, ImageNotFound
 from . import oci, store
@@ -100,7 +100,7 @@ def loopback(registry: str) -> bool:
         return False
 
 
-class _Transient(Exception):
+class Transient(Exception):
     """A failure worth retrying (connection dropped, server busy)."""
 
 
@@ -118,8 +118,10 @@ class Client:
         self.scheme = "http" if insecure else "https"
         self.creds = (username, password) if username is not None else None
         self.auth: Optional[str] = None  # the Authorization header that worked
+        #: What a token is asked for when the challenge names no scope ("pull", "pull,push").
+        self.actions = "pull"
 
-    def _url(self, path: str) -> str:
+    def url(self, path: str) -> str:
         return f"{self.scheme}://{self.ref.registry}{path}"
 
     def _connect(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
@@ -135,7 +137,19 @@ class Client:
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         """GET on the registry; authenticates on a 401 challenge and follows redirects. The
         caller reads the response and closes the connection."""
-        url = self._url(path)
+        return self.request("GET", path, headers)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: Optional[dict[str, str]] = None,
+        body: Optional[Callable[[], Union[bytes, IO[bytes]]]] = None,
+    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+        """``method`` on ``path`` (or a full URL the registry gave, as an upload's Location);
+        ``body()`` gives the body afresh for each attempt. Authenticates on a 401 challenge;
+        GET and HEAD follow redirects."""
+        url = path if "://" in path else self.url(path)
         authed = False
         for _ in range(10):
             parts = urllib.parse.urlsplit(url)
@@ -146,7 +160,7 @@ class Client:
             conn = self._connect(parts)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
-                conn.request("GET", target, headers=h)
+                conn.request(method, target, body=body() if body else None, headers=h)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
@@ -157,15 +171,15 @@ class Client:
                     ) from e
                 if isinstance(e, ConnectionRefusedError):
                     raise ImageError(f"cannot reach registry {self.ref.registry}: {e}") from e
-                raise _Transient(f"{self.ref.registry}: {e}") from e
-            if resp.status == 401 and not authed:
+                raise Transient(f"{self.ref.registry}: {e}") from e
+            if resp.status == 401 and not authed and parts.netloc == self.ref.registry:
                 challenge = resp.getheader("WWW-Authenticate", "")
                 resp.read()
                 conn.close()
                 self.auth = self._authenticate(challenge)
                 authed = True
                 continue
-            if resp.status in (301, 302, 303, 307, 308):
+            if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
                 loc = resp.getheader("Location")
                 resp.read()
                 conn.close()
@@ -176,7 +190,7 @@ class Client:
             if resp.status in (429, 500, 502, 503, 504):
                 resp.read()
                 conn.close()
-                raise _Transient(f"{url}: HTTP {resp.status}")
+                raise Transient(f"{url}: HTTP {resp.status}")
             return resp, conn
         raise ImageError(f"{url}: too many redirects")
 
@@ -196,7 +210,7 @@ class Client:
         if scheme.lower() != "bearer" or "realm" not in fields:
             raise ImageError(f"{self.ref.registry}: unsupported authentication {challenge!r}")
         query = {"service": fields.get("service", "")}
-        query["scope"] = fields.get("scope") or f"repository:{self.ref.repository}:pull"
+        query["scope"] = fields.get("scope") or f"repository:{self.ref.repository}:{self.actions}"
         realm = urllib.parse.urlsplit(fields["realm"])
         conn = self._connect(realm)
         h = {"Authorization": basic} if basic else {}
@@ -230,7 +244,7 @@ class Client:
                     body = resp.read(oci.MAX_JSON + 1)
                 finally:
                     conn.close()
-            except (_Transient, http.client.HTTPException, OSError) as e:
+            except (Transient, http.client.HTTPException, OSError) as e:
                 if attempt == RETRIES - 1:
                     raise ImageError(f"{self.ref.registry}: {e}") from e
                 time.sleep(0.2 * 2**attempt)
@@ -287,9 +301,9 @@ class Client:
                     finally:
                         conn.close()
                     if size is not None and have < size:
-                        raise _Transient(f"{what}: connection closed after {have} of {size} bytes")
+                        raise Transient(f"{what}: connection closed after {have} of {size} bytes")
                     break
-                except (_Transient, http.client.HTTPException, OSError, socket.timeout) as e:
+                except (Transient, http.client.HTTPException, OSError, socket.timeout) as e:
                     if attempt == RETRIES - 1:
                         raise ImageError(
                             f"{what}: download failed after {RETRIES} tries: {e}"
