@@ -126,9 +126,12 @@ def _compress(src: Path, dest: Path) -> tuple[str, int]:
                 def flush(self) -> None:
                     raw.flush()
 
-            with open(src, "rb") as f, gzip.GzipFile(
-                filename="", mode="wb", fileobj=_Out(), mtime=0, compresslevel=6  # type: ignore[arg-type]
-            ) as gz:
+            with (
+                open(src, "rb") as f,
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=_Out(), mtime=0, compresslevel=6
+                ) as gz,
+            ):
                 while chunk := f.read(1 << 20):
                     gz.write(chunk)
         os.replace(tmp, dest)
@@ -235,7 +238,7 @@ def _send(
 
 def _with_digest(url: str, digest: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + [("digest", digest)]
+    query = [*urllib.parse.parse_qsl(parts.query, keep_blank_values=True), ("digest", digest)]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
@@ -310,9 +313,7 @@ def _remember(ref: Reference, digest: str) -> None:
 # --- the manifest ----------------------------------------------------------------------------
 
 
-def _put_manifest(
-    client: Client, r: Reference, cdigest: str, csize: int, blobs: list[_Gz]
-) -> str:
+def _put_manifest(client: Client, r: Reference, cdigest: str, csize: int, blobs: list[_Gz]) -> str:
     what = f"{r.registry}/{r.repository}:{r.reference}"
     for media, cmedia, lmedia in ((OCI_MANIFEST, OCI_CONFIG, OCI_LAYER),
                                   (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER)):  # fmt: skip

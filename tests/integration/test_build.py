@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagetools import HAVE_BUILDAH, HAVE_REGISTRY, HAVE_UMOCI, registry, run
+from usertools import NEEDS_SETPRIV, NOBODY, as_user, public_dir, subid_user
 
 import pyrt
 import pyrt.push as pyrt_push
 from helpers import snapshot
-from imagetools import HAVE_BUILDAH, HAVE_REGISTRY, HAVE_UMOCI, registry, run
-from usertools import NEEDS_SETPRIV, NOBODY, as_user, public_dir, subid_user
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -83,8 +83,17 @@ CMD ["cat /srv/app/version"]
 
 
 def every_instruction_context(d: Path) -> Path:
-    write(d, {"Containerfile": EVERY_INSTRUCTION, "one.txt": "one\n", "dir/two.txt": "two\n",
-              "dir/nested/n.txt": "n\n", "junk.log": "left out\n", ".dockerignore": "*.log\n"})  # fmt: skip
+    write(
+        d,
+        {
+            "Containerfile": EVERY_INSTRUCTION,
+            "one.txt": "one\n",
+            "dir/two.txt": "two\n",
+            "dir/nested/n.txt": "n\n",
+            "junk.log": "left out\n",
+            ".dockerignore": "*.log\n",
+        },
+    )
     os.chmod(d / "dir/nested/n.txt", 0o600)
     os.symlink("two.txt", d / "dir/link")
     src = d.parent / "tarsrc"
@@ -140,8 +149,21 @@ def test_same_config_and_tree_as_buildah(tmp_path: Path, store: Path, rootfs: Pa
         run(*g, "commit", "-q", ctr, f"oci:{base}:bb")
         run(*g, "rm", ctr)
         # crun refuses this machine's hybrid cgroups: buildah's RUN goes through runc.
-        run(*g, "bud", "--runtime", "runc", "--format", "docker", "--build-arg",
-            f"BASE=oci:{base}:bb", "--build-arg", "VERSION=2.5", "-t", "cmp:1", str(ctx))  # fmt: skip
+        run(
+            *g,
+            "bud",
+            "--runtime",
+            "runc",
+            "--format",
+            "docker",
+            "--build-arg",
+            f"BASE=oci:{base}:bb",
+            "--build-arg",
+            "VERSION=2.5",
+            "-t",
+            "cmp:1",
+            str(ctx),
+        )
         theirs_cfg = json.loads(run(*g, "inspect", "--type", "image", "cmp:1"))["Docker"]["config"]
         run(*g, "push", "cmp:1", f"oci:{tmp_path / 'theirs'}:cmp")
     finally:
@@ -158,9 +180,11 @@ def test_same_config_and_tree_as_buildah(tmp_path: Path, store: Path, rootfs: Pa
         e.split("=", 1) for e in theirs_cfg["Env"]
     )
     buildah_label = {"io.buildah.version"}
-    assert {k: v for k, v in ours_cfg["Labels"].items() if k not in buildah_label} == {
-        k: v for k, v in theirs_cfg["Labels"].items() if k not in buildah_label
-    } == {"org.example.name": "demo app", "version": "2.5"}
+    assert (
+        {k: v for k, v in ours_cfg["Labels"].items() if k not in buildah_label}
+        == {k: v for k, v in theirs_cfg["Labels"].items() if k not in buildah_label}
+        == {"org.example.name": "demo app", "version": "2.5"}
+    )
     assert ours_cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "test -f /srv/app/version"]
 
     run("umoci", "unpack", "--image", f"{tmp_path / 'theirs'}:cmp", str(tmp_path / "ub"))
@@ -190,10 +214,12 @@ def base(rootfs: Path) -> dict[str, str]:
 def test_cache_hits_and_reruns_from_the_changed_step(
     tmp_path: Path, store: Path, base: dict[str, str], capfd: pytest.CaptureFixture[str]
 ) -> None:
-    ctx = write(tmp_path / "ctx", {
-        "Containerfile": "ARG BASE\nFROM $BASE\nCOPY a.txt /a\nRUN cat /proc/uptime > /t1\n"
-                         "COPY b.txt /b\nRUN cat /proc/uptime > /t2\nCMD [\"cat\", \"/t1\", \"/t2\"]\n",
-        "a.txt": "a\n", "b.txt": "b\n"})  # fmt: skip
+    steps = [
+        "ARG BASE", "FROM $BASE", "COPY a.txt /a", "RUN cat /proc/uptime > /t1",
+        "COPY b.txt /b", "RUN cat /proc/uptime > /t2", 'CMD ["cat", "/t1", "/t2"]',
+    ]  # fmt: skip
+    ctx = write(tmp_path / "ctx", {"Containerfile": "\n".join(steps) + "\n",
+                                   "a.txt": "a\n", "b.txt": "b\n"})  # fmt: skip
     first = pyrt.build(ctx, build_args=base, progress=True)
     capfd.readouterr()
     again = pyrt.build(ctx, build_args=base, progress=True)
@@ -227,9 +253,22 @@ def test_args_targets_stages_and_dockerignore(
         ".dockerignore": "*.tmp\n**/*.tmp\n!sub/again.tmp\n"})  # fmt: skip
     img = pyrt.build(ctx, build_args={**base, "WHO": "pyrt"}, tag="stages:1")
     assert pyrt.Image.get("stages:1").id == img.id
-    out = pyrt.run(img, ["sh", "-c", "cat /greeting; ls -A /ctx /ctx/sub; echo E=$E F=$F"], text=True)
-    assert out.stdout.split() == ["hello", "pyrt", "/ctx:", ".dockerignore", "Dockerfile",
-                                  "keep.txt", "sub", "/ctx/sub:", "again.tmp", "E=", "F=pyrt"]  # fmt: skip
+    out = pyrt.run(
+        img, ["sh", "-c", "cat /greeting; ls -A /ctx /ctx/sub; echo E=$E F=$F"], text=True
+    )
+    assert out.stdout.split() == [
+        "hello",
+        "pyrt",
+        "/ctx:",
+        ".dockerignore",
+        "Dockerfile",
+        "keep.txt",
+        "sub",
+        "/ctx/sub:",
+        "again.tmp",
+        "E=",
+        "F=pyrt",
+    ]
     # The stage that fails was never built; a target stops early.
     first = pyrt.build(ctx, build_args=base, target="first")
     assert pyrt.run(first, ["cat", "/greeting"]).stdout == b"hello world\n"
@@ -243,8 +282,13 @@ def test_args_targets_stages_and_dockerignore(
 def test_failing_run_shows_its_output_and_leaves_nothing(
     tmp_path: Path, store: Path, base: dict[str, str]
 ) -> None:
-    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\n"
-                                   "RUN echo to-stdout && echo to-stderr >&2 && exit 3\n"})  # fmt: skip
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "Containerfile": "ARG BASE\nFROM $BASE\n"
+            "RUN echo to-stdout && echo to-stderr >&2 && exit 3\n"
+        },
+    )
     before = snapshot()
     with pytest.raises(pyrt.BuildError) as e:
         pyrt.build(ctx, build_args=base)
@@ -258,11 +302,19 @@ def test_failing_run_shows_its_output_and_leaves_nothing(
 
 
 def test_copy_add_forms(tmp_path: Path, store: Path, base: dict[str, str]) -> None:
-    ctx = write(tmp_path / "ctx", {
-        "Containerfile": "ARG BASE\nFROM $BASE\nWORKDIR /w\nCOPY f1 f2 ./many/\n"
-                         "COPY [\"sp ace\", \"/json/\"]\nCOPY f* /glob/\nCOPY f1 /etc\n"
-                         "ADD arc.tar /x/\nADD plain.txt /x/plain\nCOPY link-in /li\n",
-        "f1": "1\n", "f2": "2\n", "sp ace": "s\n", "plain.txt": "p\n", "d/real": "r\n"})  # fmt: skip
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "Containerfile": "ARG BASE\nFROM $BASE\nWORKDIR /w\nCOPY f1 f2 ./many/\n"
+            'COPY ["sp ace", "/json/"]\nCOPY f* /glob/\nCOPY f1 /etc\n'
+            "ADD arc.tar /x/\nADD plain.txt /x/plain\nCOPY link-in /li\n",
+            "f1": "1\n",
+            "f2": "2\n",
+            "sp ace": "s\n",
+            "plain.txt": "p\n",
+            "d/real": "r\n",
+        },
+    )
     os.symlink("d/real", ctx / "link-in")
     with tarfile.open(ctx / "arc.tar", "w") as tf:
         ti = tarfile.TarInfo("inner/owned")
@@ -373,7 +425,7 @@ def test_build_push_inspect_remove_pull_run(
         img.push(f"{reg.host}/team/copy:2", username="u", password="p")
         assert "mounted from team/app" in caplog.text
         caplog.clear()
-        with pytest.raises(pyrt.ImageError, match="access denied|authentication"):
+        with pytest.raises(pyrt.ImageError, match=r"access denied|authentication"):
             img.push(f"{reg.host}/team/denied:1", username="u", password="wrong")
         (store / "pushed.json").unlink()  # forget where the blobs are: upload them in chunks
         img.push(f"{reg.host}/other/chunked:3", username="u", password="p")
@@ -411,8 +463,12 @@ def test_cli_build_and_images(tmp_path: Path, store: Path, rootfs: Path) -> None
     import sys
 
     pyrt_cli = [sys.executable, "-m", "pyrt"]
-    out = subprocess.run([*pyrt_cli, "build", "-q", "--build-arg", f"BASE={rootfs}",
-                          "--build-arg", "X", str(ctx)], capture_output=True, text=True, env=env)  # fmt: skip
+    out = subprocess.run(
+        [*pyrt_cli, "build", "-q", "--build-arg", f"BASE={rootfs}", "--build-arg", "X", str(ctx)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     image_id = out.stdout.strip()
     ran = subprocess.run([*pyrt_cli, "run", image_id], capture_output=True, text=True, env=env)
