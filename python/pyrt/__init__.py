@@ -4,7 +4,6 @@ import pyrt
 pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
-from .build import build
 from .container import Container, Result, Stats, run
 from .errors import (
     BuildError,
@@ -21,6 +20,7 @@ from .errors import (
 )
 from .health import Healthcheck
 from .image import Image, ImageConfig, images
+from .imagebuild import build
 from .mounts import Bind, Tmpfs
 from .networks import Network
 from .pool import Pool

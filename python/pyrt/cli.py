@@ -550,7 +550,7 @@ def _push(a: argparse.Namespace) -> int:
 
 
 def _build(a: argparse.Namespace) -> int:
-    from .build import build
+    from .imagebuild import build
 
     args = {}
     for kv in a.build_arg:

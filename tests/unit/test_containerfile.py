@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pyrt
-from pyrt.build import ignore, parser
+from pyrt.imagebuild import ignore, parser
 
 
 def parse(text: str) -> list[parser.Instruction]:
