@@ -11,7 +11,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from usertools import NEEDS_SETPRIV, NOBODY, as_user, public_dir, subid_user
 
 import pyrt
 import pyrt.push as pyrt_push
-from helpers import snapshot
+from helpers import assert_nothing_left_of, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -301,6 +303,42 @@ def test_failing_run_shows_its_output_and_leaves_nothing(
     assert not (store / "tmp").exists() or os.listdir(store / "tmp") == []
 
 
+BUILD_AND_BE_KILLED = """
+import sys, pyrt
+pyrt.build(sys.argv[1], build_args={"BASE": sys.argv[2]})
+"""
+
+
+def test_owner_killed_during_a_run_step_leaves_nothing(
+    tmp_path: Path, store: Path, rootfs: Path
+) -> None:
+    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nCOPY f /f\n"
+                                   "RUN touch /started && sleep 600\n", "f": "f\n"})  # fmt: skip
+    from pyrt.places import state_root
+
+    containers = state_root() / "containers"
+    before = set(os.listdir(containers)) if containers.is_dir() else set()
+    env = {**os.environ, "PYRT_ROOT": str(store)}
+    p = subprocess.Popen([sys.executable, "-c", BUILD_AND_BE_KILLED, str(ctx), str(rootfs)],
+                         env=env)  # fmt: skip
+    deadline = time.monotonic() + 60
+    cid = None
+    while time.monotonic() < deadline and p.poll() is None and cid is None:
+        for name in set(os.listdir(containers)) - before if containers.is_dir() else ():
+            upper = containers / name / "upper" / "started"
+            if upper.exists():
+                cid = name
+        time.sleep(0.01)
+    assert cid is not None and p.poll() is None, "the RUN step never started"
+    p.kill()
+    p.wait()
+    assert_nothing_left_of(cid, within=5.0)
+    # The next build runs the step again (nothing half-made was cached), and works.
+    (ctx / "Containerfile").write_text("ARG BASE\nFROM $BASE\nCOPY f /f\nRUN touch /done\n")
+    img = pyrt.build(ctx, build_args={"BASE": str(rootfs)})
+    assert pyrt.run(img, ["ls", "/f", "/done"]).returncode == 0
+
+
 def test_copy_add_forms(tmp_path: Path, store: Path, base: dict[str, str]) -> None:
     ctx = write(
         tmp_path / "ctx",
@@ -460,8 +498,6 @@ def test_cli_build_and_images(tmp_path: Path, store: Path, rootfs: Path) -> None
     ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nARG X\n"
                                    "RUN echo $X > /x\nCMD [\"cat\", \"/x\"]\n"})  # fmt: skip
     env = {**os.environ, "PYRT_ROOT": str(store), "X": "from-env"}
-    import sys
-
     pyrt_cli = [sys.executable, "-m", "pyrt"]
     out = subprocess.run(
         [*pyrt_cli, "build", "-q", "--build-arg", f"BASE={rootfs}", "--build-arg", "X", str(ctx)],
