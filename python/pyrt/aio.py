@@ -268,7 +268,7 @@ class Container:
         self._c.kill(sig)
 
     async def stop(self, timeout: float = 10) -> int:
-        self.kill(signal.SIGTERM)
+        self.kill(self._c.stop_signal)
         try:
             return await self.wait(timeout)
         except TimeoutExpired:

@@ -647,6 +647,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
                 for name in shifted.collect(layers.mounted_lowers(), grace=grace):
                     print(name)
+                from .imagebuild import cache
+
+                for key in cache.collect():
+                    print(f"build-cache {key[:12]}")
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)

@@ -1078,12 +1078,22 @@ class Container:
             if self._paused and sig == signal.SIGKILL:
                 self._thaw()  # (a frozen process dies only once thawed)
 
+    @property
+    def stop_signal(self) -> int:
+        """The signal ``stop()`` sends first: the image's STOPSIGNAL, else SIGTERM."""
+        name = self.image.config.stop_signal
+        if name:
+            with contextlib.suppress(TypeError, ValueError):
+                return _signal_number(int(name) if name.isdigit() else name)
+        return int(signal.SIGTERM)
+
     def stop(self, timeout: float = 10) -> int:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the return code."""
+        """The image's stop signal (SIGTERM unless its STOPSIGNAL says otherwise), then SIGKILL
+        after ``timeout`` seconds; returns the return code."""
         grace = checks.timeout(timeout)
         if self._proc is None:
             raise PyrtError(f"container {self.id[:12]} was not started")
-        self.kill(signal.SIGTERM)
+        self.kill(self.stop_signal)
         try:
             return self.wait(grace)
         except TimeoutExpired:

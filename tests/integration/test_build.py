@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -301,6 +302,40 @@ def test_failing_run_shows_its_output_and_leaves_nothing(
     after = snapshot()
     assert after["state"] == before["state"] and after["mounts"] == before["mounts"]
     assert not (store / "tmp").exists() or os.listdir(store / "tmp") == []
+
+
+def test_built_config_drives_containers(tmp_path: Path, store: Path, base: dict[str, str]) -> None:
+    """RUN has network="private"; the image's HEALTHCHECK and STOPSIGNAL are what its
+    containers use; RUN's /etc mount points are not left in the image."""
+    ctx = write(tmp_path / "ctx", {"Containerfile": "\n".join([
+        "ARG BASE", "FROM $BASE",
+        "RUN cat /etc/resolv.conf > /resolv-at-build && ip -4 addr > /addr-at-build",
+        "HEALTHCHECK --interval=1s --retries=30 CMD test -f /tmp/ready",
+        "STOPSIGNAL SIGUSR1",
+        "CMD [\"sh\", \"-c\", \"trap 'echo got-usr1; exit 0' USR1; touch /tmp/ready; "
+        "while true; do sleep 0.05; done\"]",
+    ]) + "\n"})  # fmt: skip
+    img = pyrt.build(ctx, build_args=base)
+    assert b"nameserver 10.0.2.3" in (img.read_file("/resolv-at-build") or b"")
+    assert b"10.0.2.100" in (img.read_file("/addr-at-build") or b"")
+    assert img.read_file("/etc/resolv.conf") is None and img.read_file("/etc/hosts") is None
+    with pyrt.Container(img) as c:
+        c.wait_for_healthy(timeout=30)
+        assert c.health == "healthy"
+        assert c.stop_signal == int(signal.SIGUSR1)
+        assert c.stop(timeout=20) == 0
+        assert b"got-usr1" in c.logs()
+
+
+def test_from_scratch(tmp_path: Path, store: Path) -> None:
+    ctx = write(tmp_path / "ctx", {"f": "data\n", "Containerfile":
+        "FROM scratch\nCOPY --chown=5:6 f /data/f\nENV A=1\nCMD [\"/app\"]\n"})  # fmt: skip
+    img = pyrt.build(ctx, tag="scratchy:1")
+    assert img.read_file("/data/f") == b"data\n"
+    assert img.config.env == {"A": "1"} and img.config.cmd == ["/app"]
+    img.save(tmp_path / "out", format="oci-archive")
+    with tarfile.open(tmp_path / "out") as tf:
+        assert "index.json" in tf.getnames()
 
 
 BUILD_AND_BE_KILLED = """

@@ -189,3 +189,20 @@ def test_cli_push(reg: Registry, built: pyrt.Image, tmp_path: Path) -> None:
                               "cli-app:1", f"{p.host}/cli/app:1"],
                              capture_output=True, text=True, env=env)  # fmt: skip
         assert bad.returncode == 125 and "authentication failed" in bad.stderr
+
+
+def test_from_a_registry_reference(
+    reg: Registry, built: pyrt.Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = f"{reg.host}/base/app:1"
+    built.push(ref)  # a registry on this machine: plain HTTP without asking
+    monkeypatch.setenv("PYRT_ROOT", str(tmp_path / "other-store"))
+    ctx = tmp_path / "ctx2"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text(f'FROM {ref}\nRUN cat /p > /q\nCMD ["cat", "/q"]\n')
+    img = pyrt.build(ctx)
+    assert pyrt.run(img).stdout == b"pushed\n"
+    assert pyrt.Image.get(ref).id  # the base was pulled into the store
+    # pull=True fetches it again even though it is stored.
+    again = pyrt.build(ctx, pull=True)
+    assert again.id == img.id

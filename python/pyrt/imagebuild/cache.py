@@ -50,3 +50,16 @@ def record(k: str, lower: tuple[str, ...], created: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def collect() -> list[str]:
+    """Removes the entries whose layers are gone (`pyrt gc` collected them); returns their
+    keys."""
+    gone = []
+    base = _dir()
+    for name in sorted(os.listdir(base)):
+        if name.endswith(".json") and lookup(name[:-5]) is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base / name)
+            gone.append(name[:-5])
+    return gone
