@@ -244,6 +244,26 @@ def test_cache_hits_and_reruns_from_the_changed_step(
     assert pyrt.build(ctx, build_args=base).id == changed.id
 
 
+def test_gc_takes_untagged_builds_and_their_cache(
+    tmp_path: Path, store: Path, base: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nRUN touch /x\n"})
+    tagged = pyrt.build(ctx, build_args=base, tag="kept:1")
+    (ctx / "Containerfile").write_text("ARG BASE\nFROM $BASE\nRUN touch /y\n")
+    pyrt.build(ctx, build_args=base)  # untagged
+    env = {**os.environ, "PYRT_ROOT": str(store), "PYRT_GC_GRACE": "0"}
+    gc = subprocess.run([sys.executable, "-m", "pyrt", "gc"], env=env, capture_output=True,
+                        text=True)  # fmt: skip
+    assert gc.returncode == 0, gc.stderr
+    assert gc.stdout.count("build-cache ") >= 1
+    capfd.readouterr()
+    pyrt.build(ctx, build_args=base, progress=True)
+    assert "--> cached" not in capfd.readouterr().err  # its layer was collected: it ran again
+    (ctx / "Containerfile").write_text("ARG BASE\nFROM $BASE\nRUN touch /x\n")
+    assert pyrt.build(ctx, build_args=base, progress=True).id == tagged.id
+    assert "--> cached" in capfd.readouterr().err  # a tagged image's layers stay
+
+
 def test_args_targets_stages_and_dockerignore(
     tmp_path: Path, store: Path, base: dict[str, str]
 ) -> None:
