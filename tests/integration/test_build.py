@@ -26,6 +26,7 @@ from usertools import NEEDS_SETPRIV, NOBODY, as_user, public_dir, subid_user
 import pyrt
 import pyrt.push as pyrt_push
 from helpers import assert_nothing_left_of, snapshot
+from pyrt.spec import DEFAULT_PATH
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -352,7 +353,8 @@ def test_from_scratch(tmp_path: Path, store: Path) -> None:
         "FROM scratch\nCOPY --chown=5:6 f /data/f\nENV A=1\nCMD [\"/app\"]\n"})  # fmt: skip
     img = pyrt.build(ctx, tag="scratchy:1")
     assert img.read_file("/data/f") == b"data\n"
-    assert img.config.env == {"A": "1"} and img.config.cmd == ["/app"]
+    # buildah's and BuildKit's rule: an image without PATH gets the usual one.
+    assert img.config.env == {"PATH": DEFAULT_PATH, "A": "1"} and img.config.cmd == ["/app"]
     img.save(tmp_path / "out", format="oci-archive")
     with tarfile.open(tmp_path / "out") as tf:
         assert "index.json" in tf.getnames()

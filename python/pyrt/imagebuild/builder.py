@@ -19,6 +19,7 @@ from .. import checks
 from ..errors import BuildError, ImageNotFound, PyrtError
 from ..image import Image, ImageConfig, store
 from ..image.image import overlay_supported
+from ..spec import DEFAULT_PATH
 from . import cache, ignore, parser
 from .context import Context
 from .parser import Instruction
@@ -102,9 +103,13 @@ def _build_args(value: object) -> dict[str, str]:
 
 def _containerfile(ctx_dir: str, file: Optional[PathLike]) -> str:
     if file is not None:
-        p = os.path.abspath(checks.host_path(file, "file"))
+        given = checks.host_path(file, "file")
+        p = os.path.abspath(given)
+        if not os.path.isfile(p) and not os.path.isabs(given):
+            # Relative to the current directory (docker -f's rule), else to the context.
+            p = os.path.join(ctx_dir, given)
         if not os.path.isfile(p):
-            raise PyrtError(f"file={p}: no such Containerfile")
+            raise PyrtError(f"file={given}: no such Containerfile (nor in {ctx_dir})")
         return p
     for name in ("Containerfile", "Dockerfile"):
         p = os.path.join(ctx_dir, name)
@@ -192,6 +197,7 @@ class _Builder:
         show: bool,
     ) -> None:
         self.stages = stages
+        self.ctx_dir = ctx.path
         self.pull = pull
         self.show = show
         self.done: dict[int, State] = {}
@@ -248,12 +254,17 @@ class _Builder:
             self._say(f"[{s.name or s.index}] {ins.text}")
             return State(prev.image, prev.key, prev.shell, {}, False, prev.created,
                          list(prev.history))  # fmt: skip
-        if ref == "scratch":
-            self._say(f"[{s.name or s.index}] {ins.text}")
-            return State(Image("oci", (), ImageConfig(), "scratch"), cache.key("scratch"))
         self._say(f"[{s.name or s.index}] {ins.text}")
-        img = self._image(ref, ins)
-        return State(img, cache.key("FROM", img.id))
+        if ref == "scratch":
+            st = State(Image("oci", (), ImageConfig(), "scratch"), cache.key("scratch"))
+        else:
+            img = self._image(ref, ins)
+            st = State(img, cache.key("FROM", img.id))
+        img = st.image
+        if "PATH" not in img.config.env:
+            # As buildah and BuildKit do: a base without PATH (scratch too) gets the usual one.
+            st.with_cfg(env={"PATH": DEFAULT_PATH, **img.config.env})
+        return st
 
     def _stage_named(self, ref: str, before: int) -> Optional[int]:
         for st in self.stages[:before]:
@@ -289,15 +300,19 @@ class _Builder:
     def _find(self, ref: str) -> Image:
         from ..image.registry import parse_reference
 
-        looks_remote = not ref.startswith(("/", "./", "../")) and not os.path.exists(ref)
-        if self.pull and looks_remote:
+        # A path is taken relative to the current directory, else to the context.
+        local = ref if os.path.exists(ref) else None
+        in_ctx = os.path.join(self.ctx_dir, ref)
+        if local is None and not os.path.isabs(ref) and os.path.exists(in_ctx):
+            local = in_ctx
+        if self.pull and local is None:
             return _pull(ref)
         try:
             return Image.get(ref)
         except ImageNotFound:
             pass
-        if os.path.exists(ref):
-            return Image.load(ref)
+        if local is not None:
+            return Image.load(local)
         parse_reference(ref)  # a clear error for a name that is no reference
         return _pull(ref)
 
