@@ -4,7 +4,6 @@ error belong to the callers."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import socket
@@ -73,26 +72,20 @@ def port_listening(pid: int, port: int) -> bool:
     return False
 
 
-class _Connected(http.client.HTTPConnection):
-    """An HTTP connection over a socket made elsewhere (inside a network namespace)."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        sock.settimeout(timeout)
-        self.sock = sock
-
-    def connect(self) -> None:  # already connected
-        pass
-
-
 def http_status(connect: Callable[[], socket.socket], path: str, timeout: float) -> Optional[int]:
     """The status of a GET of ``path`` over a new connection, or None when none is made or
     no answer comes within ``timeout``."""
+    import http.client  # for the HTTP waits only: `import pyrt` is faster without it
+
     try:
         sock = connect()
     except OSError:
         return None
-    conn = _Connected(sock, timeout)
+    sock.settimeout(timeout)
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    # The socket was connected elsewhere (inside a network namespace): the connection takes
+    # it as it is, and never connects itself.
+    conn.sock = sock
     try:
         conn.request("GET", path, headers={"Connection": "close", "User-Agent": "pyrt"})
         return conn.getresponse().status

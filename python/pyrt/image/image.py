@@ -14,7 +14,7 @@ from typing import IO, Any, Optional, Union
 
 from .. import _core, userns
 from ..errors import ImageError, ImageNotFound
-from . import flatten, layers, oci, registry, store
+from . import flatten, layers, oci, store
 from .config import ImageConfig
 from .progress import Progress
 from .unpack import WHITEOUTS_KEEP
@@ -177,6 +177,10 @@ class Image:
         """Pulls ``ref`` from a registry over the OCI distribution API and records it in the
         store under ``ref``. Layers already in the store are not downloaded again; the others
         are fetched three at a time, verified, and unpacked. ``insecure`` allows plain HTTP."""
+        # http.client, ssl and concurrent.futures are imported for pulls only (`import pyrt`
+        # and every command line run are faster without them).
+        from . import registry
+
         r = registry.parse_reference(ref)
         client = registry.Client(r, insecure, username, password)
         with store.loading():
