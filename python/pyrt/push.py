@@ -23,14 +23,17 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from . import snapshot
 from .errors import ImageError, PyrtError
-from .image import Image, store
+from .image import store
 from .image.progress import Progress
 from .image.registry import RETRIES, Client, Reference, Transient, loopback, parse_reference
 from .places import ensure_dir
+
+if TYPE_CHECKING:
+    from .image import Image  # (images call this module: Image.push)
 
 log = logging.getLogger("pyrt.push")
 

@@ -6,7 +6,8 @@ kernel mechanism deletes. Without a helper they would wait for the next pyrt tha
 (`collect_stale`, `pyrt gc`). So the first container of a process starts this helper: a small
 process in a session of its own, which reads the ids of the owner's containers from a pipe
 (``+ID`` when made, ``-ID`` when removed). The kernel closes the pipe when the owner dies, however
-it dies; then the helper removes what is left of each id it was told about, and exits.
+it dies; then the helper (``reaping``) removes what is left of each id it was told about, and
+exits. This module is the owner's side.
 
 One helper per owner, not per container: it costs one process start (in the background, off
 the container's start) for the life of the owner, and one pipe write per container.
@@ -18,7 +19,6 @@ import contextlib
 import os
 import sys
 import threading
-from pathlib import Path
 
 from .places import state_root
 
@@ -39,7 +39,7 @@ _owner = -1
 _BOOT = (
     "import os; os.closerange(3, os.sysconf('SC_OPEN_MAX')); "
     "import sys, types; p = types.ModuleType('pyrt'); p.__path__ = [sys.argv[1]]; "
-    "sys.modules['pyrt'] = p; from pyrt import reaper; sys.exit(reaper.main(sys.argv))"
+    "sys.modules['pyrt'] = p; from pyrt import reaping; sys.exit(reaping.main(sys.argv))"
 )
 
 
@@ -116,44 +116,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _set_name(name: bytes) -> None:
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
-
-
-def main(argv: list[str]) -> int:
-    import signal
-
-    _set_name(b"pyrt-reaper")
-    # The owner's terminal and its process group are not ours to die with.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    ids: set[str] = set()
-    for raw in sys.stdin.buffer:
-        line = raw.decode("ascii", "replace").strip()
-        if line.startswith("+"):
-            ids.add(line[1:])
-        elif line.startswith("-"):
-            ids.discard(line[1:])
-    if ids:
-        collect(ids)
-    return 0
-
-
-def collect(ids: set[str]) -> None:
-    """What is left of the containers ``ids`` whose owner is gone: state directories (cgroups
-    named in them) and any ``pyrt-ID`` cgroup made before it was noted down."""
-    from . import state
-
-    root = Path(state_root()) / "containers"
-    nets = {i[len(NETWORK) :] for i in ids if i.startswith(NETWORK)}
-    ids -= {NETWORK + n for n in nets}
-    if nets:
-        state.collect_stale_networks(only=nets)
-    state.collect_stale(only={i for i in ids if (root / i).exists()})
-    if os.geteuid() == 0:
-        state.kill_all_and_rmdir(state.stale_cgroups(set(), only=ids))

@@ -21,14 +21,18 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from . import files
 from .errors import ImageError, PyrtError
-from .image import Image, layers, store
+from .image import layers, store
 from .image.config import ImageConfig
 from .image.oci import host_platform
 from .places import ensure_dir
+
+if TYPE_CHECKING:
+    # Images call this module (save), so it takes their class from the image it is given.
+    from .image import Image
 
 LAYER_MEDIA = "application/vnd.oci.image.layer.v1.tar"
 CONFIG_MEDIA = "application/vnd.oci.image.config.v1+json"
@@ -237,9 +241,8 @@ def commit(
         base_ids, parent, lowers = layered(img, what)
         diff_id, layer = store_layer(upper, parent, lowers, what, remap, skip)
         ids = [*base_ids, diff_id]
-        new = _with_doc(
-            (str(layer.root), *lowers), cfg, oci_config(cfg, ids, f"pyrt commit ({what})"), what
-        )
+        doc = oci_config(cfg, ids, f"pyrt commit ({what})")
+        new = _with_doc(img, (str(layer.root), *lowers), cfg, doc, what)
         if tag is not None:
             new.tag(tag)
     return new
@@ -257,11 +260,13 @@ def layered(img: Image, what: str) -> tuple[list[str], Optional[str], tuple[str,
     return [base_id], base.chain_id, (str(base.root),)
 
 
-def _with_doc(lowers: tuple[str, ...], cfg: ImageConfig, doc: dict[str, Any], what: str) -> Image:
+def _with_doc(
+    like: Image, lowers: tuple[str, ...], cfg: ImageConfig, doc: dict[str, Any], what: str
+) -> Image:
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     config_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     (blobs_dir() / config_digest.partition(":")[2]).write_bytes(raw)
-    return Image("oci", lowers, cfg, config_digest, source=what)
+    return type(like)("oci", lowers, cfg, config_digest, source=what)
 
 
 def configured(
@@ -274,7 +279,7 @@ def configured(
         doc = oci_config(cfg, ids, what)
         doc["created"] = created
         doc["history"] = history
-        return _with_doc(lowers, cfg, doc, what)
+        return _with_doc(img, lowers, cfg, doc, what)
 
 
 def empty_layer(what: str) -> str:

@@ -1,6 +1,6 @@
 //! pyrt's container core. The seam with Python is one document, the OCI runtime spec: `plan`
 //! turns it into a validated list of operations, `spawn` starts a process that carries them out
-//! (`child`), and `io` talks to it.
+//! (`child`), `wire` is what the two say to each other, and `io` talks to it.
 
 pub mod capabilities;
 pub mod cgroups;
@@ -17,3 +17,4 @@ pub mod report;
 pub mod seccomp;
 pub mod spawn;
 pub mod syscall;
+pub mod wire;

@@ -35,9 +35,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cgroups::{Cgroup, CgroupError};
-use crate::child::ERROR_FD;
 use crate::plan::Request;
 use crate::report::{strerror, SetupError, Stage};
+use crate::wire::{self, ERROR_FD, SYNC_RECORD};
 
 /// The `pyrt-child` binary, in a sealed memfd that every container is started from.
 pub struct ChildImage {
@@ -155,11 +155,9 @@ extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// Reports errno as a fixed-size record ("PYRTEXEC" + errno) and exits; used before execveat.
+/// Reports errno as `wire`'s exec-failure record and exits; used before execveat.
 unsafe fn fail(fd: RawFd) -> libc::c_int {
-    let errno = *libc::__errno_location();
-    let mut rec = *b"PYRTEXEC\0\0\0\0";
-    rec[8..].copy_from_slice(&errno.to_ne_bytes());
+    let rec = wire::exec_failed_record(*libc::__errno_location());
     libc::write(fd, rec.as_ptr() as *const libc::c_void, rec.len());
     libc::syscall(libc::SYS_exit, 127);
     127
@@ -614,10 +612,6 @@ pub fn spawn_held(
     ))
 }
 
-/// The record a child writes when it stops before pivot_root for the parent's hooks
-/// (`plan.hooks.sync`); the parent answers on the plan pipe with the state JSON, length first.
-pub const SYNC_RECORD: &[u8; 8] = b"PYRTSYNC";
-
 /// Sends the plan to a held child and waits for its report: Ok once the command runs.
 pub fn release(child: &Child, pending: Pending) -> Result<(), SetupError> {
     release_with(child, pending, |_| Ok("{}".into()))
@@ -678,8 +672,7 @@ pub fn release_with(
     if report.is_empty() {
         return Ok(());
     }
-    let err = if report.len() == 12 && report.starts_with(b"PYRTEXEC") {
-        let errno = i32::from_ne_bytes([report[8], report[9], report[10], report[11]]);
+    let err = if let Some(errno) = wire::exec_failed_errno(&report) {
         SetupError::new(
             Stage::Spawn,
             errno,

@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use super::rootfs::ensure_in_root;
+use super::inroot::ensure_in_root;
 use crate::report::{SetupError, Stage};
 use crate::syscall::{self, cstring, fd_path};
 

@@ -93,7 +93,7 @@ pub fn create(root: &OwnedFd, devices: &[Device]) -> Result<(), SetupError> {
         let rel = d.path.strip_prefix("/").unwrap_or(&d.path);
         let parent = rel.parent().unwrap_or(Path::new(""));
         let shown = d.path.display().to_string();
-        let dir = super::rootfs::ensure_in_root(root, &Path::new("/").join(parent), false)
+        let dir = super::inroot::ensure_in_root(root, &Path::new("/").join(parent), false)
             .map_err(err(format!("the directory of {shown}")))?;
         let name = rel.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
         let c = cstring(name).map_err(err(shown.clone()))?;
@@ -107,7 +107,7 @@ pub fn create(root: &OwnedFd, devices: &[Device]) -> Result<(), SetupError> {
             if e.raw_os_error() != Some(libc::EPERM) {
                 return Err(SetupError::io(Stage::Devices, format!("mknod {shown}"), &e));
             }
-            let target = super::rootfs::ensure_in_root(root, &d.path, true)
+            let target = super::inroot::ensure_in_root(root, &d.path, true)
                 .map_err(err(format!("creating {shown}")))?;
             let src = syscall::cpath(&d.path).map_err(err(shown.clone()))?;
             syscall::mount(Some(&src), &fd_path(&target), None, libc::MS_BIND, None)
@@ -142,7 +142,7 @@ pub fn create(root: &OwnedFd, devices: &[Device]) -> Result<(), SetupError> {
 
 fn bind_host_node(root: &OwnedFd, name: &str) -> Result<(), SetupError> {
     let dest = Path::new("/dev").join(name);
-    let target = super::rootfs::ensure_in_root(root, &dest, true)
+    let target = super::inroot::ensure_in_root(root, &dest, true)
         .map_err(err(format!("creating /dev/{name}")))?;
     let src = cstring(format!("/dev/{name}")).map_err(err(name.into()))?;
     syscall::mount(Some(&src), &fd_path(&target), None, libc::MS_BIND, None)

@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::hooks::{self, Hook};
 use crate::report::{SetupError, Stage};
 
-use super::ERROR_FD;
+use crate::wire::ERROR_FD;
 
 pub const SOCKET_NAME: &str = "start.sock";
 

@@ -7,13 +7,11 @@
 //! pipe (fd 5), which the parent reads after reaping it, and exits with 128 + the signal number
 //! for anyone who only sees the exit code.
 
-use std::os::fd::RawFd;
-
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-pub const STATUS_FD: RawFd = 5;
+use crate::wire::STATUS_FD;
 
 /// Runs as pid 1 until `child`, the command, has exited. Never returns.
 pub fn run(child: Pid) -> ! {

@@ -19,6 +19,7 @@ mod console;
 mod devices;
 pub mod gate;
 mod init;
+mod inroot;
 pub mod network;
 mod process;
 pub mod rootfs;
@@ -33,8 +34,7 @@ use crate::report::{SetupError, Stage};
 use crate::seccomp::Program;
 use crate::syscall;
 
-pub const PLAN_FD: i32 = 3;
-pub const ERROR_FD: i32 = 4;
+use crate::wire::{ERROR_FD, PLAN_FD};
 /// The start gate's socket name in a `pyrt-runc` container's state directory.
 pub const GATE_SOCKET: &str = gate::SOCKET_NAME;
 
@@ -47,7 +47,7 @@ pub fn main() -> ! {
     let reexeced = std::env::args().nth(1).as_deref() == Some(REEXEC_ARG);
     // Nothing but our five descriptors may reach the container, whatever the parent held open.
     let _ = syscall::close_from(if reexeced { 7 } else { 6 });
-    for fd in [PLAN_FD, ERROR_FD, init::STATUS_FD] {
+    for fd in [PLAN_FD, ERROR_FD, crate::wire::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
@@ -116,7 +116,7 @@ fn reexec_in_userns(bytes: &[u8]) -> Result<std::convert::Infallible, SetupError
     // SAFETY: plain descriptor calls on our own descriptors.
     unsafe {
         // The protocol's descriptors must survive this exec (main made them close-on-exec).
-        for keep in [PLAN_FD, ERROR_FD, init::STATUS_FD] {
+        for keep in [PLAN_FD, ERROR_FD, crate::wire::STATUS_FD] {
             libc::fcntl(keep, libc::F_SETFD, 0);
         }
         libc::lseek(fd, 0, libc::SEEK_SET);
@@ -176,7 +176,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     // 5b. A missing working directory is made inside the root (Docker's rule). A failure (a
     //     read-only root, a path through a file) is left for step 10, whose chdir error names it.
     if plan.create_cwd {
-        let _ = rootfs::ensure_in_root(&root, &plan.process.cwd, false);
+        let _ = inroot::ensure_in_root(&root, &plan.process.cwd, false);
     }
     // 5c. Sysctls, before /proc/sys may be made read-only below: the files of the namespaced
     //     ones act on the namespaces of the writer, which are the container's already.
@@ -263,7 +263,7 @@ fn sync_with_parent() -> Result<String, SetupError> {
     let mut report = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(ERROR_FD) });
     let mut plan = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
     let bad = |e: io::Error| SetupError::io(Stage::Exec, "waiting for the runtime's hooks", &e);
-    report.write_all(crate::spawn::SYNC_RECORD).map_err(bad)?;
+    report.write_all(crate::wire::SYNC_RECORD).map_err(bad)?;
     let mut len = [0u8; 4];
     if plan.read_exact(&mut len).is_err() {
         std::process::exit(127);
