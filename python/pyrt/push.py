@@ -102,9 +102,12 @@ class _Gz:
     def open(self) -> IO[bytes]:
         """The compressed blob (made again from the layer: compression is deterministic)."""
         kept = _gz_dir() / self.digest.partition(":")[2]
-        if kept.exists():
+        try:
             return open(kept, "rb")
-        _compress(self.source, kept)
+        except FileNotFoundError:
+            digest, _ = _compress(self.source)
+        if digest != self.digest:
+            raise ImageError(f"layer {self.diff_id}: compresses to {digest} now, not {self.digest}")
         return open(kept, "rb")
 
 
@@ -112,8 +115,11 @@ def _gz_dir() -> Path:
     return ensure_dir(store.root() / "blobs" / "gzip", 0o700)
 
 
-def _compress(src: Path, dest: Path) -> tuple[str, int]:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".gz-")
+def _compress(src: Path) -> tuple[str, int]:
+    """Compresses ``src`` into the gzip directory under its own digest; returns (digest,
+    size). Concurrent pushes of one layer each write a private file and rename it: the same
+    bytes, so whichever rename lands last is as good."""
+    fd, tmp = tempfile.mkstemp(dir=_gz_dir(), prefix=".gz-")
     h = hashlib.sha256()
     size = 0
     try:
@@ -137,11 +143,12 @@ def _compress(src: Path, dest: Path) -> tuple[str, int]:
             ):
                 while chunk := f.read(1 << 20):
                     gz.write(chunk)
-        os.replace(tmp, dest)
+        digest = "sha256:" + h.hexdigest()
+        os.replace(tmp, _gz_dir() / digest.partition(":")[2])
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return "sha256:" + h.hexdigest(), size
+    return digest, size
 
 
 def _gzipped(diff_id: str, blob: Path) -> _Gz:
@@ -151,10 +158,10 @@ def _gzipped(diff_id: str, blob: Path) -> _Gz:
     with contextlib.suppress(OSError, ValueError, KeyError):
         doc = json.loads(note.read_text())
         return _Gz(diff_id, str(doc["digest"]), int(doc["size"]), blob)
-    tmp = _gz_dir() / f".new-{diff_id.partition(':')[2]}"
-    digest, size = _compress(blob, tmp)
-    os.replace(tmp, _gz_dir() / digest.partition(":")[2])
-    note.write_text(json.dumps({"digest": digest, "size": size}))
+    digest, size = _compress(blob)
+    tmp = note.with_name(f".{note.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"digest": digest, "size": size}))
+    os.replace(tmp, note)
     return _Gz(diff_id, digest, size, blob)
 
 
