@@ -56,7 +56,8 @@ def _volume(spec: str) -> Bind:
     raise PyrtError(f"-v {spec!r}: expected SRC:DST or SRC:DST:ro")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """pyrt's command line (also parsed by ``monitor`` and ``scripts/gen_cli_docs.py``)."""
     p = argparse.ArgumentParser(prog="pyrt", description="Daemonless Linux containers.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -195,7 +196,8 @@ def _publish(specs: list[str]) -> dict[str, Any]:
     return ports
 
 
-def _container_from(a: argparse.Namespace) -> Container:
+def container_from(a: argparse.Namespace) -> Container:
+    """The Container a parsed `pyrt run` describes (also for ``monitor``, which runs one)."""
     network = a.network or ("private" if a.p else "none")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
     mounts += [Tmpfs(t) for t in a.tmpfs]
@@ -275,7 +277,7 @@ def _attach_console(c: Container, interactive: bool) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    c = _container_from(a)
+    c = container_from(a)
     if a.tty:
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
@@ -572,7 +574,7 @@ def _build(a: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = _build_parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
         if a.cmd == "run" and a.detach:
             return _run_detached(argv)

@@ -104,13 +104,15 @@ POLL_INTERVAL = 0.005
 _live: weakref.WeakSet[Container] = weakref.WeakSet()
 
 
-def _remove_all_at_exit() -> None:
+def remove_all() -> None:
+    """Removes every container of this process still alive (at exit, and at the end of a
+    pytest session, for the plugin)."""
     for c in list(_live):
         with contextlib.suppress(Exception):  # best effort at interpreter exit
             c.remove()
 
 
-atexit.register(_remove_all_at_exit)
+atexit.register(remove_all)
 
 
 class Container:

@@ -18,7 +18,7 @@ from .errors import PyrtError, SpawnError, TimeoutExpired
 
 
 def main(report_fd: int, argv: list[str]) -> int:
-    from .cli import _build_parser, _container_from
+    from .cli import build_parser, container_from
 
     stop = False
 
@@ -29,10 +29,10 @@ def main(report_fd: int, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    args = _build_parser().parse_args(["run", *argv])
+    args = build_parser().parse_args(["run", *argv])
     args.detach = False
     try:
-        c = _container_from(args)
+        c = container_from(args)
         c.start(detached=True)
     except (PyrtError, ValueError, OSError) as e:
         status = 127 if isinstance(e, SpawnError) and e.stage == "exec" and e.errno == 2 else 125

@@ -240,6 +240,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # A worker of pytest-xdist, or an interrupted run: whatever is still alive goes now.
-    from .container import _remove_all_at_exit
+    from .container import remove_all
 
-    _remove_all_at_exit()
+    remove_all()
