@@ -16,7 +16,7 @@
 //!    `CLONE_NEW*` flags of the plan and `CLONE_PIDFD`: no page tables are copied (a plain fork
 //!    of a large interpreter costs ~20 ms) and the parent thread sleeps until the child execs.
 //! 3. The child runs `child_fn`: only raw syscalls on memory prepared beforehand (set the parent
-//!    death signal, dup2 five descriptors into place, `execveat`). It executes `pyrt-child`
+//!    death signal, dup2 six descriptors into place, `execveat`). It executes `pyrt-child`
 //!    from a *sealed memfd*: a copy of the small static binary embedded in the extension, sealed
 //!    against writes, growing and shrinking. Through `/proc/self/exe` the container can only ever
 //!    reach that memfd, which cannot be written.
@@ -76,7 +76,7 @@ impl ChildImage {
         {
             return Err(io::Error::last_os_error());
         }
-        // Above FD_FLOOR, like every descriptor the clone child reads: its dup2 into 0..=4 must
+        // Above FD_FLOOR, like every descriptor the clone child reads: its dup2 into 0..=5 must
         // not overwrite the image it is about to execute.
         let fd = dup_high(file.as_raw_fd())?;
         Ok(ChildImage { fd })
