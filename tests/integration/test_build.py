@@ -452,6 +452,35 @@ def test_hostile_contexts_are_refused(
     assert not (store / "tmp").exists() or os.listdir(store / "tmp") == []
 
 
+def test_hostile_tarball_in_add_writes_nothing_outside(
+    tmp_path: Path, store: Path, base: dict[str, str]
+) -> None:
+    import io
+
+    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nADD evil.tar /x/\n"})
+    escaped = tmp_path / "escaped"
+    with tarfile.open(ctx / "evil.tar", "w") as tf:
+        for name in ("ok.txt", "../" * 12 + str(escaped).lstrip("/")):
+            ti = tarfile.TarInfo(name)
+            ti.size = 2
+            tf.addfile(ti, io.BytesIO(b"x\n"))
+    with pytest.raises(pyrt.BuildError, match=r":3: ADD evil.tar /x/: .*climbs out"):
+        pyrt.build(ctx, build_args=base)
+    assert not escaped.exists()
+    # Through a symlink the archive itself makes: confined to the container's root.
+    with tarfile.open(ctx / "evil.tar", "w") as tf:
+        link = tarfile.TarInfo("lnk")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
+        tf.addfile(link)
+        ti = tarfile.TarInfo("lnk/escaped")
+        ti.size = 2
+        tf.addfile(ti, io.BytesIO(b"y\n"))
+    img = pyrt.build(ctx, build_args=base)
+    assert not escaped.exists()
+    # The link's absolute target is taken inside the destination, as an image layer's would be.
+    assert img.read_file(f"/x{tmp_path}/escaped") == b"y\n"
+
+
 @needs_root
 def test_device_node_in_the_context_is_refused(
     tmp_path: Path, store: Path, base: dict[str, str]
