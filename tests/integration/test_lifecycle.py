@@ -300,3 +300,53 @@ def test_one_thread_waits_while_others_ask_and_signal(image: pyrt.Image) -> None
         c.kill(signal.SIGKILL)  # (pid 1 of its namespace: TERM has no default action there)
         waiter.join(10)
         assert got == [-signal.SIGKILL] and c.status == "exited"
+
+
+FREEZE_RACE = """
+import sys, threading, pyrt
+img = pyrt.Image.load(sys.argv[1])
+hc = pyrt.Healthcheck(["CMD", "true"], interval=0.01)
+with pyrt.Container(img, ["sleep", "60"], healthcheck=hc) as c:
+    stop = threading.Event()
+    def ask():
+        while not stop.is_set():
+            c.stats(); c.status
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for t in askers:
+        t.start()
+    for i in range(15):
+        c.commit()
+        c.pause(); c.resume()
+        c.update(pids_limit=100 + i)
+    stop.set()
+    for t in askers:
+        t.join()
+print("ok")
+"""
+
+
+def test_freezes_and_updates_race_with_other_threads_without_deadlock(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """commit(), pause() and update() hold the container's cgroup while a healthcheck's execs
+    and other threads ask for it. It deadlocked: one thread held the cgroup's lock and waited
+    for the GIL, the other held the GIL and waited for the lock. Run in a child process, so a
+    deadlock (which no signal handler can interrupt) fails the test instead of hanging it."""
+    # Output to files, not pipes: a deadlocked owner's frozen exec would hold a pipe open.
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as o, err.open("w") as e:
+        child = subprocess.Popen(
+            [sys.executable, "-c", FREEZE_RACE, str(rootfs)], stdout=o, stderr=e
+        )
+    try:
+        child.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        # Its container stays frozen, and with it an exec the dead owner was cloning: thaw
+        # them so that they can end.
+        for state in Path("/sys/fs/cgroup/freezer").glob("pyrt-*/freezer.state"):
+            state.write_text("THAWED")
+        child.wait()
+        pytest.fail(f"deadlocked: {err.read_text()!r}")
+    assert child.returncode == 0, err.read_text()
+    assert out.read_text().strip() == "ok"

@@ -427,12 +427,26 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Process {
+    /// Runs `f` on the cgroup with the GIL released, and takes the lock only then. A lock
+    /// waited for while holding the GIL deadlocks against a holder that released the GIL for
+    /// a long operation (a freeze polls until every task stops) and needs it back to return:
+    /// a healthcheck's exec asking for the cgroup's paths during `commit()` did exactly that.
+    fn with_cgroup<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Option<Cgroup>) -> R + Send,
+    ) -> R {
+        py.detach(|| f(&mut locked(&self.cgroup)))
+    }
+}
+
 #[pymethods]
 impl Process {
     /// Lets a process spawned with `hold=True` go on: returns once its command runs, or raises
     /// its setup error. Does nothing for a process not held.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(pending) = locked(&self.pending).take() else {
+        let Some(pending) = py.detach(|| locked(&self.pending).take()) else {
             return Ok(());
         };
         let child = &self.child;
@@ -480,32 +494,33 @@ impl Process {
     }
 
     /// (memory_bytes, pids, cpu_ns) of the container's cgroup, or None when it has none.
-    fn stats(&self) -> PyResult<Option<(u64, u64, u64)>> {
-        match &*locked(&self.cgroup) {
+    fn stats(&self, py: Python<'_>) -> PyResult<Option<(u64, u64, u64)>> {
+        let r = self.with_cgroup(py, |g| g.as_ref().map(|c| c.stats()));
+        match r {
             None => Ok(None),
-            Some(c) => c
-                .stats()
+            Some(r) => r
                 .map(|s| Some((s.memory_bytes, s.pids, s.cpu_ns)))
                 .map_err(|e| PyOSError::new_err((e.errno(), e.to_string()))),
         }
     }
 
     /// How many of the container's processes the OOM killer killed (0 without a cgroup).
-    fn oom_kills(&self) -> u64 {
-        locked(&self.cgroup).as_ref().map_or(0, |c| c.oom_kills())
+    fn oom_kills(&self, py: Python<'_>) -> u64 {
+        self.with_cgroup(py, |g| g.as_ref().map_or(0, |c| c.oom_kills()))
     }
 
     /// The container's cgroup directories (one per v1 hierarchy, or the v2 one).
-    fn cgroup_paths(&self) -> Vec<String> {
-        locked(&self.cgroup).as_ref().map_or_else(Vec::new, |c| {
-            c.paths().iter().map(|p| p.display().to_string()).collect()
+    fn cgroup_paths(&self, py: Python<'_>) -> Vec<String> {
+        self.with_cgroup(py, |g| {
+            g.as_ref().map_or_else(Vec::new, |c| {
+                c.paths().iter().map(|p| p.display().to_string()).collect()
+            })
         })
     }
 
     /// Kills everything in the container's cgroup and removes it; idempotent.
     fn destroy_cgroup(&self, py: Python<'_>) -> PyResult<()> {
-        let taken = locked(&self.cgroup).take();
-        match taken {
+        match self.with_cgroup(py, |g| g.take()) {
             None => Ok(()),
             Some(c) => py
                 .detach(|| c.destroy())
@@ -515,41 +530,41 @@ impl Process {
 
     /// Freezes the container's processes (its cgroup's freezer); false without a cgroup.
     fn freeze(&self, py: Python<'_>) -> PyResult<bool> {
-        let g = locked(&self.cgroup);
-        match &*g {
-            None => Ok(false),
-            Some(c) => py.detach(|| c.freeze()).map_err(cgroup_error),
-        }
+        self.with_cgroup(py, |g| g.as_ref().map(|c| c.freeze()))
+            .unwrap_or(Ok(false))
+            .map_err(cgroup_error)
     }
 
     /// Lets them run again.
-    fn thaw(&self) -> PyResult<()> {
-        match &*locked(&self.cgroup) {
-            None => Ok(()),
-            Some(c) => c.thaw().map_err(cgroup_error),
-        }
+    fn thaw(&self, py: Python<'_>) -> PyResult<()> {
+        self.with_cgroup(py, |g| g.as_ref().map_or(Ok(()), |c| c.thaw()))
+            .map_err(cgroup_error)
     }
 
     /// Whether the container's cgroup is frozen.
-    fn frozen(&self) -> bool {
-        locked(&self.cgroup).as_ref().is_some_and(|c| c.frozen())
+    fn frozen(&self, py: Python<'_>) -> bool {
+        self.with_cgroup(py, |g| g.as_ref().is_some_and(|c| c.frozen()))
     }
 
     /// New limits, from an OCI `linux.resources` object (JSON), checked as at create; returns
     /// the cgroup's directories (a v1 hierarchy may have been added).
-    fn update(&self, resources_json: &str) -> PyResult<Vec<String>> {
+    fn update(&self, py: Python<'_>, resources_json: &str) -> PyResult<Vec<String>> {
         let r = pyrt_core::plan::resources_from_json(resources_json)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let layout = cgroups::layout().map_err(cgroup_error)?;
-        let mut g = locked(&self.cgroup);
-        let Some(c) = g.as_mut() else {
-            return Err(PyOSError::new_err((
+        let updated = self.with_cgroup(py, |g| {
+            g.as_mut().map(|c| {
+                c.update(layout, &r)?;
+                Ok(c.paths().iter().map(|p| p.display().to_string()).collect())
+            })
+        });
+        match updated {
+            None => Err(PyOSError::new_err((
                 libc::ENOENT,
                 "the container has no cgroup (started by run())",
-            )));
-        };
-        c.update(layout, &r).map_err(cgroup_error)?;
-        Ok(c.paths().iter().map(|p| p.display().to_string()).collect())
+            ))),
+            Some(r) => r.map_err(cgroup_error),
+        }
     }
 
     /// Sends `sig` through the pidfd; a process that already ended is not an error.
