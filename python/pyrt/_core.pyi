@@ -1,6 +1,7 @@
 """Type stub of pyrt._core, the Rust extension (rust/python/src/lib.rs). Checked against the
 built module with mypy.stubtest in CI."""
 
+from collections.abc import Callable
 from typing import Optional
 
 from typing_extensions import final
@@ -21,6 +22,7 @@ __all__ = [
     "spawn",
     "tcp_connect",
     "tcp_probe",
+    "unpack_layer",
 ]
 
 CHILD_SIZE: int
@@ -65,6 +67,21 @@ def tcp_connect(netns: str, port: int, timeout: float) -> int:
     """A connected socket to 127.0.0.1:``port`` inside the namespace at ``netns``."""
 
 def open_in_root(dirfd: int, path: str, flags: int, mode: int = 0) -> int: ...
+def unpack_layer(
+    fd: int,
+    dest: str,
+    what: str,
+    whiteouts: str,
+    lowers: list[str],
+    owner: Optional[tuple[int, int]],
+    devices: bool,
+    strip_setid: bool,
+    max_entries: int,
+    max_bytes: int,
+    as_root: bool,
+    privileged: bool,
+    progress: Optional[Callable[[int], object]] = None,
+) -> tuple[int, int, list[str], int, str, str]: ...
 
 @final
 class Process:

@@ -198,7 +198,8 @@ def test_manifest_that_lies_about_its_digest(store: Path, tmp_path: Path, rootfs
     layout, manifest = _layout_with(tmp_path, rootfs)
     index = json.loads((layout / "index.json").read_text())
     mpath = layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]
-    mpath.write_text(json.dumps(manifest) + " ")
+    data = json.dumps(manifest)
+    mpath.write_text(data[:-1] + " ")  # same size (a size that lies is refused on its own)
     with pytest.raises(pyrt.ImageError, match="does not match its digest"):
         pyrt.Image.load(layout)
 

@@ -145,7 +145,6 @@ def test_archives_from_skopeo(
 @needs_umoci
 @needs_skopeo
 def test_zstd_layers_from_skopeo(umoci_layout: Path, tmp_path: Path, umoci_reference: str) -> None:
-    pytest.importorskip("zstandard")
     out = tmp_path / "zstd"
     run(
         "skopeo",
@@ -163,7 +162,6 @@ def test_zstd_layers_from_skopeo(umoci_layout: Path, tmp_path: Path, umoci_refer
 def test_opaque_dirs_whiteouts_and_compressions(rootfs: Path, tmp_path: Path) -> None:
     """Shapes umoci does not write: an opaque directory marker, a whiteout of a directory,
     layers gzip, zstd and plain in one image; compared with `umoci unpack` of the same."""
-    pytest.importorskip("zstandard")
     base = [
         *busybox_layer(rootfs),
         d("opq"),
@@ -258,6 +256,37 @@ def test_multi_image_layout_needs_ref(rootfs: Path, tmp_path: Path) -> None:
     assert pyrt.run(pyrt.Image.load(layout, ref="a")).stdout == b"a\n"  # the tag alone
     with pytest.raises(pyrt.ImageNotFound, match="app:a, app:b"):
         pyrt.Image.load(layout, ref="c")
+    # With a "latest" among them (the refs `latest` and `byname`), that one loads unasked.
+    write_index(layout, [named(a, "byname"), named(b, "latest")])
+    assert pyrt.run(pyrt.Image.load(layout)).stdout == b"b\n"
+    assert pyrt.run(pyrt.Image.load(layout, ref="byname")).stdout == b"a\n"
+
+
+@pytest.mark.parametrize("blob", ["manifest", "config", "layer"])
+@pytest.mark.parametrize("delta", [-100, 1])
+def test_descriptor_sizes_must_match(
+    rootfs: Path, tmp_path: Path, blob: str, delta: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image spec: a descriptor's size is the blob's. One that lies (here by `delta`
+    bytes) is refused for manifests, configs and layers alike, and nothing is stored."""
+    monkeypatch.setenv("PYRT_ROOT", str(tmp_path / "store"))
+    layout = tmp_path / "lay"
+    m = image_manifest(layout, [layer_tar(busybox_layer(rootfs))], ["gzip"], {"Cmd": ["true"]})
+    if blob == "manifest":
+        m["size"] += delta
+    else:
+        path = layout / "blobs" / "sha256" / m["digest"].split(":")[1]
+        doc = json.loads(path.read_text())
+        target = doc["config"] if blob == "config" else doc["layers"][0]
+        target["size"] += delta
+        raw = json.dumps(doc).encode()
+        digest = hashlib.sha256(raw).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(raw)
+        m = {**m, "digest": "sha256:" + digest, "size": len(raw)}
+    write_index(layout, [m])
+    with pytest.raises(pyrt.ImageError, match="but its descriptor says"):
+        pyrt.Image.load(layout)
+    assert not list((tmp_path / "store").glob("layers/*/root"))
 
 
 @pytest.mark.skipif(not HAVE_BUILDAH, reason="needs buildah (Debian package buildah)")
@@ -403,3 +432,40 @@ def test_pax_long_names_and_link_targets(rootfs: Path, tmp_path: Path) -> None:
     assert len(target) > 255
     r = pyrt.run(img, ["sh", "-c", "cat /short; readlink /short; stat -c %h /hl"], text=True)
     assert r.stdout.splitlines() == ["long", target, "2"]
+
+
+def test_flattening_understands_rootless_xattr_whiteouts(tmp_path: Path) -> None:
+    """A rootless store marks whiteouts as files with user.overlay.whiteout and opaque
+    directories with user.overlay.opaque (no CAP_MKNOD for 0:0 devices): the flattened
+    fallback must apply those as it applies root's markers."""
+    import io
+
+    from pyrt import _core
+    from pyrt.image import flatten
+
+    lower = [d("opq"), Entry("opq/old", b"o"), Entry("gone", b"g"), Entry("kept", b"k")]
+    upper = [Entry("opq/.wh..wh..opq", b""), Entry("opq/new", b"n"), Entry(".wh.gone", b"")]
+    trees = []
+    for i, entries in enumerate((lower, upper)):
+        tree = tmp_path / f"layer{i}"
+        tree.mkdir()
+        with io.BytesIO(layer_tar(entries)) as f:
+            r, w = os.pipe()
+            os.write(w, f.read())
+            os.close(w)
+            try:
+                # privileged=False: the markers a rootless store writes.
+                _core.unpack_layer(r, str(tree), "t", "overlay", [], None, True, False,
+                                   100, 1 << 20, True, False)  # fmt: skip
+            finally:
+                os.close(r)
+        trees.append(tree)
+    assert os.getxattr(trees[1] / "gone", "user.overlay.whiteout") == b""
+    assert os.getxattr(trees[1] / "opq", "user.overlay.opaque") == b"y"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for tree in trees:
+        flatten._apply_layer_tree(tree, flat)
+    assert sorted(p.name for p in flat.iterdir()) == ["kept", "opq"]
+    assert sorted(p.name for p in (flat / "opq").iterdir()) == ["new"]
+    assert "user.overlay.opaque" not in os.listxattr(flat / "opq")

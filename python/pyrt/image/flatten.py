@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -41,33 +42,56 @@ def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
 
 
 def _apply_layer_tree(layer: Path, dest: Path) -> None:
-    """Copies one unpacked layer onto ``dest``: its whiteout devices and opaque directories
-    delete from what is there, then its files are copied over (``cp -a`` keeps owners, modes,
-    times, links and xattrs)."""
+    """Copies one unpacked layer onto ``dest``: its whiteouts and opaque directories delete
+    from what is there, then its files are copied over (``cp -a`` keeps owners, modes, times,
+    links and xattrs). Both forms of marker count: root's (a 0:0 device, trusted.overlay.opaque)
+    and a rootless store's (a file marked user.overlay.whiteout, user.overlay.opaque)."""
     for dirpath, dirnames, filenames in os.walk(layer):
         rel = Path(dirpath).relative_to(layer)
-        with contextlib.suppress(OSError):
-            if os.getxattr(dirpath, "trusted.overlay.opaque") == b"y" and (dest / rel).is_dir():
-                for child in os.listdir(dest / rel):
-                    _rm(dest / rel / child)
+        if _opaque(dirpath) and (dest / rel).is_dir():
+            for child in os.listdir(dest / rel):
+                _rm(dest / rel / child)
         for name in dirnames + filenames:
-            if _is_whiteout(os.lstat(os.path.join(dirpath, name))):
+            if _is_whiteout(os.path.join(dirpath, name)):
                 _rm(dest / rel / name)
     r = subprocess.run(["cp", "-a", f"{layer}/.", str(dest)], capture_output=True, text=True)
     if r.returncode != 0:
         raise ImageError(f"flattening {layer}: {r.stderr.strip()}")
     # The markers themselves came along: drop them.
     for dirpath, _dirnames, filenames in os.walk(dest):
-        with contextlib.suppress(OSError):
-            os.removexattr(dirpath, "trusted.overlay.opaque")
+        for attr in _OPAQUE:
+            with contextlib.suppress(OSError):
+                os.removexattr(dirpath, attr)
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if _is_whiteout(os.lstat(full)):
+            if _is_whiteout(full):
                 os.unlink(full)
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
-    return (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
+#: overlayfs' opaque-directory marks: host root's, and rootless ("userxattr") mounts'. The
+#: rootless one is "y" for opaque, "x" for a directory that only holds xattr whiteouts.
+_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _opaque(path: str) -> bool:
+    for attr in _OPAQUE:
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, attr, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+def _is_whiteout(path: str) -> bool:
+    st = os.lstat(path)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_size != 0:
+        return False
+    try:
+        os.getxattr(path, "user.overlay.whiteout", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _rm(p: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from .unpack import WHITEOUTS_KEEP
 PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP = b"\x1f\x8b"
-_ZSTD = b"\x28\xb5\x2f\xfd"
 _HOST_ID = "sha256:" + hashlib.sha256(b"pyrt host image").hexdigest()
 
 
@@ -129,6 +127,7 @@ class Image:
                 f"{what}: layer {i + 1} of {len(r.layers)} ({layer.digest or layer.diff_id})",
                 verified=verified,
                 progress=None if verified else bar.update,
+                blob_size=layer.size,
             )
             parent = got.chain_id
             lower = (str(got.root), *lower)
@@ -146,7 +145,7 @@ class Image:
     def _load_tarball(cls, p: Path) -> Image:
         digest = hashlib.sha256()
         with open(p, "rb") as f:
-            magic = f.read(4)
+            magic = f.read(6)
             f.seek(0)
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
@@ -426,15 +425,20 @@ def _listing_digest(path: str) -> str:
 
 @contextlib.contextmanager
 def _decompressed(raw: IO[bytes], magic: bytes, what: str) -> Any:
-    if magic.startswith(_ZSTD):
-        try:
-            import zstandard
-        except ImportError as e:  # pragma: no cover - a dependency of the package
-            raise ImageError(f"{what}: zstd-compressed; install the zstandard package") from e
-        with zstandard.ZstdDecompressor().stream_reader(raw) as r:
-            yield io.BufferedReader(r)
+    """The rootfs tarball as the unpacker takes it: gzip, zstd and plain tar as they are (the
+    core decompresses them); bzip2 and xz, which some rootfs tarballs still use, through
+    Python's codecs."""
+    if magic.startswith(b"BZh"):
+        import bz2
+
+        with bz2.open(raw) as r:
+            yield r
+    elif magic.startswith(b"\xfd7zXZ"):
+        import lzma
+
+        with lzma.open(raw) as r:
+            yield r
     else:
-        # tarfile's "r|*" recognises gzip, bzip2 and xz itself.
         yield raw
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from ..errors import ImageError
 from ..places import ensure_dir
 from . import store
 from . import unpack as limits
-from .inflate import Inflater, Progress, file_digest
+from .inflate import Progress, file_digest
 from .unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
 
 _CHUNK = 1 << 20
@@ -47,6 +45,15 @@ def layers_dir() -> Path:
 
 def layer_root(diff_id: str) -> Path:
     return layers_dir() / hex_of(diff_id, "layer") / "root"
+
+
+def check_size(got: int, size: Optional[int], digest: Optional[str], what: str) -> None:
+    """A blob's length against its descriptor's size (the image spec says they must match: a
+    size that lies is where truncation and smuggling attacks begin)."""
+    if size is not None and got != size:
+        raise ImageError(
+            f"{what}: blob {digest} is {got} bytes, but its descriptor says {size}; refusing it"
+        )
 
 
 def chain_id(parent: Optional[str], diff_id: str) -> str:
@@ -73,6 +80,7 @@ def ensure_layer(
     *,
     verified: bool = False,
     progress: Optional[Progress] = None,
+    blob_size: Optional[int] = None,
 ) -> Layer:
     """The layer in ``opener()``'s blob on top of ``parent`` (a chain id; ``lowers`` are its
     directories, topmost first), unpacked into the store unless it is there already.
@@ -90,7 +98,8 @@ def ensure_layer(
         return Layer(cid, layer_root(cid))
     if blob_digest is not None and not verified:
         with opener() as f:
-            got = file_digest(f, progress)
+            got, size = file_digest(f, progress)
+        check_size(size, blob_size, blob_digest, what)
         if got != blob_digest:
             raise ImageError(
                 f"{what}: blob content does not match its digest {blob_digest} (got {got}); "
@@ -101,22 +110,16 @@ def ensure_layer(
         (tmp / "root").mkdir(mode=0o755)
         with opener() as raw:
             # The blob's own digest was checked already (above, or on download).
-            inflater = Inflater(raw, what, progress if verified or blob_digest is None else None)
-            try:
-                stream = io.BufferedReader(inflater, _CHUNK)
-                stats = unpack_stream(stream, tmp / "root", what, WHITEOUTS_OVERLAY, lowers)
-                inflater.drain()
-            finally:
-                inflater.close()
-        got_diff = inflater.digest()
-        if got_diff != diff_id:
+            report = progress if verified or blob_digest is None else None
+            stats = unpack_stream(raw, tmp / "root", what, WHITEOUTS_OVERLAY, lowers, report)
+        if stats.diff_id != diff_id:
             raise ImageError(
                 f"{what}: uncompressed layer does not match the config's diff_id {diff_id} "
-                f"(got {got_diff}); refusing the layer"
+                f"(got {stats.diff_id}); refusing the layer"
             )
         meta = {
             "chain_id": cid,
-            "diff_id": got_diff,
+            "diff_id": stats.diff_id,
             "parent": parent,
             "blob": blob_digest,
             "entries": stats.entries,
@@ -128,10 +131,8 @@ def ensure_layer(
         os.chmod(tmp, 0o755)
         final = layers_dir() / hex_of(cid, what)
         store.place_tree(tmp, final)
-    except BaseException as e:
+    except BaseException:
         userns.remove_tree(tmp)
-        if _is_codec_error(e):
-            raise ImageError(f"{what}: corrupt compressed layer: {e}") from e
         raise
     if stats.skipped_devices:
         import warnings
@@ -147,45 +148,57 @@ def ensure_layer(
 
 
 def unpack_stream(
-    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...] = ()
+    stream: IO[bytes],
+    dest: Path,
+    what: str,
+    whiteouts: str,
+    lowers: tuple[str, ...] = (),
+    progress: Optional[Progress] = None,
 ) -> UnpackStats:
-    """Unpacks a tar stream into ``dest``: here, or for a rootless caller with a subordinate
-    range, in the mapped user namespace (so that the image's owners are kept)."""
+    """Unpacks a blob (gzip, zstd or a plain tar) into ``dest``: here, or for a rootless caller
+    with a subordinate range, in the mapped user namespace (so that the image's owners are
+    kept). ``progress`` is called with the count of blob bytes read."""
     if userns.has_range():
-        return _unpack_in_userns(stream, dest, what, whiteouts, lowers)
-    return _unpack_here(stream, dest, what, whiteouts, lowers)
+        return _unpack_in_userns(stream, dest, what, whiteouts, lowers, progress)
+    return _unpack_here(stream, dest, what, whiteouts, lowers, progress)
 
 
 def _unpack_here(
-    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...]
+    stream: IO[bytes],
+    dest: Path,
+    what: str,
+    whiteouts: str,
+    lowers: tuple[str, ...],
+    progress: Optional[Progress] = None,
 ) -> UnpackStats:
     return unpack(stream, str(dest), what=what, whiteouts=whiteouts, lowers=lowers,
-                  max_entries=limits.MAX_ENTRIES, max_bytes=limits.MAX_BYTES)  # fmt: skip
+                  max_entries=limits.MAX_ENTRIES, max_bytes=limits.MAX_BYTES,
+                  progress=progress)  # fmt: skip
 
 
 def _unpack_in_userns(
-    stream: IO[bytes], dest: Path, what: str, whiteouts: str, lowers: tuple[str, ...]
+    stream: IO[bytes],
+    dest: Path,
+    what: str,
+    whiteouts: str,
+    lowers: tuple[str, ...],
+    progress: Optional[Progress],
 ) -> UnpackStats:
     """Rootless with a subordinate range: the unpacker runs as root of the mapped user namespace
-    (the containers' mapping), where the image's owners exist, reading the stream we feed it."""
+    (the containers' mapping), where the image's owners exist, reading the blob we feed it."""
 
     def work(data_fd: int) -> dict[str, Any]:
-        with os.fdopen(data_fd, "rb") as data:
+        with os.fdopen(data_fd, "rb", buffering=0) as data:
             return dataclasses.asdict(_unpack_here(data, dest, what, whiteouts, lowers))
 
     def feed(data_fd: int) -> None:
         with open(data_fd, "wb", closefd=False) as out:
             while chunk := stream.read(_CHUNK):
                 out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
 
     return UnpackStats(**userns.in_mapped_namespace(work, feed))
-
-
-def _is_codec_error(e: BaseException) -> bool:
-
-    if isinstance(e, (zlib.error, EOFError)):
-        return True
-    return type(e).__module__.startswith("zstandard") or type(e).__name__ == "ZstdError"
 
 
 def mounted_lowers() -> set[str]:

@@ -22,7 +22,7 @@ from typing import IO, Any, Optional
 
 from .. import _core
 from ..errors import ImageError, ImageNotFound
-from .layers import hex_of
+from .layers import check_size, hex_of
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -82,8 +82,12 @@ def parse_json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def verify(data: bytes, digest: str, what: str) -> None:
+def verify(data: bytes, digest: str, what: str, size: Optional[int] = None) -> None:
+    """The content of a blob against its descriptor: the digest, and the size when the
+    descriptor gives one (the image spec says it must match: a size that lies is where
+    truncation and smuggling attacks begin)."""
     hexd = hex_of(digest, what)
+    check_size(len(data), size, digest, what)
     got = hashlib.sha256(data).hexdigest()
     if got != hexd:
         raise ImageError(f"{what}: content does not match its digest {digest} (got sha256:{got})")
@@ -129,6 +133,11 @@ def pick_manifest(index: dict[str, Any], what: str, ref: Optional[str] = None) -
             raise ImageNotFound(f"{what}: no image named {ref!r} (it has: {', '.join(known)})")
     if len(descs) == 1:
         return descs[0]
+    if ref is None:
+        # Docker's default tag: a layout of several named images loads "latest" unasked.
+        latest = [d for d in descs if name(d) == "latest" or (name(d) or "").endswith(":latest")]
+        if len(latest) == 1:
+            return latest[0]
     platformed = [d for d in descs if "platform" in d]
     if len(platformed) == len(descs):
         for d in descs:
@@ -146,7 +155,8 @@ def pick_manifest(index: dict[str, Any], what: str, ref: Optional[str] = None) -
         )
     names = sorted({n for d in descs if (n := name(d))})
     raise ImageError(
-        f"{what}: holds {len(descs)} images ({', '.join(names) or 'unnamed'}); pick one with ref="
+        f"{what}: holds {len(descs)} images and none is 'latest' "
+        f"(refs: {', '.join(names) or 'none named'}); pick one with ref="
     )
 
 
@@ -274,7 +284,7 @@ def _resolve_layout(src: Any, ref: Optional[str]) -> Resolved:
         names.append(ann[REF_NAME])
     for _ in range(8):  # indexes may nest; a loop is refused
         data = _read_small(src.open_blob(desc["digest"]), what)
-        verify(data, desc["digest"], what + " manifest")
+        verify(data, desc["digest"], what + " manifest", desc.get("size"))
         doc = parse_json(data, what + " manifest")
         mt = doc.get("mediaType") or desc.get("mediaType")
         if mt in INDEX_TYPES or (mt is None and "manifests" in doc):
@@ -289,7 +299,7 @@ def _from_manifest(
 ) -> Resolved:
     config_desc, layer_descs = check_manifest(doc, what)
     cdata = _read_small(open_blob(config_desc["digest"]), what)
-    verify(cdata, config_desc["digest"], what + " config")
+    verify(cdata, config_desc["digest"], what + " config", config_desc.get("size"))
     cfg = check_config(cdata, what, len(layer_descs))
     layers = []
     for d, diff in zip(layer_descs, cfg["rootfs"]["diff_ids"]):

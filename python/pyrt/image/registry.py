@@ -115,7 +115,9 @@ class Client:
         password: Optional[str],
     ) -> None:
         self.ref = ref
-        self.scheme = "http" if insecure else "https"
+        # Plain HTTP when asked, and to registries on this machine without asking (Docker's
+        # rule; a loopback registry is rarely given a certificate).
+        self.scheme = "http" if insecure or loopback(ref.registry) else "https"
         self.creds = (username, password) if username is not None else None
         self.auth: Optional[str] = None  # the Authorization header that worked
         #: What a token is asked for when the challenge names no scope ("pull", "pull,push").
@@ -330,11 +332,11 @@ def resolve(client: Client) -> tuple[oci.Resolved, list[dict[str, Any]]]:
     if mt in oci.INDEX_TYPES or "manifests" in doc:
         desc = oci.pick_manifest(doc, what)
         body, mt = client.small("manifests", desc["digest"], ACCEPT)
-        oci.verify(body, desc["digest"], what + " manifest")
+        oci.verify(body, desc["digest"], what + " manifest", desc.get("size"))
         doc = oci.parse_json(body, what + " manifest")
     config_desc, layer_descs = oci.check_manifest(doc, what)
     cdata, _ = client.small("blobs", config_desc["digest"])
-    oci.verify(cdata, config_desc["digest"], what + " config")
+    oci.verify(cdata, config_desc["digest"], what + " config", config_desc.get("size"))
     cfg = oci.check_config(cdata, what, len(layer_descs))
     return oci.Resolved(cfg, config_desc["digest"], [], [what]), layer_descs
 

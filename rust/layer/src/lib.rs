@@ -1,0 +1,12 @@
+//! pyrt's image layers: a blob (gzip, zstd or plain tar) read once, streaming, in constant
+//! memory: decompressed, digested (the blob and its uncompressed stream) and unpacked into a
+//! directory under the rules of `unpack`. Used by the Python package for every layer, rootfs
+//! tarball and archive put into a container.
+
+pub mod error;
+mod fsops;
+pub mod inflate;
+pub mod unpack;
+
+pub use error::LayerError;
+pub use unpack::{unpack, Options, Stats, Whiteouts};
