@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("containers", nargs="+")
 
     pl_ = sub.add_parser("pull", help="pull an image from a registry into the local store")
-    pl_.add_argument("--insecure", action="store_true", help="plain HTTP (a local registry)")
+    pl_.add_argument("--insecure", action="store_true", help="plain HTTP (default: only local)")
     pl_.add_argument("--creds", metavar="USER:PASS", help="credentials for the registry")
     pl_.add_argument("ref")
 

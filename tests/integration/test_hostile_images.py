@@ -259,6 +259,23 @@ def test_decompression_bomb_limits(
     assert_nothing_left(store)
 
 
+def test_layer_caps_from_the_environment(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = make_layout(tmp_path / "lay", [[Entry("big", b"\0" * 100_000)]])
+    monkeypatch.setenv("PYRT_MAX_LAYER_SIZE", "64k")
+    with pytest.raises(pyrt.ImageError, match="layer too large: more than 65536 bytes"):
+        pyrt.Image.load(layout)
+    monkeypatch.setenv("PYRT_MAX_LAYER_SIZE", "lots")
+    with pytest.raises(ValueError, match="PYRT_MAX_LAYER_SIZE"):
+        pyrt.Image.load(layout)
+    monkeypatch.delenv("PYRT_MAX_LAYER_SIZE")
+    monkeypatch.setenv("PYRT_MAX_LAYER_ENTRIES", "0")
+    with pytest.raises(pyrt.ImageError, match="layer too large: more than 0 entries"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
 def test_overlay_xattrs_in_a_layer_are_dropped(store: Path, tmp_path: Path, rootfs: Path) -> None:
     """trusted.overlay.* steer overlayfs (redirects, metacopy, opacity): only pyrt sets them,
     from whiteouts, never an image's own xattrs."""

@@ -175,7 +175,8 @@ class Image:
     ) -> Image:
         """Pulls ``ref`` from a registry over the OCI distribution API and records it in the
         store under ``ref``. Layers already in the store are not downloaded again; the others
-        are fetched three at a time, verified, and unpacked. ``insecure`` allows plain HTTP."""
+        are fetched three at a time, verified, and unpacked. ``insecure`` allows plain HTTP to
+        a registry not on this machine; one on a loopback address gets it unasked."""
         # http.client, ssl and concurrent.futures are imported for pulls only (`import pyrt`
         # and every command line run are faster without them).
         from . import registry

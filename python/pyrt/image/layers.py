@@ -172,7 +172,7 @@ def _unpack_here(
     progress: Optional[Progress] = None,
 ) -> UnpackStats:
     return unpack(stream, str(dest), what=what, whiteouts=whiteouts, lowers=lowers,
-                  max_entries=limits.MAX_ENTRIES, max_bytes=limits.MAX_BYTES,
+                  max_entries=limits.entries_cap(), max_bytes=limits.bytes_cap(),
                   progress=progress)  # fmt: skip
 
 

@@ -27,10 +27,29 @@ from dataclasses import dataclass, field
 from typing import IO, Optional
 
 from .. import _core
+from ..sizes import parse_size
 
-#: Limits against decompression bombs (overridable per call).
+#: Limits against decompression bombs: the defaults, overridden by the environment variables
+#: PYRT_MAX_LAYER_SIZE (a size: "8g") and PYRT_MAX_LAYER_ENTRIES, and per call.
 MAX_ENTRIES = 2_000_000
 MAX_BYTES = 64 << 30
+
+
+def bytes_cap() -> int:
+    """The largest content (the sum of file sizes) a layer may unpack to."""
+    value = os.environ.get("PYRT_MAX_LAYER_SIZE")
+    return MAX_BYTES if not value else parse_size(value, "PYRT_MAX_LAYER_SIZE")
+
+
+def entries_cap() -> int:
+    """The most entries a layer may hold."""
+    value = os.environ.get("PYRT_MAX_LAYER_ENTRIES")
+    if not value:
+        return MAX_ENTRIES
+    if not value.isdigit():
+        raise ValueError(f"PYRT_MAX_LAYER_ENTRIES: not a whole number: {value!r}")
+    return int(value)
+
 
 _CHUNK = 1 << 20
 
@@ -155,8 +174,8 @@ def unpack(
             owner,
             devices,
             strip_setid,
-            MAX_ENTRIES if max_entries is None else max_entries,
-            MAX_BYTES if max_bytes is None else max_bytes,
+            entries_cap() if max_entries is None else max_entries,
+            bytes_cap() if max_bytes is None else max_bytes,
             os.geteuid() == 0,
             privileged(),
             progress,
