@@ -14,6 +14,7 @@ pub mod netns;
 pub mod plan;
 pub mod portfwd;
 pub mod report;
+pub mod runtime;
 pub mod seccomp;
 pub mod spawn;
 pub mod syscall;

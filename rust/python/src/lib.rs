@@ -11,11 +11,10 @@ use pyo3::types::{PyBytes, PyDict};
 
 use pyrt_core::cgroups::{self, Cgroup};
 use pyrt_core::io::{communicate as core_communicate, Outputs};
-use pyrt_core::plan::{ExecPlan, Plan, Request};
+use pyrt_core::plan::{ExecPlan, Plan};
 use pyrt_core::report::{SetupError, Stage};
-use pyrt_core::spawn::{
-    release as core_release, spawn as core_spawn, spawn_held, Child, ChildImage, Pending, Placement,
-};
+use pyrt_core::runtime;
+use pyrt_core::spawn::{release as core_release, Child, ChildImage, Pending};
 
 static CHILD_BIN: &[u8] = include_bytes!(env!("PYRT_CHILD_BIN"));
 
@@ -105,53 +104,17 @@ fn spawn(
         )
     })?;
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
-    let (child, cgroup, pending) = py
+    let created = py
         .detach(|| {
-            let cgroup = match &plan.cgroup {
-                None => None,
-                Some(cp) => Some(
-                    cgroups::layout()
-                        .and_then(|l| Cgroup::create(l, cp))
-                        .map_err(|e| SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))?,
-                ),
-            };
-            fault("cgroup-created");
-            let place = Placement {
-                cgroup: cgroup.as_ref(),
-                pidns: None,
-            };
-            let spawned = if hold {
-                spawn_held(
-                    image,
-                    &Request::Create(plan),
-                    [stdin, stdout, stderr],
-                    place,
-                )
-                .map(|(c, p)| (c, Some(p)))
-            } else {
-                core_spawn(
-                    image,
-                    &Request::Create(plan),
-                    [stdin, stdout, stderr],
-                    place,
-                )
-                .map(|c| (c, None))
-            };
-            match spawned {
-                Ok((child, pending)) => Ok((child, cgroup, pending)),
-                Err(e) => {
-                    if let Some(c) = cgroup {
-                        let _ = c.destroy();
-                    }
-                    Err(e)
-                }
-            }
+            runtime::create(image, plan, [stdin, stdout, stderr], hold, || {
+                fault("cgroup-created")
+            })
         })
         .map_err(|e| spawn_error(py, &e))?;
     Ok(Process {
-        child,
-        cgroup: Mutex::new(cgroup),
-        pending: Mutex::new(pending),
+        child: created.child,
+        cgroup: Mutex::new(created.cgroup),
+        pending: Mutex::new(created.pending),
     })
 }
 
@@ -180,29 +143,9 @@ fn exec(
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let child = py
         .detach(|| {
-            let pidns = std::fs::File::open(format!("/proc/{target}/ns/pid"))
-                .map(std::os::fd::OwnedFd::from)
-                .map_err(|e| {
-                    SetupError::io(
-                        Stage::Namespaces,
-                        format!("the container's pid namespace (pid {target})"),
-                        &e,
-                    )
-                })?;
             let paths: Vec<std::path::PathBuf> = cgroup_paths.iter().map(Into::into).collect();
-            let cgroup = match paths.is_empty() {
-                true => None,
-                false => cgroups::layout()
-                    .ok()
-                    .and_then(|l| Cgroup::from_paths(l, &paths)),
-            };
-            // A container in a user namespace of its own: the child joins its pid namespace
-            // itself (see ExecPlan::fork_into_pidns), the spawner cannot.
-            let place = Placement {
-                cgroup: cgroup.as_ref(),
-                pidns: (!plan.fork_into_pidns).then_some(&pidns),
-            };
-            core_spawn(image, &Request::Exec(plan), [stdin, stdout, stderr], place)
+            let cgroup = runtime::cgroup_of(&paths);
+            runtime::exec_into(image, plan, [stdin, stdout, stderr], cgroup.as_ref())
         })
         .map_err(|e| spawn_error(py, &e))?;
     Ok(Process {

@@ -2,12 +2,12 @@
 //! containerd and conmon send) or from the container's own `process` with the command line's
 //! changes (`pyrt-runc exec ID CMD...`).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use pyrt_core::plan::{ExecPlan, Request};
-use pyrt_core::spawn::{self, Placement};
+use pyrt_core::plan::ExecPlan;
+use pyrt_core::runtime;
 
 use crate::error::{io_err, Result, RuncError};
 use crate::lifecycle::{self, load_spec, write_pid_file};
@@ -119,9 +119,6 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         .map_err(|e| RuncError::Spec(e.to_string()))?;
     plan.detached = o.detach;
     let cgroup = rec.cgroup_handle();
-    let pidns: OwnedFd = std::fs::File::open(format!("/proc/{}/ns/pid", rec.pid))
-        .map_err(io_err("opening the container's pid namespace"))?
-        .into();
     let console = o
         .console_socket
         .as_deref()
@@ -134,15 +131,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         .transpose()?;
     let stdin = console.as_ref().map_or(0, |c| c.as_raw_fd());
     let image = lifecycle::child_image()?;
-    let child = spawn::spawn(
-        &image,
-        &Request::Exec(plan),
-        [stdin, 1, 2],
-        Placement {
-            cgroup: cgroup.as_ref(),
-            pidns: Some(&pidns),
-        },
-    )?;
+    let child = runtime::exec_into(&image, plan, [stdin, 1, 2], cgroup.as_ref())?;
     if let Some(p) = &o.pid_file {
         write_pid_file(p, child.pid)?;
     }

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
-use pyrt_core::cgroups::{self, Cgroup, CgroupPlan};
+use pyrt_core::cgroups::CgroupPlan;
 use pyrt_core::hooks::{self, Hook};
-use pyrt_core::plan::{Plan, Request};
+use pyrt_core::plan::Plan;
 use pyrt_core::report::{SetupError, Stage};
-use pyrt_core::spawn::{self, Child, ChildImage, Placement};
+use pyrt_core::runtime;
+use pyrt_core::spawn::{self, Child, ChildImage};
 
 use crate::error::{io_err, Result, RuncError};
 use crate::log;
@@ -167,32 +168,23 @@ fn start_init(
     mut record: Record,
     runtime_hooks: &[Hook],
 ) -> Result<Created> {
-    let cgroup = match cg_plan {
-        Some(p) => Some(Cgroup::create(cgroups::layout()?, p)?),
-        None => None,
-    };
     let console = o.console_socket.as_deref().map(console).transpose()?;
     let stdin: RawFd = console.as_ref().map_or(0, |c| c.as_raw_fd());
     let image = child_image()?;
-    let request = Request::Create(plan.clone());
-    let result = (|| -> Result<Child> {
-        let (child, pending) = spawn::spawn_held(
-            &image,
-            &request,
-            [stdin, 1, 2],
-            Placement {
-                cgroup: cgroup.as_ref(),
-                pidns: None,
-            },
-        )?;
+    let mut plan = plan.clone();
+    plan.cgroup = cg_plan.cloned();
+    let created = runtime::create(&image, plan, [stdin, 1, 2], true, || {})?;
+    let (child, cgroup) = (created.child, created.cgroup);
+    let released = (|| -> Result<()> {
         let pid = child.pid;
-        let start = state::start_time(pid).unwrap_or(0);
         record.pid = pid;
-        record.start_time = start;
+        record.start_time = state::start_time(pid).unwrap_or(0);
         let rec = &record;
+        let Some(pending) = created.pending else {
+            return Ok(()); // (created held: always there)
+        };
         spawn::release_with(&child, pending, |pid| {
-            let state = rec.oci_state(Status::Created);
-            let mut state = state;
+            let mut state = rec.oci_state(Status::Created);
             state["status"] = "creating".into();
             state["pid"] = pid.into();
             let text = state.to_string();
@@ -201,17 +193,14 @@ fn start_init(
             })?;
             Ok(text)
         })?;
-        Ok(child)
+        Ok(())
     })();
-    let child = match result {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(cg) = &cgroup {
-                let _ = cg.destroy();
-            }
-            return Err(e);
+    if let Err(e) = released {
+        if let Some(cg) = &cgroup {
+            let _ = cg.destroy();
         }
-    };
+        return Err(e);
+    }
     record.cgroup = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
     let kill = |child: &Child| {
         let _ = child.kill(libc::SIGKILL);

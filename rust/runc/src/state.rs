@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pyrt_core::cgroups::{self, Cgroup};
+use pyrt_core::cgroups::Cgroup;
 use pyrt_core::hooks::Hook;
 use serde::{Deserialize, Serialize};
 
@@ -115,10 +115,7 @@ impl Record {
 
     /// The container's cgroup, from the directories `create` recorded.
     pub fn cgroup_handle(&self) -> Option<Cgroup> {
-        if self.cgroup.is_empty() {
-            return None;
-        }
-        Cgroup::from_paths(cgroups::layout().ok()?, &self.cgroup)
+        pyrt_core::runtime::cgroup_of(&self.cgroup)
     }
 
     /// The runtime spec's state JSON.
