@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use pyrt_core::cgroups::{self, Cgroup};
-use pyrt_core::io::{communicate as core_communicate, Outputs};
+use pyrt_core::host::io::{communicate as core_communicate, Outputs};
 use pyrt_core::plan::{ExecPlan, Plan};
 use pyrt_core::report::{SetupError, Stage};
 use pyrt_core::runtime;
@@ -305,7 +305,7 @@ fn log_pipe(path: &str, cap: u64) -> PyResult<(i32, i32)> {
     };
     let (r, w) = pipe()?;
     let (done_r, done_w) = pipe()?;
-    pyrt_core::logs::follow_into(r, path.into(), cap, Some(done_w))
+    pyrt_core::host::logs::follow_into(r, path.into(), cap, Some(done_w))
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
     Ok((w.into_raw_fd(), done_r.into_raw_fd()))
 }
@@ -317,23 +317,23 @@ fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<()> {
     use std::os::fd::FromRawFd;
     // SAFETY: the caller hands the descriptor over.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    pyrt_core::logs::follow_into(owned, path.into(), cap, None)
+    pyrt_core::host::logs::follow_into(owned, path.into(), cap, None)
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
-/// A new network namespace with `lo` up, as a descriptor the caller owns (see core/netns.rs).
+/// A new network namespace with `lo` up, as a descriptor the caller owns (see core/host/netns.rs).
 #[pyfunction]
 fn new_netns() -> PyResult<i32> {
     use std::os::fd::IntoRawFd;
-    pyrt_core::netns::create()
+    pyrt_core::host::netns::create()
         .map(|fd| fd.into_raw_fd())
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
-/// A published TCP port (see core/portfwd.rs): stops accepting on `close()`.
+/// A published TCP port (see core/host/portfwd.rs): stops accepting on `close()`.
 #[pyclass(module = "pyrt._core")]
 struct PortForward {
-    inner: Option<pyrt_core::portfwd::Forwarder>,
+    inner: Option<pyrt_core::host::portfwd::Forwarder>,
     port: u16,
 }
 
@@ -363,7 +363,7 @@ fn forward_tcp(netns_fd: i32, addr: &str, port: u16, target: u16) -> PyResult<Po
         .map_err(|_| PyValueError::new_err(format!("not an IPv4 address: {addr}")))?;
     // SAFETY: the caller keeps the descriptor open for the duration of this call.
     let ns = unsafe { BorrowedFd::borrow_raw(netns_fd) };
-    let f = pyrt_core::portfwd::Forwarder::tcp(ns, ip, port, target)
+    let f = pyrt_core::host::portfwd::Forwarder::tcp(ns, ip, port, target)
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
     Ok(PortForward {
         port: f.port(),

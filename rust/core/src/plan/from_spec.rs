@@ -1,54 +1,16 @@
-//! OCI runtime spec -> a validated [`Plan`].
-//!
-//! Everything that can be decided before `clone` is decided here, in the parent: which namespaces
-//! to create, the order of mounts and their flags, the device nodes, the process's ids, rlimits
-//! and capabilities. The child only carries out the plan; a spec that cannot be carried out is
-//! refused here with an error that names the offending field, before any kernel object exists.
+//! OCI runtime spec -> a validated [`Plan`] (and an exec's process -> an [`ExecPlan`]): every
+//! field checked, every path made absolute and clean, every flag and id computed, before any
+//! kernel object exists.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-#[cfg(feature = "spec")]
 use oci_spec::runtime::{PosixRlimitType, Spec};
-use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "spec")]
+use super::*;
 use crate::capabilities;
-use crate::capabilities::CapSets;
-use crate::cgroups::CgroupPlan;
-#[cfg(feature = "spec")]
 use crate::cgroups::Resources;
-use crate::hooks::Hook;
-#[cfg(feature = "spec")]
 use crate::mountopts;
-use crate::mountopts::MountFlags;
-use crate::seccomp::Program;
 
-/// Annotation that asks the core to build the root as an overlay inside the container's own mount
-/// namespace, so that no host-visible mount exists to leak. Value: JSON `{"lower": [dir, ...],
-/// "upper": dir, "work": dir}`, lower directories topmost first (overlayfs' order).
-pub const ANNOTATION_OVERLAY: &str = "run.pyrt.rootfs.overlay";
-/// Annotation that asks for a recursive bind of a host directory (e.g. `/`) as the root.
-pub const ANNOTATION_ROOT_BIND: &str = "run.pyrt.rootfs.bind";
-/// Annotation "true": create a missing `process.cwd` inside the root (Docker's rule for `-w`).
-pub const ANNOTATION_CREATE_CWD: &str = "run.pyrt.cwd.create";
-/// Annotation "true": pyrt's init stays pid 1 and runs the command as its child.
-pub const ANNOTATION_INIT: &str = "run.pyrt.init";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("invalid OCI runtime spec: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("spec field {field}: {reason}")]
-    Field { field: String, reason: String },
-}
-
-/// Whether ``s`` can go to the kernel as a C string (the child converts every path and name
-/// the plan holds; a NUL would cut it short, or fail only there).
-fn has_nul(s: impl AsRef<std::ffi::OsStr>) -> bool {
-    s.as_ref().as_encoded_bytes().contains(&0)
-}
-
-#[cfg(feature = "spec")]
 fn no_nul(field: impl Into<String>, s: impl AsRef<std::ffi::OsStr>) -> Result<(), PlanError> {
     if has_nul(&s) {
         return Err(field_err(field, "contains a NUL byte"));
@@ -56,7 +18,6 @@ fn no_nul(field: impl Into<String>, s: impl AsRef<std::ffi::OsStr>) -> Result<()
     Ok(())
 }
 
-#[cfg(feature = "spec")]
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
     PlanError::Field {
         field: field.into(),
@@ -64,183 +25,6 @@ fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Overlay {
-    pub lower: Vec<PathBuf>,
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    /// overlayfs's markers (whiteouts, opaque directories) are user.* xattrs: a rootless
-    /// store's layers, mounted in a user namespace.
-    #[serde(default)]
-    pub userxattr: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum RootSource {
-    /// `root.path` is already the root filesystem: bind it onto itself.
-    InPlace,
-    /// An overlay of read-only lower directories with a private upper one, mounted on `root.path`.
-    Overlay(Overlay),
-    /// A recursive bind of a host directory (the host image), mounted on `root.path`.
-    Bind(PathBuf),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Root {
-    pub path: PathBuf,
-    pub readonly: bool,
-    pub source: RootSource,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum MountKind {
-    /// A bind mount of a host path; `recursive` for `rbind`.
-    Bind { source: PathBuf, recursive: bool },
-    /// A fresh filesystem instance (`proc`, `tmpfs`, `sysfs`, `devpts`, `mqueue`, ...).
-    Fs { fstype: String, source: String },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Mount {
-    /// Absolute path inside the container, normalised (no `.` or `..`).
-    pub destination: PathBuf,
-    pub kind: MountKind,
-    pub flags: MountFlags,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Rlimit {
-    pub resource: u32,
-    pub soft: u64,
-    pub hard: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Process {
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
-    pub umask: Option<u32>,
-    pub no_new_privs: bool,
-    pub rlimits: Vec<Rlimit>,
-    pub capabilities: Option<CapSets>,
-    pub oom_score_adj: Option<i32>,
-    /// A pty as the console: fd 0 is then a socket to send its master over.
-    pub terminal: bool,
-}
-
-/// What the child does, in the order it does it (see `child::run`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Plan {
-    /// Namespaces created by `clone` (CLONE_NEW* bits).
-    pub clone_flags: u64,
-    /// Namespaces joined by path, as (CLONE_NEW* bit, path), in the order to join them.
-    pub join: Vec<(u64, PathBuf)>,
-    pub root: Root,
-    pub mounts: Vec<Mount>,
-    /// The standard device nodes and /dev symlinks are made when /dev is a fresh tmpfs.
-    pub default_devices: bool,
-    pub masked_paths: Vec<PathBuf>,
-    pub readonly_paths: Vec<PathBuf>,
-    pub hostname: Option<String>,
-    /// Bring `lo` up: the container has a network namespace of its own.
-    pub loopback: bool,
-    pub sysctl: Vec<(String, String)>,
-    /// Create a missing working directory inside the root before pivot_root.
-    pub create_cwd: bool,
-    /// The container's own cgroup, made by the parent before clone.
-    pub cgroup: Option<CgroupPlan>,
-    /// Keep pyrt-child as pid 1, reaping orphans and forwarding signals (`child::init`).
-    pub init: bool,
-    /// The seccomp filter, compiled; installed last, just before execve.
-    pub seccomp: Option<Program>,
-    /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
-    /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
-    pub new_cgroupns: bool,
-    /// With a new user namespace: its uid and gid maps, which the parent writes before it sends
-    /// the plan (so the child does nothing before they are in place).
-    pub id_maps: Option<IdMaps>,
-    pub process: Process,
-    /// `linux.devices`: nodes made in the container's /dev (after the default ones).
-    #[serde(default)]
-    pub devices: Vec<Device>,
-    /// The container outlives the process that made it (`pyrt-runc create`): no parent-death
-    /// signal, no lifeline.
-    #[serde(default)]
-    pub detached: bool,
-    /// `pyrt-runc create`: once set up, wait for `start` to connect to a unix socket named
-    /// `start.sock`, bound in this directory before pivot_root; errors after that go to `start`.
-    #[serde(default)]
-    pub start_socket: Option<PathBuf>,
-    #[serde(default)]
-    pub hooks: ChildHooks,
-}
-
-/// A device node of `linux.devices`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Device {
-    /// Absolute, normalised path inside the container.
-    pub path: PathBuf,
-    /// S_IFCHR, S_IFBLK or S_IFIFO.
-    pub kind: u32,
-    pub major: i64,
-    pub minor: i64,
-    /// Permission bits (0666 when the spec names none).
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
-/// The hooks the child runs itself, and whether it stops before pivot_root so that the parent
-/// runs the runtime namespace's (`createRuntime`, `prestart`) and sends the state JSON.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ChildHooks {
-    pub sync: bool,
-    pub create_container: Vec<Hook>,
-    pub start_container: Vec<Hook>,
-}
-
-/// A user namespace's maps: (id inside, id outside, count) ranges.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct IdMaps {
-    pub uid: Vec<(u32, u32, u32)>,
-    pub gid: Vec<(u32, u32, u32)>,
-}
-
-/// A process to start inside a running container (`exec`): it joins the namespaces of the
-/// container's first process, `target` (a host pid), and then runs like a container's command.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ExecPlan {
-    pub target: i32,
-    pub process: Process,
-    /// The container's seccomp filter applies to what is exec'd into it too.
-    pub seccomp: Option<Program>,
-    /// Join the container's pid namespace here, then fork (the command is born inside; we wait
-    /// for it and pass its status on), instead of being born there by the spawner. For a
-    /// container in a user namespace: only a process inside that namespace may make processes
-    /// in its pid namespace, and only a single-threaded one may enter it.
-    #[serde(default)]
-    pub fork_into_pidns: bool,
-    /// The process outlives the one that started it (`pyrt-runc exec --detach`).
-    #[serde(default)]
-    pub detached: bool,
-}
-
-/// What a child is asked to do. One is made per spawn and serialised at once: its size does
-/// not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum Request {
-    Create(Plan),
-    Exec(ExecPlan),
-}
-
-/// Whether process `pid` is in our own namespace of this kind (an unreadable one counts as
-/// the same: the child's own attempt will then report why).
-#[cfg(feature = "spec")]
 fn same_namespace(pid: i32, kind: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (
@@ -252,7 +36,6 @@ fn same_namespace(pid: i32, kind: &str) -> bool {
     }
 }
 
-#[cfg(feature = "spec")]
 impl ExecPlan {
     /// From the JSON of an OCI `process` object (what `runc exec --process` takes).
     pub fn from_process_json(
@@ -279,7 +62,6 @@ impl ExecPlan {
     }
 }
 
-#[cfg(feature = "spec")]
 impl Plan {
     pub fn from_json(json: &str) -> Result<Plan, PlanError> {
         let spec: Spec = serde_json::from_str(json)?;
@@ -465,7 +247,6 @@ impl Plan {
     }
 }
 
-#[cfg(feature = "spec")]
 fn plan_hooks(spec: &Spec) -> ChildHooks {
     let Some(h) = spec.hooks().as_ref() else {
         return ChildHooks::default();
@@ -488,7 +269,6 @@ fn plan_hooks(spec: &Spec) -> ChildHooks {
     }
 }
 
-#[cfg(feature = "spec")]
 fn plan_devices(linux: Option<&oci_spec::runtime::Linux>) -> Result<Vec<Device>, PlanError> {
     use oci_spec::runtime::LinuxDeviceType as T;
     let mut out = Vec::new();
@@ -539,7 +319,6 @@ fn plan_devices(linux: Option<&oci_spec::runtime::Linux>) -> Result<Vec<Device>,
 
 /// Only sysctls that a namespace isolates, and only with that namespace the container's own
 /// (runc's allow-list): anything else would change the host.
-#[cfg(feature = "spec")]
 fn check_sysctl(key: &str, new: u64, joined: &[(u64, PathBuf)]) -> Result<(), String> {
     if key.is_empty() || key.contains("..") || key.contains('/') {
         return Err("not a sysctl name".into());
@@ -571,7 +350,6 @@ fn check_sysctl(key: &str, new: u64, joined: &[(u64, PathBuf)]) -> Result<(), St
     }
 }
 
-#[cfg(feature = "spec")]
 fn plan_id_maps(
     linux: Option<&oci_spec::runtime::Linux>,
     clone_flags: u64,
@@ -605,7 +383,6 @@ fn plan_id_maps(
     }))
 }
 
-#[cfg(feature = "spec")]
 fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
     let root = spec
         .root()
@@ -663,7 +440,6 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
 }
 
 /// `resources_of` for a `linux.resources` object as JSON (what `update` takes).
-#[cfg(feature = "spec")]
 pub fn resources_from_json(text: &str) -> Result<Resources, PlanError> {
     let res: oci_spec::runtime::LinuxResources =
         serde_json::from_str(text).map_err(|e| field_err("linux.resources", e.to_string()))?;
@@ -672,7 +448,6 @@ pub fn resources_from_json(text: &str) -> Result<Resources, PlanError> {
 
 /// The limits of an OCI `LinuxResources` object that pyrt applies, checked: what a spec asks
 /// for at create, and what `pyrt-runc update --resources` asks for later.
-#[cfg(feature = "spec")]
 pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources, PlanError> {
     let mut r = Resources::default();
     {
@@ -748,7 +523,6 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
     Ok(r)
 }
 
-#[cfg(feature = "spec")]
 fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
     let Some(linux) = spec.linux().as_ref() else {
         return Ok(None);
@@ -768,7 +542,6 @@ fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
     }
 }
 
-#[cfg(feature = "spec")]
 fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
     let p = spec
         .process()
@@ -837,7 +610,6 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
     })
 }
 
-#[cfg(feature = "spec")]
 #[allow(clippy::unnecessary_cast)]
 fn rlimit_resource(t: PosixRlimitType) -> u32 {
     use PosixRlimitType::*;
@@ -863,29 +635,7 @@ fn rlimit_resource(t: PosixRlimitType) -> u32 {
     r as u32
 }
 
-/// A mount destination as an absolute, lexically clean path. `..` is refused rather than folded:
-/// a spec that climbs is a spec to look at, and the child resolves every path inside the root
-/// anyway.
-pub fn normalize_destination(p: &Path) -> Result<PathBuf, String> {
-    if !p.is_absolute() {
-        return Err(format!("must be an absolute path: {}", p.display()));
-    }
-    if has_nul(p) {
-        return Err(format!("contains a NUL byte: {}", p.display()));
-    }
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(format!("must not contain '..': {}", p.display())),
-            Component::Prefix(_) => return Err(format!("not a Linux path: {}", p.display())),
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(all(test, feature = "spec"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,8 @@
+//! What runs on the host's side of a container, in the caller's process: network namespaces
+//! made ahead, published ports' forwarders, the stdio pump, and the log files. Nothing here
+//! runs in the child.
+
+pub mod io;
+pub mod logs;
+pub mod netns;
+pub mod portfwd;

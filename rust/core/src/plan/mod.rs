@@ -1,0 +1,245 @@
+//! The plan: what the child carries out, decided in the parent (the child's vocabulary). Its
+//! types are here; `from_spec` makes one from an OCI runtime spec.
+//!
+//! Everything that can be decided before `clone` is decided in the parent: which namespaces to
+//! create, the order of mounts and their flags, the device nodes, the process's ids, rlimits
+//! and capabilities. The child only carries out the plan; a spec that cannot be carried out is
+//! refused with an error that names the offending field, before any kernel object exists.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capabilities::CapSets;
+use crate::cgroups::CgroupPlan;
+use crate::hooks::Hook;
+use crate::mountopts::MountFlags;
+use crate::seccomp::Program;
+
+/// Annotation that asks the core to build the root as an overlay inside the container's own mount
+/// namespace, so that no host-visible mount exists to leak. Value: JSON `{"lower": [dir, ...],
+/// "upper": dir, "work": dir}`, lower directories topmost first (overlayfs' order).
+pub const ANNOTATION_OVERLAY: &str = "run.pyrt.rootfs.overlay";
+/// Annotation that asks for a recursive bind of a host directory (e.g. `/`) as the root.
+pub const ANNOTATION_ROOT_BIND: &str = "run.pyrt.rootfs.bind";
+/// Annotation "true": create a missing `process.cwd` inside the root (Docker's rule for `-w`).
+pub const ANNOTATION_CREATE_CWD: &str = "run.pyrt.cwd.create";
+/// Annotation "true": pyrt's init stays pid 1 and runs the command as its child.
+pub const ANNOTATION_INIT: &str = "run.pyrt.init";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("invalid OCI runtime spec: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("spec field {field}: {reason}")]
+    Field { field: String, reason: String },
+}
+
+/// Whether ``s`` can go to the kernel as a C string (the child converts every path and name
+/// the plan holds; a NUL would cut it short, or fail only there).
+pub(crate) fn has_nul(s: impl AsRef<std::ffi::OsStr>) -> bool {
+    s.as_ref().as_encoded_bytes().contains(&0)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Overlay {
+    pub lower: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// overlayfs's markers (whiteouts, opaque directories) are user.* xattrs: a rootless
+    /// store's layers, mounted in a user namespace.
+    #[serde(default)]
+    pub userxattr: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum RootSource {
+    /// `root.path` is already the root filesystem: bind it onto itself.
+    InPlace,
+    /// An overlay of read-only lower directories with a private upper one, mounted on `root.path`.
+    Overlay(Overlay),
+    /// A recursive bind of a host directory (the host image), mounted on `root.path`.
+    Bind(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Root {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub source: RootSource,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum MountKind {
+    /// A bind mount of a host path; `recursive` for `rbind`.
+    Bind { source: PathBuf, recursive: bool },
+    /// A fresh filesystem instance (`proc`, `tmpfs`, `sysfs`, `devpts`, `mqueue`, ...).
+    Fs { fstype: String, source: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Mount {
+    /// Absolute path inside the container, normalised (no `.` or `..`).
+    pub destination: PathBuf,
+    pub kind: MountKind,
+    pub flags: MountFlags,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub capabilities: Option<CapSets>,
+    pub oom_score_adj: Option<i32>,
+    /// A pty as the console: fd 0 is then a socket to send its master over.
+    pub terminal: bool,
+}
+
+/// What the child does, in the order it does it (see `child::run`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// Namespaces created by `clone` (CLONE_NEW* bits).
+    pub clone_flags: u64,
+    /// Namespaces joined by path, as (CLONE_NEW* bit, path), in the order to join them.
+    pub join: Vec<(u64, PathBuf)>,
+    pub root: Root,
+    pub mounts: Vec<Mount>,
+    /// The standard device nodes and /dev symlinks are made when /dev is a fresh tmpfs.
+    pub default_devices: bool,
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub hostname: Option<String>,
+    /// Bring `lo` up: the container has a network namespace of its own.
+    pub loopback: bool,
+    pub sysctl: Vec<(String, String)>,
+    /// Create a missing working directory inside the root before pivot_root.
+    pub create_cwd: bool,
+    /// The container's own cgroup, made by the parent before clone.
+    pub cgroup: Option<CgroupPlan>,
+    /// Keep pyrt-child as pid 1, reaping orphans and forwarding signals (`child::init`).
+    pub init: bool,
+    /// The seccomp filter, compiled; installed last, just before execve.
+    pub seccomp: Option<Program>,
+    /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's
+    /// CLONE_NEWCGROUP would root the namespace at the parent's cgroup on v2).
+    pub new_cgroupns: bool,
+    /// With a new user namespace: its uid and gid maps, which the parent writes before it sends
+    /// the plan (so the child does nothing before they are in place).
+    pub id_maps: Option<IdMaps>,
+    pub process: Process,
+    /// `linux.devices`: nodes made in the container's /dev (after the default ones).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// The container outlives the process that made it (`pyrt-runc create`): no parent-death
+    /// signal, no lifeline.
+    #[serde(default)]
+    pub detached: bool,
+    /// `pyrt-runc create`: once set up, wait for `start` to connect to a unix socket named
+    /// `start.sock`, bound in this directory before pivot_root; errors after that go to `start`.
+    #[serde(default)]
+    pub start_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub hooks: ChildHooks,
+}
+
+/// A device node of `linux.devices`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Device {
+    /// Absolute, normalised path inside the container.
+    pub path: PathBuf,
+    /// S_IFCHR, S_IFBLK or S_IFIFO.
+    pub kind: u32,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits (0666 when the spec names none).
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// The hooks the child runs itself, and whether it stops before pivot_root so that the parent
+/// runs the runtime namespace's (`createRuntime`, `prestart`) and sends the state JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChildHooks {
+    pub sync: bool,
+    pub create_container: Vec<Hook>,
+    pub start_container: Vec<Hook>,
+}
+
+/// A user namespace's maps: (id inside, id outside, count) ranges.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdMaps {
+    pub uid: Vec<(u32, u32, u32)>,
+    pub gid: Vec<(u32, u32, u32)>,
+}
+
+/// A process to start inside a running container (`exec`): it joins the namespaces of the
+/// container's first process, `target` (a host pid), and then runs like a container's command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecPlan {
+    pub target: i32,
+    pub process: Process,
+    /// The container's seccomp filter applies to what is exec'd into it too.
+    pub seccomp: Option<Program>,
+    /// Join the container's pid namespace here, then fork (the command is born inside; we wait
+    /// for it and pass its status on), instead of being born there by the spawner. For a
+    /// container in a user namespace: only a process inside that namespace may make processes
+    /// in its pid namespace, and only a single-threaded one may enter it.
+    #[serde(default)]
+    pub fork_into_pidns: bool,
+    /// The process outlives the one that started it (`pyrt-runc exec --detach`).
+    #[serde(default)]
+    pub detached: bool,
+}
+
+/// What a child is asked to do. One is made per spawn and serialised at once: its size does
+/// not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Request {
+    Create(Plan),
+    Exec(ExecPlan),
+}
+
+/// Whether process `pid` is in our own namespace of this kind (an unreadable one counts as
+/// the same: the child's own attempt will then report why).
+/// A mount destination as an absolute, lexically clean path. `..` is refused rather than folded:
+/// a spec that climbs is a spec to look at, and the child resolves every path inside the root
+/// anyway.
+pub fn normalize_destination(p: &Path) -> Result<PathBuf, String> {
+    if !p.is_absolute() {
+        return Err(format!("must be an absolute path: {}", p.display()));
+    }
+    if has_nul(p) {
+        return Err(format!("contains a NUL byte: {}", p.display()));
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err(format!("must not contain '..': {}", p.display())),
+            Component::Prefix(_) => return Err(format!("not a Linux path: {}", p.display())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(feature = "spec")]
+mod from_spec;
+#[cfg(feature = "spec")]
+pub use from_spec::{resources_from_json, resources_of};
