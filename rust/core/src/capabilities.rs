@@ -10,6 +10,14 @@ use caps::{CapSet, CapsHashSet};
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use serde::{Deserialize, Serialize};
 
+/// A capability the spec names that the kernel's list does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown capability {name}")]
+pub struct CapabilityError {
+    /// The name as the spec gave it, with the "CAP_" prefix.
+    pub name: String,
+}
+
 /// The five sets as bit masks (bit n = capability number n).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct CapSets {
@@ -21,19 +29,19 @@ pub struct CapSets {
 }
 
 #[cfg(feature = "spec")]
-fn mask(set: &Option<Capabilities>) -> Result<u64, String> {
+fn mask(set: &Option<Capabilities>) -> Result<u64, CapabilityError> {
     let mut m = 0u64;
     for c in set.iter().flatten() {
         // oci-spec prints "CHOWN"; the caps crate knows "CAP_CHOWN".
         let name = format!("CAP_{c}");
-        let cap = Capability::from_str(&name).map_err(|_| format!("unknown capability {name}"))?;
+        let cap = Capability::from_str(&name).map_err(|_| CapabilityError { name })?;
         m |= cap.bitmask();
     }
     Ok(m)
 }
 
 #[cfg(feature = "spec")]
-pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, String> {
+pub fn from_spec(c: &LinuxCapabilities) -> Result<CapSets, CapabilityError> {
     Ok(CapSets {
         bounding: mask(c.bounding())?,
         effective: mask(c.effective())?,

@@ -22,8 +22,23 @@ impl MountFlags {
     }
 }
 
+/// A mount option that cannot be carried out, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountOptionError {
+    /// Recursive attributes (mount_setattr) and id-mapped mounts: not supported yet; refusing
+    /// beats silently mounting something weaker than asked.
+    #[error("mount option {option:?} is not supported")]
+    Unsupported { option: String },
+    #[error("empty mount option")]
+    Empty,
+    #[error("mount option contains a comma: {option:?}")]
+    Comma { option: String },
+}
+
 /// Parses the options; the second value says whether the options ask for a bind mount.
-pub fn parse<'a>(options: impl Iterator<Item = &'a str>) -> Result<(MountFlags, bool), String> {
+pub fn parse<'a>(
+    options: impl Iterator<Item = &'a str>,
+) -> Result<(MountFlags, bool), MountOptionError> {
     let mut f = MountFlags::default();
     let mut bind = false;
     let mut data: Vec<&str> = Vec::new();
@@ -74,19 +89,14 @@ pub fn parse<'a>(options: impl Iterator<Item = &'a str>) -> Result<(MountFlags, 
                 f.propagation = kind | rec;
                 (0, 0)
             }
-            // Recursive attributes (mount_setattr) and id-mapped mounts: not supported yet; refusing
-            // beats silently mounting something weaker than asked.
-            o if o.starts_with("r")
-                && ["rro", "rrw", "rnosuid", "rnodev", "rnoexec"].contains(&o) =>
-            {
-                return Err(format!("recursive mount attribute {o:?} is not supported"));
+            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" => {
+                return Err(MountOptionError::Unsupported { option: o.into() });
             }
-            "idmap" | "ridmap" => return Err(format!("mount option {o:?} is not supported")),
             "tmpcopyup" | "copy-symlink" | "nocopyup" => (0, 0),
-            "" => return Err("empty mount option".into()),
+            "" => return Err(MountOptionError::Empty),
             o => {
                 if o.contains(',') {
-                    return Err(format!("mount option contains a comma: {o:?}"));
+                    return Err(MountOptionError::Comma { option: o.into() });
                 }
                 data.push(o);
                 (0, 0)

@@ -128,7 +128,7 @@ impl Plan {
                 .map_err(|r| field_err(format!("{field}.destination"), r))?;
             let (flags, is_bind) =
                 mountopts::parse(m.options().iter().flatten().map(|s| s.as_str()))
-                    .map_err(|r| field_err(format!("{field}.options"), r))?;
+                    .map_err(|r| field_err(format!("{field}.options"), r.to_string()))?;
             let typ = m.typ().clone().unwrap_or_default();
             let kind = if is_bind || typ == "bind" {
                 let source = m.source().clone().ok_or_else(|| {
@@ -589,9 +589,10 @@ fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
     }
     let user = p.user();
     let capabilities = match p.capabilities() {
-        Some(c) => {
-            Some(capabilities::from_spec(c).map_err(|r| field_err("process.capabilities", r))?)
-        }
+        Some(c) => Some(
+            capabilities::from_spec(c)
+                .map_err(|r| field_err("process.capabilities", r.to_string()))?,
+        ),
         None => None,
     };
     Ok(Process {
