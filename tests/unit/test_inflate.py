@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -134,3 +135,18 @@ def test_a_4_gib_layer_of_zeros_unpacks_in_bounded_memory(tmp_path: Path) -> Non
     r = bomb(tmp_path / "capped", 1 << 30)
     assert r.returncode != 0
     assert "layer too large: more than 1073741824 bytes of content" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:
+    """ENOSPC while writing is an ImageError that says so and names the entry, not an OSError
+    from deep inside."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        blob = gzip.compress(tar_of({"a": bytes(600_000), "b": bytes(600_000)}))
+        with pytest.raises(pyrt.ImageError, match="no space left on device while unpacking 'b'"):
+            unpack(io.BytesIO(blob), str(small), what="full")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
