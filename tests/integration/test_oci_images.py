@@ -35,6 +35,7 @@ from imagetools import (
 )
 
 import pyrt
+from pyrt.image.oci import REF_NAME as REF
 
 needs_umoci = pytest.mark.skipif(not HAVE_UMOCI, reason="needs umoci (Debian package umoci)")
 needs_skopeo = pytest.mark.skipif(not HAVE_SKOPEO, reason="needs skopeo (Debian package skopeo)")
@@ -469,3 +470,20 @@ def test_flattening_understands_rootless_xattr_whiteouts(tmp_path: Path) -> None
     assert sorted(p.name for p in flat.iterdir()) == ["kept", "opq"]
     assert sorted(p.name for p in (flat / "opq").iterdir()) == ["new"]
     assert "user.overlay.opaque" not in os.listxattr(flat / "opq")
+
+
+@needs_umoci
+def test_umoci_insert_layers_without_end_blocks(
+    rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's umoci 0.4.7 writes `insert` layers that stop right after the file's content
+    (no padding, no end blocks; umoci #436). GNU tar and podman take them; so does pyrt."""
+    monkeypatch.setenv("PYRT_ROOT", str(tmp_path / "store"))
+    layout = make_layout(tmp_path / "lay", [busybox_layer(rootfs)])
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].setdefault("annotations", {})[REF] = "t"
+    (layout / "index.json").write_text(json.dumps(index))
+    (tmp_path / "hello").write_text("inserted\n")
+    run("umoci", "insert", "--image", f"{layout}:t", str(tmp_path / "hello"), "/etc/hello")
+    img = pyrt.Image.load(layout, ref="t")
+    assert pyrt.run(img, ["cat", "/etc/hello"], text=True).stdout == "inserted\n"

@@ -61,18 +61,24 @@ def test_truncated_stream_is_an_error(kind: str, tmp_path: Path) -> None:
 
 
 def test_archive_without_end_blocks_and_with_trailing_garbage(tmp_path: Path) -> None:
-    """GNU tar, umoci and podman take an archive that stops after its last entry (what umoci
-    0.4.7's `insert` writes) and ignore what follows the end blocks; the digest covers all."""
+    """GNU tar, umoci and podman take an archive that stops right after its last entry's
+    content, without padding or end blocks (what umoci 0.4.7's `insert` writes), and ignore
+    what follows the end blocks; the digest covers all of it."""
     plain = tar_of({"f": b"x" * 1000, "g": b"y"})
-    # The last entry ends at its 512-byte padded size; the rest is end blocks (and padding).
-    cut = 3 * 512 + 2 * 512  # two PAX-less headers and two data blocks
+    # f: header + 2 blocks; g: header + 1 byte of content, then padding and end blocks.
+    cut = 512 + 1024 + 512 + 1
     assert plain[cut:].strip(b"\0") == b""
-    for name, blob in {"cut": plain[:cut], "garbage": plain + b"trailing garbage" * 100}.items():
+    blobs = {"cut": plain[:cut], "blocks": plain[: cut + 511], "garbage": plain + b"junk" * 400}
+    for name, blob in blobs.items():
         dest = tmp_path / name
         dest.mkdir()
         stats = unpack(io.BytesIO(blob), str(dest), what=name)
         assert (dest / "f").read_bytes() == b"x" * 1000 and (dest / "g").read_bytes() == b"y"
         assert stats.diff_id == "sha256:" + hashlib.sha256(blob).hexdigest()
+    # Ending inside a file's content is still an error, naming the file.
+    (tmp_path / "short").mkdir()
+    with pytest.raises(pyrt.ImageError, match=r"ends inside 'f' \(300 of 1000 bytes\)"):
+        unpack(io.BytesIO(plain[: 512 + 300]), str(tmp_path / "short"), what="short")
 
 
 def test_malformed_archive_names_the_offset(tmp_path: Path) -> None:

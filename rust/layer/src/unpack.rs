@@ -422,7 +422,14 @@ fn unpack_tar(stream: &mut Channel, dest: &Path, opts: &Options) -> Result<Stats
     let mut archive = tar::Archive::new(&mut *stream);
     let entries = archive.entries().map_err(|e| read_error(0, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| read_error(offset(), e))?;
+        let mut entry = match entry {
+            Ok(e) => e,
+            // The stream ended in the padding after the last entry's content (every byte of
+            // it read: `copy` checks), with no end blocks: what umoci 0.4.7's `insert` writes,
+            // and what GNU tar, umoci and podman take as the archive's end.
+            Err(e) if ended_in_padding(&e) => break,
+            Err(e) => return Err(read_error(offset(), e)),
+        };
         let m = meta_of(&mut entry, opts).map_err(|e| read_error(offset(), e))?;
         if matches!(m.kind, EntryType::XGlobalHeader) {
             continue;
@@ -476,6 +483,11 @@ fn unpack_tar(stream: &mut Channel, dest: &Path, opts: &Options) -> Result<Stats
         fsops::utimens_fd_path(&fd, *ns).map_err(|e| LayerError::io(&shown(name), e))?;
     }
     Ok(stats)
+}
+
+fn ended_in_padding(e: &io::Error) -> bool {
+    let codec = e.get_ref().is_some_and(|i| i.is::<CodecError>());
+    !codec && e.to_string().contains("unexpected EOF during skip")
 }
 
 /// What went wrong with one entry: the layer itself, a write, or reading its content.
@@ -562,7 +574,18 @@ fn one<R: Read>(
                 0o600,
             )?;
             let mut file = std::fs::File::from(fd);
-            copy(entry, &mut file)?;
+            let copied = copy(entry, &mut file)?;
+            // A sparse entry's stored size is not its length; any other must be whole.
+            if copied != m.size && m.kind != EntryType::GNUSparse {
+                return Err(Found::Read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the archive ends inside '{}' ({copied} of {} bytes)",
+                        shown(&m.name),
+                        m.size
+                    ),
+                )));
+            }
             apply_meta(file.as_raw_fd(), m, opts)?;
         }
         EntryType::Symlink => {
@@ -606,18 +629,21 @@ fn one<R: Read>(
     Ok(())
 }
 
-/// Copies an entry's content through a fixed buffer; read errors are the archive's.
-fn copy<R: Read>(entry: &mut tar::Entry<'_, R>, out: &mut std::fs::File) -> Result<(), Found> {
+/// Copies an entry's content through a fixed buffer; read errors are the archive's. Returns
+/// how many bytes there were.
+fn copy<R: Read>(entry: &mut tar::Entry<'_, R>, out: &mut std::fs::File) -> Result<u64, Found> {
     use std::io::Write;
     let mut buf = vec![0u8; inflate::BUF];
+    let mut total = 0u64;
     loop {
         let n = match entry.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Found::Read(e)),
         };
         out.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
