@@ -165,13 +165,18 @@ def test_blocked_user_namespaces_are_named(public: Path, tmp_path: Path) -> None
     assert "sysctl -w user.max_user_namespaces" in r.stdout
 
 
-def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("who", "flat"), [("nobody", False), ("nobody", True), ("subids", True)])
+def test_layered_image_with_whiteouts(public: Path, tmp_path: Path, who: str, flat: bool) -> None:
     """A rootless store cannot make overlayfs's 0:0 device whiteouts: its layers carry xattr
-    whiteouts and user.* opaque marks instead, which the container's overlay reads."""
+    whiteouts and user.* opaque marks instead, which the container's overlay reads, and which
+    the flattened fallback (no overlayfs: PYRT_NO_OVERLAY=1) applies when it copies layers."""
     from imagetools import Entry, busybox_layer, d, make_layout
 
+    ids = (NOBODY, NOBODY) if who == "nobody" else subid_user()
+    if ids is None:
+        pytest.skip("needs the pyrt-ci user with a subordinate range (scripts/setup makes it)")
     layout = make_layout(
-        public / "layout",
+        public / f"layout-{who}-{flat}",
         [
             [
                 *busybox_layer(public / "rootfs"),
@@ -193,10 +198,11 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
     )
     subprocess.run(["chmod", "-R", "a+rX", str(layout)], check=True)
     out = as_user(
-        NOBODY,
-        NOBODY,
+        *ids,
         f"""
         import warnings
+        if {flat!r}:
+            os.environ["PYRT_NO_OVERLAY"] = "1"
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             img = pyrt.Image.load({str(layout)!r})
@@ -209,6 +215,7 @@ def test_layered_image_with_whiteouts(public: Path, tmp_path: Path) -> None:
     )
     assert out["seen"] == ["/opq:", "new", "/sub:", "keep"]
     assert any("device nodes skipped" in m and "dev/tty9" in m for m in out["warned"])
+    assert any("overlayfs is not available" in m for m in out["warned"]) == flat
     assert "gone" in out["err"]
 
 

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .. import userns
 from ..errors import ImageError
 from . import store
 from .layers import hex_of
@@ -30,13 +31,23 @@ def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:
         stacklevel=3,
     )
     tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir(), prefix="flat-"))
-    try:
-        os.chmod(tmp, 0o755)
+
+    def build(_fd: int = -1) -> None:
         for layer in reversed(lower):
             _apply_layer_tree(Path(layer), tmp)
+
+    try:
+        os.chmod(tmp, 0o755)
+        if os.geteuid() == 0:
+            build()
+        else:
+            # As root of a user namespace mapped as the containers are: the layers' owners
+            # exist there (cp -a keeps them), and a rootless store's mode-0 xattr whiteouts
+            # can be read past, as files of the caller's own.
+            userns.in_mapped_namespace(build)
         store.place_tree(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        userns.remove_tree(tmp)
         raise
     return final
 
