@@ -4,7 +4,7 @@ import pyrt
 pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
-from .container import Container, Result, Stats, run
+from .container import Container, run
 from .errors import (
     BuildError,
     ContainerError,
@@ -24,6 +24,7 @@ from .imagebuild import build
 from .mounts import Bind, Tmpfs
 from .networks import Network
 from .pool import Pool
+from .results import Result, Stats
 from .stdio import DEVNULL, PIPE, STDOUT
 
 __version__ = "0.1.0"

@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import IO, Any, Optional, TypeVar, Union
 
 from . import _core, checks, readiness
-from .container import POLL_INTERVAL, Input, PathArg, Result, Stats, _io_args, _result
 from .container import Container as _SyncContainer
+from .container import Input, PathArg, _io_args, _result
+from .container_readiness import POLL_INTERVAL
 from .errors import ContainerError, PyrtError, TimeoutExpired
 from .image import Image
 from .pool import Pool as _SyncPool
+from .results import Result, Stats
 from .stdio import Pipes, Target
 
 __all__ = ["Container", "Pool", "run"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import io
 import json
 import os
-import re
 import secrets
 import select
 import signal
@@ -16,24 +14,24 @@ import socket
 import subprocess
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import IO, Any, Optional, Union
+from dataclasses import replace
+from typing import Any, Optional, Union
 
 from . import (
     _core,
     checks,
     files,
     options,
-    readiness,
     rootview,
     snapshot,
     spec,
     userns,
 )
-from .errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
+from .container_files import ContainerFiles
+from .container_readiness import POLL_INTERVAL, ContainerReadiness
+from .errors import InvalidOption, PyrtError, SpawnError, TimeoutExpired
 from .health import Checker, Healthcheck
 from .image import Image
 from .image.config import ImageConfig, command_for
@@ -41,6 +39,7 @@ from .image.image import overlay_supported
 from .mounts import Bind, Mount, Tmpfs
 from .network import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
 from .networks import Member, Network
+from .results import Result, Stats
 from .seccomp import default_profile
 from .state import ContainerDir, pid_start_time
 from .stdio import Pipes, Target
@@ -49,56 +48,8 @@ Input = Union[bytes, str, None]
 PathArg = Union[str, "os.PathLike[str]"]
 
 
-class Result:
-    """What ``run`` returns, like ``subprocess.CompletedProcess``."""
-
-    def __init__(
-        self,
-        args: list[str],
-        returncode: int,
-        stdout: Union[bytes, str, None],
-        stderr: Union[bytes, str, None],
-        oom_killed: bool = False,
-    ) -> None:
-        self.args = args
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        self.oom_killed = oom_killed
-
-    def __repr__(self) -> str:
-        parts = [f"args={self.args!r}", f"returncode={self.returncode}"]
-        for name in ("stdout", "stderr"):
-            v = getattr(self, name)
-            if v is not None:
-                r = repr(v)
-                parts.append(f"{name}={r if len(r) <= 200 else r[:197] + '...'}")
-        if self.oom_killed:
-            parts.append("oom_killed=True")
-        return f"Result({', '.join(parts)})"
-
-    def check_returncode(self) -> None:
-        """Raises ContainerError when the return code is not 0."""
-        if self.returncode != 0:
-            raise ContainerError(self.returncode, self.args, self.stdout, self.stderr)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """A container's usage, from its cgroup."""
-
-    #: The cgroup's memory usage, page cache and shmem included.
-    memory_bytes: int
-    #: Processes (and threads) in the container.
-    pids: int
-    #: CPU time used by all its processes, in nanoseconds.
-    cpu_ns: int
-
-
 #: A detached container's log is rotated at this size, keeping one previous file.
 LOG_CAP = 16 << 20
-#: How often the wait_for_* helpers look again.
-POLL_INTERVAL = 0.005
 
 
 _live: weakref.WeakSet[Container] = weakref.WeakSet()
@@ -115,7 +66,7 @@ def remove_all() -> None:
 atexit.register(remove_all)
 
 
-class Container:
+class Container(ContainerFiles, ContainerReadiness):
     """A container of ``image``. Nothing happens until ``run()`` or ``start()``.
 
     The options are those of the contract (``../shared/api.md``). Among them:
@@ -812,103 +763,6 @@ class Container:
             return rootview.call_stopped(ov, lambda fd: op(fd, self._root_owner(rootless)),
                                          rootless)  # fmt: skip
 
-    def write_file(self, path: PathArg, data: Union[bytes, str], mode: int = 0o644) -> None:
-        """Writes ``data`` to ``path`` inside the container (parents made), owned by its root.
-        Works before start (the file is there when the command runs), while it runs, and
-        after it exited, until ``remove()``."""
-        p = checks.container_path(path, "path")
-        if isinstance(data, str):
-            data = data.encode()
-        elif isinstance(data, (bytearray, memoryview)):
-            data = bytes(data)
-        elif not isinstance(data, bytes):
-            raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
-        m = checks.whole(mode, "mode", 0, 0o7777)
-        blob = data
-
-        def op(root: int, owner: files.Owner) -> bytes:
-            files.write_file(root, p, blob, m, owner)
-            return b""
-
-        self._in_root(p, op, write=True)
-
-    def read_file(self, path: PathArg) -> bytes:
-        """The contents of the file at ``path`` inside the container (symlinks followed inside
-        its root); pyrt.PathNotFound (a PyrtError) naming the path when there is none."""
-        p = checks.container_path(path, "path")
-        return self._in_root(p, lambda root, _owner: files.read_file(root, p), write=False)
-
-    def put_archive(self, path: PathArg, data: Union[bytes, IO[bytes]]) -> None:
-        """Extracts a tar (bytes or a binary file object; gzip, bzip2 and xz too) into the
-        directory ``path`` inside the container, as safely as an image layer: no entry can
-        land outside ``path``. The archive's owners are kept (Docker's rule) where the container
-        can hold them: as root, and rootless with a subordinate id range while not running."""
-        p = checks.container_path(path, "path")
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            stream: IO[bytes] = io.BytesIO(bytes(data))
-        elif hasattr(data, "read"):
-            stream = data
-        else:
-            raise TypeError(
-                f"data must be bytes or a binary file object, not {type(data).__name__}"
-            )
-        keep = os.geteuid() == 0 and self._userns is None
-        ranged = os.geteuid() != 0 and userns.has_range()
-
-        def op(root: int, owner: files.Owner) -> bytes:
-            # (0, 0) for a rootless caller: the helper is in the container's user namespace,
-            # where a subordinate range can hold the archive's owners too.
-            kept = keep or (ranged and owner == (0, 0))
-            files.extract(root, p, stream, owner, keep_owners=kept)
-            return b""
-
-        self._in_root(p, op, write=True)
-
-    def get_archive(self, path: PathArg) -> bytes:
-        """An uncompressed tar of ``path`` (a file or a tree) inside the container, its top entry
-        named after the path's last component."""
-        p = checks.container_path(path, "path")
-
-        def op(root: int, _owner: files.Owner) -> bytes:
-            buf = io.BytesIO()
-            files.write_archive(root, p, buf)
-            return buf.getvalue()
-
-        return self._in_root(p, op, write=False)
-
-    def copy_in(self, src: PathArg, dst: PathArg) -> None:
-        """Copies the host file or tree ``src`` to ``dst`` inside the container, as `docker cp
-        SRC CTR:DST` does: into ``dst`` when that is a directory, else as ``dst``. What is
-        written belongs to the container's root."""
-        host = os.path.abspath(checks.host_path(src, "src"))
-        target = checks.container_path(dst, "dst")
-        if not os.path.lexists(host):
-            raise PyrtError(f"copy_in: {host} does not exist on the host")
-
-        def op(root: int, owner: files.Owner) -> bytes:
-            files.copy_in(root, host, target, owner)
-            return b""
-
-        self._in_root(target, op, write=True)
-
-    def copy_out(self, src: PathArg, dst: PathArg) -> list[str]:
-        """Copies ``src`` (a file or a tree) from inside the container to the host path ``dst``,
-        as `docker cp CTR:SRC DST` does: into ``dst`` when that is a directory, else as
-        ``dst``. Owners are kept where the caller may set them (root) and are the caller's
-        otherwise; set-id bits are cleared. Device nodes and sockets are not copied: returns
-        what was left out, and warns about it."""
-        p = checks.container_path(src, "src")
-        host = os.path.abspath(checks.host_path(dst, "dst"))
-        files.host_destination(host, p)  # checked before anything is read
-
-        def op(root: int, _owner: files.Owner) -> bytes:
-            return json.dumps(files.copy_out(root, p, host)).encode()
-
-        left_out: list[str] = json.loads(self._in_root(p, op, write=False))
-        if left_out:
-            warnings.warn(f"copy_out of {p} left out: {', '.join(left_out[:20])}", stacklevel=2)
-        return left_out
-
     # --- snapshots ---------------------------------------------------------------------------
 
     def _config(self) -> ImageConfig:
@@ -1246,105 +1100,6 @@ class Container:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutExpired(self.args, timeout or 0)
                 time.sleep(POLL_INTERVAL)
-
-    # --- readiness ---------------------------------------------------------------------
-
-    def _poll(self, what: str, timeout: float, check: Callable[[], Any]) -> Any:
-        t = checks.timeout(timeout, "timeout")
-        if t is None:
-            raise TypeError("timeout must be a number of seconds, not None")
-        deadline = time.monotonic() + t
-        while True:
-            got = check()
-            if got:
-                return got
-            if not self._alive():
-                raise ContainerError(self.wait(), self.args, self.logs(), waiting_for=what)
-            if time.monotonic() > deadline:
-                raise TimeoutExpired(self.args, timeout)
-            time.sleep(POLL_INTERVAL)
-
-    def wait_for_log(self, pattern: readiness.Pattern, timeout: float = 30) -> re.Match[bytes]:
-        """Waits until the logs match ``pattern`` (a regex); returns the match."""
-        rx = readiness.compile_pattern(pattern)
-        m: re.Match[bytes] = self._poll(
-            f"log pattern {rx.pattern!r}", timeout, lambda: rx.search(self.logs())
-        )
-        return m
-
-    def wait_for_command(
-        self, command: Sequence[str], timeout: float = 30, **exec_options: Any
-    ) -> Result:
-        """Waits until ``command``, exec'd inside, exits with status 0; returns its result."""
-        res: Result = self._poll(
-            f"{list(command)!r} to succeed",
-            timeout,
-            lambda: (r := self.exec(command, **exec_options)).returncode == 0 and r,
-        )
-        return res
-
-    def wait_for_file(self, path: str, timeout: float = 30) -> None:
-        """Waits until ``path`` exists inside the container (resolved inside its root)."""
-        path = checks.container_path(path, "path")
-        readiness.check_path(path)
-        self._poll(f"file {path}", timeout, lambda: readiness.file_exists(self.pid or 0, path))
-
-    def wait_for_port(self, port: int, timeout: float = 30) -> None:
-        """Waits until a TCP connection to ``port`` on 127.0.0.1 inside the container's network
-        namespace is accepted."""
-        port = checks.whole(port, "port", 1, 65535)
-        self._poll(f"TCP port {port}", timeout, lambda: readiness.port_accepts(self.pid or 0, port))
-
-    def wait_for_http(
-        self, port: int, path: str = "/", status: int = 200, timeout: float = 60.0
-    ) -> None:
-        """Waits until an HTTP GET of ``path`` on ``port`` answers ``status``: through the
-        published host port when there is one, else inside the container's network namespace
-        (root; a rootless container's needs the port published)."""
-        what, check = self._http_check(port, path, status)
-        self._poll(what, timeout, check)
-
-    def _http_check(self, port: int, path: str, status: int) -> tuple[str, Callable[[], bool]]:
-        """What wait_for_http waits for, and the check (which blocks up to 2 s)."""
-        port = checks.whole(port, "port", 1, 65535)
-        path = checks.text(path, "path")
-        if not path.startswith("/") or any(ch in path for ch in " \r\n"):
-            raise InvalidOption(f"path={path!r}: an absolute URL path (starting with '/')")
-        status = checks.whole(status, "status", 100, 599)
-        connect = self._connector(port)
-        return (f"HTTP {status} from port {port} {path}",
-                lambda: readiness.http_status(connect, path, 2.0) == status)  # fmt: skip
-
-    def _connector(self, port: int) -> Callable[[], socket.socket]:
-        for p in self._net.published if self._net is not None else ():
-            if p.container_port == port and p.proto == "tcp":
-                addr = "127.0.0.1" if p.host_addr == "0.0.0.0" else p.host_addr
-                return lambda: socket.create_connection((addr, p.host_port), 0.5)
-        if self._userns is not None and os.geteuid() != 0:
-            raise PyrtError(
-                f"wait_for_http({port}): a rootless container's network namespace cannot be "
-                "entered from the host; publish the port (ports={port: None})"
-            )
-        net_path = self._net.path if self._net is not None else None
-
-        def connect() -> socket.socket:
-            path = net_path or f"/proc/{self.pid or 0}/ns/net"
-            return socket.socket(fileno=_core.tcp_connect(path, port, 0.5))
-
-        return connect
-
-    def wait_for_healthy(self, timeout: float = 60.0) -> None:
-        """Waits until the healthcheck passes; ContainerError at once if the container exits,
-        TimeoutExpired (the container keeps running) when ``timeout`` passes first."""
-        self._poll("the healthcheck to pass", timeout, self._healthy_check())
-
-    def _healthy_check(self) -> Callable[[], bool]:
-        if self._healthcheck is None:
-            raise PyrtError(
-                f"container {self.id[:12]} has no healthcheck (give healthcheck=pyrt.Healthcheck"
-                "(...), or use an image with a HEALTHCHECK)"
-            )
-        return lambda: self.health == "healthy"
 
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""

@@ -27,6 +27,9 @@ pub enum Stage {
     Capabilities,
     Cwd,
     Seccomp,
+    /// The spec's hooks (createRuntime, createContainer, startContainer): a stage of their
+    /// own, so that a failing hook is not taken for a failing command.
+    Hooks,
     Exec,
 }
 
@@ -51,6 +54,7 @@ impl Stage {
             Stage::Capabilities => "capabilities",
             Stage::Cwd => "cwd",
             Stage::Seccomp => "seccomp",
+            Stage::Hooks => "hooks",
             Stage::Exec => "exec",
         }
     }
@@ -115,6 +119,7 @@ mod tests {
         let e = SetupError::new(Stage::Exec, 2, "executable file not found: /bin/nope");
         assert_eq!(SetupError::decode(&e.encode()), e);
         assert_eq!(Stage::PivotRoot.name(), "pivot_root");
+        assert_eq!(Stage::Hooks.name(), "hooks");
     }
 
     #[test]

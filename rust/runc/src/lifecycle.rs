@@ -189,7 +189,7 @@ fn start_init(
             state["pid"] = pid.into();
             let text = state.to_string();
             hooks::run_all(runtime_hooks, &text).map_err(|e| {
-                SetupError::new(Stage::Exec, libc::EIO, format!("createRuntime {e}"))
+                SetupError::new(Stage::Hooks, libc::EIO, format!("createRuntime {e}"))
             })?;
             Ok(text)
         })?;

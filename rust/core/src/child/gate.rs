@@ -105,5 +105,5 @@ pub fn wait(listener: &OwnedFd, start_hooks: &[Hook], state: &str) -> Result<(),
     // The state as `create` gave it, now that the container is created.
     let state = state.replacen("\"status\":\"creating\"", "\"status\":\"created\"", 1);
     hooks::run_all(start_hooks, &state)
-        .map_err(|e| SetupError::new(Stage::Exec, libc::EIO, format!("startContainer {e}")))
+        .map_err(|e| SetupError::new(Stage::Hooks, libc::EIO, format!("startContainer {e}")))
 }

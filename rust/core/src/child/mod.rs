@@ -209,7 +209,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
         String::new()
     };
     crate::hooks::run_all(&plan.hooks.create_container, &state)
-        .map_err(|e| SetupError::new(Stage::Exec, libc::EIO, format!("createContainer {e}")))?;
+        .map_err(|e| SetupError::new(Stage::Hooks, libc::EIO, format!("createContainer {e}")))?;
     // 7. Swap roots; the host's tree is detached and unreachable from here on.
     rootfs::pivot(&root)?;
     drop(root);
@@ -262,7 +262,7 @@ fn sync_with_parent() -> Result<String, SetupError> {
     // SAFETY: our descriptors, borrowed for a write and a read.
     let mut report = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(ERROR_FD) });
     let mut plan = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PLAN_FD) });
-    let bad = |e: io::Error| SetupError::io(Stage::Exec, "waiting for the runtime's hooks", &e);
+    let bad = |e: io::Error| SetupError::io(Stage::Hooks, "waiting for the runtime's hooks", &e);
     report.write_all(crate::wire::SYNC_RECORD).map_err(bad)?;
     let mut len = [0u8; 4];
     if plan.read_exact(&mut len).is_err() {
