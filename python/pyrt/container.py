@@ -29,6 +29,7 @@ from . import (
     spec,
     userns,
 )
+from .container_control import ContainerControl
 from .container_files import ContainerFiles
 from .container_readiness import POLL_INTERVAL, ContainerReadiness
 from .errors import InvalidOption, PyrtError, SpawnError, TimeoutExpired
@@ -66,7 +67,7 @@ def remove_all() -> None:
 atexit.register(remove_all)
 
 
-class Container(ContainerFiles, ContainerReadiness):
+class Container(ContainerFiles, ContainerReadiness, ContainerControl):
     """A container of ``image``. Nothing happens until ``run()`` or ``start()``.
 
     The options are those of the contract (``../shared/api.md``). Among them:
@@ -955,79 +956,6 @@ class Container(ContainerFiles, ContainerReadiness):
         except TimeoutExpired:
             self.kill(signal.SIGKILL)
             return self.wait()
-
-    # --- pause, resume, update -----------------------------------------------------------
-
-    def _cgroup_proc(self, what: str) -> _core.Process:
-        if self._proc is None or not self._alive():
-            raise PyrtError(f"{what}: container {self.id[:12]} is {self.status}, not running")
-        if not self._proc.cgroup_paths():
-            raise PyrtError(f"{what}: container {self.id[:12]} has no cgroup (started by run())")
-        return self._proc
-
-    def _freeze(self, proc: _core.Process, what: str) -> bool:
-        try:
-            return proc.freeze()
-        except OSError as e:
-            raise PyrtError(f"{what}: freezing container {self.id[:12]}: {e.strerror}") from e
-
-    def _thaw(self) -> None:
-        if self._paused and self._proc is not None:
-            with contextlib.suppress(OSError):
-                self._proc.thaw()
-        self._paused = False
-
-    def pause(self) -> None:
-        """Freezes every process of the container (the cgroup freezer), as ``docker pause``;
-        status "paused" until ``resume()``. Exec is refused meanwhile; files, commit, logs,
-        kill and remove work."""
-        with self._lock:
-            proc = self._cgroup_proc("pause")
-            if self._paused:
-                return
-            if not self._freeze(proc, "pause"):
-                raise PyrtError("pause: this machine's cgroups have no freezer")
-            self._paused = True
-
-    def resume(self) -> None:
-        """Lets a paused container run on."""
-        with self._lock:
-            proc = self._cgroup_proc("resume")
-            if not self._paused:
-                return
-            try:
-                proc.thaw()
-            except OSError as e:
-                raise PyrtError(f"resume: thawing container {self.id[:12]}: {e.strerror}") from e
-            self._paused = False
-
-    def update(
-        self,
-        memory: Union[int, str, None] = None,
-        pids_limit: Optional[int] = None,
-        cpus: Optional[float] = None,
-    ) -> None:
-        """New limits on the running container (as ``docker update``), checked as at creation;
-        those not given stay as they are. They last across ``reset()``."""
-        lim = options.limits(memory, pids_limit, cpus)
-        if lim is None:
-            raise TypeError("update() needs memory=, pids_limit= or cpus=")
-        with self._lock:
-            proc = self._cgroup_proc("update")
-            try:
-                paths = proc.update(json.dumps(lim.to_spec()))
-            except ValueError as e:
-                raise InvalidOption(f"update: {e}") from e
-            except OSError as e:
-                raise PyrtError(f"update: {e.strerror or e}") from e
-            old = self._limits or spec.Limits()
-            self._limits = spec.Limits(
-                memory=lim.memory if lim.memory is not None else old.memory,
-                pids=lim.pids if lim.pids is not None else old.pids,
-                cpus=lim.cpus if lim.cpus is not None else old.cpus,
-            )
-            if self._dir is not None:
-                self._dir.record_cgroups(paths)
 
     def stats(self) -> Stats:
         """Memory, processes and CPU time of the container, from its cgroup."""
