@@ -1,0 +1,93 @@
+"""The pure parts of a container's making, without starting one: option validation, the
+command line's reading of `pyrt run`, and the builder of an exec's OCI process."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pytest
+
+import pyrt
+from pyrt import options
+from pyrt.cli import build_parser, container_from
+from pyrt.spec import Limits
+
+
+def test_limits_are_checked_and_kept() -> None:
+    assert options.limits(None, None, None) is None
+    assert options.limits("64m", 10, 0.5) == Limits(64 << 20, 10, 0.5)
+    assert options.limits(1 << 30, None, None) == Limits(1 << 30, None, None)
+    for bad, err in [
+        (("1k", None, None), pyrt.PyrtError),  # below what a container needs
+        ((True, None, None), TypeError),
+        ((None, 0, None), pyrt.PyrtError),
+        ((None, 2.5, None), TypeError),
+        ((None, None, math.nan), pyrt.PyrtError),
+        ((None, None, (os.cpu_count() or 1) + 1), pyrt.PyrtError),
+        ((None, None, "1"), TypeError),
+    ]:
+        with pytest.raises(err):
+            options.limits(*bad)
+
+
+def test_disk_is_refused_for_the_host_image() -> None:
+    with pytest.raises(pyrt.PyrtError, match="disk"):
+        options.disk("64m", "host")
+    assert options.disk(None, "rootfs") is None
+
+
+def parsed(*argv: str) -> pyrt.Container:
+    return container_from(build_parser().parse_args(["run", *argv]))
+
+
+def spec_of(c: pyrt.Container) -> dict[str, Any]:
+    """The spec the container would start with. The spec builder needs the container's
+    directory (its layers' paths go into the spec), so one is made, and removed after."""
+    c._ensure_dir()
+    try:
+        return c.build_spec("/tmp")
+    finally:
+        c.remove()
+
+
+def test_run_arguments_become_container_options() -> None:
+    c = parsed(
+        "-e", "A=1", "-e", "B=x=y", "-w", "/tmp", "-u", "0:0", "--hostname", "h",
+        "--memory", "64m", "--pids-limit", "20", "--read-only", "--init", "--name", "n1",
+        "--cap-drop", "KILL", "host", "sh", "-c", "true",
+    )  # fmt: skip
+    assert c.args == ["sh", "-c", "true"] and c.name == "n1"
+    assert c.status == "created"  # nothing started
+    doc = spec_of(c)
+    proc = doc["process"]
+    assert {"A=1", "B=x=y"} <= set(proc["env"]) and proc["cwd"] == "/tmp"
+    assert doc["hostname"] == "h" and doc["root"]["readonly"] is True
+    assert "CAP_KILL" not in proc["capabilities"]["bounding"]
+    assert doc["linux"]["resources"]["memory"]["limit"] == 64 << 20
+    assert doc["linux"]["resources"]["pids"]["limit"] == 20
+
+
+def test_publishing_a_port_implies_a_private_network_and_tty_sets_term() -> None:
+    proc = spec_of(parsed("-p", "8080", "-t", "host", "true"))["process"]
+    assert proc["terminal"] is True and "TERM=xterm" in proc["env"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--memory"])  # a flag without its value
+
+
+def test_the_exec_process_builder() -> None:
+    """One builder for every exec: the container's process with the command, env, user and
+    workdir of the exec laid over it (groups and umask kept)."""
+    c = pyrt.Container(pyrt.Image.host(), ["sleep", "1"], env={"A": "1"}, workdir="/tmp")
+    spec_of(c)  # the container's own process, which an exec's is laid over
+    p = c._exec_process(["id"], {"B": "2"}, None, None)
+    assert p["args"] == ["id"] and p["cwd"] == "/tmp"
+    assert {"A=1", "B=2"} <= set(p["env"])
+    root = c._exec_process(["id"], None, "0:0", "/")
+    assert root["user"]["uid"] == 0 and root["user"]["gid"] == 0 and root["cwd"] == "/"
+    assert any(e.startswith("HOME=") for e in root["env"])
+    with pytest.raises(pyrt.PyrtError, match="absolute"):
+        c._exec_process(["id"], None, None, "relative")
+    with pytest.raises(pyrt.SpawnError):
+        c._exec_process(["id"], None, "no-such-user-here", None)
