@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 from . import (
     _core,
+    assemble,
     checks,
     files,
     options,
@@ -37,11 +38,10 @@ from .health import Checker, Healthcheck
 from .image import Image
 from .image.config import ImageConfig, command_for
 from .image.image import overlay_supported
-from .mounts import Bind, Mount, Tmpfs
+from .mounts import Bind, Mount
 from .network import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
 from .networks import Member, Network
 from .results import Result, Stats
-from .seccomp import default_profile
 from .state import ContainerDir, pid_start_time
 from .stdio import Pipes, Target
 
@@ -233,80 +233,36 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
 
     def build_spec(self, root_dir: str, cgroup: bool = False) -> dict[str, Any]:
         """The OCI runtime spec of this container, its root mounted on ``root_dir``; with
-        ``cgroup`` (implied by limits) in a cgroup of its own."""
-        o = self._o
-        img = self.image
-        try:
-            ids = img.resolve_user(o.user or img.config.user)
-        except ValueError as e:
-            raise SpawnError(str(e), stage="user", errno=22) from None
-        hostname = o.hostname or self.id[:12]
-        base_env = {"PATH": spec.DEFAULT_PATH, "HOSTNAME": hostname, "HOME": ids.home}
-        env = spec.merge_env(base_env, img.config.env, o.env)
-        cwd = o.workdir or img.config.workdir or "/"
-        if not cwd.startswith("/"):
-            raise PyrtError(f"workdir must be an absolute path: {cwd!r}")
-        extra_mounts: list[dict[str, Any]] = []
-        annotations = {"run.pyrt.cwd.create": "true"}
-        if o.init:
-            annotations["run.pyrt.init"] = "true"
+        ``cgroup`` (implied by limits) in a cgroup of its own. The spec is made by
+        ``assemble.container_spec`` from what is gathered here; the container keeps the
+        process it describes (each exec's is laid over it) and its seccomp filter."""
         assert self._dir is not None
-        if img.kind == "host":
-            root = spec.RootSpec(path=root_dir, readonly=True, bind="/")
-            # The host's /tmp and /run hold its sockets and scratch files: give the container
-            # its own, writable ones instead.
-            extra_mounts = [Tmpfs("/tmp").to_spec(), Tmpfs("/run", mode=0o755).to_spec()]
+        d = self._dir
+        image_kind = self.image.kind
+        if image_kind == "host":
+            layers = None
         elif not overlay_supported():
-            # No overlayfs: the container's private copy of the (flattened) image, made with
-            # its directory (_ensure_dir).
-            copy = self._dir.path / "copy"
-            root = spec.RootSpec(path=root_dir, readonly=bool(o.readonly_rootfs), bind=str(copy))
+            layers = assemble.Layers(copy=str(d.path / "copy"))
         else:
-            root = spec.RootSpec(
-                path=root_dir,
-                readonly=bool(o.readonly_rootfs),
-                lower=self._lower(),
-                upper=str(self._dir.upper),
-                work=str(self._dir.work),
-            )
-        privileged = bool(o.privileged)
-        if self._userns is not None:
-            ids = userns.fit(ids, self._userns)
-        self._process = spec.ProcessSpec(
-            args=self.args,
-            env=env,
-            cwd=cwd,
-            uid=ids.uid,
-            gid=ids.gid,
-            additional_gids=ids.additional_gids,
-            capabilities=spec.capability_set(o.cap_add, o.cap_drop, privileged),
-            no_new_privileges=not privileged,
-            terminal=bool(o.tty),
-        )
-        c = spec.ContainerSpec(
-            root=root,
-            process=self._process,
-            hostname=hostname,
-            network="none" if o.network in ("private", "joined", "shared") else o.network,
+            layers = assemble.Layers(lower=self._lower(), upper=str(d.upper), work=str(d.work))
+        made = assemble.container_spec(
+            self._o,
+            self.image,
+            self.id,
+            self.args,
+            root_dir=root_dir,
+            layers=layers,
+            id_maps=self._userns,
+            limits=self._limits,
             netns_path=self._netns_path(),
-            mounts=extra_mounts + [m.to_spec() for m in o.mounts],
-            masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
-            readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
-            annotations=annotations,
             # Root places any container in a cgroup; a rootless caller has none to write.
-            cgroups_path=f"pyrt-{self.id}"
-            if (cgroup or self._limits) and (not self._userns or os.geteuid() == 0)
-            else None,
-            uid_map=self._userns.uid if self._userns else (),
-            gid_map=self._userns.gid if self._userns else (),
-            resources=self._limits,
-            # Docker's rule: privileged containers run without a filter.
-            seccomp=None if privileged else default_profile(frozenset(self._process.capabilities)),
+            cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
         )
-        self._seccomp = c.seccomp
+        self._process = made.process
+        self._seccomp = made.seccomp
         # Serialised once: every exec sends the same text, which the core caches by.
-        self._seccomp_json = json.dumps(c.seccomp) if c.seccomp is not None else None
-        return spec.build(c)
+        self._seccomp_json = json.dumps(made.seccomp) if made.seccomp is not None else None
+        return made.config
 
     # --- starting -----------------------------------------------------------------------
 

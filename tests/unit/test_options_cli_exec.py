@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,33 @@ def test_the_exec_process_builder() -> None:
         c._exec_process(["id"], None, None, "relative")
     with pytest.raises(pyrt.SpawnError):
         c._exec_process(["id"], None, "no-such-user-here", None)
+
+
+def test_the_assembler_is_pure(tmp_path: Path) -> None:
+    """assemble.container_spec makes nothing and keeps nothing: the same inputs give the same
+    spec, and no file appears anywhere it was pointed at."""
+    from pyrt import assemble
+    from pyrt.options import ContainerOptions
+
+    image = pyrt.Image.host()
+    o = ContainerOptions(env={"A": "1"}, workdir="/w", init=True, cap_drop=("KILL",))
+    layers = assemble.Layers(lower=(str(tmp_path / "l"),), upper=str(tmp_path / "u"),
+                             work=str(tmp_path / "w"))  # fmt: skip
+    kw: dict[str, Any] = {
+        "root_dir": str(tmp_path / "root"),
+        "layers": layers,
+        "id_maps": None,
+        "limits": Limits(64 << 20, None, None),
+        "netns_path": None,
+        "cgroup": True,
+    }
+    a = assemble.container_spec(o, image, "c" * 64, ["true"], **kw)
+    b = assemble.container_spec(o, image, "c" * 64, ["true"], **kw)
+    assert a == b and list(tmp_path.iterdir()) == []
+    doc = a.config
+    assert doc["process"]["args"] == ["true"] and doc["process"]["cwd"] == "/w"
+    assert doc["annotations"]["run.pyrt.init"] == "true"
+    assert doc["linux"]["cgroupsPath"] == "pyrt-" + "c" * 64
+    assert a.seccomp is not None and a.process.args == ["true"]
+    with pytest.raises(pyrt.PyrtError, match="absolute"):
+        assemble.container_spec(ContainerOptions(workdir="rel"), image, "c", ["x"], **kw)
