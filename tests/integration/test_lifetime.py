@@ -147,6 +147,43 @@ def test_owner_killed_during_a_freeze_leaves_nothing(rootfs: Path) -> None:
     assert not _alive(int(pid)), "the frozen container's init survived"
 
 
+FROZEN_EXEC_CHILD = """
+import sys, threading, time, pyrt
+from pyrt import cgroupfreeze
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sleep", "1000"]).start()
+assert cgroupfreeze.freeze(c._proc.cgroup_paths())
+threading.Thread(target=lambda: c.exec(["true"]), daemon=True).start()
+time.sleep(0.5)  # the exec's clone now waits on the frozen cgroup
+print(c.pid, c.id, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups of root containers")
+def test_owner_killed_while_an_exec_waits_on_a_frozen_container_leaves_nothing(
+    rootfs: Path,
+) -> None:
+    """A thread of the owner that is cloning into a frozen container cannot die until the
+    freeze is lifted, so the killed owner never ends and never closes its reaper's pipe. The
+    reaper notices the owner's main thread is gone, thaws and kills the container, and the
+    owner can end; then what is left of it is collected."""
+    p = subprocess.Popen([sys.executable, "-c", FROZEN_EXEC_CHILD, str(rootfs)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    pid, cid = p.stdout.readline().split()
+    p.kill()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        for state in Path("/sys/fs/cgroup/freezer").glob("pyrt-*/freezer.state"):
+            state.write_text("THAWED")
+        p.wait()
+        pytest.fail("the killed owner could not end: its container stayed frozen")
+    assert_nothing_left_of(cid, within=15)
+    assert not _alive(int(pid)), "the frozen container's init survived"
+
+
 KILLED_WHILE = """
 import sys, threading, pyrt
 img = pyrt.Image.load(sys.argv[1])
