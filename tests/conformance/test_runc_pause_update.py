@@ -21,8 +21,12 @@ COUNTER = (
 )
 
 
-def started(rt: Runtime, bundle: Path, script: str) -> str:
+def started(
+    rt: Runtime, bundle: Path, script: str, resources: dict[str, object] | None = None
+) -> str:
     cfg = config(args=["/bin/sh", "-c", script])
+    if resources is not None:
+        cfg["linux"]["resources"] = resources
     cfg["linux"]["cgroupsPath"] = f"pyrt-conf-{os.getpid()}-{rt.name}-{time.monotonic_ns()}"
     write_config(bundle, cfg)
     cid = rt.new_id()
@@ -94,6 +98,31 @@ def test_update_flags_and_resources_json(rt: Runtime, bundle: Path) -> None:
     r = rt("exec", cid, "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait",
            check=False)  # fmt: skip
     assert r.returncode != 0 or "fork" in r.stderr
+    rt("delete", "--force", cid)
+
+
+def test_every_memory_field_of_the_spec(rt: Runtime, bundle: Path) -> None:
+    """linux.resources.memory: the limit, swap, the reservation (a soft limit), swappiness and
+    the OOM killer's switch all land in the container's memory cgroup (cgroup v1 here); the
+    reservation can be changed by `update --memory-reservation`."""
+    memory = {
+        "limit": 96 << 20,
+        "swap": 96 << 20,
+        "reservation": 32 << 20,
+        "swappiness": 10,
+        "disableOOMKiller": True,
+    }
+    cid = started(rt, bundle, "sleep 600", {"memory": memory})
+
+    def read(name: str) -> str:
+        return cgroup_file(rt, cid, "memory", name)
+
+    assert read("memory.limit_in_bytes") == str(96 << 20)
+    assert read("memory.soft_limit_in_bytes") == str(32 << 20)
+    assert read("memory.swappiness") == "10"
+    assert "oom_kill_disable 1" in read("memory.oom_control")
+    rt("update", "--memory-reservation", str(16 << 20), cid)
+    assert read("memory.soft_limit_in_bytes") == str(16 << 20)
     rt("delete", "--force", cid)
 
 

@@ -51,6 +51,7 @@ pub struct UpdateOpts {
     pub resources: Option<PathBuf>,
     pub memory: Option<String>,
     pub memory_swap: Option<String>,
+    pub memory_reservation: Option<String>,
     pub pids_limit: Option<i64>,
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,
@@ -118,6 +119,9 @@ fn resources(o: &UpdateOpts) -> Result<serde_json::Value> {
     }
     if let Some(m) = &o.memory_swap {
         set("memory", "swap", parse_size("memory-swap", m)?.into());
+    }
+    if let Some(m) = &o.memory_reservation {
+        set("memory", "reservation", parse_size("memory-reservation", m)?.into());
     }
     if let Some(p) = o.pids_limit {
         set("pids", "limit", p.into());

@@ -375,15 +375,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             cpuset_mems,
             container_id,
         } => {
-            if memory_reservation.is_some() {
-                return Err(RuncError::Usage(
-                    "--memory-reservation is not applied by pyrt-runc (no soft limit); refusing rather than ignoring it".into(),
-                ));
-            }
             let o = control::UpdateOpts {
                 resources: resources.clone(),
                 memory: memory.clone(),
                 memory_swap: memory_swap.clone(),
+                memory_reservation: memory_reservation.clone(),
                 pids_limit: *pids_limit,
                 cpu_quota: *cpu_quota,
                 cpu_period: *cpu_period,

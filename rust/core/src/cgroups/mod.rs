@@ -30,6 +30,13 @@ pub struct Resources {
     pub memory: Option<i64>,
     /// memory + swap, in bytes (-1 for unlimited), as the OCI spec's `memory.swap`.
     pub memory_swap: Option<i64>,
+    /// A soft limit, in bytes: reclaimed down to it under pressure (v1
+    /// `memory.soft_limit_in_bytes`, v2 `memory.low`).
+    pub memory_reservation: Option<i64>,
+    /// The kernel's swap tendency for the container, 0 to 100 (v1 only).
+    pub memory_swappiness: Option<u64>,
+    /// true: the OOM killer leaves the container alone; its allocations wait instead (v1 only).
+    pub disable_oom_killer: Option<bool>,
     pub pids: Option<i64>,
     pub cpu_quota: Option<i64>,
     pub cpu_period: Option<u64>,

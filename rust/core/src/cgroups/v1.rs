@@ -171,6 +171,23 @@ impl Group {
                 )?;
             }
         }
+        if let Some(d) = self.dir("memory") {
+            if let Some(v) = r.memory_reservation {
+                write_limit(
+                    d,
+                    "memory.soft_limit_in_bytes",
+                    &v.to_string(),
+                    "memory reservation",
+                )?;
+            }
+            if let Some(s) = r.memory_swappiness {
+                write_limit(d, "memory.swappiness", &s.to_string(), "memory swappiness")?;
+            }
+            if let Some(off) = r.disable_oom_killer {
+                let v = if off { "1" } else { "0" };
+                write_limit(d, "memory.oom_control", v, "OOM killer")?;
+            }
+        }
         if let Some(p) = r.pids {
             let v = if p <= 0 {
                 "max".to_string()
@@ -408,7 +425,12 @@ impl Group {
 
 fn needs(r: &Resources, ctrl: &str) -> bool {
     match ctrl {
-        "memory" => r.memory.is_some(),
+        "memory" => {
+            r.memory.is_some()
+                || r.memory_reservation.is_some()
+                || r.memory_swappiness.is_some()
+                || r.disable_oom_killer.is_some()
+        }
         "pids" => r.pids.is_some(),
         "cpu" => r.cpu_quota.is_some() || r.cpu_shares.is_some(),
         "cpuset" => r.cpuset_cpus.is_some() || r.cpuset_mems.is_some(),

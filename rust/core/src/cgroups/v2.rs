@@ -113,6 +113,23 @@ impl Group {
                 write_limit(d, "memory.swap.max", &swap, "memory swap")?;
             }
         }
+        if let Some(v) = r.memory_reservation {
+            write_limit(d, "memory.low", &max_or(v), "memory reservation")?;
+        }
+        // cgroup v2 has neither a per-cgroup swappiness nor a switch for the OOM killer:
+        // refused, rather than run without what was asked.
+        if r.memory_swappiness.is_some() {
+            return Err(CgroupError::Limit {
+                limit: "memory swappiness".into(),
+                reason: "cgroup v2 has no per-cgroup swappiness".into(),
+            });
+        }
+        if r.disable_oom_killer == Some(true) {
+            return Err(CgroupError::Limit {
+                limit: "OOM killer".into(),
+                reason: "cgroup v2 cannot disable the OOM killer for a cgroup".into(),
+            });
+        }
         if let Some(p) = r.pids {
             write_limit(d, "pids.max", &max_or(p), "pids_limit")?;
         }
@@ -281,6 +298,8 @@ mod tests {
             cpu_shares: Some(1024),
             cpuset_cpus: Some("0".into()),
             cpuset_mems: None,
+            memory_reservation: Some(64 << 20),
+            ..Default::default()
         };
         let g = Group::create(root.join("c1"), &r).unwrap();
         let read = |f: &str| fs::read_to_string(g.dir.join(f)).unwrap();
@@ -290,6 +309,7 @@ mod tests {
         assert_eq!(read("cpu.max"), "50000 100000");
         assert_eq!(read("cpu.weight"), "39");
         assert_eq!(read("cpuset.cpus"), "0");
+        assert_eq!(read("memory.low"), (64u64 << 20).to_string());
         // cpuset was not enabled in the fake parent: it was asked for.
         assert!(fs::read_to_string(root.join("cgroup.subtree_control"))
             .unwrap()
@@ -312,6 +332,32 @@ mod tests {
             "200"
         );
         assert_eq!(fs::read_to_string(g.dir.join("pids.max")).unwrap(), "max");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn what_v2_cannot_do_is_refused_by_name() {
+        let root = fake_root();
+        for (r, name) in [
+            (
+                Resources {
+                    memory_swappiness: Some(10),
+                    ..Default::default()
+                },
+                "memory swappiness",
+            ),
+            (
+                Resources {
+                    disable_oom_killer: Some(true),
+                    ..Default::default()
+                },
+                "OOM killer",
+            ),
+        ] {
+            let e = Group::create(root.join("c4"), &r).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+            let _ = fs::remove_dir_all(root.join("c4"));
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -477,6 +477,16 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
         if let Some(m) = res.memory() {
             r.memory = m.limit();
             r.memory_swap = m.swap();
+            r.memory_reservation = m.reservation();
+            r.memory_swappiness = m.swappiness();
+            r.disable_oom_killer = m.disable_oom_killer();
+            if m.kernel().is_some_and(|k| k >= 0) || m.kernel_tcp().is_some_and(|k| k >= 0) {
+                return Err(field_err(
+                    "linux.resources.memory.kernel",
+                    "kernel memory limits are gone from the kernel (5.16); refusing rather than \
+                     running without one",
+                ));
+            }
         }
         if let Some(p) = res.pids() {
             r.pids = Some(p.limit());
@@ -505,6 +515,18 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
                 format!("memory+swap ({sw}) must not be below the memory limit ({m})"),
             ));
         }
+    }
+    if let Some(s) = r.memory_swappiness.filter(|s| *s > 100) {
+        return Err(field_err(
+            "linux.resources.memory.swappiness",
+            format!("{s} is not between 0 and 100"),
+        ));
+    }
+    if let Some(v) = r.memory_reservation.filter(|v| *v < -1) {
+        return Err(field_err(
+            "linux.resources.memory.reservation",
+            format!("{v} is not a size in bytes"),
+        ));
     }
     if r.pids == Some(0) {
         return Err(field_err(
