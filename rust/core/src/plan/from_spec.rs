@@ -483,8 +483,8 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
             if m.kernel().is_some_and(|k| k >= 0) || m.kernel_tcp().is_some_and(|k| k >= 0) {
                 return Err(field_err(
                     "linux.resources.memory.kernel",
-                    "kernel memory limits are gone from the kernel (5.16); refusing rather than \
-                     running without one",
+                    "kernel memory limits are deprecated (Linux 5.4) and not enforced by recent \
+                     kernels; refusing rather than running without one",
                 ));
             }
         }
