@@ -121,7 +121,11 @@ fn resources(o: &UpdateOpts) -> Result<serde_json::Value> {
         set("memory", "swap", parse_size("memory-swap", m)?.into());
     }
     if let Some(m) = &o.memory_reservation {
-        set("memory", "reservation", parse_size("memory-reservation", m)?.into());
+        set(
+            "memory",
+            "reservation",
+            parse_size("memory-reservation", m)?.into(),
+        );
     }
     if let Some(p) = o.pids_limit {
         set("pids", "limit", p.into());
