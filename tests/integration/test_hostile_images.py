@@ -269,7 +269,12 @@ def test_layer_caps_from_the_environment(
     monkeypatch.setenv("PYRT_MAX_LAYER_SIZE", "lots")
     with pytest.raises(ValueError, match="PYRT_MAX_LAYER_SIZE"):
         pyrt.Image.load(layout)
+    # A cap beyond what anything could hold means no cap below it (not an OverflowError).
+    monkeypatch.setenv("PYRT_MAX_LAYER_SIZE", "99999999999t")
+    assert pyrt.Image.load(layout).id
     monkeypatch.delenv("PYRT_MAX_LAYER_SIZE")
+    monkeypatch.setenv("PYRT_MAX_LAYER_ENTRIES", "9" * 30)
+    pyrt.Image.load(layout).remove()
     monkeypatch.setenv("PYRT_MAX_LAYER_ENTRIES", "0")
     with pytest.raises(pyrt.ImageError, match="layer too large: more than 0 entries"):
         pyrt.Image.load(layout)

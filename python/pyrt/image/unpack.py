@@ -51,7 +51,20 @@ def entries_cap() -> int:
     return int(value)
 
 
+#: The largest cap the core counts to: a larger one (PYRT_MAX_LAYER_SIZE=99999999t) means
+#: no cap below it, as a huge timeout means no timeout.
+_CAP_LIMIT = (1 << 63) - 1
+
 _CHUNK = 1 << 20
+
+
+def _cap(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}={value}: a cap cannot be negative")
+    return min(value, _CAP_LIMIT)
+
 
 #: What to do with whiteout entries: keep them as plain files (a rootfs tarball, which is not a
 #: layer), turn them into overlayfs' markers, or apply them to the tree being unpacked into.
@@ -174,8 +187,8 @@ def unpack(
             owner,
             devices,
             strip_setid,
-            entries_cap() if max_entries is None else max_entries,
-            bytes_cap() if max_bytes is None else max_bytes,
+            _cap(entries_cap() if max_entries is None else max_entries, "max_entries"),
+            _cap(bytes_cap() if max_bytes is None else max_bytes, "max_bytes"),
             os.geteuid() == 0,
             privileged(),
             progress,

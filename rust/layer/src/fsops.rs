@@ -9,8 +9,9 @@ use std::path::Path;
 
 use pyrt_core::syscall::{openat2, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 
+/// A name as the kernel takes it (EINVAL for one holding a NUL).
 pub fn c(name: &[u8]) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    pyrt_core::syscall::cstring(name)
 }
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {

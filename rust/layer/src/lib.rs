@@ -3,10 +3,16 @@
 //! directory under the rules of `unpack`. Used by the Python package for every layer, rootfs
 //! tarball and archive put into a container.
 
+mod entry;
 pub mod error;
 mod fsops;
 pub mod inflate;
+mod meta;
+pub mod options;
+mod tree;
 pub mod unpack;
+mod whiteout;
 
 pub use error::LayerError;
-pub use unpack::{unpack, Options, Stats, Whiteouts};
+pub use options::{Options, Stats, Whiteouts};
+pub use unpack::unpack;
