@@ -18,7 +18,10 @@ __all__ = [
     "log_pipe",
     "new_netns",
     "open_in_root",
+    "pid_start_time",
     "plan",
+    "remove_cgroup",
+    "signal_recorded",
     "spawn",
     "tcp_connect",
     "tcp_probe",
@@ -61,6 +64,16 @@ def new_netns() -> int:
 
 def cgroup_freeze(paths: list[str], freeze: bool) -> bool:
     """Freezes (or thaws) the container cgroup at ``paths``; False without a freezer."""
+
+def remove_cgroup(paths: list[str]) -> None:
+    """Kills what is left in the container cgroup at ``paths`` and removes its directories."""
+
+def pid_start_time(pid: int) -> Optional[int]:
+    """The start time of process ``pid`` (clock ticks after boot), None without one."""
+
+def signal_recorded(pid: int, start: int, sig: int) -> None:
+    """Signals the process recorded as (pid, start) through a pidfd; ProcessLookupError once
+    it is gone."""
 
 def tcp_probe(pid: int, port: int, timeout: float) -> bool: ...
 def tcp_connect(netns: str, port: int, timeout: float) -> int:

@@ -1,8 +1,10 @@
 """pyrt for asyncio: the same API, every method that can block a coroutine.
 
-No thread per container: a container's exit is awaited through its pidfd with
-``loop.add_reader``, its pipes are read and written by the event loop, and only the spawn itself
-(a few milliseconds of syscalls, GIL released) runs in the loop's default executor.
+The operations are those of ``pyrt.Container``, written once as steps (``pyrt.lifecycle``);
+here they are driven on the event loop. No thread per container: a container's exit is awaited
+through its pidfd with ``loop.add_reader``, its pipes are read and written by the event loop,
+and only blocking calls (a spawn: a few milliseconds of syscalls, GIL released; a connection
+attempt; file work) run in the loop's default executor.
 
     async with pyrt.aio.Container(img, ["sleep", "60"]) as c:
         res = await c.exec(["echo", "hi"])
@@ -17,17 +19,17 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO, Any, Optional, TypeVar, Union
 
-from . import _core, checks, readiness
+from . import _core, lifecycle, readiness
 from .container import Container as _SyncContainer
-from .container import Input, PathArg, _io_args, _result
-from .container_readiness import POLL_INTERVAL
-from .errors import ContainerError, PyrtError, TimeoutExpired
+from .container import Input, PathArg, steps_of
 from .image import Image
+from .lifecycle import Steps
 from .pool import Pool as _SyncPool
 from .results import Result, Stats
-from .stdio import Pipes, Target
+from .stdio import Target
 
 __all__ = ["Container", "Pool", "run"]
 
@@ -119,17 +121,99 @@ async def _communicate(
         close_stdin()
 
 
+async def _answer(loop: asyncio.AbstractEventLoop, req: lifecycle.Request) -> Any:
+    """What a request asks for, done on the event loop."""
+    if isinstance(req, lifecycle.Communicate):
+        return await _communicate(req.stdin, req.data, req.stdout, req.stderr, req.timeout)
+    if isinstance(req, lifecycle.Exited):
+        return await _exited(req.proc, req.timeout)
+    if isinstance(req, lifecycle.Sleep):
+        await asyncio.sleep(req.seconds)
+        return None
+    if isinstance(req, lifecycle.Blocking):
+        return await asyncio.get_running_loop().run_in_executor(None, req.fn)
+    raise TypeError(f"a {type(req).__name__} is not answered here")
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: Any
+
+
+def _resume(steps: Steps[Any], got: Any = None, exc: Optional[BaseException] = None) -> Any:
+    """``steps``' next request after ``got`` (or ``exc``), or _Done with its value. (A
+    StopIteration may not leave a coroutine: it is turned into a value here.)"""
+    try:
+        return steps.throw(exc) if exc is not None else steps.send(got)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+async def _step(steps: Steps[Any], req: lifecycle.Request) -> Any:
+    """Answers ``req`` and hands the answer (or the exception) to ``steps``: its next request,
+    or _Done."""
+    loop = asyncio.get_running_loop()
+    if not isinstance(req, lifecycle.Blocking):
+        try:
+            got = await _answer(loop, req)
+        except BaseException as e:
+            return _resume(steps, exc=e)
+        return _resume(steps, got)
+    call = loop.run_in_executor(None, req.fn)
+    try:
+        got = await asyncio.shield(call)
+    except asyncio.CancelledError as cancel:
+        # The call goes on in its thread (a spawn cannot be stopped half way): wait for it,
+        # hand what it made to the steps, which own it (they kill and wait for a process they
+        # started), and then the cancellation.
+        while not call.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([call])
+        made = not call.cancelled() and call.exception() is None
+        if made and isinstance(_resume(steps, call.result()), _Done):
+            raise
+        return _resume(steps, exc=cancel)
+    except BaseException as e:
+        return _resume(steps, exc=e)
+    return _resume(steps, got)
+
+
+async def drive(steps: Steps[T]) -> T:
+    """Runs ``steps`` to its end on the running event loop and returns its value."""
+    req = _resume(steps)
+    while not isinstance(req, _Done):
+        req = await _step(steps, req)
+    value: T = req.value
+    return value
+
+
+async def drive_chunks(steps: Steps[None]) -> AsyncIterator[bytes]:
+    """Runs ``steps`` on the event loop, yielding the data of its ``Chunk`` requests."""
+    try:
+        req = _resume(steps)
+        while not isinstance(req, _Done):
+            if isinstance(req, lifecycle.Chunk):
+                yield req.data
+                req = _resume(steps)
+            else:
+                req = await _step(steps, req)
+    finally:
+        steps.close()
+
+
 class Container:
     """``pyrt.Container`` for asyncio; options as there."""
 
     def __init__(self, image: Image, command: Optional[Sequence[str]] = None, **options: Any):
         self._c = _SyncContainer(image, command, **options)
+        self._steps = steps_of(self._c)
 
     @classmethod
     def _of(cls, c: _SyncContainer) -> Container:
         """The asyncio face of an existing container (one a pool handed out)."""
         self = cls.__new__(cls)
         self._c = c
+        self._steps = steps_of(c)
         return self
 
     # --- identity -------------------------------------------------------------------------
@@ -150,56 +234,22 @@ class Container:
     def status(self) -> str:
         return self._c.status
 
+    @property
+    def health(self) -> Optional[str]:
+        return self._c.health
+
+    @property
+    def ip(self) -> Optional[str]:
+        return self._c.ip
+
     def __repr__(self) -> str:
         return f"<pyrt.aio.Container {self.name or self.id[:12]} {self.status}>"
 
     # --- life -----------------------------------------------------------------------------
 
     async def start(self) -> Container:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._c.start)
+        await self._off_loop(self._c.start)
         return self
-
-    async def _io(
-        self,
-        spawn: Any,
-        p: Pipes,
-        timeout: Optional[float],
-        drain_after_kill: Optional[float],
-        args: list[str],
-    ) -> tuple[_core.Process, Optional[bytes], Optional[bytes], int]:
-        """As the sync ``Container._run_io``, on the event loop."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        proc: Optional[_core.Process] = None
-        try:
-            try:
-                proc = await loop.run_in_executor(None, spawn, *p.child)
-            finally:
-                p.started()
-            assert proc is not None
-            out, err, timed_out = await _communicate(
-                p.take_stdin(), p.input, p.out_r, p.err_r, timeout
-            )
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            code = None if timed_out else await _exited(proc, left)
-            if code is None:
-                proc.kill(signal.SIGKILL)
-                more_out, more_err, _ = await _communicate(
-                    -1, None, p.out_r, p.err_r, drain_after_kill
-                )
-                await _exited(proc, None)
-                raise TimeoutExpired(args, timeout or 0, out + more_out, err + more_err)
-            cap_out, cap_err = p.captured
-            return proc, out if cap_out else None, err if cap_err else None, code
-        except BaseException:
-            # A started process is always waited for (its zombie would hold the container).
-            if proc is not None and proc.wait(0) is None:
-                proc.kill(signal.SIGKILL)
-                await loop.run_in_executor(None, proc.wait)
-            raise
-        finally:
-            p.close()
 
     async def run(
         self,
@@ -212,23 +262,7 @@ class Container:
         stderr: Target = None,
     ) -> Result:
         """Runs to completion and removes the container; ``timeout`` kills all of it."""
-        data, timeout, check, text = _io_args(input, timeout, check, text)
-        c = self._c
-
-        def spawn(i: int, o: int, e: int) -> _core.Process:
-            c._spawn(i, o, e)
-            assert c._proc is not None
-            return c._proc
-
-        try:
-            proc, out, err, code = await self._io(
-                spawn, Pipes(data, stdout, stderr), timeout, None, c.args
-            )
-            c._returncode = code
-            oom = proc.oom_kills() > 0
-        finally:
-            await self.remove()
-        return _result(c.args, code, out, err, text, check, oom)
+        return await drive(self._steps.run(input, timeout, check, text, stdout, stderr))
 
     async def exec(
         self,
@@ -245,45 +279,23 @@ class Container:
         stderr: Target = None,
     ) -> Result:
         """As ``Container.exec``: ``timeout`` kills only this process."""
-        data, timeout, check, text = _io_args(input, timeout, check, text)
-        args = checks.args(command, "command")
-        spawn = self._c._exec_starter(args, env, user, workdir)
-        p = Pipes(data, stdout, stderr)
-        _, out, err, code = await self._io(spawn, p, timeout, 0.2, args)
-        return _result(args, code, out, err, text, check, False)
+        return await drive(
+            self._steps.exec(command, input, timeout, check, text,
+                             env=env, user=user, workdir=workdir, stdout=stdout, stderr=stderr)
+        )  # fmt: skip
 
     async def wait(self, timeout: Optional[float] = None) -> int:
         """The return code; on timeout TimeoutExpired, and the container keeps running."""
-        timeout = checks.timeout(timeout)
-        c = self._c
-        if c._returncode is not None:
-            return c._returncode
-        if c._proc is None:
-            raise PyrtError(f"container {self.id[:12]} was not started")
-        code = await _exited(c._proc, timeout)
-        if code is None:
-            raise TimeoutExpired(c.args, timeout or 0)
-        c._returncode = code
-        return code
+        return await drive(self._steps.wait(timeout))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self._c.kill(sig)
 
     async def stop(self, timeout: float = 10) -> int:
-        self.kill(self._c.stop_signal)
-        try:
-            return await self.wait(timeout)
-        except TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            return await self.wait()
+        return await drive(self._steps.stop(timeout))
 
     async def remove(self) -> None:
-        c = self._c
-        if c._proc is not None and c._returncode is None and not c._removed:
-            c.kill(signal.SIGKILL)
-            await self.wait()
-        # What is left (cgroup and directory removal) is quick file work once it has exited.
-        await asyncio.get_running_loop().run_in_executor(None, c.remove)
+        await drive(self._steps.remove())
 
     async def stats(self) -> Stats:
         return self._c.stats()
@@ -291,24 +303,10 @@ class Container:
     async def logs(self) -> bytes:
         return self._c.logs()
 
-    async def follow_logs(self) -> AsyncIterator[bytes]:
-        """What the container writes, as it writes it, until it has exited and all is read."""
-        d = self._c._dir
-        if d is None:
-            return
-        with open(d.log, "rb") as f:
-            while True:
-                chunk = f.read(1 << 16)
-                if chunk:
-                    yield chunk
-                    continue
-                if not self._c._alive():
-                    await asyncio.get_running_loop().run_in_executor(None, self._c._logs_flushed)
-                    rest = f.read()
-                    if rest:
-                        yield rest
-                    return
-                await asyncio.sleep(POLL_INTERVAL)
+    def follow_logs(self, timeout: Optional[float] = None) -> AsyncIterator[bytes]:
+        """What the container writes, as it writes it, until it has exited and all is read
+        (or ``timeout`` seconds pass: TimeoutExpired)."""
+        return drive_chunks(self._steps.follow_logs(timeout))
 
     # --- files and snapshots (file work, run off the event loop) ------------------------------
 
@@ -342,92 +340,34 @@ class Container:
         await self._off_loop(self._c.reset)
         return self
 
-    # --- readiness --------------------------------------------------------------------------
-
-    async def _poll(self, what: str, timeout: float, check: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        t = checks.timeout(timeout)
-        if t is None:
-            raise TypeError("timeout must be a number of seconds, not None")
-        deadline = loop.time() + t
-        while True:
-            got = await check()
-            if got:
-                return got
-            if not self._c._alive():
-                raise ContainerError(self._c.wait(), self._c.args, self._c.logs(), waiting_for=what)
-            if loop.time() > deadline:
-                raise TimeoutExpired(self._c.args, timeout)
-            await asyncio.sleep(POLL_INTERVAL)
+    # --- readiness (as Container's: the same steps) ---------------------------------------------
 
     async def wait_for_log(
         self, pattern: readiness.Pattern, timeout: float = 30
     ) -> re.Match[bytes]:
-        rx = readiness.compile_pattern(pattern)
-
-        async def check() -> Optional[re.Match[bytes]]:
-            return rx.search(self._c.logs())
-
-        m: re.Match[bytes] = await self._poll(f"log pattern {rx.pattern!r}", timeout, check)
-        return m
+        return await drive(self._steps.wait_for_log(pattern, timeout))
 
     async def wait_for_command(
         self, command: Sequence[str], timeout: float = 30, **exec_options: Any
     ) -> Result:
-        async def check() -> Union[Result, bool]:
-            r = await self.exec(command, **exec_options)
-            return r.returncode == 0 and r
-
-        res: Result = await self._poll(f"{list(command)!r} to succeed", timeout, check)
-        return res
+        return await drive(self._steps.wait_for_command(command, timeout, exec_options))
 
     async def wait_for_file(self, path: str, timeout: float = 30) -> None:
-        path = checks.container_path(path, "path")
-        readiness.check_path(path)
-
-        async def check() -> bool:
-            return readiness.file_exists(self.pid or 0, path)
-
-        await self._poll(f"file {path}", timeout, check)
+        await drive(self._steps.wait_for_file(path, timeout))
 
     async def wait_for_port(self, port: int, timeout: float = 30) -> None:
-        port = checks.whole(port, "port", 1, 65535)
-        loop = asyncio.get_running_loop()
-
-        async def check() -> bool:
-            return await loop.run_in_executor(None, readiness.port_accepts, self.pid or 0, port)
-
-        await self._poll(f"TCP port {port}", timeout, check)
+        await drive(self._steps.wait_for_port(port, timeout))
 
     async def wait_for_http(
         self, port: int, path: str = "/", status: int = 200, timeout: float = 60.0
     ) -> None:
-        what, check = self._c._http_check(port, path, status)
-        loop = asyncio.get_running_loop()
-
-        async def probe() -> bool:
-            return await loop.run_in_executor(None, check)
-
-        await self._poll(what, timeout, probe)
+        await drive(self._steps.wait_for_http(port, path, status, timeout))
 
     async def wait_for_healthy(self, timeout: float = 60.0) -> None:
-        check = self._c._healthy_check()
-
-        async def probe() -> bool:
-            return check()
-
-        await self._poll("the healthcheck to pass", timeout, probe)
-
-    @property
-    def health(self) -> Optional[str]:
-        return self._c.health
-
-    @property
-    def ip(self) -> Optional[str]:
-        return self._c.ip
+        await drive(self._steps.wait_for_healthy(timeout))
 
     async def __aenter__(self) -> Container:
-        if self._c._proc is None:
+        if self._c.pid is None:
             await self.start()
         return self
 

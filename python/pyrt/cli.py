@@ -8,12 +8,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from . import _core, checks
-from .container import Container
-from .errors import ImageNotFound, PyrtError, SpawnError
+from . import _core, checks, spec
+from .container import Container, spec_preview, start_on
+from .errors import ImageNotFound, PathNotFound, PyrtError, SpawnError
 from .image import Image, images
 from .mounts import Bind, Mount, Tmpfs
 
@@ -281,7 +281,7 @@ def _run(a: argparse.Namespace) -> int:
     if a.tty:
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            c._spawn(devnull)
+            start_on(c, devnull)
             _attach_console(c, a.interactive)
             code = c.wait()
         finally:
@@ -296,7 +296,7 @@ def _run(a: argparse.Namespace) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, lambda signum, _frame: c.kill(signum))
     try:
-        c._spawn(stdin, sys.stdout.fileno(), sys.stderr.fileno())
+        start_on(c, stdin, sys.stdout.fileno(), sys.stderr.fileno())
         code = c.wait()
     finally:
         if not a.interactive:
@@ -395,21 +395,15 @@ def _exec(a: argparse.Namespace) -> int:
         raise PyrtError(f"container {a.container} is not running")
     if not a.command:
         raise PyrtError("exec needs a command")
-    proc = dict(st["process"])
-    proc["args"] = list(a.command)
-    env = dict(kv.split("=", 1) for kv in proc.get("env") or [])
-    env.update(_env(a.env))
-    proc["env"] = [f"{k}={v}" for k, v in env.items()]
-    if a.workdir:
-        proc["cwd"] = a.workdir
+    ids = None
     if a.user:
-        uid, _, gid = a.user.partition(":")
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise PyrtError("pyrt exec -u takes numeric ids: UID[:GID]")
-        proc["user"] = {"uid": int(uid), "gid": int(gid or 0)}
-        if int(uid) != 0:
-            caps = proc.get("capabilities") or {}
-            proc["capabilities"] = dict(caps, effective=[], permitted=[])
+        # Resolved against the container's own files as they are now, as `docker exec -u`.
+        from . import files, rootview, users
+
+        with rootview.running_root(st["pid"]) as root:
+            etc = [_read_or_none(files.read_file, root, p) for p in ("/etc/passwd", "/etc/group")]
+        ids = users.resolve(a.user, *etc)
+    proc = spec.exec_process(st["process"], a.command, _env(a.env), ids, a.workdir)
     stdin = sys.stdin.fileno() if a.interactive else os.open(os.devnull, os.O_RDONLY)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -420,6 +414,13 @@ def _exec(a: argparse.Namespace) -> int:
     code = p.wait()
     assert code is not None
     return code if code >= 0 else 128 - code
+
+
+def _read_or_none(read: Callable[[int, str], bytes], root: int, path: str) -> Optional[bytes]:
+    try:
+        return read(root, path)
+    except PathNotFound:
+        return None
 
 
 def _container_ref(arg: str) -> tuple[Optional[str], str]:
@@ -497,18 +498,15 @@ def _logs(a: argparse.Namespace) -> int:
 
 
 def _kill(a: argparse.Namespace) -> int:
-    from .state import find, pid_start_time
+    from .state import find
 
     st = find(a.container)
     sig = parse_signal(a.signal)
-    if pid_start_time(st["pid"]) != st.get("pid_start"):
-        raise PyrtError(f"container {a.container} is not running")
-    # Through a pidfd: the number cannot have been reused between the check and the signal.
-    fd = os.pidfd_open(st["pid"])
     try:
-        signal.pidfd_send_signal(fd, sig)
-    finally:
-        os.close(fd)
+        # Through a pidfd, checked against the recorded start: never a reused pid.
+        _core.signal_recorded(st.get("pid") or 0, st.get("pid_start") or 0, sig)
+    except ProcessLookupError:
+        raise PyrtError(f"container {a.container} is not running") from None
     return 0
 
 
@@ -516,7 +514,7 @@ def _rm(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .state import find, kill_all_and_rmdir, pid_start_time
+    from .state import find, remove_cgroup
 
     for ref in a.containers:
         st = find(ref)
@@ -529,13 +527,9 @@ def _rm(a: argparse.Namespace) -> int:
                 time.sleep(0.02)
         else:
             # Owned by a live Python process: end the container now; the owner frees the rest.
-            if st.get("pid") and pid_start_time(st["pid"]) == st.get("pid_start"):
-                fd = os.pidfd_open(st["pid"])
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                finally:
-                    os.close(fd)
-            kill_all_and_rmdir([cg for cg in st.get("cgroups") or [] if os.path.isdir(cg)])
+            with contextlib.suppress(ProcessLookupError):
+                _core.signal_recorded(st.get("pid") or 0, st.get("pid_start") or 0, 9)
+            remove_cgroup(st.get("cgroups") or [])
             (d / "removed").touch()
         print(st["id"])
     return 0
@@ -625,13 +619,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolve_image(a.image).remove()
             return 0
         if a.cmd == "gc":
-            from .state import collect_stale, containers_root, kill_all_and_rmdir, stale_cgroups
+            from .state import collect_stale, containers_root, remove_cgroup, stale_cgroups
 
             for cid in collect_stale():
                 print(cid)
             live = set(os.listdir(containers_root()))
             stale = stale_cgroups(live)
-            kill_all_and_rmdir(stale)
+            remove_cgroup(stale)
             for cg in stale:
                 print(cg)
             from .image import layers, store
@@ -656,15 +650,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if a.cmd == "plan":
             c = Container(resolve_image(a.image), a.command or None)
-            from .state import ContainerDir
-
-            d = ContainerDir.create(c.id, overlay=c.image.kind != "host")
-            try:
-                c._dir = d
-                print(_core.plan(json.dumps(c.build_spec(str(d.rootfs)))))
-            finally:
-                c._dir = None
-                d.remove()
+            print(_core.plan(json.dumps(spec_preview(c))))
             return 0
     except SpawnError as e:
         print(f"pyrt: {e} (stage {e.stage})", file=sys.stderr)

@@ -16,7 +16,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Optional, Union
 
 from . import (
@@ -24,6 +23,7 @@ from . import (
     assemble,
     checks,
     files,
+    lifecycle,
     options,
     rootview,
     snapshot,
@@ -32,12 +32,13 @@ from . import (
 )
 from .container_control import ContainerControl
 from .container_files import ContainerFiles
-from .container_readiness import POLL_INTERVAL, ContainerReadiness
-from .errors import InvalidOption, PyrtError, SpawnError, TimeoutExpired
+from .container_readiness import ContainerReadiness, ReadinessSteps
+from .errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
 from .health import Checker, Healthcheck
 from .image import Image
 from .image.config import ImageConfig, command_for
 from .image.image import overlay_supported
+from .lifecycle import Steps
 from .mounts import Bind, Mount
 from .network import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
 from .networks import Member, Network
@@ -225,6 +226,12 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         self._returncode: Optional[int] = None
         self._removed = False
         self._lock = threading.Lock()
+
+    @property
+    def _steps(self) -> ContainerSteps:
+        # Made per call: held by the container, it would make a cycle that only the garbage
+        # collector frees (and with it the process's descriptors).
+        return ContainerSteps(self)
 
     def __repr__(self) -> str:
         return f"<pyrt.Container {self.name or self.id[:12]} {self.status}>"
@@ -479,48 +486,6 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
             self._state_doc.update(status="exited", exit_code=code)
             self._dir.write_state(self._state_doc)
 
-    def _run_io(
-        self,
-        start: Callable[[int, int, int], _core.Process],
-        args: list[str],
-        io: Pipes,
-        timeout: Optional[float],
-        drain_after_kill: Optional[float],
-    ) -> tuple[_core.Process, Optional[bytes], Optional[bytes], int]:
-        """Starts a process on ``io``'s descriptors, feeds its input, collects what it captures
-        and waits. On ``timeout`` the process is killed (SIGKILL) and TimeoutExpired raised, with
-        what it wrote until then. A process that was started is waited for whatever happens
-        (a zombie of an exec'd process would keep its container's init from ever exiting)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        proc: Optional[_core.Process] = None
-        try:
-            try:
-                proc = start(*io.child)
-            finally:
-                io.started()
-            out, err, timed_out = _core.communicate(
-                io.take_stdin(), io.input, io.out_r, io.err_r, timeout
-            )
-            # With nothing captured, communicate returns at once: the wait keeps the deadline.
-            code = None if timed_out else proc.wait(_left(deadline))
-            if code is None:
-                proc.kill(signal.SIGKILL)
-                more_out, more_err, _ = _core.communicate(
-                    -1, None, io.out_r, io.err_r, drain_after_kill
-                )
-                proc.wait()
-                assert timeout is not None
-                raise TimeoutExpired(args, timeout, out + more_out, err + more_err)
-            cap_out, cap_err = io.captured
-            return proc, out if cap_out else None, err if cap_err else None, code
-        except BaseException:
-            if proc is not None and proc.wait(0) is None:
-                proc.kill(signal.SIGKILL)
-                proc.wait()
-            raise
-        finally:
-            io.close()
-
     def run(
         self,
         input: Input = None,
@@ -535,24 +500,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         ``timeout`` kills the whole container and raises TimeoutExpired. ``stdout`` and
         ``stderr`` may go to a file, a descriptor or ``pyrt.DEVNULL`` instead of the result
         (``stderr=pyrt.STDOUT`` merges it into stdout)."""
-        data, timeout, check, text = _io_args(input, timeout, check, text)
-        if self._o.tty:
-            raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
-
-        def start(i: int, o: int, e: int) -> _core.Process:
-            self._spawn(i, o, e)
-            assert self._proc is not None
-            return self._proc
-
-        try:
-            io = Pipes(data, stdout, stderr)
-            # Killing the first process ends the whole pid namespace: the drain ends at EOF.
-            proc, out, err, code = self._run_io(start, self.args, io, timeout, None)
-            self._returncode = code
-            oom = proc.oom_kills() > 0
-        finally:
-            self.remove()
-        return _result(self.args, code, out, err, text, check, oom)
+        return lifecycle.drive(self._steps.run(input, timeout, check, text, stdout, stderr))
 
     def exec(
         self,
@@ -572,13 +520,10 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         with the container's environment plus ``env``, as its user or ``user``, in its working
         directory or ``workdir``. ``timeout`` kills only this process. ``stdout``/``stderr``
         as for ``run``."""
-        data, timeout, check, text = _io_args(input, timeout, check, text)
-        args = checks.args(command, "command")
-        start = self._exec_starter(args, env, user, workdir)
-        io = Pipes(data, stdout, stderr)
-        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
-        _, out, err, code = self._run_io(start, args, io, timeout, 0.2)
-        return _result(args, code, out, err, text, check, False)
+        return lifecycle.drive(
+            self._steps.exec(command, input, timeout, check, text,
+                             env=env, user=user, workdir=workdir, stdout=stdout, stderr=stderr)
+        )  # fmt: skip
 
     def _exec_starter(
         self,
@@ -615,19 +560,13 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         workdir: Optional[str],
     ) -> dict[str, Any]:
         assert self._process is not None
-        p = self._process
+        ids = None
         if user is not None:
             try:
                 ids = self.image.resolve_user(user)
             except ValueError as e:
                 raise SpawnError(str(e), stage="user", errno=22) from None
-            p = replace(p, uid=ids.uid, gid=ids.gid, additional_gids=ids.additional_gids)
-            env = {"HOME": ids.home, **(env or {})}
-        base = dict(kv.split("=", 1) for kv in p.env)
-        p = replace(p, args=args, env=spec.merge_env(base, env), cwd=workdir or p.cwd)
-        if not p.cwd.startswith("/"):
-            raise PyrtError(f"workdir must be an absolute path: {p.cwd!r}")
-        return spec.process_dict(p)
+        return spec.exec_process(spec.process_dict(self._process), args, env, ids, workdir)
 
     # --- its files -------------------------------------------------------------------------
 
@@ -871,17 +810,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
     def wait(self, timeout: Optional[float] = None) -> int:
         """The return code (exit status, or -SIGNUM). On timeout raises TimeoutExpired and the
         container keeps running, as ``subprocess.Popen.wait``."""
-        timeout = checks.timeout(timeout)
-        if self._returncode is not None:
-            return self._returncode
-        if self._proc is None:
-            raise PyrtError(f"container {self.id[:12]} was not started")
-        code = self._proc.wait(timeout)
-        if code is None:
-            assert timeout is not None
-            raise TimeoutExpired(self.args, timeout)
-        self._returncode = code
-        return code
+        return lifecycle.drive(self._steps.wait(timeout))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Sends ``sig`` to the container's first process (SIGKILL ends the whole container)."""
@@ -903,15 +832,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
     def stop(self, timeout: float = 10) -> int:
         """The image's stop signal (SIGTERM unless its STOPSIGNAL says otherwise), then SIGKILL
         after ``timeout`` seconds; returns the return code."""
-        grace = checks.timeout(timeout)
-        if self._proc is None:
-            raise PyrtError(f"container {self.id[:12]} was not started")
-        self.kill(self.stop_signal)
-        try:
-            return self.wait(grace)
-        except TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            return self.wait()
+        return lifecycle.drive(self._steps.stop(timeout))
 
     def stats(self) -> Stats:
         """Memory, processes and CPU time of the container, from its cgroup."""
@@ -966,27 +887,14 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
     def follow_logs(self, timeout: Optional[float] = None) -> Iterator[bytes]:
         """Yields what the container writes as it writes it, until it has exited and all is
         read (or ``timeout`` seconds pass: TimeoutExpired)."""
-        if self._dir is None:
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with open(self._dir.log, "rb") as f:
-            while True:
-                chunk = f.read(1 << 16)
-                if chunk:
-                    yield chunk
-                    continue
-                if not self._alive():
-                    self._logs_flushed()
-                    rest = f.read()
-                    if rest:
-                        yield rest
-                    return
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutExpired(self.args, timeout or 0)
-                time.sleep(POLL_INTERVAL)
+        return lifecycle.drive_chunks(self._steps.follow_logs(timeout))
 
     def remove(self) -> None:
         """Kills the container if needed and frees everything it had. Idempotent."""
+        lifecycle.drive(self._steps.remove())
+
+    def _teardown(self) -> None:
+        """What remove() does once the container has exited (or at once, if it must)."""
         with self._lock:
             if self._removed:
                 return
@@ -1024,6 +932,174 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
                 self.remove()
         except Exception:
             pass
+
+
+class ContainerSteps(ReadinessSteps):
+    """One container's operations that wait, as steps (``lifecycle``): ``Container`` drives
+    them in the caller's thread, ``pyrt.aio.Container`` on its event loop."""
+
+    def __init__(self, c: Container) -> None:
+        self._c = c
+
+    def run(
+        self,
+        input: Input,
+        timeout: object,
+        check: object,
+        text: object,
+        stdout: Target,
+        stderr: Target,
+    ) -> Steps[Result]:
+        c = self._c
+        data, t, check, text = _io_args(input, timeout, check, text)
+        if c._o.tty:
+            raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
+
+        def start(i: int, o: int, e: int) -> _core.Process:
+            c._spawn(i, o, e)
+            assert c._proc is not None
+            return c._proc
+
+        try:
+            io = Pipes(data, stdout, stderr)
+            # Killing the first process ends the whole pid namespace: the drain ends at EOF.
+            proc, out, err, code = yield from lifecycle.io(start, c.args, io, t, None)
+            c._returncode = code
+            oom = proc.oom_kills() > 0
+        finally:
+            yield from self.remove()
+        return _result(c.args, code, out, err, text, check, oom)
+
+    def exec(
+        self,
+        command: Sequence[str],
+        input: Input = None,
+        timeout: object = None,
+        check: object = False,
+        text: object = False,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        workdir: Optional[str] = None,
+        stdout: Target = None,
+        stderr: Target = None,
+    ) -> Steps[Result]:
+        data, t, check, text = _io_args(input, timeout, check, text)
+        args = checks.args(command, "command")
+        start = self._c._exec_starter(args, env, user, workdir)
+        io = Pipes(data, stdout, stderr)
+        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
+        _, out, err, code = yield from lifecycle.io(start, args, io, t, 0.2)
+        return _result(args, code, out, err, text, check, False)
+
+    def wait(self, timeout: object) -> Steps[int]:
+        c = self._c
+        t = checks.timeout(timeout)
+        if c._returncode is not None:
+            return c._returncode
+        if c._proc is None:
+            raise PyrtError(f"container {c.id[:12]} was not started")
+        code = yield lifecycle.Exited(c._proc, t)
+        if code is None:
+            raise TimeoutExpired(c.args, t or 0)
+        c._returncode = code
+        return int(code)
+
+    def stop(self, timeout: object) -> Steps[int]:
+        c = self._c
+        grace = checks.timeout(timeout)
+        if c._proc is None:
+            raise PyrtError(f"container {c.id[:12]} was not started")
+        c.kill(c.stop_signal)
+        try:
+            return (yield from self.wait(grace))
+        except TimeoutExpired:
+            c.kill(signal.SIGKILL)
+            return (yield from self.wait(None))
+
+    def remove(self) -> Steps[None]:
+        c = self._c
+        if c._proc is not None and c._returncode is None and not c._removed:
+            # The wait is the part that takes time: outside the lock, and (pyrt.aio) on the
+            # event loop; the teardown after it is quick file work.
+            c.kill(signal.SIGKILL)
+            yield lifecycle.Exited(c._proc, None)
+        yield lifecycle.Blocking(c._teardown)
+
+    def follow_logs(self, timeout: object) -> Steps[None]:
+        c = self._c
+        log = c._dir.log if c._dir is not None else None
+        yield from lifecycle.follow(log, timeout, c._alive, c._logs_flushed, c.args)
+
+    # --- what the readiness steps need -------------------------------------------------------
+
+    def poll(self, what: str, timeout: object, check: Callable[[], Steps[Any]]) -> Steps[Any]:
+        c = self._c
+
+        def ended(what: str) -> BaseException:
+            return ContainerError(c.wait(), c.args, c.logs(), waiting_for=what)
+
+        return lifecycle.poll(what, timeout, check, c._alive, ended, c.args)
+
+    def logs(self) -> bytes:
+        return self._c.logs()
+
+    def probe_pid(self) -> int:
+        return self._c.pid or 0
+
+    def healthy(self) -> Callable[[], bool]:
+        c = self._c
+        if c._healthcheck is None:
+            raise PyrtError(
+                f"container {c.id[:12]} has no healthcheck (give healthcheck=pyrt.Healthcheck"
+                "(...), or use an image with a HEALTHCHECK)"
+            )
+        return lambda: c.health == "healthy"
+
+    def connector(self, port: int) -> Callable[[], socket.socket]:
+        """How to reach ``port`` of the container from here: its published host port, else
+        its network namespace (root)."""
+        c = self._c
+        for p in c._net.published if c._net is not None else ():
+            if p.container_port == port and p.proto == "tcp":
+                addr = "127.0.0.1" if p.host_addr == "0.0.0.0" else p.host_addr
+                return lambda: socket.create_connection((addr, p.host_port), 0.5)
+        if c._userns is not None and os.geteuid() != 0:
+            raise PyrtError(
+                f"wait_for_http({port}): a rootless container's network namespace cannot be "
+                "entered from the host; publish the port (ports={port: None})"
+            )
+        net_path = c._net.path if c._net is not None else None
+
+        def connect() -> socket.socket:
+            path = net_path or f"/proc/{c.pid or 0}/ns/net"
+            return socket.socket(fileno=_core.tcp_connect(path, port, 0.5))
+
+        return connect
+
+
+def steps_of(c: Container) -> ContainerSteps:
+    """The steps behind ``c``'s waiting operations, for ``pyrt.aio`` to drive."""
+    return ContainerSteps(c)
+
+
+def start_on(c: Container, stdin: int, stdout: int = -1, stderr: int = -1) -> None:
+    """Starts ``c`` with its command's stdin, stdout and stderr on these descriptors (-1: the
+    container's log), as `pyrt run` does in the foreground; with tty=True the console is
+    ``c.console``. (The CLI's seam; users have run() and start().)"""
+    c._spawn(stdin, stdout, stderr)
+
+
+def spec_preview(c: Container) -> dict[str, Any]:
+    """The runtime spec ``c`` would start with, built in a directory made and removed for it
+    (`pyrt plan`)."""
+    d = ContainerDir.create(c.id, overlay=c.image.kind != "host")
+    try:
+        c._dir = d
+        return c.build_spec(str(d.rootfs))
+    finally:
+        c._dir = None
+        d.remove()
 
 
 def _receive_fd(sock: int) -> int:
@@ -1072,10 +1148,6 @@ def _signal_number(sig: object) -> int:
     if not 1 <= int(sig) < signal.NSIG:
         raise ValueError(f"signal {sig!r}: not a signal number (1 to {signal.NSIG - 1})")
     return int(sig)
-
-
-def _left(deadline: Optional[float]) -> Optional[float]:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _io_args(

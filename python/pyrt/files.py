@@ -180,7 +180,7 @@ def write_archive(root: int, path: str, out: IO[bytes], arcname: Optional[str] =
                 raise PathNotFound(path) from None
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             links: dict[tuple[int, int], str] = {}
-            _add(tf, parent, name or ".", top, links, result, _kernel_dirs(root))
+            add_to_tar(tf, parent, name or ".", top, links, result, _kernel_dirs(root))
     finally:
         os.close(parent)
     return result
@@ -203,7 +203,8 @@ def _kernel_dirs(root: int) -> set[tuple[int, int]]:
 IdMap = Callable[[int, int], tuple[int, int]]
 
 
-def _info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> tarfile.TarInfo:
+def tar_info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> tarfile.TarInfo:
+    """The archive header of a file ``st`` names, its owner seen through ``remap``."""
     ti = tarfile.TarInfo(name)
     ti.mode = stat.S_IMODE(st.st_mode)
     ti.uid, ti.gid = remap(st.st_uid, st.st_gid) if remap else (st.st_uid, st.st_gid)
@@ -212,7 +213,7 @@ def _info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> tarfi
     return ti
 
 
-def _add(
+def add_to_tar(
     tf: tarfile.TarFile,
     dirfd: int,
     name: str,
@@ -222,11 +223,14 @@ def _add(
     kernel_dirs: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
     remap: Optional[IdMap] = None,
 ) -> None:
+    """Adds ``name`` (in ``dirfd``, not followed if a symlink) as ``arcname``, a directory
+    with all below it; hard links inside the copy stay links (``links``), and directories in
+    ``kernel_dirs`` (/proc, /sys of a running container) are added empty."""
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return  # removed by the running container meanwhile
-    ti = _info(arcname, st, remap)
+    ti = tar_info(arcname, st, remap)
     m = st.st_mode
     if stat.S_ISREG(m):
         key = (st.st_dev, st.st_ino)
@@ -250,7 +254,7 @@ def _add(
         fd = os.open(name, flags, dir_fd=dirfd)
         try:
             for child in sorted(os.listdir(fd)):
-                _add(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs, remap)
+                add_to_tar(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs, remap)
         finally:
             os.close(fd)
         return

@@ -106,4 +106,4 @@ def collect(ids: set[str]) -> None:
         state.collect_stale_networks(only=nets)
     state.collect_stale(only={i for i in ids if (root / i).exists()})
     if os.geteuid() == 0:
-        state.kill_all_and_rmdir(state.stale_cgroups(set(), only=ids))
+        state.remove_cgroup(state.stale_cgroups(set(), only=ids))

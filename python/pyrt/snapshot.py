@@ -128,7 +128,7 @@ def _add_layer_entry(
         tf.addfile(wh)
         return
     if stat.S_ISDIR(st.st_mode):
-        ti = files._info(arc, st, remap)
+        ti = files.tar_info(arc, st, remap)
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -143,7 +143,7 @@ def _add_layer_entry(
         finally:
             os.close(fd)
         return
-    files._add(tf, dirfd, name, arc, links, files.Copied(), remap=remap)
+    files.add_to_tar(tf, dirfd, name, arc, links, files.Copied(), remap=remap)
 
 
 def store_layer(

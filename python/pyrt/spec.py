@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import InvalidOption
+from .users import UserIds
+
 OCI_VERSION = "1.2.0"
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -262,6 +265,39 @@ def process_dict(p: ProcessSpec) -> dict[str, Any]:
         proc["user"]["additionalGids"] = list(p.additional_gids)
     if p.umask is not None:
         proc["user"]["umask"] = p.umask
+    return proc
+
+
+def exec_process(
+    base: Mapping[str, Any],
+    args: Sequence[str],
+    env: Optional[Mapping[str, str]] = None,
+    ids: Optional[UserIds] = None,
+    cwd: Optional[str] = None,
+) -> dict[str, Any]:
+    """The process of an exec: the container's own (``base``, its spec's ``process``) with
+    ``args``, ``env`` laid over its environment, in ``cwd``, and as ``ids`` when given (with
+    its additional groups and HOME; capabilities effective only for uid 0, as at a login).
+    What is not said stays the container's: rlimits, umask, no_new_privileges, the bounding
+    set. The one builder of an exec's process, for ``Container.exec`` and `pyrt exec`."""
+    proc: dict[str, Any] = json.loads(json.dumps(dict(base)))  # (a deep copy of JSON data)
+    proc["args"] = list(args)
+    if cwd is not None:
+        if not cwd.startswith("/"):
+            raise InvalidOption(f"workdir must be an absolute path: {cwd!r}")
+        proc["cwd"] = cwd
+    current = dict(kv.split("=", 1) for kv in proc.get("env") or [] if "=" in kv)
+    if ids is not None:
+        user = proc.setdefault("user", {})
+        user.update(uid=ids.uid, gid=ids.gid)
+        user.pop("additionalGids", None)
+        if ids.additional_gids:
+            user["additionalGids"] = list(ids.additional_gids)
+        env = {"HOME": ids.home, **(env or {})}
+        caps = proc.setdefault("capabilities", {})
+        active = list(caps.get("bounding") or []) if ids.uid == 0 else []
+        caps.update(effective=active, permitted=active)
+    proc["env"] = merge_env(current, env)
     return proc
 
 

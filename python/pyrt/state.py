@@ -11,13 +11,11 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import disklayer, reaper, userns
+from . import _core, disklayer, reaper, userns
 from .places import ensure_dir, state_root
 
 
@@ -180,11 +178,7 @@ def _chown_layer(path: Path, owner: Optional[tuple[int, int]]) -> None:
 def pid_start_time(pid: int) -> Optional[int]:
     """The process's start time (clock ticks since boot): a pid plus this names one process,
     never a later one that reused the number."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _core.pid_start_time(pid)
 
 
 def owner_alive(path: Path) -> bool:
@@ -327,41 +321,20 @@ def remove_cgroups(listing: str) -> None:
             paths = [p for p in f.read().split("\n") if p]
     except FileNotFoundError:
         return
-    kill_all_and_rmdir(paths)
+    remove_cgroup(paths)
 
 
-def thaw(cgroup_dirs: list[str]) -> None:
-    """Lifts any freeze (its owner died during a commit): a frozen task does not act on its
-    SIGKILL until it is thawed, so every cgroup of a container is thawed before any is killed."""
+def remove_cgroup(cgroup_dirs: list[str]) -> None:
+    """Kills what is left in the cgroups of containers (frozen or not) and removes their
+    directories (the core's work, as for pyrt-runc's delete), each container's (the same
+    pyrt-<id> name in each hierarchy) together. Best effort: what cannot go now, `pyrt gc`
+    retries."""
+    by_container: dict[str, list[str]] = {}
     for d in cgroup_dirs:
-        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-            with contextlib.suppress(OSError), open(os.path.join(d, name), "w") as f:
-                f.write(value)
-
-
-def kill_all_and_rmdir(cgroup_dirs: list[str]) -> None:
-    thaw(cgroup_dirs)
-    for d in cgroup_dirs:
-        kill_and_rmdir(d)
-
-
-def kill_and_rmdir(cgroup_dir: str) -> None:
-    for _ in range(200):
-        try:
-            with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
-                pids = [int(x) for x in f.read().split()]
-        except FileNotFoundError:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            os.rmdir(cgroup_dir)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.005)
+        by_container.setdefault(os.path.basename(d.rstrip("/")), []).append(d)
+    for dirs in by_container.values():
+        with contextlib.suppress(OSError):
+            _core.remove_cgroup(dirs)
 
 
 def stale_cgroups(

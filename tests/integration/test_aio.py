@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -93,5 +94,34 @@ def test_readiness_waits_async(image: pyrt.Image) -> None:
             with pytest.raises(pyrt.ContainerError) as e:
                 await c.wait_for_healthy(timeout=60)
             assert e.value.returncode == 4
+
+    arun(main())
+
+
+def test_follow_logs_timeout_and_a_cancelled_exec(image: pyrt.Image) -> None:
+    """The async front runs the sync one's steps: follow_logs has its timeout, and an exec
+    whose task is cancelled is killed and waited for (no process of it stays inside)."""
+
+    async def main() -> None:
+        async with pyrt.aio.Container(image, ["sh", "-c", "echo up; sleep 60"]) as c:
+            with pytest.raises(pyrt.TimeoutExpired):
+                async for _ in c.follow_logs(timeout=0.2):
+                    pass
+            task = asyncio.ensure_future(c.exec(["sleep", "37"]))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            ps = await c.exec(["ps", "-o", "args"], text=True)
+            assert "sleep 37" not in ps.stdout, ps.stdout
+            # Cancelled while the spawn itself runs: the process it made is still reaped.
+            for delay in (0, 0.001, 0.003):
+                task = asyncio.ensure_future(c.exec(["sleep", "38"]))
+                await asyncio.sleep(delay)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            ps = await c.exec(["ps", "-o", "args"], text=True)
+            assert "sleep 38" not in ps.stdout, ps.stdout
 
     arun(main())

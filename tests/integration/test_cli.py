@@ -135,3 +135,33 @@ def test_gc_removes_what_an_interrupted_load_left(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "tmp/layer-killed" in r.stdout and "tmp/blob-killed" in r.stdout
     assert not stale.exists() and not (store.tmp_dir() / "blob-killed").exists()
+
+
+def test_exec_as_a_user_gets_its_groups_home_and_the_containers_umask(rootfs: Path) -> None:
+    """`pyrt exec -u` builds its process as Container.exec does: a name resolves against the
+    container's own /etc files (as they are now), with its additional groups and HOME, and
+    the umask and limits stay the container's."""
+    r = pyrt_cli("run", "-d", str(rootfs), "sh", "-c", "sleep 60")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.split()[-1]
+    try:
+        probe = "id -u; id -g; id -G; echo $HOME; umask; grep CapEff /proc/self/status"
+        out = pyrt_cli("exec", "-u", "app", cid, "sh", "-c", probe)
+        assert out.returncode == 0, out.stderr
+        uid, gid, groups, home, umask, capeff = out.stdout.splitlines()
+        assert (uid, gid, home, umask) == ("1000", "1000", "/home/app", "0022")
+        assert set(groups.split()) == {"1000", "50", "10"}
+        assert capeff.split()[1] == "0000000000000000"
+        # A user added to the running container is found: its files, not the image's.
+        add = "echo late:x:1500:50::/l:/bin/sh >> /etc/passwd"
+        assert pyrt_cli("exec", cid, "sh", "-c", add).returncode == 0
+        late = pyrt_cli("exec", "-u", "late", cid, "sh", "-c", "id -u; id -g; echo $HOME")
+        assert late.stdout.split() == ["1500", "50", "/l"], late.stderr
+        ghost = pyrt_cli("exec", "-u", "ghost", cid, "true")
+        assert ghost.returncode == 125 and "ghost" in ghost.stderr
+        as_root = pyrt_cli(
+            "exec", "-u", "0:0", cid, "sh", "-c", "id -u; grep CapEff /proc/self/status"
+        )
+        assert as_root.stdout.split()[0] == "0" and as_root.stdout.split()[-1] != "0000000000000000"
+    finally:
+        pyrt_cli("rm", cid)

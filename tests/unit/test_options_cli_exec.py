@@ -122,3 +122,41 @@ def test_the_assembler_is_pure(tmp_path: Path) -> None:
     assert a.seccomp is not None and a.process.args == ["true"]
     with pytest.raises(pyrt.PyrtError, match="absolute"):
         assemble.container_spec(ContainerOptions(workdir="rel"), image, "c", ["x"], **kw)
+
+
+def test_one_exec_builder_keeps_what_the_exec_does_not_say() -> None:
+    """`pyrt exec -u` once dropped the additional groups and the umask: every exec's process
+    now comes from spec.exec_process, which keeps what the exec does not change."""
+    from pyrt import spec, users
+
+    base = {
+        "args": ["sleep", "1"],
+        "env": ["PATH=/bin", "A=1"],
+        "cwd": "/srv",
+        "user": {"uid": 0, "gid": 0, "umask": 0o027, "additionalGids": [10]},
+        "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"],
+                         "permitted": ["CAP_CHOWN"], "inheritable": [], "ambient": []},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
+        "noNewPrivileges": True,
+    }  # fmt: skip
+    same = spec.exec_process(base, ["id"])
+    assert same["user"] == base["user"] and same["cwd"] == "/srv" and same["args"] == ["id"]
+    assert same["rlimits"] == base["rlimits"] and same["noNewPrivileges"] is True
+    assert base["args"] == ["sleep", "1"]  # (the base is not changed)
+    passwd = b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    group = b"root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:root,app\n"
+    ids = users.resolve("app", passwd, group)
+    assert ids == users.UserIds(1000, 1000, (10, 29), "/home/app")
+    p = spec.exec_process(base, ["id"], {"B": "2"}, ids, "/tmp")
+    assert p["user"] == {"uid": 1000, "gid": 1000, "umask": 0o027, "additionalGids": [10, 29]}
+    assert p["capabilities"]["effective"] == p["capabilities"]["permitted"] == []
+    assert p["capabilities"]["bounding"] == ["CAP_CHOWN"]
+    assert p["env"] == ["PATH=/bin", "A=1", "HOME=/home/app", "B=2"] and p["cwd"] == "/tmp"
+    numeric = spec.exec_process(base, ["id"], None, users.resolve("4242:7", passwd, group))
+    assert numeric["user"] == {"uid": 4242, "gid": 7, "umask": 0o027}
+    back_to_root = spec.exec_process(p, ["id"], None, users.resolve("0", passwd, group))
+    assert back_to_root["capabilities"]["effective"] == ["CAP_CHOWN"]
+    with pytest.raises(ValueError, match="ghost"):
+        users.resolve("ghost", passwd, group)
+    with pytest.raises(pyrt.PyrtError, match="absolute"):
+        spec.exec_process(base, ["id"], cwd="tmp")

@@ -7,12 +7,12 @@ import functools
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from .. import _core, userns
+from .. import _core, userns, users
 from ..errors import ImageError, ImageNotFound
+from ..users import UserIds
 from . import flatten, layers, oci, store
 from .config import ImageConfig
 from .progress import Progress
@@ -22,14 +22,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP = b"\x1f\x8b"
 _HOST_ID = "sha256:" + hashlib.sha256(b"pyrt host image").hexdigest()
-
-
-@dataclass(frozen=True)
-class UserIds:
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...]
-    home: str
 
 
 class Image:
@@ -343,45 +335,7 @@ class Image:
     def resolve_user(self, user: Optional[str]) -> UserIds:
         """ "uid", "uid:gid", "name" or "name:group", against the image's /etc/passwd and
         /etc/group (Docker's rules: a numeric uid need not exist; its gid then defaults to 0)."""
-        passwd = _parse_colon_file(self.read_file("/etc/passwd"))
-        groups = _parse_colon_file(self.read_file("/etc/group"))
-        spec = (user or "").strip() or "0"
-        uname, _, gname = spec.partition(":")
-        entry = None
-        if uname.isdigit():
-            uid = int(uname)
-            entry = next((e for e in passwd if len(e) > 3 and e[2] == uname), None)
-        else:
-            entry = next((e for e in passwd if e[0] == uname and len(e) > 3), None)
-            if entry is None:
-                raise ValueError(f"unable to find user {uname}: no matching entries in passwd file")
-            uid = int(entry[2])
-        gid = int(entry[3]) if entry and entry[3].isdigit() else 0
-        if gname:
-            if gname.isdigit():
-                gid = int(gname)
-            else:
-                g = next((e for e in groups if e[0] == gname and len(e) > 2), None)
-                if g is None:
-                    raise ValueError(
-                        f"unable to find group {gname}: no matching entries in group file"
-                    )
-                gid = int(g[2])
-        name = entry[0] if entry else None
-        extra = tuple(
-            sorted(
-                {
-                    int(g[2])
-                    for g in groups
-                    if name and len(g) > 3 and g[2].isdigit() and name in g[3].split(",")
-                }
-                - {gid}
-            )
-        )
-        home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
-        if not entry and uid == 0:
-            home = "/root"
-        return UserIds(uid, gid, extra, home)
+        return users.resolve(user, self.read_file("/etc/passwd"), self.read_file("/etc/group"))
 
 
 def overlay_supported() -> bool:
@@ -397,16 +351,6 @@ def _kernel_has_overlay() -> bool:
             return any(line.split()[-1:] == ["overlay"] for line in f)
     except OSError:
         return False
-
-
-def _parse_colon_file(data: Optional[bytes]) -> list[list[str]]:
-    if not data:
-        return []
-    out = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        if line and not line.startswith("#"):
-            out.append(line.split(":"))
-    return out
 
 
 def _listing_digest(path: str) -> str:

@@ -446,6 +446,31 @@ fn cgroup_error(e: cgroups::CgroupError) -> PyErr {
     PyOSError::new_err((e.errno(), e.to_string()))
 }
 
+/// Kills what is left in a container's cgroup (frozen or not) and removes its directories, as
+/// its creator recorded them (a stale container's, or another process's for `pyrt rm`).
+#[pyfunction]
+fn remove_cgroup(py: Python<'_>, paths: Vec<String>) -> PyResult<()> {
+    let dirs: Vec<std::path::PathBuf> = paths.iter().map(Into::into).collect();
+    py.detach(|| runtime::remove_cgroup(&dirs))
+        .map_err(cgroup_error)
+}
+
+/// The start time of process `pid` (clock ticks after boot), None when there is none: with
+/// the pid, it names one process and never a later one that reused the number.
+#[pyfunction]
+fn pid_start_time(pid: i64) -> Option<u64> {
+    i32::try_from(pid).ok().and_then(runtime::start_time)
+}
+
+/// Sends `sig` to a container's first process recorded as (`pid`, `start`) by whoever
+/// created it, through a pidfd (ProcessLookupError once it is gone).
+#[pyfunction]
+fn signal_recorded(pid: i64, start: u64, sig: i32) -> PyResult<()> {
+    let pid =
+        i32::try_from(pid).map_err(|_| PyOSError::new_err((libc::ESRCH, "no such process")))?;
+    runtime::signal_recorded(pid, start, sig).map_err(|e| os_error(&e))
+}
+
 /// A container's first process, as seen from the host.
 #[pyclass(module = "pyrt._core")]
 struct Process {
@@ -624,6 +649,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tcp_probe, m)?)?;
     m.add_function(wrap_pyfunction!(tcp_connect, m)?)?;
     m.add_function(wrap_pyfunction!(cgroup_freeze, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_cgroup, m)?)?;
+    m.add_function(wrap_pyfunction!(pid_start_time, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_recorded, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
     m.add_class::<PortForward>()?;

@@ -2,7 +2,7 @@
 //! "Lifecycle" and "Operations") with runc's exit codes and messages.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -301,46 +301,14 @@ fn stop(rec: &Record, all: bool) {
 
 /// Signals the init through a pidfd, after checking that the pid is still the init's.
 fn signal_init(rec: &Record, sig: i32) -> std::io::Result<()> {
-    // SAFETY: pidfd_open with no flags.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !state::alive(rec.pid, rec.start_time) {
-        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // SAFETY: pidfd_send_signal on our descriptor.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    runtime::signal_recorded(rec.pid, rec.start_time, sig)
 }
 
+/// The container's processes: its cgroup's, or the init alone.
 pub fn pids(rec: &Record) -> Vec<i32> {
-    let mut out: Vec<i32> = match rec.cgroup.first() {
-        Some(d) => std::fs::read_to_string(d.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect(),
-        None => Vec::new(),
-    };
-    if out.is_empty() && state::alive(rec.pid, rec.start_time) {
-        out.push(rec.pid);
-    }
-    out.sort();
-    out
+    let cg = rec.cgroup_handle();
+    let init = state::alive(rec.pid, rec.start_time).then_some(rec.pid);
+    runtime::pids(cg.as_ref(), init)
 }
 
 pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
@@ -349,10 +317,8 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
         return Err(RuncError::State("container not running".into()));
     }
     if all {
-        for pid in pids(&rec) {
-            // SAFETY: kill(2); the pids were read from the container's own cgroup.
-            unsafe { libc::kill(pid, sig) };
-        }
+        let init = state::alive(rec.pid, rec.start_time).then_some(rec.pid);
+        runtime::signal_all(rec.cgroup_handle().as_ref(), init, sig);
         return Ok(());
     }
     signal_init(&rec, sig).map_err(|e| match e.raw_os_error() {

@@ -135,20 +135,7 @@ impl Record {
 }
 
 /// Start time of `pid` (field 22 of its stat), or None when it is gone or a zombie.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-pub fn alive(pid: i32, start: u64) -> bool {
-    pid > 0 && start_time(pid) == Some(start)
-}
+pub use pyrt_core::runtime::{alive, start_time};
 
 /// Where state lives without `--root`: runc's default for root, the runtime directory rootless.
 pub fn default_root() -> PathBuf {

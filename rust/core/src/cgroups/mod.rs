@@ -75,6 +75,8 @@ pub enum CgroupError {
         "no cgroup hierarchy is mounted (neither /sys/fs/cgroup as cgroup2 nor v1 controllers)"
     )]
     NoHierarchy,
+    #[error("{path}: not inside a mounted cgroup hierarchy")]
+    Unknown { path: PathBuf },
 }
 
 impl CgroupError {
@@ -83,6 +85,7 @@ impl CgroupError {
             CgroupError::Limit { .. } => libc::EINVAL,
             CgroupError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             CgroupError::NoHierarchy => libc::ENOENT,
+            CgroupError::Unknown { .. } => libc::EINVAL,
         }
     }
 }
@@ -245,15 +248,17 @@ impl Cgroup {
                     home: Vec::new(),
                 };
                 for p in paths {
-                    let c = l.controllers.iter().find(|c| p.starts_with(&c.mount))?;
+                    let c = l.controllers.iter().find(|c| below(p, &c.mount))?;
                     g.dirs.push((c.name.clone(), p.clone()));
                     g.home
                         .push(c.mount.join(c.own.strip_prefix("/").unwrap_or(&c.own)));
                 }
                 (!g.dirs.is_empty()).then_some(Cgroup::V1(g))
             }
-            Layout::V2 { .. } => paths
+            // A path outside the hierarchy is no cgroup of ours, whatever it names.
+            Layout::V2 { mount, .. } => paths
                 .first()
+                .filter(|d| below(d, mount))
                 .map(|d| Cgroup::V2(v2::Group { dir: d.clone() })),
         }
     }
@@ -350,6 +355,24 @@ impl Cgroup {
             Cgroup::V2(g) => vec![g.dir.clone()],
         }
     }
+
+    /// The processes in it (every v1 hierarchy holds all of them: the first one is read).
+    pub fn pids(&self) -> Vec<i32> {
+        match self.paths().first() {
+            Some(d) => read_pids(&d.join("cgroup.procs")),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Whether `path` is a directory strictly below the hierarchy mounted at `mount` (never its
+/// root, which holds every process of the machine, and without `..` to climb out).
+fn below(path: &Path, mount: &Path) -> bool {
+    path.starts_with(mount)
+        && path != mount
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// Removes an empty cgroup directory, waiting briefly for the kernel to let go of processes that
