@@ -52,8 +52,8 @@ def make_bundle(root: Path, rootfs: Path, limits: bool) -> Path:
     cfg["process"]["args"] = ["/bin/true"]
     cfg["root"] = {"path": str(rootfs), "readonly": True}
     # The same seccomp policy pyrt applies by default: the same work for every runtime.
-    from pyrt.seccomp import default_profile
-    from pyrt.spec import DEFAULT_CAPABILITIES
+    from pyrt.oci.seccomp import default_profile
+    from pyrt.oci.spec import DEFAULT_CAPABILITIES
 
     cfg["linux"]["seccomp"] = default_profile(frozenset(DEFAULT_CAPABILITIES))
     if limits:

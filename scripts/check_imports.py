@@ -75,6 +75,12 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
+def _extension(top: Path, module: str) -> bool:
+    """Whether ``module`` is an extension module (its stub or shared object is there)."""
+    where = top.joinpath(*module.split("."))
+    return where.with_suffix(".pyi").exists() or any(where.parent.glob(where.name + ".*.so"))
+
+
 def python_graph(package: Path) -> dict[str, set[str]]:
     mods: dict[str, Path] = {}
     for p in package.rglob("*.py"):
@@ -100,7 +106,9 @@ def python_graph(package: Path) -> dict[str, set[str]]:
                     sub = f"{base}.{a.name}"
                     if sub in mods:
                         targets.append(sub)
-                    elif node.module:  # a name from a module (not an extension submodule)
+                    elif _extension(package.parent, sub):
+                        pass  # a compiled submodule (pyrt._core): no Python imports
+                    elif node.module:  # a name from a module
                         targets.append(base)
             graph[mod] |= {t for t in targets if t in mods and t != mod}
     return graph

@@ -125,7 +125,7 @@ def netns_descriptors() -> list[str]:
 
 
 def state_entries() -> list[str]:
-    from pyrt.places import state_root, store_root
+    from pyrt.host.places import state_root, store_root
 
     out = []
     for d in (state_root() / "containers", store_root() / "tmp"):
@@ -149,7 +149,7 @@ def snapshot() -> dict[str, object]:
 
 def what_is_left_of(cid: str) -> list[str]:
     """Everything of container ``cid`` that its owner's death must not leave behind."""
-    from pyrt.state import containers_root
+    from pyrt.host.state import containers_root
 
     left = [str(containers_root() / cid)] if (containers_root() / cid).exists() else []
     left += [c for c in pyrt_cgroups() if cid in c]

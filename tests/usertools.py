@@ -65,7 +65,7 @@ def as_user(uid: int, gid: int, code: str, public: Path, tmp_path: Path) -> dict
         + textwrap.dedent(code)
         + textwrap.dedent(
             """
-        from pyrt.places import state_root
+        from pyrt.host.places import state_root
         c = state_root() / "containers"
         out["leftover"] = sorted(os.listdir(c)) if c.is_dir() else []
         print("RESULT " + json.dumps(out))

@@ -4,8 +4,13 @@ import pyrt
 pyrt.run(pyrt.Image.load("busybox"), ["echo", "hi"])
 """
 
-from .container import Container, run
-from .errors import (
+from pyrt.config.mounts import Bind, Tmpfs
+from pyrt.container.container import Container, run
+from pyrt.container.health import Healthcheck
+from pyrt.container.pool import Pool
+from pyrt.container.results import Result, Stats
+from pyrt.container.stdio import DEVNULL, PIPE, STDOUT
+from pyrt.errors import (
     BuildError,
     ContainerError,
     ImageError,
@@ -18,14 +23,9 @@ from .errors import (
     TimeoutExpired,
     UnsafeImageError,
 )
-from .health import Healthcheck
-from .image import Image, ImageConfig, images
-from .imagebuild import build
-from .mounts import Bind, Tmpfs
-from .networks import Network
-from .pool import Pool
-from .results import Result, Stats
-from .stdio import DEVNULL, PIPE, STDOUT
+from pyrt.image import Image, ImageConfig, images
+from pyrt.imagebuild import build
+from pyrt.network.shared import Network
 
 __version__ = "0.1.0"
 

@@ -22,14 +22,15 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Optional, TypeVar, Union
 
-from . import _core, lifecycle, readiness
-from .container import Container as _SyncContainer
-from .container import Input, PathArg, steps_of
-from .image import Image
-from .lifecycle import Steps
-from .pool import Pool as _SyncPool
-from .results import Result, Stats
-from .stdio import Target
+from pyrt import _core
+from pyrt.container import lifecycle, probes
+from pyrt.container.container import Container as _SyncContainer
+from pyrt.container.container import Input, PathArg, steps_of
+from pyrt.container.lifecycle import Steps
+from pyrt.container.pool import Pool as _SyncPool
+from pyrt.container.results import Result, Stats
+from pyrt.container.stdio import Target
+from pyrt.image import Image
 
 __all__ = ["Container", "Pool", "run"]
 
@@ -342,9 +343,7 @@ class Container:
 
     # --- readiness (as Container's: the same steps) ---------------------------------------------
 
-    async def wait_for_log(
-        self, pattern: readiness.Pattern, timeout: float = 30
-    ) -> re.Match[bytes]:
+    async def wait_for_log(self, pattern: probes.Pattern, timeout: float = 30) -> re.Match[bytes]:
         return await drive(self._steps.wait_for_log(pattern, timeout))
 
     async def wait_for_command(

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from . import _core, checks, spec
-from .container import Container, spec_preview, start_on
-from .errors import ImageNotFound, PathNotFound, PyrtError, SpawnError
-from .image import Image, images
-from .mounts import Bind, Mount, Tmpfs
+from pyrt import _core
+from pyrt.config import checks
+from pyrt.config.mounts import Bind, Mount, Tmpfs
+from pyrt.container.container import Container, spec_preview, start_on
+from pyrt.errors import ImageNotFound, PathNotFound, PyrtError, SpawnError
+from pyrt.image import Image, images
+from pyrt.oci import spec
 
 
 def resolve_image(ref: str) -> Image:
@@ -351,11 +353,11 @@ def _run_detached(argv: Sequence[str]) -> int:
 def _network(a: argparse.Namespace) -> int:
     """`pyrt network create|ls|rm`: a created network is owned by a holder process (see
     ``networks.main``) until `rm`."""
-    from .networks import Network, list_networks
+    from pyrt.network.shared import Network, list_networks
 
     if a.network_cmd == "create":
         checks.name(a.name, "name")
-        kind, msg = _start_owner("pyrt.networks", [a.name])
+        kind, msg = _start_owner("pyrt.network.shared", [a.name])
         if kind != "ok":
             raise PyrtError(msg or "the network's holder failed to start")
         print(a.name)
@@ -372,7 +374,7 @@ def _network(a: argparse.Namespace) -> int:
 
 
 def _ps() -> int:
-    from .state import list_states
+    from pyrt.host.state import list_states
 
     print(f"{'CONTAINER ID':14}{'NAME':16}{'IMAGE':28}{'STATUS':22}{'PID':>8}  {'COMMAND':32}"
           "  PORTS")  # fmt: skip
@@ -388,7 +390,7 @@ def _ps() -> int:
 
 
 def _exec(a: argparse.Namespace) -> int:
-    from .state import find, pid_start_time
+    from pyrt.host.state import find, pid_start_time
 
     st = find(a.container)
     if st["status"] != "running" or pid_start_time(st["pid"]) != st.get("pid_start"):
@@ -398,7 +400,9 @@ def _exec(a: argparse.Namespace) -> int:
     ids = None
     if a.user:
         # Resolved against the container's own files as they are now, as `docker exec -u`.
-        from . import files, rootview, users
+        from pyrt.config import users
+        from pyrt.rootfs import files
+        from pyrt.rootfs import view as rootview
 
         with rootview.running_root(st["pid"]) as root:
             etc = [_read_or_none(files.read_file, root, p) for p in ("/etc/passwd", "/etc/group")]
@@ -433,7 +437,7 @@ def _container_ref(arg: str) -> tuple[Optional[str], str]:
 
 
 def _running(ref: str) -> dict[str, Any]:
-    from .state import find, pid_start_time
+    from pyrt.host.state import find, pid_start_time
 
     st = find(ref)
     if st["status"] != "running" or pid_start_time(st["pid"]) != st.get("pid_start"):
@@ -442,7 +446,9 @@ def _running(ref: str) -> dict[str, Any]:
 
 
 def _cp(a: argparse.Namespace) -> int:
-    from . import checks, files, rootview
+    from pyrt.config import checks
+    from pyrt.rootfs import files
+    from pyrt.rootfs import view as rootview
 
     (sref, spath), (dref, dpath) = _container_ref(a.src), _container_ref(a.dst)
     if (sref is None) == (dref is None):
@@ -467,7 +473,8 @@ def _commit(a: argparse.Namespace) -> Image:
     writable layer, its command; frozen while the layer is read."""
     from pathlib import Path
 
-    from . import cgroupfreeze, snapshot, state
+    from pyrt.host import cgroupfreeze, state
+    from pyrt.rootfs import snapshot
 
     st = _running(a.container)
     img = resolve_image(str(st["image"]))
@@ -481,7 +488,7 @@ def _commit(a: argparse.Namespace) -> Image:
 def _logs(a: argparse.Namespace) -> int:
     import time
 
-    from .state import find, pid_start_time
+    from pyrt.host.state import find, pid_start_time
 
     st = find(a.container)
     out = sys.stdout.buffer
@@ -498,7 +505,7 @@ def _logs(a: argparse.Namespace) -> int:
 
 
 def _kill(a: argparse.Namespace) -> int:
-    from .state import find
+    from pyrt.host.state import find
 
     st = find(a.container)
     sig = parse_signal(a.signal)
@@ -514,7 +521,7 @@ def _rm(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .state import find, remove_cgroup
+    from pyrt.host.state import find, remove_cgroup
 
     for ref in a.containers:
         st = find(ref)
@@ -546,7 +553,7 @@ def _push(a: argparse.Namespace) -> int:
 
 
 def _build(a: argparse.Namespace) -> int:
-    from .imagebuild import build
+    from pyrt.imagebuild import build
 
     args = {}
     for kv in a.build_arg:
@@ -619,7 +626,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolve_image(a.image).remove()
             return 0
         if a.cmd == "gc":
-            from .state import collect_stale, containers_root, remove_cgroup, stale_cgroups
+            from pyrt.host.state import collect_stale, containers_root, remove_cgroup, stale_cgroups
 
             for cid in collect_stale():
                 print(cid)
@@ -628,7 +635,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             remove_cgroup(stale)
             for cg in stale:
                 print(cg)
-            from .image import layers, store
+            from pyrt.image import layers, store
 
             with store.loading(exclusive=True), store.locked():
                 # No load, pull, commit or save holds the loading lock now: whatever is in the
@@ -639,11 +646,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 grace = float(os.environ.get("PYRT_GC_GRACE", "60"))
                 for name in layers.collect(used, grace=grace):
                     print(f"layer sha256:{name}")
-                from .image import shifted
+                from pyrt.image import shifted
 
                 for name in shifted.collect(layers.mounted_lowers(), grace=grace):
                     print(name)
-                from .imagebuild import cache
+                from pyrt.imagebuild import cache
 
                 for key in cache.collect():
                     print(f"build-cache {key[:12]}")

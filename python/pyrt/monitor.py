@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Any, Optional
 
-from .errors import PyrtError, SpawnError, TimeoutExpired
+from pyrt.errors import PyrtError, SpawnError, TimeoutExpired
 
 
 def main(report_fd: int, argv: list[str]) -> int:
-    from .cli import build_parser, container_from
+    from pyrt.cli import build_parser, container_from
 
     stop = False
 

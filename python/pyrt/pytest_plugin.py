@@ -29,11 +29,11 @@ from typing import Any, Optional
 
 import pytest
 
-from .container import Container
-from .errors import PyrtError, SpawnError
-from .image import Image
-from .networks import Network
-from .pool import Pool
+from pyrt.container.container import Container
+from pyrt.container.pool import Pool
+from pyrt.errors import PyrtError, SpawnError
+from pyrt.image import Image
+from pyrt.network.shared import Network
 
 _CONTAINERS = pytest.StashKey[list[Container]]()
 _PROBE: dict[str, Optional[str]] = {}
@@ -96,7 +96,7 @@ def _require_containers() -> None:
 
 
 def _resolve(ref: str) -> Image:
-    from .cli import resolve_image
+    from pyrt.cli import resolve_image
 
     return resolve_image(ref)
 
@@ -240,6 +240,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # A worker of pytest-xdist, or an interrupted run: whatever is still alive goes now.
-    from .container import remove_all
+    from pyrt.container.container import remove_all
 
     remove_all()

@@ -24,9 +24,9 @@ from imagetools import HAVE_BUILDAH, HAVE_REGISTRY, HAVE_UMOCI, registry, run
 from usertools import NEEDS_SETPRIV, NOBODY, as_user, public_dir, subid_user
 
 import pyrt
-import pyrt.push as pyrt_push
+import pyrt.image.push as pyrt_push
 from helpers import assert_nothing_left_of, snapshot
-from pyrt.spec import DEFAULT_PATH
+from pyrt.oci.spec import DEFAULT_PATH
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -371,7 +371,7 @@ def test_owner_killed_during_a_run_step_leaves_nothing(
 ) -> None:
     ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nCOPY f /f\n"
                                    "RUN touch /started && sleep 600\n", "f": "f\n"})  # fmt: skip
-    from pyrt.places import state_root
+    from pyrt.host.places import state_root
 
     containers = state_root() / "containers"
     before = set(os.listdir(containers)) if containers.is_dir() else set()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from pyrt import _core, spec
+from pyrt import _core
+from pyrt.oci import spec
 
 
 def image_with(rootfs: Path, tmp_path: Path, name: str) -> Path:

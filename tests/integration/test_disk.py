@@ -12,7 +12,7 @@ import pytest
 
 import pyrt
 from helpers import pyrt_mounts
-from pyrt.state import containers_root
+from pyrt.host.state import containers_root
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="disk= needs root")
 

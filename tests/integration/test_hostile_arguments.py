@@ -159,7 +159,7 @@ def test_methods_of_a_running_container(
 @FAST
 @given(a=junk, b=junk)
 def test_healthcheck_and_network_arguments(alarm: None, a: Any, b: Any) -> None:
-    from pyrt.places import state_root
+    from pyrt.host.places import state_root
 
     _call(pyrt.Healthcheck, a)
     _call(pyrt.Healthcheck, ["CMD", "true"], interval=a, timeout=b)

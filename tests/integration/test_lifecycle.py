@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from pyrt.state import containers_root, stale_cgroups
+from pyrt.host.state import containers_root, stale_cgroups
 
 
 def _alive(pid: int) -> bool:
@@ -83,9 +83,9 @@ def test_follow_logs_of_a_server_loop(image: pyrt.Image) -> None:
 
 
 def test_logs_are_bounded(image: pyrt.Image, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyrt.container
+    import pyrt.container.container
 
-    monkeypatch.setattr(pyrt.container, "LOG_CAP", 64 * 1024)
+    monkeypatch.setattr(pyrt.container.container, "LOG_CAP", 64 * 1024)
     script = "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done; echo END; sleep 30"
     with pyrt.Container(image, ["sh", "-c", script]) as c:
         c.wait_for_log("END", timeout=30)

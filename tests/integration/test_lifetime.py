@@ -15,7 +15,7 @@ import pytest
 
 import pyrt
 from helpers import assert_nothing_left_of
-from pyrt.state import collect_stale, containers_root
+from pyrt.host.state import collect_stale, containers_root
 
 
 def _alive(pid: int) -> bool:
@@ -124,7 +124,7 @@ def test_stale_collection_leaves_live_containers_alone(image: pyrt.Image) -> Non
 
 FROZEN_CHILD = """
 import sys, pyrt
-from pyrt import cgroupfreeze
+from pyrt.host import cgroupfreeze
 img = pyrt.Image.load(sys.argv[1])
 c = pyrt.Container(img, ["sleep", "1000"]).start()
 assert cgroupfreeze.freeze(c._proc.cgroup_paths())  # as a commit in progress leaves it
@@ -149,7 +149,7 @@ def test_owner_killed_during_a_freeze_leaves_nothing(rootfs: Path) -> None:
 
 FROZEN_EXEC_CHILD = """
 import sys, threading, time, pyrt
-from pyrt import cgroupfreeze
+from pyrt.host import cgroupfreeze
 img = pyrt.Image.load(sys.argv[1])
 c = pyrt.Container(img, ["sleep", "1000"]).start()
 assert cgroupfreeze.freeze(c._proc.cgroup_paths())

@@ -118,7 +118,8 @@ def test_impossible_limits_are_refused_by_name(
 
 def test_spec_limits_refused_by_the_core_name_the_field(image: pyrt.Image) -> None:
     c = pyrt.Container(image, ["true"])
-    from pyrt import _core, spec
+    from pyrt import _core
+    from pyrt.oci import spec
 
     doc = spec.build(
         spec.ContainerSpec(
@@ -190,7 +191,7 @@ sys.stdin.read()
 
 
 def test_cgroups_of_a_crashed_parent_are_collected(rootfs: Path) -> None:
-    from pyrt.state import collect_stale
+    from pyrt.host.state import collect_stale
 
     p = subprocess.Popen(
         [sys.executable, "-c", CRASH, str(rootfs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

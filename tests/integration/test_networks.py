@@ -190,7 +190,7 @@ def test_bad_network_arguments_are_named(image: pyrt.Image) -> None:
 
 
 def test_nothing_is_left_when_the_owner_is_killed(image: pyrt.Image, tmp_path: Path) -> None:
-    from pyrt.places import state_root
+    from pyrt.host.places import state_root
 
     script = textwrap.dedent(f"""
         import sys, pyrt
@@ -224,7 +224,7 @@ def test_nothing_is_left_when_the_owner_is_killed(image: pyrt.Image, tmp_path: P
 
 
 def test_the_command_line_makes_joins_lists_and_removes_networks(rootfs: Path) -> None:
-    from pyrt.places import state_root
+    from pyrt.host.places import state_root
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pyrt", *args], capture_output=True,

@@ -114,7 +114,7 @@ def test_layers_are_unpacked_once_and_shared(umoci_layout: Path) -> None:
     b = pyrt.Image.load(umoci_layout)
     assert a.lower == b.lower and a.id == b.id
     for layer in a.lower:
-        assert layer.startswith(str(pyrt.places.store_root()))
+        assert layer.startswith(str(pyrt.host.places.store_root()))
     # Two containers share the read-only layers; each writes only to its own upper directory.
     with (
         pyrt.Container(a, ["sleep", "30"], entrypoint=[], user="0") as c1,

@@ -17,7 +17,7 @@ import pytest
 
 import pyrt
 from helpers import assert_nothing_left_of, state_entries
-from pyrt.state import containers_root
+from pyrt.host.state import containers_root
 
 IDLE = ["sleep", "3600"]
 

@@ -11,7 +11,7 @@ import pytest
 
 import pyrt
 from helpers import make_tarball
-from pyrt.places import store_root
+from pyrt.host.places import store_root
 
 
 def test_tarball_gz_is_unpacked_once(rootfs_tarball: Path) -> None:

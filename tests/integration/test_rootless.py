@@ -115,7 +115,7 @@ def test_subordinate_ids_map_a_range(public: Path, tmp_path: Path) -> None:
         stored.remove()
         out["removed"] = not os.path.exists(lower)
         # The mapped namespace's helper: root there, and its errors come back as they were.
-        from pyrt import userns
+        from pyrt.host import userns
         out["helper_uid"] = userns.in_mapped_namespace(lambda _fd: os.getuid())
         def fail(_fd):
             raise pyrt.UnsafeImageError("entry 'x' climbs out")
@@ -350,7 +350,7 @@ def test_files_commit_reset_rootless(who: str, public: Path, tmp_path: Path) -> 
 
 OWNER_DEATH_SCENARIO = """
 import subprocess, sys, time
-from pyrt.places import state_root
+from pyrt.host.places import state_root
 CHILD = (
     "import pyrt, sys; c = pyrt.Container(pyrt.Image.load(sys.argv[1]), ['sh', '-c', "
     "'mkdir /d && touch /d/f && (chown -R 1000:1000 /d || true) && touch /up && sleep 1000']"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from pyrt import userns
+from pyrt.host import userns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the range is a root caller's")
 

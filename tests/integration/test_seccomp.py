@@ -89,7 +89,7 @@ def test_masked_and_read_only_paths(image: pyrt.Image) -> None:
 
 def test_a_specs_own_seccomp_is_honoured(rootfs: Path) -> None:
     # What a bundle brings: allow everything but mkdir, which gets EACCES.
-    from pyrt import spec as S
+    from pyrt.oci import spec as S
 
     doc = S.build(
         S.ContainerSpec(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import pyrt
-from pyrt.network import hosts_file
+from pyrt.network.private import hosts_file
 
 
 def test_the_images_healthcheck_in_docker_form() -> None:

@@ -1,6 +1,6 @@
-"""The two drivers of a container's steps (``pyrt.lifecycle``): the caller's thread and the
-event loop give the same answers, throw failures into the steps, and hand over what a
-cancelled blocking call made before the cancellation."""
+"""The two drivers of a container's steps (``pyrt.container.lifecycle``): the caller's
+thread and the event loop give the same answers, throw failures into the steps, and hand
+over what a cancelled blocking call made before the cancellation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from pyrt import aio, lifecycle
-from pyrt.lifecycle import Blocking, Chunk, Communicate, Sleep, Steps
+from pyrt import aio
+from pyrt.container import lifecycle
+from pyrt.container.lifecycle import Blocking, Chunk, Communicate, Sleep, Steps
 
 
 def sample(log: list[Any]) -> Steps[int]:

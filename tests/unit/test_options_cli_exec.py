@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import pyrt
-from pyrt import options
 from pyrt.cli import build_parser, container_from
-from pyrt.spec import Limits
+from pyrt.config import options
+from pyrt.oci.spec import Limits
 
 
 def test_limits_are_checked_and_kept() -> None:
@@ -97,8 +97,8 @@ def test_the_exec_process_builder() -> None:
 def test_the_assembler_is_pure(tmp_path: Path) -> None:
     """assemble.container_spec makes nothing and keeps nothing: the same inputs give the same
     spec, and no file appears anywhere it was pointed at."""
-    from pyrt import assemble
-    from pyrt.options import ContainerOptions
+    from pyrt.config.options import ContainerOptions
+    from pyrt.oci import assemble
 
     image = pyrt.Image.host()
     o = ContainerOptions(env={"A": "1"}, workdir="/w", init=True, cap_drop=("KILL",))
@@ -127,7 +127,8 @@ def test_the_assembler_is_pure(tmp_path: Path) -> None:
 def test_one_exec_builder_keeps_what_the_exec_does_not_say() -> None:
     """`pyrt exec -u` once dropped the additional groups and the umask: every exec's process
     now comes from spec.exec_process, which keeps what the exec does not change."""
-    from pyrt import spec, users
+    from pyrt.config import users
+    from pyrt.oci import spec
 
     base = {
         "args": ["sleep", "1"],

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyrt
-from pyrt import _core, spec
-from pyrt.sizes import parse_size
+from pyrt import _core
+from pyrt.config.sizes import parse_size
+from pyrt.oci import spec
 
 names = st.text(alphabet=string.ascii_letters + "_", min_size=1, max_size=12)
 values = st.text(alphabet=string.printable.replace("\x0b", "").replace("\x0c", ""), max_size=20)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from pyrt import userns
+from pyrt.host import userns
 from pyrt.image.image import UserIds
 
 
@@ -37,7 +37,7 @@ def test_fit_drops_unmapped_groups_and_refuses_unmapped_users() -> None:
 
 
 def test_tmp_state_dir_is_owner_only(tmp_path: Path) -> None:
-    from pyrt.places import _private_tmp_dir
+    from pyrt.host.places import _private_tmp_dir
 
     d = _private_tmp_dir(tmp_path / "mine")
     assert d.stat().st_mode & 0o777 == 0o700

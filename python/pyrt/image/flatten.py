@@ -10,10 +10,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import userns
-from ..errors import ImageError
-from . import store
-from .layers import hex_of
+from pyrt.errors import ImageError
+from pyrt.host import userns
+from pyrt.image import store
+from pyrt.image.layers import hex_of
 
 
 def flatten(config_digest: str, lower: tuple[str, ...]) -> Path:

@@ -10,13 +10,15 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from .. import _core, userns, users
-from ..errors import ImageError, ImageNotFound
-from ..users import UserIds
-from . import flatten, layers, oci, store
-from .config import ImageConfig
-from .progress import Progress
-from .unpack import WHITEOUTS_KEEP
+from pyrt import _core
+from pyrt.config import users
+from pyrt.config.users import UserIds
+from pyrt.errors import ImageError, ImageNotFound
+from pyrt.host import userns
+from pyrt.image import flatten, layers, oci, store
+from pyrt.image.config import ImageConfig
+from pyrt.image.progress import Progress
+from pyrt.image.unpack import WHITEOUTS_KEEP
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -171,7 +173,7 @@ class Image:
         a registry not on this machine; one on a loopback address gets it unasked."""
         # http.client, ssl and concurrent.futures are imported for pulls only (`import pyrt`
         # and every command line run are faster without them).
-        from . import registry
+        from pyrt.image import registry
 
         r = registry.parse_reference(ref)
         client = registry.Client(r, insecure, username, password)
@@ -284,7 +286,8 @@ class Image:
         ``"oci-archive"`` or ``"docker-archive"``, a tar file. skopeo, umoci and podman read
         them. Layers pulled or loaded are written from their unpacked trees (their compressed
         blobs are not kept), so their digests may differ from the original's."""
-        from .. import checks, snapshot  # snapshot builds on images: imported when used
+        from pyrt.config import checks
+        from pyrt.rootfs import snapshot  # snapshot builds on images: imported when used
 
         dest = checks.host_path(path, "path")
         fmt = checks.text(format, "format")
@@ -302,7 +305,8 @@ class Image:
         """Pushes the image to a registry as ``ref`` ("host[:port]/repo:tag") over the OCI
         distribution API; returns the manifest's digest. ``insecure`` allows plain HTTP (None:
         only for a registry on this machine); ``username``/``password`` as for ``pull``."""
-        from .. import checks, push  # push builds on snapshot: imported when used
+        from pyrt.config import checks
+        from pyrt.image import push  # push builds on snapshot: imported when used
 
         ref = checks.text(ref, "ref")
         if insecure is not None and not isinstance(insecure, bool):

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from .. import userns
-from ..errors import ImageError
-from ..places import ensure_dir
-from . import store
-from . import unpack as limits
-from .inflate import Progress, file_digest
-from .unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
+from pyrt.errors import ImageError
+from pyrt.host import userns
+from pyrt.host.places import ensure_dir
+from pyrt.image import store
+from pyrt.image import unpack as limits
+from pyrt.image.inflate import Progress, file_digest
+from pyrt.image.unpack import WHITEOUTS_OVERLAY, UnpackStats, unpack
 
 _CHUNK = 1 << 20
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from .. import _core
-from ..errors import ImageError, ImageNotFound
-from .layers import check_size, hex_of
+from pyrt import _core
+from pyrt.errors import ImageError, ImageNotFound
+from pyrt.image.layers import check_size, hex_of
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

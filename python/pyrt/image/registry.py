@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from ..errors import ImageError, ImageNotFound
-from . import oci, store
-from .layers import hex_of
+from pyrt.errors import ImageError, ImageNotFound
+from pyrt.image import oci, store
+from pyrt.image.layers import hex_of
 
 ACCEPT = ", ".join(oci.INDEX_TYPES + oci.MANIFEST_TYPES)
 DOCKER_HUB = "registry-1.docker.io"

@@ -24,9 +24,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ImageError
-from . import store
-from .layers import layers_dir
+from pyrt.errors import ImageError
+from pyrt.image import store
+from pyrt.image.layers import layers_dir
 
 
 def shifted_lowers(lower: Sequence[str], uid_base: int, gid_base: int, count: int) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from ..places import ensure_dir, store_root
+from pyrt.host.places import ensure_dir, store_root
 
 
 def root() -> Path:
@@ -52,7 +52,7 @@ def loading(exclusive: bool = False) -> Iterator[None]:
 def collect_tmp() -> list[str]:
     """Removes what interrupted loads, pulls, commits and saves left in tmp/. The caller holds
     the loading lock exclusively, so none of them is under way."""
-    from .. import userns
+    from pyrt.host import userns
 
     gone = []
     base = tmp_dir()

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Optional
 
-from .. import _core
-from ..sizes import parse_size
+from pyrt import _core
+from pyrt.config.sizes import parse_size
 
 #: Limits against decompression bombs: the defaults, overridden by the environment variables
 #: PYRT_MAX_LAYER_SIZE (a size: "8g") and PYRT_MAX_LAYER_ENTRIES, and per call.

@@ -1,5 +1,5 @@
 """Building images from a Containerfile (``pyrt.build``, ``pyrt build``)."""
 
-from .builder import build
+from pyrt.imagebuild.builder import build
 
 __all__ = ["build"]

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional, Union
 
-from .. import checks
-from ..errors import BuildError, ImageNotFound, PyrtError
-from ..image import Image, ImageConfig, store
-from ..image.image import overlay_supported
-from ..spec import DEFAULT_PATH
-from . import cache, ignore, parser
-from .context import Context
-from .parser import Instruction
-from .steps import State, Steps, now
+from pyrt.config import checks
+from pyrt.errors import BuildError, ImageNotFound, PyrtError
+from pyrt.image import Image, ImageConfig, store
+from pyrt.image.image import overlay_supported
+from pyrt.imagebuild import cache, ignore, parser
+from pyrt.imagebuild.context import Context
+from pyrt.imagebuild.parser import Instruction
+from pyrt.imagebuild.steps import State, Steps, now
+from pyrt.oci.spec import DEFAULT_PATH
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: A Containerfile larger than this is refused (they are a few kilobytes).
@@ -169,7 +169,7 @@ def _stages(instrs: list[Instruction], file: str) -> tuple[list[Stage], list[Ins
 
 
 def _check_platform(ins: Instruction, value: str) -> None:
-    from ..image.oci import host_platform
+    from pyrt.image.oci import host_platform
 
     arch, variant = host_platform()
     here = {f"linux/{arch}", f"linux/{arch}/{variant}" if variant else f"linux/{arch}"}
@@ -298,7 +298,7 @@ class _Builder:
         return img
 
     def _find(self, ref: str) -> Image:
-        from ..image.registry import parse_reference
+        from pyrt.image.registry import parse_reference
 
         # A path is taken relative to the current directory, else to the context.
         local = ref if os.path.exists(ref) else None
@@ -317,7 +317,7 @@ class _Builder:
         return _pull(ref)
 
     def finish(self, st: State, stage: Stage) -> Image:
-        from ..snapshot import configured
+        from pyrt.rootfs.snapshot import configured
 
         k = cache.key(st.key, "config", st.cfg.to_dict(), [h["created_by"] for h in st.history])
         hit = cache.lookup(k)
@@ -333,6 +333,6 @@ class _Builder:
 
 
 def _pull(ref: str) -> Image:
-    from ..image.registry import loopback, parse_reference
+    from pyrt.image.registry import loopback, parse_reference
 
     return Image.pull(ref, insecure=loopback(parse_reference(ref).registry))

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ..image import store
-from ..places import ensure_dir
+from pyrt.host.places import ensure_dir
+from pyrt.image import store
 
 
 def key(*parts: Any) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Optional
 
-from .ignore import Ignore
+from pyrt.imagebuild.ignore import Ignore
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = _FLAGS | os.O_DIRECTORY
@@ -269,7 +269,7 @@ class _Exactly:
 
 
 def _segment(pattern: str) -> str:
-    from .ignore import _translate
+    from pyrt.imagebuild.ignore import _translate
 
     return _translate(pattern)
 

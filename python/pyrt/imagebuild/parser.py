@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..errors import BuildError
+from pyrt.errors import BuildError
 
 #: Instructions pyrt builds; anything else is refused naming its line.
 KNOWN = frozenset(

@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
-from .. import userns
-from ..errors import BuildError, PyrtError
-from ..image import Image, ImageConfig, merged, store
-from . import cache, parser
-from .context import Context, ContextError, Entry
-from .parser import Instruction
+from pyrt.errors import BuildError, PyrtError
+from pyrt.host import userns
+from pyrt.image import Image, ImageConfig, merged, store
+from pyrt.imagebuild import cache, parser
+from pyrt.imagebuild.context import Context, ContextError, Entry
+from pyrt.imagebuild.parser import Instruction
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 #: Docker's HEALTHCHECK flags and the config field each one sets.
@@ -342,7 +342,7 @@ class Steps:
         owner: tuple[int, int],
         mode: Optional[int],
     ) -> None:
-        from ..container import Container
+        from pyrt.container.container import Container
 
         src_img = self.resolve(ins.flags["from"], ins)
         if len(srcs) > 1 and not as_dir:
@@ -407,7 +407,7 @@ class Steps:
     ) -> None:
         """One layer made by ``put`` (files into a made container) or by running ``command``,
         or taken from the cache under ``k``."""
-        from ..container import Container
+        from pyrt.container.container import Container
 
         hit = cache.lookup(k)
         if hit is not None:
@@ -417,7 +417,7 @@ class Steps:
             return
         img = st.image
         if not img.lower:
-            from ..snapshot import empty_layer
+            from pyrt.rootfs.snapshot import empty_layer
 
             img = Image("oci", (empty_layer("scratch"),), st.cfg, None, source="scratch")
         if command is not None:

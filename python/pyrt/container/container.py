@@ -1,0 +1,1198 @@
+"""``pyrt.Container`` and ``pyrt.run``: a container's life, from options to a result."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Optional, Union
+
+from pyrt import _core
+from pyrt.config import checks, options
+from pyrt.config.mounts import Bind, Mount
+from pyrt.container import lifecycle
+from pyrt.container.control import ContainerControl
+from pyrt.container.files import ContainerFiles
+from pyrt.container.health import Checker, Healthcheck
+from pyrt.container.lifecycle import Steps
+from pyrt.container.readiness import ContainerReadiness, ReadinessSteps
+from pyrt.container.results import Result, Stats
+from pyrt.container.stdio import Pipes, Target
+from pyrt.errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
+from pyrt.host import userns
+from pyrt.host.state import ContainerDir, pid_start_time
+from pyrt.image import Image
+from pyrt.image.config import ImageConfig, command_for
+from pyrt.image.image import overlay_supported
+from pyrt.network.private import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
+from pyrt.network.shared import Member, Network
+from pyrt.oci import assemble, spec
+from pyrt.rootfs import files, snapshot
+from pyrt.rootfs import view as rootview
+
+Input = Union[bytes, str, None]
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+#: A detached container's log is rotated at this size, keeping one previous file.
+LOG_CAP = 16 << 20
+
+
+_live: weakref.WeakSet[Container] = weakref.WeakSet()
+
+
+def remove_all() -> None:
+    """Removes every container of this process still alive (at exit, and at the end of a
+    pytest session, for the plugin)."""
+    for c in list(_live):
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
+            c.remove()
+
+
+atexit.register(remove_all)
+
+
+class Container(ContainerFiles, ContainerReadiness, ContainerControl):
+    """A container of ``image``. Nothing happens until ``run()`` or ``start()``.
+
+    The options are those of the contract (``../shared/api.md``). Among them:
+
+    - ``network``: ``"none"`` (default; loopback only), ``"host"``, ``"private"`` (outbound
+      access through slirp4netns; ``host.pyrt.internal`` is the host's 127.0.0.1), or another
+      ``Container`` whose network namespace to share (root only).
+    - ``ports``: with ``"private"``, ``{container_port: host}`` where host is None (a free
+      port on 127.0.0.1), a port, ``"ADDR:PORT"`` or ``(ADDR, PORT)``; a key may be
+      ``"53/udp"``. ``port(n)`` says which host port was chosen.
+    - ``rootless``: a user namespace with the caller as root (the default when not root;
+      ``True`` asks for it as root too, mapped to an unprivileged range, the stronger choice
+      for untrusted code). Root's containers of the host image always have one, unless
+      ``privileged``.
+    - ``disk``: a bound on the writable layer (bytes or ``"1g"``): writes beyond it fail
+      with ENOSPC inside. The layer is then a tmpfs of that size (memory, as the rest of the
+      run state); root only, and not for the host image, which has no writable layer.
+    """
+
+    def __init__(
+        self,
+        image: Image,
+        command: Optional[Sequence[str]] = None,
+        *,
+        entrypoint: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        workdir: Optional[str] = None,
+        user: Optional[str] = None,
+        hostname: Optional[str] = None,
+        name: Optional[str] = None,
+        mounts: Sequence[Mount] = (),
+        readonly_rootfs: bool = False,
+        network: Union[str, Container, Network, None] = None,
+        aliases: Sequence[str] = (),
+        ports: Optional[Mapping[Any, HostPort]] = None,
+        memory: Union[int, str, None] = None,
+        pids_limit: Optional[int] = None,
+        cpus: Optional[float] = None,
+        cap_add: Sequence[str] = (),
+        cap_drop: Sequence[str] = (),
+        privileged: bool = False,
+        init: bool = False,
+        rootless: Optional[bool] = None,
+        tty: bool = False,
+        disk: Union[int, str, None] = None,
+        healthcheck: Optional[Healthcheck] = None,
+    ) -> None:
+        if not isinstance(image, Image):
+            raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
+        lim = options.limits(memory, pids_limit, cpus)
+        disk_bytes = options.disk(disk, image.kind)
+        if rootless is not None:
+            checks.flag(rootless, "rootless")
+        else:
+            rootless = os.geteuid() != 0
+        self._join_net: Optional[Container] = None
+        self._network: Optional[Network] = None
+        if isinstance(network, str) and network not in spec.NETWORK_MODES:
+            network = Network.open(network)
+        if isinstance(network, Network):
+            # One of several containers on a shared network, each with its own namespace.
+            self._network, network = network, "shared"
+        elif isinstance(network, Container):
+            # Docker's "container:" mode: share that container's network namespace (and so its
+            # loopback and its published ports), as an app and its database often do.
+            self._join_net, network = network, "joined"
+        elif network is None:
+            # Publishing a port implies a network with a way in, as `pyrt run -p` does.
+            network = "private" if ports else "none"
+        elif not isinstance(network, str):
+            raise TypeError(
+                "network must be a str, a pyrt.Network or a pyrt.Container, not "
+                f"{type(network).__name__}"
+            )
+        if ports is not None and not isinstance(ports, Mapping):
+            raise TypeError(
+                f"ports must be a dict of container port to host port, not {type(ports).__name__}"
+            )
+        self._ports = parse_ports(ports)
+        # Root's containers of the host image see the host's own files: in a user namespace
+        # of an unprivileged range, what belongs to host root (its unix sockets, /etc/shadow)
+        # is someone else's to them. privileged=True keeps them the host's root.
+        sandboxed = (
+            image.kind == "host" and os.geteuid() == 0 and not checks.flag(privileged, "privileged")
+        )
+        if self._join_net is not None and rootless and os.geteuid() != 0:
+            # (Root's containers in a user namespace are born in the other's network
+            # namespace instead: the core's spawner steps into it for the clone.)
+            raise PyrtError(
+                "network=<container> is not available to rootless containers (each has a user "
+                "namespace of its own); reach the other one through a published port at "
+                "host.pyrt.internal instead"
+            )
+        if self._ports and network not in ("private", "shared"):
+            raise PyrtError(
+                "ports= needs network='private' or a pyrt.Network (a network with a way in)"
+            )
+        alias_list = [checks.name(a, "aliases") or "" for a in checks.names(aliases, "aliases")]
+        if alias_list and self._network is None:
+            raise InvalidOption("aliases= needs network=<pyrt.Network> (names on a shared network)")
+        self._o = options.ContainerOptions(
+            env=checks.env(env),
+            workdir=None if workdir is None else checks.container_path(workdir, "workdir"),
+            user=checks.user(user),
+            hostname=checks.hostname(hostname),
+            name=checks.name(name),
+            mounts=options.mounts(mounts),
+            readonly_rootfs=checks.flag(readonly_rootfs, "readonly_rootfs"),
+            network=network,
+            aliases=tuple(alias_list),
+            cap_add=tuple(checks.names(cap_add, "cap_add")),
+            cap_drop=tuple(checks.names(cap_drop, "cap_drop")),
+            privileged=checks.flag(privileged, "privileged"),
+            init=checks.flag(init, "init"),
+            tty=checks.flag(tty, "tty"),
+            limits=lim,
+            disk=disk_bytes,
+        )
+        # Validate what can be validated before anything exists.
+        spec.capability_set(self._o.cap_add, self._o.cap_drop, self._o.privileged)
+        self._limits = lim
+        self._userns = userns.maps_for_caller() if rootless or sandboxed else None
+        if self._userns is not None and self._limits and os.geteuid() != 0:
+            userns.check_limits_possible()
+        self._net: Union[PrivateNetwork, Member, None] = None
+        if healthcheck is not None and not isinstance(healthcheck, Healthcheck):
+            raise TypeError(
+                f"healthcheck must be a pyrt.Healthcheck, not {checks.show(healthcheck)}"
+            )
+        hc = healthcheck or Healthcheck.from_image(image.config.healthcheck)
+        self._healthcheck = None if hc is None or hc.disabled else hc
+        self._checker: Optional[Checker] = None
+        self._paused = False
+        #: Reads EOF once the log thread has written all the container's output (see logs()).
+        self._log_done = -1
+        self.image = image
+        self.id = secrets.token_hex(16)
+        self.name = self._o.name
+        self._command = None if command is None else checks.args(command, "command", empty_ok=True)
+        self._entrypoint = (
+            None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True)
+        )
+        self.args = command_for(image.config, self._command, self._entrypoint)
+        if not self.args:
+            raise PyrtError("no command: the image has no Entrypoint or Cmd, and none was given")
+        #: With tty=True, once started: the pty's master (read the console, write its input).
+        self.console: Optional[int] = None
+        self._proc: Optional[_core.Process] = None
+        self._process: Optional[spec.ProcessSpec] = None
+        self._state_doc: Optional[dict[str, Any]] = None
+        self._seccomp: Optional[Mapping[str, Any]] = None
+        self._seccomp_json: Optional[str] = None
+        self._detached = False
+        self._dir: Optional[ContainerDir] = None
+        self._returncode: Optional[int] = None
+        self._removed = False
+        self._lock = threading.Lock()
+
+    @property
+    def _steps(self) -> ContainerSteps:
+        # Made per call: held by the container, it would make a cycle that only the garbage
+        # collector frees (and with it the process's descriptors).
+        return ContainerSteps(self)
+
+    def __repr__(self) -> str:
+        return f"<pyrt.Container {self.name or self.id[:12]} {self.status}>"
+
+    # --- the spec ---------------------------------------------------------------------
+
+    def build_spec(self, root_dir: str, cgroup: bool = False) -> dict[str, Any]:
+        """The OCI runtime spec of this container, its root mounted on ``root_dir``; with
+        ``cgroup`` (implied by limits) in a cgroup of its own. The spec is made by
+        ``assemble.container_spec`` from what is gathered here; the container keeps the
+        process it describes (each exec's is laid over it) and its seccomp filter."""
+        assert self._dir is not None
+        d = self._dir
+        image_kind = self.image.kind
+        if image_kind == "host":
+            layers = None
+        elif not overlay_supported():
+            layers = assemble.Layers(copy=str(d.path / "copy"))
+        else:
+            layers = assemble.Layers(lower=self._lower(), upper=str(d.upper), work=str(d.work))
+        made = assemble.container_spec(
+            self._o,
+            self.image,
+            self.id,
+            self.args,
+            root_dir=root_dir,
+            layers=layers,
+            id_maps=self._userns,
+            limits=self._limits,
+            netns_path=self._netns_path(),
+            # Root places any container in a cgroup; a rootless caller has none to write.
+            cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
+        )
+        self._process = made.process
+        self._seccomp = made.seccomp
+        # Serialised once: every exec sends the same text, which the core caches by.
+        self._seccomp_json = json.dumps(made.seccomp) if made.seccomp is not None else None
+        return made.config
+
+    # --- starting -----------------------------------------------------------------------
+
+    def _spawn(self, stdin: int, stdout: int = -1, stderr: int = -1, cgroup: bool = False) -> None:
+        """Creates the container's directory and starts it. With stdout/stderr of -1, both go
+        to the container's log file. A cgroup is made when there are limits or ``cgroup``
+        asks for one (a detached container, for stats): it costs ~0.7 ms on cgroup v1."""
+        with self._lock:
+            if self._removed:
+                raise PyrtError(f"container {self.id[:12]} was removed")
+            if self._proc is not None:
+                raise PyrtError(f"container {self.id[:12]} was already started")
+            d = self._dir if self._dir is not None else self._make_dir()
+            _fault("dir-created")
+            log = -1
+            ours = theirs = -1
+            try:
+                if self._o.tty:
+                    # fd 0 of the child is a socket it sends the pty's master over.
+                    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    ours, theirs = a.detach(), b.detach()
+                    stdin = stdout = stderr = theirs
+                elif stdout < 0:
+                    log, done = _core.log_pipe(str(d.log), LOG_CAP)
+                    stdout = stderr = log
+                    self._close_log_done()
+                    self._log_done = done
+                self._dir = d
+                net_mounts = self._start_network(d)
+                doc = self.build_spec(str(d.rootfs), cgroup)
+                doc["mounts"].extend(net_mounts)
+                state = self._state(doc)
+                if cgroup:
+                    # Known before any kernel object exists; a crash from here on leaves a
+                    # directory that collect_stale (or `pyrt gc`) finishes off.
+                    d.write_state(state)
+                    _fault("state-written")
+                try:
+                    hold = self._net is not None and self._net.rootless
+                    proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr, hold=hold)
+                    if hold:
+                        self._attach_network(proc)
+                    self._proc = proc
+                except SpawnError as e:
+                    if self._userns is not None and e.stage == "namespaces":
+                        why = userns.blocked_because()
+                        if why is not None:
+                            raise SpawnError(f"{e}: {why}", stage=e.stage, errno=e.errno) from e
+                    raise
+                if ours >= 0:
+                    self.console = _receive_fd(ours)
+                _fault("spawned")
+                d.record_cgroups(self._proc.cgroup_paths())
+                if cgroup:
+                    pid = self._proc.pid
+                    state.update(status="running", pid=pid, pid_start=pid_start_time(pid),
+                                 cgroups=self._proc.cgroup_paths())  # fmt: skip
+                    d.write_state(state)
+                    self._state_doc = state
+                    _fault("running")
+            except BaseException:
+                self._dir = None
+                if self._net is not None:
+                    self._net.close()
+                    self._net = None
+                d.remove()
+                raise
+            finally:
+                for fd in (log, ours, theirs):
+                    if fd >= 0:
+                        os.close(fd)
+            _live.add(self)
+
+    def _netns_path(self) -> Optional[str]:
+        if self._net is not None:
+            return self._net.path
+        if self._join_net is not None:
+            other = self._join_net
+            if other.pid is None or other._returncode is not None or other._removed:
+                raise PyrtError(f"network: container {other.id[:12]} is not running")
+            return f"/proc/{other.pid}/ns/net"
+        return None
+
+    def _start_network(self, d: ContainerDir) -> list[dict[str, Any]]:
+        """The private network (before the container exists, so that it is ready when the
+        command runs), its published ports, and the /etc files that go with it. A network that
+        outlived a reset (as root) is kept: same namespace, address and forwarders."""
+        if self._o.network == "shared":
+            return self._join_network(d)
+        if self._o.network != "private":
+            return []
+        if self._net is None:
+            self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
+            if not self._net.rootless:
+                self._publish()
+        mounts = []
+        for name, text in etc_files(self._o.hostname or self.id[:12]).items():
+            (d.path / name).write_text(text)
+            mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
+        return mounts
+
+    def _join_network(self, d: ContainerDir) -> list[dict[str, Any]]:
+        """A member's namespace on its shared network, its ports, and its /etc files (kept, as
+        the address, across a reset)."""
+        assert self._network is not None
+        if self._net is None:
+            o = self._o
+            names = [n for n in (o.name, *o.aliases, o.hostname or self.id[:12]) if n]
+            self._net = self._network.join(self, d.path, list(dict.fromkeys(names)))
+            self._publish()
+        else:
+            self._network.refresh()
+        return [Bind(str(d.path / n), f"/etc/{n}").to_spec() for n in ("hosts", "resolv.conf")]
+
+    @property
+    def ip(self) -> Optional[str]:
+        """The container's address on its network (a pyrt.Network's, or 10.0.2.100 on its
+        private one), once started; None without one."""
+        if isinstance(self._net, Member):
+            return self._net.address
+        return GUEST if self._net is not None else None
+
+    @property
+    def network(self) -> Optional[Network]:
+        """The shared network the container is on, if any."""
+        return self._network
+
+    def _publish(self) -> None:
+        assert self._net is not None
+        for cport, proto, addr, hport in self._ports:
+            self._net.publish(cport, proto, addr, hport)
+
+    def _attach_network(self, proc: _core.Process) -> None:
+        """Rootless: the held container made its network namespace; slirp4netns joins it and
+        the ports are published before the command runs."""
+        assert isinstance(self._net, PrivateNetwork)
+        try:
+            self._net.attach(proc.pid)
+            self._publish()
+            proc.release()
+        except BaseException:
+            proc.kill(signal.SIGKILL)
+            proc.wait(None)
+            raise
+
+    def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "image": (self.image.tags or [self.image.source or self.image.kind])[0],
+            "command": self.args,
+            "created": time.time(),
+            "status": "creating",
+            "owner": os.getpid(),
+            "detached": self._detached,
+            "log": str(self._dir.log) if self._dir else None,
+            "process": doc["process"],
+            "seccomp": doc["linux"].get("seccomp"),
+            "ports": [
+                f"{p.host_addr}:{p.host_port}->{p.container_port}/{p.proto}"
+                for p in (self._net.published if self._net is not None else ())
+            ],
+            "network": self._network.name if self._network is not None else self._o.network,
+            "ip": self.ip,
+            **({"health": "starting"} if self._healthcheck is not None else {}),
+        }
+
+    def start(self, *, detached: bool = False) -> Container:
+        """Starts in the background: stdout and stderr go to the container's log (see
+        ``logs()``). Returns once the command runs. Other processes see it in `pyrt ps` and can
+        exec into it, read its logs and remove it by id or name."""
+        if self.name is not None:
+            from pyrt.host.state import list_states
+
+            if any(st.get("name") == self.name for st in list_states()):
+                raise PyrtError(f"the name {self.name!r} is already in use by a running container")
+        self._detached = detached
+        self._spawn_detached()
+        if self.console is not None and self._dir is not None:
+            # The console's output is the container's log; `console` stays for its input.
+            _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
+        self._start_checker()
+        return self
+
+    def _start_checker(self) -> None:
+        if self._healthcheck is None:
+            return
+        if self._checker is not None:
+            self._checker.stop()
+
+        def run_check(argv: list[str], timeout: float) -> int:
+            return self.exec(argv, timeout=timeout).returncode
+
+        def noted(status: str) -> None:
+            if self._dir is not None and self._state_doc is not None and not self._removed:
+                self._state_doc["health"] = status
+                with contextlib.suppress(OSError):
+                    self._dir.write_state(self._state_doc)
+
+        self._checker = Checker(self._healthcheck, run_check,
+                                self._alive, noted, lambda: self._paused)  # fmt: skip
+
+    @property
+    def health(self) -> Optional[str]:
+        """None (no healthcheck), "starting", "healthy" or "unhealthy"."""
+        if self._healthcheck is None:
+            return None
+        return self._checker.status if self._checker is not None else "starting"
+
+    def record_exit(self, code: int) -> None:
+        """Notes the exit status in the shared state (for `pyrt ps` and the like)."""
+        if self._dir is not None and self._state_doc is not None:
+            self._state_doc.update(status="exited", exit_code=code)
+            self._dir.write_state(self._state_doc)
+
+    def run(
+        self,
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+        *,
+        stdout: Target = None,
+        stderr: Target = None,
+    ) -> Result:
+        """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
+        ``timeout`` kills the whole container and raises TimeoutExpired. ``stdout`` and
+        ``stderr`` may go to a file, a descriptor or ``pyrt.DEVNULL`` instead of the result
+        (``stderr=pyrt.STDOUT`` merges it into stdout)."""
+        return lifecycle.drive(self._steps.run(input, timeout, check, text, stdout, stderr))
+
+    def exec(
+        self,
+        command: Sequence[str],
+        input: Input = None,
+        timeout: Optional[float] = None,
+        check: bool = False,
+        text: bool = False,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        workdir: Optional[str] = None,
+        stdout: Target = None,
+        stderr: Target = None,
+    ) -> Result:
+        """Runs ``command`` inside the running container (all its namespaces and its cgroup),
+        with the container's environment plus ``env``, as its user or ``user``, in its working
+        directory or ``workdir``. ``timeout`` kills only this process. ``stdout``/``stderr``
+        as for ``run``."""
+        return lifecycle.drive(
+            self._steps.exec(command, input, timeout, check, text,
+                             env=env, user=user, workdir=workdir, stdout=stdout, stderr=stderr)
+        )  # fmt: skip
+
+    def _exec_starter(
+        self,
+        command: Sequence[str],
+        env: Optional[Mapping[str, str]],
+        user: Optional[str],
+        workdir: Optional[str],
+    ) -> Callable[[int, int, int], _core.Process]:
+        """Checks and prepares an exec (for this class and pyrt.aio's); the returned function
+        starts it with the given stdin, stdout and stderr."""
+        command = checks.args(command, "command")
+        env = checks.env(env)
+        user = checks.user(user)
+        if workdir is not None:
+            workdir = checks.container_path(workdir, "workdir")
+        proc = self._proc
+        if proc is None or self._removed or self.status != "running":
+            raise PyrtError(f"container {self.id[:12]} is {self.status}, not running"
+                            + (" (resume() it first)" if self._paused else ""))  # fmt: skip
+        doc = json.dumps(self._exec_process(list(command), env, user, workdir))
+        paths, pid = proc.cgroup_paths(), proc.pid
+        sc = self._seccomp_json
+
+        def start(i: int, o: int, e: int) -> _core.Process:
+            return _core.exec(pid, doc, i, o, e, paths, sc)
+
+        return start
+
+    def _exec_process(
+        self,
+        args: list[str],
+        env: Optional[Mapping[str, str]],
+        user: Optional[str],
+        workdir: Optional[str],
+    ) -> dict[str, Any]:
+        assert self._process is not None
+        ids = None
+        if user is not None:
+            try:
+                ids = self.image.resolve_user(user)
+            except ValueError as e:
+                raise SpawnError(str(e), stage="user", errno=22) from None
+        return spec.exec_process(spec.process_dict(self._process), args, env, ids, workdir)
+
+    # --- its files -------------------------------------------------------------------------
+
+    def _mapped_root(self) -> Optional[tuple[int, int]]:
+        """The host ids of the container's root when a root caller maps it to a range."""
+        if self._userns is None or os.geteuid() != 0:
+            return None
+        return _outside(self._userns.uid, 0), _outside(self._userns.gid, 0)
+
+    def _lower(self) -> tuple[str, ...]:
+        """The image's layers as the container mounts them: moved into its range when a root
+        caller maps it to one (``image.shifted``)."""
+        mapped = self._mapped_root()
+        if mapped is None:
+            return tuple(self.image.lower)
+        from pyrt.image import shifted
+
+        assert self._userns is not None
+        count = min(n for _, _, n in self._userns.uid + self._userns.gid)
+        return tuple(shifted.shifted_lowers(self.image.lower, mapped[0], mapped[1], count))
+
+    def _make_dir(self) -> ContainerDir:
+        d = ContainerDir.create(
+            self.id,
+            overlay=self.image.kind != "host",
+            owner=self._mapped_root(),
+            disk=self._o.disk,
+        )
+        if self.image.kind != "host" and not overlay_supported():
+            # No overlayfs: the container gets a private copy of the (flattened) image.
+            r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
+                               capture_output=True, text=True)  # fmt: skip
+            if r.returncode != 0:
+                d.remove()
+                raise PyrtError(f"copying the image for a kernel without overlayfs: {r.stderr}")
+        return d
+
+    def _ensure_dir(self) -> ContainerDir:
+        """The container's directory, made now for one that was not started yet (files written
+        into it are there when it starts)."""
+        if self._dir is None:
+            self._dir = self._make_dir()
+            _live.add(self)
+        return self._dir
+
+    def _root_owner(self, in_userns: bool) -> files.Owner:
+        """Who the container's root is, as the writer of its files sees ids."""
+        if in_userns:
+            return (0, 0)
+        if os.geteuid() != 0:
+            return None  # a rootless caller writes as itself: the container's root
+        if self._userns is not None:
+            return (_outside(self._userns.uid, 0), _outside(self._userns.gid, 0))
+        return (0, 0)
+
+    def _in_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
+        """``op(root_fd, owner)`` on the container's root, whatever its state (``rootview``)."""
+        with self._lock:
+            if self._removed:
+                raise PyrtError(f"container {self.id[:12]} was removed")
+            if self._alive() and self._proc is not None:
+                pid = self._proc.pid
+                try:
+                    if write and self._mapped_root() is not None:
+                        return rootview.call_running_as_its_root(pid, lambda fd: op(fd, (0, 0)))
+                    return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
+                except PyrtError:
+                    # It exited just now: its layer is reached as a stopped one's.
+                    if self._proc.wait(0) is None:
+                        raise
+            d = self._ensure_dir()
+            if self.image.kind == "host":
+                if write:
+                    raise PyrtError(
+                        f"{what}: a container of the host image has a read-only root; write "
+                        "into a running one's /tmp or /run, or into a Bind or Tmpfs mount"
+                    )
+                return rootview.call_directory("/", lambda fd: op(fd, None))
+            if not overlay_supported():
+                owner = self._root_owner(False)
+                return rootview.call_directory(str(d.path / "copy"), lambda fd: op(fd, owner))
+            rootless = self._userns is not None and os.geteuid() != 0
+            ov = rootview.Overlay(
+                lower=self._lower(),
+                upper=str(d.upper),
+                work=str(d.work),
+                target=str(d.rootfs),
+                userxattr=self._userns is not None,
+            )
+            return rootview.call_stopped(ov, lambda fd: op(fd, self._root_owner(rootless)),
+                                         rootless)  # fmt: skip
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def _config(self) -> ImageConfig:
+        """The image config this container runs with (for commit)."""
+        base = self.image.config
+        ep: Optional[list[str]]
+        cmd: Optional[list[str]]
+        if self._entrypoint is not None:
+            ep, cmd = self._entrypoint, self._command or []
+        else:
+            ep = base.entrypoint
+            cmd = self._command if self._command is not None else base.cmd
+        return dataclasses.replace(
+            base,
+            entrypoint=list(ep) if ep else None,
+            cmd=list(cmd) if cmd else None,
+            env={**base.env, **self._o.env},
+            workdir=self._o.workdir or base.workdir,
+            user=self._o.user or base.user,
+        )
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """The container's processes frozen (cgroup freezer) while its layer is read, so that a
+        commit of a running container is one consistent moment."""
+        proc = self._proc
+        if proc is None or self.status != "running":
+            yield  # not running, or paused: nothing moves
+            return
+        froze = self._freeze(proc, "commit")
+        try:
+            yield
+        finally:
+            if froze:
+                proc.thaw()
+
+    def commit(
+        self,
+        tag: Optional[str] = None,
+        command: Optional[Sequence[str]] = None,
+        entrypoint: Optional[Sequence[str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        workdir: Optional[str] = None,
+        user: Optional[str] = None,
+    ) -> Image:
+        """A new image: this container's image plus one layer holding what the container
+        changed (deletions as OCI whiteouts), with the container's config and the given fields
+        replaced (``env`` is added to). A running container is frozen while its layer is read."""
+        if tag is not None:
+            checks.text(tag, "tag")
+        changes = {
+            "cmd": None if command is None else checks.args(command, "command", empty_ok=True),
+            "entrypoint": (
+                None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True)
+            ),
+            "env": checks.env(env),
+            "workdir": None if workdir is None else checks.container_path(workdir, "workdir"),
+            "user": checks.user(user),
+        }
+        if self._removed:
+            raise PyrtError(f"container {self.id[:12]} was removed")
+        if self.image.kind != "host" and not overlay_supported():
+            raise PyrtError("commit needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1)")
+        d = self._ensure_dir()
+        cfg = snapshot.merged_config(self._config(), changes)
+        remap = None
+        if self._userns is not None:
+            maps = self._userns
+            remap = lambda u, g: (_inside(maps.uid, u), _inside(maps.gid, g))  # noqa: E731
+        with self._frozen():
+            return snapshot.commit(self.image, str(d.upper), cfg, tag,
+                                   f"container {self.id[:12]}", remap,
+                                   self._mount_points())  # fmt: skip
+
+    def _mount_points(self) -> frozenset[str]:
+        """Where this container's mounts made files or directories the image does not have
+        (its /etc/hosts and resolv.conf on a network, its Bind and Tmpfs targets): commit leaves
+        them out when they are still empty, as Docker does."""
+        from pyrt.image import merged
+
+        targets = {"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
+        targets |= {str(m.to_spec()["destination"]) for m in self._o.mounts}
+        return frozenset(t.strip("/") for t in targets if merged.kind(self.image.lower, t) is None)
+
+    def reset(self) -> Container:
+        """Every process killed, the root back to the image exactly (a fresh writable layer),
+        and the command started again, with the same id, name, network, address and published
+        ports. Returns the container, running."""
+        with self._lock:
+            if self._removed:
+                raise PyrtError(f"container {self.id[:12]} was removed")
+            if self._proc is None:
+                raise PyrtError(f"container {self.id[:12]} was not started")
+            if self._o.tty:
+                raise PyrtError("reset of a container with tty=True is not supported")
+            if self._checker is not None:
+                self._checker.stop()
+                self._checker = None
+            proc = self._proc
+            if self._returncode is None and proc.wait(0) is None:
+                proc.kill(signal.SIGKILL)
+                self._thaw()
+            proc.wait(None)
+            proc.destroy_cgroup()
+            if self._net is not None and self._net.rootless:
+                # A rootless network lives in the container's user namespace: made again, on
+                # the same host ports.
+                self._ports = [(p.container_port, p.proto, p.host_addr, p.host_port)
+                               for p in self._net.published]  # fmt: skip
+                self._net.close()
+                self._net = None
+            assert self._dir is not None
+            self._dir.reset_layer()
+            self._proc = None
+            self._returncode = None
+        self._spawn_detached()
+        self._start_checker()
+        return self
+
+    def _spawn_detached(self) -> None:
+        """Started with stdin from /dev/null and its output to the log, in a cgroup."""
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._spawn(devnull, cgroup=True)
+        finally:
+            os.close(devnull)
+
+    # --- a running container -------------------------------------------------------------
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The first process's pid as seen from the host, once started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def status(self) -> str:
+        if self._removed:
+            return "removed"
+        if self._proc is None:
+            return "created"
+        if self._returncode is None and self._proc.wait(0) is None:
+            return "paused" if self._paused else "running"
+        return "exited"
+
+    def _alive(self) -> bool:
+        """Started and not ended: running or paused."""
+        return self.status in ("running", "paused")
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """The return code (exit status, or -SIGNUM). On timeout raises TimeoutExpired and the
+        container keeps running, as ``subprocess.Popen.wait``."""
+        return lifecycle.drive(self._steps.wait(timeout))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Sends ``sig`` to the container's first process (SIGKILL ends the whole container)."""
+        sig = _signal_number(sig)
+        if self._proc is not None and self._returncode is None:
+            self._proc.kill(sig)
+            if self._paused and sig == signal.SIGKILL:
+                self._thaw()  # (a frozen process dies only once thawed)
+
+    @property
+    def stop_signal(self) -> int:
+        """The signal ``stop()`` sends first: the image's STOPSIGNAL, else SIGTERM."""
+        name = self.image.config.stop_signal
+        if name:
+            with contextlib.suppress(TypeError, ValueError):
+                return _signal_number(int(name) if name.isdigit() else name)
+        return int(signal.SIGTERM)
+
+    def stop(self, timeout: float = 10) -> int:
+        """The image's stop signal (SIGTERM unless its STOPSIGNAL says otherwise), then SIGKILL
+        after ``timeout`` seconds; returns the return code."""
+        return lifecycle.drive(self._steps.stop(timeout))
+
+    def stats(self) -> Stats:
+        """Memory, processes and CPU time of the container, from its cgroup."""
+        if self._proc is None or self._removed:
+            raise PyrtError(f"container {self.id[:12]} is not running")
+        s = self._proc.stats()
+        if s is None:
+            raise PyrtError(f"container {self.id[:12]} has no cgroup (started by run())")
+        return Stats(*s)
+
+    def port(self, container_port: Union[int, str]) -> int:
+        """The host port that reaches ``container_port`` ("PORT/udp" for a UDP one)."""
+        cport, _, proto = str(container_port).partition("/")
+        for p in self._net.published if self._net is not None else ():
+            if str(p.container_port) == cport and p.proto == (proto or "tcp"):
+                return p.host_port
+        raise PyrtError(
+            f"container {self.id[:12]} has no published port {container_port}"
+            + ("" if self._net is not None else " (it is not started, or has no ports=)")
+        )
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer killed any process of the container."""
+        return self._proc is not None and self._proc.oom_kills() > 0
+
+    def _logs_flushed(self, timeout: float = 2.0) -> None:
+        """Once the container has exited: waits until the log thread has written the last of
+        its output (a moment after the exit; a process the container left holding its stdout
+        keeps it open, hence the bound)."""
+        if self._log_done >= 0:
+            select.select([self._log_done], [], [], timeout)
+
+    def _close_log_done(self) -> None:
+        if self._log_done >= 0:
+            os.close(self._log_done)
+            self._log_done = -1
+
+    def logs(self) -> bytes:
+        """Everything the container wrote so far (up to the last 2 x 16 MiB), stdout and stderr
+        interleaved in the order written."""
+        if self._dir is None:
+            return b""
+        if not self._alive():
+            self._logs_flushed()
+        out = b""
+        for p in (self._dir.log.with_suffix(".1"), self._dir.log):
+            with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
+                out += f.read()
+        return out
+
+    def follow_logs(self, timeout: Optional[float] = None) -> Iterator[bytes]:
+        """Yields what the container writes as it writes it, until it has exited and all is
+        read (or ``timeout`` seconds pass: TimeoutExpired)."""
+        return lifecycle.drive_chunks(self._steps.follow_logs(timeout))
+
+    def remove(self) -> None:
+        """Kills the container if needed and frees everything it had. Idempotent."""
+        lifecycle.drive(self._steps.remove())
+
+    def _teardown(self) -> None:
+        """What remove() does once the container has exited (or at once, if it must)."""
+        with self._lock:
+            if self._removed:
+                return
+            self._removed = True
+            if self._checker is not None:
+                self._checker.stop()
+            if self._proc is not None:
+                if self._returncode is None:
+                    self._proc.kill(signal.SIGKILL)
+                    self._thaw()
+                    self._returncode = self._proc.wait(None)
+                self._proc.destroy_cgroup()
+            if self.console is not None:
+                os.close(self.console)
+                self.console = None
+            self._close_log_done()
+            if self._net is not None:
+                self._net.close()
+            if self._dir is not None:
+                self._dir.remove()
+            _live.discard(self)
+
+    def __enter__(self) -> Container:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __del__(self) -> None:
+        # A container nobody references can never be waited for or removed: free it now.
+        try:
+            if not self._removed and getattr(self, "_proc", None) is not None:
+                self.remove()
+        except Exception:
+            pass
+
+
+class ContainerSteps(ReadinessSteps):
+    """One container's operations that wait, as steps (``lifecycle``): ``Container`` drives
+    them in the caller's thread, ``pyrt.aio.Container`` on its event loop."""
+
+    def __init__(self, c: Container) -> None:
+        self._c = c
+
+    def run(
+        self,
+        input: Input,
+        timeout: object,
+        check: object,
+        text: object,
+        stdout: Target,
+        stderr: Target,
+    ) -> Steps[Result]:
+        c = self._c
+        data, t, check, text = _io_args(input, timeout, check, text)
+        if c._o.tty:
+            raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
+
+        def start(i: int, o: int, e: int) -> _core.Process:
+            c._spawn(i, o, e)
+            assert c._proc is not None
+            return c._proc
+
+        try:
+            io = Pipes(data, stdout, stderr)
+            # Killing the first process ends the whole pid namespace: the drain ends at EOF.
+            proc, out, err, code = yield from lifecycle.io(start, c.args, io, t, None)
+            c._returncode = code
+            oom = proc.oom_kills() > 0
+        finally:
+            yield from self.remove()
+        return _result(c.args, code, out, err, text, check, oom)
+
+    def exec(
+        self,
+        command: Sequence[str],
+        input: Input = None,
+        timeout: object = None,
+        check: object = False,
+        text: object = False,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        user: Optional[str] = None,
+        workdir: Optional[str] = None,
+        stdout: Target = None,
+        stderr: Target = None,
+    ) -> Steps[Result]:
+        data, t, check, text = _io_args(input, timeout, check, text)
+        args = checks.args(command, "command")
+        start = self._c._exec_starter(args, env, user, workdir)
+        io = Pipes(data, stdout, stderr)
+        # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
+        _, out, err, code = yield from lifecycle.io(start, args, io, t, 0.2)
+        return _result(args, code, out, err, text, check, False)
+
+    def wait(self, timeout: object) -> Steps[int]:
+        c = self._c
+        t = checks.timeout(timeout)
+        if c._returncode is not None:
+            return c._returncode
+        if c._proc is None:
+            raise PyrtError(f"container {c.id[:12]} was not started")
+        code = yield lifecycle.Exited(c._proc, t)
+        if code is None:
+            raise TimeoutExpired(c.args, t or 0)
+        c._returncode = code
+        return int(code)
+
+    def stop(self, timeout: object) -> Steps[int]:
+        c = self._c
+        grace = checks.timeout(timeout)
+        if c._proc is None:
+            raise PyrtError(f"container {c.id[:12]} was not started")
+        c.kill(c.stop_signal)
+        try:
+            return (yield from self.wait(grace))
+        except TimeoutExpired:
+            c.kill(signal.SIGKILL)
+            return (yield from self.wait(None))
+
+    def remove(self) -> Steps[None]:
+        c = self._c
+        if c._proc is not None and c._returncode is None and not c._removed:
+            # The wait is the part that takes time: outside the lock, and (pyrt.aio) on the
+            # event loop; the teardown after it is quick file work.
+            c.kill(signal.SIGKILL)
+            yield lifecycle.Exited(c._proc, None)
+        yield lifecycle.Blocking(c._teardown)
+
+    def follow_logs(self, timeout: object) -> Steps[None]:
+        c = self._c
+        log = c._dir.log if c._dir is not None else None
+        yield from lifecycle.follow(log, timeout, c._alive, c._logs_flushed, c.args)
+
+    # --- what the readiness steps need -------------------------------------------------------
+
+    def poll(self, what: str, timeout: object, check: Callable[[], Steps[Any]]) -> Steps[Any]:
+        c = self._c
+
+        def ended(what: str) -> BaseException:
+            return ContainerError(c.wait(), c.args, c.logs(), waiting_for=what)
+
+        return lifecycle.poll(what, timeout, check, c._alive, ended, c.args)
+
+    def logs(self) -> bytes:
+        return self._c.logs()
+
+    def probe_pid(self) -> int:
+        return self._c.pid or 0
+
+    def healthy(self) -> Callable[[], bool]:
+        c = self._c
+        if c._healthcheck is None:
+            raise PyrtError(
+                f"container {c.id[:12]} has no healthcheck (give healthcheck=pyrt.Healthcheck"
+                "(...), or use an image with a HEALTHCHECK)"
+            )
+        return lambda: c.health == "healthy"
+
+    def connector(self, port: int) -> Callable[[], socket.socket]:
+        """How to reach ``port`` of the container from here: its published host port, else
+        its network namespace (root)."""
+        c = self._c
+        for p in c._net.published if c._net is not None else ():
+            if p.container_port == port and p.proto == "tcp":
+                addr = "127.0.0.1" if p.host_addr == "0.0.0.0" else p.host_addr
+                return lambda: socket.create_connection((addr, p.host_port), 0.5)
+        if c._userns is not None and os.geteuid() != 0:
+            raise PyrtError(
+                f"wait_for_http({port}): a rootless container's network namespace cannot be "
+                "entered from the host; publish the port (ports={port: None})"
+            )
+        net_path = c._net.path if c._net is not None else None
+
+        def connect() -> socket.socket:
+            path = net_path or f"/proc/{c.pid or 0}/ns/net"
+            return socket.socket(fileno=_core.tcp_connect(path, port, 0.5))
+
+        return connect
+
+
+def steps_of(c: Container) -> ContainerSteps:
+    """The steps behind ``c``'s waiting operations, for ``pyrt.aio`` to drive."""
+    return ContainerSteps(c)
+
+
+def start_on(c: Container, stdin: int, stdout: int = -1, stderr: int = -1) -> None:
+    """Starts ``c`` with its command's stdin, stdout and stderr on these descriptors (-1: the
+    container's log), as `pyrt run` does in the foreground; with tty=True the console is
+    ``c.console``. (The CLI's seam; users have run() and start().)"""
+    c._spawn(stdin, stdout, stderr)
+
+
+def spec_preview(c: Container) -> dict[str, Any]:
+    """The runtime spec ``c`` would start with, built in a directory made and removed for it
+    (`pyrt plan`)."""
+    d = ContainerDir.create(c.id, overlay=c.image.kind != "host")
+    try:
+        c._dir = d
+        return c.build_spec(str(d.rootfs))
+    finally:
+        c._dir = None
+        d.remove()
+
+
+def _receive_fd(sock: int) -> int:
+    """The descriptor a child sent over ``sock`` (SCM_RIGHTS)."""
+    with socket.socket(fileno=os.dup(sock)) as s:
+        _, fds, _, _ = socket.recv_fds(s, 16, 1)
+    if not fds:
+        raise SpawnError("the container sent no terminal", stage="devices", errno=5)
+    os.set_inheritable(fds[0], False)
+    return fds[0]
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash-recovery tests (PYRT_FAULT=point): die here by SIGKILL."""
+    if os.environ.get("PYRT_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _outside(ranges: Sequence[tuple[int, int, int]], inside: int) -> int:
+    """The host id that ``inside`` maps to."""
+    for i, o, n in ranges:
+        if i <= inside < i + n:
+            return o + inside - i
+    raise PyrtError(f"id {inside} is not mapped in the container's user namespace")
+
+
+def _inside(ranges: Sequence[tuple[int, int, int]], outside: int) -> int:
+    """The id inside the user namespace that the host id ``outside`` is (nobody if none)."""
+    for i, o, n in ranges:
+        if o <= outside < o + n:
+            return i + outside - o
+    return 65534
+
+
+def _signal_number(sig: object) -> int:
+    """A signal given as a number, a ``signal.Signals`` or a name ("TERM", "SIGTERM")."""
+    if isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise ValueError(f"signal {sig!r}: no such signal") from None
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"signal must be a number or a name, not {type(sig).__name__}")
+    if not 1 <= int(sig) < signal.NSIG:
+        raise ValueError(f"signal {sig!r}: not a signal number (1 to {signal.NSIG - 1})")
+    return int(sig)
+
+
+def _io_args(
+    input: object, timeout: object, check: object, text: object
+) -> tuple[Optional[bytes], Optional[float], bool, bool]:
+    """The common arguments of run and exec, checked before anything is started."""
+    return (
+        checks.input_data(input),
+        checks.timeout(timeout),
+        checks.flag(check, "check"),
+        checks.flag(text, "text"),
+    )
+
+
+def _decoded(data: Optional[bytes], text: bool) -> Union[bytes, str, None]:
+    if data is None or not text:
+        return data
+    return data.decode("utf-8", "replace")
+
+
+def _result(
+    args: list[str],
+    code: int,
+    out: Optional[bytes],
+    err: Optional[bytes],
+    text: bool,
+    check: bool,
+    oom: bool,
+) -> Result:
+    res = Result(args, code, _decoded(out, text), _decoded(err, text), oom_killed=oom)
+    if check:
+        res.check_returncode()
+    return res
+
+
+def run(
+    image: Image,
+    command: Optional[Sequence[str]] = None,
+    input: Input = None,
+    timeout: Optional[float] = None,
+    check: bool = False,
+    text: bool = False,
+    *,
+    stdout: Target = None,
+    stderr: Target = None,
+    **options: Any,
+) -> Result:
+    """Runs ``command`` in a fresh container of ``image`` and removes it; like subprocess.run.
+    ``stdout``/``stderr``: ``pyrt.PIPE`` (captured, the default), ``pyrt.DEVNULL``, a file or
+    a descriptor (``stderr=pyrt.STDOUT`` merges it into stdout)."""
+    return Container(image, command, **options).run(
+        input=input, timeout=timeout, check=check, text=text, stdout=stdout, stderr=stderr
+    )

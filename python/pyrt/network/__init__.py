@@ -1,0 +1,1 @@
+"""Networks: a container's private one, shared pyrt.Networks, published ports' links."""

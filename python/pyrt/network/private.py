@@ -1,0 +1,251 @@
+"""``network="private"``: a network namespace of the container's own with outbound access, DNS,
+the host's loopback as ``host.pyrt.internal``, and published ports.
+
+The user-mode stack is Debian's slirp4netns, not veth + NAT: it needs no firewall rules on the
+host, behaves the same as root and (later) rootless, and dies with the Python process that
+started it (its exit descriptor is a pipe only that process holds). It is attached to a
+namespace that pyrt makes first (``_core.new_netns``), so the network is configured before the
+container's command runs; the container joins it by path. A published TCP port is pyrt's own
+forwarder (``core/portfwd.rs``): a host listener whose connections are opened from inside the
+namespace, kernel sockets end to end, to the container's 127.0.0.1. UDP ports are slirp4netns's
+host forwards (``add_hostfwd`` on its API socket).
+
+The addresses are slirp4netns's defaults: the container is 10.0.2.100, the gateway 10.0.2.2
+reaches the host's 127.0.0.1, and 10.0.2.3 answers DNS with the host's resolver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pyrt import _core
+from pyrt.errors import PyrtError
+
+GUEST = "10.0.2.100"
+GATEWAY = "10.0.2.2"
+DNS = "10.0.2.3"
+HOST_ALIAS = "host.pyrt.internal"
+READY_TIMEOUT = 10.0
+
+#: What ``ports=`` takes for one container port: None (a free port on 127.0.0.1), a port, or
+#: "ADDR:PORT" / (ADDR, PORT) to bind another host address (PORT 0: any free port).
+HostPort = Union[None, int, str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Published:
+    container_port: int
+    proto: str
+    host_addr: str
+    host_port: int
+
+
+def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str, str, int]]:
+    """(container port, proto, host address, host port or 0), checked before anything exists.
+    A key is a port number or "PORT/tcp" / "PORT/udp"."""
+    out = []
+    for key, value in (ports or {}).items():
+        cport, _, proto = str(key).partition("/")
+        proto = proto or "tcp"
+        if not cport.isdigit() or not 0 < int(cport) < 65536 or proto not in ("tcp", "udp"):
+            raise PyrtError(f"ports: {key!r} is not a container port (e.g. 8080 or '53/udp')")
+        addr, hport = "127.0.0.1", 0
+        if isinstance(value, tuple):
+            addr, hport = value
+        elif isinstance(value, str):
+            a, _, p = value.rpartition(":")
+            addr, hport = (a or "127.0.0.1"), int(p) if p.isdigit() else -1
+        elif isinstance(value, int):
+            hport = value
+        elif value is not None:
+            raise PyrtError(f"ports: {value!r} is not a host port")
+        if not isinstance(hport, int) or not 0 <= hport < 65536:
+            raise PyrtError(f"ports: {value!r} is not a host port")
+        try:
+            socket.inet_pton(socket.AF_INET, addr)
+        except OSError as e:
+            raise PyrtError(f"ports: {addr!r} is not an IPv4 address of this host") from e
+        out.append((int(cport), proto, addr, hport))
+    return out
+
+
+class PrivateNetwork:
+    """A network namespace with slirp4netns attached; ``close`` ends both."""
+
+    def __init__(self, workdir: Path, rootless: bool = False, configure: bool = True) -> None:
+        """As root: makes the namespace and attaches slirp4netns now (the container will join
+        ``path``). Rootless: the namespace must belong to the container's user namespace, so
+        the container makes it, and ``attach`` is called while it is held before its plan.
+        Without ``configure``, the tap is left bare (a shared network bridges it)."""
+        binary = shutil.which("slirp4netns")
+        if binary is None:
+            raise PyrtError(
+                "network='private' needs slirp4netns (Debian package slirp4netns), not found "
+                "on PATH"
+            )
+        self._binary = binary
+        self.rootless = rootless
+        self.fd = -1
+        self.path: Optional[str] = None
+        self.api = workdir / "slirp.sock"
+        self.published: list[Published] = []
+        self._forwards: list[_core.PortForward] = []
+        self._log = workdir / "slirp.log"
+        self._exit_w = -1
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._configure = configure
+        if not rootless:
+            self.fd = _core.new_netns()
+            self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+            try:
+                self._start_slirp(["--netns-type=path", self.path])
+            except BaseException:
+                self.close()
+                raise
+
+    def attach(self, pid: int) -> None:
+        """Rootless: attaches slirp4netns to the network namespace of the held container
+        ``pid`` (joining its user namespace to do so)."""
+        self._start_slirp([f"--userns-path=/proc/{pid}/ns/user", "--netns-type=path",
+                           f"/proc/{pid}/ns/net"])  # fmt: skip
+
+    def _start_slirp(self, target: list[str]) -> None:
+        ready_r, ready_w = os.pipe()
+        exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with open(self._log, "wb") as log:
+                self.proc = subprocess.Popen(
+                    [self._binary, *(["--configure"] if self._configure else []),
+                     "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                     f"--api-socket={self.api}",
+                     # (Its sandbox never reports ready when started by an unprivileged user
+                     # into a container's user namespace: measured with slirp4netns 1.2.0.)
+                     *([] if self.rootless else ["--enable-sandbox"]), *target, "tap0"],
+                    pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=log,
+                )  # fmt: skip
+            os.close(ready_w)
+            os.close(exit_r)
+            ready_w = exit_r = -1
+            r, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+            if not r or os.read(ready_r, 1) != b"1":
+                raise PyrtError(f"slirp4netns did not come up: {self._tail()}")
+        finally:
+            for fd in (ready_w, exit_r):
+                if fd >= 0:
+                    os.close(fd)
+            os.close(ready_r)
+
+    def _tail(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = self._log.read_text(errors="replace").strip().splitlines()
+            return " / ".join(lines[-3:]) or "no output"
+        return "no output"
+
+    def _api(self, request: dict[str, Any]) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.api))
+            s.sendall(json.dumps(request).encode())
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        reply = json.loads(data or b"{}")
+        return reply if isinstance(reply, dict) else {}
+
+    def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
+        """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``."""
+        if proto == "tcp" and not self.rootless:
+            # Rootless, the forwarder could not enter the namespace (that takes privilege
+            # over the caller's own user namespace): slirp4netns forwards instead.
+            fwd = forward_tcp(self.fd, cport, addr, hport)
+            self._forwards.append(fwd)
+            p = Published(cport, proto, addr, fwd.port)
+        else:
+            p = self.hostfwd(GUEST, cport, proto, addr, hport)
+        self.published.append(p)
+        return p
+
+    def hostfwd(self, guest: str, cport: int, proto: str, addr: str, hport: int) -> Published:
+        """slirp4netns's own forward of ``addr:hport`` on the host to ``guest:cport``."""
+        for _ in range(20 if hport == 0 else 1):
+            port = hport or _free_port(addr, proto)
+            reply = self._api({"execute": "add_hostfwd", "arguments": {
+                "proto": proto, "host_addr": addr, "host_port": port, "guest_addr": guest,
+                "guest_port": cport}})  # fmt: skip
+            if "return" in reply:
+                return Published(cport, proto, addr, port)
+            if hport:
+                break
+            time.sleep(0.01)  # someone took the free port meanwhile: another one
+        desc = reply.get("error", {}).get("desc", reply)
+        raise PyrtError(
+            f"cannot publish container port {cport}/{proto} on {addr}:{hport or 'any'}: "
+            f"{'the host port is already in use' if hport else desc} ({desc})"
+        )
+
+    def close(self) -> None:
+        for f in self._forwards:
+            f.close()
+        if self._exit_w >= 0:
+            os.close(self._exit_w)  # slirp4netns exits when this closes
+            self._exit_w = -1
+        proc = self.proc
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.api)
+
+
+def forward_tcp(netns_fd: int, cport: int, addr: str, hport: int) -> _core.PortForward:
+    """pyrt's forwarder of ``addr:hport`` on the host to 127.0.0.1:``cport`` in ``netns_fd``."""
+    try:
+        return _core.forward_tcp(netns_fd, addr, hport, cport)
+    except OSError as e:
+        why = "the host port is already in use" if e.errno == errno.EADDRINUSE else e
+        raise PyrtError(
+            f"cannot publish container port {cport}/tcp on {addr}:{hport or 'any'}: {why}"
+        ) from e
+
+
+def _free_port(addr: str, proto: str) -> int:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def hosts_file(entries: list[tuple[str, list[str]]]) -> str:
+    """/etc/hosts: localhost, then each (address, names), then the host's loopback alias."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{addr}\t{' '.join(names)}" for addr, names in entries if names]
+    lines.append(f"{GATEWAY}\t{HOST_ALIAS}")
+    return "\n".join(lines) + "\n"
+
+
+def etc_files(hostname: str) -> dict[str, str]:
+    """/etc/hosts and /etc/resolv.conf for a container on a private network."""
+    return {
+        "hosts": hosts_file([(GUEST, [hostname])]),
+        "resolv.conf": f"nameserver {DNS}\noptions ndots:0\n",
+    }

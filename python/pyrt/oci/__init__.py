@@ -1,0 +1,1 @@
+"""The OCI runtime spec made from the options: the document, seccomp, the assembler."""
