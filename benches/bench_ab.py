@@ -1,0 +1,72 @@
+"""Before and after: the start path of two builds of pyrt, in one run.
+
+Each build is an interpreter with its own pyrt installed (e.g. a venv made from an older
+commit). Rounds alternate which goes first; in each, a fresh process of each build times
+``pyrt.run`` of /bin/true in the same busybox rootfs. The result is each build's median of the
+round medians and the ratio after/before.
+
+Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
+                  --after .venv/bin/python [-n 200] [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# Run by each build's interpreter: n timed starts after a warm-up; prints the median in ms.
+PROBE = """
+import statistics, sys, time
+import pyrt
+img = pyrt.Image.load(sys.argv[1])
+for _ in range(20):
+    pyrt.run(img, ["/bin/true"], check=True)
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    pyrt.run(img, ["/bin/true"], check=True)
+    times.append(time.perf_counter() - t)
+print(statistics.median(times) * 1000)
+"""
+
+
+def one(python: str, rootfs: Path, n: int) -> float:
+    out = subprocess.run(
+        [python, "-c", PROBE, str(rootfs), str(n)],
+        capture_output=True, text=True, check=True, cwd="/",
+    )  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", required=True, help="the older build's python")
+    ap.add_argument("--after", required=True, help="the newer build's python")
+    ap.add_argument("-n", type=int, default=200, help="starts per round and build")
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import make_busybox_rootfs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rootfs = make_busybox_rootfs(Path(tmp) / "rootfs")
+        got: dict[str, list[float]] = {"before": [], "after": []}
+        for r in range(args.rounds):
+            order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+            for which in order:
+                got[which].append(one(getattr(args, which), rootfs, args.n))
+        before, after = (statistics.median(got[k]) for k in ("before", "after"))
+        print(f"pyrt.run of /bin/true, median of {args.rounds} rounds x {args.n} starts")
+        print(f"  before {before:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['before'])}")
+        print(f"  after  {after:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['after'])}")
+        print(f"  after/before: {after / before:.3f}")
+
+
+if __name__ == "__main__":
+    main()
