@@ -458,3 +458,28 @@ def test_missing_executable_fails_at_create_or_start(rt: Runtime, bundle: Path) 
         assert started.returncode != 0 or rt.wait_status(cid, "stopped")["status"] == "stopped"
     else:
         assert "/no/such/program" in p.stderr or "no such" in p.stderr.lower()
+
+
+def test_device_cgroup_rules(rt: Runtime, bundle: Path) -> None:
+    """config-linux.md "Allowed Device list": the rules apply in order; after a deny-all, the
+    devices every container needs still open (/dev/null), a host device bound in does not,
+    and a rule allowing it lets it through (for reading only, as the rule says)."""
+    assert os.path.exists("/dev/loop-control"), "the probe device (char 10:237) is missing"
+    bind = {"destination": "/dev/lc", "type": "bind", "source": "/dev/loop-control",
+            "options": ["bind"]}  # fmt: skip
+    mounts = config()["mounts"] + [bind]
+    probe = (
+        "echo x > /dev/null && echo null-ok; "
+        "(exec 3</dev/lc) 2>/dev/null && echo lc-read || echo lc-denied; "
+        "(exec 3>/dev/lc) 2>/dev/null && echo lc-write || echo lc-no-write"
+    )
+    deny = [{"allow": False, "access": "rwm"}]
+    code, out = run_probe(rt, bundle, probe, mounts=mounts, linux={"resources": {"devices": deny}})
+    assert code == 0, out
+    assert out.split() == ["null-ok", "lc-denied", "lc-no-write"], out
+    read = {"allow": True, "type": "c", "major": 10, "minor": 237, "access": "r"}
+    code, out = run_probe(
+        rt, bundle, probe, mounts=mounts, linux={"resources": {"devices": [*deny, read]}}
+    )
+    assert code == 0, out
+    assert out.split() == ["null-ok", "lc-read", "lc-no-write"], out

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
-use pyrt_core::cgroups::CgroupPlan;
+use pyrt_core::cgroups::{self, CgroupPlan};
 use pyrt_core::hooks::{self, Hook};
-use pyrt_core::plan::Plan;
+use pyrt_core::plan::{self, Plan};
 use pyrt_core::report::{SetupError, Stage};
 use pyrt_core::runtime;
 use pyrt_core::spawn::{self, Child, ChildImage};
@@ -70,7 +70,8 @@ fn cgroup_plan(spec: &Spec, plan: &Plan, id: &str) -> Result<Option<CgroupPlan>>
         // Without a path, a cgroup of our own naming: `kill --all`, `ps` and `delete` need one.
         (None, true) => Some(CgroupPlan {
             path: PathBuf::from(format!("/pyrt-runc-{id}")),
-            resources: Default::default(),
+            // (Device rules alone need no path: they apply here.)
+            resources: plan::cgroup_resources(spec).map_err(|e| RuncError::Spec(e.to_string()))?,
         }),
         (None, false) => None,
     })
@@ -116,6 +117,16 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
     }
     let mut plan = Plan::from_spec(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
     let cg_plan = cgroup_plan(&spec, &plan, o.id)?;
+    let has_rules = cg_plan
+        .as_ref()
+        .is_some_and(|c| !c.resources.devices.is_empty());
+    if has_rules && matches!(cgroups::layout(), Ok(cgroups::Layout::V2 { .. })) {
+        // (v2 filters devices with a BPF program, which pyrt does not load yet.)
+        log::write(
+            "warning",
+            "linux.resources.devices: not enforced on cgroup v2 by this version of pyrt-runc",
+        );
+    }
     plan.detached = true;
     plan.start_socket = Some(dir.clone());
 

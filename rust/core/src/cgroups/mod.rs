@@ -43,11 +43,60 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
+    /// The device cgroup's rules, applied in order (v1 `devices.allow`/`devices.deny`).
+    #[serde(default)]
+    pub devices: Vec<DeviceRule>,
 }
 
 impl Resources {
     pub fn is_empty(&self) -> bool {
         *self == Resources::default()
+    }
+
+    /// Whether anything but device rules is limited (those alone need no cgroup path).
+    pub fn limits_anything(&self) -> bool {
+        Resources {
+            devices: Vec::new(),
+            ..self.clone()
+        } != Resources::default()
+    }
+}
+
+/// One rule of the device cgroup: which devices (`kind` 'a' all, 'b' block, 'c' char; a
+/// missing number is any), and what it allows or denies of them ("r", "w", "m": mknod).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    pub kind: char,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+impl DeviceRule {
+    pub fn allow(kind: char, major: Option<i64>, minor: Option<i64>, access: &str) -> Self {
+        DeviceRule {
+            allow: true,
+            kind,
+            major,
+            minor,
+            access: access.into(),
+        }
+    }
+
+    /// The rule as v1's devices.allow/devices.deny take it: "c 1:3 rwm", or "a" for all.
+    pub fn line(&self) -> String {
+        if self.kind == 'a' {
+            return "a".into();
+        }
+        let n = |v: Option<i64>| v.map_or_else(|| "*".to_string(), |v| v.to_string());
+        format!(
+            "{} {}:{} {}",
+            self.kind,
+            n(self.major),
+            n(self.minor),
+            self.access
+        )
     }
 }
 

@@ -88,6 +88,9 @@ impl Group {
         if r.cpuset_cpus.is_some() || r.cpuset_mems.is_some() {
             wanted.push("cpuset");
         }
+        if !r.devices.is_empty() {
+            wanted.push("devices");
+        }
         let mut g = Group {
             dirs: Vec::new(),
             home: Vec::new(),
@@ -210,6 +213,17 @@ impl Group {
             }
             if let Some(s) = r.cpu_shares {
                 write_limit(d, "cpu.shares", &s.to_string(), "cpu shares")?;
+            }
+        }
+        if let Some(d) = self.dir("devices") {
+            // In order: a "deny a" first empties the list that the allows after it fill.
+            for rule in &r.devices {
+                let file = if rule.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                write_limit(d, file, &rule.line(), "device rule")?;
             }
         }
         if let Some(d) = self.dir("cpuset") {
@@ -434,6 +448,7 @@ fn needs(r: &Resources, ctrl: &str) -> bool {
         "pids" => r.pids.is_some(),
         "cpu" => r.cpu_quota.is_some() || r.cpu_shares.is_some(),
         "cpuset" => r.cpuset_cpus.is_some() || r.cpuset_mems.is_some(),
+        "devices" => !r.devices.is_empty(),
         _ => false,
     }
 }
@@ -444,6 +459,7 @@ fn limit_name(ctrl: &str) -> &'static str {
         "pids" => "pids_limit",
         "cpu" => "cpus",
         "cpuset" => "cpuset",
+        "devices" => "linux.resources.devices",
         _ => "cgroup",
     }
 }

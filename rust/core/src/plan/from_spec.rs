@@ -8,7 +8,7 @@ use oci_spec::runtime::{PosixRlimitType, Spec};
 
 use super::*;
 use crate::capabilities;
-use crate::cgroups::Resources;
+use crate::cgroups::{DeviceRule, Resources};
 use crate::mountopts;
 
 fn no_nul(field: impl Into<String>, s: impl AsRef<std::ffi::OsStr>) -> Result<(), PlanError> {
@@ -452,7 +452,8 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
     let mut r = Resources::default();
     {
         // Limits pyrt does not apply are refused: a container must never run silently
-        // unlimited. (The devices allow-list is accepted: pyrt creates only the default nodes.)
+        // unlimited. (The device rules are read by cgroup_resources, at create only: runc's
+        // update leaves them too, and containerd resends them with every update.)
         let unsupported = [
             ("blockIO", res.block_io().is_some()),
             (
@@ -549,19 +550,108 @@ fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
     let Some(linux) = spec.linux().as_ref() else {
         return Ok(None);
     };
-    let r = match linux.resources() {
-        Some(res) => resources_of(res)?,
-        None => Resources::default(),
-    };
+    let r = cgroup_resources(spec)?;
     let path = linux.cgroups_path().clone();
     match path {
         Some(path) => Ok(Some(CgroupPlan { path, resources: r })),
-        None if !r.is_empty() => Err(field_err(
+        None if r.limits_anything() => Err(field_err(
             "linux.cgroupsPath",
             "resources are limited but no cgroupsPath says where",
         )),
+        // Device rules alone (`runc spec` writes a deny-all): a runtime that makes a cgroup
+        // of its own naming (pyrt-runc) applies them there, through cgroup_resources.
         None => Ok(None),
     }
+}
+
+/// Everything `linux.resources` asks of the container's cgroup at create: the limits, and
+/// the device rules in their order followed by what every container needs (its default
+/// /dev nodes, and the nodes of `linux.devices`), as runc and crun add them too.
+pub fn cgroup_resources(spec: &Spec) -> Result<Resources, PlanError> {
+    let linux = spec.linux().as_ref();
+    let mut r = match linux.and_then(|l| l.resources().as_ref()) {
+        Some(res) => resources_of(res)?,
+        None => Resources::default(),
+    };
+    let rules = linux
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|res| res.devices().as_ref());
+    for (i, d) in rules.into_iter().flatten().enumerate() {
+        r.devices
+            .push(device_rule(d, &format!("linux.resources.devices[{i}]"))?);
+    }
+    if !r.devices.is_empty() {
+        r.devices.extend(default_device_rules());
+        for d in plan_devices(linux)? {
+            let kind = match d.kind {
+                libc::S_IFBLK => 'b',
+                libc::S_IFCHR => 'c',
+                _ => continue, // (a FIFO is no device to the cgroup)
+            };
+            r.devices
+                .push(DeviceRule::allow(kind, Some(d.major), Some(d.minor), "rwm"));
+        }
+    }
+    Ok(r)
+}
+
+/// The nodes of pyrt's default /dev (null, zero, full, random, urandom, tty, ptmx and the
+/// ptys of /dev/pts), and mknod of any node (opening one still needs a rule).
+fn default_device_rules() -> Vec<DeviceRule> {
+    let c = |major, minor| DeviceRule::allow('c', Some(major), minor, "rwm");
+    vec![
+        DeviceRule::allow('c', None, None, "m"),
+        DeviceRule::allow('b', None, None, "m"),
+        c(1, Some(3)),
+        c(1, Some(5)),
+        c(1, Some(7)),
+        c(1, Some(8)),
+        c(1, Some(9)),
+        c(5, Some(0)),
+        c(5, Some(2)),
+        c(136, None),
+    ]
+}
+
+fn device_rule(
+    d: &oci_spec::runtime::LinuxDeviceCgroup,
+    field: &str,
+) -> Result<DeviceRule, PlanError> {
+    use oci_spec::runtime::LinuxDeviceType as T;
+    let kind = match d.typ().unwrap_or(T::A) {
+        T::A => 'a',
+        T::B => 'b',
+        T::C | T::U => 'c',
+        T::P => {
+            return Err(field_err(
+                format!("{field}.type"),
+                "\"p\" (a FIFO) is not a device the cgroup governs",
+            ))
+        }
+    };
+    let access = d.access().clone().unwrap_or_else(|| "rwm".into());
+    if access.is_empty() || !access.chars().all(|ch| "rwm".contains(ch)) {
+        return Err(field_err(
+            format!("{field}.access"),
+            format!("{access:?} is not a combination of r, w and m"),
+        ));
+    }
+    // A missing number is any; so is -1, as some tools write the wildcard.
+    let number = |name: &str, v: Option<i64>| match v {
+        None | Some(-1) => Ok(None),
+        Some(n) if (0..=u32::MAX as i64).contains(&n) => Ok(Some(n)),
+        Some(n) => Err(field_err(
+            format!("{field}.{name}"),
+            format!("{n} is not a device number"),
+        )),
+    };
+    Ok(DeviceRule {
+        allow: d.allow(),
+        kind,
+        major: number("major", d.major())?,
+        minor: number("minor", d.minor())?,
+        access,
+    })
 }
 
 fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
@@ -738,5 +828,61 @@ mod tests {
     fn no_mount_namespace_is_refused() {
         let s = r#"{"ociVersion":"1.0.2","root":{"path":"/r"},"process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}},"linux":{"namespaces":[]}}"#;
         assert!(Plan::from_json(s).is_err());
+    }
+
+    fn rules_of(linux: &str) -> Result<Resources, PlanError> {
+        let text = format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"/r"}},"process":{{"args":["x"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+            "linux":{linux}}}"#
+        );
+        cgroup_resources(&serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn device_rules_keep_their_order_then_what_every_container_needs() {
+        let r = rules_of(
+            r#"{"resources":{"devices":[{"allow":false,"access":"rwm"},
+                {"allow":true,"type":"c","major":10,"minor":237,"access":"r"}]},
+                "devices":[{"path":"/dev/mine","type":"b","major":7,"minor":0}]}"#,
+        )
+        .unwrap();
+        let lines: Vec<(bool, String)> = r.devices.iter().map(|d| (d.allow, d.line())).collect();
+        assert_eq!(lines[0], (false, "a".into()));
+        assert_eq!(lines[1], (true, "c 10:237 r".into()));
+        assert!(lines.contains(&(true, "c 1:3 rwm".into())));
+        assert!(lines.contains(&(true, "c 136:* rwm".into())));
+        assert_eq!(lines.last().unwrap(), &(true, "b 7:0 rwm".into()));
+        // Device rules alone ask for no cgroup path (runc spec's deny-all).
+        assert!(!r.limits_anything());
+        assert!(rules_of("{}").unwrap().devices.is_empty());
+    }
+
+    #[test]
+    fn bad_device_rules_are_refused_by_field() {
+        for (rule, field) in [
+            (
+                r#"{"allow":true,"type":"c","access":"rwx"}"#,
+                "devices[0].access",
+            ),
+            (
+                r#"{"allow":true,"type":"c","access":""}"#,
+                "devices[0].access",
+            ),
+            (
+                r#"{"allow":true,"type":"p","access":"r"}"#,
+                "devices[0].type",
+            ),
+            (
+                r#"{"allow":true,"type":"c","major":-2,"access":"r"}"#,
+                "devices[0].major",
+            ),
+            (
+                r#"{"allow":true,"type":"c","minor":99999999999,"access":"r"}"#,
+                "devices[0].minor",
+            ),
+        ] {
+            let e = rules_of(&format!(r#"{{"resources":{{"devices":[{rule}]}}}}"#)).unwrap_err();
+            assert!(e.to_string().contains(field), "{rule}: {e}");
+        }
     }
 }

@@ -242,4 +242,4 @@ pub fn normalize_destination(p: &Path) -> Result<PathBuf, String> {
 #[cfg(feature = "spec")]
 mod from_spec;
 #[cfg(feature = "spec")]
-pub use from_spec::{resources_from_json, resources_of};
+pub use from_spec::{cgroup_resources, resources_from_json, resources_of};
