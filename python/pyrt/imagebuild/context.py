@@ -269,9 +269,9 @@ class _Exactly:
 
 
 def _segment(pattern: str) -> str:
-    from pyrt.imagebuild.ignore import _translate
+    from pyrt.imagebuild.ignore import translate
 
-    return _translate(pattern)
+    return translate(pattern)
 
 
 def _kind_name(kind: int) -> str:

@@ -20,7 +20,8 @@ class Rule:
     text: str
 
 
-def _translate(pattern: str) -> str:
+def translate(pattern: str) -> str:
+    """A .dockerignore pattern (Go's filepath.Match with "**") as a regular expression."""
     out: list[str] = []
     i = 0
     n = len(pattern)
@@ -68,7 +69,7 @@ def parse(text: str) -> list[Rule]:
         line = posixpath.normpath(line.lstrip("/")) if line.lstrip("/") else "."
         if line == ".":
             continue
-        rules.append(Rule(re.compile(_translate(line) + r"\Z", re.S), exclude, line))
+        rules.append(Rule(re.compile(translate(line) + r"\Z", re.S), exclude, line))
     return rules
 
 
