@@ -483,3 +483,41 @@ def test_device_cgroup_rules(rt: Runtime, bundle: Path) -> None:
     )
     assert code == 0, out
     assert out.split() == ["null-ok", "lc-read", "lc-no-write"], out
+
+
+@pytest.mark.parametrize("mode,tag", [("shared", "shared:"), ("unbindable", "unbindable")])
+def test_rootfs_propagation(rt: Runtime, bundle: Path, mode: str, tag: str) -> None:
+    """config-linux.md "Rootfs Mount Propagation": the root mount has the propagation asked
+    for (as /proc/self/mountinfo shows it from inside)."""
+    code, out = run_probe(
+        rt, bundle, "grep -E '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / ' /proc/self/mountinfo",
+        linux={"rootfsPropagation": mode},
+    )  # fmt: skip
+    line = out.strip().splitlines()[-1] if out.strip() else ""
+    optional = line.split(" - ")[0].split()[6:]
+    ok = code == 0 and any(f.startswith(tag) for f in optional)
+    spec_requires(rt, ok, 'config-linux.md "Rootfs Mount Propagation"', f"{mode}: {line[-300:]}")
+
+
+def test_pid_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
+    """config-linux.md "Namespaces": a pid namespace given by path is the one the process runs
+    in (not only its children's), and it sees the processes already there."""
+    write_config(bundle, config(args=["/bin/sleep", "31"]))
+    holder = rt.new_id()
+    assert rt.create(bundle, holder).returncode == 0
+    rt("start", holder)
+    hpid = rt.state(holder)["pid"]
+    want = os.readlink(f"/proc/{hpid}/ns/pid")
+    b2 = tmp_path / "b2"
+    b2.mkdir()
+    (b2 / "rootfs").symlink_to((bundle / "rootfs").resolve())
+    c = config(args=["/bin/sh", "-c", "readlink /proc/self/ns/pid; ps -o args"])
+    for ns in c["linux"]["namespaces"]:
+        if ns["type"] == "pid":
+            ns["path"] = f"/proc/{hpid}/ns/pid"
+    write_config(b2, c)
+    p = rt("run", "--bundle", str(b2), rt.new_id(), check=False)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == want
+    assert any("sleep 31" in ln for ln in lines[1:]), p.stdout

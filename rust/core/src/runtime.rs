@@ -26,11 +26,29 @@ pub struct Created {
 /// `after_cgroup` runs between the two (the Python door's fault points use it).
 pub fn create(
     image: &ChildImage,
-    plan: Plan,
+    mut plan: Plan,
     stdio: [RawFd; 3],
     hold: bool,
     after_cgroup: impl FnOnce(),
 ) -> Result<Created, SetupError> {
+    // A pid namespace given by path is joined by the spawner before the clone, as for an exec:
+    // setns(CLONE_NEWPID) moves only the caller's future children, so the child joining it
+    // itself would run the command in the namespace it was born in.
+    let pid_bit = libc::CLONE_NEWPID as u64;
+    let pidns = match plan.join.iter().position(|(bit, _)| *bit == pid_bit) {
+        None => None,
+        Some(i) => {
+            let (_, path) = plan.join.remove(i);
+            let f = std::fs::File::open(&path).map_err(|e| {
+                SetupError::io(
+                    Stage::Namespaces,
+                    format!("opening namespace {}", path.display()),
+                    &e,
+                )
+            })?;
+            Some(OwnedFd::from(f))
+        }
+    };
     let cgroup = match &plan.cgroup {
         None => None,
         Some(cp) => Some(
@@ -42,7 +60,7 @@ pub fn create(
     after_cgroup();
     let place = Placement {
         cgroup: cgroup.as_ref(),
-        pidns: None,
+        pidns: pidns.as_ref(),
     };
     let request = Request::Create(plan);
     let spawned = if hold {

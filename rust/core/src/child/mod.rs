@@ -213,6 +213,11 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     // 7. Swap roots; the host's tree is detached and unreachable from here on.
     rootfs::pivot(&root)?;
     drop(root);
+    // 7a. The root's propagation, as the spec asks (made private in step 2, it can now only
+    //     be shared with mounts of this namespace, never with the host's).
+    if plan.root_propagation != 0 {
+        rootfs::set_root_propagation(plan.root_propagation)?;
+    }
     // 7b. A terminal: the pty from the container's own /dev/pts, its master to the parent.
     if plan.process.terminal {
         console::setup(0)?;

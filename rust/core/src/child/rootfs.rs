@@ -388,6 +388,14 @@ pub fn mask_and_protect(root: &OwnedFd, masked: &[PathBuf], readonly: &[PathBuf]
     Ok(())
 }
 
+/// Gives "/" the propagation `flags` (`linux.rootfsPropagation`).
+pub fn set_root_propagation(flags: u64) -> Result<()> {
+    syscall::mount(None, c"/", None, flags, None).map_err(mount_err(
+        Stage::Rootfs,
+        "setting the propagation of /".into(),
+    ))
+}
+
 /// Remounts "/" read-only (not recursively: /proc, /dev, /tmp mounts keep their own flags).
 pub fn readonly_root() -> Result<()> {
     let root = syscall::openat2(

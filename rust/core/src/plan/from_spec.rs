@@ -243,6 +243,7 @@ impl Plan {
             detached: false,
             start_socket: None,
             hooks: plan_hooks(spec),
+            root_propagation: plan_root_propagation(linux)?,
         })
     }
 }
@@ -544,6 +545,19 @@ pub fn resources_of(res: &oci_spec::runtime::LinuxResources) -> Result<Resources
         }
     }
     Ok(r)
+}
+
+fn plan_root_propagation(linux: Option<&oci_spec::runtime::Linux>) -> Result<u64, PlanError> {
+    let Some(word) = linux.and_then(|l| l.rootfs_propagation().as_deref()) else {
+        return Ok(0);
+    };
+    match mountopts::parse(std::iter::once(word)) {
+        Ok((f, false)) if f.propagation != 0 => Ok(f.propagation),
+        _ => Err(field_err(
+            "linux.rootfsPropagation",
+            format!("{word:?} is not one of shared, slave, private, unbindable (or r-)"),
+        )),
+    }
 }
 
 fn plan_cgroup(spec: &Spec) -> Result<Option<CgroupPlan>, PlanError> {
@@ -884,5 +898,25 @@ mod tests {
             let e = rules_of(&format!(r#"{{"resources":{{"devices":[{rule}]}}}}"#)).unwrap_err();
             assert!(e.to_string().contains(field), "{rule}: {e}");
         }
+    }
+
+    #[test]
+    fn rootfs_propagation_is_read_and_checked() {
+        let text = |prop: &str| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"/r"}},
+                "process":{{"args":["x"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+                "linux":{{"namespaces":[{{"type":"mount"}}],"rootfsPropagation":"{prop}"}}}}"#
+            )
+        };
+        let p = Plan::from_json(&text("rshared")).unwrap();
+        assert_eq!(p.root_propagation, libc::MS_SHARED | libc::MS_REC);
+        let p = Plan::from_json(&text("unbindable")).unwrap();
+        assert_eq!(p.root_propagation, libc::MS_UNBINDABLE);
+        for bad in ["ro", "sharedd", ""] {
+            let e = Plan::from_json(&text(bad)).unwrap_err();
+            assert!(e.to_string().contains("rootfsPropagation"), "{bad}: {e}");
+        }
+        assert_eq!(Plan::from_json(&spec("")).unwrap().root_propagation, 0);
     }
 }

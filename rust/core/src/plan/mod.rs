@@ -154,6 +154,10 @@ pub struct Plan {
     pub start_socket: Option<PathBuf>,
     #[serde(default)]
     pub hooks: ChildHooks,
+    /// `linux.rootfsPropagation`: MS_SHARED, MS_SLAVE, MS_PRIVATE or MS_UNBINDABLE (with
+    /// MS_REC for the "r" forms) for the root once it is "/"; 0 leaves it private.
+    #[serde(default)]
+    pub root_propagation: u64,
 }
 
 /// A device node of `linux.devices`.
