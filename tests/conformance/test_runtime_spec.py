@@ -364,25 +364,34 @@ def test_hostname_and_new_namespaces(rt: Runtime, bundle: Path) -> None:
     assert net != os.readlink("/proc/self/ns/net")
 
 
-def test_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
-    """config-linux.md "Namespaces": with a path, the container joins that namespace."""
-    write_config(bundle, config(args=["/bin/sleep", "30"]))
+def run_joined(
+    rt: Runtime, bundle: Path, tmp_path: Path, ns_type: str, proc: str, script: str
+) -> tuple[str, str]:
+    """Starts a holder container (`sleep 31`), then runs ``script`` in a second one that joins
+    the holder's ``ns_type`` namespace (``proc``: its /proc/PID/ns name) by path. Returns the
+    holder's namespace (readlink) and the script's output."""
+    write_config(bundle, config(args=["/bin/sleep", "31"]))
     holder = rt.new_id()
     assert rt.create(bundle, holder).returncode == 0
     rt("start", holder)
     hpid = rt.state(holder)["pid"]
-    want = os.readlink(f"/proc/{hpid}/ns/net")
     b2 = tmp_path / "b2"
     b2.mkdir()
     (b2 / "rootfs").symlink_to((bundle / "rootfs").resolve())
-    c = config(args=["/bin/sh", "-c", "readlink /proc/self/ns/net"])
+    c = config(args=["/bin/sh", "-c", script])
     for ns in c["linux"]["namespaces"]:
-        if ns["type"] == "network":
-            ns["path"] = f"/proc/{hpid}/ns/net"
+        if ns["type"] == ns_type:
+            ns["path"] = f"/proc/{hpid}/ns/{proc}"
     write_config(b2, c)
     p = rt("run", "--bundle", str(b2), rt.new_id(), check=False)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == want
+    return os.readlink(f"/proc/{hpid}/ns/{proc}"), p.stdout
+
+
+def test_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
+    """config-linux.md "Namespaces": with a path, the container joins that namespace."""
+    want, out = run_joined(rt, bundle, tmp_path, "network", "net", "readlink /proc/self/ns/net")
+    assert out.strip() == want
 
 
 def test_sysctl(rt: Runtime, bundle: Path) -> None:
@@ -502,22 +511,8 @@ def test_rootfs_propagation(rt: Runtime, bundle: Path, mode: str, tag: str) -> N
 def test_pid_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
     """config-linux.md "Namespaces": a pid namespace given by path is the one the process runs
     in (not only its children's), and it sees the processes already there."""
-    write_config(bundle, config(args=["/bin/sleep", "31"]))
-    holder = rt.new_id()
-    assert rt.create(bundle, holder).returncode == 0
-    rt("start", holder)
-    hpid = rt.state(holder)["pid"]
-    want = os.readlink(f"/proc/{hpid}/ns/pid")
-    b2 = tmp_path / "b2"
-    b2.mkdir()
-    (b2 / "rootfs").symlink_to((bundle / "rootfs").resolve())
-    c = config(args=["/bin/sh", "-c", "readlink /proc/self/ns/pid; ps -o args"])
-    for ns in c["linux"]["namespaces"]:
-        if ns["type"] == "pid":
-            ns["path"] = f"/proc/{hpid}/ns/pid"
-    write_config(b2, c)
-    p = rt("run", "--bundle", str(b2), rt.new_id(), check=False)
-    assert p.returncode == 0, p.stderr
-    lines = p.stdout.splitlines()
+    script = "readlink /proc/self/ns/pid; ps -o args"
+    want, out = run_joined(rt, bundle, tmp_path, "pid", "pid", script)
+    lines = out.splitlines()
     assert lines[0] == want
-    assert any("sleep 31" in ln for ln in lines[1:]), p.stdout
+    assert any("sleep 31" in ln for ln in lines[1:]), out

@@ -34,21 +34,7 @@ pub fn create(
     // A pid namespace given by path is joined by the spawner before the clone, as for an exec:
     // setns(CLONE_NEWPID) moves only the caller's future children, so the child joining it
     // itself would run the command in the namespace it was born in.
-    let pid_bit = libc::CLONE_NEWPID as u64;
-    let pidns = match plan.join.iter().position(|(bit, _)| *bit == pid_bit) {
-        None => None,
-        Some(i) => {
-            let (_, path) = plan.join.remove(i);
-            let f = std::fs::File::open(&path).map_err(|e| {
-                SetupError::io(
-                    Stage::Namespaces,
-                    format!("opening namespace {}", path.display()),
-                    &e,
-                )
-            })?;
-            Some(OwnedFd::from(f))
-        }
-    };
+    let pidns = spawn::take_join(&mut plan, libc::CLONE_NEWPID as u64)?;
     let cgroup = match &plan.cgroup {
         None => None,
         Some(cp) => Some(

@@ -35,7 +35,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cgroups::{Cgroup, CgroupError};
-use crate::plan::Request;
+use crate::plan::{Plan, Request};
 use crate::report::{strerror, SetupError, Stage};
 use crate::wire::{self, ERROR_FD, SYNC_RECORD};
 
@@ -331,14 +331,21 @@ fn prejoin_net(request: &Request) -> Result<(Cow<'_, Request>, Option<OwnedFd>),
     let Request::Create(p) = request else {
         return Ok((Cow::Borrowed(request), None));
     };
-    let Some(i) = p.join.iter().position(|(bit, _)| *bit == newnet) else {
-        return Ok((Cow::Borrowed(request), None));
-    };
-    if p.clone_flags & newuser == 0 {
+    if !p.join.iter().any(|(bit, _)| *bit == newnet) || p.clone_flags & newuser == 0 {
         return Ok((Cow::Borrowed(request), None));
     }
     let mut p = p.clone();
-    let (_, path) = p.join.remove(i);
+    let ns = take_join(&mut p, newnet)?;
+    Ok((Cow::Owned(Request::Create(p)), ns))
+}
+
+/// Takes the namespace of type `bit` out of the plan's joins, opened, for the spawner to step
+/// into before the clone (None: the plan joins no such namespace).
+pub(crate) fn take_join(plan: &mut Plan, bit: u64) -> Result<Option<OwnedFd>, SetupError> {
+    let Some(i) = plan.join.iter().position(|(b, _)| *b == bit) else {
+        return Ok(None);
+    };
+    let (_, path) = plan.join.remove(i);
     let f = std::fs::File::open(&path).map_err(|e| {
         SetupError::io(
             Stage::Namespaces,
@@ -346,7 +353,7 @@ fn prejoin_net(request: &Request) -> Result<(Cow<'_, Request>, Option<OwnedFd>),
             &e,
         )
     })?;
-    Ok((Cow::Owned(Request::Create(p)), Some(OwnedFd::from(f))))
+    Ok(Some(OwnedFd::from(f)))
 }
 
 fn needs_setid(request: &Request) -> bool {
