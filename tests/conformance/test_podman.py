@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -54,5 +55,47 @@ def test_podman_detached_exec_stop_rm(podman_image: str) -> None:
         podman("stop", "-t", "1", cid)
         assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "exited"
     finally:
-        podman("rm", "-f", cid, check=False)
+        podman("rm", "-f", "-t", "0", cid, check=False)
     assert cid not in podman("ps", "-a", "-q", "--no-trunc").stdout
+
+
+def test_podman_uidmap(podman_image: str) -> None:
+    """`podman --uidmap`: a user namespace from the spec, its maps written before the root is
+    prepared; the command is root inside and an id of the range outside."""
+    p = podman("run", "--rm", *ULIMITS, "--uidmap", "0:200000:65536", "--gidmap",
+               "0:200000:65536", podman_image, "sh", "-c",
+               "id -u; cat /proc/self/uid_map; echo x > /tmp/f && stat -c %u /tmp/f")  # fmt: skip
+    lines = p.stdout.split("\n")
+    assert lines[0] == "0", p.stdout
+    assert lines[1].split() == ["0", "200000", "65536"], p.stdout
+    assert lines[2] == "0", p.stdout
+
+
+def test_podman_pause_unpause_and_update(podman_image: str) -> None:
+    """`podman pause/unpause` (the freezer) and `podman update --memory` (the cgroup), checked
+    from inside (a clock the container writes stops and goes on) and on the host."""
+    tick = "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done"
+    cid = podman("run", "-d", *ULIMITS, podman_image, "sh", "-c", tick).stdout.split()[-1]
+    try:
+        pid = int(podman("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+        clock = Path(f"/proc/{pid}/root/tmp/tick")
+
+        def ticks() -> bool:
+            first = clock.read_text() if clock.exists() else ""
+            time.sleep(0.4)
+            return clock.exists() and clock.read_text() != first
+
+        assert ticks()
+        podman("pause", cid)
+        assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "paused"
+        assert not ticks()
+        podman("unpause", cid)
+        assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "running"
+        assert ticks()
+        podman("update", "--memory", "64m", cid)
+        with open(f"/proc/{pid}/cgroup") as f:
+            mem = next(ln.split(":", 2)[2].strip() for ln in f if ":memory:" in ln)
+        limit = Path(f"/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes").read_text()
+        assert int(limit) == 64 << 20
+    finally:
+        podman("rm", "-f", "-t", "0", cid, check=False)

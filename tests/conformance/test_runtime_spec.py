@@ -516,3 +516,23 @@ def test_pid_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path)
     lines = out.splitlines()
     assert lines[0] == want
     assert any("sleep 31" in ln for ln in lines[1:]), out
+
+
+def test_user_namespace_from_the_spec(rt: Runtime, bundle: Path) -> None:
+    """config-linux.md "User namespace mappings": the maps are in place before the root is
+    prepared; the command is root inside, an id of the range outside, and what the host's root
+    owns is nobody's inside."""
+    # The mapped root must be able to reach the bundle (pytest's directories are 0700).
+    for d in [*(bundle / "rootfs").resolve().parents, *bundle.parents]:
+        if str(d).startswith("/tmp/"):
+            d.chmod(0o755)
+    ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "user")]
+    maps = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    code, out = run_probe(
+        rt, bundle, "id -u; cat /proc/self/uid_map; stat -c %u /bin",
+        linux={"namespaces": ns, "uidMappings": maps, "gidMappings": maps},
+    )  # fmt: skip
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "0" and lines[1].split() == ["0", "300000", "65536"], out
+    assert lines[2] == "65534", out  # the host's root, unmapped

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use pyrt_core::cgroups::{self, CgroupPlan};
 use pyrt_core::hooks::{self, Hook};
-use pyrt_core::plan::{self, Plan};
+use pyrt_core::plan::{self, IdMaps, Plan};
 use pyrt_core::report::{SetupError, Stage};
 use pyrt_core::runtime;
 use pyrt_core::spawn::{self, Child, ChildImage};
@@ -128,7 +128,6 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         );
     }
     plan.detached = true;
-    plan.start_socket = Some(dir.clone());
 
     std::fs::create_dir_all(o.root).map_err(io_err(format!(
         "creating the state root {}",
@@ -141,6 +140,7 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         }
         Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
     }
+    plan.start_socket = Some(gate_dir(&dir, plan.id_maps.as_ref())?);
     let hooks = spec.hooks().clone().unwrap_or_default();
     let record = Record {
         id: o.id.into(),
@@ -259,7 +259,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         }
     }
     let dir = state::dir(root, id)?;
-    let gate = dir.join(state::GATE);
+    let gate = dir.join(state::gate());
     let mut conn =
         connect_gate(&dir).map_err(io_err(format!("opening the start gate {}", gate.display())))?;
     // From here the container is started, whatever follows: the gate goes, so that the status
@@ -286,11 +286,40 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The directory the child binds the start gate in: the container's root must be able to
+/// write there, which in a user namespace is an id of its range, not the caller's.
+fn gate_dir(dir: &Path, maps: Option<&IdMaps>) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let gate = dir.join(state::GATE_DIR);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&gate)
+        .map_err(io_err(format!("creating {}", gate.display())))?;
+    let root_of = |ranges: &[(u32, u32, u32)]| {
+        ranges
+            .iter()
+            .find(|(inside, _, n)| *inside == 0 && *n > 0)
+            .map(|(_, outside, _)| *outside)
+    };
+    if let Some(m) = maps {
+        let (uid, gid) = (root_of(&m.uid), root_of(&m.gid));
+        std::os::unix::fs::chown(&gate, uid, gid).map_err(io_err(format!(
+            "giving {} to the container's root",
+            gate.display()
+        )))?;
+    }
+    Ok(gate)
+}
+
 /// The gate's name is short and relative: connect from inside the state directory, through a
 /// descriptor so that no path length limit applies.
 fn connect_gate(dir: &Path) -> std::io::Result<UnixStream> {
     let d = std::fs::File::open(dir)?;
-    let path = format!("/proc/self/fd/{}/{}", d.as_raw_fd(), state::GATE);
+    let path = format!(
+        "/proc/self/fd/{}/{}",
+        d.as_raw_fd(),
+        state::gate().display()
+    );
     UnixStream::connect(path)
 }
 

@@ -49,7 +49,15 @@ impl Status {
     }
 }
 
-pub const GATE: &str = pyrt_core::child::GATE_SOCKET;
+/// The directory the start gate's socket is bound in, inside a container's state directory:
+/// owned by the container's root when it has a user namespace (its root must bind there; the
+/// state files beside it stay root's).
+pub const GATE_DIR: &str = "gate";
+
+/// The start gate's path relative to a container's state directory.
+pub fn gate() -> PathBuf {
+    Path::new(GATE_DIR).join(pyrt_core::child::GATE_SOCKET)
+}
 
 /// runc's rule for ids: they become path components and cgroup names.
 pub fn check_id(id: &str) -> Result<()> {
@@ -107,7 +115,7 @@ impl Record {
             return Status::Stopped;
         }
         match dir(root, &self.id) {
-            Ok(d) if d.join(GATE).exists() => Status::Created,
+            Ok(d) if d.join(gate()).exists() => Status::Created,
             _ if self.cgroup_handle().is_some_and(|c| c.frozen()) => Status::Paused,
             _ => Status::Running,
         }

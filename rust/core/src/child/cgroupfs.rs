@@ -84,9 +84,20 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
             .then(|| cstring(opts.as_bytes()))
             .transpose()
             .map_err(err(opts.clone()))?;
-        syscall::mount(Some(&ty), &fd_path(&t), Some(&ty), RO, data.as_deref()).map_err(err(
-            format!("mounting the {name} hierarchy on {}", sub.display()),
-        ))?;
+        let what = format!("mounting the {name} hierarchy on {}", sub.display());
+        match syscall::mount(Some(&ty), &fd_path(&t), Some(&ty), RO, data.as_deref()) {
+            // A v1 hierarchy cannot be mounted from a user namespace: the container's own
+            // directory of it is bound instead, as runc and crun do.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => bind_own(
+                root,
+                &sub,
+                &t,
+                name,
+                if fstype == "cgroup2" { "" } else { opts },
+            )
+            .map_err(|b| err(format!("{what} ({e}); binding ours: {b}"))(b))?,
+            r => r.map_err(err(what))?,
+        }
     }
     // The tmpfs itself read-only too, now that its mount points exist.
     let top = ensure_in_root(root, dest, false).map_err(err(format!("reopening {shown}")))?;
@@ -98,4 +109,63 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
         Some(c"mode=755"),
     )
     .map_err(err(format!("making {shown} read-only")))
+}
+
+/// The container's own cgroup paths, (controllers or "name=..." of a hierarchy, path), as
+/// /proc/self/cgroup gave them before the child made its cgroup namespace (inside it, each
+/// reads "/"). Read only for a container with a user namespace, whose v1 hierarchies are bound.
+static OWN: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+pub fn remember_own_cgroups() {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            Some((ctrl.to_string(), path.to_string()))
+        })
+        .collect();
+    let _ = OWN.set(own);
+}
+
+/// Binds `/sys/fs/cgroup/<name><own path>` (the host's hierarchy, still reachable before
+/// pivot_root) on `target` (`sub` in the root), read-only. `opts` select the hierarchy (its
+/// controllers or name=, "" for the cgroup2 tree).
+fn bind_own(
+    root: &OwnedFd,
+    sub: &Path,
+    target: &OwnedFd,
+    name: &str,
+    opts: &str,
+) -> std::io::Result<()> {
+    let same = |a: &str, b: &str| {
+        let mut a: Vec<&str> = a.split(',').filter(|o| !o.is_empty()).collect();
+        let mut b: Vec<&str> = b.split(',').filter(|o| !o.is_empty()).collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        a == b
+    };
+    let path = OWN
+        .get()
+        .and_then(|own| own.iter().find(|(ctrl, _)| same(ctrl, opts)))
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+    let src = cstring(format!("/sys/fs/cgroup/{name}{path}"))?;
+    syscall::mount(
+        Some(&src),
+        &fd_path(target),
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    // The descriptor names the directory under the new mount: reopen to reach the mount.
+    let top = ensure_in_root(root, sub, false)?;
+    syscall::mount(
+        None,
+        &fd_path(&top),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | RO,
+        None,
+    )
 }

@@ -146,6 +146,11 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     //    controlling terminal, so it cannot push keystrokes into the caller's shell with TIOCSTI
     //    (CVE-2017-5226, bubblewrap's --new-session).
     new_session()?;
+    // 0b. In a user namespace, v1 cgroup hierarchies are bound rather than mounted (step 4):
+    //     note where ours are while /proc/self/cgroup still names them.
+    if plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
+        cgroupfs::remember_own_cgroups();
+    }
     // 1. Join the namespaces given by path (the new ones were made by clone); a new cgroup
     //    namespace now, when we are inside the container's cgroup, so that it is its root.
     join_namespaces(plan)?;

@@ -177,10 +177,14 @@ impl Plan {
         if let Some(h) = &hostname {
             no_nul("hostname", h)?;
         }
-        if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+        // A uts namespace joined by path is the container's too (a pod's containers join the
+        // sandbox's, and containerd gives each the pod's hostname): only the host's is refused.
+        let uts = libc::CLONE_NEWUTS as u64;
+        let own_uts = clone_flags & uts != 0 || join.iter().any(|(bit, _)| *bit == uts);
+        if hostname.is_some() && !own_uts {
             return Err(field_err(
                 "hostname",
-                "setting a hostname needs a new uts namespace",
+                "setting a hostname needs a uts namespace of the container's (new or joined)",
             ));
         }
         let paths = |v: Option<&Vec<String>>, field: &str| -> Result<Vec<PathBuf>, PlanError> {
