@@ -508,6 +508,17 @@ def test_rootfs_propagation(rt: Runtime, bundle: Path, mode: str, tag: str) -> N
     spec_requires(rt, ok, 'config-linux.md "Rootfs Mount Propagation"', f"{mode}: {line[-300:]}")
 
 
+def test_uts_namespace_joined_by_path_takes_the_hostname(
+    rt: Runtime, bundle: Path, tmp_path: Path
+) -> None:
+    """config.md "Hostname" with a uts namespace given by path (a pod's containers join the
+    sandbox's, each with the pod's hostname): the hostname is set in that namespace."""
+    want, out = run_joined(
+        rt, bundle, tmp_path, "uts", "uts", "readlink /proc/self/ns/uts; hostname"
+    )
+    assert out.split() == [want, "conformance"], out
+
+
 def test_pid_namespace_joined_by_path(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
     """config-linux.md "Namespaces": a pid namespace given by path is the one the process runs
     in (not only its children's), and it sees the processes already there."""
