@@ -94,3 +94,32 @@ def test_ctr_detached_exec_ps_kill_delete(ctr: tuple[list[str], str]) -> None:
         _run(ctr, "task", "delete", "--force", "pyrt-ctr-2", check=False)
         _run(ctr, "container", "rm", "pyrt-ctr-2", check=False)
     assert "pyrt-ctr-2" not in _run(ctr, "container", "ls", "-q").stdout
+
+
+def test_ctr_task_pause_resume(ctr: tuple[list[str], str]) -> None:
+    """`ctr task pause/resume` through the shim: PAUSED in containerd's view, and a counter
+    the container writes stops and goes on (read from the host through its root)."""
+    image = ctr[1]
+    tick = "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done"
+    _run(ctr, "run", "-d", "--runc-binary", _pyrt_runc(), image, "pyrt-ctr-3", "sh", "-c", tick)
+    try:
+        pid = int(_run(ctr, "task", "ls").stdout.split("pyrt-ctr-3")[1].split()[0])
+        clock = Path(f"/proc/{pid}/root/tmp/tick")
+
+        def ticks() -> bool:
+            first = clock.read_text() if clock.exists() else ""
+            time.sleep(0.4)
+            return clock.exists() and clock.read_text() != first
+
+        assert ticks()
+        _run(ctr, "task", "pause", "pyrt-ctr-3")
+        assert "PAUSED" in _run(ctr, "task", "ls").stdout
+        assert not ticks()
+        _run(ctr, "task", "resume", "pyrt-ctr-3")
+        assert "RUNNING" in _run(ctr, "task", "ls").stdout
+        assert ticks()
+    finally:
+        _run(ctr, "task", "kill", "-s", "SIGKILL", "pyrt-ctr-3", check=False)
+        time.sleep(0.2)
+        _run(ctr, "task", "delete", "--force", "pyrt-ctr-3", check=False)
+        _run(ctr, "container", "rm", "pyrt-ctr-3", check=False)
