@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from critools import oci_archive
 from ocitools import _pyrt_runc
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd as root")
@@ -35,17 +36,7 @@ def ctr(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         while subprocess.run([*base, "version"], capture_output=True).returncode != 0:
             assert time.monotonic() < deadline, (d / "log").read_text()[-2000:]
             time.sleep(0.1)
-        # An OCI archive of the busybox root, by umoci and skopeo's layout tools (Debian).
-        layout = d / "layout"
-        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
-        subprocess.run(["umoci", "new", "--image", f"{layout}:bb"], check=True)
-        subprocess.run(["umoci", "insert", "--image", f"{layout}:bb", str(rootfs), "/"],
-                       check=True, capture_output=True)  # fmt: skip
-        subprocess.run(["umoci", "config", "--image", f"{layout}:bb", "--config.cmd", "sh"],
-                       check=True)  # fmt: skip
-        archive = d / "bb.tar"
-        subprocess.run(["skopeo", "copy", f"oci:{layout}:bb", f"oci-archive:{archive}:bb"],
-                       check=True, capture_output=True)  # fmt: skip
+        archive = oci_archive(d, rootfs, "bb", "--config.cmd", "sh")
         subprocess.run([*base, "images", "import", "--base-name", "localhost/bb", str(archive)],
                        check=True, capture_output=True)  # fmt: skip
         names = subprocess.run([*base, "images", "ls", "-q"], capture_output=True, text=True)

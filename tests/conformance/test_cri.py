@@ -10,89 +10,28 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
-from cri_api.v1 import api_pb2_grpc as cri_rpc
+from critools import containerd
 from ocitools import _pyrt_runc
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd as root")
-
-
-CONFIG = """version = 2
-root = "{d}/root"
-state = "{d}/state"
-[grpc]
-  address = "{d}/c.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/pause:1"
-  # (This machine's root lacks CAP_SYS_RESOURCE: no oom_score_adj below containerd's own.)
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni-bin"
-    conf_dir = "{d}/cni-conf"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "pyrt"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pyrt]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pyrt.options]
-        BinaryName = "{runc}"
-"""
 
 
 #: The pods' parent cgroup, which the kubelet would own: made by the runtime, removed here.
 PARENT = "kubepods-cri-test"
 
 
-def _oci_archive(d: Path, rootfs: Path, name: str, *config: str) -> Path:
-    """An OCI archive of the busybox root with this config (umoci and skopeo, from Debian)."""
-    layout = d / f"layout-{name}"
-    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
-    subprocess.run(["umoci", "new", "--image", f"{layout}:1"], check=True)
-    subprocess.run(["umoci", "insert", "--image", f"{layout}:1", str(rootfs), "/"],
-                   check=True, capture_output=True)  # fmt: skip
-    subprocess.run(["umoci", "config", "--image", f"{layout}:1", *config], check=True)
-    archive = d / f"{name}.tar"
-    subprocess.run(["skopeo", "copy", f"oci:{layout}:1", f"oci-archive:{archive}:1"],
-                   check=True, capture_output=True)  # fmt: skip
-    return archive
-
-
 @pytest.fixture(scope="module")
 def cri_api(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """(runtime service, the containerd ctr command line) of the test's own daemon."""
+    """(runtime service, the ctr command line) of the test's own daemon."""
     assert shutil.which("containerd"), "containerd is not installed (.ci/run installs it)"
-    d = tmp_path_factory.mktemp("cri")
-    for sub in ("cni-bin", "cni-conf"):
-        (d / sub).mkdir()
-    (d / "config.toml").write_text(CONFIG.format(d=d, runc=_pyrt_runc()))
-    with open(d / "log", "w") as log:
-        daemon = subprocess.Popen(["containerd", "--config", str(d / "config.toml")],
-                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-    ctr = ["ctr", "--address", str(d / "c.sock"), "-n", "k8s.io"]
-    try:
-        deadline = time.monotonic() + 20
-        while subprocess.run([*ctr, "version"], capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, (d / "log").read_text()[-2000:]
-            time.sleep(0.1)
-        for name, cfg in (("pause", ["--config.entrypoint", "sleep",
-                                     "--config.cmd", "2147483647"]),
-                          ("bb", ["--config.cmd", "sh"])):  # fmt: skip
-            archive = _oci_archive(d, rootfs, name, *cfg)
-            subprocess.run([*ctr, "images", "import", "--base-name", f"localhost/{name}",
-                            str(archive)], check=True, capture_output=True)  # fmt: skip
-        channel = grpc.insecure_channel(f"unix://{d}/c.sock")
-        yield cri_rpc.RuntimeServiceStub(channel), ctr
-        channel.close()
-    finally:
-        daemon.terminate()
-        daemon.wait(20)
-        subprocess.run(["umount", "-R", str(d / "root")], capture_output=True)
+    with containerd(tmp_path_factory.mktemp("cri"), rootfs, {"pyrt": _pyrt_runc()}) as api:
+        yield api
 
 
 def _exec(rt: Any, cid: str, script: str) -> str:
