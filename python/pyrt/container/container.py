@@ -262,8 +262,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         )
         self._process = made.process
         self._seccomp = made.seccomp
-        # Serialised once: every exec sends the same text, which the core caches by.
-        self._seccomp_json = json.dumps(made.seccomp) if made.seccomp is not None else None
+        self._seccomp_json = None  # (made at the first exec: a start serialises it only once)
         return made.config
 
     # --- starting -----------------------------------------------------------------------
@@ -540,6 +539,9 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
                             + (" (resume() it first)" if self._paused else ""))  # fmt: skip
         doc = json.dumps(self._exec_process(list(command), env, user, workdir))
         paths, pid = proc.cgroup_paths(), proc.pid
+        if self._seccomp_json is None and self._seccomp is not None:
+            # Serialised once: every exec sends the same text, which the core caches by.
+            self._seccomp_json = json.dumps(self._seccomp)
         sc = self._seccomp_json
 
         def start(i: int, o: int, e: int) -> _core.Process:
