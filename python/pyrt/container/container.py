@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
@@ -20,25 +19,27 @@ from typing import Any, Optional, Union
 
 from pyrt import _core
 from pyrt.config import checks, options
-from pyrt.config.mounts import Bind, Mount
+from pyrt.config.mounts import Mount
 from pyrt.container import lifecycle
 from pyrt.container.control import ContainerControl
 from pyrt.container.files import ContainerFiles
 from pyrt.container.health import Checker, Healthcheck
 from pyrt.container.lifecycle import Steps
+from pyrt.container.networking import ContainerNetworking
 from pyrt.container.readiness import ContainerReadiness, ReadinessSteps
 from pyrt.container.results import Result, Stats
+from pyrt.container.snapshots import ContainerSnapshots
 from pyrt.container.stdio import Pipes, Target
 from pyrt.errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
 from pyrt.host import userns
 from pyrt.host.state import ContainerDir, pid_start_time
 from pyrt.image import Image
-from pyrt.image.config import ImageConfig, command_for
+from pyrt.image.config import command_for
 from pyrt.image.image import overlay_supported
-from pyrt.network.private import GUEST, HostPort, PrivateNetwork, etc_files, parse_ports
+from pyrt.network.private import HostPort, PrivateNetwork, parse_ports
 from pyrt.network.shared import Member, Network
 from pyrt.oci import assemble, spec
-from pyrt.rootfs import files, snapshot
+from pyrt.rootfs import files
 from pyrt.rootfs import view as rootview
 
 Input = Union[bytes, str, None]
@@ -63,7 +64,9 @@ def remove_all() -> None:
 atexit.register(remove_all)
 
 
-class Container(ContainerFiles, ContainerReadiness, ContainerControl):
+class Container(
+    ContainerFiles, ContainerReadiness, ContainerControl, ContainerNetworking, ContainerSnapshots
+):
     """A container of ``image``. Nothing happens until ``run()`` or ``start()``.
 
     The options are those of the contract (``../shared/api.md``). Among them:
@@ -337,78 +340,6 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
                         os.close(fd)
             _live.add(self)
 
-    def _netns_path(self) -> Optional[str]:
-        if self._net is not None:
-            return self._net.path
-        if self._join_net is not None:
-            other = self._join_net
-            if other.pid is None or other._returncode is not None or other._removed:
-                raise PyrtError(f"network: container {other.id[:12]} is not running")
-            return f"/proc/{other.pid}/ns/net"
-        return None
-
-    def _start_network(self, d: ContainerDir) -> list[dict[str, Any]]:
-        """The private network (before the container exists, so that it is ready when the
-        command runs), its published ports, and the /etc files that go with it. A network that
-        outlived a reset (as root) is kept: same namespace, address and forwarders."""
-        if self._o.network == "shared":
-            return self._join_network(d)
-        if self._o.network != "private":
-            return []
-        if self._net is None:
-            self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
-            if not self._net.rootless:
-                self._publish()
-        mounts = []
-        for name, text in etc_files(self._o.hostname or self.id[:12]).items():
-            (d.path / name).write_text(text)
-            mounts.append(Bind(str(d.path / name), f"/etc/{name}").to_spec())
-        return mounts
-
-    def _join_network(self, d: ContainerDir) -> list[dict[str, Any]]:
-        """A member's namespace on its shared network, its ports, and its /etc files (kept, as
-        the address, across a reset)."""
-        assert self._network is not None
-        if self._net is None:
-            o = self._o
-            names = [n for n in (o.name, *o.aliases, o.hostname or self.id[:12]) if n]
-            self._net = self._network.join(self, d.path, list(dict.fromkeys(names)))
-            self._publish()
-        else:
-            self._network.refresh()
-        return [Bind(str(d.path / n), f"/etc/{n}").to_spec() for n in ("hosts", "resolv.conf")]
-
-    @property
-    def ip(self) -> Optional[str]:
-        """The container's address on its network (a pyrt.Network's, or 10.0.2.100 on its
-        private one), once started; None without one."""
-        if isinstance(self._net, Member):
-            return self._net.address
-        return GUEST if self._net is not None else None
-
-    @property
-    def network(self) -> Optional[Network]:
-        """The shared network the container is on, if any."""
-        return self._network
-
-    def _publish(self) -> None:
-        assert self._net is not None
-        for cport, proto, addr, hport in self._ports:
-            self._net.publish(cport, proto, addr, hport)
-
-    def _attach_network(self, proc: _core.Process) -> None:
-        """Rootless: the held container made its network namespace; slirp4netns joins it and
-        the ports are published before the command runs."""
-        assert isinstance(self._net, PrivateNetwork)
-        try:
-            self._net.attach(proc.pid)
-            self._publish()
-            proc.release()
-        except BaseException:
-            proc.kill(signal.SIGKILL)
-            proc.wait(None)
-            raise
-
     def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
         """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""
         return {
@@ -571,7 +502,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         """The host ids of the container's root when a root caller maps it to a range."""
         if self._userns is None or os.geteuid() != 0:
             return None
-        return _outside(self._userns.uid, 0), _outside(self._userns.gid, 0)
+        return userns.host_id(self._userns.uid, 0), userns.host_id(self._userns.gid, 0)
 
     def _lower(self) -> tuple[str, ...]:
         """The image's layers as the container mounts them: moved into its range when a root
@@ -616,7 +547,7 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         if os.geteuid() != 0:
             return None  # a rootless caller writes as itself: the container's root
         if self._userns is not None:
-            return (_outside(self._userns.uid, 0), _outside(self._userns.gid, 0))
+            return (userns.host_id(self._userns.uid, 0), userns.host_id(self._userns.gid, 0))
         return (0, 0)
 
     def _in_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
@@ -655,125 +586,6 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
             )
             return rootview.call_stopped(ov, lambda fd: op(fd, self._root_owner(rootless)),
                                          rootless)  # fmt: skip
-
-    # --- snapshots ---------------------------------------------------------------------------
-
-    def _config(self) -> ImageConfig:
-        """The image config this container runs with (for commit)."""
-        base = self.image.config
-        ep: Optional[list[str]]
-        cmd: Optional[list[str]]
-        if self._entrypoint is not None:
-            ep, cmd = self._entrypoint, self._command or []
-        else:
-            ep = base.entrypoint
-            cmd = self._command if self._command is not None else base.cmd
-        return dataclasses.replace(
-            base,
-            entrypoint=list(ep) if ep else None,
-            cmd=list(cmd) if cmd else None,
-            env={**base.env, **self._o.env},
-            workdir=self._o.workdir or base.workdir,
-            user=self._o.user or base.user,
-        )
-
-    @contextlib.contextmanager
-    def _frozen(self) -> Iterator[None]:
-        """The container's processes frozen (cgroup freezer) while its layer is read, so that a
-        commit of a running container is one consistent moment."""
-        proc = self._proc
-        if proc is None or self.status != "running":
-            yield  # not running, or paused: nothing moves
-            return
-        froze = self._freeze(proc, "commit")
-        try:
-            yield
-        finally:
-            if froze:
-                proc.thaw()
-
-    def commit(
-        self,
-        tag: Optional[str] = None,
-        command: Optional[Sequence[str]] = None,
-        entrypoint: Optional[Sequence[str]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        workdir: Optional[str] = None,
-        user: Optional[str] = None,
-    ) -> Image:
-        """A new image: this container's image plus one layer holding what the container
-        changed (deletions as OCI whiteouts), with the container's config and the given fields
-        replaced (``env`` is added to). A running container is frozen while its layer is read."""
-        if tag is not None:
-            checks.text(tag, "tag")
-        changes = {
-            "cmd": None if command is None else checks.args(command, "command", empty_ok=True),
-            "entrypoint": (
-                None if entrypoint is None else checks.args(entrypoint, "entrypoint", empty_ok=True)
-            ),
-            "env": checks.env(env),
-            "workdir": None if workdir is None else checks.container_path(workdir, "workdir"),
-            "user": checks.user(user),
-        }
-        if self._removed:
-            raise PyrtError(f"container {self.id[:12]} was removed")
-        if self.image.kind != "host" and not overlay_supported():
-            raise PyrtError("commit needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1)")
-        d = self._ensure_dir()
-        cfg = snapshot.merged_config(self._config(), changes)
-        remap = None
-        if self._userns is not None:
-            maps = self._userns
-            remap = lambda u, g: (_inside(maps.uid, u), _inside(maps.gid, g))  # noqa: E731
-        with self._frozen():
-            return snapshot.commit(self.image, str(d.upper), cfg, tag,
-                                   f"container {self.id[:12]}", remap,
-                                   self._mount_points())  # fmt: skip
-
-    def _mount_points(self) -> frozenset[str]:
-        """Where this container's mounts made files or directories the image does not have
-        (its /etc/hosts and resolv.conf on a network, its Bind and Tmpfs targets): commit leaves
-        them out when they are still empty, as Docker does."""
-        from pyrt.image import merged
-
-        targets = {"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}
-        targets |= {str(m.to_spec()["destination"]) for m in self._o.mounts}
-        return frozenset(t.strip("/") for t in targets if merged.kind(self.image.lower, t) is None)
-
-    def reset(self) -> Container:
-        """Every process killed, the root back to the image exactly (a fresh writable layer),
-        and the command started again, with the same id, name, network, address and published
-        ports. Returns the container, running."""
-        with self._lock:
-            if self._removed:
-                raise PyrtError(f"container {self.id[:12]} was removed")
-            if self._proc is None:
-                raise PyrtError(f"container {self.id[:12]} was not started")
-            if self._o.tty:
-                raise PyrtError("reset of a container with tty=True is not supported")
-            if self._checker is not None:
-                self._checker.stop()
-                self._checker = None
-            proc = self._proc
-            if self._returncode is None and proc.wait(0) is None:
-                proc.kill(signal.SIGKILL)
-                self._thaw()
-            proc.wait(None)
-            proc.destroy_cgroup()
-            if self._net is not None and self._net.rootless:
-                # A rootless network lives in the container's user namespace: made again, on
-                # the same host ports.
-                self._ports = [(p.container_port, p.proto, p.host_addr, p.host_port)
-                               for p in self._net.published]  # fmt: skip
-                self._net.close()
-                self._net = None
-            assert self._dir is not None
-            self._dir.reset_layer()
-            self._proc = None
-            self._returncode = None
-        self._spawn_detached()
-        self._start_checker()
-        return self
 
     def _spawn_detached(self) -> None:
         """Started with stdin from /dev/null and its output to the log, in a cgroup."""
@@ -839,17 +651,6 @@ class Container(ContainerFiles, ContainerReadiness, ContainerControl):
         if s is None:
             raise PyrtError(f"container {self.id[:12]} has no cgroup (started by run())")
         return Stats(*s)
-
-    def port(self, container_port: Union[int, str]) -> int:
-        """The host port that reaches ``container_port`` ("PORT/udp" for a UDP one)."""
-        cport, _, proto = str(container_port).partition("/")
-        for p in self._net.published if self._net is not None else ():
-            if str(p.container_port) == cport and p.proto == (proto or "tcp"):
-                return p.host_port
-        raise PyrtError(
-            f"container {self.id[:12]} has no published port {container_port}"
-            + ("" if self._net is not None else " (it is not started, or has no ports=)")
-        )
 
     @property
     def oom_killed(self) -> bool:
@@ -1113,22 +914,6 @@ def _fault(point: str) -> None:
     """Fault injection for the crash-recovery tests (PYRT_FAULT=point): die here by SIGKILL."""
     if os.environ.get("PYRT_FAULT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _outside(ranges: Sequence[tuple[int, int, int]], inside: int) -> int:
-    """The host id that ``inside`` maps to."""
-    for i, o, n in ranges:
-        if i <= inside < i + n:
-            return o + inside - i
-    raise PyrtError(f"id {inside} is not mapped in the container's user namespace")
-
-
-def _inside(ranges: Sequence[tuple[int, int, int]], outside: int) -> int:
-    """The id inside the user namespace that the host id ``outside`` is (nobody if none)."""
-    for i, o, n in ranges:
-        if o <= outside < o + n:
-            return i + outside - o
-    return 65534
 
 
 def _signal_number(sig: object) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import pwd
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -237,3 +237,19 @@ def write_maps(pid: int) -> None:
         r = subprocess.run([tool, str(pid), *args], capture_output=True, text=True)
         if r.returncode != 0:
             raise PyrtError(f"{tool} refused the map: {r.stderr.strip()}")
+
+
+def host_id(ranges: Sequence[tuple[int, int, int]], inside: int) -> int:
+    """The host id that ``inside`` maps to."""
+    for i, o, n in ranges:
+        if i <= inside < i + n:
+            return o + inside - i
+    raise PyrtError(f"id {inside} is not mapped in the container's user namespace")
+
+
+def id_inside(ranges: Sequence[tuple[int, int, int]], outside: int) -> int:
+    """The id inside the user namespace that the host id ``outside`` is (nobody if none)."""
+    for i, o, n in ranges:
+        if o <= outside < o + n:
+            return i + outside - o
+    return 65534
