@@ -127,3 +127,42 @@ def test_an_idmapped_mount_is_refused_by_name(prt: Runtime, rootfs: Path, tmp_pa
     assert p.returncode == 1
     assert "uidMappings" in p.stderr and "idmapped" in p.stderr
     assert prt("list", "-q").stdout.strip() == ""
+
+
+V2_MOUNT = "/sys/fs/cgroup/unified"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(V2_MOUNT, "cgroup.procs")),
+    reason="needs a cgroup2 hierarchy at /sys/fs/cgroup/unified (hybrid layout)",
+)
+def test_device_rules_on_cgroup_v2(
+    prt: Runtime, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On cgroup v2 the device rules are a BPF program attached to the container's cgroup
+    (told to use this hybrid machine's unified tree): after a deny-all, /dev/null opens, a host
+    device bound in does not, and a rule allowing it for reading lets only reading through."""
+    from test_runtime_spec import run_probe
+
+    monkeypatch.setenv("PYRT_CGROUP_V2_MOUNT", V2_MOUNT)
+    bind = {"destination": "/dev/lc", "type": "bind", "source": "/dev/loop-control",
+            "options": ["bind"]}  # fmt: skip
+    mounts = [*BASE_CONFIG["mounts"], bind]
+    probe = (
+        "echo x > /dev/null && echo null-ok; "
+        "(exec 3</dev/lc) 2>/dev/null && echo lc-read || echo lc-denied; "
+        "(exec 3>/dev/lc) 2>/dev/null && echo lc-write || echo lc-no-write; "
+        "cat /proc/self/cgroup"
+    )
+    deny = [{"allow": False, "access": "rwm"}]
+    read = {"allow": True, "type": "c", "major": 10, "minor": 237, "access": "r"}
+    for rules, want in (
+        (deny, ["null-ok", "lc-denied", "lc-no-write"]),
+        ([*deny, read], ["null-ok", "lc-read", "lc-no-write"]),
+    ):
+        code, out = run_probe(prt, bundle, probe, mounts=mounts,
+                              linux={"resources": {"devices": rules}})  # fmt: skip
+        assert code == 0, out
+        lines = out.split()
+        assert lines[:3] == want, out
+        assert any(ln.startswith("0::/pyrt-runc-") for ln in lines[3:]), out  # the v2 tree

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
-use pyrt_core::cgroups::{self, CgroupPlan};
+use pyrt_core::cgroups::CgroupPlan;
 use pyrt_core::hooks::{self, Hook};
 use pyrt_core::plan::{self, IdMaps, Plan};
 use pyrt_core::report::{SetupError, Stage};
@@ -117,16 +117,6 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
     }
     let mut plan = Plan::from_spec(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
     let cg_plan = cgroup_plan(&spec, &plan, o.id)?;
-    let has_rules = cg_plan
-        .as_ref()
-        .is_some_and(|c| !c.resources.devices.is_empty());
-    if has_rules && matches!(cgroups::layout(), Ok(cgroups::Layout::V2 { .. })) {
-        // (v2 filters devices with a BPF program, which pyrt does not load yet.)
-        log::write(
-            "warning",
-            "linux.resources.devices: not enforced on cgroup v2 by this version of pyrt-runc",
-        );
-    }
     plan.detached = true;
 
     std::fs::create_dir_all(o.root).map_err(io_err(format!(

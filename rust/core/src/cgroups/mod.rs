@@ -13,6 +13,7 @@
 //! child's pid is written to `cgroup.procs` before the child is given its plan (clone3's
 //! CLONE_INTO_CGROUP would do it at birth; the glibc clone used here predates it).
 
+pub mod devfilter;
 pub mod v1;
 pub mod v2;
 

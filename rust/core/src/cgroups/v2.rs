@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{
-    io_err, keyed, read_pids, rmdir_patiently, write_limit, CgroupError, Resources, Stats,
+    devfilter, io_err, keyed, read_pids, rmdir_patiently, write_limit, CgroupError, Resources,
+    Stats,
 };
 
 #[derive(Debug)]
@@ -92,7 +93,16 @@ impl Group {
             Err(e) => return Err(io_err("creating cgroup", &dir)(e)),
         }
         let g = Group { dir };
-        if let Err(e) = g.apply(r) {
+        let devices = || {
+            if r.devices.is_empty() {
+                return Ok(());
+            }
+            devfilter::attach(&g.dir, &r.devices).map_err(|e| CgroupError::Limit {
+                limit: "linux.resources.devices".into(),
+                reason: e.to_string(),
+            })
+        };
+        if let Err(e) = g.apply(r).and_then(|_| devices()) {
             let _ = rmdir_patiently(&g.dir);
             return Err(e);
         }
