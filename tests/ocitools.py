@@ -147,3 +147,18 @@ def spec_requires(rt: Runtime, ok: bool, clause: str, what: str) -> None:
     if rt.name == "pyrt-runc":
         pytest.fail(f"{clause}: {what}")
     pytest.xfail(f"{rt.name} departs from {clause}: {what}")
+
+
+#: A container command that counts in /tmp/tick, twenty times a second.
+TICK = "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done"
+
+
+def ticks(pid: int) -> bool:
+    """Whether the counter of ``TICK`` in the container whose init is ``pid`` moves (read from
+    the host through the container's root): frozen containers do not count."""
+    import time
+
+    clock = Path(f"/proc/{pid}/root/tmp/tick")
+    first = clock.read_text() if clock.exists() else ""
+    time.sleep(0.4)
+    return clock.exists() and clock.read_text() != first

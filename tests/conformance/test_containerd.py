@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from critools import oci_archive
-from ocitools import _pyrt_runc
+from ocitools import TICK, _pyrt_runc, ticks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd as root")
 
@@ -91,24 +91,16 @@ def test_ctr_task_pause_resume(ctr: tuple[list[str], str]) -> None:
     """`ctr task pause/resume` through the shim: PAUSED in containerd's view, and a counter
     the container writes stops and goes on (read from the host through its root)."""
     image = ctr[1]
-    tick = "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done"
-    _run(ctr, "run", "-d", "--runc-binary", _pyrt_runc(), image, "pyrt-ctr-3", "sh", "-c", tick)
+    _run(ctr, "run", "-d", "--runc-binary", _pyrt_runc(), image, "pyrt-ctr-3", "sh", "-c", TICK)
     try:
         pid = int(_run(ctr, "task", "ls").stdout.split("pyrt-ctr-3")[1].split()[0])
-        clock = Path(f"/proc/{pid}/root/tmp/tick")
-
-        def ticks() -> bool:
-            first = clock.read_text() if clock.exists() else ""
-            time.sleep(0.4)
-            return clock.exists() and clock.read_text() != first
-
-        assert ticks()
+        assert ticks(pid)
         _run(ctr, "task", "pause", "pyrt-ctr-3")
         assert "PAUSED" in _run(ctr, "task", "ls").stdout
-        assert not ticks()
+        assert not ticks(pid)
         _run(ctr, "task", "resume", "pyrt-ctr-3")
         assert "RUNNING" in _run(ctr, "task", "ls").stdout
-        assert ticks()
+        assert ticks(pid)
     finally:
         _run(ctr, "task", "kill", "-s", "SIGKILL", "pyrt-ctr-3", check=False)
         time.sleep(0.2)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from ocitools import _pyrt_runc
+from ocitools import TICK, _pyrt_runc, ticks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="podman as root")
 
@@ -74,24 +73,16 @@ def test_podman_uidmap(podman_image: str) -> None:
 def test_podman_pause_unpause_and_update(podman_image: str) -> None:
     """`podman pause/unpause` (the freezer) and `podman update --memory` (the cgroup), checked
     from inside (a clock the container writes stops and goes on) and on the host."""
-    tick = "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done"
-    cid = podman("run", "-d", *ULIMITS, podman_image, "sh", "-c", tick).stdout.split()[-1]
+    cid = podman("run", "-d", *ULIMITS, podman_image, "sh", "-c", TICK).stdout.split()[-1]
     try:
         pid = int(podman("inspect", "-f", "{{.State.Pid}}", cid).stdout)
-        clock = Path(f"/proc/{pid}/root/tmp/tick")
-
-        def ticks() -> bool:
-            first = clock.read_text() if clock.exists() else ""
-            time.sleep(0.4)
-            return clock.exists() and clock.read_text() != first
-
-        assert ticks()
+        assert ticks(pid)
         podman("pause", cid)
         assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "paused"
-        assert not ticks()
+        assert not ticks(pid)
         podman("unpause", cid)
         assert podman("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "running"
-        assert ticks()
+        assert ticks(pid)
         podman("update", "--memory", "64m", cid)
         with open(f"/proc/{pid}/cgroup") as f:
             mem = next(ln.split(":", 2)[2].strip() for ln in f if ":memory:" in ln)
