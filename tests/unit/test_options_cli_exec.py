@@ -159,5 +159,9 @@ def test_one_exec_builder_keeps_what_the_exec_does_not_say() -> None:
     assert back_to_root["capabilities"]["effective"] == ["CAP_CHOWN"]
     with pytest.raises(ValueError, match="ghost"):
         users.resolve("ghost", passwd, group)
+    with pytest.raises(ValueError, match="uid 99999999999999999999 is out of range"):
+        users.resolve("99999999999999999999", passwd, group)
+    with pytest.raises(ValueError, match="gid 4294967295 is out of range"):
+        users.resolve("0:4294967295", passwd, group)
     with pytest.raises(pyrt.PyrtError, match="absolute"):
         spec.exec_process(base, ["id"], cwd="tmp")

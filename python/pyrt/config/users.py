@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+#: The largest id the kernel takes (2^32 - 1 means "no id").
+MAX_ID = 2**32 - 2
+
 
 @dataclass(frozen=True)
 class UserIds:
@@ -62,4 +65,7 @@ def resolve(user: Optional[str], passwd: Optional[bytes], group: Optional[bytes]
     home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
     if not entry and uid == 0:
         home = "/root"
+    for what, n in (("uid", uid), ("gid", gid)):
+        if n > MAX_ID:
+            raise ValueError(f"user {spec!r}: {what} {n} is out of range (at most {MAX_ID})")
     return UserIds(uid, gid, tuple(sorted(member_of - {gid})), home)
