@@ -123,12 +123,37 @@ def report(title: str, rows: list[dict[str, object]], width: int, json_out: Opti
         json_out.write_text(json.dumps({"rounds": rounds, "rows": rows}, indent=1))
 
 
+def floor_row(binary: Path, rootfs: Path, rounds: int,
+              times: dict[str, list[float]]) -> dict[str, object]:  # fmt: skip
+    """The C floor's median and p95 for the same isolation, from its RESULT line."""
+    out = subprocess.run(
+        ["unshare", "-m", str(binary), "-r", str(rootfs), "-v", "-P", "-N", "-d", "-o",
+         "-n", str(max(rounds, 50))],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    words = line.split()
+    med = float(words[words.index("median") + 1])
+    p95 = float(words[words.index("p95") + 1])
+    crun = statistics.median(times["crun run"])
+    return {"tool": "C floor (mini)", "median_ms": med, "p95_ms": p95,
+            "ratio_to_crun": round(med / crun, 3)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=300)
     ap.add_argument("--json", type=Path)
     ap.add_argument(
         "--limits", action="store_true", help="memory 256m + pids 100 for pyrt, crun and runc"
+    )
+    ap.add_argument(
+        "--floor",
+        type=Path,
+        help="the C floor's binary (../shared/tools/mini-container.c built with gcc -O2 "
+        "-pthread), run on the same rootfs after the rounds with the isolation pyrt.run has "
+        "(-v -P -N -d -o: no cgroup, as pyrt.run without limits makes none; -2 would need the "
+        "v2 tree this benchmark unmounts)",
     )
     args = ap.parse_args()
     reexec_in_private_mount_ns()
@@ -169,8 +194,14 @@ def main() -> None:
             del tools["bwrap"], tools["bare subprocess"]
         times = interleave(tools, args.rounds)
         rows = summarize(times, lambda _name: "crun run")
+        if args.floor:
+            rows.append(floor_row(args.floor, rootfs, args.rounds, times))
         title = f"start-to-exit of /bin/true{' with limits' if args.limits else ''}"
         report(title, rows, 18, args.json, args.rounds)
+        if args.floor and "bwrap" in times:
+            pyrt_ms = statistics.median(times["pyrt.run"])
+            print(f"pyrt.run / bwrap {pyrt_ms / statistics.median(times['bwrap']):.2f}, "
+                  f"pyrt.run / C floor {pyrt_ms / float(rows[-1]['median_ms']):.2f}")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

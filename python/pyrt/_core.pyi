@@ -31,7 +31,14 @@ __all__ = [
 CHILD_SIZE: int
 
 def plan(spec_json: str) -> str: ...
-def spawn(spec_json: str, stdin: int, stdout: int, stderr: int, hold: bool = False) -> Process: ...
+def spawn(
+    spec_json: str,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    hold: bool = False,
+    seccomp_json: Optional[str] = None,
+) -> Process: ...
 def exec(
     target: int,
     process_json: str,

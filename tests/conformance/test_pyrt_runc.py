@@ -51,6 +51,29 @@ def test_create_failure_names_the_cause_and_leaves_nothing(
     assert not any(Path("/sys/fs/cgroup").glob("*/pyrt-runc-bad"))
 
 
+def test_a_created_container_runs_the_small_embedded_child(
+    prt: Runtime, rootfs: Path, tmp_path: Path
+) -> None:
+    """pyrt-runc starts containers from the pyrt-child image it embeds (the same the Python
+    extension embeds), not from a copy of its own, larger binary."""
+    from pyrt import _core
+
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "rootfs").symlink_to(rootfs)
+    write_config(b, json.loads(json.dumps(BASE_CONFIG)))
+    assert prt.create(b, "small").returncode == 0
+    try:
+        pid = prt.state("small")["pid"]
+        exe = os.readlink(f"/proc/{pid}/exe")
+        assert exe.startswith("/memfd:pyrt-child"), exe
+        size = os.stat(f"/proc/{pid}/exe").st_size
+        assert size == _core.CHILD_SIZE
+        assert size < os.stat(prt.binary).st_size / 2
+    finally:
+        prt("delete", "--force", "small", check=False)
+
+
 def test_bad_id_and_spec_and_features_and_list(prt: Runtime, tmp_path: Path) -> None:
     assert prt("state", "../etc", check=False).returncode == 1
     b = tmp_path / "spec"

@@ -5,11 +5,13 @@ closed; and nothing left behind."""
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from helpers import helper_processes
+from helpers import helper_processes, netns_descriptors
 
 pytestmark = pytest.mark.skipif(
     shutil.which("slirp4netns") is None, reason="needs slirp4netns (Debian package slirp4netns)"
@@ -135,6 +137,27 @@ def test_network_none_has_no_route_out(image: pyrt.Image, host_server: int) -> N
     assert r.returncode != 0
     assert r.stdout.split() == ["lo"]
     assert "Network is unreachable" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces are made ahead only for root")
+def test_each_container_gets_a_fresh_network_namespace(image: pyrt.Image) -> None:
+    """Network namespaces made ahead (for root): every container still gets one of its own,
+    never the host's or a running container's, with only ``lo``, up; and the process holds none
+    open when its containers are gone. (A freed namespace's inode number is reused by the
+    kernel, so only namespaces alive at the same time are compared.)"""
+    host = os.readlink("/proc/self/ns/net")
+    show = "readlink /proc/self/ns/net; ip -o link | cut -d: -f2; cat /sys/class/net/lo/operstate"
+    with pyrt.Container(image, ["sleep", "60"]) as a, pyrt.Container(image, ["sleep", "60"]) as b:
+        running = {c.exec(["readlink", "/proc/self/ns/net"], text=True).stdout.strip()
+                   for c in (a, b)}  # fmt: skip
+        assert len(running) == 2 and host not in running
+        for _ in range(4):
+            r = pyrt.run(image, ["sh", "-c", show], text=True, check=True)
+            ns, link, state = r.stdout.split()
+            assert (link, state) == ("lo", "unknown")  # lo's state when up ("down" if not)
+            assert ns != host and ns not in running
+            time.sleep(0.02)  # time for the next one to be made ahead
+    assert not netns_descriptors()
 
 
 def test_ports_imply_a_private_network(image: pyrt.Image) -> None:

@@ -265,7 +265,7 @@ class Container(
         )
         self._process = made.process
         self._seccomp = made.seccomp
-        self._seccomp_json = None  # (made at the first exec: a start serialises it only once)
+        self._seccomp_json = made.seccomp_json
         return made.config
 
     # --- starting -----------------------------------------------------------------------
@@ -306,7 +306,9 @@ class Container(
                     _fault("state-written")
                 try:
                     hold = self._net is not None and self._net.rootless
-                    proc = _core.spawn(json.dumps(doc), stdin, stdout, stderr, hold=hold)
+                    sent = assemble.without_seccomp(doc) if self._seccomp_json else doc
+                    proc = _core.spawn(json.dumps(sent), stdin, stdout, stderr, hold=hold,
+                                       seccomp_json=self._seccomp_json)  # fmt: skip
                     if hold:
                         self._attach_network(proc)
                     self._proc = proc
@@ -470,9 +472,7 @@ class Container(
                             + (" (resume() it first)" if self._paused else ""))  # fmt: skip
         doc = json.dumps(self._exec_process(list(command), env, user, workdir))
         paths, pid = proc.cgroup_paths(), proc.pid
-        if self._seccomp_json is None and self._seccomp is not None:
-            # Serialised once: every exec sends the same text, which the core caches by.
-            self._seccomp_json = json.dumps(self._seccomp)
+        # One text per profile (see assemble.Assembled): the core caches the program by it.
         sc = self._seccomp_json
 
         def start(i: int, o: int, e: int) -> _core.Process:

@@ -13,7 +13,7 @@ from pyrt.errors import PyrtError, SpawnError
 from pyrt.host import userns
 from pyrt.image import Image
 from pyrt.oci import spec
-from pyrt.oci.seccomp import default_profile
+from pyrt.oci.seccomp import default_profile, default_profile_json
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Assembled:
     process: spec.ProcessSpec
     #: The seccomp filter, None for a privileged container.
     seccomp: Optional[dict[str, Any]]
+    #: The same as JSON text (one string per profile, made once), which the core takes beside
+    #: a spec without ``linux.seccomp`` (see ``without_seccomp``).
+    seccomp_json: Optional[str]
 
 
 def container_spec(
@@ -115,4 +118,12 @@ def container_spec(
         seccomp=None if privileged else default_profile(frozenset(process.capabilities)),
     )
     seccomp = dict(c.seccomp) if c.seccomp is not None else None
-    return Assembled(spec.build(c), process, seccomp)
+    text = None if privileged else default_profile_json(frozenset(process.capabilities))
+    return Assembled(spec.build(c), process, seccomp, text)
+
+
+def without_seccomp(config: dict[str, Any]) -> dict[str, Any]:
+    """The spec without ``linux.seccomp`` (a shallow copy): what the core is given when the
+    profile travels beside it as text it has compiled before."""
+    linux = {k: v for k, v in config["linux"].items() if k != "seccomp"}
+    return {**config, "linux": linux}

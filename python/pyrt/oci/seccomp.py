@@ -11,6 +11,7 @@ ioctls (TIOCSTI, TIOCLINUX) are denied, whatever the terminal.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -432,6 +433,14 @@ TIOCLINUX = 0x541C
 
 def _rule(names: Iterable[str], action: str = "SCMP_ACT_ALLOW", **more: Any) -> dict[str, Any]:
     return {"names": sorted(set(names)), "action": action, **more}
+
+
+@lru_cache(maxsize=64)
+def default_profile_json(capabilities: frozenset[str]) -> str:
+    """``default_profile`` as JSON text, made once per capability set: a start hands the core
+    this text beside the spec, and the core keeps the compiled program by it, so that the ~6 KB
+    profile is neither serialised nor parsed again at every start."""
+    return json.dumps(default_profile(capabilities))
 
 
 @lru_cache(maxsize=64)

@@ -321,16 +321,29 @@ fn wait_eof(fd: RawFd) {
 /// Whether the child must become its user namespace's root itself: a root caller whose map
 /// gives the namespace's 0 to another id (a subordinate range). A caller mapped as 0 (rootless,
 /// or root mapping 0 to 0) is that root already.
-/// A child in a new user namespace has no capability over a network namespace of the host's
-/// user namespace, so it cannot join one (a root caller's sandboxed container sharing another
-/// container's network): the spawner thread steps into that namespace for the clone instead,
-/// and the child is born in it. Returns the request without that join, and the namespace.
+/// The network namespace the spawner thread steps into for the clone, so that the child is
+/// born in it, and the request adjusted for that:
+///
+/// - A child in a new user namespace has no capability over a network namespace of the host's
+///   user namespace, so it cannot join one (a root caller's sandboxed container sharing another
+///   container's network): the join is taken out of the plan and done this way instead.
+/// - A plan that makes a new network namespace (and no user namespace) gets a ready one from
+///   the pool (`host::netns::take_ready`) when there is one: its `lo` is up already.
 fn prejoin_net(request: &Request) -> Result<(Cow<'_, Request>, Option<OwnedFd>), SetupError> {
     let newuser = libc::CLONE_NEWUSER as u64;
     let newnet = libc::CLONE_NEWNET as u64;
     let Request::Create(p) = request else {
         return Ok((Cow::Borrowed(request), None));
     };
+    if p.clone_flags & newnet != 0 && p.clone_flags & newuser == 0 {
+        let Some(ns) = crate::host::netns::take_ready() else {
+            return Ok((Cow::Borrowed(request), None));
+        };
+        let mut p = p.clone();
+        p.clone_flags &= !newnet;
+        p.loopback = false;
+        return Ok((Cow::Owned(Request::Create(p)), Some(ns)));
+    }
     if !p.join.iter().any(|(bit, _)| *bit == newnet) || p.clone_flags & newuser == 0 {
         return Ok((Cow::Borrowed(request), None));
     }

@@ -86,9 +86,11 @@ fn plan(py: Python<'_>, spec_json: &str) -> PyResult<String> {
 
 /// Starts a container from an OCI runtime spec (JSON) with the given stdio descriptors, which
 /// stay the caller's. Returns once the command runs; with `hold`, once the process exists in
-/// its namespaces but before it has its plan (call `release()` to go on).
+/// its namespaces but before it has its plan (call `release()` to go on). `seccomp_json`, an
+/// OCI `linux.seccomp` object given beside a spec without one, is compiled once per text (the
+/// same text at every start of a profile costs a lookup, not a parse).
 #[pyfunction]
-#[pyo3(signature = (spec_json, stdin, stdout, stderr, hold=false))]
+#[pyo3(signature = (spec_json, stdin, stdout, stderr, hold=false, seccomp_json=None))]
 fn spawn(
     py: Python<'_>,
     spec_json: &str,
@@ -96,13 +98,20 @@ fn spawn(
     stdout: i32,
     stderr: i32,
     hold: bool,
+    seccomp_json: Option<&str>,
 ) -> PyResult<Process> {
-    let plan = Plan::from_json(spec_json).map_err(|e| {
-        spawn_error(
-            py,
-            &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),
-        )
-    })?;
+    let spec_error = |e: String| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e));
+    let mut plan = Plan::from_json(spec_json).map_err(|e| spec_error(e.to_string()))?;
+    if let Some(j) = seccomp_json {
+        if plan.seccomp.is_some() {
+            return Err(spec_error(
+                "linux.seccomp: given both in the spec and beside it".into(),
+            ));
+        }
+        let program = pyrt_core::seccomp::from_json(j)
+            .map_err(|e| spec_error(format!("linux.seccomp: {e}")))?;
+        plan.seccomp = Some(program);
+    }
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let created = py
         .detach(|| {
@@ -638,6 +647,8 @@ impl Process {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A long-lived process that starts many containers: network namespaces made ahead pay off.
+    pyrt_core::host::netns::enable_pool();
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;
     m.add_function(wrap_pyfunction!(exec, m)?)?;

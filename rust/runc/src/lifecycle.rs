@@ -27,9 +27,17 @@ pub struct CreateOpts<'a> {
     pub console_socket: Option<PathBuf>,
 }
 
-/// The pyrt-child image: this very binary, copied into a sealed memfd, so that a container can
-/// reach only that copy through /proc/self/exe (CVE-2019-5736).
+/// pyrt-child as pyrt's build made it (see `build.rs`): empty when this crate was built alone.
+static EMBEDDED_CHILD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pyrt-child"));
+
+/// The pyrt-child image in a sealed memfd, so that a container can reach only that copy through
+/// /proc/self/exe (CVE-2019-5736): the small embedded child (a few hundred KB to copy), or,
+/// in a build without one, this very binary (it contains the child's code too).
 pub fn child_image() -> Result<ChildImage> {
+    if !EMBEDDED_CHILD.is_empty() {
+        return ChildImage::from_bytes(EMBEDDED_CHILD)
+            .map_err(io_err("making the sealed copy of pyrt-child"));
+    }
     let exe = std::fs::read("/proc/self/exe").map_err(io_err("reading /proc/self/exe"))?;
     ChildImage::from_bytes(&exe).map_err(io_err("making the sealed copy of pyrt-runc"))
 }

@@ -21,12 +21,12 @@ pub fn loopback_up() -> Result<(), SetupError> {
         req.ifr_name[i] = *b as libc::c_char;
     }
     // SAFETY: req is a valid ifreq for these ioctls.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
         return Err(err("SIOCGIFFLAGS", io::Error::last_os_error()));
     }
     // SAFETY: ifru_flags is the member SIOCGIFFLAGS filled in.
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
         return Err(err("SIOCSIFFLAGS", io::Error::last_os_error()));
     }
     Ok(())

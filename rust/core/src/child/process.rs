@@ -53,13 +53,14 @@ pub fn rlimits(p: &Process) -> Result<()> {
 /// symlink planted over /proc must not turn the write into one elsewhere (CVE-2025-52881).
 pub fn write_proc(path: &str, value: &str) -> io::Result<()> {
     use std::io::Write;
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const PROC_SUPER_MAGIC: u64 = 0x9fa0;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     let st = nix::sys::statfs::fstatfs(&f).map_err(io::Error::from)?;
-    if st.filesystem_type().0 != PROC_SUPER_MAGIC {
+    // The magic's integer type differs between glibc and musl: compare as u64.
+    if st.filesystem_type().0 as u64 != PROC_SUPER_MAGIC {
         // EXDEV: "not the filesystem expected"; the caller's message names the file.
         return Err(io::Error::from_raw_os_error(libc::EXDEV));
     }

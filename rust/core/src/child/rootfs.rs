@@ -116,13 +116,14 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
 /// how CVE-2019-19921 and CVE-2023-27561 got a writable /proc/self/attr past the LSMs. The
 /// check is on the filesystem the opened target is on, not on a path that could be raced.
 fn refuse_into_proc(target: &OwnedFd, dest: &Path) -> Result<()> {
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+    const SYSFS_MAGIC: u64 = 0x6265_6572;
     if dest.starts_with("/proc") || dest.starts_with("/sys") {
         return Ok(());
     }
     let magic = nix::sys::statfs::fstatfs(target)
-        .map(|st| st.filesystem_type().0)
+        // The magic's integer type differs between glibc and musl: compare as u64.
+        .map(|st| st.filesystem_type().0 as u64)
         .map_err(|e| {
             SetupError::io(
                 Stage::Mount,
@@ -189,7 +190,8 @@ fn locked_flags(fd: &OwnedFd) -> u64 {
         (libc::ST_NOEXEC, libc::MS_NOEXEC),
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
+        // ST_RELATIME is the kernel's statfs bit 0x1000; musl's headers leave it out.
+        (0x1000, libc::MS_RELATIME),
     ] {
         if f & st_bit != 0 {
             out |= ms_bit;

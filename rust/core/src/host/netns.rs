@@ -25,3 +25,100 @@ pub fn create() -> io::Result<OwnedFd> {
         .join()
         .map_err(|_| io::Error::other("the netns thread panicked"))?
 }
+
+static POOL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets `take_ready` hand out the namespace made ahead (the maker starts at the first take).
+pub fn enable_pool() {
+    POOL_ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+struct Maker {
+    /// The process it belongs to: a forked child has no maker thread (and must not use one).
+    owner: u32,
+    /// The maker thread's id while it sits in a new namespace nobody has taken yet.
+    ready: std::sync::Mutex<Option<libc::pid_t>>,
+    taken: std::sync::Condvar,
+}
+
+/// A network namespace made ahead (`lo` up), for a container that would make its own at clone;
+/// None when none is ready (the clone then makes one) or this does not apply here.
+///
+/// Making a network namespace is the single largest step of a start (~0.45 ms measured here,
+/// most of it `copy_net_ns` under the clone). A thread of its own makes the next one in the
+/// background while a container runs: it unshares a new namespace and sits in it until a start
+/// takes it (by opening the thread's `ns/net`), then makes another. Nothing of it can outlive
+/// the process, and the process holds no descriptor to it: only that thread is in it. Only for
+/// root: the namespace belongs to the caller's user namespace, which a rootless container (in
+/// a user namespace of its own) has no power over. Off until `enable_pool` (the Python
+/// extension, a long-lived process, turns it on; a short-lived `pyrt-runc create` would make a
+/// namespace it never uses), and `PYRT_NETNS_POOL=0` keeps it off.
+pub fn take_ready() -> Option<OwnedFd> {
+    static MAKER: std::sync::OnceLock<Option<&'static Maker>> = std::sync::OnceLock::new();
+    if !POOL_ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let maker = (*MAKER.get_or_init(start_maker))?;
+    if maker.owner != std::process::id() {
+        return None;
+    }
+    let mut ready = maker.ready.lock().ok()?;
+    let tid = ready.take()?;
+    let fd = std::fs::File::open(format!("/proc/self/task/{tid}/ns/net")).ok();
+    drop(ready);
+    maker.taken.notify_one();
+    fd.map(OwnedFd::from)
+}
+
+fn start_maker() -> Option<&'static Maker> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || std::env::var("PYRT_NETNS_POOL").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let maker: &'static Maker = Box::leak(Box::new(Maker {
+        owner: std::process::id(),
+        ready: std::sync::Mutex::new(None),
+        taken: std::sync::Condvar::new(),
+    }));
+    std::thread::Builder::new()
+        .name("pyrt-netns-next".into())
+        .spawn(move || make_ahead(maker))
+        .ok()?;
+    Some(maker)
+}
+
+/// The maker thread: each unshare moves this thread (only) into a new namespace, and the one it
+/// leaves lives on only if a container took it. It stops at the first failure (a kernel without
+/// network namespaces, a limit reached): containers then make their own.
+fn make_ahead(maker: &Maker) {
+    // Signals go to the interpreter's threads, never here.
+    let all = nix::sys::signal::SigSet::all();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&all),
+        None,
+    );
+    // The raw syscall: glibc's gettid wrapper is newer (2.30) than the wheel's promise (2.17).
+    // SAFETY: gettid cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+    loop {
+        let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))
+            .and_then(|()| {
+                crate::child::network::loopback_up().map_err(|e| io::Error::other(e.to_string()))
+            });
+        if made.is_err() {
+            return;
+        }
+        let Ok(mut ready) = maker.ready.lock() else {
+            return;
+        };
+        *ready = Some(tid);
+        while ready.is_some() {
+            ready = match maker.taken.wait(ready) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+        }
+    }
+}
