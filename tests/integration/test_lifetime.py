@@ -290,3 +290,64 @@ def test_stale_collection_never_takes_a_directory_being_created(image: pyrt.Imag
     collector.join(30)
     assert not errors, errors
     assert set(taken) <= before, "a live container's directory was collected"
+
+
+RUNS_THEN_DIES = """
+import os, signal, sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+ids = []
+for _ in range(30):
+    c = pyrt.Container(img, ["sh", "-c", "echo data > /written"])
+    c.run()
+    ids.append(c.id)
+print(" ".join(ids), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_removed_directories_are_deleted_by_the_helper_even_when_the_owner_dies(
+    rootfs: Path,
+) -> None:
+    """A removed container's directory leaves ``containers`` at once (moved to the trash) and
+    the owner's helper deletes it, off the owner's path: also for the last ones when the
+    owner is SIGKILLed right after removing them."""
+    from pyrt.host.reaper import trash_root
+
+    p = subprocess.run([sys.executable, "-c", RUNS_THEN_DIES, str(rootfs)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    ids = p.stdout.split()
+    assert len(ids) == 30
+    assert not [i for i in ids if (containers_root() / i).exists()]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [i for i in ids if (trash_root() / i).exists()]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"5 s after the owner died, still in the trash: {left}"
+
+
+def test_gc_empties_what_a_dead_helper_left_in_the_trash(tmp_path: Path) -> None:
+    """A trash entry nobody is deleting (its helper died first) goes at the next stale
+    collection once it is older than the grace period; a young one is left to its helper."""
+    from pyrt.host.reaper import trash_root
+    from pyrt.host.state import empty_stale_trash
+
+    trash = trash_root()
+    trash.mkdir(parents=True, exist_ok=True)
+    old, young = trash / "test-old-entry", trash / "test-young-entry"
+    for d in (old, young):
+        (d / "upper" / "etc").mkdir(parents=True)
+        (d / "upper" / "etc" / "f").write_text("x")
+    time.sleep(0.3)
+    young.rename(trash / "test-young-entry2")  # a rename sets its ctime: just moved there
+    young = trash / "test-young-entry2"
+    try:
+        gone = empty_stale_trash(grace=0.2)
+        assert "test-old-entry" in gone and not old.exists()
+        assert young.exists() and "test-young-entry2" not in gone
+    finally:
+        import shutil
+
+        shutil.rmtree(young, ignore_errors=True)

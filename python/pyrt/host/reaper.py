@@ -19,8 +19,9 @@ import contextlib
 import os
 import sys
 import threading
+from pathlib import Path
 
-from pyrt.host.places import state_root
+from pyrt.host.places import ensure_dir, state_root
 
 #: What an id of a shared network's registry directory starts with (``watch(NETWORK + name)``).
 NETWORK = "net:"
@@ -105,6 +106,38 @@ def watch(cid: str) -> None:
 def forget(cid: str) -> None:
     """``cid`` was removed by its owner: nothing is left to clean."""
     _send(f"-{cid}\n")
+
+
+def trash_root() -> Path:
+    """Where removed containers' directories wait for the helper to delete them."""
+    return state_root() / "trash"
+
+
+def discard(path: Path) -> bool:
+    """Hands the deletion of a removed container's directory (``path``, its name the id) to
+    this process's helper, off the caller's path: one rename moves it out of ``containers``
+    into the trash, and the helper deletes it there (on this machine /run is ext4, and the five
+    rmdirs of an unused container cost 0.45 ms, a tenth of a whole start). The helper finishes
+    it even if this process dies right after; what a dead helper leaves, stale collection
+    empties. False when there is no helper to hand it to, or the rename or the line failed:
+    the caller then deletes ``path`` itself (if the rename happened and the line did not, the
+    entry is renamed back first)."""
+    with _lock:
+        if _owner != os.getpid() or _pipe < 0:
+            return False
+        dest = ensure_dir(trash_root(), 0o700) / path.name
+        try:
+            os.rename(path, dest)
+        except OSError:
+            return False
+        try:
+            os.write(_pipe, f"~{path.name}\n".encode())
+        except OSError:  # the helper is gone, or far behind (a full pipe)
+            with contextlib.suppress(OSError):
+                os.rename(dest, path)
+                return False
+            return True  # stays in the trash: stale collection deletes it
+        return True
 
 
 def _after_fork_in_child() -> None:

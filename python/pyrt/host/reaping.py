@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyrt.host.places import state_root
-from pyrt.host.reaper import NETWORK
+from pyrt.host.reaper import NETWORK, trash_root
 
 
 def _set_name(name: bytes) -> None:
@@ -35,6 +35,8 @@ def main(argv: list[str]) -> int:
             ids.add(line[1:])
         elif line.startswith("-"):
             ids.discard(line[1:])
+        elif line.startswith("~"):
+            empty_trash({line[1:]})
     if ids:
         collect(ids)
         if not ended[0]:
@@ -91,6 +93,17 @@ def _dying(pid: int) -> bool:
         return True
     # The state follows the command's closing parenthesis (the command may hold any bytes).
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def empty_trash(names: set[str]) -> None:
+    """Deletes the entries ``names`` of the trash (``reaper.discard``): directories of removed
+    containers, handed over by the owner."""
+    from pyrt.host import state
+
+    root = trash_root()
+    for name in names:
+        if name and "/" not in name and name not in (".", ".."):
+            state.remove_tree(root / name)
 
 
 def collect(ids: set[str]) -> None:

@@ -126,9 +126,10 @@ class ContainerDir:
             for f in ("state.json", "lock", "log", "cgroups", "removed"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / f)
-            for d in ("rootfs", "upper", "work/work", "work", ""):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rmdir(self.path / d)
+            if not reaper.discard(self.path):
+                for d in ("rootfs", "upper", "work/work", "work", ""):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rmdir(self.path / d)
         except OSError:
             remove_tree(self.path)
         if self.lock_fd >= 0:
@@ -246,7 +247,33 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
         remove_cgroups(os.path.join(path, "cgroups"))
         remove_tree(Path(path))
 
+    if only is None:
+        empty_stale_trash()
     return _collect_unlocked(state_root() / "containers", only, clean)
+
+
+#: A trash entry this old was not deleted by the helper it was handed to (gone with its owner
+#: before it got there): stale collection deletes it. Younger ones are a live helper's.
+TRASH_GRACE_SECONDS = 30.0
+
+
+def empty_stale_trash(grace: float = TRASH_GRACE_SECONDS) -> list[str]:
+    """Deletes what lies in the trash (``reaper.discard``) since more than ``grace`` seconds
+    (by the time it was moved there: a rename sets its ctime); returns their names."""
+    import time
+
+    gone: list[str] = []
+    try:
+        entries = list(os.scandir(reaper.trash_root()))
+    except FileNotFoundError:
+        return gone
+    now = time.time()
+    for e in entries:
+        with contextlib.suppress(OSError):
+            if now - e.stat(follow_symlinks=False).st_ctime > grace:
+                remove_tree(Path(e.path))
+                gone.append(e.name)
+    return gone
 
 
 def networks_root() -> Path:
