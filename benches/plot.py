@@ -1,5 +1,6 @@
 """Draws the benchmark results (JSON written by the bench scripts' --json) as PNG bar charts:
-median start or exec time per tool, with the ratio to crun on each bar.
+median start or exec time per tool, with the ratio to the run's peer (crun, or bwrap for the
+sandbox cycles) on each bar.
 
     python benches/plot.py benches/results/start.json docs/img/start.png "Start to exit"
 """
@@ -24,8 +25,9 @@ def plot(results: Path, out: Path, title: str) -> None:
     colors = ["#d9534f" if n.startswith("pyrt") else "#8c9bab" for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2), dpi=120)
     bars = ax.barh(names, medians, color=colors)
+    peer = next(k for k in rows[0] if k.startswith("ratio_to_"))
     for bar, r in zip(bars, rows):
-        label = f"  {r['median_ms']:.1f} ms ({r['ratio_to_crun']:.2f}x crun)"
+        label = f"  {r['median_ms']:.1f} ms ({r[peer]:.2f}x {peer[len('ratio_to_'):]})"
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center")
     ax.invert_yaxis()
     ax.set_xlabel("median, milliseconds (lower is better)")
