@@ -27,7 +27,7 @@ def plot(results: Path, out: Path, title: str) -> None:
     bars = ax.barh(names, medians, color=colors)
     peer = next(k for k in rows[0] if k.startswith("ratio_to_"))
     for bar, r in zip(bars, rows):
-        label = f"  {r['median_ms']:.1f} ms ({r[peer]:.2f}x {peer[len('ratio_to_'):]})"
+        label = f"  {r['median_ms']:.1f} ms ({r[peer]:.2f}x {peer[len('ratio_to_') :]})"
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center")
     ax.invert_yaxis()
     ax.set_xlabel("median, milliseconds (lower is better)")
