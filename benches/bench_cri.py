@@ -2,6 +2,8 @@
 CreateContainer, StartContainer), asked of containerd 1.6 over the CRI, with pyrt-runc, crun and
 runc as the binaries of three runtime handlers of the same daemon. The pods use the node's
 network (no CNI). Interleaved rounds; the teardown is not timed. Medians, p95s and ratios.
+Then `ctr run --rm` of /bin/true on the same daemon and image, with each runtime as the runc
+shim's binary (`--runc-binary`): start to exit and removal, as a user of ctr sees it.
 
     sudo .venv/bin/python benches/bench_cri.py -n 40 --json benches/results/cri.json
 """
@@ -56,6 +58,15 @@ def tear_down(rt: Any, cri: Any, pod_id: str) -> None:
     rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
+def ctr_run(ctr: list[str], binary: str, n: int) -> float:
+    """Milliseconds of one ``ctr run --rm`` of /bin/true with ``binary`` as the runtime."""
+    t = time.perf_counter()
+    subprocess.run([*ctr, "run", "--rm", "--runc-binary", binary, "localhost/bb:1",
+                    f"bench-ctr-{os.getpid()}-{n}", "/bin/true"],
+                   check=True, capture_output=True)  # fmt: skip
+    return (time.perf_counter() - t) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=40)
@@ -76,18 +87,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pyrt-bench-cri-"))
     try:
         rootfs = make_busybox_rootfs(work / "rootfs")
-        with containerd(work / "containerd", rootfs, handlers) as (rt, _ctr):
+        with containerd(work / "containerd", rootfs, handlers) as (rt, ctr):
             times: dict[str, list[float]] = {h: [] for h in handlers}
+            runs: dict[str, list[float]] = {f"ctr run {h}": [] for h in handlers}
             for r in range(args.rounds + 2):  # (the first two rounds warm up)
                 order = list(handlers) if r % 2 == 0 else list(reversed(handlers))
                 for h in order:
                     ms, pod_id = pod_and_container(rt, cri, h, r)
                     tear_down(rt, cri, pod_id)
+                    run_ms = ctr_run(ctr, handlers[h], r)
                     if r >= 2:
                         times[h].append(ms)
+                        runs[f"ctr run {h}"].append(run_ms)
         rows = summarize(times, lambda _: "crun")
         report("CRI RunPodSandbox + CreateContainer + StartContainer (containerd 1.6)", rows,
                12, args.json, args.rounds)  # fmt: skip
+        report("ctr run --rm --runc-binary RUNTIME localhost/bb:1 /bin/true (containerd 1.6)",
+               summarize(runs, lambda _: "ctr run crun"), 18, None, args.rounds)  # fmt: skip
     finally:
         # The pods' parent cgroup (the kubelet's, in a real node): emptied by the runtimes a
         # moment after the pods are gone (runc's unified one last).
