@@ -318,9 +318,6 @@ fn wait_eof(fd: RawFd) {
     }
 }
 
-/// Whether the child must become its user namespace's root itself: a root caller whose map
-/// gives the namespace's 0 to another id (a subordinate range). A caller mapped as 0 (rootless,
-/// or root mapping 0 to 0) is that root already.
 /// The network namespace the spawner thread steps into for the clone, so that the child is
 /// born in it, and the request adjusted for that:
 ///
@@ -369,6 +366,9 @@ pub(crate) fn take_join(plan: &mut Plan, bit: u64) -> Result<Option<OwnedFd>, Se
     Ok(Some(OwnedFd::from(f)))
 }
 
+/// Whether the child must become its user namespace's root itself: a root caller whose map
+/// gives the namespace's 0 to another id (a subordinate range). A caller mapped as 0 (rootless,
+/// or root mapping 0 to 0) is that root already.
 fn needs_setid(request: &Request) -> bool {
     let Request::Create(p) = request else {
         return false;
