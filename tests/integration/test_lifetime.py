@@ -328,6 +328,33 @@ def test_removed_directories_are_deleted_by_the_helper_even_when_the_owner_dies(
     assert not left, f"5 s after the owner died, still in the trash: {left}"
 
 
+REMOVED_THEN_DIES = """
+import sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["true"])
+print(c.id, flush=True)
+c.run()  # PYRT_FAULT=trashed: killed between the move into the trash and telling the helper
+"""
+
+
+def test_owner_killed_between_the_move_to_the_trash_and_the_hand_over(rootfs: Path) -> None:
+    """The helper was never told to delete the directory, but still knows the id: it empties
+    that trash entry when its owner dies, within the same 2 s as everything else."""
+    from pyrt.host.reaper import trash_root
+
+    p = subprocess.run([sys.executable, "-c", REMOVED_THEN_DIES, str(rootfs)],
+                       env=dict(os.environ, PYRT_FAULT="trashed"), capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    cid = p.stdout.strip()
+    assert len(cid) == 32 and not (containers_root() / cid).exists()
+    deadline = time.monotonic() + 2
+    while (trash_root() / cid).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not (trash_root() / cid).exists()
+    assert_nothing_left_of(cid)
+
+
 def test_gc_empties_what_a_dead_helper_left_in_the_trash(tmp_path: Path) -> None:
     """A trash entry nobody is deleting (its helper died first) goes at the next stale
     collection once it is older than the grace period; a young one is left to its helper."""

@@ -32,6 +32,7 @@ from pyrt.container.snapshots import ContainerSnapshots
 from pyrt.container.stdio import Pipes, Target
 from pyrt.errors import ContainerError, InvalidOption, PyrtError, SpawnError, TimeoutExpired
 from pyrt.host import userns
+from pyrt.host.faults import fault
 from pyrt.host.state import ContainerDir, pid_start_time
 from pyrt.image import Image
 from pyrt.image.config import command_for
@@ -280,7 +281,7 @@ class Container(
             if self._proc is not None:
                 raise PyrtError(f"container {self.id[:12]} was already started")
             d = self._dir if self._dir is not None else self._make_dir()
-            _fault("dir-created")
+            fault("dir-created")
             log = -1
             ours = theirs = -1
             try:
@@ -303,7 +304,7 @@ class Container(
                     # Known before any kernel object exists; a crash from here on leaves a
                     # directory that collect_stale (or `pyrt gc`) finishes off.
                     d.write_state(state)
-                    _fault("state-written")
+                    fault("state-written")
                 try:
                     hold = self._net is not None and self._net.rootless
                     sent = assemble.without_seccomp(doc) if self._seccomp_json else doc
@@ -320,7 +321,7 @@ class Container(
                     raise
                 if ours >= 0:
                     self.console = _receive_fd(ours)
-                _fault("spawned")
+                fault("spawned")
                 d.record_cgroups(self._proc.cgroup_paths())
                 if cgroup:
                     pid = self._proc.pid
@@ -328,7 +329,7 @@ class Container(
                                  cgroups=self._proc.cgroup_paths())  # fmt: skip
                     d.write_state(state)
                     self._state_doc = state
-                    _fault("running")
+                    fault("running")
             except BaseException:
                 self._dir = None
                 if self._net is not None:
@@ -908,12 +909,6 @@ def _receive_fd(sock: int) -> int:
         raise SpawnError("the container sent no terminal", stage="devices", errno=5)
     os.set_inheritable(fds[0], False)
     return fds[0]
-
-
-def _fault(point: str) -> None:
-    """Fault injection for the crash-recovery tests (PYRT_FAULT=point): die here by SIGKILL."""
-    if os.environ.get("PYRT_FAULT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _signal_number(sig: object) -> int:

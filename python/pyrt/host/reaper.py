@@ -21,6 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pyrt.host.faults import fault
 from pyrt.host.places import ensure_dir, state_root
 
 #: What an id of a shared network's registry directory starts with (``watch(NETWORK + name)``).
@@ -130,6 +131,7 @@ def discard(path: Path) -> bool:
             os.rename(path, dest)
         except OSError:
             return False
+        fault("trashed")
         try:
             os.write(_pipe, f"~{path.name}\n".encode())
         except OSError:  # the helper is gone, or far behind (a full pipe)

@@ -108,7 +108,8 @@ def empty_trash(names: set[str]) -> None:
 
 def collect(ids: set[str]) -> None:
     """What is left of the containers ``ids`` whose owner is gone: state directories (cgroups
-    named in them) and any ``pyrt-ID`` cgroup made before it was noted down."""
+    named in them), one already moved to the trash, and any ``pyrt-ID`` cgroup made before it
+    was noted down."""
     # Imported only now: the helper lives as long as its owner, and should cost it nothing.
     from pyrt.host import state
 
@@ -118,5 +119,7 @@ def collect(ids: set[str]) -> None:
     if nets:
         state.collect_stale_networks(only=nets)
     state.collect_stale(only={i for i in ids if (root / i).exists()})
+    # An owner killed between moving a directory into the trash and telling us so.
+    empty_trash({i for i in ids if (trash_root() / i).exists()})
     if os.geteuid() == 0:
         state.remove_cgroup(state.stale_cgroups(set(), only=ids))
