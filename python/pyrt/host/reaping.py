@@ -44,7 +44,25 @@ def main(argv: list[str]) -> int:
             # kept their directories from being collected: once the thaw lets it end, again.
             _wait_eof(sys.stdin.fileno(), 10.0)
             collect(ids)
+        _collect_until_gone(ids, 2.0)
     return 0
+
+
+def _collect_until_gone(ids: set[str], seconds: float) -> None:
+    """Collects again, for ``seconds`` at most, what is still there: an exiting owner closes
+    its descriptors one by one, so the pipe's EOF can arrive a moment before a container's
+    lock is released, and a collection in that moment leaves the directory (a locked one
+    belongs to a live owner)."""
+    import time
+
+    containers, trash = Path(state_root()) / "containers", trash_root()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = {i for i in ids if (containers / i).exists() or (trash / i).exists()}
+        if not left:
+            return
+        time.sleep(0.05)
+        collect(left)
 
 
 def _wait_eof(fd: int, seconds: float) -> None:
