@@ -117,12 +117,12 @@ def trash_root() -> Path:
 def discard(path: Path) -> bool:
     """Hands the deletion of a removed container's directory (``path``, its name the id) to
     this process's helper, off the caller's path: one rename moves it out of ``containers``
-    into the trash, and the helper deletes it there (on this machine /run is ext4, and the five
-    rmdirs of an unused container cost 0.45 ms, a tenth of a whole start). The helper finishes
-    it even if this process dies right after; what a dead helper leaves, stale collection
-    empties. False when there is no helper to hand it to, or the rename or the line failed:
-    the caller then deletes ``path`` itself (if the rename happened and the line did not, the
-    entry is renamed back first)."""
+    into the trash, and the helper deletes it there (on the development VM /run is ext4, and
+    removing the directory took 0.7 ms of every ``pyrt.run``: benches/README.md). The helper
+    finishes it even if this process dies right after; what a dead helper leaves, stale
+    collection empties. False when there is no helper to hand it to, or the rename or the line
+    failed: the caller then deletes ``path`` itself (if the rename happened and the line did
+    not, the entry is renamed back first)."""
     with _lock:
         if _owner != os.getpid() or _pipe < 0:
             return False

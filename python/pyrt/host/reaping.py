@@ -133,7 +133,7 @@ def collect(ids: set[str]) -> None:
 
     root = Path(state_root()) / "containers"
     nets = {i[len(NETWORK) :] for i in ids if i.startswith(NETWORK)}
-    ids -= {NETWORK + n for n in nets}
+    ids = ids - {NETWORK + n for n in nets}  # a new set: the caller's stays as it was
     if nets:
         state.collect_stale_networks(only=nets)
     state.collect_stale(only={i for i in ids if (root / i).exists()})

@@ -1,6 +1,7 @@
-//! Network namespaces made ahead of a container, for `network="private"`: the user-mode network
-//! stack (slirp4netns) has to be attached and configured before the container's command runs,
-//! so the container joins a namespace that is ready instead of making its own.
+//! Network namespaces made ahead of a container: for `network="private"` (the user-mode network
+//! stack, slirp4netns, has to be attached and configured before the container's command runs,
+//! so the container joins a namespace that is ready instead of making its own), and the next
+//! start's empty one (`take_ready`).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -12,9 +13,7 @@ pub fn create() -> io::Result<OwnedFd> {
     std::thread::Builder::new()
         .name("pyrt-netns".into())
         .spawn(|| -> io::Result<OwnedFd> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-            crate::child::network::loopback_up().map_err(|e| io::Error::other(e.to_string()))?;
+            enter_new()?;
             nix::fcntl::open(
                 "/proc/thread-self/ns/net",
                 nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -24,6 +23,13 @@ pub fn create() -> io::Result<OwnedFd> {
         })?
         .join()
         .map_err(|_| io::Error::other("the netns thread panicked"))?
+}
+
+/// Moves the calling thread (only) into a new network namespace and brings its `lo` up.
+fn enter_new() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    crate::child::network::loopback_up().map_err(|e| io::Error::other(e.to_string()))
 }
 
 static POOL_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -102,12 +108,7 @@ fn make_ahead(maker: &Maker) {
     // SAFETY: gettid cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
     loop {
-        let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))
-            .and_then(|()| {
-                crate::child::network::loopback_up().map_err(|e| io::Error::other(e.to_string()))
-            });
-        if made.is_err() {
+        if enter_new().is_err() {
             return;
         }
         let Ok(mut ready) = maker.ready.lock() else {
