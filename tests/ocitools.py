@@ -68,7 +68,7 @@ def _crun_wrapper(tmp: Path) -> str:
     w = tmp / "crun"
     w.write_text(
         "#!/bin/sh\n"
-        "exec unshare -m --propagation private sh -c "
+        "exec unshare -m --propagation slave sh -c "
         '\'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"\' crun "$@"\n'
     )
     w.chmod(0o755)

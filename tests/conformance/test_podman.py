@@ -70,6 +70,21 @@ def test_podman_uidmap(podman_image: str) -> None:
     assert lines[2] == "0", p.stdout
 
 
+def test_podman_uidmap_with_an_idmapped_volume(podman_image: str, tmp_path: Path) -> None:
+    """`podman --uidmap ... -v SRC:DST:idmap`: the volume is idmapped with the container's
+    mapping, so the host root's files are root's inside (not nobody's), and what the
+    container's root writes there is the host root's."""
+    src = tmp_path / "vol"
+    src.mkdir()
+    (src / "host-file").write_text("h")
+    tmp_path.chmod(0o755)
+    p = podman("run", "--rm", *ULIMITS, "--uidmap", "0:200000:65536", "--gidmap",
+               "0:200000:65536", "-v", f"{src}:/vol:idmap", podman_image, "sh", "-c",
+               "stat -c %u /vol/host-file; echo c > /vol/made")  # fmt: skip
+    assert p.stdout.split() == ["0"], p.stdout + p.stderr
+    assert (src / "made").stat().st_uid == 0
+
+
 def test_podman_pause_unpause_and_update(podman_image: str) -> None:
     """`podman pause/unpause` (the freezer) and `podman update --memory` (the cgroup), checked
     from inside (a clock the container writes stops and goes on) and on the host."""

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ocitools import BASE_CONFIG, Runtime, _pyrt_runc, write_config
+from usertools import SETPRIV, public_dir, subid_user
+
+IDS = [{"containerID": 0, "hostID": 100000, "size": 65536}]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs containers as root")
 
@@ -84,7 +88,8 @@ def test_bad_id_and_spec_and_features_and_list(prt: Runtime, tmp_path: Path) -> 
     again = subprocess.run([prt.binary, "spec", "--bundle", str(b)], capture_output=True)
     assert again.returncode == 1
     f = json.loads(subprocess.run([prt.binary, "features"], capture_output=True).stdout)
-    assert f["linux"]["mountExtensions"]["idmap"]["enabled"] is False
+    assert f["linux"]["mountExtensions"]["idmap"]["enabled"] is True  # Linux >= 5.12
+    assert {"idmap", "ridmap", "rro", "rnosuid"} <= set(f["mountOptions"])
     assert f["ociVersionMin"] and "createContainer" in f["hooks"]
     assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"]
     assert json.loads(prt("list", "--format", "json").stdout) == []
@@ -135,20 +140,32 @@ def test_console_socket_receives_the_pty(prt: Runtime, rootfs: Path, tmp_path: P
     prt("delete", "--force", "tty1")
 
 
-def test_an_idmapped_mount_is_refused_by_name(prt: Runtime, rootfs: Path, tmp_path: Path) -> None:
-    """`features` says idmap is not enabled; a spec that asks for it anyway is refused at
-    create, naming the field, rather than mounted with the wrong owners."""
+@pytest.mark.parametrize(
+    "extra,field,words",
+    [
+        ({"type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}, "mounts[4].options", "bind"),
+        ({"options": ["bind", "idmap"]}, "mounts[4].options", "user namespace"),
+        ({"options": ["bind"], "uidMappings": IDS}, "mounts[4].gidMappings", "uidMappings"),
+        ({"options": ["bind"], "uidMappings": [], "gidMappings": []}, "uidMappings", "mappings"),
+    ],
+)
+def test_an_idmapped_mount_that_cannot_be_made_is_refused_by_name(
+    prt: Runtime, rootfs: Path, tmp_path: Path, extra: dict[str, object], field: str, words: str
+) -> None:
+    """An idmapped mount that is not a bind, that takes the container's mapping when there is
+    no user namespace, or whose mappings are half or empty: refused at create, naming the
+    field, rather than mounted with the wrong owners. Nothing is left behind."""
     b = tmp_path / "b"
     b.mkdir()
     (b / "rootfs").symlink_to(rootfs)
     cfg = json.loads(json.dumps(BASE_CONFIG))
-    ids = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-    mnt = {"destination": "/mnt", "type": "bind", "source": str(tmp_path), "options": ["rbind"]}
-    cfg["mounts"].append({**mnt, "uidMappings": ids, "gidMappings": ids})
+    cfg["mounts"].append(
+        {"destination": "/tmp/m", "type": "bind", "source": str(tmp_path), **extra}
+    )
     write_config(b, cfg)
     p = prt.create(b, "idmapped")
     assert p.returncode == 1
-    assert "uidMappings" in p.stderr and "idmapped" in p.stderr
+    assert field in p.stderr and words in p.stderr, p.stderr
     assert prt("list", "-q").stdout.strip() == ""
 
 
@@ -189,3 +206,61 @@ def test_device_rules_on_cgroup_v2(
         lines = out.split()
         assert lines[:3] == want, out
         assert any(ln.startswith("0::/pyrt-runc-") for ln in lines[3:]), out  # the v2 tree
+
+
+@pytest.fixture
+def subid_bundle(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+    """pyrt-ci's uid and gid, and a bundle it can use (a world-readable busybox root)."""
+    who = subid_user()
+    assert who, "pyrt-ci with a /etc/subuid range is missing (.ci/run / scripts/setup make it)"
+    for public in public_dir():
+        b = public / "bundle"
+        b.mkdir()
+        os.chown(b, *who)
+        yield who[0], who[1], b
+
+
+def test_rootless_create_start_with_a_subordinate_range(
+    subid_bundle: tuple[int, int, Path],
+) -> None:
+    """config-linux.md "User namespace mappings" for a caller that is not root: the container's
+    root is the first id of the caller's /etc/subuid range (written by newuidmap), and the
+    whole create, state, start, delete round works (the start gate is the caller's socket,
+    handed to the container, which could not reach the caller's state directory)."""
+    uid, gid, b = subid_bundle
+    subuid = Path("/etc/subuid").read_text().splitlines()
+    sub = next(int(x.split(":")[1]) for x in subuid if x.startswith("pyrt-ci:"))
+    ids = [{"containerID": 0, "hostID": sub, "size": 65536}]
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["root"] = {"path": str(b.parent / "rootfs"), "readonly": True}
+    cfg["process"]["args"] = ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map; stat -c %u /bin"]
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    cfg["linux"].update(uidMappings=ids, gidMappings=ids)
+    (b / "config.json").write_text(json.dumps(cfg))
+    state = b / "state"
+    user = [SETPRIV or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    rt = [*user, _pyrt_runc(), "--root", str(state)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*rt, *args], capture_output=True, text=True, timeout=30, cwd=b)
+
+    # The container's stdio in files: a pipe would stay open for as long as it runs.
+    out, err = b / "out.txt", b / "err.txt"
+    with open(out, "w") as f, open(err, "w") as e:
+        for p in (out, err):
+            os.chown(p, uid, gid)
+        created = subprocess.run(
+            [*rt, "create", "--bundle", str(b), "sub"], stdout=f, stderr=e, timeout=30, cwd=b
+        )
+    assert created.returncode == 0, err.read_text()
+    assert json.loads(run("state", "sub").stdout)["status"] == "created"
+    assert run("start", "sub").returncode == 0
+    for _ in range(500):
+        if json.loads(run("state", "sub").stdout)["status"] == "stopped":
+            break
+    lines = out.read_text().splitlines()
+    assert lines[0] == "0", lines
+    assert lines[1].split() == ["0", str(sub), "65536"], lines
+    assert lines[2] == "65534", lines  # the host's root owns /bin: nobody inside
+    assert run("delete", "sub").returncode == 0
+    assert os.listdir(state) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -547,3 +548,159 @@ def test_user_namespace_from_the_spec(rt: Runtime, bundle: Path) -> None:
     lines = out.splitlines()
     assert lines[0] == "0" and lines[1].split() == ["0", "300000", "65536"], out
     assert lines[2] == "65534", out  # the host's root, unmapped
+
+
+def _open_to_mapped_root(bundle: Path, *more: Path) -> None:
+    """A user namespace's root must be able to reach the bundle and the mount sources
+    (pytest's directories are 0700)."""
+    for p in [bundle / "rootfs", bundle, *more]:
+        for d in [*p.resolve().parents, p.resolve()]:
+            if str(d).startswith("/tmp/"):
+                d.chmod(0o755)
+
+
+USERNS = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "user")]
+RANGE = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+
+
+def _owned_files(tmp_path: Path) -> Path:
+    """A directory (owned by the host's root) with a file of root's and one of uid:gid 5:6."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "root-file").write_text("r")
+    (src / "five").write_text("5")
+    os.chown(src / "five", 5, 6)
+    return src
+
+
+def test_idmap_mount_takes_the_containers_mapping(
+    rt: Runtime, bundle: Path, tmp_path: Path
+) -> None:
+    """config.md "Mounts", option `idmap` with no mappings of its own: the container's user
+    namespace mapping applies, so the host's root owns the files as the container's root
+    (without it they would be nobody's), and a file the container's root makes there belongs to
+    the host's root."""
+    src = _owned_files(tmp_path)
+    _open_to_mapped_root(bundle, src)
+    mnt = {
+        "destination": "/tmp/data",
+        "type": "bind",
+        "source": str(src),
+        "options": ["bind", "idmap"],
+    }
+    code, out = run_probe(
+        rt, bundle, "stat -c '%u:%g' /tmp/data/root-file /tmp/data/five /bin; touch /tmp/data/made",
+        mounts=[*config()["mounts"], mnt],
+        linux={"namespaces": USERNS, "uidMappings": RANGE, "gidMappings": RANGE},
+    )  # fmt: skip
+    made = src / "made"
+    owner = (made.stat().st_uid, made.stat().st_gid) if made.exists() else None
+    ok = code == 0 and out.split() == ["0:0", "5:6", "65534:65534"] and owner == (0, 0)
+    spec_requires(rt, ok, 'config.md "Mounts" idmap', f"{out[-300:]} made by {owner}")
+
+
+def test_idmap_mount_with_its_own_mappings(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
+    """config.md "Mounts" `uidMappings`/`gidMappings`: the mount's own mapping (here without a
+    user namespace: containerID 0 of the source's is shown as 1000), other ids unmapped."""
+    src = _owned_files(tmp_path)
+    small = [{"containerID": 0, "hostID": 1000, "size": 1}]
+    mnt = {
+        "destination": "/tmp/data", "type": "bind", "source": str(src),
+        "options": ["bind", "idmap"], "uidMappings": small, "gidMappings": small,
+    }  # fmt: skip
+    code, out = run_probe(
+        rt,
+        bundle,
+        "stat -c '%u:%g' /tmp/data/root-file /tmp/data/five",
+        mounts=[*config()["mounts"], mnt],
+    )
+    ok = code == 0 and out.split() == ["1000:1000", "65534:65534"]
+    spec_requires(rt, ok, 'config.md "Mounts" uidMappings', out[-300:])
+
+
+def test_ridmap_maps_the_mounts_below(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
+    """config.md "Mounts", `ridmap` on an `rbind`: a mount below the source is mapped too (with
+    `idmap` only the top one is)."""
+    src = _owned_files(tmp_path)
+    below = src / "below"
+    below.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "below", str(below)], check=True)
+    try:
+        (below / "f").write_text("x")
+        _open_to_mapped_root(bundle, src)
+        results = []
+        for opt in ("idmap", "ridmap"):
+            mnt = {"destination": "/tmp/data", "type": "bind", "source": str(src),
+                   "options": ["rbind", opt]}  # fmt: skip
+            code, out = run_probe(
+                rt, bundle, "stat -c '%u' /tmp/data/root-file /tmp/data/below/f",
+                mounts=[*config()["mounts"], mnt],
+                linux={"namespaces": USERNS, "uidMappings": RANGE, "gidMappings": RANGE},
+            )  # fmt: skip
+            results.append((code, out.split()))
+    finally:
+        subprocess.run(["umount", "-l", str(below)], check=False)
+    ok = results == [(0, ["0", "65534"]), (0, ["0", "0"])]
+    spec_requires(rt, ok, 'config.md "Mounts" ridmap', repr(results))
+
+
+def test_recursive_mount_options(rt: Runtime, bundle: Path, tmp_path: Path) -> None:
+    """config.md "Mounts", the recursive options (`rro`, `rnosuid`): applied to the bind and
+    every mount below it, where `ro` alone leaves a submount writable."""
+    src = tmp_path / "rsrc"
+    below = src / "below"
+    below.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "below", str(below)], check=True)
+    try:
+        mnt = {"destination": "/tmp/data", "type": "bind", "source": str(src),
+               "options": ["rbind", "rro", "rnosuid"]}  # fmt: skip
+        code, out = run_probe(
+            rt, bundle,
+            "touch /tmp/data/below/x 2>/dev/null && echo wrote || echo ro;"
+            " grep ' /tmp/data/below ' /proc/self/mountinfo | cut -d' ' -f6",
+            mounts=[*config()["mounts"], mnt],
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(below)], check=False)
+    lines = out.split()
+    ok = code == 0 and lines[:1] == ["ro"] and "nosuid" in (lines[1] if len(lines) > 1 else "")
+    spec_requires(rt, ok, 'config.md "Mounts" rro, rnosuid', out[-300:])
+
+
+@pytest.mark.parametrize(
+    "mode,seen", [("rslave", "seen"), ("slave", "seen"), ("private", "unseen")]
+)
+def test_rootfs_propagation_receives_the_hosts_mounts(
+    rt: Runtime, rootfs: Path, tmp_path: Path, mode: str, seen: str
+) -> None:
+    """config-linux.md "Rootfs Mount Propagation", slave: a mount the host makes under the
+    container's root after the start shows inside (and with private, it does not). The root is
+    on a shared tmpfs, as a host with systemd has it."""
+    top = tmp_path / "shared"
+    top.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "pyrt-prop", str(top)], check=True)
+    late = top / "rootfs" / "mnt" / "late"
+    try:
+        subprocess.run(["mount", "--make-shared", str(top)], check=True)
+        subprocess.run(["cp", "-a", f"{rootfs}/.", str(top / "rootfs")], check=True)
+        late.mkdir(parents=True, exist_ok=True)
+        b = tmp_path / "b"
+        b.mkdir()
+        script = (
+            "for i in $(seq 200); do grep -q ' /mnt/late ' /proc/self/mountinfo"
+            " && { echo seen; exit 0; }; sleep 0.02; done; echo unseen"
+        )
+        cfg = config(args=["/bin/sh", "-c", script])
+        cfg["root"]["path"] = str(top / "rootfs")
+        cfg["linux"]["rootfsPropagation"] = mode
+        write_config(b, cfg)
+        cid = rt.new_id()
+        p = rt.create(b, cid)
+        assert p.returncode == 0, p.stderr
+        rt("start", cid)
+        subprocess.run(["mount", "-t", "tmpfs", "late", str(late)], check=True)
+        rt.wait_status(cid, "stopped")
+        out = (b / "out.txt").read_text().strip()
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(top)], check=False)
+    spec_requires(rt, out == seen, 'config-linux.md "Rootfs Mount Propagation"', f"{mode}: {out}")

@@ -14,6 +14,58 @@ pub struct MountFlags {
     pub recursive: bool,
     /// Comma-separated filesystem data ("mode=755,size=65536k").
     pub data: String,
+    /// The recursive words (`rro`, `rnosuid`, `rnoatime`, ...): MOUNT_ATTR_* bits set and
+    /// cleared with mount_setattr(AT_RECURSIVE) on the mount and every mount below it.
+    #[serde(default)]
+    pub attr_set: u64,
+    #[serde(default)]
+    pub attr_clear: u64,
+    /// `idmap` or `ridmap` (the second: `idmap_recursive` too).
+    #[serde(default)]
+    pub idmap: bool,
+    #[serde(default)]
+    pub idmap_recursive: bool,
+}
+
+/// mount_setattr(2)'s attribute bits (linux/mount.h).
+pub mod attr {
+    pub const RDONLY: u64 = 0x1;
+    pub const NOSUID: u64 = 0x2;
+    pub const NODEV: u64 = 0x4;
+    pub const NOEXEC: u64 = 0x8;
+    /// The atime mode is a 3-bit field, not flags: changing it clears the whole field.
+    pub const ATIME_FIELD: u64 = 0x70;
+    pub const RELATIME: u64 = 0x0;
+    pub const NOATIME: u64 = 0x10;
+    pub const STRICTATIME: u64 = 0x20;
+    pub const NODIRATIME: u64 = 0x80;
+    pub const IDMAP: u64 = 0x0010_0000;
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+/// The recursive word `o` as (MOUNT_ATTR bits to set, to clear), if it is one.
+fn recursive_word(o: &str) -> Option<(u64, u64)> {
+    use attr::*;
+    let atime = |mode: u64| (mode, ATIME_FIELD);
+    Some(match o {
+        "rro" => (RDONLY, 0),
+        "rrw" => (0, RDONLY),
+        "rnosuid" => (NOSUID, 0),
+        "rsuid" => (0, NOSUID),
+        "rnodev" => (NODEV, 0),
+        "rdev" => (0, NODEV),
+        "rnoexec" => (NOEXEC, 0),
+        "rexec" => (0, NOEXEC),
+        "rnodiratime" => (NODIRATIME, 0),
+        "rdiratime" => (0, NODIRATIME),
+        "rnosymfollow" => (NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, NOSYMFOLLOW),
+        "rnoatime" => atime(NOATIME),
+        "rstrictatime" | "rnorelatime" => atime(STRICTATIME),
+        // mount(8): "atime" and "nostrictatime" both mean the kernel's default, relatime.
+        "rrelatime" | "ratime" | "rnostrictatime" => atime(RELATIME),
+        _ => return None,
+    })
 }
 
 impl MountFlags {
@@ -25,10 +77,6 @@ impl MountFlags {
 /// A mount option that cannot be carried out, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MountOptionError {
-    /// Recursive attributes (mount_setattr) and id-mapped mounts: not supported yet; refusing
-    /// beats silently mounting something weaker than asked.
-    #[error("mount option {option:?} is not supported")]
-    Unsupported { option: String },
     #[error("empty mount option")]
     Empty,
     #[error("mount option contains a comma: {option:?}")]
@@ -89,11 +137,19 @@ pub fn parse<'a>(
                 f.propagation = kind | rec;
                 (0, 0)
             }
-            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" => {
-                return Err(MountOptionError::Unsupported { option: o.into() });
+            "idmap" | "ridmap" => {
+                f.idmap = true;
+                f.idmap_recursive = o == "ridmap";
+                (0, 0)
             }
             "tmpcopyup" | "copy-symlink" | "nocopyup" => (0, 0),
             "" => return Err(MountOptionError::Empty),
+            o if recursive_word(o).is_some() => {
+                let (set, clear) = recursive_word(o).unwrap_or_default();
+                f.attr_set = (f.attr_set & !clear) | set;
+                f.attr_clear = (f.attr_clear & !set) | clear;
+                (0, 0)
+            }
             o => {
                 if o.contains(',') {
                     return Err(MountOptionError::Comma { option: o.into() });
@@ -140,8 +196,20 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_words_are_refused() {
-        assert!(parse(["idmap"].into_iter()).is_err());
-        assert!(parse(["rro"].into_iter()).is_err());
+    fn recursive_words_become_mount_attributes() {
+        let (f, _) = parse(["rbind", "rro", "rnosuid", "rnoatime"].into_iter()).unwrap();
+        assert_eq!(f.attr_set, attr::RDONLY | attr::NOSUID | attr::NOATIME);
+        assert_eq!(f.attr_clear, attr::ATIME_FIELD);
+        assert_eq!(f.flags, 0, "recursive words are not mount(2) flags");
+        let (f, _) = parse(["rro", "rrw"].into_iter()).unwrap();
+        assert_eq!((f.attr_set, f.attr_clear), (0, attr::RDONLY));
+    }
+
+    #[test]
+    fn idmap_words() {
+        let (f, _) = parse(["rbind", "ridmap"].into_iter()).unwrap();
+        assert!(f.idmap && f.idmap_recursive);
+        let (f, _) = parse(["bind", "idmap"].into_iter()).unwrap();
+        assert!(f.idmap && !f.idmap_recursive);
     }
 }

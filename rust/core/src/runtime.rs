@@ -23,12 +23,14 @@ pub struct Created {
 /// Creates the container's cgroup (when the plan names one), then its first process: running
 /// its command on return, or with `hold` stopped before its plan until `spawn::release`. If
 /// the process cannot be made, the cgroup is removed again: a failed create leaves nothing.
-/// `after_cgroup` runs between the two (the Python door's fault points use it).
+/// `after_cgroup` runs between the two (the Python door's fault points use it). `gate` is
+/// `pyrt-runc create`'s listening start socket, handed to the child.
 pub fn create(
     image: &ChildImage,
     mut plan: Plan,
     stdio: [RawFd; 3],
     hold: bool,
+    gate: Option<&OwnedFd>,
     after_cgroup: impl FnOnce(),
 ) -> Result<Created, SetupError> {
     // A pid namespace given by path is joined by the spawner before the clone, as for an exec:
@@ -47,6 +49,7 @@ pub fn create(
     let place = Placement {
         cgroup: cgroup.as_ref(),
         pidns: pidns.as_ref(),
+        gate,
     };
     let request = Request::Create(plan);
     let spawned = if hold {
@@ -102,6 +105,7 @@ pub fn exec_into(
     let place = Placement {
         cgroup,
         pidns: (!plan.fork_into_pidns).then_some(&pidns),
+        gate: None,
     };
     spawn::spawn(image, &Request::Exec(plan), stdio, place)
 }

@@ -104,8 +104,14 @@ struct ChildArgs {
     /// to a subordinate range): a pipe to wait on until the maps are written, then become the
     /// namespace's root before executing (see `needs_setid`). -1 otherwise.
     setid_fd: RawFd,
+    /// Descriptors handed down beyond the six (`Plan::inherited_fds`): the child clears their
+    /// close-on-exec flag in its own descriptor table. Each is >= FD_FLOOR.
+    keep: *const RawFd,
+    keep_len: usize,
 }
 
+/// Every descriptor the child reads is at or above this, so that its dup2s into 0..=5 (and a
+/// re-execution's plan in 6) cannot clobber one.
 const FD_FLOOR: RawFd = 10;
 
 /// The clone child. Raw syscalls only: no allocation, no locks, no Rust std I/O.
@@ -140,6 +146,11 @@ extern "C" fn child_fn(arg: *mut libc::c_void) -> libc::c_int {
         }
         for (target, src) in a.fds.iter().enumerate() {
             if libc::dup2(*src, target as RawFd) < 0 {
+                return fail(a.report_fd);
+            }
+        }
+        for i in 0..a.keep_len {
+            if libc::fcntl(*a.keep.add(i), libc::F_SETFD, 0) < 0 {
                 return fail(a.report_fd);
             }
         }
@@ -366,9 +377,69 @@ pub(crate) fn take_join(plan: &mut Plan, bit: u64) -> Result<Option<OwnedFd>, Se
     Ok(Some(OwnedFd::from(f)))
 }
 
-/// Whether the child must become its user namespace's root itself: a root caller whose map
-/// gives the namespace's 0 to another id (a subordinate range). A caller mapped as 0 (rootless,
-/// or root mapping 0 to 0) is that root already.
+/// Descriptors the child inherits, put in the plan (`Plan::inherited_fds`): `pyrt-runc
+/// create`'s start gate, and each idmapped bind mount, made here detached (`host::idmount`).
+fn hand_down<'r>(
+    request: Cow<'r, Request>,
+    gate: Option<&OwnedFd>,
+) -> Result<(Cow<'r, Request>, Vec<OwnedFd>), SetupError> {
+    let needs = match request.as_ref() {
+        Request::Create(p) => gate.is_some() || p.mounts.iter().any(|m| m.idmap.is_some()),
+        Request::Exec(_) => false,
+    };
+    if !needs {
+        return Ok((request, Vec::new()));
+    }
+    let mut request = request.into_owned();
+    let Request::Create(p) = &mut request else {
+        unreachable!("only a create hands descriptors down")
+    };
+    let mut held = Vec::new();
+    if let Some(g) = gate {
+        let fd = dup_high(g.as_raw_fd()).map_err(|e| spawn_err("dup of the start gate", e))?;
+        p.gate_fd = Some(fd.as_raw_fd());
+        held.push(fd);
+    }
+    // One user namespace per distinct mapping, for as long as the mounts are being made.
+    let mut namespaces: Vec<(crate::plan::IdMaps, OwnedFd)> = Vec::new();
+    for (i, m) in p.mounts.iter_mut().enumerate() {
+        let (Some(idmap), crate::plan::MountKind::Bind { source, recursive }) =
+            (m.idmap.as_mut(), &m.kind)
+        else {
+            continue;
+        };
+        let what = |e: io::Error| {
+            SetupError::new(
+                Stage::Mount,
+                e.raw_os_error().unwrap_or(libc::EINVAL),
+                format!("mounts[{i}] ({}): {e}", m.destination.display()),
+            )
+        };
+        let ns = match namespaces.iter().position(|(maps, _)| *maps == idmap.maps) {
+            Some(k) => k,
+            None => {
+                let ns = crate::host::idmount::userns_with(&idmap.maps).map_err(|e| {
+                    what(io::Error::new(
+                        e.kind(),
+                        format!("a user namespace for the mapping: {e}"),
+                    ))
+                })?;
+                namespaces.push((idmap.maps.clone(), ns));
+                namespaces.len() - 1
+            }
+        };
+        let fd = crate::host::idmount::detached(source, *recursive, idmap, &namespaces[ns].1)
+            .and_then(|tree| dup_high(tree.as_raw_fd()))
+            .map_err(what)?;
+        idmap.fd = Some(fd.as_raw_fd());
+        held.push(fd);
+    }
+    Ok((Cow::Owned(request), held))
+}
+
+/// Whether the child must become its user namespace's root itself: a caller whose map gives
+/// the namespace's 0 to another id (root mapping the container to a subordinate range, or a
+/// user to one of theirs through newuidmap). A caller mapped as 0 is that root already.
 fn needs_setid(request: &Request) -> bool {
     let Request::Create(p) = request else {
         return false;
@@ -377,7 +448,7 @@ fn needs_setid(request: &Request) -> bool {
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     let root_of = |r: &[(u32, u32, u32)]| r.iter().find(|(i, _, _)| *i == 0).map(|(_, o, _)| *o);
-    euid == 0 && root_of(&maps.uid) != Some(0)
+    matches!(root_of(&maps.uid), Some(r) if r != euid)
 }
 
 /// Writes "0" into each cgroup v1 `tasks` file: moves the calling thread alone, which skips the
@@ -431,6 +502,8 @@ fn spawn_err(what: &str, e: io::Error) -> SetupError {
 pub struct Placement<'a> {
     pub cgroup: Option<&'a Cgroup>,
     pub pidns: Option<&'a OwnedFd>,
+    /// `pyrt-runc create`: the listening socket `start` connects to, handed to the child.
+    pub gate: Option<&'a OwnedFd>,
 }
 
 /// Starts a new container (`Request::Create`) or a process in a running one
@@ -473,7 +546,9 @@ pub fn spawn_held(
         None => (Vec::new(), Vec::new()),
     };
     let (request, netns) = prejoin_net(request)?;
+    let (request, handed) = hand_down(request, place.gate)?;
     let request = request.as_ref();
+    let keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
     let request_bytes = serde_json::to_vec(request).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
@@ -519,6 +594,8 @@ pub fn spawn_held(
             Request::Exec(e) => !e.detached,
         },
         setid_fd: setid.as_ref().map_or(-1, |s| s.0.as_raw_fd()),
+        keep: keep.as_ptr(),
+        keep_len: keep.len(),
     };
     let clone_flags = match request {
         Request::Create(p) => p.clone_flags,
@@ -564,6 +641,7 @@ pub fn spawn_held(
     // The child has executed pyrt-child (or died), or, waiting for its maps, has its own copies
     // of the descriptors: ours can go.
     drop(sources);
+    drop(handed);
     let setid_rest = setid_rest.map(|(go_r, done_w, go_w, done_r)| {
         drop((go_r, done_w));
         (go_w, done_r)

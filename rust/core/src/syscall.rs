@@ -109,11 +109,22 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
 /// mount_setattr(2) on the mount that `fd` refers to and, with `recursive`, every mount below it.
 pub fn mount_setattr(fd: &OwnedFd, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
+    mount_setattr_userns(fd, set, clear, None, recursive)
+}
+
+/// mount_setattr(2) with a user namespace, for MOUNT_ATTR_IDMAP.
+pub fn mount_setattr_userns(
+    fd: &OwnedFd,
+    set: u64,
+    clear: u64,
+    userns: Option<&OwnedFd>,
+    recursive: bool,
+) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clear,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: the attr struct is valid for the size passed; "" with AT_EMPTY_PATH names `fd`.
@@ -140,8 +151,68 @@ pub fn fd_path(fd: &OwnedFd) -> CString {
 /// Closes every descriptor from `first` up; descriptors the Python parent forgot to mark
 /// close-on-exec must not reach the container.
 pub fn close_from(first: u32) -> io::Result<()> {
-    // SAFETY: close_range has no memory arguments.
-    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) }).map(|_| ())
+    close_from_except(first, &[])
+}
+
+/// `close_from`, leaving open the descriptors in `keep` (those the parent handed down).
+pub fn close_from_except(first: u32, keep: &[i32]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&k| u32::try_from(k).ok())
+        .filter(|&k| k >= first)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let close = |lo: u32, hi: u32| {
+        // SAFETY: close_range has no memory arguments.
+        check(unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) }).map(|_| ())
+    };
+    let mut lo = first;
+    for k in keep {
+        if k > lo {
+            close(lo, k - 1)?;
+        }
+        lo = k.saturating_add(1);
+    }
+    close(lo, u32::MAX)
+}
+
+const OPEN_TREE_CLONE: u32 = 0x1;
+
+/// open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at `path` (and with
+/// `recursive`, of the mounts below it), to be changed and then attached with `move_mount_to`.
+pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let p = cpath(path)?;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as u32
+        | if recursive {
+            libc::AT_RECURSIVE as u32
+        } else {
+            0
+        };
+    // SAFETY: a valid path; the result is a new descriptor we own.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// move_mount(2) of the detached mount `mnt` onto the file `target` was opened on.
+pub fn move_mount_to(mnt: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
+    // SAFETY: "" with both EMPTY_PATH flags names the two descriptors.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(|_| ())
 }
 
 const FSOPEN_CLOEXEC: u32 = 0x1;
@@ -225,4 +296,29 @@ pub fn mount_overlay_fs(
         )
     })
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_from_except_keeps_only_what_it_is_told() {
+        // High numbers, clear of the test harness's own descriptors.
+        let base = 900;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        for i in 0..4 {
+            // SAFETY: dup2 of our own descriptor onto a free high number.
+            assert!(unsafe { libc::dup2(f.as_raw_fd(), base + i) } >= 0);
+        }
+        close_from_except(base as u32, &[base + 2, 5]).unwrap();
+        // SAFETY: F_GETFD only asks whether the number is open.
+        let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        assert_eq!(
+            (0..4).map(|i| open(base + i)).collect::<Vec<_>>(),
+            vec![false, false, true, false]
+        );
+        // SAFETY: closing the one left.
+        unsafe { libc::close(base + 2) };
+    }
 }

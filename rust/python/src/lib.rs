@@ -115,7 +115,7 @@ fn spawn(
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let created = py
         .detach(|| {
-            runtime::create(image, plan, [stdin, stdout, stderr], hold, || {
+            runtime::create(image, plan, [stdin, stdout, stderr], hold, None, || {
                 fault("cgroup-created")
             })
         })

@@ -2,7 +2,7 @@
 //! "Lifecycle" and "Operations") with runc's exit codes and messages.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use pyrt_core::cgroups::CgroupPlan;
 use pyrt_core::hooks::{self, Hook};
-use pyrt_core::plan::{self, IdMaps, Plan};
+use pyrt_core::plan::{self, Plan};
 use pyrt_core::report::{SetupError, Stage};
 use pyrt_core::runtime;
 use pyrt_core::spawn::{self, Child, ChildImage};
@@ -138,7 +138,7 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         }
         Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
     }
-    plan.start_socket = Some(gate_dir(&dir, plan.id_maps.as_ref())?);
+    let gate = open_gate(&dir)?;
     let hooks = spec.hooks().clone().unwrap_or_default();
     let record = Record {
         id: o.id.into(),
@@ -163,7 +163,7 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         .into_iter()
         .chain(hook_list(hooks.create_runtime()))
         .collect();
-    let r = start_init(o, &plan, cg_plan.as_ref(), record, &runtime_hooks);
+    let r = start_init(o, &plan, cg_plan.as_ref(), record, &runtime_hooks, &gate);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -176,13 +176,14 @@ fn start_init(
     cg_plan: Option<&CgroupPlan>,
     mut record: Record,
     runtime_hooks: &[Hook],
+    gate: &OwnedFd,
 ) -> Result<Created> {
     let console = o.console_socket.as_deref().map(console).transpose()?;
     let stdin: RawFd = console.as_ref().map_or(0, |c| c.as_raw_fd());
     let image = child_image()?;
     let mut plan = plan.clone();
     plan.cgroup = cg_plan.cloned();
-    let created = runtime::create(&image, plan, [stdin, 1, 2], true, || {})?;
+    let created = runtime::create(&image, plan, [stdin, 1, 2], true, Some(gate), || {})?;
     let (child, cgroup) = (created.child, created.cgroup);
     let released = (|| -> Result<()> {
         let pid = child.pid;
@@ -284,29 +285,18 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The directory the child binds the start gate in: the container's root must be able to
-/// write there, which in a user namespace is an id of its range, not the caller's.
-fn gate_dir(dir: &Path, maps: Option<&IdMaps>) -> Result<PathBuf> {
+/// The start gate: a listening socket in the state directory's `gate/`, bound here and handed
+/// to the child, so that a container in a user namespace (whose root may be a subordinate id
+/// with no right to the caller's directory) never needs to reach it.
+fn open_gate(dir: &Path) -> Result<OwnedFd> {
     use std::os::unix::fs::DirBuilderExt;
     let gate = dir.join(state::GATE_DIR);
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&gate)
         .map_err(io_err(format!("creating {}", gate.display())))?;
-    let root_of = |ranges: &[(u32, u32, u32)]| {
-        ranges
-            .iter()
-            .find(|(inside, _, n)| *inside == 0 && *n > 0)
-            .map(|(_, outside, _)| *outside)
-    };
-    if let Some(m) = maps {
-        let (uid, gid) = (root_of(&m.uid), root_of(&m.gid));
-        std::os::unix::fs::chown(&gate, uid, gid).map_err(io_err(format!(
-            "giving {} to the container's root",
-            gate.display()
-        )))?;
-    }
-    Ok(gate)
+    pyrt_core::child::gate::bind(&gate)
+        .map_err(io_err(format!("binding the start gate in {}", gate.display())))
 }
 
 /// The gate's name is short and relative: connect from inside the state directory, through a

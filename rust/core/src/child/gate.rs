@@ -1,6 +1,6 @@
 //! `pyrt-runc create` / `start`: the child sets everything up, then waits at a *gate* until the
-//! runtime's `start` command connects to a unix socket it bound before pivot_root (`start.sock`
-//! in the container's state directory). The connection then takes the error pipe's place: a
+//! runtime's `start` command connects to a unix socket that `create` bound (`start.sock` in the
+//! container's state directory) and handed down to it. The connection then takes the error pipe's place: a
 //! failure from here on (a `startContainer` hook, seccomp, execve) reaches `start`, and EOF on a
 //! successful execve tells `start` that the command runs, as the pipe told `create`.
 //!
@@ -18,45 +18,15 @@ use crate::wire::ERROR_FD;
 
 pub const SOCKET_NAME: &str = "start.sock";
 
-fn err(what: &'static str) -> impl FnOnce(io::Error) -> SetupError {
-    move |e| SetupError::io(Stage::Exec, what, &e)
-}
-
-/// Binds and listens on `dir/start.sock`, from inside `dir` so that a long state path does not
-/// matter (a socket name has 108 bytes). Before pivot_root, while `dir` is reachable.
-pub fn bind(dir: &Path) -> Result<OwnedFd, SetupError> {
-    nix::unistd::chdir(dir).map_err(|e| err("entering the state directory")(io::Error::from(e)))?;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err("socket for the start gate")(io::Error::last_os_error()));
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a zeroed sockaddr_un with a short relative name copied in.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(SOCKET_NAME.bytes()) {
-        *d = s as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + SOCKET_NAME.len()) as libc::socklen_t;
-    // SAFETY: bind/listen on our socket with a valid address.
-    unsafe {
-        if libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        ) != 0
-        {
-            return Err(err("binding the start gate")(io::Error::last_os_error()));
-        }
-        if libc::listen(fd.as_raw_fd(), 4) != 0 {
-            return Err(err("listening on the start gate")(
-                io::Error::last_os_error(),
-            ));
-        }
-    }
-    Ok(fd)
+/// Binds and listens on `dir/start.sock`, in `pyrt-runc create` (the parent), which hands the
+/// listener to the child: a container in a user namespace of its own may have no right to
+/// create a file in the caller's state directory, or even to reach it. The directory is
+/// reached through a descriptor, so that a long state path does not matter (a socket name has
+/// 108 bytes).
+pub fn bind(dir: &Path) -> io::Result<OwnedFd> {
+    let d = std::fs::File::open(dir)?;
+    let path = format!("/proc/self/fd/{}/{SOCKET_NAME}", d.as_raw_fd());
+    std::os::unix::net::UnixListener::bind(path).map(OwnedFd::from)
 }
 
 /// Tells `create` that the container is set up (closes the error pipe), then waits for `start`

@@ -25,7 +25,7 @@ mod process;
 pub mod rootfs;
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use std::path::PathBuf;
 
@@ -45,8 +45,6 @@ const REEXEC_ARG: &str = "--plan-in-fd-6";
 
 pub fn main() -> ! {
     let reexeced = std::env::args().nth(1).as_deref() == Some(REEXEC_ARG);
-    // Nothing but our five descriptors may reach the container, whatever the parent held open.
-    let _ = syscall::close_from(if reexeced { 7 } else { 6 });
     for fd in [PLAN_FD, ERROR_FD, crate::wire::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -54,15 +52,21 @@ pub fn main() -> ! {
     // Setup creates files and device nodes with exactly the modes it names (0666 for /dev/null);
     // the command's own umask is set later, from the spec (022 when it names none).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let result = read_request(if reexeced { REEXEC_PLAN_FD } else { PLAN_FD }).and_then(
-        |(request, bytes)| match request {
-            Request::Create(plan) if plan.id_maps.is_some() && !reexeced => {
-                reexec_in_userns(&bytes)
-            }
-            Request::Create(plan) => run(&plan),
-            Request::Exec(plan) => run_exec(&plan),
-        },
-    );
+    let result = read_request(if reexeced { REEXEC_PLAN_FD } else { PLAN_FD });
+    if let Ok((request, _)) = &result {
+        // Nothing but our descriptors, and those the plan says were handed down, may reach the
+        // container, whatever the parent held open.
+        let handed = match request {
+            Request::Create(plan) => plan.inherited_fds(),
+            Request::Exec(_) => Vec::new(),
+        };
+        let _ = syscall::close_from_except(6, &handed);
+    }
+    let result = result.and_then(|(request, bytes)| match request {
+        Request::Create(plan) if plan.id_maps.is_some() && !reexeced => reexec_in_userns(&bytes),
+        Request::Create(plan) => run(&plan),
+        Request::Exec(plan) => run_exec(&plan),
+    });
     let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
@@ -142,6 +146,11 @@ fn reexec_in_userns(bytes: &[u8]) -> Result<std::convert::Infallible, SetupError
 }
 
 fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
+    // What was handed down is used before pivot_root and must never reach the command.
+    for fd in plan.inherited_fds() {
+        // SAFETY: fcntl on a descriptor the parent handed down.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // 0. A session of our own: a container given the caller's terminal as stdio has it as no
     //    controlling terminal, so it cannot push keystrokes into the caller's shell with TIOCSTI
     //    (CVE-2017-5226, bubblewrap's --new-session).
@@ -163,8 +172,9 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
             )
         })?;
     }
-    // 2. Nothing we mount may propagate to the host.
-    rootfs::make_private()?;
+    // 2. Nothing we mount may propagate to the host. A root or mount that asks to receive the
+    //    host's mounts (slave or shared propagation) gets a namespace that is the host's slave.
+    rootfs::make_private(plan.receives_host_mounts())?;
     // 3. The root: a bind of the image directory, an overlay of its layers, or the host's "/".
     let root = rootfs::mount_root(&plan.root)?;
     rootfs::refuse_special_symlinks(&root)?;
@@ -201,13 +211,10 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     }
     // 6. Masked and read-only paths, in the container's /proc and /sys mounted above.
     rootfs::mask_and_protect(&root, &plan.masked_paths, &plan.readonly_paths)?;
-    // 6b. pyrt-runc: the start gate's socket, bound while the state directory is reachable;
-    //     then, with hooks, stop for the parent's createRuntime/prestart hooks and run the
+    // 6b. pyrt-runc: the start gate's listening socket, which the parent bound; then, with hooks, stop for the parent's createRuntime/prestart hooks and run the
     //     createContainer hooks here, in the container's namespaces, before pivot_root.
-    let gate = match &plan.start_socket {
-        Some(dir) => Some(gate::bind(dir)?),
-        None => None,
-    };
+    // SAFETY: the listening socket the parent handed down (`Plan::gate_fd`), ours alone now.
+    let gate = plan.gate_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let state = if plan.hooks.sync {
         sync_with_parent()?
     } else {

@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::inroot::ensure_in_root;
@@ -20,10 +20,17 @@ fn mount_err(stage: Stage, what: String) -> impl FnOnce(io::Error) -> SetupError
 }
 
 /// Makes every mount in our (new) namespace private, so nothing we mount propagates back to the
-/// host and `pivot_root` is allowed.
-pub fn make_private() -> Result<()> {
-    syscall::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .map_err(mount_err(Stage::Rootfs, "making / private".into()))
+/// host and `pivot_root` is allowed; with `slave`, a slave of the host's instead: mounts still
+/// never propagate back, but the host's new mounts reach the container's binds and root
+/// (`rslave`, runc's default). pivot_root accepts a slave root.
+pub fn make_private(slave: bool) -> Result<()> {
+    let (kind, what) = if slave {
+        (libc::MS_SLAVE, "making / a slave of the host's")
+    } else {
+        (libc::MS_PRIVATE, "making / private")
+    };
+    syscall::mount(None, c"/", None, libc::MS_REC | kind, None)
+        .map_err(mount_err(Stage::Rootfs, what.into()))
 }
 
 /// Mounts the root on `root.path` and returns a descriptor of it.
@@ -207,7 +214,23 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
     match &m.kind {
         MountKind::Bind { source, recursive } => {
             let src = cpath(source).map_err(mount_err(Stage::Mount, "bind source".into()))?;
-            let meta = std::fs::metadata(source).map_err(|e| match e.raw_os_error() {
+            // SAFETY: the detached, idmapped mount the parent handed down for this mount.
+            let detached = m
+                .idmap
+                .as_ref()
+                .and_then(|i| i.fd)
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            // An idmapped source was opened by the parent, and may be out of reach of the
+            // container's root (a caller's 0700 directory): its type comes from the descriptor.
+            let meta = match &detached {
+                Some(d) => std::fs::File::from(d.try_clone().map_err(mount_err(
+                    Stage::Mount,
+                    "duplicating the idmapped mount".into(),
+                ))?)
+                .metadata(),
+                None => std::fs::metadata(source),
+            };
+            let meta = meta.map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) => SetupError::new(
                     Stage::Mount,
                     libc::ENOENT,
@@ -223,18 +246,25 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                 mount_err(Stage::Mount, format!("creating mount target {dest}")),
             )?;
             refuse_into_proc(&target, &m.destination)?;
-            let rec = if *recursive { libc::MS_REC } else { 0 };
-            syscall::mount(
-                Some(&src),
-                &fd_path(&target),
-                None,
-                libc::MS_BIND | rec,
-                None,
-            )
-            .map_err(mount_err(
-                Stage::Mount,
-                format!("bind mounting {} on {dest}", source.display()),
-            ))?;
+            if let Some(detached) = detached {
+                syscall::move_mount_to(&detached, &target).map_err(mount_err(
+                    Stage::Mount,
+                    format!("attaching the idmapped {} on {dest}", source.display()),
+                ))?;
+            } else {
+                let rec = if *recursive { libc::MS_REC } else { 0 };
+                syscall::mount(
+                    Some(&src),
+                    &fd_path(&target),
+                    None,
+                    libc::MS_BIND | rec,
+                    None,
+                )
+                .map_err(mount_err(
+                    Stage::Mount,
+                    format!("bind mounting {} on {dest}", source.display()),
+                ))?;
+            }
             // Bind mounts ignore every flag but MS_BIND|MS_REC; the flags take a remount of the
             // new mount, reached by opening the target again.
             let extra = fl.flags & !(libc::MS_REMOUNT);
@@ -247,6 +277,7 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                     format!("remounting {dest} with its options"),
                 ))?;
             }
+            recursive_attrs(root, m)?;
             propagate(root, m)
         }
         // runc's convention: "cgroup" stands for the host's whole cgroup layout.
@@ -279,6 +310,7 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
                 Stage::Mount,
                 format!("mounting {fstype} on {dest}"),
             ))?;
+            recursive_attrs(root, m)?;
             propagate(root, m)
         }
     }
@@ -286,6 +318,21 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
 
 fn strip(p: &Path) -> &Path {
     p.strip_prefix("/").unwrap_or(p)
+}
+
+/// The recursive words (`rro`, `rnosuid`, ...): mount_setattr on the new mount and everything
+/// below it, which mount(2)'s remount cannot do.
+fn recursive_attrs(root: &OwnedFd, m: &Mount) -> Result<()> {
+    if m.flags.attr_set == 0 && m.flags.attr_clear == 0 {
+        return Ok(());
+    }
+    let dest = m.destination.display();
+    let top = open_in_root(root.as_raw_fd(), strip(&m.destination), libc::O_PATH)
+        .map_err(mount_err(Stage::Mount, format!("reopening {dest}")))?;
+    syscall::mount_setattr(&top, m.flags.attr_set, m.flags.attr_clear, true).map_err(mount_err(
+        Stage::Mount,
+        format!("setting the recursive options of {dest}"),
+    ))
 }
 
 fn propagate(root: &OwnedFd, m: &Mount) -> Result<()> {

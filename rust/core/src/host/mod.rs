@@ -2,6 +2,7 @@
 //! made ahead, published ports' forwarders, the stdio pump, and the log files. Nothing here
 //! runs in the child.
 
+pub mod idmount;
 pub mod io;
 pub mod logs;
 pub mod netns;

@@ -116,14 +116,6 @@ impl Plan {
         let mut dev_tmpfs = false;
         for (i, m) in spec.mounts().iter().flatten().enumerate() {
             let field = format!("mounts[{i}]");
-            if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-                // An idmapped mount done without the mapping would give the container files
-                // of the wrong owners: refused, as `features` says (idmap disabled).
-                return Err(field_err(
-                    format!("{field}.uidMappings"),
-                    "idmapped mounts are not supported by pyrt",
-                ));
-            }
             let destination = normalize_destination(m.destination())
                 .map_err(|r| field_err(format!("{field}.destination"), r))?;
             let (flags, is_bind) =
@@ -165,10 +157,12 @@ impl Plan {
                         .unwrap_or_else(|| "none".into()),
                 }
             };
+            let idmap = plan_mount_idmap(m, &field, &flags, &kind, id_maps.as_ref())?;
             mounts.push(Mount {
                 destination,
                 kind,
                 flags,
+                idmap,
             });
         }
 
@@ -245,7 +239,7 @@ impl Plan {
             process,
             devices: plan_devices(linux)?,
             detached: false,
-            start_socket: None,
+            gate_fd: None,
             hooks: plan_hooks(spec),
             root_propagation: plan_root_propagation(linux)?,
         })
@@ -354,6 +348,73 @@ fn check_sysctl(key: &str, new: u64, joined: &[(u64, PathBuf)]) -> Result<(), St
         Err(format!("needs {what} namespace of the container's own"))
     }
 }
+
+/// A mount's idmapping: its own `uidMappings`/`gidMappings` (both, as the spec requires), or
+/// with `idmap`/`ridmap` and none, the container's user namespace's. Bind mounts only.
+fn plan_mount_idmap(
+    m: &oci_spec::runtime::Mount,
+    field: &str,
+    flags: &MountFlags,
+    kind: &MountKind,
+    container: Option<&IdMaps>,
+) -> Result<Option<MountIdmap>, PlanError> {
+    let (uid, gid) = (m.uid_mappings().as_ref(), m.gid_mappings().as_ref());
+    if uid.is_none() && gid.is_none() && !flags.idmap {
+        return Ok(None);
+    }
+    if !matches!(kind, MountKind::Bind { .. }) {
+        return Err(field_err(
+            format!("{field}.options"),
+            "an idmapped mount must be a bind mount (bind or rbind)",
+        ));
+    }
+    let ranges = |v: &Vec<oci_spec::runtime::LinuxIdMapping>, which: &str| {
+        let out: Vec<(u32, u32, u32)> = v
+            .iter()
+            .map(|r| (r.container_id(), r.host_id(), r.size()))
+            .collect();
+        if out.is_empty() || out.len() > MAX_ID_RANGES || out.iter().any(|r| r.2 == 0) {
+            return Err(field_err(
+                format!("{field}.{which}"),
+                format!("needs 1 to {MAX_ID_RANGES} mappings, each of a non-zero size"),
+            ));
+        }
+        Ok(out)
+    };
+    let maps = match (uid, gid) {
+        (Some(u), Some(g)) => IdMaps {
+            uid: ranges(u, "uidMappings")?,
+            gid: ranges(g, "gidMappings")?,
+        },
+        (None, None) => container.cloned().ok_or_else(|| {
+            field_err(
+                format!("{field}.options"),
+                "idmap without uidMappings/gidMappings uses the container's user namespace's, \
+                 and the container has none",
+            )
+        })?,
+        (Some(_), None) => {
+            return Err(field_err(
+                format!("{field}.gidMappings"),
+                "uidMappings needs gidMappings beside it",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(field_err(
+                format!("{field}.uidMappings"),
+                "gidMappings needs uidMappings beside it",
+            ))
+        }
+    };
+    Ok(Some(MountIdmap {
+        maps,
+        recursive: flags.idmap_recursive,
+        fd: None,
+    }))
+}
+
+/// The kernel's limit on the ranges of one uid_map or gid_map.
+const MAX_ID_RANGES: usize = 340;
 
 fn plan_id_maps(
     linux: Option<&oci_spec::runtime::Linux>,
@@ -922,5 +983,75 @@ mod tests {
             assert!(e.to_string().contains("rootfsPropagation"), "{bad}: {e}");
         }
         assert_eq!(Plan::from_json(&spec("")).unwrap().root_propagation, 0);
+    }
+
+    fn userns_spec(mounts: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"/tmp/r"}},
+            "process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+            "mounts":[{mounts}],
+            "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"user"}}],
+              "uidMappings":[{{"containerID":0,"hostID":100000,"size":65536}}],
+              "gidMappings":[{{"containerID":0,"hostID":100000,"size":65536}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn idmap_takes_the_mounts_mappings_or_the_containers() {
+        let own = r#"{"destination":"/a","type":"bind","source":"/s","options":["rbind","ridmap"],
+            "uidMappings":[{"containerID":0,"hostID":7,"size":1}],
+            "gidMappings":[{"containerID":0,"hostID":8,"size":1}]}"#;
+        let theirs =
+            r#"{"destination":"/b","type":"bind","source":"/s","options":["bind","idmap"]}"#;
+        let p = Plan::from_json(&userns_spec(&format!("{own},{theirs}"))).unwrap();
+        let a = p.mounts[0].idmap.as_ref().unwrap();
+        assert_eq!(
+            (a.maps.uid.clone(), a.maps.gid.clone()),
+            (vec![(0, 7, 1)], vec![(0, 8, 1)])
+        );
+        assert!(a.recursive && a.fd.is_none());
+        let b = p.mounts[1].idmap.as_ref().unwrap();
+        assert_eq!(Some(&b.maps), p.id_maps.as_ref());
+        assert!(!b.recursive);
+        assert!(!p.receives_host_mounts() && p.inherited_fds().is_empty());
+    }
+
+    #[test]
+    fn idmap_that_cannot_be_made_names_its_field() {
+        let cases = [
+            (
+                r#"{"destination":"/a","type":"tmpfs","source":"t","options":["idmap"]}"#,
+                "mounts[0].options",
+            ),
+            (
+                r#"{"destination":"/a","type":"bind","source":"/s","options":["bind"],
+                "uidMappings":[{"containerID":0,"hostID":7,"size":1}]}"#,
+                "mounts[0].gidMappings",
+            ),
+            (
+                r#"{"destination":"/a","type":"bind","source":"/s","options":["bind"],
+                "uidMappings":[{"containerID":0,"hostID":7,"size":0}],
+                "gidMappings":[{"containerID":0,"hostID":7,"size":1}]}"#,
+                "mounts[0].uidMappings",
+            ),
+        ];
+        for (m, field) in cases {
+            let e = Plan::from_json(&userns_spec(m)).unwrap_err();
+            assert!(e.to_string().contains(field), "{m}: {e}");
+        }
+        // idmap with no mappings and no user namespace to take them from.
+        let e = Plan::from_json(&spec(
+            r#","mounts":[{"destination":"/a","type":"bind","source":"/s","options":["bind","idmap"]}]"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("user namespace"), "{e}");
+    }
+
+    #[test]
+    fn slave_propagation_keeps_the_namespace_a_slave() {
+        let p = Plan::from_json(&spec(r#","mounts":[{"destination":"/a","type":"bind","source":"/s","options":["rbind","rslave"]}]"#)).unwrap();
+        assert!(p.receives_host_mounts());
+        let p = Plan::from_json(&spec(r#","mounts":[{"destination":"/a","type":"bind","source":"/s","options":["rbind","rprivate"]}]"#)).unwrap();
+        assert!(!p.receives_host_mounts());
     }
 }

@@ -83,6 +83,23 @@ pub struct Mount {
     pub destination: PathBuf,
     pub kind: MountKind,
     pub flags: MountFlags,
+    /// An idmapped bind mount (`idmap`, `ridmap`, or the mount's own mappings).
+    #[serde(default)]
+    pub idmap: Option<MountIdmap>,
+}
+
+/// How a bind mount's owners are mapped. mount_setattr(MOUNT_ATTR_IDMAP) needs privilege over
+/// the source's filesystem, which a child in a user namespace does not have: the parent makes
+/// the mount, detached, before clone (`host::idmount`), and the child only attaches it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountIdmap {
+    /// The mount's own mappings, or the container's user namespace's when it names none.
+    pub maps: IdMaps,
+    /// `ridmap`: every mount of an `rbind` is mapped, not only its top.
+    pub recursive: bool,
+    /// The detached mount, a descriptor the child inherits (set by the spawner).
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -148,16 +165,36 @@ pub struct Plan {
     /// signal, no lifeline.
     #[serde(default)]
     pub detached: bool,
-    /// `pyrt-runc create`: once set up, wait for `start` to connect to a unix socket named
-    /// `start.sock`, bound in this directory before pivot_root; errors after that go to `start`.
+    /// `pyrt-runc create`: once set up, wait for `start` to connect to this listening unix
+    /// socket, bound by the parent in the state directory and inherited (set by the spawner);
+    /// errors after that go to `start`.
     #[serde(default)]
-    pub start_socket: Option<PathBuf>,
+    pub gate_fd: Option<i32>,
     #[serde(default)]
     pub hooks: ChildHooks,
     /// `linux.rootfsPropagation`: MS_SHARED, MS_SLAVE, MS_PRIVATE or MS_UNBINDABLE (with
     /// MS_REC for the "r" forms) for the root once it is "/"; 0 leaves it private.
     #[serde(default)]
     pub root_propagation: u64,
+}
+
+impl Plan {
+    /// The descriptors the child inherits beyond its six: the start gate and detached mounts.
+    pub fn inherited_fds(&self) -> Vec<i32> {
+        let mounts = self
+            .mounts
+            .iter()
+            .filter_map(|m| m.idmap.as_ref().and_then(|i| i.fd));
+        self.gate_fd.into_iter().chain(mounts).collect()
+    }
+
+    /// Whether `linux.rootfsPropagation` or a mount's own propagation asks for slave or shared:
+    /// then the container's mount namespace must stay the host's slave rather than become
+    /// private, or there would be nothing for the root or the mount to receive.
+    pub fn receives_host_mounts(&self) -> bool {
+        let wants = |p: u64| p & (libc::MS_SLAVE | libc::MS_SHARED) != 0;
+        wants(self.root_propagation) || self.mounts.iter().any(|m| wants(m.flags.propagation))
+    }
 }
 
 /// A device node of `linux.devices`.
