@@ -23,10 +23,13 @@ def prt(tmp_path: Path) -> Runtime:
     return Runtime("pyrt-runc", _pyrt_runc(), tmp_path / "state")
 
 
-def test_systemd_cgroup_is_a_clear_error(prt: Runtime) -> None:
-    p = subprocess.run([prt.binary, "--systemd-cgroup", "list"], capture_output=True, text=True)
+def test_systemd_cgroup_without_systemd_is_a_clear_error(prt: Runtime, bundle: Path) -> None:
+    """`--systemd-cgroup` where systemd does not run (this machine): create fails at once,
+    saying where it looked and what to use instead, and leaves nothing."""
+    p = prt("--systemd-cgroup", "run", "--bundle", str(bundle), "nosd", check=False)
     assert p.returncode == 1
-    assert "systemd" in p.stderr and "cgroupfs" in p.stderr
+    assert "/run/systemd/private" in p.stderr and "cgroupfs" in p.stderr, p.stderr
+    assert prt("list", "-q").stdout.strip() == ""
 
 
 def test_errors_go_to_the_json_log(prt: Runtime, tmp_path: Path) -> None:
@@ -90,6 +93,7 @@ def test_bad_id_and_spec_and_features_and_list(prt: Runtime, tmp_path: Path) -> 
     f = json.loads(subprocess.run([prt.binary, "features"], capture_output=True).stdout)
     assert f["linux"]["mountExtensions"]["idmap"]["enabled"] is True  # Linux >= 5.12
     assert {"idmap", "ridmap", "rro", "rnosuid"} <= set(f["mountOptions"])
+    assert f["linux"]["cgroup"]["systemd"] is True
     assert f["ociVersionMin"] and "createContainer" in f["hooks"]
     assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"]
     assert json.loads(prt("list", "--format", "json").stdout) == []

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
-use pyrt_core::cgroups::CgroupPlan;
+use pyrt_core::cgroups::{self, Cgroup, CgroupPlan, Resources};
 use pyrt_core::hooks::{self, Hook};
 use pyrt_core::plan::{self, Plan};
 use pyrt_core::report::{SetupError, Stage};
@@ -18,6 +18,7 @@ use pyrt_core::spawn::{self, Child, ChildImage};
 use crate::error::{io_err, Result, RuncError};
 use crate::log;
 use crate::state::{self, Record, Status};
+use crate::systemd;
 
 pub struct CreateOpts<'a> {
     pub root: &'a Path,
@@ -25,6 +26,8 @@ pub struct CreateOpts<'a> {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// `--systemd-cgroup`: the cgroup is a systemd scope (`systemd.rs`).
+    pub systemd_cgroup: bool,
 }
 
 /// pyrt-child as pyrt's build made it (see `build.rs`): empty when this crate was built alone.
@@ -124,7 +127,14 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         r.set_path(rootfs.clone());
     }
     let mut plan = Plan::from_spec(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
-    let cg_plan = cgroup_plan(&spec, &plan, o.id)?;
+    let (cg_plan, unit) = if o.systemd_cgroup {
+        let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let unit = systemd::unit_of(path.as_deref().and_then(|p| p.to_str()), o.id)?;
+        let resources = plan::cgroup_resources(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
+        (None, Some((unit, resources)))
+    } else {
+        (cgroup_plan(&spec, &plan, o.id)?, None)
+    };
     plan.detached = true;
 
     std::fs::create_dir_all(o.root).map_err(io_err(format!(
@@ -157,13 +167,14 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         cgroup: Vec::new(),
         poststart: hook_list(hooks.poststart()),
         poststop: hook_list(hooks.poststop()),
+        systemd_unit: None,
     };
     #[allow(deprecated)]
     let runtime_hooks: Vec<Hook> = hook_list(hooks.prestart())
         .into_iter()
         .chain(hook_list(hooks.create_runtime()))
         .collect();
-    let r = start_init(o, &plan, cg_plan.as_ref(), record, &runtime_hooks, &gate);
+    let r = start_init(o, &plan, cg_plan.as_ref(), unit.as_ref(), record, &runtime_hooks, &gate);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -174,6 +185,7 @@ fn start_init(
     o: &CreateOpts,
     plan: &Plan,
     cg_plan: Option<&CgroupPlan>,
+    unit: Option<&(systemd::Unit, Resources)>,
     mut record: Record,
     runtime_hooks: &[Hook],
     gate: &OwnedFd,
@@ -184,8 +196,12 @@ fn start_init(
     let mut plan = plan.clone();
     plan.cgroup = cg_plan.cloned();
     let created = runtime::create(&image, plan, [stdin, 1, 2], true, Some(gate), || {})?;
-    let (child, cgroup) = (created.child, created.cgroup);
+    let (child, mut cgroup) = (created.child, created.cgroup);
     let released = (|| -> Result<()> {
+        if let Some((unit, resources)) = unit {
+            record.systemd_unit = Some(unit.name.clone());
+            cgroup = Some(systemd_cgroup(unit, resources, child.pid)?);
+        }
         let pid = child.pid;
         record.pid = pid;
         record.start_time = state::start_time(pid).unwrap_or(0);
@@ -206,6 +222,14 @@ fn start_init(
         Ok(())
     })();
     if let Err(e) = released {
+        let _ = child.kill(libc::SIGKILL);
+        if let Some(cg) = &cgroup {
+            let _ = cg.kill_all();
+        }
+        if let Some(name) = &record.systemd_unit {
+            let dir = cgroup.as_ref().and_then(|c| c.paths().into_iter().next());
+            systemd::stop(name, dir.as_deref());
+        }
         if let Some(cg) = &cgroup {
             let _ = cg.destroy();
         }
@@ -229,6 +253,27 @@ fn start_init(
         }
     }
     Ok(Created { child })
+}
+
+/// The container's cgroup as a systemd scope: the held init is handed to systemd, then the
+/// limits are written where systemd put it (and on v1, into directories of the same path in
+/// the hierarchies systemd does not manage, which the init joins).
+fn systemd_cgroup(unit: &systemd::Unit, resources: &Resources, pid: i32) -> Result<Cgroup> {
+    let scope = systemd::start(unit, pid)?;
+    let layout = cgroups::layout()?;
+    let cg = Cgroup::create(
+        layout,
+        &CgroupPlan {
+            path: scope,
+            resources: resources.clone(),
+        },
+    )?;
+    for dir in cg.paths() {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(io_err(format!("moving the init into {}", procs.display())))?;
+    }
+    Ok(cg)
 }
 
 /// The pid, written to a temporary file and renamed: a reader never sees half of it.
@@ -358,8 +403,8 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     let rec = match Record::load(root, id) {
         Ok(r) => r,
-        Err(RuncError::NotExist(_)) if force => return Ok(()),
-        Err(RuncError::State(_)) if force => {
+        // A directory without a record: a create killed half-way. --force removes it.
+        Err(RuncError::NotExist(_) | RuncError::State(_)) if force => {
             let _ = std::fs::remove_dir_all(state::dir(root, id)?);
             return Ok(());
         }
@@ -375,6 +420,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     // A created container is killed and deleted without --force, as runc does (the spec asks
     // for an error: see tests/conformance).
     stop(&rec, true);
+    if let Some(name) = &rec.systemd_unit {
+        let dir = rec.cgroup.iter().find(|d| d.ends_with(name));
+        systemd::stop(name, dir.map(|d| d.as_path()));
+    }
     if let Some(cg) = rec.cgroup_handle() {
         if let Err(e) = cg.destroy() {
             log::write("warning", &format!("removing the cgroup of {id}: {e}"));

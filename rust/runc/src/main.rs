@@ -5,6 +5,7 @@
 //! setup process instead.
 
 mod control;
+mod dbus;
 mod error;
 mod exec;
 mod info;
@@ -12,6 +13,7 @@ mod lifecycle;
 mod log;
 mod signals;
 mod state;
+mod systemd;
 
 use std::path::PathBuf;
 
@@ -251,6 +253,7 @@ fn parse_signal(s: &str) -> Result<i32> {
 fn create_opts<'a>(
     root: &'a std::path::Path,
     a: &'a CreateArgs,
+    systemd_cgroup: bool,
 ) -> Result<lifecycle::CreateOpts<'a>> {
     if a.preserve_fds > 0 {
         return Err(RuncError::Usage(
@@ -263,20 +266,16 @@ fn create_opts<'a>(
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
+        systemd_cgroup,
     })
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
-    if cli.systemd_cgroup {
-        return Err(RuncError::Usage(
-            "--systemd-cgroup is not supported: pyrt-runc manages cgroups through cgroupfs (set the engine's cgroup manager to cgroupfs)".into(),
-        ));
-    }
     let root = cli.root.clone().unwrap_or_else(state::default_root);
     let root = root.as_path();
     match &cli.command {
         Cmd::Create(a) => {
-            lifecycle::create(&create_opts(root, a)?)?;
+            lifecycle::create(&create_opts(root, a, cli.systemd_cgroup)?)?;
         }
         Cmd::Start { container_id } => lifecycle::start(root, container_id)?,
         Cmd::Run {
@@ -284,7 +283,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             detach,
             keep,
         } => {
-            let o = create_opts(root, create)?;
+            let o = create_opts(root, create, cli.systemd_cgroup)?;
             let c = lifecycle::create(&o)?;
             if let Err(e) = lifecycle::start(root, &create.container_id) {
                 let _ = lifecycle::delete(root, &create.container_id, true);

@@ -28,6 +28,9 @@ pub struct Record {
     pub cgroup: Vec<PathBuf>,
     pub poststart: Vec<Hook>,
     pub poststop: Vec<Hook>,
+    /// `--systemd-cgroup`: the scope unit the cgroup is, stopped by `delete`.
+    #[serde(default)]
+    pub systemd_unit: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
