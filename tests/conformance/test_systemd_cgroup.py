@@ -7,6 +7,7 @@ container (its /proc/self/cgroup) and from systemd's side (the unit)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,8 +50,12 @@ class Machine:
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
+    def enter(self, *args: str) -> list[str]:
+        """``args`` as a command line run in the machine's mount, pid and cgroup namespaces."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-p", "-C", *args]
+
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = ["nsenter", "-t", str(self.pid), "-m", "-p", *args]
+        cmd = self.enter(*args)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
 
     def unit_state(self, unit: str) -> str:
@@ -66,8 +71,17 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         (d / name).write_text(text)
     (d / "boot.sh").write_text(BOOT)
     log = open(d / "log", "w")  # noqa: SIM115 (systemd writes to it for the module's life)
+    # A cgroup of the machine's own, made the root of its cgroup namespace: what systemd makes
+    # in the v2 tree stays below it, and goes with it.
+    top = Path("/sys/fs/cgroup/unified")
+    if not (top / "cgroup.procs").exists():
+        top = Path("/sys/fs/cgroup")
+    own = top / f"pyrt-test-machine-{os.getpid()}"
+    own.mkdir()
+    enter = f'echo $$ > {own}/cgroup.procs && exec "$@"'
     unshare = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "sh", str(d / "boot.sh"), str(d)],
+        ["sh", "-c", enter, "sh", "unshare", "--cgroup", "--pid", "--fork", "--mount",
+         "--mount-proc", "sh", str(d / "boot.sh"), str(d)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     m = None
@@ -89,6 +103,15 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
             os.kill(m.pid, signal.SIGKILL)
         unshare.wait(timeout=10)
         log.close()
+        deadline = time.monotonic() + 10
+        while own.exists() and time.monotonic() < deadline:
+            for sub in sorted((p for p in own.rglob("*") if p.is_dir()), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                own.rmdir()
+            time.sleep(0.05)
+        assert not own.exists(), f"{own} is left"
 
 
 RUNTIMES = {"pyrt-runc": _pyrt_runc, "crun": lambda: "crun", "runc": lambda: "runc"}
@@ -115,7 +138,7 @@ def test_cgroup_is_a_systemd_scope(
     out, err = b / "out.txt", b / "err.txt"
     with open(out, "w") as f, open(err, "w") as e:
         created = subprocess.run(
-            ["nsenter", "-t", str(machine.pid), "-m", "-p", *rt, "create", "--bundle", str(b), cid],
+            machine.enter(*rt, "create", "--bundle", str(b), cid),
             stdout=f, stderr=e, timeout=30, check=False,
         )  # fmt: skip
     try:
