@@ -164,3 +164,34 @@ def test_cgroup_is_a_systemd_scope(
     assert deleted.returncode == 0, deleted.stderr
     assert machine.unit_state(unit) in ("inactive", "unknown", "failed")
     assert machine.run("systemctl", "list-units", "--all", "--no-legend", unit).stdout.strip() == ""
+
+
+def test_a_limit_the_machine_cannot_apply_fails_and_leaves_nothing(
+    machine: Machine, rootfs: Path, tmp_path: Path
+) -> None:
+    """pyrt-runc: the limits go to systemd as unit properties (MemoryMax, TasksMax,
+    CPUQuotaPerSecUSec, which systemd accepts: the scope starts) and to the scope's directory;
+    this machine's v2 tree has no memory controller (the host binds them all to v1), so the
+    create fails naming it, and neither the unit nor the state is left."""
+    cid = f"lim{os.getpid()}"
+    unit = f"conf-{cid}.scope"
+    b = tmp_path / "bundle"
+    b.mkdir()
+    (b / "rootfs").symlink_to(rootfs)
+    cfg = config(args=["/bin/true"])
+    cfg["linux"]["cgroupsPath"] = f"pyrt.slice:conf:{cid}"
+    cfg["linux"]["resources"] = {
+        "memory": {"limit": 64 << 20}, "pids": {"limit": 50},
+        "cpu": {"quota": 50000, "period": 100000},
+    }  # fmt: skip
+    write_config(b, cfg)
+    state = tmp_path / "state"
+    rt = [_pyrt_runc(), "--systemd-cgroup", "--root", str(state)]
+    with open(b / "out.txt", "w") as f, open(b / "err.txt", "w") as e:
+        p = subprocess.run(machine.enter(*rt, "create", "--bundle", str(b), cid),
+                           stdout=f, stderr=e, timeout=30, check=False)  # fmt: skip
+    assert p.returncode == 1
+    err = (b / "err.txt").read_text()
+    assert "memory" in err and "controller" in err, err
+    assert machine.run("systemctl", "list-units", "--all", "--no-legend", unit).stdout == ""
+    assert not state.exists() or os.listdir(state) == []

@@ -153,6 +153,9 @@ pub fn update(root: &Path, id: &str, o: &UpdateOpts) -> Result<()> {
     let r = pyrt_core::plan::resources_from_json(&doc.to_string())
         .map_err(|e| RuncError::Spec(e.to_string()))?;
     let (mut rec, mut cg) = running(root, id, "update")?;
+    if let Some(unit) = &rec.systemd_unit {
+        crate::systemd::set_limits(unit, &r)?;
+    }
     cg.update(cgroups::layout()?, &r)?;
     // A v1 hierarchy may have been added (cpu, cpuset): delete must find it.
     let paths = cg.paths();

@@ -17,6 +17,7 @@ use std::time::Duration;
 pub enum Arg {
     Str(String),
     Bool(bool),
+    U64(u64),
     U32Array(Vec<u32>),
     /// `a(sv)`: properties, each a name and a variant.
     Props(Vec<(String, Arg)>),
@@ -29,6 +30,7 @@ impl Arg {
         match self {
             Arg::Str(_) => "s",
             Arg::Bool(_) => "b",
+            Arg::U64(_) => "t",
             Arg::U32Array(_) => "au",
             Arg::Props(_) => "a(sv)",
             Arg::AuxUnits => "a(sa(sv))",
@@ -74,6 +76,10 @@ impl Buf {
         match a {
             Arg::Str(s) => self.string(s),
             Arg::Bool(b) => self.u32(u32::from(*b)),
+            Arg::U64(v) => {
+                self.pad(8);
+                self.0.extend_from_slice(&v.to_le_bytes());
+            }
             Arg::U32Array(v) => self.array(4, |b| v.iter().for_each(|x| b.u32(*x))),
             Arg::Props(props) => self.array(8, |b| {
                 for (name, value) in props {

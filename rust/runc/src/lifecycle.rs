@@ -259,7 +259,7 @@ fn start_init(
 /// limits are written where systemd put it (and on v1, into directories of the same path in
 /// the hierarchies systemd does not manage, which the init joins).
 fn systemd_cgroup(unit: &systemd::Unit, resources: &Resources, pid: i32) -> Result<Cgroup> {
-    let scope = systemd::start(unit, pid)?;
+    let scope = systemd::start(unit, pid, resources)?;
     let layout = cgroups::layout()?;
     let cg = Cgroup::create(
         layout,

@@ -15,6 +15,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pyrt_core::cgroups::Resources;
+
 use crate::dbus::{Arg, Peer, Reply};
 use crate::error::{RuncError, Result};
 
@@ -92,11 +94,42 @@ fn call(what: &str, member: &str, args: &[Arg], timeout: Duration) -> Result<()>
     }
 }
 
+/// The limits systemd knows as unit properties: without them a `daemon-reload` would write
+/// the unit's own (none) over the ones pyrt-runc wrote to the scope's directory.
+fn limit_props(r: &Resources) -> Vec<(String, Arg)> {
+    let mut props = Vec::new();
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
+    if let Some(m) = positive(r.memory) {
+        props.push(("MemoryMax".to_string(), Arg::U64(m)));
+    }
+    if let Some(p) = positive(r.pids) {
+        props.push(("TasksMax".to_string(), Arg::U64(p)));
+    }
+    if let Some(q) = positive(r.cpu_quota) {
+        let period = r.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
+        // systemd takes the quota as CPU time per second of wall time.
+        let per_sec = q.saturating_mul(1_000_000) / period;
+        props.push(("CPUQuotaPerSecUSec".to_string(), Arg::U64(per_sec)));
+    }
+    props
+}
+
+/// New limits of a running container's unit (`update`), as its runtime properties.
+pub fn set_limits(name: &str, r: &Resources) -> Result<()> {
+    let props = limit_props(r);
+    if props.is_empty() {
+        return Ok(());
+    }
+    let args = [Arg::Str(name.into()), Arg::Bool(true), Arg::Props(props)];
+    let what = format!("setting the limits of {name}");
+    call(&what, "SetUnitProperties", &args, Duration::from_secs(30))
+}
+
 /// Starts `unit` as a transient scope holding `pid`, and waits (5 s at most) until the kernel
 /// shows the process in it. Returns the scope's path in the hierarchy systemd tracks.
-pub fn start(unit: &Unit, pid: i32) -> Result<PathBuf> {
+pub fn start(unit: &Unit, pid: i32, limits: &Resources) -> Result<PathBuf> {
     let prop = |name: &str, value: Arg| (name.to_string(), value);
-    let props = vec![
+    let props: Vec<(String, Arg)> = vec![
         prop("Description", Arg::Str(format!("pyrt-runc container {}", unit.name))),
         prop("Slice", Arg::Str(unit.slice.clone())),
         prop("PIDs", Arg::U32Array(vec![pid as u32])),
@@ -105,7 +138,10 @@ pub fn start(unit: &Unit, pid: i32) -> Result<PathBuf> {
         prop("MemoryAccounting", Arg::Bool(true)),
         prop("CPUAccounting", Arg::Bool(true)),
         prop("TasksAccounting", Arg::Bool(true)),
-    ];
+    ]
+    .into_iter()
+    .chain(limit_props(limits))
+    .collect();
     let args = [
         Arg::Str(unit.name.clone()),
         Arg::Str("replace".into()),
@@ -169,6 +205,27 @@ mod tests {
         assert_eq!((u.name.as_str(), u.slice.as_str()), ("pfx-n1.scope", "system.slice"));
         let u = unit_of(None, "c1").unwrap();
         assert_eq!(u.name, "pyrt-runc-c1.scope");
+    }
+
+    #[test]
+    fn limits_become_unit_properties() {
+        let r = Resources {
+            memory: Some(64 << 20),
+            pids: Some(50),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            ..Resources::default()
+        };
+        let p = limit_props(&r);
+        assert_eq!(
+            p,
+            vec![
+                ("MemoryMax".to_string(), Arg::U64(64 << 20)),
+                ("TasksMax".to_string(), Arg::U64(50)),
+                ("CPUQuotaPerSecUSec".to_string(), Arg::U64(500_000)),
+            ]
+        );
+        assert!(limit_props(&Resources { memory: Some(-1), ..Resources::default() }).is_empty());
     }
 
     #[test]
