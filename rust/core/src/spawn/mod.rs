@@ -1,0 +1,342 @@
+//! The parent side of starting a container.
+//!
+//! # Design
+//!
+//! The caller is a live, multithreaded Python interpreter, so the process that `clone` makes must
+//! not allocate, take a lock or touch Python before it executes something else, and what it
+//! executes must never be the host's interpreter (CVE-2019-5736: a container that can reach
+//! `/proc/self/exe` of a process running the host's binary can overwrite that binary).
+//!
+//! 1. A dedicated, long-lived *spawner thread* makes every container. `PR_SET_PDEATHSIG` fires
+//!    when the parent *thread* exits, so cloning from whatever Python thread called us would kill
+//!    a detached container as soon as, say, a thread pool's worker went away. The spawner thread
+//!    lives as long as the process and keeps every signal blocked, so no signal handler of the
+//!    interpreter can run in the clone child while it shares the parent's memory.
+//! 2. It calls glibc's `clone` with `CLONE_VM | CLONE_VFORK` on a separate stack, plus the
+//!    `CLONE_NEW*` flags of the plan and `CLONE_PIDFD`: no page tables are copied (a plain fork
+//!    of a large interpreter costs ~20 ms) and the parent thread sleeps until the child execs.
+//! 3. The child runs `child_fn`: only raw syscalls on memory prepared beforehand (set the parent
+//!    death signal, dup2 six descriptors into place, `execveat`). It executes `pyrt-child`
+//!    from a *sealed memfd*: a copy of the small static binary embedded in the extension, sealed
+//!    against writes, growing and shrinking. Through `/proc/self/exe` the container can only ever
+//!    reach that memfd, which cannot be written.
+//! 4. `pyrt-child` is a fresh, single-threaded process image: it reads the plan from a pipe, sets
+//!    the container up (`child::run`) and executes the command. Failures come back as a record on
+//!    a close-on-exec pipe; EOF with no record means the command is running.
+//!
+//! The exit signal is 0, not SIGCHLD: only a wait with `__WALL` sees these children, so a Python
+//! program's own `os.wait()` or a subprocess reaper cannot steal a container's exit status.
+//!
+//! Here: `spawn`, `spawn_held` and `release`; `prepare.rs` adjusts a request before the clone
+//! (namespaces to be born in, descriptors handed down), `clone.rs` is the spawner thread and
+//! `child_fn`, `image.rs` the sealed memfd, `process.rs` the started process (`Child`).
+
+mod clone;
+mod image;
+mod prepare;
+mod process;
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+
+pub use image::ChildImage;
+pub(crate) use prepare::take_join;
+pub use process::Child;
+
+use clone::{dup_high, spawner, wait_eof, ChildArgs, Job};
+use prepare::{hand_down, needs_setid, prejoin_net};
+
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::plan::Request;
+use crate::report::{strerror, SetupError, Stage};
+use crate::wire::{self, SYNC_RECORD};
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn spawn_err(what: &str, e: io::Error) -> SetupError {
+    SetupError::io(Stage::Spawn, what, &e)
+}
+
+/// Where the new process goes: its cgroup (not owned: the caller creates and destroys it) and,
+/// for an exec, the pid namespace of the container it joins.
+#[derive(Default)]
+pub struct Placement<'a> {
+    pub cgroup: Option<&'a Cgroup>,
+    pub pidns: Option<&'a OwnedFd>,
+    /// `pyrt-runc create`: the listening socket `start` connects to, handed to the child.
+    pub gate: Option<&'a OwnedFd>,
+}
+
+/// Starts a new container (`Request::Create`) or a process in a running one
+/// (`Request::Exec`), with the given stdio descriptors (which stay the caller's). Returns once
+/// the command is running, or the setup error with its stage and errno.
+pub fn spawn(
+    image: &ChildImage,
+    request: &Request,
+    stdio: [RawFd; 3],
+    place: Placement,
+) -> Result<Child, SetupError> {
+    let (child, pending) = spawn_held(image, request, stdio, place)?;
+    release(&child, pending)?;
+    Ok(child)
+}
+
+/// What `release` still has to send and read.
+#[derive(Debug)]
+pub struct Pending {
+    request: Vec<u8>,
+    report: OwnedFd,
+}
+
+/// Like `spawn`, but stops before the plan is sent: the process exists, in its namespaces (and
+/// its user namespace's maps are written), and waits. The caller may prepare what must exist
+/// before the command runs (a rootless container's network, attached to its namespace), then
+/// calls `release`.
+pub fn spawn_held(
+    image: &ChildImage,
+    request: &Request,
+    stdio: [RawFd; 3],
+    place: Placement,
+) -> Result<(Child, Pending), SetupError> {
+    let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
+    let (enter, leave) = match place.cgroup {
+        Some(c) => (
+            c.tasks_files(false).map_err(cg_err)?,
+            c.tasks_files(true).map_err(cg_err)?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let (request, netns) = prejoin_net(request)?;
+    let (request, handed) = hand_down(request, place.gate)?;
+    let request = request.as_ref();
+    let keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
+    let request_bytes = serde_json::to_vec(request).map_err(|e| {
+        SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
+    })?;
+    let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    // SAFETY: fcntl on our own descriptor; the parent reads it only after the child is reaped.
+    unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut sources = Vec::with_capacity(6);
+    for fd in [
+        stdio[0],
+        stdio[1],
+        stdio[2],
+        plan_r.as_raw_fd(),
+        err_w.as_raw_fd(),
+        status_w.as_raw_fd(),
+    ] {
+        sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
+    }
+    drop((plan_r, err_w, status_w));
+    // A child that becomes its namespace's root waits on `setid` for its maps; the parent
+    // learns that it executed from `exec_done` (both close-on-exec in the child).
+    let setid = if needs_setid(request) {
+        let (go_r, go_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let (done_r, done_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let done_r2 = done_r
+            .try_clone()
+            .map_err(|e| spawn_err("dup of a pipe", e))?;
+        Some((go_r, go_w, done_r, done_r2, done_w))
+    } else {
+        None
+    };
+    let argv: [*const libc::c_char; 2] = [c"pyrt-child".as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let args = ChildArgs {
+        fds: [0, 1, 2, 3, 4, 5].map(|i| sources[i].as_raw_fd()),
+        exe_fd: image.raw_fd(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        report_fd: sources[4].as_raw_fd(),
+        pdeathsig: match request {
+            Request::Create(p) => !p.detached,
+            Request::Exec(e) => !e.detached,
+        },
+        setid_fd: setid.as_ref().map_or(-1, |s| s.0.as_raw_fd()),
+        keep: keep.as_ptr(),
+        keep_len: keep.len(),
+    };
+    let clone_flags = match request {
+        Request::Create(p) => p.clone_flags,
+        Request::Exec(_) => 0,
+    };
+    // CLONE_VFORK would sleep the spawner until the child executes, and a child waiting for
+    // its maps executes only after the parent has written them.
+    let vfork = if setid.is_some() {
+        0
+    } else {
+        libc::CLONE_VFORK
+    };
+    let flags = (clone_flags as libc::c_int) | libc::CLONE_VM | vfork | libc::CLONE_PIDFD;
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    // The child gets its copies of these at clone; the pipe ends that are its own are closed
+    // here after the reply (`setid_rest`).
+    let (exec_done, setid_rest) = match setid {
+        Some((go_r, go_w, done_r, done_r2, done_w)) => {
+            (Some(done_r), Some((go_r, done_w, go_w, done_r2)))
+        }
+        None => (None, None),
+    };
+    let job = Job {
+        flags,
+        args: &args,
+        enter: enter.iter().map(|f| f.as_raw_fd()).collect(),
+        leave: leave.iter().map(|f| f.as_raw_fd()).collect(),
+        pidns: place.pidns.map(|f| f.as_raw_fd()),
+        netns: netns.as_ref().map(|f| f.as_raw_fd()),
+        exec_wait: exec_done,
+        reply: reply_tx,
+    };
+    let sent = spawner()
+        .lock()
+        .map(|tx| tx.send(job).is_ok())
+        .unwrap_or(false);
+    let gone = || io::Error::other("the pyrt-spawner thread is gone");
+    let cloned = if sent {
+        reply_rx.recv().unwrap_or_else(|_| Err(gone()))
+    } else {
+        Err(gone())
+    };
+    // The child has executed pyrt-child (or died), or, waiting for its maps, has its own copies
+    // of the descriptors: ours can go.
+    drop(sources);
+    drop(handed);
+    let setid_rest = setid_rest.map(|(go_r, done_w, go_w, done_r)| {
+        drop((go_r, done_w));
+        (go_w, done_r)
+    });
+    let (pid, pidfd) = cloned.map_err(|e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let hint = match errno {
+            libc::EPERM => " (creating these namespaces needs privilege, or a user namespace)",
+            libc::ENOSPC => " (a namespace limit in /proc/sys/user was reached)",
+            libc::EINVAL => " (the kernel does not support one of the requested namespaces)",
+            libc::ENOMEM if place.pidns.is_some() => " (the container's init has exited)",
+            _ => "",
+        };
+        SetupError::new(
+            Stage::Namespaces,
+            errno,
+            format!("clone: {}{hint}", strerror(errno)),
+        )
+    })?;
+    let child = Child::new(pid, pidfd, plan_w, status_r);
+    // v2: into the cgroup before the child has its plan, so before the command's first
+    // instruction. (v1: it was born there.)
+    if let Some(cg) = place.cgroup {
+        if let Err(e) = cg.place(pid) {
+            let _ = child.kill(libc::SIGKILL);
+            let _ = child.wait(None);
+            return Err(cg_err(e));
+        }
+    }
+
+    // A user namespace's maps, before the child has its plan (and so before it does anything).
+    if let Request::Create(p) = request {
+        if let Some(maps) = &p.id_maps {
+            if let Err(e) = crate::idmap::write(pid, maps) {
+                let _ = child.kill(libc::SIGKILL);
+                let _ = child.wait(None);
+                return Err(SetupError::new(
+                    Stage::Namespaces,
+                    e.raw_os_error().unwrap_or(libc::EPERM),
+                    format!("user namespace: {e}"),
+                ));
+            }
+        }
+    }
+    if let Some((go_w, done_r)) = setid_rest {
+        // The maps are there: the child may become root and execute. It reads `args` (on our
+        // stack) until it has, so we wait for that before returning.
+        // SAFETY: a one-byte write to our own pipe.
+        unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr() as *const libc::c_void, 1) };
+        drop(go_w);
+        wait_eof(done_r.as_raw_fd());
+    }
+
+    Ok((
+        child,
+        Pending {
+            request: request_bytes,
+            report: err_r,
+        },
+    ))
+}
+
+/// Sends the plan to a held child and waits for its report: Ok once the command runs.
+pub fn release(child: &Child, pending: Pending) -> Result<(), SetupError> {
+    release_with(child, pending, |_| Ok("{}".into()))
+}
+
+/// `release`, with `on_sync` run when the child stops before pivot_root: it runs the runtime
+/// namespace's hooks and returns the state JSON the child's own hooks get.
+pub fn release_with(
+    child: &Child,
+    pending: Pending,
+    mut on_sync: impl FnMut(i32) -> Result<String, SetupError>,
+) -> Result<(), SetupError> {
+    let Pending {
+        request: request_bytes,
+        report: err_r,
+    } = pending;
+    // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
+    let mut w = std::fs::File::from(
+        child
+            .lifeline()
+            .try_clone()
+            .map_err(|e| spawn_err("dup", e))?,
+    );
+    let _ = w
+        .write_all(&(request_bytes.len() as u32).to_le_bytes())
+        .and_then(|_| w.write_all(&request_bytes));
+
+    let mut err_r = std::fs::File::from(err_r);
+    let mut report = Vec::new();
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match err_r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if &head == SYNC_RECORD {
+        match on_sync(child.pid) {
+            Ok(state) => {
+                let _ = w
+                    .write_all(&(state.len() as u32).to_le_bytes())
+                    .and_then(|_| w.write_all(state.as_bytes()));
+            }
+            Err(e) => {
+                let _ = child.kill(libc::SIGKILL);
+                let _ = child.wait(None);
+                return Err(e);
+            }
+        }
+    } else {
+        report.extend_from_slice(&head[..got]);
+    }
+    drop(w);
+    let _ = err_r.read_to_end(&mut report);
+    if report.is_empty() {
+        return Ok(());
+    }
+    let err = if let Some(errno) = wire::exec_failed_errno(&report) {
+        SetupError::new(
+            Stage::Spawn,
+            errno,
+            format!("executing pyrt-child from its memfd: {}", strerror(errno)),
+        )
+    } else {
+        SetupError::decode(&report)
+    };
+    let _ = child.wait(None);
+    Err(err)
+}

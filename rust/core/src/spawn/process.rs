@@ -1,0 +1,150 @@
+//! A started process, its pidfd and its exit status.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// A started process: a container's first process, or one exec'd into a container.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
+    _lifeline: OwnedFd,
+    /// Where an init (pid 1) reports the command's real wait status.
+    status_pipe: OwnedFd,
+    /// The return code once reaped. Behind a lock, so that a `Child` can be waited for,
+    /// signalled and asked from several threads at once (the reap itself is made under it).
+    status: std::sync::Mutex<Option<i32>>,
+}
+
+impl Child {
+    pub(super) fn new(pid: i32, pidfd: OwnedFd, lifeline: OwnedFd, status_pipe: OwnedFd) -> Child {
+        Child {
+            pid,
+            pidfd,
+            _lifeline: lifeline,
+            status_pipe,
+            status: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The plan pipe's write end, which the plan is sent on.
+    pub(super) fn lifeline(&self) -> &OwnedFd {
+        &self._lifeline
+    }
+
+    /// Waits for the process to end, at most `timeout`. Returns its return code (the exit status,
+    /// or -SIGNUM when a signal ended it), or None when the time ran out.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<Option<i32>> {
+        if let Some(s) = self.returncode() {
+            return Ok(Some(s));
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let left = match deadline {
+                None => -1,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        0
+                    } else {
+                        (d - now).as_millis().min(i32::MAX as u128).max(1) as i32
+                    }
+                }
+            };
+            let mut pfd = [nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let t = if left < 0 {
+                nix::poll::PollTimeout::NONE
+            } else {
+                nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX)
+            };
+            match nix::poll::poll(&mut pfd, t) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(0) if left == 0 => return Ok(None),
+                Ok(0) => continue,
+                Ok(_) => {}
+            }
+            if let Some(s) = self.try_reap()? {
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    fn try_reap(&self) -> io::Result<Option<i32>> {
+        let mut done = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = *done {
+            // Another thread reaped it while this one polled.
+            return Ok(Some(s));
+        }
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our pidfd with a valid out-parameter.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::__WALL,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: si_pid/si_status are valid for a CLD_* siginfo; 0 pid means "not yet".
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let mut code = match info.si_code {
+            libc::CLD_EXITED => status,
+            _ => -status,
+        };
+        // An init reports the command's own status: prefer it to its exit code.
+        let mut raw = [0u8; 4];
+        // SAFETY: reading into a local buffer; the writer is gone, so this cannot block long.
+        let n = unsafe { libc::read(self.status_pipe.as_raw_fd(), raw.as_mut_ptr().cast(), 4) };
+        if n == 4 {
+            let w = i32::from_ne_bytes(raw);
+            code = if libc::WIFEXITED(w) {
+                libc::WEXITSTATUS(w)
+            } else {
+                -libc::WTERMSIG(w)
+            };
+        }
+        *done = Some(code);
+        Ok(Some(code))
+    }
+
+    /// Sends a signal through the pidfd: never to a recycled pid.
+    pub fn kill(&self, sig: i32) -> io::Result<()> {
+        if self.returncode().is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal with no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // ESRCH: it has exited and not been reaped yet; nothing to signal.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn returncode(&self) -> Option<i32> {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
