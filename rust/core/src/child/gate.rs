@@ -1,7 +1,7 @@
 //! `pyrt-runc create` / `start`: the child sets everything up, then waits at a *gate* until the
 //! runtime's `start` command connects to a unix socket that `create` bound (`start.sock` in the
-//! container's state directory) and handed down to it. The connection then takes the error pipe's place: a
-//! failure from here on (a `startContainer` hook, seccomp, execve) reaches `start`, and EOF on a
+//! container's state directory) and handed down to it. The connection then takes the error
+//! pipe's place: a failure from here on (a `startContainer` hook, seccomp, execve) reaches `start`, and EOF on a
 //! successful execve tells `start` that the command runs, as the pipe told `create`.
 //!
 //! A socket rather than runc's FIFO: it needs no /proc inside the container to reopen, and the

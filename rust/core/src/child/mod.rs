@@ -211,8 +211,9 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     }
     // 6. Masked and read-only paths, in the container's /proc and /sys mounted above.
     rootfs::mask_and_protect(&root, &plan.masked_paths, &plan.readonly_paths)?;
-    // 6b. pyrt-runc: the start gate's listening socket, which the parent bound; then, with hooks, stop for the parent's createRuntime/prestart hooks and run the
-    //     createContainer hooks here, in the container's namespaces, before pivot_root.
+    // 6b. pyrt-runc: the start gate's listening socket, which the parent bound; then, with
+    //     hooks, stop for the parent's createRuntime/prestart hooks and run the createContainer
+    //     hooks here, in the container's namespaces, before pivot_root.
     // SAFETY: the listening socket the parent handed down (`Plan::gate_fd`), ours alone now.
     let gate = plan.gate_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let state = if plan.hooks.sync {

@@ -59,10 +59,13 @@ pub fn userns_with(maps: &IdMaps) -> io::Result<OwnedFd> {
     // The holder has a copy of both pipe ends (its own descriptor table), so it never reads
     // EOF: it is killed, and reaped before its stack goes.
     let mut status = 0;
-    // SAFETY: signalling and waiting for our own child.
+    // SAFETY: signalling and waiting for our own child; a signal handler of the caller's may
+    // interrupt the wait, which is then made again.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, &mut status, libc::__WALL);
+        while libc::waitpid(pid, &mut status, libc::__WALL) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
     }
     drop(stack);
     drop((wait_r, wait_w));
