@@ -616,6 +616,15 @@ def test_idmap_mount_with_its_own_mappings(rt: Runtime, bundle: Path, tmp_path: 
     )
     ok = code == 0 and out.split() == ["1000:1000", "65534:65534"]
     spec_requires(rt, ok, 'config.md "Mounts" uidMappings', out[-300:])
+    # The process that carried the mapping's user namespace is gone with it.
+    holders = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", "1000", "1"]:
+                holders.append(pid)
+        except OSError:
+            continue
+    assert holders == [], holders
 
 
 def test_ridmap_maps_the_mounts_below(rt: Runtime, bundle: Path, tmp_path: Path) -> None:

@@ -167,7 +167,9 @@ fn read_message(r: &mut impl Read) -> io::Result<(u8, u32, String, Vec<u8>)> {
         match sig.as_slice() {
             b"u" => {
                 i += (4 - at(i) % 4) % 4;
-                let v = fields.get(i..i + 4).ok_or_else(|| bad("a truncated header"))?;
+                let v = fields
+                    .get(i..i + 4)
+                    .ok_or_else(|| bad("a truncated header"))?;
                 if code == 5 {
                     reply_serial = le(v);
                 }
@@ -175,7 +177,9 @@ fn read_message(r: &mut impl Read) -> io::Result<(u8, u32, String, Vec<u8>)> {
             }
             b"s" | b"o" => {
                 i += (4 - at(i) % 4) % 4;
-                let n = le(fields.get(i..i + 4).ok_or_else(|| bad("a truncated header"))?) as usize;
+                let n = le(fields
+                    .get(i..i + 4)
+                    .ok_or_else(|| bad("a truncated header"))?) as usize;
                 let s = fields
                     .get(i + 4..i + 4 + n)
                     .ok_or_else(|| bad("a truncated header"))?;
@@ -191,7 +195,12 @@ fn read_message(r: &mut impl Read) -> io::Result<(u8, u32, String, Vec<u8>)> {
             _ => return Err(bad("a header field of an unexpected type")),
         }
     }
-    Ok((fixed[1], reply_serial, error_name, rest[header_end - 16..].to_vec()))
+    Ok((
+        fixed[1],
+        reply_serial,
+        error_name,
+        rest[header_end - 16..].to_vec(),
+    ))
 }
 
 /// A connection to a D-Bus peer (systemd's private socket), authenticated.
@@ -207,7 +216,11 @@ impl Peer {
         s.set_read_timeout(Some(timeout))?;
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
-        let hex: String = uid.to_string().bytes().map(|b| format!("{b:02x}")).collect();
+        let hex: String = uid
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         (&s).write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
         let mut stream = BufReader::new(s);
         let mut line = String::new();
@@ -220,7 +233,13 @@ impl Peer {
     }
 
     /// Calls `member` and waits for its reply (other messages, such as signals, are skipped).
-    pub fn call(&mut self, path: &str, iface: &str, member: &str, args: &[Arg]) -> io::Result<Reply> {
+    pub fn call(
+        &mut self,
+        path: &str,
+        iface: &str,
+        member: &str,
+        args: &[Arg],
+    ) -> io::Result<Reply> {
         self.serial += 1;
         let serial = self.serial;
         self.stream
@@ -255,16 +274,29 @@ mod tests {
 
     #[test]
     fn a_call_is_marshalled_as_the_spec_says() {
-        let m = method_call(7, "/o", "i.f", "M", &[Arg::Str("ab".into()), Arg::Bool(true)]);
+        let m = method_call(
+            7,
+            "/o",
+            "i.f",
+            "M",
+            &[Arg::Str("ab".into()), Arg::Bool(true)],
+        );
         assert_eq!(&m[..4], b"l\x01\x00\x01");
         let body_len = u32::from_le_bytes(m[4..8].try_into().unwrap()) as usize;
-        assert_eq!(body_len, 4 + 3 + 1 + 4, "\"ab\" (len, bytes, NUL), pad, bool");
+        assert_eq!(
+            body_len,
+            4 + 3 + 1 + 4,
+            "\"ab\" (len, bytes, NUL), pad, bool"
+        );
         assert_eq!(u32::from_le_bytes(m[8..12].try_into().unwrap()), 7);
         assert_eq!(m.len() % 8, body_len % 8, "the body starts 8-aligned");
         let body = &m[m.len() - body_len..];
         assert_eq!(body, b"\x02\x00\x00\x00ab\x00\x00\x01\x00\x00\x00");
         let fields = String::from_utf8_lossy(&m);
-        assert!(fields.contains("sb"), "the body's signature is in the header");
+        assert!(
+            fields.contains("sb"),
+            "the body's signature is in the header"
+        );
     }
 
     #[test]
@@ -304,7 +336,10 @@ mod tests {
         fields.pad(8);
         fields.0.extend_from_slice(&body);
         let (kind, serial, name, got) = read_message(&mut &fields.0[..]).unwrap();
-        assert_eq!((kind, serial, name.as_str()), (3, 1, "org.freedesktop.systemd1.NoSuchUnit"));
+        assert_eq!(
+            (kind, serial, name.as_str()),
+            (3, 1, "org.freedesktop.systemd1.NoSuchUnit")
+        );
         assert_eq!(&got[4..16], b"no such unit");
         for cut in 0..fields.0.len() {
             assert!(read_message(&mut &fields.0[..cut]).is_err(), "cut at {cut}");

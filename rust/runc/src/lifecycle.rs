@@ -130,7 +130,8 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
     let (cg_plan, unit) = if o.systemd_cgroup {
         let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let unit = systemd::unit_of(path.as_deref().and_then(|p| p.to_str()), o.id)?;
-        let resources = plan::cgroup_resources(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
+        let resources =
+            plan::cgroup_resources(&spec).map_err(|e| RuncError::Spec(e.to_string()))?;
         (None, Some((unit, resources)))
     } else {
         (cgroup_plan(&spec, &plan, o.id)?, None)
@@ -174,7 +175,15 @@ pub fn create(o: &CreateOpts) -> Result<Created> {
         .into_iter()
         .chain(hook_list(hooks.create_runtime()))
         .collect();
-    let r = start_init(o, &plan, cg_plan.as_ref(), unit.as_ref(), record, &runtime_hooks, &gate);
+    let r = start_init(
+        o,
+        &plan,
+        cg_plan.as_ref(),
+        unit.as_ref(),
+        record,
+        &runtime_hooks,
+        &gate,
+    );
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -340,8 +349,10 @@ fn open_gate(dir: &Path) -> Result<OwnedFd> {
         .mode(0o700)
         .create(&gate)
         .map_err(io_err(format!("creating {}", gate.display())))?;
-    pyrt_core::child::gate::bind(&gate)
-        .map_err(io_err(format!("binding the start gate in {}", gate.display())))
+    pyrt_core::child::gate::bind(&gate).map_err(io_err(format!(
+        "binding the start gate in {}",
+        gate.display()
+    )))
 }
 
 /// The gate's name is short and relative: connect from inside the state directory, through a

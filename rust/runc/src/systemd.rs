@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pyrt_core::cgroups::Resources;
 
 use crate::dbus::{Arg, Peer, Reply};
-use crate::error::{RuncError, Result};
+use crate::error::{Result, RuncError};
 
 const PRIVATE_SOCKET: &str = "/run/systemd/private";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -62,7 +62,11 @@ pub fn unit_of(path: Option<&str>, id: &str) -> Result<Unit> {
     if !word(name) || (!prefix.is_empty() && !word(prefix)) {
         return Err(bad("prefix and name must be unit-name characters"));
     }
-    let slice = if slice.is_empty() { "system.slice" } else { slice };
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
     let name = if name.ends_with(".slice") {
         return Err(bad("a slice as the container's own unit is not supported"));
     } else if prefix.is_empty() {
@@ -130,7 +134,10 @@ pub fn set_limits(name: &str, r: &Resources) -> Result<()> {
 pub fn start(unit: &Unit, pid: i32, limits: &Resources) -> Result<PathBuf> {
     let prop = |name: &str, value: Arg| (name.to_string(), value);
     let props: Vec<(String, Arg)> = vec![
-        prop("Description", Arg::Str(format!("pyrt-runc container {}", unit.name))),
+        prop(
+            "Description",
+            Arg::Str(format!("pyrt-runc container {}", unit.name)),
+        ),
         prop("Slice", Arg::Str(unit.slice.clone())),
         prop("PIDs", Arg::U32Array(vec![pid as u32])),
         prop("Delegate", Arg::Bool(true)),
@@ -189,7 +196,12 @@ pub fn stop(name: &str, dir: Option<&std::path::Path>) {
         return;
     }
     let args = [Arg::Str(name.into()), Arg::Str("replace".into())];
-    let _ = call(&format!("stopping {name}"), "StopUnit", &args, Duration::from_secs(2));
+    let _ = call(
+        &format!("stopping {name}"),
+        "StopUnit",
+        &args,
+        Duration::from_secs(2),
+    );
 }
 
 #[cfg(test)]
@@ -202,7 +214,10 @@ mod tests {
         assert_eq!(u.name, "cri-containerd-abc.scope");
         assert_eq!(u.slice, "kubepods.slice");
         let u = unit_of(Some(":pfx:n1"), "x").unwrap();
-        assert_eq!((u.name.as_str(), u.slice.as_str()), ("pfx-n1.scope", "system.slice"));
+        assert_eq!(
+            (u.name.as_str(), u.slice.as_str()),
+            ("pfx-n1.scope", "system.slice")
+        );
         let u = unit_of(None, "c1").unwrap();
         assert_eq!(u.name, "pyrt-runc-c1.scope");
     }
@@ -225,12 +240,23 @@ mod tests {
                 ("CPUQuotaPerSecUSec".to_string(), Arg::U64(500_000)),
             ]
         );
-        assert!(limit_props(&Resources { memory: Some(-1), ..Resources::default() }).is_empty());
+        assert!(limit_props(&Resources {
+            memory: Some(-1),
+            ..Resources::default()
+        })
+        .is_empty());
     }
 
     #[test]
     fn bad_paths_are_named() {
-        for p in ["/a/b", "a:b", "nots:p:n", "x.slice:p:../n", "x.slice:p:a/b", "x.slice:p:n.slice"] {
+        for p in [
+            "/a/b",
+            "a:b",
+            "nots:p:n",
+            "x.slice:p:../n",
+            "x.slice:p:a/b",
+            "x.slice:p:n.slice",
+        ] {
             let e = unit_of(Some(p), "x").unwrap_err().to_string();
             assert!(e.contains("linux.cgroupsPath"), "{p}: {e}");
         }

@@ -12,7 +12,7 @@
 //! the namespace alive for as long as the mount needs it (the kernel takes its own reference).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::mountopts::attr;
@@ -24,7 +24,9 @@ pub fn userns_with(maps: &IdMaps) -> io::Result<OwnedFd> {
     let (wait_r, wait_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut stack = vec![0u8; 16 * 1024];
     let top = stack.as_mut_ptr().wrapping_add(stack.len()) as *mut libc::c_void;
-    let fd: RawFd = wait_r.as_raw_fd();
+    // Both ends, packed in the argument: the holder closes its copy of the write end, so
+    // that it reads EOF (and exits) if we die before we kill it.
+    let ends = ((wait_w.as_raw_fd() as u64) << 32) | wait_r.as_raw_fd() as u32 as u64;
     // Every signal blocked across the clone: the child shares our memory, and a handler of the
     // interpreter's must never run on its stack. It inherits the mask.
     let all = nix::sys::signal::SigSet::all();
@@ -42,7 +44,7 @@ pub fn userns_with(maps: &IdMaps) -> io::Result<OwnedFd> {
             hold,
             top,
             libc::CLONE_NEWUSER | libc::CLONE_VM,
-            fd as isize as *mut libc::c_void,
+            ends as usize as *mut libc::c_void,
         )
     };
     let clone_err = io::Error::last_os_error();
@@ -56,8 +58,7 @@ pub fn userns_with(maps: &IdMaps) -> io::Result<OwnedFd> {
     }
     let opened = crate::idmap::write(pid, maps)
         .and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from));
-    // The holder has a copy of both pipe ends (its own descriptor table), so it never reads
-    // EOF: it is killed, and reaped before its stack goes.
+    // Done with it: killed, and reaped before its stack goes.
     let mut status = 0;
     // SAFETY: signalling and waiting for our own child; a signal handler of the caller's may
     // interrupt the wait, which is then made again.
@@ -72,13 +73,20 @@ pub fn userns_with(maps: &IdMaps) -> io::Result<OwnedFd> {
     opened
 }
 
-/// The holder of a new user namespace: blocks reading the descriptor it is given until killed.
+/// The holder of a new user namespace: blocks reading its pipe until killed, or until EOF when
+/// the process that made it died first (it closed its own copy of the write end).
 extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
-    let fd = arg as isize as libc::c_int;
+    let ends = arg as usize as u64;
+    let (read_end, write_end) = (
+        (ends & 0xffff_ffff) as libc::c_int,
+        (ends >> 32) as libc::c_int,
+    );
     let mut b = 0u8;
-    // SAFETY: raw syscalls on an integer descriptor and a byte of our own stack.
+    // SAFETY: raw syscalls on integer descriptors (this process's own table) and a byte of our
+    // own stack.
     unsafe {
-        libc::read(fd, &mut b as *mut u8 as *mut libc::c_void, 1);
+        libc::close(write_end);
+        libc::read(read_end, &mut b as *mut u8 as *mut libc::c_void, 1);
         libc::syscall(libc::SYS_exit, 0);
     }
     0
