@@ -369,17 +369,7 @@ fn plan_mount_idmap(
         ));
     }
     let ranges = |v: &Vec<oci_spec::runtime::LinuxIdMapping>, which: &str| {
-        let out: Vec<(u32, u32, u32)> = v
-            .iter()
-            .map(|r| (r.container_id(), r.host_id(), r.size()))
-            .collect();
-        if out.is_empty() || out.len() > MAX_ID_RANGES || out.iter().any(|r| r.2 == 0) {
-            return Err(field_err(
-                format!("{field}.{which}"),
-                format!("needs 1 to {MAX_ID_RANGES} mappings, each of a non-zero size"),
-            ));
-        }
-        Ok(out)
+        id_ranges(Some(v), &format!("{field}.{which}"))
     };
     let maps = match (uid, gid) {
         (Some(u), Some(g)) => IdMaps {
@@ -416,6 +406,26 @@ fn plan_mount_idmap(
 /// The kernel's limit on the ranges of one uid_map or gid_map.
 const MAX_ID_RANGES: usize = 340;
 
+/// A user namespace's or a mount's mappings as (inside, outside, count) ranges: 1 to 340 of
+/// them (the kernel's limit), none of size 0.
+fn id_ranges(
+    v: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>,
+    field: &str,
+) -> Result<Vec<(u32, u32, u32)>, PlanError> {
+    let out: Vec<(u32, u32, u32)> = v
+        .into_iter()
+        .flatten()
+        .map(|m| (m.container_id(), m.host_id(), m.size()))
+        .collect();
+    if out.is_empty() || out.len() > MAX_ID_RANGES || out.iter().any(|r| r.2 == 0) {
+        return Err(field_err(
+            field,
+            format!("needs 1 to {MAX_ID_RANGES} mappings, each of a non-zero size"),
+        ));
+    }
+    Ok(out)
+}
+
 fn plan_id_maps(
     linux: Option<&oci_spec::runtime::Linux>,
     clone_flags: u64,
@@ -423,26 +433,12 @@ fn plan_id_maps(
     if clone_flags & libc::CLONE_NEWUSER as u64 == 0 {
         return Ok(None);
     }
-    let ranges = |v: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>, field: &str| {
-        let out: Vec<(u32, u32, u32)> = v
-            .into_iter()
-            .flatten()
-            .map(|m| (m.container_id(), m.host_id(), m.size()))
-            .collect();
-        if out.is_empty() || out.iter().any(|r| r.2 == 0) {
-            return Err(field_err(
-                field,
-                "a new user namespace needs at least one mapping, each of a non-zero size",
-            ));
-        }
-        Ok(out)
-    };
     Ok(Some(IdMaps {
-        uid: ranges(
+        uid: id_ranges(
             linux.and_then(|l| l.uid_mappings().as_ref()),
             "linux.uidMappings",
         )?,
-        gid: ranges(
+        gid: id_ranges(
             linux.and_then(|l| l.gid_mappings().as_ref()),
             "linux.gidMappings",
         )?,
