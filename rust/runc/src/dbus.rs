@@ -223,8 +223,9 @@ impl Peer {
             .collect();
         (&s).write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
         let mut stream = BufReader::new(s);
+        // One line, and a short one: a peer that never ends it cannot grow our memory.
         let mut line = String::new();
-        stream.read_line(&mut line)?;
+        (&mut stream).take(512).read_line(&mut line)?;
         if !line.starts_with("OK ") {
             return Err(bad(&format!("authentication refused: {}", line.trim())));
         }

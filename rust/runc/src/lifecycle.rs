@@ -277,11 +277,7 @@ fn systemd_cgroup(unit: &systemd::Unit, resources: &Resources, pid: i32) -> Resu
             resources: resources.clone(),
         },
     )?;
-    for dir in cg.paths() {
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .map_err(io_err(format!("moving the init into {}", procs.display())))?;
-    }
+    cg.adopt(pid)?;
     Ok(cg)
 }
 

@@ -331,6 +331,17 @@ impl Cgroup {
         }
     }
 
+    /// Moves `pid` into the cgroup in every hierarchy: a process that was not born inside (one
+    /// that systemd placed in its scope first, `pyrt-runc --systemd-cgroup`).
+    pub fn adopt(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.paths() {
+            let procs = dir.join("cgroup.procs");
+            fs::write(&procs, pid.to_string())
+                .map_err(io_err("placing the container in", &procs))?;
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<Stats, CgroupError> {
         match self {
             Cgroup::V1(g) => g.stats(),
