@@ -17,6 +17,7 @@ __all__ = [
     "log_from",
     "log_pipe",
     "new_netns",
+    "new_userns_netns",
     "open_in_root",
     "pid_start_time",
     "plan",
@@ -68,6 +69,12 @@ class PortForward:
 
 def new_netns() -> int:
     """A new network namespace with ``lo`` up, as a descriptor the caller owns and closes."""
+
+def new_userns_netns(
+    uid_map: list[tuple[int, int, int]], gid_map: list[tuple[int, int, int]]
+) -> tuple[int, int]:
+    """A new user namespace with these (inside, outside, count) maps, and a network namespace
+    that belongs to it: two descriptors the caller owns and closes."""
 
 def cgroup_freeze(paths: list[str], freeze: bool) -> bool:
     """Freezes (or thaws) the container cgroup at ``paths``; False without a freezer."""

@@ -261,6 +261,7 @@ class Container(
             id_maps=self._userns,
             limits=self._limits,
             netns_path=self._netns_path(),
+            userns_path=self._userns_path(),
             # Root places any container in a cgroup; a rootless caller has none to write.
             cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
         )

@@ -93,13 +93,19 @@ class ContainerNetworking:
         for cport, proto, addr, hport in self._ports:
             self._net.publish(cport, proto, addr, hport)
 
+    def _userns_path(self) -> Optional[str]:
+        """A rootless network's user namespace, which its members join (None otherwise)."""
+        return self._net.userns if isinstance(self._net, Member) else None
+
     def _attach_network(self, proc: _core.Process) -> None:
-        """Rootless: the held container made its network namespace; slirp4netns joins it and
-        the ports are published before the command runs."""
-        assert isinstance(self._net, PrivateNetwork)
+        """Rootless: the held container made its network namespace; slirp4netns joins it (a
+        private network's) or it is plugged into the shared network's bridge, and a private
+        network's ports are published, before the command runs."""
+        assert self._net is not None
         try:
             self._net.attach(proc.pid)
-            self._publish()
+            if isinstance(self._net, PrivateNetwork):
+                self._publish()
             proc.release()
         except BaseException:
             proc.kill(signal.SIGKILL)

@@ -7,8 +7,10 @@ otherwise. Both are Debian's (iproute2, util-linux)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from typing import Optional
 
 from pyrt.errors import PyrtError
 
@@ -34,18 +36,29 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
-def batch(netns: str, commands: list[str], low_ports: bool = False) -> None:
+def batch(
+    netns: str,
+    commands: list[str],
+    low_ports: bool = False,
+    userns: Optional[str] = None,
+    pass_fds: tuple[int, ...] = (),
+) -> None:
     """Runs ``ip`` commands (one per line, as ``ip -batch`` reads them) in the network
-    namespace at path ``netns``; with ``low_ports``, anyone there may bind ports below 1024
-    too, as in Docker's containers: the namespace is root's, and a container with a user
-    namespace of its own has no privilege over it."""
+    namespace at path ``netns``, from inside the user namespace at path ``userns`` (a rootless
+    network's, which owns its namespaces) if given; with ``low_ports``, anyone there may bind
+    ports below 1024 too, as in Docker's containers: the namespace is root's, and a container
+    with a user namespace of its own has no privilege over it."""
     nsenter = _tool("nsenter", "util-linux")
     ip = _tool("ip", "iproute2")
-    argv = [nsenter, f"--net={netns}", ip, "-batch", "-"]
+    # The caller is the namespace's 0 already; nsenter's own setgroups would be refused where
+    # setgroups is "deny" (a caller without subordinate ids).
+    enter = [f"--user={userns}", "--preserve-credentials"] if userns else []
+    argv = [nsenter, *enter, f"--net={netns}", ip, "-batch", "-"]
     if low_ports:
         # /proc/sys/net is the namespace of whoever opens it: written from in there.
         script = 'echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"'
-        argv[2:2] = ["/bin/sh", "-c", script, "-"]
+        at = 2 + len(enter)
+        argv[at:at] = ["/bin/sh", "-c", script, "-"]
     try:
         r = subprocess.run(
             argv,
@@ -53,6 +66,7 @@ def batch(netns: str, commands: list[str], low_ports: bool = False) -> None:
             capture_output=True,
             text=True,
             timeout=10,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired as e:
         raise LinkError("ip did not finish within 10 s", netns) from e
@@ -61,22 +75,30 @@ def batch(netns: str, commands: list[str], low_ports: bool = False) -> None:
         raise LinkError(f"ip failed: {why}", netns)
 
 
-def make_hub(hub: str) -> None:
+def make_hub(hub: str, userns: Optional[str] = None) -> None:
     """The bridge, with slirp4netns's tap (already in ``hub``) as its way out."""
-    batch(hub, [
+    batch(hub, userns=userns, commands=[
         f"link add {BRIDGE} mtu {MTU} type bridge",
         f"link set {TAP} mtu {MTU} master {BRIDGE} up",
         f"link set {BRIDGE} up",
     ])  # fmt: skip
 
 
-def plug(hub: str, member: str, link: str, address: str, gateway: str) -> None:
+def plug(
+    hub: str, member: str, link: str, address: str, gateway: str, userns: Optional[str] = None
+) -> None:
     """A veth pair: ``link`` on the bridge in ``hub``, ``eth0`` with ``address`` and the
     default route through ``gateway`` in the namespace at path ``member``."""
-    batch(hub, [
-        f"link add {link} mtu {MTU} type veth peer name eth0 netns {member}",
-        f"link set {link} master {BRIDGE} up",
-    ])  # fmt: skip
+    # Handed to ip as its own descriptor: inside a user namespace, another process's
+    # /proc/PID/fd is out of reach (no CAP_SYS_PTRACE over the caller's namespace).
+    fd = os.open(member, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        batch(hub, userns=userns, pass_fds=(fd,), commands=[
+            f"link add {link} mtu {MTU} type veth peer name eth0 netns /proc/self/fd/{fd}",
+            f"link set {link} master {BRIDGE} up",
+        ])  # fmt: skip
+    finally:
+        os.close(fd)
     batch(
         member,
         [
@@ -86,9 +108,10 @@ def plug(hub: str, member: str, link: str, address: str, gateway: str) -> None:
             f"route add default via {gateway}",
         ],
         low_ports=True,
+        userns=userns,
     )
 
 
-def unplug(hub: str, link: str) -> None:
+def unplug(hub: str, link: str, userns: Optional[str] = None) -> None:
     """Takes the hub's end of a member's pair away (its peer goes with it)."""
-    batch(hub, [f"link del {link}"])
+    batch(hub, [f"link del {link}"], userns=userns)

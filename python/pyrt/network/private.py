@@ -84,11 +84,19 @@ def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str,
 class PrivateNetwork:
     """A network namespace with slirp4netns attached; ``close`` ends both."""
 
-    def __init__(self, workdir: Path, rootless: bool = False, configure: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        rootless: bool = False,
+        configure: bool = True,
+        namespaces: Optional[tuple[int, int]] = None,
+    ) -> None:
         """As root: makes the namespace and attaches slirp4netns now (the container will join
         ``path``). Rootless: the namespace must belong to the container's user namespace, so
         the container makes it, and ``attach`` is called while it is held before its plan.
-        Without ``configure``, the tap is left bare (a shared network bridges it)."""
+        Without ``configure``, the tap is left bare (a shared network bridges it). With
+        ``namespaces`` (a user namespace's descriptor and one of its network namespaces', a
+        rootless shared network's hub), slirp4netns attaches to those now; they become ours."""
         binary = shutil.which("slirp4netns")
         if binary is None:
             raise PyrtError(
@@ -106,11 +114,19 @@ class PrivateNetwork:
         self._exit_w = -1
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._configure = configure
-        if not rootless:
+        self.userns_fd = -1
+        if namespaces is not None:
+            self.userns_fd, self.fd = namespaces
+            self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+            target = [f"--userns-path=/proc/{os.getpid()}/fd/{self.userns_fd}",
+                      "--netns-type=path", self.path]  # fmt: skip
+        elif not rootless:
             self.fd = _core.new_netns()
             self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+            target = ["--netns-type=path", self.path]
+        if self.path is not None:
             try:
-                self._start_slirp(["--netns-type=path", self.path])
+                self._start_slirp(target, sandbox=namespaces is None)
             except BaseException:
                 self.close()
                 raise
@@ -119,9 +135,9 @@ class PrivateNetwork:
         """Rootless: attaches slirp4netns to the network namespace of the held container
         ``pid`` (joining its user namespace to do so)."""
         self._start_slirp([f"--userns-path=/proc/{pid}/ns/user", "--netns-type=path",
-                           f"/proc/{pid}/ns/net"])  # fmt: skip
+                           f"/proc/{pid}/ns/net"], sandbox=False)  # fmt: skip
 
-    def _start_slirp(self, target: list[str]) -> None:
+    def _start_slirp(self, target: list[str], sandbox: bool) -> None:
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -132,7 +148,7 @@ class PrivateNetwork:
                      f"--api-socket={self.api}",
                      # (Its sandbox never reports ready when started by an unprivileged user
                      # into a container's user namespace: measured with slirp4netns 1.2.0.)
-                     *([] if self.rootless else ["--enable-sandbox"]), *target, "tap0"],
+                     *(["--enable-sandbox"] if sandbox else []), *target, "tap0"],
                     pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=log,
                 )  # fmt: skip
@@ -154,18 +170,6 @@ class PrivateNetwork:
             return " / ".join(lines[-3:]) or "no output"
         return "no output"
 
-    def _api(self, request: dict[str, Any]) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(self.api))
-            s.sendall(json.dumps(request).encode())
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        reply = json.loads(data or b"{}")
-        return reply if isinstance(reply, dict) else {}
-
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
         """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``."""
         if proto == "tcp" and not self.rootless:
@@ -181,21 +185,7 @@ class PrivateNetwork:
 
     def hostfwd(self, guest: str, cport: int, proto: str, addr: str, hport: int) -> Published:
         """slirp4netns's own forward of ``addr:hport`` on the host to ``guest:cport``."""
-        for _ in range(20 if hport == 0 else 1):
-            port = hport or _free_port(addr, proto)
-            reply = self._api({"execute": "add_hostfwd", "arguments": {
-                "proto": proto, "host_addr": addr, "host_port": port, "guest_addr": guest,
-                "guest_port": cport}})  # fmt: skip
-            if "return" in reply:
-                return Published(cport, proto, addr, port)
-            if hport:
-                break
-            time.sleep(0.01)  # someone took the free port meanwhile: another one
-        desc = reply.get("error", {}).get("desc", reply)
-        raise PyrtError(
-            f"cannot publish container port {cport}/{proto} on {addr}:{hport or 'any'}: "
-            f"{'the host port is already in use' if hport else desc} ({desc})"
-        )
+        return hostfwd(self.api, guest, cport, proto, addr, hport)[0]
 
     def close(self) -> None:
         for f in self._forwards:
@@ -210,11 +200,59 @@ class PrivateNetwork:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.userns_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.userns_fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.api)
+
+
+def _api(api: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to slirp4netns's API socket (any process of its user may use it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(api))
+        s.sendall(json.dumps(request).encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    reply = json.loads(data or b"{}")
+    return reply if isinstance(reply, dict) else {}
+
+
+def hostfwd(
+    api: Path, guest: str, cport: int, proto: str, addr: str, hport: int
+) -> tuple[Published, int]:
+    """slirp4netns's forward of ``addr:hport`` on the host (0: a free port) to
+    ``guest:cport``, through its API socket ``api``; with the forward's id (``unforward``)."""
+    for _ in range(20 if hport == 0 else 1):
+        port = hport or _free_port(addr, proto)
+        try:
+            reply = _api(api, {"execute": "add_hostfwd", "arguments": {
+                "proto": proto, "host_addr": addr, "host_port": port, "guest_addr": guest,
+                "guest_port": cport}})  # fmt: skip
+        except (OSError, ValueError) as e:
+            raise PyrtError(f"cannot publish container port {cport}/{proto}: {e}") from e
+        ret = reply.get("return")
+        if isinstance(ret, dict):
+            ident = ret.get("id")
+            return Published(cport, proto, addr, port), ident if isinstance(ident, int) else -1
+        if hport:
+            break
+        time.sleep(0.01)  # someone took the free port meanwhile: another one
+    desc = reply.get("error", {}).get("desc", reply)
+    raise PyrtError(
+        f"cannot publish container port {cport}/{proto} on {addr}:{hport or 'any'}: "
+        f"{'the host port is already in use' if hport else desc} ({desc})"
+    )
+
+
+def unforward(api: Path, ident: int) -> None:
+    """Takes slirp4netns's forward ``ident`` away (best effort: slirp4netns may be gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        _api(api, {"execute": "remove_hostfwd", "arguments": {"id": ident}})
 
 
 def forward_tcp(netns_fd: int, cport: int, addr: str, hport: int) -> _core.PortForward:

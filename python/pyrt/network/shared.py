@@ -44,10 +44,19 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pyrt import _core
 from pyrt.config import checks
-from pyrt.errors import InvalidOption, PyrtError
-from pyrt.host import reaper, state
+from pyrt.errors import PyrtError
+from pyrt.host import reaper, state, userns
 from pyrt.network import links
-from pyrt.network.private import DNS, GATEWAY, PrivateNetwork, Published, forward_tcp, hosts_file
+from pyrt.network.private import (
+    DNS,
+    GATEWAY,
+    PrivateNetwork,
+    Published,
+    forward_tcp,
+    hostfwd,
+    hosts_file,
+    unforward,
+)
 
 if TYPE_CHECKING:
     from pyrt.container.container import Container
@@ -88,13 +97,6 @@ class Network:
 
     def __init__(self, name: Optional[str] = None) -> None:
         checked = checks.name(name, "name")
-        if os.geteuid() != 0:
-            raise InvalidOption(
-                "pyrt.Network needs root for now: members' namespaces are plugged into a bridge, "
-                "which an unprivileged caller cannot do across their separate user namespaces; "
-                "rootless containers reach each other through published ports at "
-                "host.pyrt.internal instead"
-            )
         self.name = checked or f"pyrt-net-{secrets.token_hex(4)}"
         self._path = state.networks_root() / self.name
         self._owner = True
@@ -116,11 +118,13 @@ class Network:
             self._lock_fd = state.locked_file(self._path / "lock")
             reaper.watch(reaper.NETWORK + self.name)
             (self._path / "members").mkdir(mode=0o700)
-            self._hub = PrivateNetwork(self._path, configure=False)
+            self._hub = PrivateNetwork(self._path, configure=False, namespaces=_rootless_ns())
             assert self._hub.path is not None
-            links.make_hub(self._hub.path)
+            own_userns = self._hub.userns_fd >= 0
+            users = f"/proc/{os.getpid()}/fd/{self._hub.userns_fd}" if own_userns else None
+            links.make_hub(self._hub.path, userns=users)
             self._write_state({"name": self.name, "owner": os.getpid(),
-                               "hub": self._hub.path, "created": time.time(),
+                               "hub": self._hub.path, "userns": users, "created": time.time(),
                                "held": _holding})  # fmt: skip
         except BaseException:
             self._teardown()
@@ -167,6 +171,19 @@ class Network:
         return str(doc["hub"])
 
     @property
+    def userns(self) -> Optional[str]:
+        """Rootless: path of the network's user namespace, which its members share (their other
+        namespaces, and the hub's, belong to it); None as root."""
+        if self._hub is not None:
+            fd = self._hub.userns_fd
+            return f"/proc/{os.getpid()}/fd/{fd}" if fd >= 0 else None
+        doc = state.read_state(self._path)
+        if self._removed or doc is None or not state.owner_alive(self._path):
+            raise NetworkError("the network was removed", self.name)
+        users = doc.get("userns")
+        return users if isinstance(users, str) else None
+
+    @property
     def containers(self) -> list[Container]:
         """This process's containers on the network that were not removed."""
         return [c for c in list(self._members.values()) if c.status != "removed"]
@@ -185,8 +202,22 @@ class Network:
 
     def join(self, c: Container, container_dir: Path, names: list[str]) -> Member:
         """A new member's namespace, plugged in, with its address and its record; /etc/hosts
-        of every member is rewritten to name it. ``c`` joins the namespace by path."""
-        hub = self.hub
+        of every member is rewritten to name it. ``c`` joins the namespace by path.
+
+        Rootless, the namespace must belong to the network's user namespace, which only a
+        process inside it can make: the member's own first stage does (``child::stage1``), and
+        the member is plugged in by ``Member.attach`` while the container is held."""
+        hub, users = self.hub, self.userns
+        if users is not None:
+            with self._allocation():
+                address = self._free_address()
+                self._record_path(address).write_text(json.dumps({
+                    "address": address, "container": c.id, "names": names,
+                    "hosts": str(container_dir / "hosts"), "dir": str(container_dir)}))  # fmt: skip
+            (container_dir / "resolv.conf").write_text(f"nameserver {DNS}\noptions ndots:0\n")
+            with self._mutex:
+                self._members[c.id] = c
+            return Member(self, c.id, -1, None, address, f"v{c.id[:12]}")
         fd = _core.new_netns()
         path = f"/proc/{os.getpid()}/fd/{fd}"
         try:
@@ -334,34 +365,53 @@ class Member:
     """A container's place on a network: its namespace (``path``), address and published
     ports. Has the shape of ``PrivateNetwork`` that the container drives."""
 
-    rootless = False
-
     def __init__(
-        self, net: Network, container: str, fd: int, path: str, address: str, link: str
-    ) -> None:
+        self, net: Network, container: str, fd: int, path: Optional[str], address: str,
+        link: str,
+    ) -> None:  # fmt: skip
         self.network = net
         self.container = container
         self.fd = fd
-        self.path: Optional[str] = path
+        self.path = path
         self.address = address
         self.link = link
+        self.userns = net.userns
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
+        self._slirp_forwards: list[int] = []
+        self._left = False
+
+    @property
+    def rootless(self) -> bool:
+        """Whether the container must be held for ``attach``: a rootless member's namespace is
+        made by the container itself, the first time."""
+        return self.path is None
+
+    def attach(self, pid: int) -> None:
+        """Rootless: plugs the namespace of the held container ``pid`` in, and keeps it (a
+        reset joins it again, with the same address)."""
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        path = f"/proc/{os.getpid()}/fd/{fd}"
+        try:
+            links.plug(self.network.hub, path, self.link, self.address, GATEWAY, self.userns)
+            self.network.refresh()
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.path = fd, path
 
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
-        if proto == "tcp":
+        if proto == "tcp" and self.userns is None:
             fwd = forward_tcp(self.fd, cport, addr, hport)
             self._forwards.append(fwd)
             p = Published(cport, proto, addr, fwd.port)
         else:
-            hub = self.network._hub
-            if hub is None:
-                raise NetworkError(
-                    f"UDP port {cport}: published through slirp4netns, which only the "
-                    "network's own process drives",
-                    self.network.name,
-                )
-            p = hub.hostfwd(self.address, cport, proto, addr, hport)
+            # UDP, and rootless TCP (the forwarder could not enter a namespace of another
+            # user namespace): slirp4netns's forward to the member's address, asked on the
+            # network's API socket (any process of the network's user may).
+            p, ident = hostfwd(self.network._path / "slirp.sock", self.address, cport, proto,
+                               addr, hport)  # fmt: skip
+            self._slirp_forwards.append(ident)
         self.published.append(p)
         return p
 
@@ -369,10 +419,29 @@ class Member:
         for f in self._forwards:
             f.close()
         self._forwards = []
-        if self.fd >= 0:
+        for ident in self._slirp_forwards:
+            unforward(self.network._path / "slirp.sock", ident)
+        self._slirp_forwards = []
+        if not self._left:
+            self._left = True
             self.network.leave(self)
+        if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _rootless_ns() -> Optional[tuple[int, int]]:
+    """An unprivileged caller's network: its user namespace (the caller's usual container
+    mapping, ``userns.maps_for_caller``) and the hub's network namespace, born in it. None as
+    root."""
+    if os.geteuid() == 0:
+        return None
+    maps = userns.maps_for_caller()
+    try:
+        return _core.new_userns_netns(list(maps.uid), list(maps.gid))
+    except OSError as e:
+        why = userns.blocked_because()
+        raise PyrtError(f"a user namespace for the network: {e}" + (f": {why}" if why else ""))
 
 
 def list_networks() -> list[dict[str, Any]]:

@@ -53,10 +53,12 @@ def container_spec(
     limits: Optional[spec.Limits],
     netns_path: Optional[str],
     cgroup: bool,
+    userns_path: Optional[str] = None,
 ) -> Assembled:
     """The spec of container ``cid`` running ``args``, its root mounted on ``root_dir``;
     ``layers`` is None for the host image; ``id_maps`` the user namespace's maps, if it has
-    one. ``cgroup``: in a cgroup of its own, ``pyrt-<cid>``."""
+    one (``userns_path``: joined, a rootless network's, which has these maps). ``cgroup``: in
+    a cgroup of its own, ``pyrt-<cid>``."""
     try:
         ids = image.resolve_user(o.user or image.config.user)
     except ValueError as e:
@@ -106,6 +108,7 @@ def container_spec(
         hostname=hostname,
         network="none" if o.network in ("private", "joined", "shared") else o.network,
         netns_path=netns_path,
+        userns_path=userns_path,
         mounts=extra_mounts + [m.to_spec() for m in o.mounts],
         masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
         readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,

@@ -222,6 +222,8 @@ class ContainerSpec:
     #: A user namespace with these (inside, outside, count) uid and gid ranges.
     uid_map: Sequence[tuple[int, int, int]] = ()
     gid_map: Sequence[tuple[int, int, int]] = ()
+    #: ... joined at this path instead of made (a rootless network's, which has those maps).
+    userns_path: Optional[str] = None
     mounts: Sequence[Mapping[str, Any]] = ()
     masked_paths: Sequence[str] = DEFAULT_MASKED_PATHS
     readonly_paths: Sequence[str] = DEFAULT_READONLY_PATHS
@@ -339,7 +341,9 @@ def build(c: ContainerSpec) -> dict[str, Any]:
             "readonlyPaths": list(c.readonly_paths),
         },
     }
-    if c.uid_map:
+    if c.uid_map and c.userns_path:
+        namespaces.insert(0, {"type": "user", "path": c.userns_path})
+    elif c.uid_map:
         namespaces.insert(0, {"type": "user"})
 
         def ranges(m: Sequence[tuple[int, int, int]]) -> list[dict[str, int]]:

@@ -5,7 +5,8 @@
 //! - fd 3, the plan pipe: the parent writes the request (length first); it stays open as the
 //!   child's lifeline, and carries the state JSON answering a sync record;
 //! - fd 4, the report pipe (close-on-exec): a `report::SetupError` record, a sync record, or an
-//!   exec-failure record; EOF with nothing on it means the command runs;
+//!   exec-failure record; EOF with nothing on it means the command runs. A two-stage start (a
+//!   user namespace joined by path) first writes a stage-pid record;
 //! - fd 5, the status pipe of `init = true`: the command's wait status, four bytes.
 
 use std::os::fd::RawFd;
@@ -30,6 +31,28 @@ pub const fn exec_failed_record(errno: i32) -> [u8; EXEC_FAILED_LEN] {
     [
         m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], e[0], e[1], e[2], e[3],
     ]
+}
+
+/// The head of the record a first stage writes once it has cloned the container's process
+/// (`child::stage1`): the magic, then that process's pid in native byte order.
+pub const STAGE_PID: &[u8; 8] = b"PYRTPID1";
+pub const STAGE_PID_LEN: usize = 12;
+
+/// The first stage's record for `pid`.
+pub const fn stage_pid_record(pid: i32) -> [u8; STAGE_PID_LEN] {
+    let e = pid.to_ne_bytes();
+    let m = STAGE_PID;
+    [
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], e[0], e[1], e[2], e[3],
+    ]
+}
+
+/// The pid of a first stage's record, or None when `report` is something else.
+pub fn stage_pid(report: &[u8]) -> Option<i32> {
+    match report.strip_prefix(STAGE_PID.as_slice()) {
+        Some(&[a, b, c, d]) => Some(i32::from_ne_bytes([a, b, c, d])),
+        _ => None,
+    }
 }
 
 /// The errno of an exec-failure record, or None when `report` is something else.
@@ -62,6 +85,15 @@ mod tests {
         let mut long = exec_failed_record(2).to_vec();
         long.push(0);
         assert_eq!(exec_failed_errno(&long), None);
+    }
+
+    #[test]
+    fn stage_pid_records_round_trip() {
+        for pid in [1, 2, 4_194_304, i32::MAX] {
+            assert_eq!(stage_pid(&stage_pid_record(pid)), Some(pid));
+        }
+        assert_eq!(stage_pid(b"PYRTPID1"), None);
+        assert_eq!(stage_pid(&exec_failed_record(3)), None);
     }
 
     #[test]

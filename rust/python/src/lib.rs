@@ -339,6 +339,30 @@ fn new_netns() -> PyResult<i32> {
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
 }
 
+/// A new user namespace with these (inside, outside, count) maps and a network namespace of
+/// its own, as two descriptors the caller owns: a rootless `pyrt.Network`'s (see
+/// core/host/userns.rs).
+#[pyfunction]
+fn new_userns_netns(
+    py: Python<'_>,
+    uid_map: Vec<(u32, u32, u32)>,
+    gid_map: Vec<(u32, u32, u32)>,
+) -> PyResult<(i32, i32)> {
+    use std::os::fd::IntoRawFd;
+    if uid_map.is_empty() || gid_map.is_empty() || uid_map.len() > 340 || gid_map.len() > 340 {
+        return Err(PyValueError::new_err(
+            "uid_map and gid_map need 1 to 340 ranges each",
+        ));
+    }
+    let maps = pyrt_core::plan::IdMaps {
+        uid: uid_map,
+        gid: gid_map,
+    };
+    py.detach(|| pyrt_core::host::userns::with_netns(&maps))
+        .map(|(u, n)| (u.into_raw_fd(), n.into_raw_fd()))
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+}
+
 /// A published TCP port (see core/host/portfwd.rs): stops accepting on `close()`.
 #[pyclass(module = "pyrt._core")]
 struct PortForward {
@@ -664,6 +688,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pid_start_time, m)?)?;
     m.add_function(wrap_pyfunction!(signal_recorded, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
+    m.add_function(wrap_pyfunction!(new_userns_netns, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
     m.add_class::<PortForward>()?;
     m.add_class::<Process>()?;

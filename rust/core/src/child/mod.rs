@@ -23,6 +23,7 @@ mod inroot;
 pub mod network;
 mod process;
 pub mod rootfs;
+mod stage1;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -43,8 +44,15 @@ pub const GATE_SOCKET: &str = gate::SOCKET_NAME;
 const REEXEC_PLAN_FD: i32 = 6;
 const REEXEC_ARG: &str = "--plan-in-fd-6";
 
+/// pyrt-child's first argument when it is a first stage (`stage1`), followed by its own.
+pub const FIRST_STAGE_ARG: &str = "--first-stage";
+
 pub fn main() -> ! {
-    let reexeced = std::env::args().nth(1).as_deref() == Some(REEXEC_ARG);
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(FIRST_STAGE_ARG) {
+        stage1::run(&args[2..]);
+    }
+    let reexeced = args.get(1).map(String::as_str) == Some(REEXEC_ARG);
     for fd in [PLAN_FD, ERROR_FD, crate::wire::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -157,7 +165,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     new_session()?;
     // 0b. In a user namespace, v1 cgroup hierarchies are bound rather than mounted (step 4):
     //     note where ours are while /proc/self/cgroup still names them.
-    if plan.clone_flags & libc::CLONE_NEWUSER as u64 != 0 {
+    if plan.in_user_namespace() {
         cgroupfs::remember_own_cgroups();
     }
     // 1. Join the namespaces given by path (the new ones were made by clone); a new cgroup

@@ -1,5 +1,5 @@
 //! What runs on the host's side of a container, in the caller's process: network namespaces
-//! made ahead, published ports' forwarders, the stdio pump, and the log files. Nothing here
+//! made ahead, user namespaces held by descriptors, published ports' forwarders, the stdio pump, and the log files. Nothing here
 //! runs in the child.
 
 pub mod idmount;
@@ -7,3 +7,4 @@ pub mod io;
 pub mod logs;
 pub mod netns;
 pub mod portfwd;
+pub mod userns;

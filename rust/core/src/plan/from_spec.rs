@@ -242,6 +242,8 @@ impl Plan {
             gate_fd: None,
             hooks: plan_hooks(spec),
             root_propagation: plan_root_propagation(linux)?,
+            user_joined_first: false,
+            handed_joins: Vec::new(),
         })
     }
 }

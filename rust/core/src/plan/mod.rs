@@ -176,16 +176,38 @@ pub struct Plan {
     /// MS_REC for the "r" forms) for the root once it is "/"; 0 leaves it private.
     #[serde(default)]
     pub root_propagation: u64,
+    /// Set by the spawner when the plan's user namespace, joined by path, was entered by a
+    /// first stage before the other namespaces were made (`child::stage1`): the child is in
+    /// a user namespace although neither `clone_flags` nor `join` says so any more.
+    #[serde(default)]
+    pub user_joined_first: bool,
+    /// The descriptors of the namespaces in `join` that the spawner opened and handed down
+    /// (their paths are then /proc/self/fd/N), with `user_joined_first`.
+    #[serde(default)]
+    pub handed_joins: Vec<i32>,
 }
 
 impl Plan {
-    /// The descriptors the child inherits beyond its six: the start gate and detached mounts.
+    /// The descriptors the child inherits beyond its six: the start gate, detached mounts and
+    /// namespaces to join.
     pub fn inherited_fds(&self) -> Vec<i32> {
         let mounts = self
             .mounts
             .iter()
             .filter_map(|m| m.idmap.as_ref().and_then(|i| i.fd));
-        self.gate_fd.into_iter().chain(mounts).collect()
+        self.gate_fd
+            .into_iter()
+            .chain(mounts)
+            .chain(self.handed_joins.iter().copied())
+            .collect()
+    }
+
+    /// Whether the container runs in a user namespace of its own or joined.
+    pub fn in_user_namespace(&self) -> bool {
+        let user = libc::CLONE_NEWUSER as u64;
+        self.clone_flags & user != 0
+            || self.user_joined_first
+            || self.join.iter().any(|(bit, _)| *bit == user)
     }
 
     /// Whether `linux.rootfsPropagation` or a mount's own propagation asks for slave or shared:

@@ -45,7 +45,7 @@ pub(crate) use prepare::take_join;
 pub use process::Child;
 
 use clone::{dup_high, spawner, wait_eof, ChildArgs, Job};
-use prepare::{hand_down, needs_setid, prejoin_net};
+use prepare::{hand_down, needs_setid, prejoin_net, two_stage};
 
 use crate::cgroups::{Cgroup, CgroupError};
 use crate::plan::Request;
@@ -109,10 +109,15 @@ pub fn spawn_held(
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let (request, netns) = prejoin_net(request)?;
+    let (staged, first_stage) = two_stage(request)?;
+    let (request, netns) = prejoin_net(staged.as_ref())?;
     let (request, handed) = hand_down(request, place.gate)?;
     let request = request.as_ref();
-    let keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
+    let mut keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
+    if let Some(first) = &first_stage {
+        keep.push(first.userns.as_raw_fd());
+        keep.extend(first.joins.iter().map(|f| f.as_raw_fd()));
+    }
     let request_bytes = serde_json::to_vec(request).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
@@ -145,7 +150,26 @@ pub fn spawn_held(
     } else {
         None
     };
-    let argv: [*const libc::c_char; 2] = [c"pyrt-child".as_ptr(), std::ptr::null()];
+    let detached = match request {
+        Request::Create(p) => p.detached,
+        Request::Exec(e) => e.detached,
+    };
+    // A first stage learns what to do from its arguments: it acts before it reads the plan.
+    let stage_args: Vec<std::ffi::CString> = match &first_stage {
+        Some(first) => [
+            crate::child::FIRST_STAGE_ARG.to_string(),
+            first.userns.as_raw_fd().to_string(),
+            first.flags.to_string(),
+            u8::from(!detached).to_string(),
+        ]
+        .into_iter()
+        .map(|a| std::ffi::CString::new(a).expect("no NUL in numbers"))
+        .collect(),
+        None => Vec::new(),
+    };
+    let mut argv: Vec<*const libc::c_char> = vec![c"pyrt-child".as_ptr()];
+    argv.extend(stage_args.iter().map(|a| a.as_ptr()));
+    argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let args = ChildArgs {
         fds: [0, 1, 2, 3, 4, 5].map(|i| sources[i].as_raw_fd()),
@@ -153,15 +177,13 @@ pub fn spawn_held(
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         report_fd: sources[4].as_raw_fd(),
-        pdeathsig: match request {
-            Request::Create(p) => !p.detached,
-            Request::Exec(e) => !e.detached,
-        },
+        pdeathsig: !detached,
         setid_fd: setid.as_ref().map_or(-1, |s| s.0.as_raw_fd()),
         keep: keep.as_ptr(),
         keep_len: keep.len(),
     };
     let clone_flags = match request {
+        Request::Create(_) if first_stage.is_some() => 0,
         Request::Create(p) => p.clone_flags,
         Request::Exec(_) => 0,
     };
@@ -206,6 +228,8 @@ pub fn spawn_held(
     // of the descriptors: ours can go.
     drop(sources);
     drop(handed);
+    let two_stages = first_stage.is_some();
+    drop(first_stage);
     let setid_rest = setid_rest.map(|(go_r, done_w, go_w, done_r)| {
         drop((go_r, done_w));
         (go_w, done_r)
@@ -225,6 +249,11 @@ pub fn spawn_held(
             format!("clone: {}{hint}", strerror(errno)),
         )
     })?;
+    let (pid, pidfd, err_r) = if two_stages {
+        second_stage(pid, pidfd, err_r)?
+    } else {
+        (pid, pidfd, err_r)
+    };
     let child = Child::new(pid, pidfd, plan_w, status_r);
     // v2: into the cgroup before the child has its plan, so before the command's first
     // instruction. (v1: it was born there.)
@@ -266,6 +295,65 @@ pub fn spawn_held(
             report: err_r,
         },
     ))
+}
+
+/// A first stage's outcome: the container's process it cloned (our child too, by
+/// CLONE_PARENT), once the first stage is reaped; or the first stage's error.
+fn second_stage(
+    first: i32,
+    first_pidfd: OwnedFd,
+    err_r: OwnedFd,
+) -> Result<(i32, OwnedFd, OwnedFd), SetupError> {
+    let mut report = std::fs::File::from(err_r);
+    let mut head = [0u8; wire::STAGE_PID_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        match report.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child, which exits right after its record.
+    while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+    drop(first_pidfd);
+    let Some(pid) = wire::stage_pid(&head[..got]) else {
+        let mut rest = head[..got].to_vec();
+        let _ = report.read_to_end(&mut rest);
+        return Err(if rest.is_empty() {
+            SetupError::new(
+                Stage::Namespaces,
+                libc::EIO,
+                "the first stage ended without a report".to_string(),
+            )
+        } else if let Some(errno) = wire::exec_failed_errno(&rest) {
+            SetupError::new(
+                Stage::Spawn,
+                errno,
+                format!("executing pyrt-child from its memfd: {}", strerror(errno)),
+            )
+        } else {
+            SetupError::decode(&rest)
+        });
+    };
+    // SAFETY: pidfd_open of our own child (not reaped, so its pid cannot be reused).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: as above; the process waits for its plan and dies with the kill.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, libc::__WALL);
+        }
+        return Err(spawn_err("pidfd_open of the container's process", e));
+    }
+    // SAFETY: a new descriptor of ours.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+    Ok((pid, pidfd, OwnedFd::from(report)))
 }
 
 /// Sends the plan to a held child and waits for its report: Ok once the command runs.

@@ -1,5 +1,5 @@
-//! What a request needs before the clone: a network namespace to be born in, a pid namespace
-//! taken out of the joins, descriptors handed down (the start gate, idmapped mounts), and
+//! What a request needs before the clone: a first stage for a user namespace joined by path, a
+//! network namespace to be born in, a pid namespace taken out of the joins, descriptors handed down (the start gate, idmapped mounts), and
 //! whether the child must become its user namespace's root itself.
 
 use std::borrow::Cow;
@@ -27,7 +27,7 @@ pub(super) fn prejoin_net(
     let Request::Create(p) = request else {
         return Ok((Cow::Borrowed(request), None));
     };
-    if p.clone_flags & newnet != 0 && p.clone_flags & newuser == 0 {
+    if p.clone_flags & newnet != 0 && !p.in_user_namespace() {
         let Some(ns) = crate::host::netns::take_ready() else {
             return Ok((Cow::Borrowed(request), None));
         };
@@ -36,12 +36,76 @@ pub(super) fn prejoin_net(
         p.loopback = false;
         return Ok((Cow::Owned(Request::Create(p)), Some(ns)));
     }
-    if !p.join.iter().any(|(bit, _)| *bit == newnet) || p.clone_flags & newuser == 0 {
+    // An unprivileged caller's first stage joins it instead, from inside the user namespace
+    // that owns it (a rootless pyrt.Network's member): the spawner could not.
+    // SAFETY: geteuid cannot fail.
+    let unprivileged_first_stage = p.user_joined_first && unsafe { libc::geteuid() } != 0;
+    if !p.join.iter().any(|(bit, _)| *bit == newnet)
+        || !(p.clone_flags & newuser != 0 || p.user_joined_first)
+        || unprivileged_first_stage
+    {
         return Ok((Cow::Borrowed(request), None));
     }
     let mut p = p.clone();
     let ns = take_join(&mut p, newnet)?;
     Ok((Cow::Owned(Request::Create(p)), ns))
+}
+
+/// A plan that joins a user namespace by path and makes other namespaces: those must belong to
+/// the joined one (an unprivileged caller could not make them otherwise, and the container's
+/// root could not mount in a mount namespace of the host's user namespace). So the clone makes
+/// none, and a first stage of pyrt-child enters the user namespace, makes the rest and clones
+/// the container's process (`child::stage1`, runc's nsexec does the same). Returns the request
+/// with its user join taken out and `user_joined_first` set, and the user namespace, opened
+/// high, with the namespaces to make.
+pub(super) fn two_stage(request: &Request) -> Result<(Cow<'_, Request>, Option<FirstStage>), SetupError> {
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let Request::Create(p) = request else {
+        return Ok((Cow::Borrowed(request), None));
+    };
+    if !p.join.iter().any(|(bit, _)| *bit == newuser) || p.clone_flags == 0 {
+        return Ok((Cow::Borrowed(request), None));
+    }
+    let mut p = p.clone();
+    let ns = take_join(&mut p, newuser)?.expect("the plan joins a user namespace");
+    let userns = dup_high(ns.as_raw_fd()).map_err(|e| spawn_err("dup of the user namespace", e))?;
+    // The other namespaces to join are opened here and handed down: from inside the user
+    // namespace, another process's /proc/PID/fd is out of reach (that takes CAP_SYS_PTRACE
+    // over the caller's namespace), while the child's own descriptors are not.
+    let mut joins = Vec::new();
+    for (_, path) in p.join.iter_mut() {
+        let opened = std::fs::File::open(&*path).map_err(|e| {
+            SetupError::io(
+                Stage::Namespaces,
+                format!("opening namespace {}", path.display()),
+                &e,
+            )
+        })?;
+        let fd = dup_high(opened.as_raw_fd()).map_err(|e| spawn_err("dup of a namespace", e))?;
+        *path = format!("/proc/self/fd/{}", fd.as_raw_fd()).into();
+        p.handed_joins.push(fd.as_raw_fd());
+        joins.push(fd);
+    }
+    let flags = p.clone_flags;
+    p.user_joined_first = true;
+    Ok((
+        Cow::Owned(Request::Create(p)),
+        Some(FirstStage {
+            userns,
+            flags,
+            joins,
+        }),
+    ))
+}
+
+/// What a first stage is handed (`two_stage`).
+pub(super) struct FirstStage {
+    /// The user namespace to enter, at or above the descriptor floor.
+    pub(super) userns: OwnedFd,
+    /// The namespaces to make (CLONE_NEW* bits).
+    pub(super) flags: u64,
+    /// The namespaces the second stage joins, opened (`Plan::handed_joins`).
+    pub(super) joins: Vec<OwnedFd>,
 }
 
 /// Takes the namespace of type `bit` out of the plan's joins, opened, for the spawner to step
@@ -102,7 +166,7 @@ pub(super) fn hand_down<'r>(
         let ns = match namespaces.iter().position(|(maps, _)| *maps == idmap.maps) {
             Some(k) => k,
             None => {
-                let ns = crate::host::idmount::userns_with(&idmap.maps).map_err(|e| {
+                let ns = crate::host::userns::with_maps(&idmap.maps).map_err(|e| {
                     what(io::Error::new(
                         e.kind(),
                         format!("a user namespace for the mapping: {e}"),
