@@ -865,10 +865,16 @@ class ContainerSteps(ReadinessSteps):
                 addr = "127.0.0.1" if p.host_addr == "0.0.0.0" else p.host_addr
                 return lambda: socket.create_connection((addr, p.host_port), 0.5)
         if c._userns is not None and os.geteuid() != 0:
-            raise PyrtError(
-                f"wait_for_http({port}): a rootless container's network namespace cannot be "
-                "entered from the host; publish the port (ports={port: None})"
-            )
+            # Its namespace cannot be entered from here: a forward of slirp4netns's, made
+            # once, to the container's address (its network's, or its private one's).
+            if c._net is None:
+                raise PyrtError(
+                    f"wait_for_http({port}): a rootless container's network namespace cannot "
+                    "be entered from the host, and this one has no network with a way in "
+                    "(network='private' or a pyrt.Network)"
+                )
+            addr, hport = c._net.probe_port(port)
+            return lambda: socket.create_connection((addr, hport), 0.5)
         net_path = c._net.path if c._net is not None else None
 
         def connect() -> socket.socket:

@@ -110,6 +110,7 @@ class PrivateNetwork:
         self.api = workdir / "slirp.sock"
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
+        self._probes: dict[int, int] = {}
         self._log = workdir / "slirp.log"
         self._exit_w = -1
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -182,6 +183,13 @@ class PrivateNetwork:
             p = self.hostfwd(GUEST, cport, proto, addr, hport)
         self.published.append(p)
         return p
+
+    def probe_port(self, cport: int) -> tuple[str, int]:
+        """Rootless: a host address and port that reach the container's TCP ``cport`` (for
+        readiness probes), made once."""
+        if cport not in self._probes:
+            self._probes[cport] = self.hostfwd(GUEST, cport, "tcp", "127.0.0.1", 0).host_port
+        return "127.0.0.1", self._probes[cport]
 
     def hostfwd(self, guest: str, cport: int, proto: str, addr: str, hport: int) -> Published:
         """slirp4netns's own forward of ``addr:hport`` on the host to ``guest:cport``."""

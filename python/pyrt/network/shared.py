@@ -379,6 +379,7 @@ class Member:
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
         self._slirp_forwards: list[int] = []
+        self._probes: dict[int, int] = {}
         self._left = False
 
     @property
@@ -415,6 +416,16 @@ class Member:
         self.published.append(p)
         return p
 
+    def probe_port(self, cport: int) -> tuple[str, int]:
+        """Rootless: a host address and port that reach the member's TCP ``cport`` (for
+        readiness probes), made once and taken away with the member."""
+        if cport not in self._probes:
+            p, ident = hostfwd(self.network._path / "slirp.sock", self.address, cport, "tcp",
+                               "127.0.0.1", 0)  # fmt: skip
+            self._slirp_forwards.append(ident)
+            self._probes[cport] = p.host_port
+        return "127.0.0.1", self._probes[cport]
+
     def close(self) -> None:
         for f in self._forwards:
             f.close()
@@ -441,7 +452,9 @@ def _rootless_ns() -> Optional[tuple[int, int]]:
         return _core.new_userns_netns(list(maps.uid), list(maps.gid))
     except OSError as e:
         why = userns.blocked_because()
-        raise PyrtError(f"a user namespace for the network: {e}" + (f": {why}" if why else ""))
+        raise PyrtError(
+            f"a user namespace for the network: {e}" + (f": {why}" if why else "")
+        ) from e
 
 
 def list_networks() -> list[dict[str, Any]]:

@@ -69,7 +69,13 @@ fn split(args: &[String]) -> Result<(), SetupError> {
         }
         if pid == 0 {
             if pdeath == "1" {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
             }
             return Ok(());
         }

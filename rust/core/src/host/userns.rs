@@ -51,7 +51,8 @@ fn make(maps: &IdMaps, net: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
     if pid < 0 {
         return Err(clone_err);
     }
-    let open = |name: &str| std::fs::File::open(format!("/proc/{pid}/ns/{name}")).map(OwnedFd::from);
+    let open =
+        |name: &str| std::fs::File::open(format!("/proc/{pid}/ns/{name}")).map(OwnedFd::from);
     let opened = crate::idmap::write(pid, maps).and_then(|_| {
         let user = open("user")?;
         let net = if net { Some(open("net")?) } else { None };

@@ -58,7 +58,9 @@ pub(super) fn prejoin_net(
 /// the container's process (`child::stage1`, runc's nsexec does the same). Returns the request
 /// with its user join taken out and `user_joined_first` set, and the user namespace, opened
 /// high, with the namespaces to make.
-pub(super) fn two_stage(request: &Request) -> Result<(Cow<'_, Request>, Option<FirstStage>), SetupError> {
+pub(super) fn two_stage(
+    request: &Request,
+) -> Result<(Cow<'_, Request>, Option<FirstStage>), SetupError> {
     let newuser = libc::CLONE_NEWUSER as u64;
     let Request::Create(p) = request else {
         return Ok((Cow::Borrowed(request), None));
