@@ -179,7 +179,8 @@ def test_nothing_is_left_when_a_rootless_owner_is_killed(public: Path) -> None:
         from pyrt.host.places import state_root
         img = pyrt.Image.load({str(public / "rootfs.tar.gz")!r}, tag="bb:netrl")
         net = pyrt.Network(name="doomed-rootless")
-        a = pyrt.Container(img, ["sleep", "600"], network=net).start()
+        a = pyrt.Container(img, ["sh", "-c", "mkdir /w; echo up > /w/i; exec httpd -f -h /w"],
+                           network=net, aliases=["web"]).start()
         b = pyrt.Container(img, ["sleep", "600"], network=net, ports={{80: None}}).start()
         print(state_root(), a.id, b.id, flush=True)
         sys.stdin.read()
@@ -195,9 +196,21 @@ def test_nothing_is_left_when_a_rootless_owner_is_killed(public: Path) -> None:
     root, *cids = owner.stdout.readline().split()
     assert len(cids) == 2, "the owner did not start its network"
     state = Path(root)
-    assert (state / "networks" / "doomed-rootless").is_dir()
-    owner.send_signal(signal.SIGKILL)
-    owner.wait()
+    # Another process of the user joins the network by name (its user namespace and hub are
+    # the owner's descriptors) and reaches a member by its alias.
+    try:
+        assert (state / "networks" / "doomed-rootless").is_dir()
+        joined = as_user(uid, gid, """
+img = pyrt.Image.load(PUBLIC / "rootfs.tar.gz", tag="bb:netrl")
+with pyrt.Container(img, ["sleep", "30"], network="doomed-rootless") as c:
+    out["got"] = c.exec(["timeout", "3", "wget", "-qO-", "http://web/i"], text=True).stdout
+""", public, home)  # fmt: skip
+        assert joined["got"] == "up\n"
+        # (Its own container is gone; the owner's two are the ones left.)
+        assert set(joined["leftover"]) == set(cids)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
     deadline = time.monotonic() + 5
     while True:
         left = [
