@@ -25,11 +25,12 @@ from typing import IO, Any, Optional, TypeVar, Union
 from pyrt import _core
 from pyrt.container import lifecycle, probes
 from pyrt.container.container import Container as _SyncContainer
-from pyrt.container.container import Input, PathArg, steps_of
+from pyrt.container.container import PathArg
 from pyrt.container.lifecycle import Steps
 from pyrt.container.pool import Pool as _SyncPool
 from pyrt.container.results import Result, Stats
 from pyrt.container.stdio import Target
+from pyrt.container.steps import Input, steps_of
 from pyrt.image import Image
 
 __all__ = ["Container", "Pool", "run"]

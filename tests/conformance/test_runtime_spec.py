@@ -713,3 +713,61 @@ def test_rootfs_propagation_receives_the_hosts_mounts(
     finally:
         subprocess.run(["umount", "-R", "-l", str(top)], check=False)
     spec_requires(rt, out == seen, 'config-linux.md "Rootfs Mount Propagation"', f"{mode}: {out}")
+
+
+def _owner_userns(path: str) -> int:
+    """The inode of the user namespace that owns the namespace at ``path`` (NS_GET_USERNS)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        owner = fcntl.ioctl(fd, 0xB701)  # NS_GET_USERNS: a new descriptor
+        try:
+            return os.fstat(owner).st_ino
+        finally:
+            os.close(owner)
+    finally:
+        os.close(fd)
+
+
+def _started(rt: Runtime, bundle: Path, secs: str, ns: list[dict[str, str]], cid: str = "") -> int:
+    """A started container of ``bundle`` running ``sleep secs`` in the mapped range (``RANGE``)
+    with namespaces ``ns``; its pid."""
+    _open_to_mapped_root(bundle)
+    cfg = config(args=["/bin/sleep", secs])
+    cfg["linux"].update(namespaces=ns, uidMappings=RANGE, gidMappings=RANGE)
+    write_config(bundle, cfg)
+    cid = cid or rt.new_id()
+    assert rt.create(bundle, cid).returncode == 0
+    rt("start", cid)
+    return int(rt.state(cid)["pid"])
+
+
+def test_user_namespace_joined_by_path_owns_the_new_namespaces(
+    rt: Runtime, bundle: Path, tmp_path: Path
+) -> None:
+    """config-linux.md "Namespaces" with a user namespace given by path (a Kubernetes pod's
+    containers join the sandbox's): the container runs in it, as its root, and the namespaces
+    it makes belong to it (so that its root may mount /proc and the rest in them)."""
+    # The mappings in both (runc 1.1 wants them again when the namespace is joined; the spec
+    # allows them, as long as they are the joined namespace's).
+    hpid = _started(rt, bundle, "31", USERNS)
+    ns = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
+    ns.append({"type": "user", "path": f"/proc/{hpid}/ns/user"})
+    b2 = tmp_path / "b2"
+    b2.mkdir()
+    (b2 / "rootfs").symlink_to((bundle / "rootfs").resolve())
+    joiner = rt.new_id()
+    jpid = _started(rt, b2, "32", ns, joiner)
+    probe = rt("exec", joiner, "/bin/sh", "-c", "id -u; cat /proc/self/uid_map; stat -c %u /bin")
+    probe = probe.stdout
+    lines = probe.splitlines()
+    want = os.stat(f"/proc/{hpid}/ns/user").st_ino
+    assert os.stat(f"/proc/{jpid}/ns/user").st_ino == want
+    assert lines[0] == "0" and lines[1].split() == ["0", "300000", "65536"], probe
+    assert lines[2] == "65534", probe
+    owners = {t: _owner_userns(f"/proc/{jpid}/ns/{t}") for t in ("mnt", "pid", "net", "uts", "ipc")}
+    assert set(owners.values()) == {want}, owners
+    # Its own namespaces, not the holder's.
+    assert os.readlink(f"/proc/{jpid}/ns/mnt") != os.readlink(f"/proc/{hpid}/ns/mnt")
+    assert os.readlink(f"/proc/{jpid}/ns/pid") != os.readlink(f"/proc/{hpid}/ns/pid")

@@ -21,11 +21,11 @@ from pyrt.errors import InvalidOption
 if TYPE_CHECKING:
     import socket
 
-    from pyrt.container.container import ContainerSteps
+    from pyrt.container.steps import ContainerSteps
 
 
 class ReadinessSteps:
-    """The waits as steps (a base class of ``container.ContainerSteps``)."""
+    """The waits as steps (a base class of ``steps.ContainerSteps``)."""
 
     if TYPE_CHECKING:
 
