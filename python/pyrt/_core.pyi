@@ -14,6 +14,7 @@ __all__ = [
     "communicate",
     "exec",
     "forward_tcp",
+    "forward_tcp_in",
     "log_from",
     "log_pipe",
     "new_netns",
@@ -60,6 +61,10 @@ def log_pipe(path: str, cap: int) -> tuple[int, int]: ...
 def log_from(fd: int, path: str, cap: int) -> None: ...
 def forward_tcp(netns_fd: int, addr: str, port: int, target: int) -> PortForward:
     """Listens on ``addr:port`` (0: a free port), forwarding to 127.0.0.1:``target`` inside."""
+
+def forward_tcp_in(userns_fd: int, netns_fd: int, addr: str, port: int, target: int) -> PortForward:
+    """``forward_tcp`` into a namespace of another user namespace (a rootless container's):
+    the loop runs in a process of its own that enters ``userns_fd``, then ``netns_fd``."""
 
 @final
 class PortForward:

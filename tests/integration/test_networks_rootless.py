@@ -121,6 +121,13 @@ with pyrt.Network() as net, pyrt.Network() as other:
         out["refused"] = str(e)
     out["still_running"] = app.status
 out["fds"] = netns_fds()
+# Nothing of the user's runs any more but this process and its reaper: no member, no
+# slirp4netns, no forwarder of a published port.
+import subprocess
+ps = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,comm="], capture_output=True,
+                    text=True).stdout.splitlines()
+out["procs"] = [p for p in ps if p.strip() and int(p.split()[0]) != os.getpid()
+                and p.split()[1] not in ("ps", "pyrt-reaper")]
 from pyrt.host.places import state_root
 out["networks"] = os.listdir(state_root() / "networks")
 srv.shutdown()
@@ -143,14 +150,25 @@ srv.shutdown()
     assert out["published_after_reset"] == "i am dbhost\n"
     assert "members run" in out["refused"] and out["still_running"] == "running"
     assert out["fds"] == [] and out["networks"] == [] and out["leftover"] == []
+    assert out["procs"] == []
 
 
 def test_a_caller_without_subordinate_ids_gets_a_network_too(public: Path, tmp_path: Path) -> None:
     out = as_user(NOBODY, NOBODY, PRELUDE + """
 with pyrt.Network() as net:
-    web = pyrt.Container(img, ["sh", "-c", SERVE], network=net, aliases=["web"]).start()
+    web = pyrt.Container(img, ["sh", "-c", SERVE], network=net, aliases=["web"],
+                         ports={8080: None}).start()
     # From the host side, through a forward of the network's slirp4netns.
     web.wait_for_http(8080, "/who", timeout=10)
+    # The published port's forwarder: a process of the caller's that entered the network's
+    # user namespace and the member's network namespace, with no capability left.
+    helpers = [e for e in os.listdir("/proc") if e.isdigit()
+               and open(f"/proc/{e}/comm").read().strip() == "memfd:pyrt-chil"]
+    out["helpers"] = [(os.readlink(f"/proc/{h}/ns/net") == os.readlink(f"/proc/{web.pid}/ns/net"),
+                       [ln.split()[1] for ln in open(f"/proc/{h}/status")
+                        if ln.startswith(("CapEff", "CapPrm"))]) for h in helpers]
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.port(8080)}/who", timeout=5) as r:
+        out["published"] = r.read().decode()
     try:
         web.wait_for_http(8080, "/missing", timeout=0.5)
         out["timeout"] = "no"
@@ -163,6 +181,8 @@ with pyrt.Network() as net:
 """, public, tmp_path)  # fmt: skip
     assert out["fetch"].startswith("i am ")
     assert out["timeout"] == "running"
+    assert out["published"].startswith("i am ")
+    assert out["helpers"] == [[True, ["0000000000000000", "0000000000000000"]]]
     assert out["map"] == ["0", str(NOBODY), "1"]
     assert out["root"] == "0"
     assert out["leftover"] == []

@@ -70,7 +70,8 @@ class ContainerNetworking:
             self._net = self._network.join(
                 cast("Container", self), d.path, list(dict.fromkeys(names))
             )
-            self._publish()
+            if not self._net.rootless:
+                self._publish()  # (rootless: once attached, see _attach_network)
         else:
             self._network.refresh()
         return [Bind(str(d.path / n), f"/etc/{n}").to_spec() for n in ("hosts", "resolv.conf")]
@@ -99,13 +100,12 @@ class ContainerNetworking:
 
     def _attach_network(self, proc: _core.Process) -> None:
         """Rootless: the held container made its network namespace; slirp4netns joins it (a
-        private network's) or it is plugged into the shared network's bridge, and a private
-        network's ports are published, before the command runs."""
+        private network's) or it is plugged into the shared network's bridge, and the ports
+        are published, before the command runs."""
         assert self._net is not None
         try:
             self._net.attach(proc.pid)
-            if isinstance(self._net, PrivateNetwork):
-                self._publish()
+            self._publish()
             proc.release()
         except BaseException:
             proc.kill(signal.SIGKILL)

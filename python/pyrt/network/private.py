@@ -7,8 +7,9 @@ started it (its exit descriptor is a pipe only that process holds). It is attach
 namespace that pyrt makes first (``_core.new_netns``), so the network is configured before the
 container's command runs; the container joins it by path. A published TCP port is pyrt's own
 forwarder (``core/portfwd.rs``): a host listener whose connections are opened from inside the
-namespace, kernel sockets end to end, to the container's 127.0.0.1. UDP ports are slirp4netns's
-host forwards (``add_hostfwd`` on its API socket).
+namespace, kernel sockets end to end, to the container's 127.0.0.1 (rootless, from a process
+that enters the container's user namespace first). UDP ports are slirp4netns's host forwards
+(``add_hostfwd`` on its API socket).
 
 The addresses are slirp4netns's defaults: the container is 10.0.2.100, the gateway 10.0.2.2
 reaches the host's 127.0.0.1, and 10.0.2.3 answers DNS with the host's resolver.
@@ -137,6 +138,9 @@ class PrivateNetwork:
         ``pid`` (joining its user namespace to do so)."""
         self._start_slirp([f"--userns-path=/proc/{pid}/ns/user", "--netns-type=path",
                            f"/proc/{pid}/ns/net"], sandbox=False)  # fmt: skip
+        # Held for the published ports' forwarders, which enter both.
+        self.userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     def _start_slirp(self, target: list[str], sandbox: bool) -> None:
         ready_r, ready_w = os.pipe()
@@ -172,11 +176,12 @@ class PrivateNetwork:
         return "no output"
 
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
-        """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``."""
-        if proto == "tcp" and not self.rootless:
-            # Rootless, the forwarder could not enter the namespace (that takes privilege
-            # over the caller's own user namespace): slirp4netns forwards instead.
-            fwd = forward_tcp(self.fd, cport, addr, hport)
+        """Forwards ``addr:hport`` on the host (0: a free port) to the container's ``cport``:
+        TCP by pyrt's forwarder (rootless, in a process that enters the container's user
+        namespace), UDP by slirp4netns."""
+        if proto == "tcp":
+            users = self.userns_fd if self.rootless else None
+            fwd = forward_tcp(self.fd, cport, addr, hport, users)
             self._forwards.append(fwd)
             p = Published(cport, proto, addr, fwd.port)
         else:
@@ -188,7 +193,9 @@ class PrivateNetwork:
         """Rootless: a host address and port that reach the container's TCP ``cport`` (for
         readiness probes), made once."""
         if cport not in self._probes:
-            self._probes[cport] = self.hostfwd(GUEST, cport, "tcp", "127.0.0.1", 0).host_port
+            fwd = forward_tcp(self.fd, cport, "127.0.0.1", 0, self.userns_fd)
+            self._forwards.append(fwd)
+            self._probes[cport] = fwd.port
         return "127.0.0.1", self._probes[cport]
 
     def hostfwd(self, guest: str, cport: int, proto: str, addr: str, hport: int) -> Published:
@@ -263,9 +270,15 @@ def unforward(api: Path, ident: int) -> None:
         _api(api, {"execute": "remove_hostfwd", "arguments": {"id": ident}})
 
 
-def forward_tcp(netns_fd: int, cport: int, addr: str, hport: int) -> _core.PortForward:
-    """pyrt's forwarder of ``addr:hport`` on the host to 127.0.0.1:``cport`` in ``netns_fd``."""
+def forward_tcp(
+    netns_fd: int, cport: int, addr: str, hport: int, userns_fd: Optional[int] = None
+) -> _core.PortForward:
+    """pyrt's forwarder of ``addr:hport`` on the host to 127.0.0.1:``cport`` in ``netns_fd``;
+    with ``userns_fd`` (a rootless container's namespace belongs to it), in a process that
+    enters it first."""
     try:
+        if userns_fd is not None:
+            return _core.forward_tcp_in(userns_fd, netns_fd, addr, hport, cport)
         return _core.forward_tcp(netns_fd, addr, hport, cport)
     except OSError as e:
         why = "the host port is already in use" if e.errno == errno.EADDRINUSE else e

@@ -402,28 +402,37 @@ class Member:
         self.fd, self.path = fd, path
 
     def publish(self, cport: int, proto: str, addr: str, hport: int) -> Published:
-        if proto == "tcp" and self.userns is None:
-            fwd = forward_tcp(self.fd, cport, addr, hport)
-            self._forwards.append(fwd)
+        """TCP by pyrt's forwarder (rootless, in a process that enters the network's user
+        namespace: so only once the member's namespace exists, see ``attach``); UDP by
+        slirp4netns's forward to the member's address, asked on the network's API socket (any
+        process of the network's user may)."""
+        if proto == "tcp":
+            fwd = self._forward(cport, addr, hport)
             p = Published(cport, proto, addr, fwd.port)
         else:
-            # UDP, and rootless TCP (the forwarder could not enter a namespace of another
-            # user namespace): slirp4netns's forward to the member's address, asked on the
-            # network's API socket (any process of the network's user may).
             p, ident = hostfwd(self.network._path / "slirp.sock", self.address, cport, proto,
                                addr, hport)  # fmt: skip
             self._slirp_forwards.append(ident)
         self.published.append(p)
         return p
 
+    def _forward(self, cport: int, addr: str, hport: int) -> _core.PortForward:
+        if self.userns is None:
+            fwd = forward_tcp(self.fd, cport, addr, hport)
+        else:
+            users = os.open(self.userns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fwd = forward_tcp(self.fd, cport, addr, hport, users)
+            finally:
+                os.close(users)
+        self._forwards.append(fwd)
+        return fwd
+
     def probe_port(self, cport: int) -> tuple[str, int]:
         """Rootless: a host address and port that reach the member's TCP ``cport`` (for
         readiness probes), made once and taken away with the member."""
         if cport not in self._probes:
-            p, ident = hostfwd(self.network._path / "slirp.sock", self.address, cport, "tcp",
-                               "127.0.0.1", 0)  # fmt: skip
-            self._slirp_forwards.append(ident)
-            self._probes[cport] = p.host_port
+            self._probes[cport] = self._forward(cport, "127.0.0.1", 0).port
         return "127.0.0.1", self._probes[cport]
 
     def close(self) -> None:

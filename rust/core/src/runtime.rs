@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::cgroups::{self, Cgroup, CgroupError};
-use crate::plan::{ExecPlan, Plan, Request};
+use crate::plan::{ExecPlan, ForwardPlan, Plan, Request};
 use crate::report::{SetupError, Stage};
 use crate::spawn::{self, Child, ChildImage, Pending, Placement};
 
@@ -108,6 +108,39 @@ pub fn exec_into(
         gate: None,
     };
     spawn::spawn(image, &Request::Exec(plan), stdio, place)
+}
+
+/// A rootless container's published TCP port: a listener on `addr`:`port` (0: a free port) in
+/// the caller's network namespace, and a process that relays its connections to
+/// 127.0.0.1:`target` in `netns`, from inside `userns` (`host::portfwd::run_helper`). Returns
+/// the process (killing it stops the forward) and the port.
+pub fn forwarder(
+    image: &ChildImage,
+    userns: RawFd,
+    netns: RawFd,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+    target: u16,
+) -> Result<(Child, u16), SetupError> {
+    let io_err = |what: &str, e: std::io::Error| SetupError::io(Stage::Spawn, what, &e);
+    let listener = std::net::TcpListener::bind((addr, port))
+        .map_err(|e| io_err(&format!("binding {addr}:{port}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| io_err("the listener's address", e))?
+        .port();
+    let high = |fd: RawFd| spawn::dup_high(fd).map_err(|e| io_err("dup of a descriptor", e));
+    let (u, n, l) = (high(userns)?, high(netns)?, high(listener.as_raw_fd())?);
+    let null = std::fs::File::open("/dev/null").map_err(|e| io_err("/dev/null", e))?;
+    let plan = ForwardPlan {
+        userns: u.as_raw_fd(),
+        netns: n.as_raw_fd(),
+        listener: l.as_raw_fd(),
+        target,
+    };
+    let stdio = [null.as_raw_fd(); 3];
+    let child = spawn::spawn(image, &Request::Forward(plan), stdio, Placement::default())?;
+    Ok((child, bound))
 }
 
 /// A process's state letter and start time (clock ticks after boot) from `/proc/PID/stat`.

@@ -366,8 +366,14 @@ fn new_userns_netns(
 /// A published TCP port (see core/host/portfwd.rs): stops accepting on `close()`.
 #[pyclass(module = "pyrt._core")]
 struct PortForward {
-    inner: Option<pyrt_core::host::portfwd::Forwarder>,
+    inner: Option<Forwarding>,
     port: u16,
+}
+
+/// Where a published port's loop runs: a thread of ours, or (rootless) a process of its own.
+enum Forwarding {
+    Thread(pyrt_core::host::portfwd::Forwarder),
+    Process(pyrt_core::spawn::Child),
 }
 
 #[pymethods]
@@ -380,8 +386,13 @@ impl PortForward {
 
     /// Stops accepting connections; idempotent.
     fn close(&mut self, py: Python<'_>) {
-        if let Some(mut f) = self.inner.take() {
-            py.detach(move || f.close());
+        match self.inner.take() {
+            Some(Forwarding::Thread(mut f)) => py.detach(move || f.close()),
+            Some(Forwarding::Process(c)) => py.detach(move || {
+                let _ = c.kill(libc::SIGKILL);
+                let _ = c.wait(None);
+            }),
+            None => {}
         }
     }
 }
@@ -400,7 +411,34 @@ fn forward_tcp(netns_fd: i32, addr: &str, port: u16, target: u16) -> PyResult<Po
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
     Ok(PortForward {
         port: f.port(),
-        inner: Some(f),
+        inner: Some(Forwarding::Thread(f)),
+    })
+}
+
+/// `forward_tcp` for a namespace of another user namespace (a rootless container's): the loop
+/// runs in a process that enters `userns_fd`, then `netns_fd` (both stay the caller's).
+#[pyfunction]
+fn forward_tcp_in(
+    py: Python<'_>,
+    userns_fd: i32,
+    netns_fd: i32,
+    addr: &str,
+    port: u16,
+    target: u16,
+) -> PyResult<PortForward> {
+    let ip: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("not an IPv4 address: {addr}")))?;
+    let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let (child, bound) = py
+        .detach(|| runtime::forwarder(image, userns_fd, netns_fd, ip, port, target))
+        .map_err(|e| match e.errno {
+            libc::EADDRINUSE => PyOSError::new_err((e.errno, e.to_string())),
+            _ => spawn_error(py, &e),
+        })?;
+    Ok(PortForward {
+        port: bound,
+        inner: Some(Forwarding::Process(child)),
     })
 }
 
@@ -689,6 +727,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(signal_recorded, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_function(wrap_pyfunction!(new_userns_netns, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_tcp_in, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp, m)?)?;
     m.add_class::<PortForward>()?;
     m.add_class::<Process>()?;

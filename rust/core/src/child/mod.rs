@@ -67,6 +67,7 @@ pub fn main() -> ! {
         let handed = match request {
             Request::Create(plan) => plan.inherited_fds(),
             Request::Exec(_) => Vec::new(),
+            Request::Forward(f) => f.fds(),
         };
         let _ = syscall::close_from_except(6, &handed);
     }
@@ -74,6 +75,7 @@ pub fn main() -> ! {
         Request::Create(plan) if plan.id_maps.is_some() && !reexeced => reexec_in_userns(&bytes),
         Request::Create(plan) => run(&plan),
         Request::Exec(plan) => run_exec(&plan),
+        Request::Forward(f) => crate::host::portfwd::run_helper(&f),
     });
     let err = match result {
         Ok(never) => match never {},

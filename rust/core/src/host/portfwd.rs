@@ -10,6 +10,13 @@
 //! listener (a socket belongs to the namespace of the thread that creates it, and setns changes
 //! only the calling thread). That one thread is an event loop over every connection: each moves
 //! both directions with splice(2) through two pipes, so the bytes never enter user space.
+//!
+//! A rootless container's namespace belongs to a user namespace of its own (or of its
+//! network's), which a thread of the caller cannot enter (a multithreaded process cannot change
+//! user namespace). Its forwarder is the same loop in a process of its own: pyrt-child given a
+//! `ForwardPlan` (`run_helper`), started like an exec by `runtime::forwarder`. It enters the
+//! user namespace (the caller's own, so no privilege is needed), then the network namespace,
+//! drops every capability, and serves until its lifeline (the plan pipe) closes.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +25,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use crate::plan::ForwardPlan;
+use crate::report::{SetupError, Stage};
 
 /// A running forwarder; dropping it (or `close`) stops accepting. Connections already made run
 /// until either side closes.
@@ -83,6 +93,57 @@ fn accept_loop(listener: TcpListener, netns: OwnedFd, stop: OwnedFd, target: u16
     }
     drop(netns);
     let _ = Relay::new(listener, stop, target).map(|mut r| r.run());
+}
+
+/// A rootless container's forwarder, in pyrt-child (see the module's text). Returns only an
+/// error of the setup; once serving, it exits when its lifeline closes.
+pub fn run_helper(f: &ForwardPlan) -> Result<std::convert::Infallible, SetupError> {
+    use std::os::fd::FromRawFd;
+    let failed = |what: &str| {
+        let e = io::Error::last_os_error();
+        SetupError::io(Stage::Namespaces, what, &e)
+    };
+    // SAFETY: setns and close on the descriptors we were handed (this process is
+    // single-threaded, as entering a user namespace needs).
+    unsafe {
+        if libc::setns(f.userns, libc::CLONE_NEWUSER) != 0 {
+            return Err(failed("joining the container's user namespace"));
+        }
+        if libc::setns(f.netns, libc::CLONE_NEWNET) != 0 {
+            return Err(failed("joining the container's network namespace"));
+        }
+        libc::close(f.userns);
+        libc::close(f.netns);
+        // Sockets need no privilege: none is kept.
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Effective,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| {
+            SetupError::new(
+                Stage::Capabilities,
+                libc::EPERM,
+                format!("dropping capabilities: {e}"),
+            )
+        })?;
+    }
+    // SAFETY: the listener and the lifeline (the plan pipe's read end) are ours.
+    let listener = unsafe { TcpListener::from_raw_fd(f.listener) };
+    let lifeline = unsafe { OwnedFd::from_raw_fd(crate::wire::PLAN_FD) };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| SetupError::io(Stage::Spawn, "the forwarder's listener", &e))?;
+    let mut relay = Relay::new(listener, lifeline, f.target)
+        .map_err(|e| SetupError::io(Stage::Spawn, "the forwarder's event loop", &e))?;
+    // Serving: the parent's wait for a report ends at this EOF.
+    // SAFETY: closing our copy of the report pipe.
+    unsafe { libc::close(crate::wire::ERROR_FD) };
+    relay.run();
+    std::process::exit(0)
 }
 
 const LISTENER: u64 = u64::MAX;

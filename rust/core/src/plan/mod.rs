@@ -276,6 +276,26 @@ pub struct ExecPlan {
 pub enum Request {
     Create(Plan),
     Exec(ExecPlan),
+    Forward(ForwardPlan),
+}
+
+/// A published TCP port of a rootless container, forwarded by a process of its own
+/// (`host::portfwd::run_helper`): it enters `userns` (the caller's own, so this needs no
+/// privilege), then `netns`, and relays each connection to `listener` (bound on the host by
+/// the parent) to 127.0.0.1:`target` in there. The descriptors are handed down.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForwardPlan {
+    pub userns: i32,
+    pub netns: i32,
+    pub listener: i32,
+    pub target: u16,
+}
+
+impl ForwardPlan {
+    /// The descriptors it is handed.
+    pub fn fds(&self) -> Vec<i32> {
+        vec![self.userns, self.netns, self.listener]
+    }
 }
 
 /// Whether process `pid` is in our own namespace of this kind (an unreadable one counts as

@@ -262,7 +262,7 @@ pub(super) fn move_self(files: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1.
     let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
     if r < 0 {

@@ -40,11 +40,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 
+pub(crate) use clone::dup_high;
 pub use image::ChildImage;
 pub(crate) use prepare::take_join;
 pub use process::Child;
 
-use clone::{dup_high, spawner, wait_eof, ChildArgs, Job};
+use clone::{spawner, wait_eof, ChildArgs, Job};
 use prepare::{hand_down, needs_setid, prejoin_net, two_stage};
 
 use crate::cgroups::{Cgroup, CgroupError};
@@ -114,6 +115,9 @@ pub fn spawn_held(
     let (request, handed) = hand_down(request, place.gate)?;
     let request = request.as_ref();
     let mut keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
+    if let Request::Forward(f) = request {
+        keep.extend(f.fds());
+    }
     if let Some(first) = &first_stage {
         keep.push(first.userns.as_raw_fd());
         keep.extend(first.joins.iter().map(|f| f.as_raw_fd()));
@@ -153,6 +157,7 @@ pub fn spawn_held(
     let detached = match request {
         Request::Create(p) => p.detached,
         Request::Exec(e) => e.detached,
+        Request::Forward(_) => false,
     };
     // A first stage learns what to do from its arguments: it acts before it reads the plan.
     let stage_args: Vec<std::ffi::CString> = match &first_stage {
@@ -185,7 +190,7 @@ pub fn spawn_held(
     let clone_flags = match request {
         Request::Create(_) if first_stage.is_some() => 0,
         Request::Create(p) => p.clone_flags,
-        Request::Exec(_) => 0,
+        Request::Exec(_) | Request::Forward(_) => 0,
     };
     // CLONE_VFORK would sleep the spawner until the child executes, and a child waiting for
     // its maps executes only after the parent has written them.
