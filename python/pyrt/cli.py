@@ -325,10 +325,17 @@ def _start_owner(module: str, args: Sequence[str]) -> tuple[str, str]:
     r, w = os.pipe()
     import subprocess
 
+    # An interpreter this user cannot reach by its path (a virtual environment made by root
+    # over a Python under /root, run through setpriv) is still this process's own binary:
+    # started as such, with this process's module path.
+    exe, env = sys.executable, None
+    if not os.access(exe, os.X_OK):
+        exe = "/proc/self/exe"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.Popen(
-        [sys.executable, "-m", module, str(w), *args],
+        [exe, "-m", module, str(w), *args],
         pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True, env=env,
     )  # fmt: skip
     os.close(w)
     with os.fdopen(r) as f:

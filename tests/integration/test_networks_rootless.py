@@ -259,3 +259,45 @@ def _processes_of(uid: int) -> list[str]:
             except OSError:
                 pass
     return out
+
+
+@needs_subids
+def test_the_command_line_makes_joins_and_removes_a_rootless_network(
+    public: Path, tmp_path: Path
+) -> None:
+    assert SUBID is not None
+    out = as_user(*SUBID, PRELUDE + """
+import contextlib, io
+from pyrt.cli import main
+
+def cli(*argv):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return [code, buf.getvalue(), err.getvalue()]
+
+out["create"] = cli("network", "create", "cli-net")
+out["serve"] = cli("run", "-d", "--network", "cli-net", "--alias", "web", "--name", "w1",
+                   "bb:netrl", "sh", "-c", SERVE)
+# (A foreground run's container writes to this process's own descriptors.)
+out["fetch"] = main(["run", "--rm", "--network", "cli-net", "bb:netrl", "sh", "-c",
+                     "for i in $(seq 50); do wget -qO- http://web:8080/who >/dev/null && exit; "
+                     "sleep 0.1; done; exit 1"])
+out["ls"] = cli("network", "ls")
+out["rm"] = cli("network", "rm", "cli-net")
+out["rm_forced"] = cli("network", "rm", "-f", "cli-net")
+out["rm_w1"] = cli("rm", "w1")
+out["ls_after"] = cli("network", "ls")
+""", public, tmp_path)  # fmt: skip
+    assert out["create"][:2] == [0, "cli-net\n"]
+    assert out["serve"][0] == 0 and len(out["serve"][1].strip()) == 32
+    assert out["fetch"] == 0, "the member's alias did not answer from another member"
+    assert "cli-net" in out["ls"][1] and out["ls"][0] == 0
+    assert out["rm"][0] != 0, "removal with a running member was not refused"
+    assert out["rm_forced"][0] == 0 and out["rm_w1"][0] == 0
+    assert "cli-net" not in out["ls_after"][1] and out["leftover"] == []
+    # The network's holder and the member's monitor end with them.
+    deadline = time.monotonic() + 10
+    while _processes_of(SUBID[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_of(SUBID[0]) == []
