@@ -90,7 +90,16 @@ def test_update_changes_the_limits_seen_inside(image: pyrt.Image) -> None:
         mem = next(p for p in cgroups if "/memory/" in p)
         with open(os.path.join(mem, "memory.limit_in_bytes")) as f:
             assert int(f.read()) == 32 << 20
-        hog = c.exec(["sh", "-c", "x=$(head -c 60000000 /dev/zero | tr '\\0' a); echo ${#x}"])
+        # The hog offers itself to the OOM killer first: on a loaded machine the killer, once
+        # its first victim is slow to die, may take the container's pid 1 next (seen in CI).
+        hog = c.exec(
+            [
+                "sh",
+                "-c",
+                "echo 1000 > /proc/self/oom_score_adj; "
+                "x=$(head -c 60000000 /dev/zero | tr '\\0' a); echo ${#x}",
+            ]
+        )
         assert hog.returncode != 0 and c.oom_killed
         c.update(memory="128m")  # raising it again (memory+swap first, on v1)
         with open(os.path.join(mem, "memory.limit_in_bytes")) as f:

@@ -15,12 +15,19 @@ Its shape is that of a small switch behind slirp4netns:
 Traffic between members crosses the bridge only: it never leaves the machine, nor reaches the
 host's own namespaces (the hub has no address and no route to them).
 
+Rootless, the members share one user namespace, the network's (the caller's usual mapping),
+made with the hub's namespace (``_core.new_userns_netns``): plugging a veth pair takes
+privilege over both ends' namespaces, which an unprivileged caller has only inside a user
+namespace that owns them all. A member joins that user namespace by path; the core's first
+stage makes the member's other namespaces inside it (``core/child/stage1.rs``), and the held
+member is plugged in from inside it (``Member.attach``).
+
 The network lives as long as its owner, the process that made it (``pyrt network create`` makes
 a small holder process for it). Its registry directory, ``<state>/networks/<name>/``, lets other
-processes' containers join: ``state.json`` (owner, hub), a ``lock`` its owner holds, and one
-record per member under ``members/`` (allocated under ``members.lock``). When the owner dies, the
-kernel ends slirp4netns (its exit descriptor) and the hub (its last descriptor); the reaper
-deletes the directory.
+processes' containers join: ``state.json`` (owner, hub, user namespace), a ``lock`` its owner
+holds, and one record per member under ``members/`` (allocated under ``members.lock``). When
+the owner dies, the kernel ends slirp4netns (its exit descriptor) and the hub (its last
+descriptor); the reaper deletes the directory.
 """
 
 from __future__ import annotations
