@@ -24,13 +24,27 @@ pub const SYNC_RECORD: &[u8; 8] = b"PYRTSYNC";
 pub const EXEC_FAILED: &[u8; 8] = b"PYRTEXEC";
 pub const EXEC_FAILED_LEN: usize = 12;
 
-/// The exec-failure record for `errno` (a constant-size array: written with one raw write).
-pub const fn exec_failed_record(errno: i32) -> [u8; EXEC_FAILED_LEN] {
-    let e = errno.to_ne_bytes();
-    let m = EXEC_FAILED;
+/// A fixed record: `magic`, then `value` in native byte order (a constant-size array, written
+/// with one raw write).
+const fn tagged(magic: &[u8; 8], value: i32) -> [u8; 12] {
+    let e = value.to_ne_bytes();
+    let m = magic;
     [
         m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], e[0], e[1], e[2], e[3],
     ]
+}
+
+/// The value of a fixed record of `magic`, or None when `report` is something else.
+fn tag_value(magic: &[u8; 8], report: &[u8]) -> Option<i32> {
+    match report.strip_prefix(magic.as_slice()) {
+        Some(&[a, b, c, d]) => Some(i32::from_ne_bytes([a, b, c, d])),
+        _ => None,
+    }
+}
+
+/// The exec-failure record for `errno`.
+pub const fn exec_failed_record(errno: i32) -> [u8; EXEC_FAILED_LEN] {
+    tagged(EXEC_FAILED, errno)
 }
 
 /// The head of the record a first stage writes once it has cloned the container's process
@@ -40,30 +54,17 @@ pub const STAGE_PID_LEN: usize = 12;
 
 /// The first stage's record for `pid`.
 pub const fn stage_pid_record(pid: i32) -> [u8; STAGE_PID_LEN] {
-    let e = pid.to_ne_bytes();
-    let m = STAGE_PID;
-    [
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], e[0], e[1], e[2], e[3],
-    ]
+    tagged(STAGE_PID, pid)
 }
 
 /// The pid of a first stage's record, or None when `report` is something else.
 pub fn stage_pid(report: &[u8]) -> Option<i32> {
-    match report.strip_prefix(STAGE_PID.as_slice()) {
-        Some(&[a, b, c, d]) => Some(i32::from_ne_bytes([a, b, c, d])),
-        _ => None,
-    }
+    tag_value(STAGE_PID, report)
 }
 
 /// The errno of an exec-failure record, or None when `report` is something else.
 pub fn exec_failed_errno(report: &[u8]) -> Option<i32> {
-    if report.len() == EXEC_FAILED_LEN && report.starts_with(EXEC_FAILED) {
-        Some(i32::from_ne_bytes([
-            report[8], report[9], report[10], report[11],
-        ]))
-    } else {
-        None
-    }
+    tag_value(EXEC_FAILED, report)
 }
 
 #[cfg(test)]

@@ -311,15 +311,7 @@ fn second_stage(
 ) -> Result<(i32, OwnedFd, OwnedFd), SetupError> {
     let mut report = std::fs::File::from(err_r);
     let mut head = [0u8; wire::STAGE_PID_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        match report.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    let got = read_head(&mut report, &mut head);
     let mut status = 0;
     // SAFETY: waiting for our own child, which exits right after its record.
     while unsafe { libc::waitpid(first, &mut status, libc::__WALL) } < 0
@@ -335,14 +327,8 @@ fn second_stage(
                 libc::EIO,
                 "the first stage ended without a report".to_string(),
             )
-        } else if let Some(errno) = wire::exec_failed_errno(&rest) {
-            SetupError::new(
-                Stage::Spawn,
-                errno,
-                format!("executing pyrt-child from its memfd: {}", strerror(errno)),
-            )
         } else {
-            SetupError::decode(&rest)
+            report_error(&rest)
         });
     };
     // SAFETY: pidfd_open of our own child (not reaped, so its pid cannot be reused).
@@ -391,15 +377,7 @@ pub fn release_with(
     let mut err_r = std::fs::File::from(err_r);
     let mut report = Vec::new();
     let mut head = [0u8; 8];
-    let mut got = 0;
-    while got < head.len() {
-        match err_r.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    let got = read_head(&mut err_r, &mut head);
     if &head == SYNC_RECORD {
         match on_sync(child.pid) {
             Ok(state) => {
@@ -421,15 +399,33 @@ pub fn release_with(
     if report.is_empty() {
         return Ok(());
     }
-    let err = if let Some(errno) = wire::exec_failed_errno(&report) {
-        SetupError::new(
+    let err = report_error(&report);
+    let _ = child.wait(None);
+    Err(err)
+}
+
+/// Reads the report pipe until `head` is full or EOF; how much was read.
+fn read_head(r: &mut std::fs::File, head: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// The error a non-empty report carries: an exec-failure record, or a `SetupError`'s.
+fn report_error(report: &[u8]) -> SetupError {
+    match wire::exec_failed_errno(report) {
+        Some(errno) => SetupError::new(
             Stage::Spawn,
             errno,
             format!("executing pyrt-child from its memfd: {}", strerror(errno)),
-        )
-    } else {
-        SetupError::decode(&report)
-    };
-    let _ = child.wait(None);
-    Err(err)
+        ),
+        None => SetupError::decode(report),
+    }
 }
