@@ -306,7 +306,7 @@ class Container(
                     d.write_state(state)
                     fault("state-written")
                 try:
-                    hold = self._net is not None and self._net.rootless
+                    hold = self._net is not None and self._net.needs_attach
                     sent = assemble.without_seccomp(doc) if self._seccomp_json else doc
                     proc = _core.spawn(json.dumps(sent), stdin, stdout, stderr, hold=hold,
                                        seccomp_json=self._seccomp_json)  # fmt: skip

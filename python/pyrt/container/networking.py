@@ -52,7 +52,7 @@ class ContainerNetworking:
             return []
         if self._net is None:
             self._net = PrivateNetwork(d.path, rootless=self._userns is not None)
-            if not self._net.rootless:
+            if not self._net.needs_attach:
                 self._publish()
         mounts = []
         for name, text in etc_files(self._o.hostname or self.id[:12]).items():
@@ -70,7 +70,7 @@ class ContainerNetworking:
             self._net = self._network.join(
                 cast("Container", self), d.path, list(dict.fromkeys(names))
             )
-            if not self._net.rootless:
+            if not self._net.needs_attach:
                 self._publish()  # (rootless: once attached, see _attach_network)
         else:
             self._network.refresh()

@@ -18,13 +18,13 @@ from pyrt.host import userns
 from pyrt.image import Image
 from pyrt.image.config import ImageConfig
 from pyrt.image.image import overlay_supported
+from pyrt.network.private import PrivateNetwork
 from pyrt.rootfs import snapshot
 
 if TYPE_CHECKING:
     from pyrt.container.health import Checker
     from pyrt.host.state import ContainerDir
     from pyrt.host.userns import IdMaps
-    from pyrt.network.private import PrivateNetwork
     from pyrt.network.shared import Member
 
 
@@ -160,7 +160,7 @@ class ContainerSnapshots:
                 self._thaw()
             proc.wait(None)
             proc.destroy_cgroup()
-            if self._net is not None and self._net.rootless:
+            if isinstance(self._net, PrivateNetwork) and self._net.rootless:
                 # A rootless network lives in the container's user namespace: made again, on
                 # the same host ports.
                 self._ports = [(p.container_port, p.proto, p.host_addr, p.host_port)

@@ -133,6 +133,12 @@ class PrivateNetwork:
                 self.close()
                 raise
 
+    @property
+    def needs_attach(self) -> bool:
+        """Whether the container must be held for ``attach``: rootless, the namespace is the
+        container's own, made anew at each start."""
+        return self.rootless
+
     def attach(self, pid: int) -> None:
         """Rootless: attaches slirp4netns to the network namespace of the held container
         ``pid`` (joining its user namespace to do so)."""

@@ -390,9 +390,9 @@ class Member:
         self._left = False
 
     @property
-    def rootless(self) -> bool:
+    def needs_attach(self) -> bool:
         """Whether the container must be held for ``attach``: a rootless member's namespace is
-        made by the container itself, the first time."""
+        made by the container itself, the first time (later starts join the kept one)."""
         return self.path is None
 
     def attach(self, pid: int) -> None:
