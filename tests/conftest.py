@@ -40,12 +40,14 @@ def no_leaks() -> Iterator[None]:
     pyrt's may remain. Fails the session (as a teardown error) otherwise."""
     before = snapshot()
     yield
-    # Processes of killed containers are reaped by the kernel a moment after their init.
+    # Processes of killed containers are reaped by the kernel a moment after their init, and
+    # a network namespace (with the links in it) is cleaned up a moment after its last user.
     deadline = time.monotonic() + 5
     while True:
         after = snapshot()
         new_procs = set(after["processes"]) - set(before["processes"])  # type: ignore[arg-type]
-        if not new_procs or time.monotonic() > deadline:
+        new_links = set(after["port links"]) - set(before["port links"])  # type: ignore[arg-type]
+        if not (new_procs or new_links) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     leaks = {
@@ -54,6 +56,7 @@ def no_leaks() -> Iterator[None]:
         "processes": sorted(new_procs),
         "state": [s for s in after["state"] if s not in before["state"]],  # type: ignore[union-attr]
         "netns": [n for n in after["netns"] if n not in before["netns"]],  # type: ignore[union-attr]
+        "port links": sorted(new_links),
     }
     leaks = {k: v for k, v in leaks.items() if v}
     assert not leaks, f"pyrt left things behind after the test session: {leaks}"

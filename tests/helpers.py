@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +126,38 @@ def netns_descriptors() -> list[str]:
     return out
 
 
+def answer_each(server: socket.socket, reply: bytes) -> None:
+    """Sends ``reply`` on each connection ``server`` accepts, in a thread of its own, until the
+    server is closed (or its accept times out)."""
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def port_links() -> list[str]:
+    """What pyrt's kernel path of published ports puts on the host: the host's ends of its
+    links (``pyrtpN``), and any nftables table of pyrt's (``pyrt_PID_...``) whose process is
+    gone (a live process's table goes when it exits)."""
+    out = [n for _, n in socket.if_nameindex() if n.startswith("pyrtp")]
+    nft = shutil.which("nft", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if nft is not None:
+        listing = subprocess.run([nft, "list", "tables"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            name = line.rpartition(" ")[2]
+            pid = name.split("_")[1] if name.startswith("pyrt_") else ""
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                out.append(name)
+    return out
+
+
 def state_entries() -> list[str]:
     from pyrt.host.places import state_root, store_root
 
@@ -141,6 +175,7 @@ def snapshot() -> dict[str, object]:
         "processes": foreign_pidns_processes() | helper_processes(),
         "netns": netns_descriptors(),
         "state": state_entries(),
+        "port links": port_links(),
     }
 
 

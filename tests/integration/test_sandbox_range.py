@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
+from helpers import answer_each
 from pyrt.host import userns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the range is a root caller's")
@@ -49,19 +50,8 @@ def host_sockets() -> Iterator[tuple[str, str]]:
         s.settimeout(5)
         servers.append(s)
         paths.append(str(d / name))
-    import threading
-
-    def answer(s: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = s.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"hello")
-
     for s in servers:
-        threading.Thread(target=answer, args=(s,), daemon=True).start()
+        answer_each(s, b"hello")
     yield paths[0], paths[1]
     for s in servers:
         s.close()

@@ -8,8 +8,9 @@ namespace that pyrt makes first (``_core.new_netns``), so the network is configu
 container's command runs; the container joins it by path. A published TCP port is pyrt's own
 forwarder (``core/portfwd.rs``): a host listener whose connections are opened from inside the
 namespace, kernel sockets end to end, to the container's 127.0.0.1 (rootless, from a process
-that enters the container's user namespace first). UDP ports are slirp4netns's host forwards
-(``add_hostfwd`` on its API socket).
+that enters the container's user namespace first). As root, local clients' connections to it
+go through the kernel instead (``portlink``), the forwarder still listening for the rest. UDP
+ports are slirp4netns's host forwards (``add_hostfwd`` on its API socket).
 
 The addresses are slirp4netns's defaults: the container is 10.0.2.100, the gateway 10.0.2.2
 reaches the host's 127.0.0.1, and 10.0.2.3 answers DNS with the host's resolver.
@@ -33,6 +34,7 @@ from typing import Any, Optional, Union
 
 from pyrt import _core
 from pyrt.errors import PyrtError
+from pyrt.network.portlink import KernelPorts
 
 GUEST = "10.0.2.100"
 GATEWAY = "10.0.2.2"
@@ -111,6 +113,8 @@ class PrivateNetwork:
         self.api = workdir / "slirp.sock"
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
+        #: Root: local clients' connections to the published TCP ports, by the kernel.
+        self.kernel = KernelPorts()
         self._probes: dict[int, int] = {}
         self._log = workdir / "slirp.log"
         self._exit_w = -1
@@ -189,6 +193,8 @@ class PrivateNetwork:
             users = self.userns_fd if self.rootless else None
             fwd = forward_tcp(self.fd, cport, addr, hport, users)
             self._forwards.append(fwd)
+            if users is None and self.path is not None:
+                self.kernel.add(self.path, cport, addr, fwd.port)
             p = Published(cport, proto, addr, fwd.port)
         else:
             p = self.hostfwd(GUEST, cport, proto, addr, hport)
@@ -211,6 +217,7 @@ class PrivateNetwork:
     def close(self) -> None:
         for f in self._forwards:
             f.close()
+        self.kernel.close()
         if self._exit_w >= 0:
             os.close(self._exit_w)  # slirp4netns exits when this closes
             self._exit_w = -1

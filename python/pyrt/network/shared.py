@@ -54,6 +54,7 @@ from pyrt.config import checks
 from pyrt.errors import PyrtError
 from pyrt.host import reaper, state, userns
 from pyrt.network import links
+from pyrt.network.portlink import KernelPorts
 from pyrt.network.private import (
     DNS,
     GATEWAY,
@@ -386,6 +387,8 @@ class Member:
         self.published: list[Published] = []
         self._forwards: list[_core.PortForward] = []
         self._slirp_forwards: list[int] = []
+        #: Root: local clients' connections to the published TCP ports, by the kernel.
+        self.kernel = KernelPorts()
         self._probes: dict[int, int] = {}
         self._left = False
 
@@ -415,6 +418,8 @@ class Member:
         process of the network's user may)."""
         if proto == "tcp":
             fwd = self._forward(cport, addr, hport)
+            if self.userns is None and self.path is not None:
+                self.kernel.add(self.path, cport, addr, fwd.port)
             p = Published(cport, proto, addr, fwd.port)
         else:
             p, ident = hostfwd(self.network._path / "slirp.sock", self.address, cport, proto,
@@ -446,6 +451,7 @@ class Member:
         for f in self._forwards:
             f.close()
         self._forwards = []
+        self.kernel.close()
         for ident in self._slirp_forwards:
             unforward(self.network._path / "slirp.sock", ident)
         self._slirp_forwards = []
