@@ -95,20 +95,22 @@ class PortLink:
             raise PortLinkError("needs ip and nsenter (Debian packages iproute2, util-linux)",
                                 netns)  # fmt: skip
         self.netns = netns
-        self._table = _HostTable.get(netns)
+        self._table: Optional[_HostTable] = _HostTable.acquire(netns)
         self._elements: list[str] = []
-        self.name, block = self._make_pair(ip, netns)
-        self.host = str(ipaddress.IPv4Address(BASE + 4 * block + 1))
-        self.inside = str(ipaddress.IPv4Address(BASE + 4 * block + 2))
+        self.name = ""
         try:
+            self.name, block = self._make_pair(ip, netns)
+            self.host = str(ipaddress.IPv4Address(BASE + 4 * block + 1))
+            self.inside = str(ipaddress.IPv4Address(BASE + 4 * block + 2))
             self._configure_inside(nsenter)
             self._add_elements([f'host_links {{ "{self.name}" }}',
                                 f"inside_addrs {{ {self.inside} }}",
                                 f'snat_addrs {{ "{self.name}" : {self.host} }}'])  # fmt: skip
         except BaseException:
             self.close()
-            with contextlib.suppress(PyrtError):
-                _run([ip, "link", "del", self.name], netns)
+            if self.name:
+                with contextlib.suppress(PyrtError):
+                    _run([ip, "link", "del", self.name], netns)
             raise
 
     def _make_pair(self, ip: str, netns: str) -> tuple[str, int]:
@@ -162,6 +164,7 @@ class PortLink:
         )
         conf = f"/proc/sys/net/ipv4/conf/{INSIDE}/route_localnet"
         script = f'echo 1 > {conf} && ip -batch - && exec "$0" "$1"'
+        assert self._table is not None
         _run([nsenter, f"--net={self.netns}", "/bin/sh", "-c", script, self._table.nft, rules],
              self.netns, stdin=f"addr add {self.inside}/30 dev {INSIDE}\n"
                                 f"link set {INSIDE} up\n")  # fmt: skip
@@ -175,34 +178,52 @@ class PortLink:
             self._add_elements([f"dnat_ports {{ {addr} . {hport} : {self.inside} . {cport} }}"])
 
     def _add_elements(self, elements: list[str]) -> None:
+        assert self._table is not None
         self._table.send([f"add element {self._table.name} {e}" for e in elements])
         self._elements += elements
 
     def close(self) -> None:
-        """Takes the link's entries out of the host's table: a host port is free for another
-        container once this one is gone."""
+        """Takes the link's entries out of the host's table (a host port is free for another
+        container once this one is gone), and lets the table go with its last link."""
+        table, self._table = self._table, None
+        if table is None:
+            return
         elements, self._elements = self._elements, []
         if elements:
             with contextlib.suppress(PyrtError):
-                self._table.send([f"delete element {self._table.name} {e}" for e in elements])
+                table.send([f"delete element {table.name} {e}" for e in elements])
+        table.release()
 
 
 class _HostTable:
-    """The host's side, one per process: a table with nftables' ``owner`` flag, made by an
-    ``nft -i`` that this process keeps. The kernel deletes the table when that nft's netlink
-    socket closes, which happens when nft reads the end of its input: when this process
-    closes it, or dies. Links and ports are elements of its sets and maps, so a container
-    adds and deletes entries, never rules."""
+    """The host's side, one per process while it has links: a table with nftables' ``owner``
+    flag, made by an ``nft -i`` that this process keeps. The kernel deletes the table when that
+    nft's netlink socket closes, which happens when nft reads the end of its input: when the
+    last link is closed, or this process dies. Links and ports are elements of its sets and
+    maps, so a container adds and deletes entries, never rules."""
 
     _lock = threading.Lock()
     _current: Optional[_HostTable] = None
 
     @classmethod
-    def get(cls, netns: str) -> _HostTable:
+    def acquire(cls, netns: str) -> _HostTable:
+        """The process's table (made if there is none), for one more link."""
         with cls._lock:
-            if cls._current is None or cls._current._proc.poll() is not None:
-                cls._current = _HostTable(netns)
-            return cls._current
+            table = cls._current
+            if table is None or table._proc.poll() is not None:
+                table = cls._current = _HostTable(netns)
+            table._users += 1
+            return table
+
+    def release(self) -> None:
+        """One link fewer; nft ends with the last."""
+        with _HostTable._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if _HostTable._current is self:
+                _HostTable._current = None
+        self.close()
 
     def __init__(self, netns: str) -> None:
         nft = _tool("nft")
@@ -212,6 +233,7 @@ class _HostTable:
         self.netns = netns
         self.name = f"ip pyrt_{os.getpid()}_{secrets.token_hex(3)}"
         self._send_lock = threading.Lock()
+        self._users = 0
         self._proc = subprocess.Popen([nft, "-i"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
         t = self.name
