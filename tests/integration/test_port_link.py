@@ -101,6 +101,9 @@ def test_a_local_connection_reaches_the_containers_loopback_through_the_link(
         # Inside: a link of its own with the other address.
         inside = c.exec(["ip", "-4", "-o", "addr", "show", "dev", portlink.INSIDE], text=True)
         assert f"{link.inside}/30" in inside.stdout
+        # ... of link scope: the container's own address is still its only global one.
+        own = c.exec(["ip", "-4", "-o", "addr", "show", "scope", "global"], text=True).stdout
+        assert c.ip is not None and [c.ip] == re.findall(r"inet ([\d.]+)/", own), own
     finally:
         c.remove()
 

@@ -127,7 +127,7 @@ class PortLink:
                 try:
                     _run([ip, "-batch", "-"], netns, pass_fds=(fd,), stdin="\n".join([
                         f"link add {name} type veth peer name {INSIDE} netns /proc/self/fd/{fd}",
-                        f"addr add {host}/30 dev {name}",
+                        f"addr add {host}/30 scope link dev {name}",
                         f"link set {name} up",
                     ]) + "\n")  # fmt: skip
                 except PortLinkError as e:
@@ -142,6 +142,10 @@ class PortLink:
             os.close(fd)
         # A loopback source leaves, and a loopback destination (a reply) arrives, through it.
         with open(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "w") as f:
+            f.write("1")
+        # IPv4 only: no link-local IPv6 address, router solicitation or MLD on it.
+        with contextlib.suppress(OSError), open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6",
+                                                "w") as f:  # fmt: skip
             f.write("1")
         return name, block
 
@@ -163,10 +167,12 @@ class PortLink:
             f'iifname "{INSIDE}" ct status dnat accept; iifname "{INSIDE}" drop; }}; }}'
         )
         conf = f"/proc/sys/net/ipv4/conf/{INSIDE}/route_localnet"
-        script = f'echo 1 > {conf} && ip -batch - && exec "$0" "$1"'
+        no_v6 = f"/proc/sys/net/ipv6/conf/{INSIDE}/disable_ipv6"
+        script = (f'echo 1 > {conf} || exit 1; {{ echo 1 > {no_v6}; }} 2>/dev/null; '
+                  'ip -batch - && exec "$0" "$1"')  # fmt: skip
         assert self._table is not None
         _run([nsenter, f"--net={self.netns}", "/bin/sh", "-c", script, self._table.nft, rules],
-             self.netns, stdin=f"addr add {self.inside}/30 dev {INSIDE}\n"
+             self.netns, stdin=f"addr add {self.inside}/30 scope link dev {INSIDE}\n"
                                 f"link set {INSIDE} up\n")  # fmt: skip
 
     def add(self, cport: int, addr: str, hport: int) -> None:
