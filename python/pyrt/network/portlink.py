@@ -378,7 +378,7 @@ class KernelPorts:
                 if self._link is None:
                     self._link = PortLink(netns)
                 self._link.add(cport, addr, hport)
-            except PortLinkError as e:
+            except Exception as e:  # (this thread's end: the forwarder serves, as said)
                 with self._lock:
                     self.failed, self._queue, self._worker = str(e), [], None
                 if not KernelPorts._warned:

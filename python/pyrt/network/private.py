@@ -215,9 +215,10 @@ class PrivateNetwork:
         return hostfwd(self.api, guest, cport, proto, addr, hport)[0]
 
     def close(self) -> None:
+        # The rules first: once a forwarder's listener closes, its port is anyone's.
+        self.kernel.close()
         for f in self._forwards:
             f.close()
-        self.kernel.close()
         if self._exit_w >= 0:
             os.close(self._exit_w)  # slirp4netns exits when this closes
             self._exit_w = -1

@@ -448,10 +448,11 @@ class Member:
         return "127.0.0.1", self._probes[cport]
 
     def close(self) -> None:
+        # The rules first: once a forwarder's listener closes, its port is anyone's.
+        self.kernel.close()
         for f in self._forwards:
             f.close()
         self._forwards = []
-        self.kernel.close()
         for ident in self._slirp_forwards:
             unforward(self.network._path / "slirp.sock", ident)
         self._slirp_forwards = []
