@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Optional
 
 from pyrt.imagebuild.ignore import Ignore
+from pyrt.rootfs.files import ExactSize
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = _FLAGS | os.O_DIRECTORY
@@ -247,25 +248,7 @@ class Context:
                 if not stat.S_ISREG(st.st_mode):
                     raise ContextError(f"{e.rel}: changed into something else while copied")
                 ti.size = st.st_size
-                tf.addfile(ti, _Exactly(f, st.st_size))
-
-
-class _Exactly:
-    """A file read as exactly ``size`` bytes (a file that grows or shrinks meanwhile must not
-    corrupt the archive)."""
-
-    def __init__(self, f: IO[bytes], size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        want = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(want)
-        if len(data) < want:
-            data += b"\0" * (want - len(data))
-        self.left -= len(data)
-        return data
+                tf.addfile(ti, ExactSize(f, st.st_size))
 
 
 def _segment(pattern: str) -> str:

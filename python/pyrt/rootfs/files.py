@@ -243,7 +243,7 @@ def add_to_tar(
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dirfd)
         with os.fdopen(fd, "rb") as f:
             ti.size = os.fstat(f.fileno()).st_size
-            tf.addfile(ti, _Exact(f, ti.size))
+            tf.addfile(ti, ExactSize(f, ti.size))
     elif stat.S_ISDIR(m):
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
@@ -274,9 +274,10 @@ def add_to_tar(
     result.entries += 1
 
 
-class _Exact(io.RawIOBase):
-    """A file's first ``size`` bytes, padded with zeros if it shrank while being read: the
-    archive stays well-formed when a running container changes a file under us."""
+class ExactSize(io.RawIOBase):
+    """A file read as exactly its first ``size`` bytes, a short read padded with zeros: a file
+    that grows or shrinks while it is archived (a running container's, a build context's) must
+    not corrupt the archive, and tarfile refuses a short read."""
 
     def __init__(self, f: IO[bytes], size: int) -> None:
         self._f, self._left = f, size
@@ -284,13 +285,13 @@ class _Exact(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: Optional[int] = -1) -> bytes:
         if self._left <= 0:
             return b""
-        n = self._left if n < 0 else min(n, self._left)
-        data = self._f.read(n) or b""
-        if not data:
-            data = b"\0" * n
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(want) or b""
+        if len(data) < want:
+            data += b"\0" * (want - len(data))
         self._left -= len(data)
         return data
 
