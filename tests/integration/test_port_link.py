@@ -216,8 +216,8 @@ def test_the_owners_sigkill_leaves_no_table_and_no_link(rootfs: Path) -> None:
 def test_without_nft_the_forwarder_serves(
     image: pyrt.Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = portlink._tool
-    monkeypatch.setattr(portlink, "_tool", lambda name: None if name == "nft" else real(name))
+    real = portlink.find_tool
+    monkeypatch.setattr(portlink, "find_tool", lambda name: None if name == "nft" else real(name))
     monkeypatch.setattr(_HostTable, "_current", None)
     monkeypatch.setattr(KernelPorts, "_warned", False)
     with pytest.warns(RuntimeWarning, match="needs nft"):

@@ -29,11 +29,37 @@ class LinkError(PyrtError):
         self.netns = netns
 
 
+#: How long one run of a network tool (ip, nft) may take.
+TIMEOUT = 10.0
+
+
+def find_tool(name: str) -> Optional[str]:
+    """``name`` on PATH, or in the system's directories (a user's PATH may lack /usr/sbin)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+
+
 def _tool(name: str, package: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    path = find_tool(name)
     if path is None:
         raise PyrtError(f"pyrt.Network needs {name} (Debian package {package}), not found")
     return path
+
+
+def run_tool(
+    argv: list[str], stdin: str = "", pass_fds: tuple[int, ...] = (), name: str = ""
+) -> Optional[str]:
+    """Runs a network tool to its end: None, or why it failed in its own words (``name``
+    says which tool, when ``argv`` starts with nsenter or a shell). Each caller raises its
+    own error with it."""
+    name = name or os.path.basename(argv[0])
+    try:
+        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
+                           pass_fds=pass_fds)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"{name} did not finish within {TIMEOUT:g} s"
+    if r.returncode != 0:
+        return f"{name} failed: " + (r.stderr or r.stdout).strip().replace("\n", " / ")
+    return None
 
 
 def batch(
@@ -59,20 +85,9 @@ def batch(
         script = 'echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec "$@"'
         at = 2 + len(enter)
         argv[at:at] = ["/bin/sh", "-c", script, "-"]
-    try:
-        r = subprocess.run(
-            argv,
-            input="\n".join(commands) + "\n",
-            capture_output=True,
-            text=True,
-            timeout=10,
-            pass_fds=pass_fds,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise LinkError("ip did not finish within 10 s", netns) from e
-    if r.returncode != 0:
-        why = (r.stderr or r.stdout).strip().replace("\n", " / ")
-        raise LinkError(f"ip failed: {why}", netns)
+    why = run_tool(argv, "\n".join(commands) + "\n", pass_fds, name="ip")
+    if why is not None:
+        raise LinkError(why, netns)
 
 
 def make_hub(hub: str, userns: Optional[str] = None) -> None:

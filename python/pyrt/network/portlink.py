@@ -42,7 +42,6 @@ import ipaddress
 import os
 import secrets
 import select
-import shutil
 import socket
 import subprocess
 import threading
@@ -50,14 +49,13 @@ import warnings
 from typing import Optional
 
 from pyrt.errors import PyrtError
+from pyrt.network.links import TIMEOUT, find_tool, run_tool
 
 #: 198.18.0.0/15 in /30 blocks: block N is 198.18.0.0 + 4N, the host's end +1, the inside +2.
 BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 BLOCKS = (1 << 17) // 4
 HOST_PREFIX = "pyrtp"
 INSIDE = "pyrt-ports"
-#: How long nft or ip may take before the link is given up (the forwarder still serves).
-TIMEOUT = 10.0
 
 
 class PortLinkError(PyrtError):
@@ -69,19 +67,10 @@ class PortLinkError(PyrtError):
         self.netns = netns
 
 
-def _tool(name: str) -> Optional[str]:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-
-
 def _run(argv: list[str], netns: str, stdin: str = "", pass_fds: tuple[int, ...] = ()) -> None:
-    try:
-        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
-                           pass_fds=pass_fds)  # fmt: skip
-    except subprocess.TimeoutExpired as e:
-        raise PortLinkError(f"{os.path.basename(argv[0])} did not finish", netns) from e
-    if r.returncode != 0:
-        why = (r.stderr or r.stdout).strip().replace("\n", " / ")
-        raise PortLinkError(f"{os.path.basename(argv[0])} failed: {why}", netns)
+    why = run_tool(argv, stdin, pass_fds)
+    if why is not None:
+        raise PortLinkError(why, netns)
 
 
 class PortLink:
@@ -90,7 +79,7 @@ class PortLink:
     the namespace, and the table with the process)."""
 
     def __init__(self, netns: str) -> None:
-        ip, nsenter = _tool("ip"), _tool("nsenter")
+        ip, nsenter = find_tool("ip"), find_tool("nsenter")
         if ip is None or nsenter is None:
             raise PortLinkError("needs ip and nsenter (Debian packages iproute2, util-linux)",
                                 netns)  # fmt: skip
@@ -232,7 +221,7 @@ class _HostTable:
         self.close()
 
     def __init__(self, netns: str) -> None:
-        nft = _tool("nft")
+        nft = find_tool("nft")
         if nft is None:
             raise PortLinkError("needs nft (Debian package nftables)", netns)
         self.nft = nft
