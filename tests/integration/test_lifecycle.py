@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,25 @@ def test_exec_shares_the_containers_namespaces(shell: pyrt.Container) -> None:
     r = shell.exec(["sh", "-c", "cat /tmp/shared; hostname; cat /proc/1/cmdline"], text=True)
     assert r.stdout.split("\n")[:2] == ["hello", shell.id[:12]]
     assert r.stdout.split("\n")[2].startswith("sleep")  # its pid 1 is the container's
+
+
+def test_exec_joins_every_namespace_and_gets_no_descriptor_of_ours(
+    shell: pyrt.Container,
+) -> None:
+    # The exec joins through a pidfd of the container's first process, handed down: the
+    # namespaces it sees are those of pid 1 inside and of that process on the host, and the
+    # pidfd does not reach the command (0, 1, 2 and the descriptor ls reads the directory by).
+    kinds = ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"]
+    script = "; ".join(f"readlink /proc/self/ns/{k}; readlink /proc/1/ns/{k}" for k in kinds)
+    lines = shell.exec(["sh", "-c", script], text=True).stdout.split()
+    assert lines[0::2] == lines[1::2]
+    assert lines[0::2] == [os.readlink(f"/proc/{shell.pid}/ns/{k}") for k in kinds]
+    fds = shell.exec(["ls", "/proc/self/fd"], text=True).stdout.split()
+    assert sorted(int(x) for x in fds) == [0, 1, 2, 3]
+    # An exec with only its arguments given is the container's exec process, encoded once.
+    assert json.loads(shell._plain_exec_doc(["a", "b"])) == shell._exec_process(
+        ["a", "b"], None, None, None
+    )
 
 
 def test_exec_timeout_kills_only_the_exec(shell: pyrt.Container) -> None:

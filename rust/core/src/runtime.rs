@@ -4,7 +4,7 @@
 //! door adds only what is its own (Python's held start and fault points; runc's hooks, state
 //! records and console sockets).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::cgroups::{self, Cgroup, CgroupError};
@@ -92,16 +92,26 @@ pub fn exec_into(
     stdio: [RawFd; 3],
     cgroup: Option<&Cgroup>,
 ) -> Result<Child, SetupError> {
+    let mut plan = plan;
     let target = plan.target;
-    let pidns = std::fs::File::open(format!("/proc/{target}/ns/pid"))
-        .map(OwnedFd::from)
-        .map_err(|e| {
-            SetupError::io(
-                Stage::Namespaces,
-                format!("the container's pid namespace (pid {target})"),
-                &e,
-            )
-        })?;
+    // A pidfd serves the spawner (setns of pid_for_children) and the child (every namespace at
+    // once); without one (a kernel before 5.3), /proc.
+    let pidfd = crate::syscall::pidfd_open(target)
+        .and_then(|fd| spawn::dup_high(fd.as_raw_fd()))
+        .ok();
+    plan.pidfd = pidfd.as_ref().map(AsRawFd::as_raw_fd);
+    let pidns = match pidfd {
+        Some(fd) => fd,
+        None => std::fs::File::open(format!("/proc/{target}/ns/pid"))
+            .map(OwnedFd::from)
+            .map_err(|e| {
+                SetupError::io(
+                    Stage::Namespaces,
+                    format!("the container's pid namespace (pid {target})"),
+                    &e,
+                )
+            })?,
+    };
     let place = Placement {
         cgroup,
         pidns: (!plan.fork_into_pidns).then_some(&pidns),
@@ -171,13 +181,7 @@ pub fn signal_recorded(pid: i32, start: u64, sig: i32) -> std::io::Result<()> {
     if pid <= 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
-    // SAFETY: pidfd_open with no flags.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = crate::syscall::pidfd_open(pid)?;
     if !alive(pid, start) {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }

@@ -154,6 +154,17 @@ pub fn close_from(first: u32) -> io::Result<()> {
     close_from_except(first, &[])
 }
 
+/// A pidfd of process `pid` (close-on-exec, as pidfds always are).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// `close_from`, leaving open the descriptors in `keep` (those the parent handed down).
 pub fn close_from_except(first: u32, keep: &[i32]) -> io::Result<()> {
     let mut keep: Vec<u32> = keep

@@ -20,6 +20,7 @@ mod devices;
 pub mod gate;
 mod init;
 mod inroot;
+mod join;
 pub mod network;
 mod process;
 pub mod rootfs;
@@ -66,7 +67,7 @@ pub fn main() -> ! {
         // container, whatever the parent held open.
         let handed = match request {
             Request::Create(plan) => plan.inherited_fds(),
-            Request::Exec(_) => Vec::new(),
+            Request::Exec(plan) => plan.pidfd.into_iter().collect(),
             Request::Forward(f) => f.fds(),
         };
         let _ = syscall::close_from_except(6, &handed);
@@ -373,71 +374,7 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
 /// process would. setns into the mount namespace also moves our root and working directory to
 /// the container's root, so there is nothing to pivot.
 fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
-    // The user namespace first (it owns the others), the mount namespace last of all: after it,
-    // /proc/<target> of the host is out of reach.
-    let kinds = [
-        ("user", libc::CLONE_NEWUSER),
-        (
-            "pid",
-            if plan.fork_into_pidns {
-                libc::CLONE_NEWPID
-            } else {
-                0
-            },
-        ),
-        ("cgroup", libc::CLONE_NEWCGROUP),
-        ("ipc", libc::CLONE_NEWIPC),
-        ("uts", libc::CLONE_NEWUTS),
-        ("net", libc::CLONE_NEWNET),
-        ("mnt", libc::CLONE_NEWNS),
-    ];
-    let mut files = Vec::new();
-    for (name, kind) in kinds {
-        if kind == 0 {
-            continue;
-        }
-        let theirs = format!("/proc/{}/ns/{name}", plan.target);
-        let ours = format!("/proc/self/ns/{name}");
-        let same = match (std::fs::metadata(&theirs), std::fs::metadata(&ours)) {
-            (Ok(a), Ok(b)) => {
-                use std::os::unix::fs::MetadataExt;
-                a.ino() == b.ino() && a.dev() == b.dev()
-            }
-            (Err(e), _) => {
-                return Err(SetupError::io(
-                    Stage::Namespaces,
-                    format!("the container's {name} namespace ({theirs}; has it exited?)"),
-                    &e,
-                ))
-            }
-            _ => false,
-        };
-        if !same {
-            let f = std::fs::File::open(&theirs)
-                .map_err(|e| SetupError::io(Stage::Namespaces, format!("opening {theirs}"), &e))?;
-            files.push((f, kind, theirs));
-        }
-    }
-    // A root caller joins the user namespace last instead: inside it, root has no privilege
-    // over namespaces that host root made and the container only joined (a sandboxed
-    // container on a shared network), while from outside it may enter them all. An
-    // unprivileged caller has its privilege only inside, so it goes in first.
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        files.sort_by_key(|(_, kind, _)| *kind == libc::CLONE_NEWUSER);
-    }
-    for (f, kind, path) in &files {
-        // SAFETY: setns on a descriptor we own.
-        if unsafe { libc::setns(f.as_raw_fd(), *kind) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(SetupError::io(
-                Stage::Namespaces,
-                format!("joining {path}"),
-                &e,
-            ));
-        }
-    }
-    drop(files);
+    join::container_namespaces(plan)?;
     new_session()?;
     if plan.process.terminal {
         console::setup(0)?;

@@ -58,6 +58,7 @@ impl ExecPlan {
             seccomp,
             fork_into_pidns: !same_namespace(target, "user"),
             detached: false,
+            pidfd: None,
         })
     }
 }

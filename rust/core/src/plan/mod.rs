@@ -267,6 +267,11 @@ pub struct ExecPlan {
     /// The process outlives the one that started it (`pyrt-runc exec --detach`).
     #[serde(default)]
     pub detached: bool,
+    /// A pidfd of `target`, handed down: the namespaces are joined through it, all of them in
+    /// one or two setns calls (Linux 5.8) instead of an open and a setns each. None: through
+    /// `/proc/<target>/ns`.
+    #[serde(default)]
+    pub pidfd: Option<i32>,
 }
 
 /// What a child is asked to do. One is made per spawn and serialised at once: its size does

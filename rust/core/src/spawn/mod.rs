@@ -115,8 +115,10 @@ pub fn spawn_held(
     let (request, handed) = hand_down(request, place.gate)?;
     let request = request.as_ref();
     let mut keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
-    if let Request::Forward(f) = request {
-        keep.extend(f.fds());
+    match request {
+        Request::Forward(f) => keep.extend(f.fds()),
+        Request::Exec(e) => keep.extend(e.pidfd),
+        Request::Create(_) => {}
     }
     if let Some(first) = &first_stage {
         keep.push(first.userns.as_raw_fd());
@@ -331,19 +333,15 @@ fn second_stage(
             report_error(&rest)
         });
     };
-    // SAFETY: pidfd_open of our own child (not reaped, so its pid cannot be reused).
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        // SAFETY: as above; the process waits for its plan and dies with the kill.
+    // Our own child, not reaped, so its pid cannot have been reused.
+    let pidfd = crate::syscall::pidfd_open(pid).map_err(|e| {
+        // SAFETY: the process waits for its plan and dies with the kill.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, &mut status, libc::__WALL);
         }
-        return Err(spawn_err("pidfd_open of the container's process", e));
-    }
-    // SAFETY: a new descriptor of ours.
-    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+        spawn_err("pidfd_open of the container's process", e)
+    })?;
     Ok((pid, pidfd, OwnedFd::from(report)))
 }
 
