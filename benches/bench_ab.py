@@ -1,12 +1,13 @@
-"""Before and after: the start path of two builds of pyrt, in one run.
+"""Before and after: the start path (or the exec path) of two builds of pyrt, in one run.
 
 Each build is an interpreter with its own pyrt installed (e.g. a venv made from an older
 commit). Rounds alternate which goes first; in each, a fresh process of each build times
-``pyrt.run`` of /bin/true in the same busybox rootfs. The result is each build's median of the
-round medians and the ratio after/before.
+``pyrt.run`` of /bin/true in the same busybox rootfs (with ``--exec``: ``Container.exec`` of
+/bin/true into a running container of it). The result is each build's median of the round
+medians and the ratio after/before.
 
 Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
-                  --after .venv/bin/python [-n 200] [--rounds 6]
+                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec]
 """
 
 from __future__ import annotations
@@ -35,10 +36,28 @@ for _ in range(int(sys.argv[2])):
 print(statistics.median(times) * 1000)
 """
 
+# The same for an exec into a running container.
+PROBE_EXEC = """
+import statistics, sys, time
+import pyrt
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sleep", "3600"])
+c.start()
+for _ in range(20):
+    c.exec(["/bin/true"], check=True)
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    c.exec(["/bin/true"], check=True)
+    times.append(time.perf_counter() - t)
+c.remove()
+print(statistics.median(times) * 1000)
+"""
 
-def one(python: str, rootfs: Path, n: int) -> float:
+
+def one(python: str, rootfs: Path, n: int, probe: str) -> float:
     out = subprocess.run(
-        [python, "-c", PROBE, str(rootfs), str(n)],
+        [python, "-c", probe, str(rootfs), str(n)],
         capture_output=True, text=True, check=True, cwd="/",
     )  # fmt: skip
     return float(out.stdout.split()[-1])
@@ -50,7 +69,9 @@ def main() -> None:
     ap.add_argument("--after", required=True, help="the newer build's python")
     ap.add_argument("-n", type=int, default=200, help="starts per round and build")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--exec", action="store_true", help="time exec instead of run")
     args = ap.parse_args()
+    probe, what = (PROBE_EXEC, "Container.exec") if args.exec else (PROBE, "pyrt.run")
     sys.path.insert(0, str(HERE.parent / "tests"))
     from helpers import make_busybox_rootfs
 
@@ -60,9 +81,9 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for which in order:
-                got[which].append(one(getattr(args, which), rootfs, args.n))
+                got[which].append(one(getattr(args, which), rootfs, args.n, probe))
         before, after = (statistics.median(got[k]) for k in ("before", "after"))
-        print(f"pyrt.run of /bin/true, median of {args.rounds} rounds x {args.n} starts")
+        print(f"{what} of /bin/true, median of {args.rounds} rounds x {args.n} each")
         print(f"  before {before:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['before'])}")
         print(f"  after  {after:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['after'])}")
         print(f"  after/before: {after / before:.3f}")

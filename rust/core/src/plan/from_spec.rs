@@ -44,8 +44,6 @@ impl ExecPlan {
         seccomp_json: Option<&str>,
     ) -> Result<ExecPlan, PlanError> {
         let p: oci_spec::runtime::Process = serde_json::from_str(json)?;
-        let mut spec = Spec::default();
-        spec.set_process(Some(p));
         let seccomp = match seccomp_json {
             Some(j) => {
                 Some(crate::seccomp::from_json(j).map_err(|e| field_err("linux.seccomp", e))?)
@@ -54,7 +52,7 @@ impl ExecPlan {
         };
         Ok(ExecPlan {
             target,
-            process: plan_process(&spec)?,
+            process: process_of(&p)?,
             seccomp,
             fork_into_pidns: !same_namespace(target, "user"),
             detached: false,
@@ -733,10 +731,16 @@ fn device_rule(
 }
 
 fn plan_process(spec: &Spec) -> Result<Process, PlanError> {
-    let p = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| field_err("process", "missing"))?;
+    process_of(
+        spec.process()
+            .as_ref()
+            .ok_or_else(|| field_err("process", "missing"))?,
+    )
+}
+
+/// The process of a spec, or of an exec (which has no spec around it: building a default one
+/// for it cost an exec some microseconds).
+fn process_of(p: &oci_spec::runtime::Process) -> Result<Process, PlanError> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(field_err("process.args", "no command given"));

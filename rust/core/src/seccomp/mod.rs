@@ -38,9 +38,11 @@ mod hex_insns {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[Insn], s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
+        // Written in place: a string formatted per instruction was ~270 allocations a spawn.
         let mut out = String::with_capacity(v.len() * 16);
         for (code, jt, jf, k) in v {
-            out.push_str(&format!("{code:04x}{jt:02x}{jf:02x}{k:08x}"));
+            let _ = write!(out, "{code:04x}{jt:02x}{jf:02x}{k:08x}");
         }
         s.serialize_str(&out)
     }
