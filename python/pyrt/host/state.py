@@ -118,15 +118,17 @@ class ContainerDir:
         _chown_layer(self.layer or self.path, self.owner)
 
     def remove(self) -> None:
-        # Most containers leave their directory as it was made (an empty upper layer): removing
-        # the known entries one by one costs a tenth of rmtree's walk. Anything else: rmtree.
+        # The helper deletes the directory off the caller's path (one rename into its trash,
+        # files and all). Without one: most containers leave their directory as it was made
+        # (an empty upper layer), and removing the known entries one by one costs a tenth of
+        # rmtree's walk. Anything else: rmtree.
         try:
             if self.layer is not None:
                 disklayer.unmount(self.path)
-            for f in ("state.json", "lock", "log", "cgroups", "removed"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path / f)
             if not reaper.discard(self.path):
+                for f in ("state.json", "lock", "log", "cgroups", "removed"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path / f)
                 for d in ("rootfs", "upper", "work/work", "work", ""):
                     with contextlib.suppress(FileNotFoundError):
                         os.rmdir(self.path / d)
