@@ -76,6 +76,14 @@ def test_exec_joins_every_namespace_and_gets_no_descriptor_of_ours(
     )
 
 
+def test_an_exec_whose_plan_outgrows_the_pipe(shell: pyrt.Container) -> None:
+    # The plan of an exec goes into its pipe before the clone, as far as the pipe takes it
+    # (64 KB); 200 KB of arguments make the rest follow once the child reads.
+    a, b = "a" * 100_000, "b" * 100_000
+    r = shell.exec(["sh", "-c", 'echo ${#1} ${#2}', "sh", a, b], text=True)
+    assert r.stdout.split() == ["100000", "100000"] and r.returncode == 0
+
+
 def test_exec_timeout_kills_only_the_exec(shell: pyrt.Container) -> None:
     with pytest.raises(pyrt.TimeoutExpired):
         shell.exec(["sleep", "30"], timeout=0.2)

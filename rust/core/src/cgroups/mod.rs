@@ -322,6 +322,12 @@ impl Cgroup {
         }
     }
 
+    /// Whether a child is born inside (v1: the spawner thread steps in around clone) rather
+    /// than moved in by `place` after clone (v2).
+    pub fn born_inside(&self) -> bool {
+        matches!(self, Cgroup::V1(_))
+    }
+
     /// After clone, before the child gets its plan: where the child was not born inside (v2),
     /// move it in.
     pub fn place(&self, pid: i32) -> Result<(), CgroupError> {

@@ -88,7 +88,10 @@ pub fn spawn(
 /// What `release` still has to send and read.
 #[derive(Debug)]
 pub struct Pending {
+    /// The plan as the child reads it (a little-endian u32 length, then the JSON), of which
+    /// the first `sent` bytes are in the pipe already.
     request: Vec<u8>,
+    sent: usize,
     report: OwnedFd,
 }
 
@@ -124,10 +127,27 @@ pub fn spawn_held(
         keep.push(first.userns.as_raw_fd());
         keep.extend(first.joins.iter().map(|f| f.as_raw_fd()));
     }
-    let request_bytes = serde_json::to_vec(request).map_err(|e| {
+    let json = serde_json::to_vec(request).map_err(|e| {
         SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
     })?;
+    let mut request_bytes = Vec::with_capacity(4 + json.len());
+    request_bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    request_bytes.extend_from_slice(&json);
     let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    // An exec that is born in its cgroup (v1) or has none has nothing to wait for between
+    // clone and its plan: the plan goes into the pipe now, and the child reads it as soon as it
+    // runs instead of waiting for this thread to hear back from the spawner. (v2 moves the
+    // child into the cgroup after clone, and a user namespace's maps are written then: the
+    // child must not go on before.) What the pipe does not take, `release` sends.
+    let early = matches!(request, Request::Exec(_))
+        && first_stage.is_none()
+        && !needs_setid(request)
+        && place.cgroup.map_or(true, Cgroup::born_inside);
+    let sent_early = if early {
+        write_available(&plan_w, &request_bytes)
+    } else {
+        0
+    };
     let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
     let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
     // SAFETY: fcntl on our own descriptor; the parent reads it only after the child is reaped.
@@ -299,6 +319,7 @@ pub fn spawn_held(
         child,
         Pending {
             request: request_bytes,
+            sent: sent_early,
             report: err_r,
         },
     ))
@@ -359,6 +380,7 @@ pub fn release_with(
 ) -> Result<(), SetupError> {
     let Pending {
         request: request_bytes,
+        sent,
         report: err_r,
     } = pending;
     // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
@@ -368,9 +390,7 @@ pub fn release_with(
             .try_clone()
             .map_err(|e| spawn_err("dup", e))?,
     );
-    let _ = w
-        .write_all(&(request_bytes.len() as u32).to_le_bytes())
-        .and_then(|_| w.write_all(&request_bytes));
+    let _ = w.write_all(&request_bytes[sent..]);
 
     let mut err_r = std::fs::File::from(err_r);
     let mut report = Vec::new();
@@ -426,4 +446,36 @@ fn report_error(report: &[u8]) -> SetupError {
         ),
         None => SetupError::decode(report),
     }
+}
+
+/// Writes what the pipe takes of `bytes` without blocking (no reader exists yet); how much.
+fn write_available(pipe: &OwnedFd, bytes: &[u8]) -> usize {
+    let fd = pipe.as_raw_fd();
+    // SAFETY: fcntl on our own descriptor; the flag is cleared again below, before anyone else
+    // (the lifeline's users) writes to it.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return 0;
+    }
+    let mut sent = 0;
+    while sent < bytes.len() {
+        // SAFETY: writing from a slice we hold to our own descriptor.
+        let n = unsafe {
+            libc::write(
+                fd,
+                bytes[sent..].as_ptr() as *const libc::c_void,
+                bytes.len() - sent,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    sent
 }
