@@ -115,6 +115,12 @@ fn programs_travel_as_hex() {
     );
     assert_eq!(serde_json::from_str::<Program>(&j).unwrap(), p);
     assert!(serde_json::from_str::<Program>(r#"{"insns":"zz"}"#).is_err());
+    // Sixteen bytes that are not all hex digits (one of them outside ASCII) are refused too.
+    assert!(serde_json::from_str::<Program>(r#"{"insns":"002000000000000g"}"#).is_err());
+    assert!(serde_json::from_str::<Program>(r#"{"insns":"00200000000000é"}"#).is_err());
+    assert!(serde_json::from_str::<Program>(r#"{"insns":"+020000000000004"}"#).is_err());
+    let upper = serde_json::from_str::<Program>(r#"{"insns":"001501FFC000003E"}"#).unwrap();
+    assert_eq!(upper.insns, vec![(0x15, 1, 255, 0xC000_003E)]);
 }
 
 #[test]
