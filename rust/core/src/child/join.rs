@@ -48,14 +48,14 @@ fn differing_namespaces(plan: &ExecPlan) -> Result<Vec<(&'static str, libc::c_in
         ("mnt", libc::CLONE_NEWNS),
     ];
     let dir = format!("/proc/{}/ns", plan.target);
-    let gone = |what: String, e: io::Error| {
+    let gone = |what: &str, path: &str, e: io::Error| {
         SetupError::io(
             Stage::Namespaces,
-            format!("the container's {what}; has it exited?)"),
+            format!("the container's {what} ({path}; has it exited?)"),
             &e,
         )
     };
-    let theirs = std::fs::File::open(&dir).map_err(|e| gone(format!("namespaces ({dir}"), e))?;
+    let theirs = std::fs::File::open(&dir).map_err(|e| gone("namespaces", &dir, e))?;
     let ours = std::fs::File::open("/proc/self/ns").ok();
     let mut differ = Vec::new();
     for (name, kind) in kinds {
@@ -63,10 +63,8 @@ fn differing_namespaces(plan: &ExecPlan) -> Result<Vec<(&'static str, libc::c_in
             continue;
         }
         let t = nix::sys::stat::fstatat(&theirs, name, AtFlags::empty()).map_err(|e| {
-            gone(
-                format!("{name} namespace ({dir}/{name}"),
-                io::Error::from(e),
-            )
+            let what = format!("{name} namespace");
+            gone(&what, &format!("{dir}/{name}"), io::Error::from(e))
         })?;
         let same = ours
             .as_ref()
