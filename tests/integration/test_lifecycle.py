@@ -76,11 +76,14 @@ def test_exec_joins_every_namespace_and_gets_no_descriptor_of_ours(
     )
 
 
-def test_an_exec_whose_plan_outgrows_the_pipe(shell: pyrt.Container) -> None:
-    # The plan of an exec goes into its pipe before the clone, as far as the pipe takes it
-    # (64 KB); 200 KB of arguments make the rest follow once the child reads.
+def test_a_plan_that_outgrows_the_pipe(shell: pyrt.Container, image: pyrt.Image) -> None:
+    # The plan of an exec or a start goes into its pipe before the clone, as far as the pipe
+    # takes it (64 KB); 200 KB of arguments make the rest follow once the child reads.
     a, b = "a" * 100_000, "b" * 100_000
-    r = shell.exec(["sh", "-c", "echo ${#1} ${#2}", "sh", a, b], text=True)
+    argv = ["sh", "-c", "echo ${#1} ${#2}", "sh", a, b]
+    r = shell.exec(argv, text=True)
+    assert r.stdout.split() == ["100000", "100000"] and r.returncode == 0
+    r = pyrt.run(image, argv, text=True)
     assert r.stdout.split() == ["100000", "100000"] and r.returncode == 0
 
 

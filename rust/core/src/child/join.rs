@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use crate::plan::ExecPlan;
 use crate::report::{SetupError, Stage};
@@ -128,15 +129,31 @@ fn join_by_pidfd(pidfd: i32, differ: &[(&str, libc::c_int)]) -> Result<bool, Set
 
 /// Joins `differ` one by one through `/proc/<target>/ns`.
 fn join_by_proc(target: i32, differ: &[(&str, libc::c_int)]) -> Result<(), SetupError> {
-    let mut files = Vec::new();
-    for (name, kind) in differ {
-        let path = format!("/proc/{target}/ns/{name}");
-        let f = std::fs::File::open(&path)
-            .map_err(|e| SetupError::io(Stage::Namespaces, format!("opening {path}"), &e))?;
-        files.push((f, *kind, path));
-    }
+    let mut paths: Vec<(libc::c_int, PathBuf)> = differ
+        .iter()
+        .map(|(name, kind)| (*kind, PathBuf::from(format!("/proc/{target}/ns/{name}"))))
+        .collect();
     if user_last() {
-        files.sort_by_key(|(_, kind, _)| *kind == libc::CLONE_NEWUSER);
+        paths.sort_by_key(|(kind, _)| *kind == libc::CLONE_NEWUSER);
+    }
+    let paths: Vec<(libc::c_int, &Path)> = paths.iter().map(|(k, p)| (*k, p.as_path())).collect();
+    by_paths(&paths)
+}
+
+/// Joins the namespaces at `paths` (kind, path), in that order: a container's namespaces given
+/// by path, and an exec's without a pidfd. All are opened first: once inside a user
+/// namespace, another process's `/proc/<pid>/ns` may be out of reach.
+pub(super) fn by_paths(paths: &[(libc::c_int, &Path)]) -> Result<(), SetupError> {
+    let mut files = Vec::with_capacity(paths.len());
+    for (kind, path) in paths {
+        let f = std::fs::File::open(path).map_err(|e| {
+            SetupError::io(
+                Stage::Namespaces,
+                format!("opening namespace {}", path.display()),
+                &e,
+            )
+        })?;
+        files.push((f, *kind, path));
     }
     for (f, kind, path) in &files {
         // SAFETY: setns on a descriptor we own.
@@ -144,7 +161,7 @@ fn join_by_proc(target: i32, differ: &[(&str, libc::c_int)]) -> Result<(), Setup
             let e = io::Error::last_os_error();
             return Err(SetupError::io(
                 Stage::Namespaces,
-                format!("joining {path}"),
+                format!("joining namespace {}", path.display()),
                 &e,
             ));
         }

@@ -403,25 +403,12 @@ fn install_seccomp(p: Option<&Program>) -> Result<(), SetupError> {
 }
 
 fn join_namespaces(plan: &Plan) -> Result<(), SetupError> {
-    for (bit, path) in &plan.join {
-        let f = std::fs::File::open(path).map_err(|e| {
-            SetupError::io(
-                Stage::Namespaces,
-                format!("opening namespace {}", path.display()),
-                &e,
-            )
-        })?;
-        // SAFETY: setns on a descriptor we own.
-        if unsafe { libc::setns(f.as_raw_fd(), *bit as libc::c_int) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(SetupError::io(
-                Stage::Namespaces,
-                format!("joining namespace {}", path.display()),
-                &e,
-            ));
-        }
-    }
-    Ok(())
+    let paths: Vec<(libc::c_int, &std::path::Path)> = plan
+        .join
+        .iter()
+        .map(|(bit, path)| (*bit as libc::c_int, path.as_path()))
+        .collect();
+    join::by_paths(&paths)
 }
 
 fn new_session() -> Result<(), SetupError> {

@@ -80,7 +80,7 @@ pub fn spawn(
     stdio: [RawFd; 3],
     place: Placement,
 ) -> Result<Child, SetupError> {
-    let (child, pending) = spawn_held(image, request, stdio, place)?;
+    let (child, pending) = clone_child(image, request, stdio, place, false)?;
     release(&child, pending)?;
     Ok(child)
 }
@@ -104,6 +104,18 @@ pub fn spawn_held(
     request: &Request,
     stdio: [RawFd; 3],
     place: Placement,
+) -> Result<(Child, Pending), SetupError> {
+    clone_child(image, request, stdio, place, true)
+}
+
+/// The clone and what must come before the plan; `held`: the plan is not sent before
+/// `release` in any case.
+fn clone_child(
+    image: &ChildImage,
+    request: &Request,
+    stdio: [RawFd; 3],
+    place: Placement,
+    held: bool,
 ) -> Result<(Child, Pending), SetupError> {
     let cg_err = |e: CgroupError| SetupError::new(Stage::Cgroup, e.errno(), e.to_string());
     let (enter, leave) = match place.cgroup {
@@ -134,12 +146,15 @@ pub fn spawn_held(
     request_bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
     request_bytes.extend_from_slice(&json);
     let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-    // An exec that is born in its cgroup (v1) or has none has nothing to wait for between
-    // clone and its plan: the plan goes into the pipe now, and the child reads it as soon as it
-    // runs instead of waiting for this thread to hear back from the spawner. (v2 moves the
-    // child into the cgroup after clone, and a user namespace's maps are written then: the
-    // child must not go on before.) What the pipe does not take, `release` sends.
-    let early = matches!(request, Request::Exec(_))
+    // A child that is not held, is born in its cgroup (v1) or has none, and gets no user
+    // namespace maps has nothing to wait for between clone and its plan: the plan goes into
+    // the pipe now, and the child reads it as soon as it runs instead of waiting for this
+    // thread to hear back from the spawner. (v2 moves the child into the cgroup after clone,
+    // the maps are written then, and a first stage acts before it reads: the child must not
+    // go on before.) What the pipe does not take, `release` sends.
+    let no_maps = !matches!(request, Request::Create(p) if p.id_maps.is_some());
+    let early = !held
+        && no_maps
         && first_stage.is_none()
         && !needs_setid(request)
         && place.cgroup.map_or(true, Cgroup::born_inside);
