@@ -4,6 +4,8 @@
 - cycle: start a `sleep` container, one exec of /bin/true in it, remove it;
 - pooled cycle: `pool.acquire()`, one exec, release (a pyrt.Pool of 2; the reset happens in
   the pool's thread, off the caller's path);
+- the same two with the pytest `sandbox` fixture's containers: pyrt's init as pid 1 standing
+  in for the idle command (`pyrt.config.idle`: nothing of the image runs at a start or reset);
 - exec alone, in a running container, for scale.
 
 The kinds take turns within each round (`bench_start.interleave`).
@@ -23,6 +25,7 @@ from pathlib import Path
 from bench_start import HERE, interleave, report, summarize
 
 import pyrt
+from pyrt.config.idle import IDLE
 
 
 def main() -> None:
@@ -46,10 +49,22 @@ def main() -> None:
             with pyrt.Container(img, idle) as c:
                 c.exec(["/bin/true"], check=True)
 
-        with pyrt.Pool(img, idle, size=2) as pool, pyrt.Container(img, idle) as running:
+        def sandbox_cycle() -> None:
+            with pyrt.Container(img, IDLE, init=True) as c:
+                c.exec(["/bin/true"], check=True)
+
+        with (
+            pyrt.Pool(img, idle, size=2) as pool,
+            pyrt.Pool(img, IDLE, size=2, init=True) as sandboxes,
+            pyrt.Container(img, idle) as running,
+        ):
 
             def pooled() -> None:
                 with pool.acquire() as c:
+                    c.exec(["/bin/true"], check=True)
+
+            def pooled_sandbox() -> None:
+                with sandboxes.acquire() as c:
                     c.exec(["/bin/true"], check=True)
 
             times = interleave(
@@ -59,6 +74,8 @@ def main() -> None:
                     ),
                     "pyrt cycle": cycle,
                     "pyrt pooled cycle": pooled,
+                    "pyrt sandbox cycle": sandbox_cycle,
+                    "pyrt pooled sandbox": pooled_sandbox,
                     "pyrt exec": lambda: running.exec(["/bin/true"], check=True) and None,
                 },
                 args.rounds,

@@ -184,9 +184,13 @@ def snapshot() -> dict[str, object]:
 
 def what_is_left_of(cid: str) -> list[str]:
     """Everything of container ``cid`` that its owner's death must not leave behind."""
+    from pyrt.host.reaper import trash_root
     from pyrt.host.state import containers_root
 
     left = [str(containers_root() / cid)] if (containers_root() / cid).exists() else []
+    # Its directory, or a reset's old layer ("ID.upper.N"), handed to the helper's trash.
+    if trash_root().is_dir():
+        left += [str(trash_root() / e) for e in os.listdir(trash_root()) if e.startswith(cid)]
     left += [c for c in pyrt_cgroups() if cid in c]
     left += [m for m in pyrt_mounts() if cid in m]
     left += [f"reaper {r}" for r in orphan_reapers()]

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import pytest
 
+from pyrt.config.idle import IDLE
 from pyrt.container.container import Container
 from pyrt.container.pool import Pool
 from pyrt.errors import PyrtError, SpawnError
@@ -37,10 +38,6 @@ from pyrt.network.shared import Network
 
 _CONTAINERS = pytest.StashKey[list[Container]]()
 _PROBE: dict[str, Optional[str]] = {}
-
-#: An idle command that needs nothing of the image but a `sleep`; pyrt's init keeps it as pid 1's
-#: child so that zombies of the test's execs are reaped.
-IDLE = ["sleep", "2147483647"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -355,6 +355,40 @@ def test_owner_killed_between_the_move_to_the_trash_and_the_hand_over(rootfs: Pa
     assert_nothing_left_of(cid)
 
 
+RESET_THEN_DIES = """
+import os, sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sleep", "60"]).start()
+c.exec(["sh", "-c", "echo dirty > /dirty"])
+print(c.id, flush=True)
+os.environ["PYRT_FAULT"] = "trashed"
+c.reset()  # killed once its old upper layer is in the trash, before the helper is told
+"""
+
+
+def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
+    rootfs: Path,
+) -> None:
+    """A reset hands its old writable layer to the trash as "ID.upper.N": the helper empties
+    such entries of its containers too when their owner dies."""
+    from pyrt.host.reaper import trash_root
+
+    p = subprocess.run([sys.executable, "-c", RESET_THEN_DIES, str(rootfs)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    cid = p.stdout.strip()
+    assert len(cid) == 32
+
+    def entries() -> list[str]:
+        return [e for e in os.listdir(trash_root()) if e.startswith(cid)]
+
+    deadline = time.monotonic() + 2
+    while entries() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not entries()
+    assert_nothing_left_of(cid)
+
+
 def test_gc_empties_what_a_dead_helper_left_in_the_trash(tmp_path: Path) -> None:
     """A trash entry nobody is deleting (its helper died first) goes at the next stale
     collection once it is older than the grace period; a young one is left to its helper."""

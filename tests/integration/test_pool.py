@@ -220,3 +220,43 @@ def test_owner_killed_leaves_nothing_of_its_pool_within_2s(rootfs: Path) -> None
     p.wait()
     for c in made:
         assert_nothing_left_of(c)
+
+
+def test_a_sandbox_pool_runs_no_program_of_the_image(tmp_path: Path) -> None:
+    """The pytest sandbox's containers (``pyrt.config.idle.IDLE`` with init=True): pyrt's init
+    is pid 1 and stands in for the command, so an image without `sleep` serves, nothing but
+    init runs between execs, orphans of execs are reaped, and SIGTERM ends the container as
+    it would end `sleep` under init. Without init the same command is an ordinary one."""
+    import signal
+
+    from helpers import make_busybox_rootfs
+    from pyrt.config.idle import IDLE as SANDBOX_IDLE
+
+    root = make_busybox_rootfs(tmp_path / "rootfs")
+    (root / "bin" / "sleep").unlink()
+    img = pyrt.Image.load(root)
+    with pyrt.Pool(img, SANDBOX_IDLE, size=1, init=True) as pool:
+        for _ in range(2):  # a fresh one, then a reset one
+            with pool.acquire(timeout=30) as c:
+                assert c.args == ["sleep", "2147483647"]
+                ps = c.exec(["ps", "-o", "pid,stat,args"]).stdout.decode().split("\n")[1:]
+                rows = [r.split(None, 2) for r in ps if r.strip()]
+                assert [r[0] for r in rows if not r[2].startswith("ps ")] == ["1"], ps
+                assert "pyrt" in c.exec(["cat", "/proc/1/comm"]).stdout.decode()
+                # An orphan: its parent shell exits at once, init inherits and reaps it.
+                c.exec(["sh", "-c", "busybox sleep 0.2 >/dev/null 2>&1 &"])
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    ps = c.exec(["ps", "-o", "stat,args"]).stdout.decode()
+                    if "sleep" not in ps:
+                        break
+                    time.sleep(0.05)
+                assert "sleep" not in ps and " Z" not in ps, ps
+    c = pyrt.Container(img, SANDBOX_IDLE, init=True).start()
+    try:
+        c.kill(signal.SIGTERM)
+        assert c.wait(30) == -signal.SIGTERM
+    finally:
+        c.remove()
+    with pytest.raises(pyrt.SpawnError, match="sleep"):
+        pyrt.Container(img, SANDBOX_IDLE).run(timeout=30)

@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 
 from pyrt import _core
 from pyrt.config import checks, options
+from pyrt.config.idle import Idle
 from pyrt.config.mounts import Mount
 from pyrt.container import lifecycle
 from pyrt.container.control import ContainerControl
@@ -212,6 +213,8 @@ class Container(
         self.args = command_for(image.config, self._command, self._entrypoint)
         if not self.args:
             raise PyrtError("no command: the image has no Entrypoint or Cmd, and none was given")
+        # Kept only to exec into: init stands in for the command (`pyrt.config.idle`).
+        self._idle = self._o.init and isinstance(command, Idle) and self.args == command
         #: With tty=True, once started: the pty's master (read the console, write its input).
         self.console: Optional[int] = None
         self._proc: Optional[_core.Process] = None
@@ -263,6 +266,7 @@ class Container(
             limits=self._limits,
             netns_path=self._netns_path(),
             userns_path=self._userns_path(),
+            idle=self._idle,
             # Root places any container in a cgroup; a rootless caller has none to write.
             cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
         )
@@ -302,9 +306,10 @@ class Container(
                 doc = self.build_spec(str(d.rootfs), cgroup)
                 doc["mounts"].extend(net_mounts)
                 state = self._state(doc)
-                if cgroup:
+                if cgroup and self._state_doc is None:
                     # Known before any kernel object exists; a crash from here on leaves a
-                    # directory that collect_stale (or `pyrt gc`) finishes off.
+                    # directory that collect_stale (or `pyrt gc`) finishes off. (A reset's
+                    # directory has its state from the first start: one write after is enough.)
                     d.write_state(state)
                     fault("state-written")
                 try:

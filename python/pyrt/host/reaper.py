@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 from pyrt.host.faults import fault
 from pyrt.host.places import ensure_dir, state_root
@@ -114,10 +115,11 @@ def trash_root() -> Path:
     return state_root() / "trash"
 
 
-def discard(path: Path) -> bool:
-    """Hands the deletion of a removed container's directory (``path``, its name the id) to
-    this process's helper, off the caller's path: one rename moves it out of ``containers``
-    into the trash, and the helper deletes it there (on the development VM /run is ext4, and
+def discard(path: Path, name: Optional[str] = None) -> bool:
+    """Hands the deletion of a removed container's directory (``path``, its name the id; or
+    a reset's old writable layer, ``name`` then "ID.upper.N") to this process's helper, off
+    the caller's path: one rename moves it out of ``containers`` into the trash, and the
+    helper deletes it there (on the development VM /run is ext4, and
     removing the directory took 0.7 ms of every ``pyrt.run``: benches/README.md). The helper
     finishes it even if this process dies right after; what a dead helper leaves, stale
     collection empties. False when there is no helper to hand it to, or the rename or the line
@@ -126,14 +128,15 @@ def discard(path: Path) -> bool:
     with _lock:
         if _owner != os.getpid() or _pipe < 0:
             return False
-        dest = ensure_dir(trash_root(), 0o700) / path.name
+        name = name or path.name
+        dest = ensure_dir(trash_root(), 0o700) / name
         try:
             os.rename(path, dest)
         except OSError:
             return False
         fault("trashed")
         try:
-            os.write(_pipe, f"~{path.name}\n".encode())
+            os.write(_pipe, f"~{name}\n".encode())
         except OSError:  # the helper is gone, or far behind (a full pipe)
             with contextlib.suppress(OSError):
                 os.rename(dest, path)

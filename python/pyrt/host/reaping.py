@@ -137,7 +137,9 @@ def collect(ids: set[str]) -> None:
     if nets:
         state.collect_stale_networks(only=nets)
     state.collect_stale(only={i for i in ids if (root / i).exists()})
-    # An owner killed between moving a directory into the trash and telling us so.
-    empty_trash({i for i in ids if (trash_root() / i).exists()})
+    # An owner killed between moving a directory (or a reset's old layer, "ID.upper.N") into
+    # the trash and telling us so.
+    with contextlib.suppress(OSError):
+        empty_trash({e for e in os.listdir(trash_root()) if e.split(".", 1)[0] in ids})
     if os.geteuid() == 0:
         state.remove_cgroup(state.stale_cgroups(set(), only=ids))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class ContainerDir:
     #: Where the upper and work directories are: the directory itself, or its size-bounded
     #: layer (``disk=``).
     layer: Optional[Path] = None
+    #: The cgroup paths last written to the ``cgroups`` file.
+    recorded: Optional[list[str]] = None
 
     @property
     def rootfs(self) -> Path:
@@ -100,16 +103,23 @@ class ContainerDir:
         os.replace(tmp, self.state_file)
 
     def record_cgroups(self, paths: list[str]) -> None:
-        """Notes the container's cgroups, for `collect_stale` after a crash."""
-        if paths:
+        """Notes the container's cgroups, for `collect_stale` after a crash (once: a reset
+        makes the same ones again)."""
+        if paths and paths != self.recorded:
             (self.path / "cgroups").write_text("\n".join(paths) + "\n")
+            self.recorded = list(paths)
 
     def reset_layer(self) -> None:
-        """A fresh, empty writable layer (the container is not running)."""
+        """A fresh, empty writable layer (the container is not running); nothing for a
+        container without one (the host image's). The old upper and work directories go to
+        the helper's trash whole, as a removed container's directory does, and are deleted
+        off the caller's path."""
+        if not (self.upper.exists() or self.work.exists()):
+            return
         with contextlib.suppress(OSError):
             os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000
         for d in (self.upper, self.work):
-            if d.exists():
+            if d.exists() and not reaper.discard(d, f"{self.path.name}.{d.name}.{next(_resets)}"):
                 userns.remove_tree(d)
         with contextlib.suppress(FileExistsError):
             self.upper.mkdir(mode=0o755)
@@ -138,6 +148,11 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
+
+
+#: Numbers the old layers a reset hands to the trash (a reset may come before the helper has
+#: deleted the previous one).
+_resets = itertools.count()
 
 
 def locked_file(path: Path) -> int:

@@ -54,11 +54,13 @@ def container_spec(
     netns_path: Optional[str],
     cgroup: bool,
     userns_path: Optional[str] = None,
+    idle: bool = False,
 ) -> Assembled:
     """The spec of container ``cid`` running ``args``, its root mounted on ``root_dir``;
     ``layers`` is None for the host image; ``id_maps`` the user namespace's maps, if it has
     one (``userns_path``: joined, a rootless network's, which has these maps). ``cgroup``: in
-    a cgroup of its own, ``pyrt-<cid>``."""
+    a cgroup of its own, ``pyrt-<cid>``. ``idle``: ``args`` is ``pyrt.config.idle``'s, and
+    with init nothing is executed."""
     try:
         ids = image.resolve_user(o.user or image.config.user)
     except ValueError as e:
@@ -72,7 +74,8 @@ def container_spec(
     extra_mounts: list[dict[str, Any]] = []
     annotations = {"run.pyrt.cwd.create": "true"}
     if o.init:
-        annotations["run.pyrt.init"] = "true"
+        # "idle": init runs nothing (`pyrt.config.idle`).
+        annotations["run.pyrt.init"] = "idle" if idle else "true"
     if layers is None:
         root = spec.RootSpec(path=root_dir, readonly=True, bind="/")
         # The host's /tmp and /run hold its sockets and scratch files: give the container

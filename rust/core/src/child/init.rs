@@ -6,6 +6,8 @@
 //! command's signal to pass it on. Instead it writes the command's raw wait status to the status
 //! pipe (fd 5), which the parent reads after reaping it, and exits with 128 + the signal number
 //! for anyone who only sees the exit code.
+//!
+//! An idle init (`idle`) has no command: it stays pid 1 of a container kept to exec into.
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -42,6 +44,36 @@ pub fn run(child: Pid) -> ! {
         128 + libc::WTERMSIG(code)
     };
     std::process::exit(exit)
+}
+
+/// Runs as an idle pid 1 (`Plan::idle`): no command, only orphans to reap (an exec's
+/// detached processes), until a signal whose default action would end a process such as
+/// `sleep`. It then ends as that process would have ended under `run`: the raw status of a
+/// death by that signal on the status pipe, and 128 + its number. Never returns.
+pub fn idle() -> ! {
+    let all = SigSet::all();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    let sig = loop {
+        match all.wait() {
+            Ok(Signal::SIGCHLD) => {
+                reap(Pid::from_raw(0));
+            }
+            // Ignored by default, or a stop (which a pid 1 does not take from its namespace).
+            Ok(
+                Signal::SIGURG
+                | Signal::SIGWINCH
+                | Signal::SIGCONT
+                | Signal::SIGTSTP
+                | Signal::SIGTTIN
+                | Signal::SIGTTOU,
+            )
+            | Err(_) => {}
+            Ok(s) => break s as i32,
+        }
+    };
+    // SAFETY: writing four bytes from a local to our own descriptor.
+    unsafe { libc::write(STATUS_FD, (&sig as *const i32).cast(), 4) };
+    std::process::exit(128 + sig)
 }
 
 /// Reaps every child that has exited; returns the command's raw wait status once it has.

@@ -73,7 +73,9 @@ pub fn main() -> ! {
         let _ = syscall::close_from_except(6, &handed);
     }
     let result = result.and_then(|(request, bytes)| match request {
-        Request::Create(plan) if plan.id_maps.is_some() && !reexeced => reexec_in_userns(&bytes),
+        Request::Create(plan) if plan.id_maps.is_some() && !reexeced && !namespace_root() => {
+            reexec_in_userns(&bytes)
+        }
         Request::Create(plan) => run(&plan),
         Request::Exec(plan) => run_exec(&plan),
         Request::Forward(f) => crate::host::portfwd::run_helper(&f),
@@ -109,6 +111,18 @@ fn read_request(fd: i32) -> Result<(Request, Vec<u8>), SetupError> {
     let mut bytes = len.to_vec();
     bytes.extend_from_slice(&buf);
     Ok((request, bytes))
+}
+
+/// Whether this process executed as its user namespace's root with every capability: a root
+/// caller's child waits for its maps and becomes 0 before it executes (`spawn`'s setid), so
+/// only a child executed before its maps (a rootless caller's) must execute again.
+fn namespace_root() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
 }
 
 /// In a new user namespace, pyrt-child was executed before the parent wrote the id maps, when
@@ -268,6 +282,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     let how = Finish {
         seccomp: plan.seccomp.as_ref(),
         init: plan.init,
+        idle: plan.init && plan.idle,
         detached: plan.detached,
         gate: gate
             .as_ref()
@@ -281,6 +296,8 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
 struct Finish<'a> {
     seccomp: Option<&'a Program>,
     init: bool,
+    /// With `init`: no command; pid 1 idles (`init::idle`).
+    idle: bool,
     detached: bool,
     gate: Option<(&'a std::os::fd::OwnedFd, &'a [crate::hooks::Hook], &'a str)>,
 }
@@ -314,6 +331,7 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
     let Finish {
         seccomp,
         init,
+        idle,
         detached,
         gate,
     } = how;
@@ -328,7 +346,12 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
     }
     process::switch_user(p, setgroups_allowed())?;
     process::enter_cwd(p)?;
-    let exe = process::lookup(p)?;
+    // An idle init executes nothing: the command need not exist in the image.
+    let exe = if idle {
+        PathBuf::new()
+    } else {
+        process::lookup(p)?
+    };
     // 11. no_new_privs.
     process::no_new_privs(p)?;
     // 12. Signals as after boot; then make sure we die with the parent: a change of credentials
@@ -347,7 +370,12 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
         install_seccomp(seccomp)?;
     }
     // 13. With init, fork: the child becomes the command, we stay as pid 1. Our copy of the
-    //     error pipe is closed so that the parent's EOF still means "the command runs".
+    //     error pipe is closed so that the parent's EOF still means "the command runs". An
+    //     idle init forks nothing: the container is running once setup is done.
+    if idle {
+        let _ = nix::unistd::close(unsafe { std::os::fd::OwnedFd::from_raw_fd(ERROR_FD) });
+        init::idle()
+    }
     if init {
         // SAFETY: we are single-threaded; the child only goes on to execve.
         match unsafe { nix::unistd::fork() } {
@@ -386,6 +414,7 @@ fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
         Finish {
             seccomp: plan.seccomp.as_ref(),
             init: plan.fork_into_pidns,
+            idle: false,
             detached: plan.detached,
             gate: None,
         },

@@ -198,6 +198,11 @@ impl Plan {
             no_nul(format!("linux.sysctl.{k}"), v)?;
         }
 
+        let init_annotation = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_INIT))
+            .map(String::as_str);
         Ok(Plan {
             clone_flags,
             join,
@@ -229,11 +234,8 @@ impl Plan {
                 ),
                 None => None,
             },
-            init: spec
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_INIT))
-                .is_some_and(|v| v == "true"),
+            init: matches!(init_annotation, Some("true" | "idle")),
+            idle: init_annotation == Some("idle"),
             new_cgroupns,
             process,
             devices: plan_devices(linux)?,

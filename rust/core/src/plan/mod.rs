@@ -24,7 +24,8 @@ pub const ANNOTATION_OVERLAY: &str = "run.pyrt.rootfs.overlay";
 pub const ANNOTATION_ROOT_BIND: &str = "run.pyrt.rootfs.bind";
 /// Annotation "true": create a missing `process.cwd` inside the root (Docker's rule for `-w`).
 pub const ANNOTATION_CREATE_CWD: &str = "run.pyrt.cwd.create";
-/// Annotation "true": pyrt's init stays pid 1 and runs the command as its child.
+/// Annotation "true": pyrt's init stays pid 1 and runs the command as its child. "idle": pyrt's
+/// init stays pid 1 and runs no command at all (see `Plan::idle`).
 pub const ANNOTATION_INIT: &str = "run.pyrt.init";
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,10 @@ pub struct Plan {
     pub cgroup: Option<CgroupPlan>,
     /// Keep pyrt-child as pid 1, reaping orphans and forwarding signals (`child::init`).
     pub init: bool,
+    /// With `init`: run no command; pid 1 idles until a signal whose default action ends a
+    /// process (a container kept only to exec into, as a pool's: no program of the image is
+    /// executed, so none is needed, and its start-up is not paid at every start and reset).
+    pub idle: bool,
     /// The seccomp filter, compiled; installed last, just before execve.
     pub seccomp: Option<Program>,
     /// Unshare the cgroup namespace in the child, once it is inside its cgroup (clone's

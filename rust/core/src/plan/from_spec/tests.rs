@@ -23,6 +23,22 @@ fn minimal_spec_plans() {
 }
 
 #[test]
+fn init_annotation_true_idle_or_other() {
+    let plan = |v: &str| {
+        let p = Plan::from_json(&spec(&format!(
+            r#","annotations":{{"run.pyrt.init":"{v}"}}"#
+        )))
+        .unwrap();
+        (p.init, p.idle)
+    };
+    assert_eq!(plan("true"), (true, false));
+    assert_eq!(plan("idle"), (true, true));
+    assert_eq!(plan("yes"), (false, false));
+    let p = Plan::from_json(&spec("")).unwrap();
+    assert_eq!((p.init, p.idle), (false, false));
+}
+
+#[test]
 fn mount_destination_with_dotdot_is_refused() {
     let e = Plan::from_json(&spec(
         r#","mounts":[{"destination":"/a/../../etc","type":"tmpfs","source":"tmpfs"}]"#,
