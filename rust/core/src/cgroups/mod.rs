@@ -445,12 +445,16 @@ fn below(path: &Path, mount: &Path) -> bool {
 /// Removes an empty cgroup directory, waiting briefly for the kernel to let go of processes that
 /// were just killed (rmdir says EBUSY until their exit is complete).
 pub(crate) fn rmdir_patiently(dir: &Path) -> Result<(), CgroupError> {
-    for i in 0..200 {
+    // The kernel lets go within microseconds as a rule: the first waits are short, then
+    // 5 ms apart, about a second in all.
+    let mut wait = std::time::Duration::from_micros(50);
+    for i in 0..220 {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && i < 199 => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && i < 219 => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_millis(5));
             }
             Err(e) => return Err(io_err("removing cgroup", dir)(e)),
         }

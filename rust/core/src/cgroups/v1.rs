@@ -398,6 +398,14 @@ impl Group {
         let Some(procs_dir) = procs_dir else {
             return Ok(());
         };
+        // Usually empty by now (a container's processes die with its pid 1, which was
+        // reaped): then there is nothing to freeze. A freeze is not free: the first frozen
+        // cgroup of the machine switches a kernel static key on, and the thaw off again, each
+        // a code patch on every CPU (0.26 ms of CPU and an interrupt of every other CPU at
+        // each removal, measured with `perf record -a` on a loop of resets).
+        if read_pids(&procs_dir.join("cgroup.procs")).is_empty() {
+            return Ok(());
+        }
         let freezer = self.dir("freezer").map(Path::to_path_buf);
         if let Some(f) = &freezer {
             let _ = fs::write(f.join("freezer.state"), "FROZEN");
