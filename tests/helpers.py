@@ -92,9 +92,9 @@ def foreign_pidns_processes() -> set[int]:
 
 
 def helper_processes(*names: str) -> set[int]:
-    """pyrt's helpers outside containers: the user-mode network's slirp4netns, and reapers
-    (one per owning process) whose owner is gone."""
-    names = names or ("slirp4netns", "pyrt-reaper")
+    """pyrt's helpers outside containers: the user-mode network's slirp4netns, containers'
+    exec servers, and reapers (one per owning process) whose owner is gone."""
+    names = names or ("slirp4netns", "pyrt-reaper", "pyrt-exec")
     out = set()
     for e in os.listdir("/proc"):
         if not e.isdigit():

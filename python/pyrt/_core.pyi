@@ -8,11 +8,13 @@ from typing_extensions import final
 
 __all__ = [
     "CHILD_SIZE",
+    "ExecServer",
     "PortForward",
     "Process",
     "cgroup_freeze",
     "communicate",
     "exec",
+    "exec_server",
     "forward_tcp",
     "forward_tcp_in",
     "log_from",
@@ -49,7 +51,9 @@ def exec(
     stderr: int,
     cgroup_paths: list[str] = ...,
     seccomp_json: Optional[str] = None,
+    server: Optional[ExecServer] = None,
 ) -> Process: ...
+def exec_server(target: int, cgroup_paths: list[str] = ...) -> ExecServer: ...
 def communicate(
     stdin: int,
     input: Optional[bytes],
@@ -114,6 +118,12 @@ def unpack_layer(
     privileged: bool,
     progress: Optional[Callable[[int], object]] = None,
 ) -> tuple[int, int, list[str], int, str, str]: ...
+
+@final
+class ExecServer:
+    @property
+    def pid(self) -> Optional[int]: ...
+    def close(self) -> None: ...
 
 @final
 class Process:

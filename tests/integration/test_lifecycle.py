@@ -31,12 +31,124 @@ def pyrt_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture
-def shell(image: pyrt.Image) -> pyrt.Container:
-    c = pyrt.Container(image, ["sleep", "120"], env={"BASE": "b"}, workdir="/tmp")
+@pytest.fixture(params=["plain", "userns"])
+def shell(image: pyrt.Image, request: pytest.FixtureRequest) -> pyrt.Container:
+    # In a user namespace of its own, a container's execs after the first go through its
+    # exec server: each test here runs both ways.
+    c = pyrt.Container(image, ["sleep", "120"], env={"BASE": "b"}, workdir="/tmp",
+                       rootless=request.param == "userns")  # fmt: skip
     c.start()
     yield c
     c.remove()
+
+
+def exec_servers() -> dict[int, int]:
+    """This process's exec servers (pid: their parent's pid, ours)."""
+    out = {}
+    for e in os.listdir("/proc"):
+        try:
+            if e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "pyrt-exec":
+                ppid = int(Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == os.getpid():
+                    out[int(e)] = ppid
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_the_exec_server_of_a_user_namespaced_container(image: pyrt.Image) -> None:
+    """From its second exec on, a container in a user namespace is exec'd into by a server
+    that joined its namespaces once: outside its pid namespace (the container cannot see it),
+    its execs born inside, in the cgroup, as our children; gone with a reset and a remove."""
+    c = pyrt.Container(image, ["sleep", "120"], rootless=True).start()
+    try:
+        assert c.exec(["true"]).returncode == 0
+        assert not exec_servers()  # not for a single exec
+        r = c.exec(["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; cat /proc/self/cgroup"],
+                   text=True)  # fmt: skip
+        servers = exec_servers()
+        assert len(servers) == 1, servers
+        (server,) = servers
+        lines = r.stdout.split("\n")
+        # sleep, sh, ls and grep: no server in there.
+        assert int(lines[0]) > 1 and lines[1] == "4"
+        host_ns = {k: os.readlink(f"/proc/{c.pid}/ns/{k}") for k in ("mnt", "net", "user", "pid")}
+        srv_ns = {k: os.readlink(f"/proc/{server}/ns/{k}") for k in host_ns}
+        assert {k: srv_ns[k] == host_ns[k] for k in host_ns} == {
+            "mnt": True,
+            "net": True,
+            "user": True,
+            "pid": False,
+        }
+        assert os.readlink(f"/proc/{server}/ns/pid_for_children") == host_ns["pid"]
+        cgroups = set(c._proc.cgroup_paths() if c._proc else [])
+        if cgroups:  # born in the container's cgroup: the line of each hierarchy names it
+            procs = {int(x) for x in Path(next(iter(cgroups)), "cgroup.procs").read_text().split()}
+            assert server not in procs
+        # The exec is ours: a long one, seen from the host, has this process as its parent.
+        import threading
+
+        t = threading.Thread(target=c.exec, args=(["sleep", "3"],))
+        t.start()
+        mine: list[int] = []
+        deadline = time.monotonic() + 10
+        while not mine and time.monotonic() < deadline:
+            for e in os.listdir("/proc"):
+                try:
+                    if (e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "sleep"
+                            and os.readlink(f"/proc/{e}/ns/pid") == host_ns["pid"]
+                            and int(e) != c.pid):  # fmt: skip
+                        stat = Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()
+                        mine.append(int(stat[1]))
+                except (OSError, ValueError, IndexError):
+                    continue
+            time.sleep(0.01)
+        t.join()
+        assert mine == [os.getpid()]
+        c.reset()
+        assert not _alive(server) and not exec_servers()
+        for _ in range(3):
+            assert c.exec(["true"]).returncode == 0
+        assert len(exec_servers()) == 1
+    finally:
+        c.remove()
+    assert not exec_servers()
+
+
+SERVED_THEN_DIES = """
+import sys, pyrt
+c = pyrt.Container(pyrt.Image.load(sys.argv[1]), ["sleep", "120"], rootless=True).start()
+for _ in range(3):
+    c.exec(["true"])
+print(c.id, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_exec_server_dies_with_its_owner(rootfs: Path) -> None:
+    from helpers import assert_nothing_left_of
+
+    p = subprocess.Popen([sys.executable, "-c", SERVED_THEN_DIES, str(rootfs)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    cid = p.stdout.readline().strip()
+    servers = []
+    for e in os.listdir("/proc"):
+        try:
+            if e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "pyrt-exec":
+                stat = Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == p.pid:
+                    servers.append(int(e))
+        except (OSError, ValueError, IndexError):
+            continue
+    assert len(servers) == 1 and len(cid) == 32
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 2
+    while _alive(servers[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(servers[0])
+    assert_nothing_left_of(cid)
 
 
 def test_exec_with_users_envs_codes_and_stdin(shell: pyrt.Container) -> None:

@@ -131,7 +131,7 @@ fn spawn(
 /// from the JSON of an OCI `process` object; it joins the container's namespaces and the cgroup
 /// whose directories are `cgroup_paths` (may be empty).
 #[pyfunction]
-#[pyo3(signature = (target, process_json, stdin, stdout, stderr, cgroup_paths=Vec::new(), seccomp_json=None))]
+#[pyo3(signature = (target, process_json, stdin, stdout, stderr, cgroup_paths=Vec::new(), seccomp_json=None, server=None))]
 #[allow(clippy::too_many_arguments)]
 fn exec(
     py: Python<'_>,
@@ -142,6 +142,7 @@ fn exec(
     stderr: i32,
     cgroup_paths: Vec<String>,
     seccomp_json: Option<&str>,
+    server: Option<&ExecServer>,
 ) -> PyResult<Process> {
     let plan = ExecPlan::from_process_json(process_json, target, seccomp_json).map_err(|e| {
         spawn_error(
@@ -149,6 +150,26 @@ fn exec(
             &SetupError::new(Stage::Spec, libc::EINVAL, e.to_string()),
         )
     })?;
+    if let Some(server) = server {
+        let stdio = [stdin, stdout, stderr];
+        let made = py.detach(|| {
+            locked(&server.inner)
+                .as_ref()
+                .map(|s| s.exec(plan.clone(), stdio))
+        });
+        match made {
+            Some(Ok(child)) => {
+                return Ok(Process {
+                    child,
+                    cgroup: Mutex::new(None),
+                    pending: Mutex::new(None),
+                })
+            }
+            Some(Err(Some(e))) => return Err(spawn_error(py, &e)),
+            // Closed, or ended (the container's first process did): the ordinary way.
+            Some(Err(None)) | None => {}
+        }
+    }
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let child = py
         .detach(|| {
@@ -161,6 +182,46 @@ fn exec(
         child,
         cgroup: Mutex::new(None),
         pending: Mutex::new(None),
+    })
+}
+
+/// A container's exec server (`pyrt_core::spawn::ExecServer`): execs passed to `exec` with
+/// `server=` are forked by it, already inside the container's namespaces.
+#[pyclass(module = "pyrt._core")]
+struct ExecServer {
+    inner: Mutex<Option<pyrt_core::spawn::ExecServer>>,
+}
+
+#[pymethods]
+impl ExecServer {
+    /// The server process's pid, while it runs.
+    #[getter]
+    fn pid(&self, py: Python<'_>) -> Option<i32> {
+        py.detach(|| locked(&self.inner).as_ref().map(|s| s.pid()))
+    }
+
+    /// Ends the server (killed and reaped); idempotent.
+    fn close(&self, py: Python<'_>) {
+        let server = py.detach(|| locked(&self.inner).take());
+        py.detach(move || drop(server));
+    }
+}
+
+/// Starts the exec server of the running container whose first process is `target` (a host
+/// pid), its execs born in the cgroup whose directories are `cgroup_paths` (may be empty).
+#[pyfunction]
+#[pyo3(signature = (target, cgroup_paths=Vec::new()))]
+fn exec_server(py: Python<'_>, target: i32, cgroup_paths: Vec<String>) -> PyResult<ExecServer> {
+    let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let server = py
+        .detach(|| {
+            let paths: Vec<std::path::PathBuf> = cgroup_paths.iter().map(Into::into).collect();
+            let cgroup = runtime::cgroup_of(&paths);
+            pyrt_core::spawn::ExecServer::start(image, target, cgroup.as_ref())
+        })
+        .map_err(|e| spawn_error(py, &e))?;
+    Ok(ExecServer {
+        inner: Mutex::new(Some(server)),
     })
 }
 
@@ -714,6 +775,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;
     m.add_function(wrap_pyfunction!(exec, m)?)?;
+    m.add_function(wrap_pyfunction!(exec_server, m)?)?;
+    m.add_class::<ExecServer>()?;
     m.add_function(wrap_pyfunction!(communicate, m)?)?;
     m.add_function(wrap_pyfunction!(open_in_root, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_layer, m)?)?;

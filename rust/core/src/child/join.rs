@@ -11,14 +11,7 @@ use crate::report::{SetupError, Stage};
 
 /// Joins the container's namespaces; the handed-down pidfd is closed after.
 pub(super) fn container_namespaces(plan: &ExecPlan) -> Result<(), SetupError> {
-    let differ = differing_namespaces(plan)?;
-    let by_pidfd = match plan.pidfd {
-        Some(fd) => join_by_pidfd(fd, &differ)?,
-        None => false,
-    };
-    if !by_pidfd {
-        join_by_proc(plan.target, &differ)?;
-    }
+    join_container(plan.target, plan.pidfd, plan.fork_into_pidns)?;
     if let Some(fd) = plan.pidfd {
         // Handed down without close-on-exec: the command must not get it.
         // SAFETY: closing the descriptor we were handed, used no more.
@@ -27,17 +20,35 @@ pub(super) fn container_namespaces(plan: &ExecPlan) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Joins the namespaces of the container whose first process is `target` that are not ours,
+/// through `pidfd` when given; with `with_pid`, its pid namespace too (as the one our children
+/// are born in).
+pub(super) fn join_container(
+    target: i32,
+    pidfd: Option<i32>,
+    with_pid: bool,
+) -> Result<(), SetupError> {
+    let differ = differing_namespaces(target, with_pid)?;
+    let by_pidfd = match pidfd {
+        Some(fd) => join_by_pidfd(fd, &differ)?,
+        None => false,
+    };
+    if !by_pidfd {
+        join_by_proc(target, &differ)?;
+    }
+    Ok(())
+}
+
 /// The container's namespaces an exec joins, those that are not ours already (a container
 /// may share the host's network or uts namespace, and joining one of ours can be refused:
 /// the user namespace always, the others once inside the container's user namespace). Two
 /// directory descriptors, so that each comparison is one short lookup.
-fn differing_namespaces(plan: &ExecPlan) -> Result<Vec<(&'static str, libc::c_int)>, SetupError> {
+fn differing_namespaces(
+    target: i32,
+    with_pid: bool,
+) -> Result<Vec<(&'static str, libc::c_int)>, SetupError> {
     use nix::fcntl::AtFlags;
-    let pid = if plan.fork_into_pidns {
-        libc::CLONE_NEWPID
-    } else {
-        0
-    };
+    let pid = if with_pid { libc::CLONE_NEWPID } else { 0 };
     // The user namespace first (it owns the others), the mount namespace last of all.
     let kinds = [
         ("user", libc::CLONE_NEWUSER),
@@ -48,7 +59,7 @@ fn differing_namespaces(plan: &ExecPlan) -> Result<Vec<(&'static str, libc::c_in
         ("net", libc::CLONE_NEWNET),
         ("mnt", libc::CLONE_NEWNS),
     ];
-    let dir = format!("/proc/{}/ns", plan.target);
+    let dir = format!("/proc/{target}/ns");
     let gone = |what: &str, path: &str, e: io::Error| {
         SetupError::io(
             Stage::Namespaces,

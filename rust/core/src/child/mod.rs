@@ -24,6 +24,7 @@ mod join;
 pub mod network;
 mod process;
 pub mod rootfs;
+mod serve;
 mod stage1;
 
 use std::io::{self, Read, Write};
@@ -54,6 +55,12 @@ pub fn main() -> ! {
         stage1::run(&args[2..]);
     }
     let reexeced = args.get(1).map(String::as_str) == Some(REEXEC_ARG);
+    handle(reexeced)
+}
+
+/// What pyrt-child does with its descriptors in place (fds 0-5, as the module says): read the
+/// request and carry it out. Also the way on of an exec server's fork (`serve`).
+fn handle(reexeced: bool) -> ! {
     for fd in [PLAN_FD, ERROR_FD, crate::wire::STATUS_FD] {
         // SAFETY: fcntl on a descriptor number; failure is harmless here.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -69,6 +76,7 @@ pub fn main() -> ! {
             Request::Create(plan) => plan.inherited_fds(),
             Request::Exec(plan) => plan.pidfd.into_iter().collect(),
             Request::Forward(f) => f.fds(),
+            Request::Serve(f) => f.fds(),
         };
         let _ = syscall::close_from_except(6, &handed);
     }
@@ -79,6 +87,7 @@ pub fn main() -> ! {
         Request::Create(plan) => run(&plan),
         Request::Exec(plan) => run_exec(&plan),
         Request::Forward(f) => crate::host::portfwd::run_helper(&f),
+        Request::Serve(f) => serve::run(&f),
     });
     let err = match result {
         Ok(never) => match never {},
@@ -402,7 +411,9 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
 /// process would. setns into the mount namespace also moves our root and working directory to
 /// the container's root, so there is nothing to pivot.
 fn run_exec(plan: &ExecPlan) -> Result<std::convert::Infallible, SetupError> {
-    join::container_namespaces(plan)?;
+    if !plan.joined {
+        join::container_namespaces(plan)?;
+    }
     new_session()?;
     if plan.process.terminal {
         console::setup(0)?;

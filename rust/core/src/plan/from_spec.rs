@@ -57,6 +57,7 @@ impl ExecPlan {
             fork_into_pidns: !same_namespace(target, "user"),
             detached: false,
             pidfd: None,
+            joined: false,
         })
     }
 }

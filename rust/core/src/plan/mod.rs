@@ -277,6 +277,9 @@ pub struct ExecPlan {
     /// `/proc/<target>/ns`.
     #[serde(default)]
     pub pidfd: Option<i32>,
+    /// Forked by the container's exec server (`child::serve`): in every namespace already.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// What a child is asked to do. One is made per spawn and serialised at once: its size does
@@ -287,6 +290,32 @@ pub enum Request {
     Create(Plan),
     Exec(ExecPlan),
     Forward(ForwardPlan),
+    Serve(ServePlan),
+}
+
+/// A container's exec server (`child::serve`): it joins the namespaces of the container whose
+/// first process is `target` (the pid namespace as the one its children are born in), then
+/// makes each exec asked for on `socket` by a fork that is the caller's child, not its own
+/// (CLONE_PARENT). The descriptors are handed down: a pidfd of `target` (it ends when the
+/// container's first process does), the socket, and the cgroup's v1 `tasks` files to step
+/// into around each fork and back out of (as the spawner thread does).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServePlan {
+    pub target: i32,
+    pub pidfd: i32,
+    pub socket: i32,
+    pub enter: Vec<i32>,
+    pub leave: Vec<i32>,
+}
+
+impl ServePlan {
+    /// The descriptors it is handed.
+    pub fn fds(&self) -> Vec<i32> {
+        let mut v = vec![self.pidfd, self.socket];
+        v.extend(&self.enter);
+        v.extend(&self.leave);
+        v
+    }
 }
 
 /// A published TCP port of a rootless container, forwarded by a process of its own

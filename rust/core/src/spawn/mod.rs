@@ -35,6 +35,7 @@ mod clone;
 mod image;
 mod prepare;
 mod process;
+mod server;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -44,6 +45,7 @@ pub(crate) use clone::dup_high;
 pub use image::ChildImage;
 pub(crate) use prepare::take_join;
 pub use process::Child;
+pub use server::ExecServer;
 
 use clone::{spawner, wait_eof, ChildArgs, Job};
 use prepare::{hand_down, needs_setid, prejoin_net, two_stage};
@@ -132,6 +134,7 @@ fn clone_child(
     let mut keep: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
     match request {
         Request::Forward(f) => keep.extend(f.fds()),
+        Request::Serve(f) => keep.extend(f.fds()),
         Request::Exec(e) => keep.extend(e.pidfd),
         Request::Create(_) => {}
     }
@@ -194,7 +197,7 @@ fn clone_child(
     let detached = match request {
         Request::Create(p) => p.detached,
         Request::Exec(e) => e.detached,
-        Request::Forward(_) => false,
+        Request::Forward(_) | Request::Serve(_) => false,
     };
     // A first stage learns what to do from its arguments: it acts before it reads the plan.
     let stage_args: Vec<std::ffi::CString> = match &first_stage {
@@ -227,7 +230,7 @@ fn clone_child(
     let clone_flags = match request {
         Request::Create(_) if first_stage.is_some() => 0,
         Request::Create(p) => p.clone_flags,
-        Request::Exec(_) | Request::Forward(_) => 0,
+        Request::Exec(_) | Request::Forward(_) | Request::Serve(_) => 0,
     };
     // CLONE_VFORK would sleep the spawner until the child executes, and a child waiting for
     // its maps executes only after the parent has written them.

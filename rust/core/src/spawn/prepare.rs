@@ -135,7 +135,7 @@ pub(super) fn hand_down<'r>(
 ) -> Result<(Cow<'r, Request>, Vec<OwnedFd>), SetupError> {
     let needs = match request.as_ref() {
         Request::Create(p) => gate.is_some() || p.mounts.iter().any(|m| m.idmap.is_some()),
-        Request::Exec(_) | Request::Forward(_) => false,
+        Request::Exec(_) | Request::Forward(_) | Request::Serve(_) => false,
     };
     if !needs {
         return Ok((request, Vec::new()));

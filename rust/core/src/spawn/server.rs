@@ -1,0 +1,186 @@
+//! The caller's side of a container's exec server (`child::serve`): started once per
+//! container, then asked for each exec over a unix socket. An exec made through it is the
+//! caller's child like any other (`Child`), with the same plan, pipes and report as one the
+//! spawner makes (`spawn`); only the way it comes to exist differs.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+use super::{dup_high, pipe, release, spawn, spawn_err, write_available, Child, ChildImage};
+use super::{Pending, Placement};
+use crate::cgroups::Cgroup;
+use crate::plan::{ExecPlan, Request, ServePlan};
+use crate::report::{SetupError, Stage};
+
+/// A running exec server and the socket to it. Dropping it ends the server.
+#[derive(Debug)]
+pub struct ExecServer {
+    /// One exec at a time: a request and its answer are not interleaved with another's.
+    socket: Mutex<OwnedFd>,
+    server: Child,
+}
+
+impl ExecServer {
+    /// Starts the server of the container whose first process is `target`, in whose `cgroup`
+    /// its execs are born. Returns once it has joined the container's namespaces.
+    pub fn start(
+        image: &ChildImage,
+        target: i32,
+        cgroup: Option<&Cgroup>,
+    ) -> Result<ExecServer, SetupError> {
+        fn err(what: &'static str) -> impl Fn(io::Error) -> SetupError {
+            move |e| spawn_err(what, e)
+        }
+        let pidfd = crate::syscall::pidfd_open(target).map_err(|e| {
+            SetupError::io(
+                Stage::Namespaces,
+                format!("the container's first process (pid {target})"),
+                &e,
+            )
+        })?;
+        let pidfd = dup_high(pidfd.as_raw_fd()).map_err(err("dup of a pidfd"))?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| spawn_err("socketpair", e.into()))?;
+        let theirs = dup_high(theirs.as_raw_fd()).map_err(err("dup of a socket"))?;
+        let tasks = |home: bool| -> Result<Vec<OwnedFd>, SetupError> {
+            let files = match cgroup {
+                Some(c) => c
+                    .tasks_files(home)
+                    .map_err(|e| SetupError::new(Stage::Cgroup, e.errno(), e.to_string()))?,
+                None => Vec::new(),
+            };
+            files
+                .iter()
+                .map(|f| dup_high(f.as_raw_fd()).map_err(err("dup of a tasks file")))
+                .collect()
+        };
+        let (enter, leave) = (tasks(false)?, tasks(true)?);
+        let plan = ServePlan {
+            target,
+            pidfd: pidfd.as_raw_fd(),
+            socket: theirs.as_raw_fd(),
+            enter: enter.iter().map(AsRawFd::as_raw_fd).collect(),
+            leave: leave.iter().map(AsRawFd::as_raw_fd).collect(),
+        };
+        let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
+        let stdio = [null.as_raw_fd(); 3];
+        let server = spawn(image, &Request::Serve(plan), stdio, Placement::default())?;
+        Ok(ExecServer {
+            socket: Mutex::new(ours),
+            server,
+        })
+    }
+
+    /// The server's pid (a helper of the caller's, outside the container).
+    pub fn pid(&self) -> i32 {
+        self.server.pid
+    }
+
+    /// Starts `plan`'s process through the server; returns once its command runs, or its
+    /// setup error, as `spawn` does. Err(None): the server could not be asked (it has ended):
+    /// the caller spawns the exec the ordinary way instead.
+    pub fn exec(&self, plan: ExecPlan, stdio: [RawFd; 3]) -> Result<Child, Option<SetupError>> {
+        let mut plan = plan;
+        // Born in the pid namespace and joined to every other one by the server already.
+        plan.fork_into_pidns = false;
+        plan.pidfd = None;
+        plan.joined = true;
+        let request = Request::Exec(plan);
+        let json = serde_json::to_vec(&request).map_err(|e| {
+            SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
+        })?;
+        let mut request_bytes = Vec::with_capacity(4 + json.len());
+        request_bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        request_bytes.extend_from_slice(&json);
+        let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let sent = write_available(&plan_w, &request_bytes);
+        let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        // SAFETY: fcntl on our own descriptor; read only after the exec is reaped.
+        unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let fds = [
+            stdio[0],
+            stdio[1],
+            stdio[2],
+            plan_r.as_raw_fd(),
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        ];
+        let (pid, pidfd) = self.ask(&fds).map_err(|_| None)?;
+        drop((plan_r, err_w, status_w));
+        let (pid, pidfd) = match (pid, pidfd) {
+            (p, Some(fd)) if p > 0 => (p, fd),
+            (p, _) => {
+                let errno = if p < 0 { -p } else { libc::EIO };
+                return Err(Some(SetupError::new(
+                    Stage::Namespaces,
+                    errno,
+                    format!("the exec server's fork: {}", crate::report::strerror(errno)),
+                )));
+            }
+        };
+        let child = Child::new(pid, pidfd, plan_w, status_r);
+        let pending = Pending {
+            request: request_bytes,
+            sent,
+            report: err_r,
+        };
+        release(&child, pending).map_err(Some)?;
+        Ok(child)
+    }
+
+    /// One request and its answer: the pid (or a negative errno) and the pidfd.
+    fn ask(&self, fds: &[RawFd]) -> io::Result<(i32, Option<OwnedFd>)> {
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = socket.as_raw_fd();
+        let one = [1u8];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        sendmsg::<()>(
+            fd,
+            &[IoSlice::new(&one)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        let mut word = [0u8; 4];
+        let mut got = 0;
+        let mut pidfd = None;
+        while got < word.len() {
+            let mut iov = [IoSliceMut::new(&mut word[got..])];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            if msg.bytes == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    for f in r {
+                        // SAFETY: a descriptor the kernel just gave us.
+                        let f = unsafe { OwnedFd::from_raw_fd(f) };
+                        pidfd.get_or_insert(f);
+                    }
+                }
+            }
+            got += msg.bytes;
+        }
+        Ok((i32::from_le_bytes(word), pidfd))
+    }
+}
+
+impl Drop for ExecServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill(libc::SIGKILL);
+        let _ = self.server.wait(None);
+    }
+}
