@@ -78,8 +78,10 @@ def test_a_paused_container_is_killed_and_removed_cleanly(image: pyrt.Image) -> 
     c2.remove()
 
 
-def test_update_changes_the_limits_seen_inside(image: pyrt.Image) -> None:
-    with pyrt.Container(image, ["sleep", "600"]) as c:
+@pytest.mark.parametrize("rootless", [False, True], ids=["plain", "userns"])
+def test_update_changes_the_limits_seen_inside(image: pyrt.Image, rootless: bool) -> None:
+    # In a user namespace, the execs after the first go through the exec server.
+    with pyrt.Container(image, ["sleep", "600"], rootless=rootless) as c:
         c.update(pids_limit=20)
         r = c.exec(["sh", "-c", "for i in $(seq 40); do sleep 5 & done; echo started"])
         assert r.returncode != 0 or b"can't fork" in r.stderr or b"Resource" in r.stderr
@@ -111,6 +113,11 @@ def test_update_changes_the_limits_seen_inside(image: pyrt.Image) -> None:
             assert int(f.read()) == 50_000
         with open(os.path.join(cpu, "cgroup.procs")) as f:
             assert str(c.pid) in f.read().split()
+        # An exec after it is in the new cgroup too (the exec server's hierarchies grew).
+        for _ in range(2):
+            lines = c.exec(["sh", "-c", "grep :cpu: /proc/self/cgroup /proc/1/cgroup"],
+                           text=True).stdout.split()  # fmt: skip
+            assert len(lines) == 2 and lines[0].split(":", 1)[1] == lines[1].split(":", 1)[1]
         # The limits last across a reset.
         c.reset()
         cpu = next(p for p in (c._proc.cgroup_paths() if c._proc else []) if "/cpu/" in p)

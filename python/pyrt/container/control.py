@@ -32,6 +32,7 @@ class ContainerControl:
         @property
         def status(self) -> str: ...
         def _alive(self) -> bool: ...
+        def _close_server(self) -> None: ...
 
     def _cgroup_proc(self, what: str) -> _core.Process:
         if self._proc is None or not self._alive():
@@ -103,3 +104,6 @@ class ContainerControl:
             )
             if self._dir is not None:
                 self._dir.record_cgroups(paths)
+            # The exec server steps into the hierarchies it was given: one added (cpus= where
+            # there were none) would be missed. The next one gets them all.
+            self._close_server()
