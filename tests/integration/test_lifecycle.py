@@ -128,22 +128,22 @@ sys.stdin.read()
 def test_an_exec_server_dies_with_its_owner(rootfs: Path) -> None:
     from helpers import assert_nothing_left_of
 
-    p = subprocess.Popen([sys.executable, "-c", SERVED_THEN_DIES, str(rootfs)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert p.stdout is not None
-    cid = p.stdout.readline().strip()
-    servers = []
-    for e in os.listdir("/proc"):
-        try:
-            if e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "pyrt-exec":
-                stat = Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()
-                if int(stat[1]) == p.pid:
-                    servers.append(int(e))
-        except (OSError, ValueError, IndexError):
-            continue
-    assert len(servers) == 1 and len(cid) == 32
-    p.kill()
-    p.wait()
+    with subprocess.Popen([sys.executable, "-c", SERVED_THEN_DIES, str(rootfs)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:  # fmt: skip
+        assert p.stdout is not None
+        cid = p.stdout.readline().strip()
+        servers = []
+        for e in os.listdir("/proc"):
+            try:
+                if e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "pyrt-exec":
+                    stat = Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == p.pid:
+                        servers.append(int(e))
+            except (OSError, ValueError, IndexError):
+                continue
+        assert len(servers) == 1 and len(cid) == 32
+        p.kill()
+        p.wait()
     deadline = time.monotonic() + 2
     while _alive(servers[0]) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -3,6 +3,7 @@ many threads at once neither hangs, crashes nor leaks."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -47,6 +48,9 @@ def test_500_containers_from_8_threads_while_others_allocate(image: pyrt.Image) 
             errors.append(e)
 
     pyrt.run(image, ["true"])  # the first spawn makes the child's memfd, once per process
+    # What earlier tests left to the garbage collector (a Popen's pipes) would otherwise
+    # close during this one, and the count below would fall.
+    gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
     allocators = [threading.Thread(target=allocate) for _ in range(3)]
     workers = [threading.Thread(target=spawn, args=(63 if t < 4 else 62, t)) for t in range(8)]
