@@ -128,8 +128,8 @@ sys.stdin.read()
 def test_an_exec_server_dies_with_its_owner(rootfs: Path) -> None:
     from helpers import assert_nothing_left_of
 
-    with subprocess.Popen([sys.executable, "-c", SERVED_THEN_DIES, str(rootfs)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:  # fmt: skip
+    argv = [sys.executable, "-c", SERVED_THEN_DIES, str(rootfs)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:
         assert p.stdout is not None
         cid = p.stdout.readline().strip()
         servers = []
