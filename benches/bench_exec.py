@@ -1,5 +1,7 @@
 """Exec latency into a running container: `Container.exec(["/bin/true"])` against `crun exec`
-and `runc exec` into containers of the same rootfs, taking turns within each round.
+and `runc exec` into containers of the same rootfs, taking turns within each round. A second
+pyrt row execs into a container in a user namespace of its own (`rootless=True`, as every
+rootless container has), which its exec server serves from the second exec on.
 
 Run as root:  python benches/bench_exec.py [-n ROUNDS]
 """
@@ -55,6 +57,8 @@ def main() -> None:
             ids.append((tool, cid))
         c = pyrt.Container(pyrt.Image.load(rootfs), ["sleep", "3600"])
         c.start()
+        u = pyrt.Container(pyrt.Image.load(rootfs), ["sleep", "3600"], rootless=True)
+        u.start()
 
         def peer(tool: str, cid: str) -> Callable[[], None]:
             argv = [tool, "exec", cid, "/bin/true"]
@@ -62,18 +66,20 @@ def main() -> None:
 
         tools: dict[str, Callable[[], None]] = {
             "pyrt exec": lambda: c.exec(["/bin/true"], check=True) and None,
+            "pyrt exec userns": lambda: u.exec(["/bin/true"], check=True) and None,
             **{f"{t} exec": peer(t, cid) for t, cid in ids},
         }
         times = interleave(tools, args.rounds)
         c.remove()
+        u.remove()
         base = statistics.median(times["crun exec"])
         print(f"exec of /bin/true into a running container, {args.rounds} interleaved rounds")
-        print(f"{'tool':12} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
+        print(f"{'tool':16} {'median ms':>10} {'p95 ms':>10} {'x crun':>8}")
         rows = []
         for name, xs in times.items():
             med = statistics.median(xs)
             p95 = percentile(xs, 0.95)
-            print(f"{name:12} {med:>10.2f} {p95:>10.2f} {med / base:>8.2f}")
+            print(f"{name:16} {med:>10.2f} {p95:>10.2f} {med / base:>8.2f}")
             rows.append({"tool": name, "median_ms": round(med, 3), "p95_ms": round(p95, 3),
                          "ratio_to_crun": round(med / base, 3)})  # fmt: skip
         if args.json:
