@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -100,7 +101,7 @@ class ContainerDir:
         """Replaces state.json atomically: readers see the old or the new, never half."""
         tmp = self.path / ".state.json.tmp"
         tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_file)
+        replace_file(tmp, self.state_file)
 
     def record_cgroups(self, paths: list[str]) -> None:
         """Notes the container's cgroups, for `collect_stale` after a crash (once: a reset
@@ -148,6 +149,34 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
+
+
+_RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2() -> Optional[Callable[..., int]]:
+    import ctypes
+
+    try:
+        f = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # a C library before glibc 2.28
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return f
+
+
+def replace_file(new: Path, dest: Path) -> None:
+    """``os.replace(new, dest)``, as an exchange of the two and an unlink of the old one when
+    ``dest`` exists: ext4 treats a rename over an existing file as a replace of its contents
+    and starts writing the new file out at once (its `auto_da_alloc`), 120 us on this VM's
+    /run against 20 for the exchange, paid at every container start and reset."""
+    f = _renameat2()
+    if f is not None and f(-100, os.fsencode(new), -100, os.fsencode(dest), _RENAME_EXCHANGE) == 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new)
+        return
+    os.replace(new, dest)  # (no old file yet, or no exchange on this filesystem)
 
 
 #: Numbers the old layers a reset hands to the trash (a reset may come before the helper has
