@@ -260,3 +260,33 @@ def test_a_sandbox_pool_runs_no_program_of_the_image(tmp_path: Path) -> None:
         c.remove()
     with pytest.raises(pyrt.SpawnError, match="sleep"):
         pyrt.Container(img, SANDBOX_IDLE).run(timeout=30)
+
+
+def test_a_sequential_user_is_served_by_resets_alone(image: pyrt.Image) -> None:
+    """Once warm, a pool used by one caller at a time resets what comes back and starts
+    nothing new: it keeps one container beyond ``size`` rather than start one while a
+    container is out and remove the returned one for it."""
+    import re
+
+    def ready(pool: pyrt.Pool) -> int:
+        m = re.search(r"ready=(\d+)", repr(pool))
+        return int(m.group(1)) if m else 0
+
+    with pyrt.Pool(image, IDLE, size=2) as pool:
+        ids = set()
+        for i in range(8):
+            # As between two tests of a suite: the pool has caught up before the next take,
+            # the container given back included.
+            time.sleep(0.2)
+            deadline = time.monotonic() + 30
+            while ready(pool) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pool.acquire(timeout=30) as c:
+                ids.add(c.id)
+                assert c.exec(["test", "-e", "/dirty"]).returncode == 1
+                c.write_file("/dirty", str(i))
+                deadline = time.monotonic() + 30
+                while ready(pool) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # refilled while this one is out
+        assert len(ids) <= 3, ids
+        assert len(os.listdir(containers_root())) <= 3

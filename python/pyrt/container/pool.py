@@ -146,7 +146,11 @@ class Pool:
                 c: Optional[Container]
                 if self._returned:
                     c = self._returned.popleft()
-                    keep = self._wanted() > 0
+                    # Kept (reset) even when the pool is just full: one ready beyond ``size``
+                    # spares the start-and-remove that a sequential user would otherwise cause
+                    # at every return (one started while the container was out, the returned one
+                    # removed for it).
+                    keep = self._wanted() >= 0
                 else:
                     c = self._unstarted.pop() if self._unstarted else None
                     keep = True
