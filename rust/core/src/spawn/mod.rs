@@ -87,6 +87,46 @@ pub fn spawn(
     Ok(child)
 }
 
+/// The request as the child reads it: a little-endian u32 length, then the JSON.
+fn encode(request: &Request) -> Result<Vec<u8>, SetupError> {
+    let json = serde_json::to_vec(request).map_err(|e| {
+        SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
+    })?;
+    let mut bytes = Vec::with_capacity(4 + json.len());
+    bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    Ok(bytes)
+}
+
+/// A new process's plan, error and status pipes (its fds 3, 4 and 5: the read, write and
+/// write ends); the status pipe's read end does not block (read once the process is reaped).
+struct Pipes {
+    plan_r: OwnedFd,
+    plan_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
+}
+
+impl Pipes {
+    fn new() -> Result<Pipes, SetupError> {
+        let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        Ok(Pipes {
+            plan_r,
+            plan_w,
+            err_r,
+            err_w,
+            status_r,
+            status_w,
+        })
+    }
+}
+
 /// What `release` still has to send and read.
 #[derive(Debug)]
 pub struct Pending {
@@ -142,13 +182,10 @@ fn clone_child(
         keep.push(first.userns.as_raw_fd());
         keep.extend(first.joins.iter().map(|f| f.as_raw_fd()));
     }
-    let json = serde_json::to_vec(request).map_err(|e| {
-        SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
-    })?;
-    let mut request_bytes = Vec::with_capacity(4 + json.len());
-    request_bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    request_bytes.extend_from_slice(&json);
-    let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+    let request_bytes = encode(request)?;
+    let pipes = Pipes::new()?;
+    let (plan_r, plan_w, err_r) = (pipes.plan_r, pipes.plan_w, pipes.err_r);
+    let (err_w, status_r, status_w) = (pipes.err_w, pipes.status_r, pipes.status_w);
     // A child that is not held, is born in its cgroup (v1) or has none, and gets no user
     // namespace maps has nothing to wait for between clone and its plan: the plan goes into
     // the pipe now, and the child reads it as soon as it runs instead of waiting for this
@@ -166,10 +203,6 @@ fn clone_child(
     } else {
         0
     };
-    let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-    let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-    // SAFETY: fcntl on our own descriptor; the parent reads it only after the child is reaped.
-    unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut sources = Vec::with_capacity(6);
     for fd in [
         stdio[0],

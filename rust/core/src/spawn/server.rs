@@ -12,8 +12,8 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 
-use super::{dup_high, pipe, release, spawn, spawn_err, write_available, Child, ChildImage};
-use super::{Pending, Placement};
+use super::{dup_high, encode, release, spawn, spawn_err, write_available, Child, ChildImage};
+use super::{Pending, Pipes, Placement};
 use crate::cgroups::Cgroup;
 use crate::plan::{ExecPlan, Request, ServePlan};
 use crate::report::{SetupError, Stage};
@@ -96,19 +96,11 @@ impl ExecServer {
         plan.fork_into_pidns = false;
         plan.pidfd = None;
         plan.joined = true;
-        let request = Request::Exec(plan);
-        let json = serde_json::to_vec(&request).map_err(|e| {
-            SetupError::new(Stage::Plan, libc::EINVAL, format!("encoding the plan: {e}"))
-        })?;
-        let mut request_bytes = Vec::with_capacity(4 + json.len());
-        request_bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        request_bytes.extend_from_slice(&json);
-        let (plan_r, plan_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
+        let request_bytes = encode(&Request::Exec(plan))?;
+        let pipes = Pipes::new()?;
+        let (plan_r, plan_w, err_r) = (pipes.plan_r, pipes.plan_w, pipes.err_r);
+        let (err_w, status_r, status_w) = (pipes.err_w, pipes.status_r, pipes.status_w);
         let sent = write_available(&plan_w, &request_bytes);
-        let (err_r, err_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-        let (status_r, status_w) = pipe().map_err(|e| spawn_err("pipe", e))?;
-        // SAFETY: fcntl on our own descriptor; read only after the exec is reaped.
-        unsafe { libc::fcntl(status_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let fds = [
             stdio[0],
             stdio[1],
