@@ -231,6 +231,7 @@ class Container(
         self._lock = threading.Lock()
         #: The exec server, with the first process it serves (``_exec_server``).
         self._server: Optional[tuple[_core.Process, Optional[_core.ExecServer]]] = None
+        self._server_lock = threading.Lock()
         self._server_asked: Optional[_core.Process] = None
         self._spec_cache: Optional[tuple[Any, dict[str, Any], str]] = None
 
@@ -524,10 +525,13 @@ class Container(
         ended."""
         if self._userns is None or self._o.tty:
             return None
-        with self._lock:
+        # Its own lock, not the container's: a healthcheck's exec comes here from the
+        # checker's thread, which reset() and remove() wait for while holding the container's.
+        with self._server_lock:
             server = self._server
             if server is not None and server[0] is proc:
                 return server[1]
+            self._close_server_locked()  # one of an earlier first process
             if second and (self._server_asked is not proc):
                 self._server_asked = proc
                 return None
@@ -535,12 +539,15 @@ class Container(
                 made = _core.exec_server(proc.pid, paths)
             except (SpawnError, OSError):
                 made = None  # an exec then starts the ordinary way, which reports why
-            self._close_server()
             self._server = (proc, made)
             return made
 
     def _close_server(self) -> None:
-        """Ends the exec server (the caller holds the lock)."""
+        """Ends the exec server (reset, remove, update)."""
+        with self._server_lock:
+            self._close_server_locked()
+
+    def _close_server_locked(self) -> None:
         if self._server is not None and self._server[1] is not None:
             self._server[1].close()
         self._server = None
