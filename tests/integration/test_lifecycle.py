@@ -493,3 +493,27 @@ def test_freezes_and_updates_race_with_other_threads_without_deadlock(
         pytest.fail(f"deadlocked: {err.read_text()!r}")
     assert child.returncode == 0, err.read_text()
     assert out.read_text().strip() == "ok"
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["command", "idle"])
+def test_init_takes_a_sigterm_sent_as_soon_as_start_returns(image: pyrt.Image, idle: bool) -> None:
+    """pyrt's init (pid 1) blocks its signals before the caller hears "running": a pid 1 has
+    its unblocked, unhandled signals dropped, so a SIGTERM right after start() would be lost,
+    and wait() would never return."""
+    from pyrt.config.idle import IDLE
+
+    command = IDLE if idle else ["sleep", "600"]
+    # Busy vCPUs make the child lose its CPU between "running" and its next step.
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for _ in range(30):
+            c = pyrt.Container(image, command, init=True).start()
+            try:
+                c.kill(signal.SIGTERM)
+                assert c.wait(30) == -signal.SIGTERM
+            finally:
+                c.remove()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

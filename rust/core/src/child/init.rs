@@ -15,10 +15,16 @@ use nix::unistd::Pid;
 
 use crate::wire::STATUS_FD;
 
+/// Blocks every signal: a pid 1 receives (through sigwait) only the signals it has a handler
+/// for or blocks; an unblocked one with the default action is dropped by the kernel.
+pub fn block_signals() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+}
+
 /// Runs as pid 1 until `child`, the command, has exited. Never returns.
 pub fn run(child: Pid) -> ! {
     let all = SigSet::all();
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    block_signals();
     // The command may have exited before the mask above: its SIGCHLD, arriving while ignored
     // by default, is gone, so look once before waiting for the next one.
     let code = reap(child).unwrap_or_else(|| loop {
@@ -52,7 +58,7 @@ pub fn run(child: Pid) -> ! {
 /// death by that signal on the status pipe, and 128 + its number. Never returns.
 pub fn idle() -> ! {
     let all = SigSet::all();
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    block_signals();
     let sig = loop {
         match all.wait() {
             Ok(Signal::SIGCHLD) => {

@@ -382,6 +382,10 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
     //     error pipe is closed so that the parent's EOF still means "the command runs". An
     //     idle init forks nothing: the container is running once setup is done.
     if idle {
+        // Signals blocked before the caller hears "running": a pid 1 drops a signal it has no
+        // handler for unless it is blocked (then sigwait takes it), so a SIGTERM sent right
+        // after start() returned would otherwise be lost.
+        init::block_signals();
         let _ = nix::unistd::close(unsafe { std::os::fd::OwnedFd::from_raw_fd(ERROR_FD) });
         init::idle()
     }
@@ -389,6 +393,7 @@ fn prepare_command(p: &Process, how: Finish) -> Result<PathBuf, SetupError> {
         // SAFETY: we are single-threaded; the child only goes on to execve.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Parent { child }) => {
+                init::block_signals(); // (as above, for the signals init forwards)
                 let _ = nix::unistd::close(unsafe { std::os::fd::OwnedFd::from_raw_fd(ERROR_FD) });
                 init::run(child)
             }

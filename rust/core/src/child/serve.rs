@@ -23,7 +23,7 @@ use std::os::fd::RawFd;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::plan::ServePlan;
-use crate::report::SetupError;
+use crate::report::{SetupError, Stage};
 use crate::wire::{ERROR_FD, PLAN_FD, STATUS_FD};
 
 /// The descriptors an exec is handed, in the order they become its fds 0-5.
@@ -164,20 +164,33 @@ fn enter(tasks: &[RawFd]) {
 /// In the fork: the six descriptors become 0-5, nothing else stays open, and the exec goes on
 /// as a pyrt-child given them by the spawner would.
 fn become_exec(fds: &[RawFd]) -> ! {
+    // A failure here is reported on the exec's own error pipe (its fd 4, `fds[4]` until moved):
+    // an exit without a report would read as "the command runs" to the caller.
+    let fail = |report: RawFd, what: &str| -> ! {
+        let e = SetupError::io(
+            Stage::Spawn,
+            format!("the exec server's fork: {what}"),
+            &io::Error::last_os_error(),
+        );
+        let rec = e.encode();
+        // SAFETY: writing a local buffer to the error pipe, then exiting without unwinding.
+        unsafe {
+            libc::write(report, rec.as_ptr() as *const libc::c_void, rec.len());
+            libc::_exit(127)
+        }
+    };
     // SAFETY: descriptor calls on what we were sent; first out of the way of 0-5, then into
     // place (dup2 clears close-on-exec), then everything above closed.
-    unsafe {
-        let mut high = [0; EXEC_FDS];
-        for (i, fd) in fds.iter().enumerate() {
-            high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
-            if high[i] < 0 {
-                libc::_exit(127);
-            }
+    let mut high = [0; EXEC_FDS];
+    for (i, fd) in fds.iter().enumerate() {
+        high[i] = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16) };
+        if high[i] < 0 {
+            fail(fds[4], "moving its descriptors");
         }
-        for (i, fd) in high.iter().enumerate() {
-            if libc::dup2(*fd, i as RawFd) < 0 {
-                libc::_exit(127);
-            }
+    }
+    for (i, fd) in high.iter().enumerate() {
+        if unsafe { libc::dup2(*fd, i as RawFd) } < 0 {
+            fail(high[4], "putting its descriptors in place");
         }
     }
     let _ = crate::syscall::close_from_except(EXEC_FDS as u32, &[]);

@@ -127,6 +127,24 @@ impl Pipes {
     }
 }
 
+/// What becomes a new process's fds 0-5, in that order: its stdio, then its ends of the plan,
+/// error and status pipes (the module's table in `child`).
+fn child_fds(
+    stdio: [RawFd; 3],
+    plan_r: &OwnedFd,
+    err_w: &OwnedFd,
+    status_w: &OwnedFd,
+) -> [RawFd; 6] {
+    [
+        stdio[0],
+        stdio[1],
+        stdio[2],
+        plan_r.as_raw_fd(),
+        err_w.as_raw_fd(),
+        status_w.as_raw_fd(),
+    ]
+}
+
 /// What `release` still has to send and read.
 #[derive(Debug)]
 pub struct Pending {
@@ -204,14 +222,7 @@ fn clone_child(
         0
     };
     let mut sources = Vec::with_capacity(6);
-    for fd in [
-        stdio[0],
-        stdio[1],
-        stdio[2],
-        plan_r.as_raw_fd(),
-        err_w.as_raw_fd(),
-        status_w.as_raw_fd(),
-    ] {
+    for fd in child_fds(stdio, &plan_r, &err_w, &status_w) {
         sources.push(dup_high(fd).map_err(|e| spawn_err("dup of a stdio descriptor", e))?);
     }
     drop((plan_r, err_w, status_w));

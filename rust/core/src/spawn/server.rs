@@ -12,7 +12,9 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 
-use super::{dup_high, encode, release, spawn, spawn_err, write_available, Child, ChildImage};
+use super::{
+    child_fds, dup_high, encode, release, spawn, spawn_err, write_available, Child, ChildImage,
+};
 use super::{Pending, Pipes, Placement};
 use crate::cgroups::Cgroup;
 use crate::plan::{ExecPlan, Request, ServePlan};
@@ -101,14 +103,7 @@ impl ExecServer {
         let (plan_r, plan_w, err_r) = (pipes.plan_r, pipes.plan_w, pipes.err_r);
         let (err_w, status_r, status_w) = (pipes.err_w, pipes.status_r, pipes.status_w);
         let sent = write_available(&plan_w, &request_bytes);
-        let fds = [
-            stdio[0],
-            stdio[1],
-            stdio[2],
-            plan_r.as_raw_fd(),
-            err_w.as_raw_fd(),
-            status_w.as_raw_fd(),
-        ];
+        let fds = child_fds(stdio, &plan_r, &err_w, &status_w);
         let (pid, pidfd) = self.ask(&fds).map_err(|_| None)?;
         drop((plan_r, err_w, status_w));
         let (pid, pidfd) = match (pid, pidfd) {
