@@ -33,8 +33,9 @@ def pyrt_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(params=["plain", "userns"])
 def shell(image: pyrt.Image, request: pytest.FixtureRequest) -> pyrt.Container:
-    # In a user namespace of its own, a container's execs after the first go through its
-    # exec server: each test here runs both ways.
+    # Without and with a user namespace of its own (where the ordinary exec forks once more
+    # inside): each test here runs both ways; a container's execs after the first go through
+    # its exec server either way.
     c = pyrt.Container(image, ["sleep", "120"], env={"BASE": "b"}, workdir="/tmp",
                        rootless=request.param == "userns")  # fmt: skip
     c.start()
@@ -56,11 +57,13 @@ def exec_servers() -> dict[int, int]:
     return out
 
 
-def test_the_exec_server_of_a_user_namespaced_container(image: pyrt.Image) -> None:
-    """From its second exec on, a container in a user namespace is exec'd into by a server
-    that joined its namespaces once: outside its pid namespace (the container cannot see it),
-    its execs born inside, in the cgroup, as our children; gone with a reset and a remove."""
-    c = pyrt.Container(image, ["sleep", "120"], rootless=True).start()
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+def test_the_exec_server_of_a_container(image: pyrt.Image, userns: bool) -> None:
+    """From its second exec on, a container (with a user namespace of its own or without) is
+    exec'd into by a server that joined its namespaces once: outside its pid namespace (the
+    container cannot see it), its execs born inside, in the cgroup, as our children; gone
+    with a reset and a remove."""
+    c = pyrt.Container(image, ["sleep", "120"], rootless=userns, memory="64m").start()
     try:
         assert c.exec(["true"]).returncode == 0
         assert not exec_servers()  # not for a single exec
@@ -80,11 +83,15 @@ def test_the_exec_server_of_a_user_namespaced_container(image: pyrt.Image) -> No
             "user": True,
             "pid": False,
         }
+        # Without a user namespace of the container's, the user namespace is the host's.
+        assert (host_ns["user"] == os.readlink("/proc/self/ns/user")) is not userns
         assert os.readlink(f"/proc/{server}/ns/pid_for_children") == host_ns["pid"]
         cgroups = set(c._proc.cgroup_paths() if c._proc else [])
-        if cgroups:  # born in the container's cgroup: the line of each hierarchy names it
-            procs = {int(x) for x in Path(next(iter(cgroups)), "cgroup.procs").read_text().split()}
-            assert server not in procs
+        assert cgroups  # (memory=): the server is outside, its execs inside
+        procs = {int(x) for x in Path(next(iter(cgroups)), "cgroup.procs").read_text().split()}
+        assert server not in procs
+        cg = c.exec(["cat", "/proc/self/cgroup"], text=True).stdout
+        assert any(line.endswith("/") for line in cg.splitlines() if ":memory:" in line), cg
         # The exec is ours: a long one, seen from the host, has this process as its parent.
         import threading
 

@@ -47,7 +47,11 @@ def test_500_containers_from_8_threads_while_others_allocate(image: pyrt.Image) 
         except BaseException as e:
             errors.append(e)
 
-    pyrt.run(image, ["true"])  # the first spawn makes the child's memfd, once per process
+    # The first spawn makes the child's memfd, once per process; the first from a thread
+    # other than the main one starts the spawner thread.
+    warm = threading.Thread(target=pyrt.run, args=(image, ["true"]))
+    warm.start()
+    warm.join()
     # What earlier tests left to the garbage collector (a Popen's pipes) would otherwise
     # close during this one, and the count below would fall.
     gc.collect()
@@ -63,6 +67,62 @@ def test_500_containers_from_8_threads_while_others_allocate(image: pyrt.Image) 
         t.join()
     assert not any(t.is_alive() for t in workers), "a spawning thread hung"
     assert not errors, errors[:3]
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert os.listdir(containers_root()) == []
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+def test_the_main_thread_clones_itself_through_a_signal_storm(
+    image: pyrt.Image, userns: bool
+) -> None:
+    """The main thread clones its containers and execs itself, every signal blocked for the
+    while: with other threads allocating and signals with a Python handler arriving all along,
+    every start and exec works (each exec's output once: an exec server's answer interrupted
+    by a signal once made the command run a second time, the ordinary way), the handler runs,
+    the container is removed (the duplicate's zombie kept its pid namespace from ending) and
+    nothing is left."""
+    assert threading.current_thread() is threading.main_thread()
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def allocate() -> None:
+        while not stop.is_set():
+            junk = [bytearray(4096) for _ in range(256)]
+            del junk
+
+    def storm() -> None:
+        while not stop.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.0005)
+
+    old = signal.signal(signal.SIGUSR1, lambda *_: seen.append(1))
+    # What a process makes once (the log thread, the reaper helper, our pid namespace's
+    # descriptor), before the count.
+    with pyrt.Container(image, ["sleep", "60"], memory="64m", rootless=userns) as c:
+        for _ in range(3):
+            c.exec(["true"])
+    pyrt.run(image, ["true"])
+    gc.collect()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    others = [threading.Thread(target=allocate), threading.Thread(target=storm)]
+    try:
+        for t in others:
+            t.start()
+        with pyrt.Container(image, ["sleep", "60"], memory="64m", rootless=userns) as c:
+            for i in range(100):
+                r = pyrt.run(image, ["sh", "-c", f"echo {i}"], timeout=60)
+                assert r.returncode == 0 and r.stdout == f"{i}\n".encode()
+                assert c.exec(["sh", "-c", f"echo {i}"], timeout=60).stdout == f"{i}\n".encode()
+    finally:
+        stop.set()
+        for t in others:
+            t.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert len(seen) > 10
+    # The main thread's signal mask is what it was: nothing left blocked.
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+    gc.collect()
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert os.listdir(containers_root()) == []
 

@@ -1,7 +1,6 @@
 """Exec into a running container: the checks and the process's JSON (built once per
 container for a plain exec), and the container's exec server, which the core forks execs from
-in a container with a user namespace of its own (written once here for ``pyrt.Container``
-and ``pyrt.aio``'s)."""
+(written once here for ``pyrt.Container`` and ``pyrt.aio``'s)."""
 
 from __future__ import annotations
 
@@ -108,13 +107,14 @@ class ContainerExecs:
         self, proc: _core.Process, paths: list[str], second: bool = False
     ) -> Optional[_core.ExecServer]:
         """The exec server of the running first process ``proc`` (see the core's
-        ``child::serve``), for a container in a user namespace, where it saves each exec the
-        spawn of a new pyrt-child, its joins and its second fork (0.2-0.3 ms of 1.6 here).
-        Starting one costs about two such savings, so it is started at the second exec
-        (``second``), not the first: a sandbox exec'd once never pays for one. None when not
-        worth it or not possible; the core falls back to the ordinary exec when it has
-        ended."""
-        if self._userns is None or self._o.tty:
+        ``child::serve``). It saves each exec the spawn of a new pyrt-child and its joins: in a
+        container with a user namespace, also a second fork (0.2-0.3 ms of 1.6 here); without
+        one, about 0.06 ms of 1.3. Starting one costs about two such savings in a user
+        namespace, so it is started at the second exec (``second``), not the first: a sandbox
+        exec'd once never pays for one. None for a container with a terminal (its exec sets
+        up a pty of its own) or when not possible; the core falls back to the ordinary exec
+        when it has ended."""
+        if self._o.tty:
             return None
         # Its own lock, not the container's: a healthcheck's exec comes here from the
         # checker's thread, which reset() and remove() wait for while holding the container's.

@@ -191,6 +191,67 @@ fn back_home(job: &Job, home: &Home) -> io::Result<()> {
     pid.and(net).and(cg)
 }
 
+/// Runs a job on the calling thread, which must be the process's main thread (a parent-death
+/// signal follows the thread that cloned, and only the main thread lives as long as the
+/// process), for a child cloned with CLONE_VFORK: it has executed (or died) by the time clone
+/// returns, so the stack is free again at once. This spares the two
+/// hand-offs between threads that going through the spawner costs (each a wake-up of a thread
+/// that may sleep on another CPU, which in a VM can be an interrupt to a halted vCPU). The
+/// calling thread steps into the container's cgroups and namespaces exactly as the spawner
+/// does, with every signal blocked meanwhile: nothing of Python's may run in a child that
+/// shares our memory. A cpuset's attach overwrites a thread's CPU affinity, so the caller's is
+/// put back after a cgroup move.
+pub(super) fn run_here(job: &Job) -> io::Result<(i32, OwnedFd)> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    thread_local! {
+        static STACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let home_pidns = own_pidns();
+    if job.pidns.is_some() && home_pidns.is_none() {
+        return Err(io::Error::other("cannot open our own pid namespace"));
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let affinity = if job.enter.is_empty() {
+        None
+    } else {
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()
+    };
+    let r = STACK.with_borrow_mut(|stack| {
+        if stack.is_empty() {
+            stack.resize(CHILD_STACK, 0);
+        }
+        run_job(job, stack, home_pidns.unwrap_or(-1))
+    });
+    if r.is_err() {
+        let _ = move_self(&job.leave);
+    }
+    if let Some(set) = affinity {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    r
+}
+
+/// The size of a clone child's stack: only child_fn and the libc wrappers it calls run on it.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// Our process's own pid namespace, to return to after an exec's clone; opened once.
+fn own_pidns() -> Option<RawFd> {
+    static OWN: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        std::fs::File::open("/proc/self/ns/pid")
+            .map(OwnedFd::from)
+            .ok()
+    })
+    .as_ref()
+    .map(|f| f.as_raw_fd())
+}
+
 pub(super) fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
@@ -209,8 +270,7 @@ pub(super) fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     .or_else(|_| std::fs::File::open("/proc/thread-self/ns/pid"))
                     .map(OwnedFd::from)
                     .ok();
-                // The child's stack: only child_fn and the libc wrappers it calls run on it.
-                let mut stack = vec![0u8; 256 * 1024];
+                let mut stack = vec![0u8; CHILD_STACK];
                 for job in rx {
                     let r = match (&job.pidns, &home_pidns) {
                         (Some(_), None) => {

@@ -47,7 +47,7 @@ pub(crate) use prepare::take_join;
 pub use process::Child;
 pub use server::ExecServer;
 
-use clone::{spawner, wait_eof, ChildArgs, Job};
+use clone::{run_here, spawner, wait_eof, ChildArgs, Job};
 use prepare::{hand_down, needs_setid, prejoin_net, two_stage};
 
 use crate::cgroups::{Cgroup, CgroupError};
@@ -303,12 +303,20 @@ fn clone_child(
         exec_wait: exec_done,
         reply: reply_tx,
     };
-    let sent = spawner()
+    // From the process's main thread, a vfork child is cloned right here (`run_here`). Not
+    // from another thread: a parent-death signal follows the thread that cloned, and the
+    // container must outlive a thread that started it; nor a child that waits for its maps,
+    // whose stack the spawner keeps until it has executed.
+    let gone = || io::Error::other("the pyrt-spawner thread is gone");
+    // SAFETY: gettid and getpid cannot fail.
+    let main_thread = unsafe { libc::syscall(libc::SYS_gettid) == libc::getpid() as libc::c_long };
+    let cloned = if job.exec_wait.is_none() && main_thread {
+        run_here(&job)
+    } else if spawner()
         .lock()
         .map(|tx| tx.send(job).is_ok())
-        .unwrap_or(false);
-    let gone = || io::Error::other("the pyrt-spawner thread is gone");
-    let cloned = if sent {
+        .unwrap_or(false)
+    {
         reply_rx.recv().unwrap_or_else(|_| Err(gone()))
     } else {
         Err(gone())

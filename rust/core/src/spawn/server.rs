@@ -104,7 +104,13 @@ impl ExecServer {
         let (err_w, status_r, status_w) = (pipes.err_w, pipes.status_r, pipes.status_w);
         let sent = write_available(&plan_w, &request_bytes);
         let fds = child_fds(stdio, &plan_r, &err_w, &status_w);
-        let (pid, pidfd) = self.ask(&fds).map_err(|_| None)?;
+        // Asked and unanswered, the server may have forked the exec already, and its plan is
+        // in the pipe: spawning it again would run the command twice (and leave the first one
+        // a zombie of ours in the container's pid namespace, which then cannot end). So only
+        // a request that never reached the server falls back to the ordinary way.
+        let (pid, pidfd) = self.ask(&fds).map_err(|(e, delivered)| {
+            delivered.then(|| SetupError::io(Stage::Spawn, "the exec server's answer", &e))
+        })?;
         drop((plan_r, err_w, status_w));
         let (pid, pidfd) = match (pid, pidfd) {
             (p, Some(fd)) if p > 0 => (p, fd),
@@ -127,30 +133,44 @@ impl ExecServer {
         Ok(child)
     }
 
-    /// One request and its answer: the pid (or a negative errno) and the pidfd.
-    fn ask(&self, fds: &[RawFd]) -> io::Result<(i32, Option<OwnedFd>)> {
+    /// One request and its answer: the pid (or a negative errno) and the pidfd. A failure
+    /// says whether the request was delivered. A signal to the caller (EINTR) is no failure:
+    /// the calls are made again.
+    fn ask(&self, fds: &[RawFd]) -> Result<(i32, Option<OwnedFd>), (io::Error, bool)> {
         let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
         let fd = socket.as_raw_fd();
         let one = [1u8];
         let cmsg = [ControlMessage::ScmRights(fds)];
-        sendmsg::<()>(
-            fd,
-            &[IoSlice::new(&one)],
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        loop {
+            match sendmsg::<()>(
+                fd,
+                &[IoSlice::new(&one)],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err((e.into(), false)),
+                Ok(_) => break,
+            }
+        }
+        let delivered = |e: io::Error| (e, true);
         let mut word = [0u8; 4];
         let mut got = 0;
         let mut pidfd = None;
         while got < word.len() {
             let mut iov = [IoSliceMut::new(&mut word[got..])];
             let mut space = nix::cmsg_space!([RawFd; 1]);
-            let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            let msg =
+                match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(delivered(e.into())),
+                    Ok(m) => m,
+                };
             if msg.bytes == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                return Err(delivered(io::ErrorKind::UnexpectedEof.into()));
             }
-            for c in msg.cmsgs()? {
+            for c in msg.cmsgs().map_err(|e| delivered(e.into()))? {
                 if let ControlMessageOwned::ScmRights(r) = c {
                     for f in r {
                         // SAFETY: a descriptor the kernel just gave us.
