@@ -127,6 +127,45 @@ def test_the_main_thread_clones_itself_through_a_signal_storm(
     assert os.listdir(containers_root()) == []
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.skipif(not Path("/sys/fs/cgroup/cpuset/tasks").exists(),
+                    reason="no v1 cpuset hierarchy (on v2 a child is moved into its cgroup after "
+                           "clone: no thread of ours steps in)")  # fmt: skip
+def test_the_main_thread_comes_back_from_a_cpuset_with_its_affinity(rootfs: Path) -> None:
+    """The main thread steps into a container's cgroups to clone it (v1 `tasks`), a cpuset's
+    too: it comes back to its own, with the CPU affinity it had (a cpuset's attach overwrote
+    it before Linux 6.2; `run_here` puts it back)."""
+    import json
+
+    from pyrt import _core
+    from pyrt.oci import spec
+
+    assert threading.current_thread() is threading.main_thread()
+    doc = spec.build(spec.ContainerSpec(root=spec.RootSpec(str(rootfs)),
+                                        process=spec.ProcessSpec(["/bin/true"])))  # fmt: skip
+    doc["linux"]["resources"] = {"cpu": {"cpus": "0", "mems": "0"}}
+    doc["linux"]["cgroupsPath"] = f"pyrt-affinity-{os.getpid()}"
+    mine = Path("/proc/thread-self/cgroup").read_text()
+    before = os.sched_getaffinity(0)
+    last = max(before)
+    os.sched_setaffinity(0, {last})
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        p = _core.spawn(json.dumps(doc), devnull, devnull, devnull)
+        try:
+            assert any(x.startswith("/sys/fs/cgroup/cpuset/") for x in p.cgroup_paths())
+            assert os.sched_getaffinity(0) == {last}
+            assert Path("/proc/thread-self/cgroup").read_text() == mine
+            assert p.wait(30) == 0
+        finally:
+            p.kill(signal.SIGKILL)
+            p.wait(30)
+            p.destroy_cgroup()
+    finally:
+        os.close(devnull)
+        os.sched_setaffinity(0, before)
+
+
 def test_container_started_from_a_thread_outlives_the_thread(image: pyrt.Image) -> None:
     # The parent-death signal follows the thread that cloned; pyrt clones from its own
     # long-lived thread, so a worker thread's exit must not kill the container.

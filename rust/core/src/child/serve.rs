@@ -61,7 +61,8 @@ pub fn run(plan: &ServePlan) -> Result<std::convert::Infallible, SetupError> {
 }
 
 /// Waits for a request: its descriptors, or None when the server should end (the container's
-/// first process ended, the socket closed, or a malformed message).
+/// first process ended, the socket closed, or a malformed message). A signal's EINTR is not
+/// an end.
 fn next_request(plan: &ServePlan) -> Option<Vec<RawFd>> {
     loop {
         let mut pfd = [
@@ -99,13 +100,15 @@ fn next_request(plan: &ServePlan) -> Option<Vec<RawFd>> {
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!([RawFd; EXEC_FDS]);
-        let msg = recvmsg::<()>(
+        let msg = match recvmsg::<()>(
             plan.socket,
             &mut iov,
             Some(&mut space),
             MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .ok()?;
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => r.ok()?,
+        };
         let mut fds = Vec::new();
         for c in msg.cmsgs().ok()? {
             if let ControlMessageOwned::ScmRights(r) = c {
@@ -207,7 +210,12 @@ fn reply(socket: RawFd, answer: Result<(i32, RawFd), i32>) -> io::Result<()> {
     let iov = [IoSlice::new(&bytes)];
     let fds = fd.map(|f| [f]);
     let cmsg: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
-    let r = sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None);
+    let r = loop {
+        match sendmsg::<()>(socket, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
     if let Some(f) = fd {
         // SAFETY: our copy of the pidfd, sent.
         unsafe { libc::close(f) };

@@ -199,8 +199,9 @@ fn back_home(job: &Job, home: &Home) -> io::Result<()> {
 /// that may sleep on another CPU, which in a VM can be an interrupt to a halted vCPU). The
 /// calling thread steps into the container's cgroups and namespaces exactly as the spawner
 /// does, with every signal blocked meanwhile: nothing of Python's may run in a child that
-/// shares our memory. A cpuset's attach overwrites a thread's CPU affinity, so the caller's is
-/// put back after a cgroup move.
+/// shares our memory. Before Linux 6.2 a cpuset's attach overwrote a thread's CPU affinity
+/// (later kernels keep what the thread asked for), so the caller's is put back after a cgroup
+/// move.
 pub(super) fn run_here(job: &Job) -> io::Result<(i32, OwnedFd)> {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
     thread_local! {
