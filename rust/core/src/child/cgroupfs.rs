@@ -20,7 +20,11 @@ fn err(what: String) -> impl FnOnce(std::io::Error) -> SetupError {
 
 /// (name under /sys/fs/cgroup, filesystem type, mount options) of the host's hierarchies.
 fn host_hierarchies() -> Vec<(String, String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Read into a buffer that usually holds it all: read_to_string starts small and doubles,
+    // a system call (and a seq_file restart) per step.
+    let mut info = String::with_capacity(64 * 1024);
+    let _ = std::fs::File::open("/proc/self/mountinfo")
+        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut info));
     let mut out = Vec::new();
     for line in info.lines() {
         let Some((pre, post)) = line.split_once(" - ") else {
@@ -72,13 +76,16 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
         Some(c"mode=755"),
     )
     .map_err(err(format!("mounting a tmpfs on {shown}")))?;
+    // The tmpfs's root, reopened (the descriptor above names the directory under it). The
+    // tmpfs is ours and empty, and nothing of the container runs yet: its mount points are
+    // made and opened from here, one component each, without a walk from the root for each.
+    let top = ensure_in_root(root, dest, false).map_err(err(format!("reopening {shown}")))?;
     for (name, fstype, opts) in hier
         .iter()
         .filter(|(n, _, _)| !n.is_empty() && !n.contains('/'))
     {
         let sub = dest.join(name);
-        let t = ensure_in_root(root, &sub, false)
-            .map_err(err(format!("creating {}", sub.display())))?;
+        let t = mount_point(&top, name).map_err(err(format!("creating {}", sub.display())))?;
         let ty: CString = cstring(fstype.as_bytes()).map_err(err(fstype.clone()))?;
         let data = (!opts.is_empty())
             .then(|| cstring(opts.as_bytes()))
@@ -100,7 +107,6 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
         }
     }
     // The tmpfs itself read-only too, now that its mount points exist.
-    let top = ensure_in_root(root, dest, false).map_err(err(format!("reopening {shown}")))?;
     syscall::mount(
         None,
         &fd_path(&top),
@@ -109,6 +115,26 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
         Some(c"mode=755"),
     )
     .map_err(err(format!("making {shown} read-only")))
+}
+
+/// A new directory `name` in the directory `dir`, opened as a path (not followed, were it a
+/// link).
+fn mount_point(dir: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let cname = cstring(name.as_bytes())?;
+    // SAFETY: plain syscalls on a valid descriptor and a NUL-terminated name; the descriptor
+    // openat returns is new and ours.
+    unsafe {
+        if libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o755) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let fd = libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
 }
 
 /// The container's own cgroup paths, (controllers or "name=..." of a hierarchy, path), as
