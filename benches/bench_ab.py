@@ -3,11 +3,12 @@
 Each build is an interpreter with its own pyrt installed (e.g. a venv made from an older
 commit). Rounds alternate which goes first; in each, a fresh process of each build times
 ``pyrt.run`` of /bin/true in the same busybox rootfs (with ``--exec``: ``Container.exec`` of
-/bin/true into a running container of it). The result is each build's median of the round
-medians and the ratio after/before.
+/bin/true into a running container of it; with ``--cycle``: the sandbox cycle of
+``bench_pool.py``, a ``sleep`` container started, one exec, removed). The result is each
+build's median of the round medians and the ratio after/before.
 
 Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
-                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec]
+                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec | --cycle]
 """
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ c.remove()
 print(statistics.median(times) * 1000)
 """
 
+# A sandbox cycle: start, one exec, remove.
+PROBE_CYCLE = """
+import statistics, sys, time
+import pyrt
+img = pyrt.Image.load(sys.argv[1])
+def cycle():
+    with pyrt.Container(img, ["sleep", "3600"]) as c:
+        c.exec(["/bin/true"], check=True)
+for _ in range(20):
+    cycle()
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    cycle()
+    times.append(time.perf_counter() - t)
+print(statistics.median(times) * 1000)
+"""
+
 
 def one(python: str, rootfs: Path, n: int, probe: str) -> float:
     out = subprocess.run(
@@ -69,9 +88,17 @@ def main() -> None:
     ap.add_argument("--after", required=True, help="the newer build's python")
     ap.add_argument("-n", type=int, default=200, help="starts per round and build")
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--exec", action="store_true", help="time exec instead of run")
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--exec", action="store_true", help="time exec instead of run")
+    kind.add_argument("--cycle", action="store_true", help="time start, exec and remove")
     args = ap.parse_args()
-    probe, what = (PROBE_EXEC, "Container.exec") if args.exec else (PROBE, "pyrt.run")
+    probe, what = (
+        (PROBE_EXEC, "Container.exec of /bin/true")
+        if args.exec
+        else (PROBE_CYCLE, "a sandbox cycle (start, exec, remove)")
+        if args.cycle
+        else (PROBE, "pyrt.run of /bin/true")
+    )
     sys.path.insert(0, str(HERE.parent / "tests"))
     from helpers import make_busybox_rootfs
 
@@ -83,7 +110,7 @@ def main() -> None:
             for which in order:
                 got[which].append(one(getattr(args, which), rootfs, args.n, probe))
         before, after = (statistics.median(got[k]) for k in ("before", "after"))
-        print(f"{what} of /bin/true, median of {args.rounds} rounds x {args.n} each")
+        print(f"{what}, median of {args.rounds} rounds x {args.n} each")
         print(f"  before {before:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['before'])}")
         print(f"  after  {after:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['after'])}")
         print(f"  after/before: {after / before:.3f}")

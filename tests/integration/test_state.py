@@ -67,6 +67,36 @@ def test_files_while_running_and_after_exit(image: pyrt.Image) -> None:
         c.read_file("/made")
 
 
+def test_the_root_layer_is_mounted_volatile_and_opens_again(image: pyrt.Image) -> None:
+    # The overlay root is volatile (no writeback of the layer's filesystem at each removal),
+    # which leaves overlayfs's mark in the work directory: overlayfs refuses the layer a second
+    # mount while it is there. A start on a marked layer (pyrt-runc starting a bundle again)
+    # and pyrt's view of a stopped container clear it and mount.
+    c = pyrt.Container(image, ["sh", "-c", "grep ' / / ' /proc/self/mountinfo; cat /in"])
+    try:
+        c.write_file("/in", "prepared\n")
+        assert c._dir is not None
+        work, path = c._dir.work, c._dir.path
+        mark = work / "work" / "incompat" / "volatile"
+        mark.mkdir(parents=True)
+        (mark / "dirty").touch()
+        c.start()
+        assert c.wait() == 0, c.logs()
+        root, content = c.logs().decode().splitlines()
+        fstype, _, options = root.split(" - ")[1].split(" ")
+        # ("fsync=volatile" since Linux 6.6.)
+        assert fstype == "overlay", root
+        assert {"volatile", "fsync=volatile"} & set(options.split(",")), root
+        assert content == "prepared"
+        assert (mark / "dirty").exists(), "this mount's own mark"
+        assert c.read_file("/in") == b"prepared\n"
+        c.write_file("/after", "x")
+        assert c.read_file("/after") == b"x"
+    finally:
+        c.remove()
+    assert not path.exists()
+
+
 def test_bad_arguments_are_refused(image: pyrt.Image) -> None:
     c = pyrt.Container(image, ["true"])
     try:

@@ -56,11 +56,33 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+#: What a `volatile` overlay mount (a container's root, see the core's ``child/rootfs.rs``)
+#: leaves in its work directory, outermost first; overlayfs refuses to mount the layer again
+#: while it is there. The layer is intact: the machine has not gone down since.
+VOLATILE_MARK = ("work/incompat", "work/incompat/volatile", "work/incompat/volatile/dirty")
+
+
+def clear_volatile_mark(work: str) -> None:
+    """Removes the mark from the work directory ``work``, opening up its mode-000 directories
+    first for an owner without CAP_DAC_OVERRIDE (a rootless caller)."""
+    if not os.path.lexists(os.path.join(work, VOLATILE_MARK[0])):
+        return
+    for d in ("work", *VOLATILE_MARK[:2]):
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.join(work, d), 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(work, VOLATILE_MARK[2]))
+    for d in reversed(VOLATILE_MARK[:2]):
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(os.path.join(work, d))
+
+
 def _mount_overlay(ov: Overlay) -> None:
     libc = _libc()
     _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Private first: the overlay must not propagate back to the host's namespace.
     _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    clear_volatile_mark(ov.work)
     opts = f"lowerdir={':'.join(ov.lower)},upperdir={ov.upper},workdir={ov.work}"
     if ov.userxattr:
         opts += ",userxattr"

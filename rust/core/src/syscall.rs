@@ -235,12 +235,13 @@ const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 
 /// An overlay mounted through the new mount API, each lower directory its own "lowerdir+"
 /// parameter (Linux 6.8). mount(2) takes the options as one string of at most a page, which
-/// caps an image at some forty layers with store paths; this has no such cap.
+/// caps an image at some forty layers with store paths; this has no such cap. `flags`: the
+/// options without a value (`userxattr`, `volatile`), each with whether it is set.
 pub fn mount_overlay_fs(
     lower: &[CString],
     upper: &CStr,
     work: &CStr,
-    userxattr: bool,
+    flags: &[(&CStr, bool)],
     target: &CStr,
 ) -> io::Result<()> {
     // SAFETY: a valid NUL-terminated name; the result is a new descriptor we own.
@@ -266,14 +267,14 @@ pub fn mount_overlay_fs(
     }
     set(c"upperdir", upper)?;
     set(c"workdir", work)?;
-    if userxattr {
+    for (flag, _) in flags.iter().filter(|(_, on)| *on) {
         // SAFETY: FSCONFIG_SET_FLAG takes a key and no value.
         check(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 fs.as_raw_fd(),
                 FSCONFIG_SET_FLAG,
-                c"userxattr".as_ptr(),
+                flag.as_ptr(),
                 std::ptr::null::<libc::c_char>(),
                 0,
             )
