@@ -6,10 +6,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyrt
 from pyrt import _core
+from pyrt.host.state import containers_root
 
 PROBE = """
 import ctypes, errno, fcntl, os, termios
@@ -74,6 +77,22 @@ def test_execs_are_filtered_too(image: pyrt.Image) -> None:
         r = c.exec(["grep", "^Seccomp:", "/proc/self/status"], text=True)
         assert r.stdout.split() == ["Seccomp:", "2"]
         assert c.exec(["unshare", "-U", "true"]).returncode != 0
+
+
+def test_an_exec_from_another_process_is_filtered(image: pyrt.Image) -> None:
+    # `pyrt exec` from another process takes the profile from the container's state.json,
+    # where it is written as the text the core was sent.
+    with pyrt.Container(image, ["sleep", "60"]) as c:
+        state = json.loads((containers_root() / c.id / "state.json").read_text())
+        assert state["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+        assert state["process"]["args"] == ["sleep", "60"]
+        r = subprocess.run(
+            [sys.executable, "-m", "pyrt.cli", "exec", c.id, "sh", "-c",
+             "grep ^Seccomp: /proc/self/status; unshare -U true"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.stdout.split() == ["Seccomp:", "2"], r.stderr
+        assert r.returncode != 0, "unshare is refused under the filter"
 
 
 def test_masked_and_read_only_paths(image: pyrt.Image) -> None:

@@ -315,6 +315,10 @@ class Container(
                 self._dir = d
                 net_mounts = self._start_network(d)
                 doc, sent = self._spawn_spec(d, cgroup, net_mounts)
+                if self._seccomp_json:
+                    d.raw_fields["seccomp"] = self._seccomp_json
+                else:
+                    d.raw_fields.pop("seccomp", None)
                 state = self._state(doc)
                 if cgroup and self._state_doc is None:
                     # Known before any kernel object exists; a crash from here on leaves a
@@ -390,7 +394,8 @@ class Container(
             "detached": self._detached,
             "log": str(self._dir.log) if self._dir else None,
             "process": doc["process"],
-            "seccomp": doc["linux"].get("seccomp"),
+            # (As text beside the rest when the core was sent it so: `ContainerDir.raw_fields`.)
+            **({} if self._seccomp_json else {"seccomp": doc["linux"].get("seccomp")}),
             "ports": [
                 f"{p.host_addr}:{p.host_port}->{p.container_port}/{p.proto}"
                 for p in (self._net.published if self._net is not None else ())
