@@ -10,7 +10,7 @@
 
 The kinds take turns within each round (`bench_start.interleave`).
 
-Run as root:  python benches/bench_pool.py [-n ROUNDS] [--json FILE]
+Run as root:  python benches/bench_pool.py [-n ROUNDS] [--json FILE] [--state-tmpfs]
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_start import HERE, interleave, report, summarize
+from bench_start import (
+    HERE,
+    interleave,
+    reexec_in_private_mount_ns,
+    report,
+    state_on_tmpfs,
+    summarize,
+)
 
 import pyrt
 from pyrt.config.idle import IDLE
@@ -32,7 +39,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", "--rounds", type=int, default=200)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--state-tmpfs",
+        action="store_true",
+        help="pyrt's run state on a tmpfs (as /run is on most machines; see bench_start)",
+    )
     args = ap.parse_args()
+    if args.state_tmpfs:
+        reexec_in_private_mount_ns()
+        state_on_tmpfs()
     sys.path.insert(0, str(HERE.parent / "tests"))
     from helpers import make_busybox_rootfs
 
