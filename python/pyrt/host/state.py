@@ -21,7 +21,7 @@ from pyrt import _core
 from pyrt.host import reaper, userns
 from pyrt.host.places import ensure_dir, state_root
 from pyrt.rootfs import disklayer
-from pyrt.rootfs.view import VOLATILE_MARK, clear_volatile_mark
+from pyrt.rootfs.view import clear_volatile_mark
 
 
 def containers_root() -> Path:
@@ -127,7 +127,6 @@ class ContainerDir:
             return
         with contextlib.suppress(OSError):
             os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000
-            clear_volatile_mark(str(self.work))
         for d in (self.upper, self.work):
             if d.exists() and not reaper.discard(d, f"{self.path.name}.{d.name}.{next(_resets)}"):
                 userns.remove_tree(d)
@@ -383,13 +382,25 @@ def _still_linked(fd: int, path: str) -> bool:
 
 
 #: What a container directory holds as pyrt makes it, files first, then directories deepest
-#: first ("" is the directory itself). A reset's old upper or work directory, handed to the
-#: trash on its own, is one of these directories' shapes too.
-_MADE_FILES = ("state.json", "lock", "log", "cgroups", "removed", "work/" + VOLATILE_MARK[2])
+#: first ("" is the directory itself), overlayfs's volatile mark (``view.VOLATILE_MARK``) among
+#: them. A reset's old upper or work directory, handed to the trash on its own, has one of
+#: these shapes too: the mark is listed as in a container's directory and as in a work one.
+_MADE_FILES = (
+    "state.json",
+    "lock",
+    "log",
+    "cgroups",
+    "removed",
+    "work/work/incompat/volatile/dirty",
+    "work/incompat/volatile/dirty",
+)
 _MADE_DIRS = (
     "rootfs",
     "upper",
-    *("work/" + d for d in reversed(VOLATILE_MARK[:2])),
+    "work/work/incompat/volatile",
+    "work/work/incompat",
+    "work/incompat/volatile",
+    "work/incompat",
     "work/work",
     "work/index",
     "work",
@@ -430,8 +441,9 @@ def remove_tree(path: Path) -> None:
         return
     with contextlib.suppress(OSError):
         os.chmod(path / "work" / "work", 0o700)
-    with contextlib.suppress(OSError):
-        clear_volatile_mark(str(path / "work"))
+    for work in (path / "work", path):  # a container's directory, or a reset's work directory
+        with contextlib.suppress(OSError):
+            clear_volatile_mark(str(work))
     userns.remove_tree(path)
 
 
