@@ -1,5 +1,5 @@
-"""A container's directory under the run state root: its root mount point, overlay upper and
-work directories, its log, and a lock file that its owner holds for as long as it lives.
+"""A container's directory under the run state root: its overlay upper and work directories,
+its log, and a lock file that its owner holds for as long as it lives.
 
 The lock is what makes crash recovery exact: a directory whose lock can be taken belongs to a
 process that is gone (the kernel drops an flock with its holder), so it can be deleted, and one
@@ -33,10 +33,19 @@ def containers_root() -> Path:
     return p
 
 
+def mount_point() -> Path:
+    """Where every container's root is mounted, each in a mount namespace of its own: one
+    directory serves them all, so none is made and removed per container (an inode made and
+    one deleted on /run at each start). Searchable by all, as ``containers_root``."""
+    return ensure_dir(state_root() / "mnt", 0o755)
+
+
 @dataclass
 class ContainerDir:
     path: Path
     lock_fd: int
+    #: Where the container's root is mounted, in its own mount namespace (``mount_point``).
+    rootfs: Path
     #: Host (uid, gid) of the container's root when a root caller maps it to a range: its
     #: writable layer is theirs.
     owner: Optional[tuple[int, int]] = None
@@ -49,10 +58,6 @@ class ContainerDir:
     #: as the text the core was sent (6 KB that json.dumps took 0.09 ms to encode again at
     #: every write).
     raw_fields: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def rootfs(self) -> Path:
-        return self.path / "rootfs"
 
     @property
     def upper(self) -> Path:
@@ -77,6 +82,7 @@ class ContainerDir:
         """A new container's directory; with ``disk`` (bytes, overlay only) its writable
         layer on a tmpfs of that size."""
         collect_stale_once()
+        root = mount_point()
         path = containers_root() / cid
         path.mkdir(mode=0o711)
         layer = None
@@ -84,7 +90,6 @@ class ContainerDir:
             fd = locked_file(path / "lock")
             # Watched from before the first mount: a SIGKILL from here on leaves nothing.
             reaper.watch(cid)
-            (path / "rootfs").mkdir(mode=0o755)
             if overlay:
                 if disk is not None:
                     layer = disklayer.mount(path, disk, owner)
@@ -96,7 +101,7 @@ class ContainerDir:
             remove_tree(path)
             reaper.forget(cid)
             raise
-        return cls(path, fd, owner, layer)
+        return cls(path, fd, root, owner, layer)
 
     @property
     def state_file(self) -> Path:
