@@ -36,18 +36,21 @@ def rootfs_tarball(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After the whole session: no mount, container process, cgroup or state directory of
-    pyrt's may remain. Fails the session (as a teardown error) otherwise."""
+    """After the whole session: no mount, container process, cgroup, state directory or
+    entry of the trash of pyrt's may remain. Fails the session (as a teardown error)
+    otherwise."""
     before = snapshot()
     yield
-    # Processes of killed containers are reaped by the kernel a moment after their init, and
-    # a network namespace (with the links in it) is cleaned up a moment after its last user.
+    # Processes of killed containers are reaped by the kernel a moment after their init, a
+    # network namespace (with the links in it) is cleaned up a moment after its last user,
+    # and a helper empties the trash a moment after it is handed a directory.
     deadline = time.monotonic() + 5
     while True:
         after = snapshot()
         new_procs = set(after["processes"]) - set(before["processes"])  # type: ignore[arg-type]
         new_links = set(after["port links"]) - set(before["port links"])  # type: ignore[arg-type]
-        if not (new_procs or new_links) or time.monotonic() > deadline:
+        new_trash = set(after["trash"]) - set(before["trash"])  # type: ignore[arg-type]
+        if not (new_procs or new_links or new_trash) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     leaks = {
@@ -55,6 +58,7 @@ def no_leaks() -> Iterator[None]:
         "cgroups": [c for c in after["cgroups"] if c not in before["cgroups"]],  # type: ignore[union-attr]
         "processes": sorted(new_procs),
         "state": [s for s in after["state"] if s not in before["state"]],  # type: ignore[union-attr]
+        "trash": sorted(new_trash),
         "netns": [n for n in after["netns"] if n not in before["netns"]],  # type: ignore[union-attr]
         "port links": sorted(new_links),
     }

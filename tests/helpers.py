@@ -168,6 +168,15 @@ def state_entries() -> list[str]:
     return out
 
 
+def trash_entries() -> list[str]:
+    """What the helpers have still to delete: removed containers' directories and resets' old
+    layers, handed to the trash (a moment's work each)."""
+    from pyrt.host.reaper import trash_root
+
+    d = trash_root()
+    return [str(d / e) for e in os.listdir(d)] if d.is_dir() else []
+
+
 def snapshot() -> dict[str, object]:
     return {
         "mounts": pyrt_mounts(),
@@ -175,6 +184,7 @@ def snapshot() -> dict[str, object]:
         "processes": foreign_pidns_processes() | helper_processes(),
         "netns": netns_descriptors(),
         "state": state_entries(),
+        "trash": trash_entries(),
         "port links": port_links(),
     }
 
