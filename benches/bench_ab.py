@@ -4,11 +4,13 @@ Each build is an interpreter with its own pyrt installed (e.g. a venv made from 
 commit). Rounds alternate which goes first; in each, a fresh process of each build times
 ``pyrt.run`` of /bin/true in the same busybox rootfs (with ``--exec``: ``Container.exec`` of
 /bin/true into a running container of it; with ``--cycle``: the sandbox cycle of
-``bench_pool.py``, a ``sleep`` container started, one exec, removed). The result is each
-build's median of the round medians and the ratio after/before.
+``bench_pool.py``, a ``sleep`` container started, one exec, removed; with ``--pooled``: a test
+of the pytest sandbox's kind, a pooled container of the host image acquired, one shell exec,
+released, then 4 ms of the test's own work while the pool resets). The result is each build's
+median of the round medians and the ratio after/before.
 
 Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
-                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec | --cycle]
+                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec | --cycle | --pooled]
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ for _ in range(int(sys.argv[2])):
 print(statistics.median(times) * 1000)
 """
 
+# A pooled sandbox's test, as the pytest plugin's sandbox fixture serves it.
+PROBE_POOLED = """
+import statistics, sys, time
+import pyrt
+from pyrt.config.idle import IDLE
+with pyrt.Pool(pyrt.Image.host(), IDLE, size=2, init=True) as pool:
+    def test(i):
+        with pool.acquire() as c:
+            r = c.exec(["sh", "-c", f"echo $(({i} * {i})) > /tmp/out; cat /tmp/out"])
+            assert r.stdout == f"{i * i}\\n".encode()
+    for i in range(20):
+        test(i)
+    times = []
+    for i in range(int(sys.argv[2])):
+        t = time.perf_counter()
+        test(i)
+        times.append(time.perf_counter() - t)
+        time.sleep(0.004)
+print(statistics.median(times) * 1000)
+"""
+
 
 def one(python: str, rootfs: Path, n: int, probe: str) -> float:
     out = subprocess.run(
@@ -91,12 +114,15 @@ def main() -> None:
     kind = ap.add_mutually_exclusive_group()
     kind.add_argument("--exec", action="store_true", help="time exec instead of run")
     kind.add_argument("--cycle", action="store_true", help="time start, exec and remove")
+    kind.add_argument("--pooled", action="store_true", help="time a pooled sandbox's test")
     args = ap.parse_args()
     probe, what = (
         (PROBE_EXEC, "Container.exec of /bin/true")
         if args.exec
         else (PROBE_CYCLE, "a sandbox cycle (start, exec, remove)")
         if args.cycle
+        else (PROBE_POOLED, "a pooled sandbox's test (acquire, exec, release)")
+        if args.pooled
         else (PROBE, "pyrt.run of /bin/true")
     )
     sys.path.insert(0, str(HERE.parent / "tests"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
+from helpers import exec_servers
 from pyrt.host.state import containers_root, stale_cgroups
 
 
@@ -41,20 +42,6 @@ def shell(image: pyrt.Image, request: pytest.FixtureRequest) -> pyrt.Container:
     c.start()
     yield c
     c.remove()
-
-
-def exec_servers() -> dict[int, int]:
-    """This process's exec servers (pid: their parent's pid, ours)."""
-    out = {}
-    for e in os.listdir("/proc"):
-        try:
-            if e.isdigit() and Path(f"/proc/{e}/comm").read_text().strip() == "pyrt-exec":
-                ppid = int(Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == os.getpid():
-                    out[int(e)] = ppid
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
 
 
 @pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])

@@ -6,6 +6,7 @@ nothing behind after close() or their owner's death."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from helpers import assert_nothing_left_of, state_entries
+from helpers import assert_nothing_left_of, exec_servers, state_entries
 from pyrt.host.state import containers_root
 
 IDLE = ["sleep", "3600"]
@@ -87,6 +88,36 @@ def test_close_removes_every_container_also_those_handed_out(image: pyrt.Image) 
     assert state_entries() == before
     with pytest.raises(pyrt.PyrtError, match="closed"):
         pool.take(timeout=1)
+
+
+def _servers_of(c: pyrt.Container) -> list[int]:
+    """This process's exec servers that joined ``c``'s mount namespace."""
+    ns = os.readlink(f"/proc/{c.pid}/ns/mnt")
+    out = []
+    for pid in exec_servers():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/mnt") == ns:
+                out.append(pid)
+    return out
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+def test_a_pooled_container_comes_with_its_exec_server(image: pyrt.Image, userns: bool) -> None:
+    # The pool starts each container's exec server in its own thread, after the start and
+    # after each reset: a test's first exec is served (not at the second, as for a container
+    # of one's own), and the server's start is not on the test's path.
+    with pyrt.Pool(image, ["sleep", "3600"], size=1, rootless=userns) as pool:
+        seen = []
+        for i in range(3):  # a started container, then reset ones
+            with pool.acquire() as c:
+                servers = _servers_of(c)
+                assert len(servers) == 1, "started before the container is handed out"
+                r = c.exec(["sh", "-c", f"echo {i} > /tmp/n; cat /tmp/n"], text=True)
+                assert r.stdout == f"{i}\n"
+                assert _servers_of(c) == servers, "the first exec went through it"
+                seen += servers
+        assert len(set(seen)) == 3, "a server for each run of a container"
+    assert not exec_servers()
 
 
 def test_waiting_for_a_container_times_out(image: pyrt.Image) -> None:

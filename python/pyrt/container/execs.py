@@ -133,6 +133,14 @@ class ContainerExecs:
             self._server = (proc, made)
             return made
 
+    def _warm_exec_server(self) -> None:
+        """Starts the exec server of a running container now, rather than at its second exec: a
+        pool does this in its own thread after each start and reset, so that even a test's
+        first exec goes through one, and the start costs the test nothing."""
+        proc = self._proc
+        if proc is not None and proc.wait(0) is None:
+            self._exec_server(proc, proc.cgroup_paths())
+
     def _close_server(self) -> None:
         """Ends the exec server (reset, remove, update)."""
         with self._server_lock:

@@ -5,8 +5,9 @@ A pool keeps ``size`` started containers ready. ``acquire`` hands out one of the
 background thread starts another to take its place. When the caller is done, the container is
 reset (every process killed, a fresh writable layer, the command started again: as good as
 new) and goes back to the ready ones, or is removed when the pool is already full: a container
-is never handed out dirty. One thread does the starting and resetting, so a pool costs its
-owner one thread and no work on the caller's path but the hand-over.
+is never handed out dirty. One thread does the starting and resetting, and starts each
+container's exec server before handing it out, so a pool costs its owner one thread and no
+work on the caller's path but the hand-over (even the first exec goes through the server).
 
 Containers of a pool are ordinary containers of the owning process: removed by ``close()``, at
 interpreter exit, and by the owner's reaper when the owner is killed."""
@@ -188,6 +189,10 @@ class Pool:
                 with contextlib.suppress(Exception):
                     made.remove()
                 raise
+        # Its exec server too, here rather than at its second exec on the caller's path (a
+        # sandbox is exec'd into at least once).
+        with contextlib.suppress(Exception):
+            c._warm_exec_server()
         with self._cond:
             closed = self._closed
             if not closed:
