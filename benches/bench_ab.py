@@ -24,82 +24,58 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# Run by each build's interpreter: n timed starts after a warm-up; prints the median in ms.
-PROBE = """
+# Run by each build's interpreter, before a kind's code: time_steps(step) runs step(i) 20
+# times to warm up, then n timed times, and prints the median in ms (`rest`: a pause after each
+# step, the test's own work while a pool resets).
+SETUP = """
 import statistics, sys, time
 import pyrt
 img = pyrt.Image.load(sys.argv[1])
-for _ in range(20):
-    pyrt.run(img, ["/bin/true"], check=True)
-times = []
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter()
-    pyrt.run(img, ["/bin/true"], check=True)
-    times.append(time.perf_counter() - t)
-print(statistics.median(times) * 1000)
+def time_steps(step, rest=0.0):
+    for i in range(20):
+        step(i)
+    times = []
+    for i in range(int(sys.argv[2])):
+        t = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t)
+        time.sleep(rest)
+    print(statistics.median(times) * 1000)
 """
 
-# The same for an exec into a running container.
-PROBE_EXEC = """
-import statistics, sys, time
-import pyrt
-img = pyrt.Image.load(sys.argv[1])
-c = pyrt.Container(img, ["sleep", "3600"])
-c.start()
-for _ in range(20):
-    c.exec(["/bin/true"], check=True)
-times = []
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter()
-    c.exec(["/bin/true"], check=True)
-    times.append(time.perf_counter() - t)
-c.remove()
-print(statistics.median(times) * 1000)
+RUN = """
+time_steps(lambda i: pyrt.run(img, ["/bin/true"], check=True))
+"""
+
+# An exec into a running container.
+EXEC = """
+with pyrt.Container(img, ["sleep", "3600"]) as c:
+    time_steps(lambda i: c.exec(["/bin/true"], check=True))
 """
 
 # A sandbox cycle: start, one exec, remove.
-PROBE_CYCLE = """
-import statistics, sys, time
-import pyrt
-img = pyrt.Image.load(sys.argv[1])
-def cycle():
+CYCLE = """
+def cycle(i):
     with pyrt.Container(img, ["sleep", "3600"]) as c:
         c.exec(["/bin/true"], check=True)
-for _ in range(20):
-    cycle()
-times = []
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter()
-    cycle()
-    times.append(time.perf_counter() - t)
-print(statistics.median(times) * 1000)
+time_steps(cycle)
 """
 
 # A pooled sandbox's test, as the pytest plugin's sandbox fixture serves it.
-PROBE_POOLED = """
-import statistics, sys, time
-import pyrt
+POOLED = """
 from pyrt.config.idle import IDLE
 with pyrt.Pool(pyrt.Image.host(), IDLE, size=2, init=True) as pool:
     def test(i):
         with pool.acquire() as c:
             r = c.exec(["sh", "-c", f"echo $(({i} * {i})) > /tmp/out; cat /tmp/out"])
             assert r.stdout == f"{i * i}\\n".encode()
-    for i in range(20):
-        test(i)
-    times = []
-    for i in range(int(sys.argv[2])):
-        t = time.perf_counter()
-        test(i)
-        times.append(time.perf_counter() - t)
-        time.sleep(0.004)
-print(statistics.median(times) * 1000)
+    time_steps(test, rest=0.004)
 """
 
 
-def one(python: str, rootfs: Path, n: int, probe: str) -> float:
+def one(python: str, rootfs: Path, n: int, program: str) -> float:
     out = subprocess.run(
-        [python, "-c", probe, str(rootfs), str(n)],
+        [python, "-c", program, str(rootfs), str(n)],
         capture_output=True, text=True, check=True, cwd="/",
     )  # fmt: skip
     return float(out.stdout.split()[-1])
@@ -116,15 +92,16 @@ def main() -> None:
     kind.add_argument("--cycle", action="store_true", help="time start, exec and remove")
     kind.add_argument("--pooled", action="store_true", help="time a pooled sandbox's test")
     args = ap.parse_args()
-    probe, what = (
-        (PROBE_EXEC, "Container.exec of /bin/true")
+    kind, what = (
+        (EXEC, "Container.exec of /bin/true")
         if args.exec
-        else (PROBE_CYCLE, "a sandbox cycle (start, exec, remove)")
+        else (CYCLE, "a sandbox cycle (start, exec, remove)")
         if args.cycle
-        else (PROBE_POOLED, "a pooled sandbox's test (acquire, exec, release)")
+        else (POOLED, "a pooled sandbox's test (acquire, exec, release)")
         if args.pooled
-        else (PROBE, "pyrt.run of /bin/true")
+        else (RUN, "pyrt.run of /bin/true")
     )
+    program = SETUP + kind
     sys.path.insert(0, str(HERE.parent / "tests"))
     from helpers import make_busybox_rootfs
 
@@ -134,7 +111,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for which in order:
-                got[which].append(one(getattr(args, which), rootfs, args.n, probe))
+                got[which].append(one(getattr(args, which), rootfs, args.n, program))
         before, after = (statistics.median(got[k]) for k in ("before", "after"))
         print(f"{what}, median of {args.rounds} rounds x {args.n} each")
         print(f"  before {before:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['before'])}")

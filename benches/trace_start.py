@@ -55,6 +55,10 @@ def record(runs: int) -> str:
         img = pyrt.Image.load(make_busybox_rootfs(Path(tmp) / "rootfs"))
         for _ in range(30):
             pyrt.run(img, ["/bin/true"])
+        # The ring buffer is the machine's: what was set before is put back afterwards.
+        # (buffer_size_kb may read "7 (expanded: 1408)": its first word is the setting.)
+        saved = {f: (TRACEFS / f).read_text().split()[0] for f in ("tracing_on", "buffer_size_kb")}
+        saved_events = (TRACEFS / "set_event").read_text().split()
         (TRACEFS / "tracing_on").write_text("0")
         (TRACEFS / "trace").write_text("")
         (TRACEFS / "buffer_size_kb").write_text(str(max(4096, runs * 200)))
@@ -67,8 +71,10 @@ def record(runs: int) -> str:
             return (TRACEFS / "trace").read_text()
         finally:
             (TRACEFS / "tracing_on").write_text("0")
-            (TRACEFS / "set_event").write_text("")
+            (TRACEFS / "set_event").write_text(" ".join(saved_events) + "\n")
             (TRACEFS / "trace").write_text("")
+            for f, v in saved.items():
+                (TRACEFS / f).write_text(v)
 
 
 Event = tuple[float, str, str]

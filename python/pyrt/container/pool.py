@@ -190,8 +190,9 @@ class Pool:
                     made.remove()
                 raise
         # Its exec server too, here rather than at its second exec on the caller's path (a
-        # sandbox is exec'd into at least once).
-        with contextlib.suppress(Exception):
+        # sandbox is exec'd into at least once). Without one (it could not start, the command
+        # has exited), execs go the ordinary way, which reports what is wrong.
+        with contextlib.suppress(PyrtError, OSError):
             c._warm_exec_server()
         with self._cond:
             closed = self._closed

@@ -60,15 +60,7 @@ fn overlay_once(
     target: &std::ffi::CStr,
     volatile: bool,
 ) -> io::Result<()> {
-    let lower: Vec<String> = ov.lower.iter().map(|p| p.display().to_string()).collect();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}{}{}",
-        lower.join(":"),
-        ov.upper.display(),
-        ov.work.display(),
-        if ov.userxattr { ",userxattr" } else { "" },
-        if volatile { ",volatile" } else { "" },
-    );
+    let data = overlay_options(ov, volatile);
     if data.len() < OVERLAY_OPTIONS_MAX {
         let data = cstring(data)?;
         return syscall::mount(Some(c"overlay"), target, Some(c"overlay"), 0, Some(&data));
@@ -98,11 +90,24 @@ fn clear_volatile_mark(work: &Path) {
     let _ = std::fs::remove_dir(&mark);
 }
 
-/// What a failed overlay mount says: many layers need Linux 6.8.
+/// mount(2)'s options for the overlay.
+fn overlay_options(ov: &crate::plan::Overlay, volatile: bool) -> String {
+    let lower: Vec<String> = ov.lower.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}{}{}",
+        lower.join(":"),
+        ov.upper.display(),
+        ov.work.display(),
+        if ov.userxattr { ",userxattr" } else { "" },
+        if volatile { ",volatile" } else { "" },
+    )
+}
+
+/// What a failed overlay mount says: one through the new mount API (too many layers for
+/// mount(2)'s options) needs Linux 6.8.
 fn overlay_failure(ov: &crate::plan::Overlay, shown: &std::path::Display<'_>) -> String {
     let what = format!("mounting the overlay root on {shown}");
-    let long: usize = ov.lower.iter().map(|p| p.as_os_str().len() + 1).sum();
-    if long + ov.upper.as_os_str().len() + ov.work.as_os_str().len() + 64 < OVERLAY_OPTIONS_MAX {
+    if overlay_options(ov, false).len() < OVERLAY_OPTIONS_MAX {
         what
     } else {
         format!(

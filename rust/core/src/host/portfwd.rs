@@ -376,9 +376,19 @@ impl Direction {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::sync::Mutex;
+
+    /// One test at a time: a port one test's forwarder has just closed (and checks is closed)
+    /// can be the next ephemeral port another test's listener is given.
+    static PORTS: Mutex<()> = Mutex::new(());
+
+    fn ports() -> std::sync::MutexGuard<'static, ()> {
+        PORTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     #[test]
     fn forwards_within_the_same_namespace() {
+        let _one = ports();
         // The process's own namespace stands in for a container's: the path through the
         // forwarder is the same.
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -404,6 +414,7 @@ mod tests {
 
     #[test]
     fn many_connections_at_once_each_get_all_their_bytes_back() {
+        let _one = ports();
         // One event loop serves them all: big transfers in both directions at once, with the
         // pipes full and the sockets pushing back, must neither stall nor mix connections.
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -457,6 +468,7 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_an_error() {
+        let _one = ports();
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let ns: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
