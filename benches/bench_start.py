@@ -15,6 +15,8 @@ has (hugetlb). The benchmark therefore re-executes itself in a private mount nam
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -54,6 +56,13 @@ def state_on_tmpfs() -> Path:
     d = Path(tempfile.mkdtemp(prefix="pyrt-bench-state-"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711", "tmpfs", str(d)], check=True)
     os.environ["PYRT_STATE"] = str(d)
+
+    def gone() -> None:  # (the mount goes with the namespace; its mount point is the host's)
+        subprocess.run(["umount", "-l", str(d)], stderr=subprocess.DEVNULL)
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+    atexit.register(gone)
     return d
 
 
