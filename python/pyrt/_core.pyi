@@ -26,6 +26,7 @@ __all__ = [
     "plan",
     "remove_cgroup",
     "signal_recorded",
+    "write_replacing",
     "spawn",
     "tcp_connect",
     "tcp_probe",
@@ -93,6 +94,10 @@ def remove_cgroup(paths: list[str]) -> None:
 
 def pid_start_time(pid: int) -> Optional[int]:
     """The start time of process ``pid`` (clock ticks after boot), None without one."""
+
+def write_replacing(dest: str, data: str) -> None:
+    """Replaces the file ``dest`` with ``data`` whole (a temporary file beside it, exchanged):
+    a reader sees the old contents or the new, never half."""
 
 def signal_recorded(pid: int, start: int, sig: int) -> None:
     """Signals the process recorded as (pid, start) through a pidfd; ProcessLookupError once

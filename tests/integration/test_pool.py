@@ -321,3 +321,37 @@ def test_a_sequential_user_is_served_by_resets_alone(image: pyrt.Image) -> None:
                     time.sleep(0.01)  # refilled while this one is out
         assert len(ids) <= 3, ids
         assert len(os.listdir(containers_root())) <= 3
+
+
+def test_two_containers_given_back_together_are_both_reset_and_the_workers_end(
+    image: pyrt.Image,
+) -> None:
+    """A pool's two workers reset what comes back side by side (one's waits overlap the
+    other's work). Both come back fresh, seen from inside; both threads end with close()."""
+
+    def workers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "pyrt-pool")
+
+    before = workers()
+    pool = pyrt.Pool(image, IDLE, size=2)
+    try:
+        assert workers() - before == 2
+        a, b = pool.take(timeout=30), pool.take(timeout=30)
+        old = {a.id: a.pid, b.id: b.pid}
+        for c in (a, b):
+            c.write_file("/dirty", c.id)
+        pool.give_back(a)
+        pool.give_back(b)
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with pool.acquire(timeout=30) as c:
+                if c.id in old and c.id not in seen:
+                    seen[c.id] = c.pid or 0
+                    assert c.exec(["test", "-e", "/dirty"]).returncode == 1
+                    assert processes(c) == ["sleep 3600"], processes(c)
+        assert sorted(seen) == sorted(old), "both given back came out again"
+        assert all(seen[i] != old[i] for i in old), "each was started again"
+    finally:
+        pool.close()
+    assert workers() == before

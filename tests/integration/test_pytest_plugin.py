@@ -237,3 +237,47 @@ def test_sandbox_from_a_warm_pool_and_the_pool_factory(
         assert len(ids.read_text().split()) == 6
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyrt-pool=-1")
     assert r.ret != 0 and "--pyrt-pool" in r.stderr.str() + r.stdout.str()
+
+
+def test_a_session_without_pyrt_fixtures_does_not_import_pyrt(pytester: pytest.Pytester) -> None:
+    # The plugin is loaded into every session where pyrt is installed; one that uses none of
+    # its fixtures must not pay for the core, the image code and the rest (~90 ms). The test
+    # file reports what the session had imported by the time it ran, and at its end.
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_nothing_of_pyrt():
+            loaded = sorted(m for m in sys.modules if m.startswith("pyrt"))
+            assert "pyrt.pytest_plugin" in loaded, loaded
+            assert loaded == ["pyrt", "pyrt.errors", "pyrt.pytest_plugin"], loaded
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1)
+
+
+def test_every_public_name_resolves_on_first_use() -> None:
+    # `import pyrt` defers its submodules (PEP 562); each name of __all__ must still be there,
+    # in dir(), through `from pyrt import *`, and be the object its home module defines.
+    code = """
+import sys, pyrt
+assert "pyrt._core" not in sys.modules, "import pyrt loaded the core"
+names = {}
+exec("from pyrt import *", names)
+missing = [n for n in pyrt.__all__ if n not in names or n not in dir(pyrt)]
+assert not missing, missing
+from pyrt.container.container import Container, run
+from pyrt.image import Image
+assert pyrt.Container is Container and pyrt.run is run and pyrt.Image is Image
+assert pyrt.aio.Container is not Container
+try:
+    pyrt.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+else:
+    raise AssertionError("pyrt.no_such_name did not raise")
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr

@@ -1,27 +1,35 @@
-"""state.json is replaced by an exchange of names (not a rename over it, which ext4 answers by
-writing the new file out at once): readers see the old contents or the new, never none."""
+"""state.json is replaced whole by the core (`_core.write_replacing`: a temporary file beside
+it, exchanged with the old one, which ext4 does not answer by writing the new file out at once):
+readers see the old contents or the new, never none and never half."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from pyrt.host.state import replace_file
+import pytest
+
+from pyrt import _core
 
 
-def test_replace_file_with_and_without_an_old_file(tmp_path: Path) -> None:
-    dest, new = tmp_path / "state.json", tmp_path / ".tmp"
-    new.write_text("first")
-    replace_file(new, dest)  # nothing to exchange with: a plain rename
-    assert dest.read_text() == "first" and not new.exists()
-    new.write_text("second")
-    replace_file(new, dest)
-    assert dest.read_text() == "second" and not new.exists()
+def test_replace_with_and_without_an_old_file(tmp_path: Path) -> None:
+    dest = tmp_path / "state.json"
+    _core.write_replacing(str(dest), "first")  # nothing to exchange with: a plain rename
+    assert dest.read_text() == "first"
+    _core.write_replacing(str(dest), "second")
+    assert dest.read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
+def test_a_missing_directory_is_an_oserror_naming_the_path(tmp_path: Path) -> None:
+    dest = tmp_path / "gone" / "state.json"
+    with pytest.raises(FileNotFoundError, match=r"gone/state\.json"):
+        _core.write_replacing(str(dest), "x")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_reader_never_finds_the_file_missing_or_half(tmp_path: Path) -> None:
-    dest, new = tmp_path / "state.json", tmp_path / ".tmp"
+    dest = tmp_path / "state.json"
     dest.write_text("0" * 5000)
     stop = threading.Event()
     sizes: set[int] = set()
@@ -38,8 +46,7 @@ def test_a_reader_never_finds_the_file_missing_or_half(tmp_path: Path) -> None:
     t.start()
     try:
         for i in range(1, 300):
-            new.write_text(str(i % 10) * 5000)
-            replace_file(new, dest)
+            _core.write_replacing(str(dest), str(i % 10) * 5000)
     finally:
         stop.set()
         t.join()

@@ -5,9 +5,14 @@ A pool keeps ``size`` started containers ready. ``acquire`` hands out one of the
 background thread starts another to take its place. When the caller is done, the container is
 reset (every process killed, a fresh writable layer, the command started again: as good as
 new) and goes back to the ready ones, or is removed when the pool is already full: a container
-is never handed out dirty. One thread does the starting and resetting, and starts each
-container's exec server before handing it out, so a pool costs its owner one thread and no
+is never handed out dirty. Two threads do the starting and resetting, and start each
+container's exec server before handing it out, so a pool costs its owner two threads and no
 work on the caller's path but the hand-over (even the first exec goes through the server).
+
+Why two: a reset mostly waits (for the old container's end, the new one's setup, its exec
+server), and while the caller's thread runs Python, each of those waits also costs the
+worker the GIL back, up to the switch interval (5 ms). One worker then fell behind a suite
+whose tests took 7 ms each, and every test waited ~1.2 ms in ``acquire``; with two, ~0.
 
 Containers of a pool are ordinary containers of the owning process: removed by ``close()``, at
 interpreter exit, and by the owner's reaper when the owner is killed."""
@@ -31,6 +36,9 @@ from pyrt.image import Image
 
 #: More containers than this ready at once is a mistake, not a pool.
 MAX_SIZE = 1024
+
+#: Threads that start and reset a pool's containers (see the module's docstring).
+WORKERS = 2
 
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -62,9 +70,13 @@ class Pool:
         self._error: Optional[BaseException] = None
         self._closed = False
         self._owner = os.getpid()
-        self._worker = threading.Thread(target=self._work, name="pyrt-pool", daemon=True)
+        self._workers = [
+            threading.Thread(target=self._work, name="pyrt-pool", daemon=True)
+            for _ in range(WORKERS)
+        ]
         _pools.add(self)
-        self._worker.start()
+        for w in self._workers:
+            w.start()
 
     def __repr__(self) -> str:
         with self._cond:
@@ -209,9 +221,10 @@ class Pool:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            # A start or reset in progress finishes first (each is bounded by the core).
-            self._worker.join()
+        for w in self._workers:
+            if w.is_alive() and threading.current_thread() is not w:
+                # A start or reset in progress finishes first (each is bounded by the core).
+                w.join()
         with self._cond:
             left = [*self._ready, *self._returned, *self._busy, *self._unstarted]
             self._ready.clear()
@@ -236,5 +249,5 @@ def _close_all_at_exit() -> None:
 
 
 # Registered after container's own exit hook, so it runs before it (atexit is last-in,
-# first-out): the worker stops before the containers it might still be starting are removed.
+# first-out): the workers stop before the containers it might still be starting are removed.
 atexit.register(_close_all_at_exit)

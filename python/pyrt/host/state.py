@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import itertools
 import json
 import os
@@ -112,9 +111,9 @@ class ContainerDir:
         text = json.dumps(state)
         for key, raw in self.raw_fields.items():
             text = f"{text[:-1]}{', ' if len(text) > 2 else ''}{json.dumps(key)}: {raw}}}"
-        tmp = self.path / ".state.json.tmp"
-        tmp.write_text(text)
-        replace_file(tmp, self.state_file)
+        # One call that keeps the GIL: written from Python, its nine system calls each
+        # released it, and a pool's thread waited for it back after each.
+        _core.write_replacing(str(self.state_file), text)
 
     def record_cgroups(self, paths: list[str]) -> None:
         """Notes the container's cgroups, for `collect_stale` after a crash (once: a reset
@@ -157,34 +156,6 @@ class ContainerDir:
             os.close(self.lock_fd)
             self.lock_fd = -1
             reaper.forget(self.path.name)
-
-
-_RENAME_EXCHANGE = 2
-
-
-@functools.cache
-def _renameat2() -> Optional[Callable[..., int]]:
-    import ctypes
-
-    try:
-        f = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:  # a C library before glibc 2.28
-        return None
-    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return f
-
-
-def replace_file(new: Path, dest: Path) -> None:
-    """``os.replace(new, dest)``, as an exchange of the two and an unlink of the old one when
-    ``dest`` exists: ext4 treats a rename over an existing file as a replace of its contents
-    and starts writing the new file out at once (its `auto_da_alloc`), 120 us on this VM's
-    /run against 20 for the exchange, paid at every container start and reset."""
-    f = _renameat2()
-    if f is not None and f(-100, os.fsencode(new), -100, os.fsencode(dest), _RENAME_EXCHANGE) == 0:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(new)
-        return
-    os.replace(new, dest)  # (no old file yet, or no exchange on this filesystem)
 
 
 #: Numbers the old layers a reset hands to the trash (a reset may come before the helper has

@@ -364,9 +364,7 @@ class Network:
             reaper.forget(reaper.NETWORK + self.name)
 
     def _write_state(self, doc: dict[str, Any]) -> None:
-        tmp = self._path / ".state.json.tmp"
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self._path / "state.json")
+        _core.write_replacing(str(self._path / "state.json"), json.dumps(doc))
 
 
 class Member:

@@ -1,6 +1,11 @@
 //! pyrt._core: the only file that knows PyO3. Functions take the OCI spec as JSON and raw
 //! descriptors; every blocking call releases the GIL; every failure becomes a pyrt exception
 //! (`pyrt.errors.SpawnError` with `.stage` and `.errno`), never a panic across the FFI.
+//!
+//! What cannot block keeps the GIL (a lock nobody holds, a poll that does not wait, the state
+//! file's write). Releasing it is not free for a background thread, a pool's: while another
+//! thread runs Python, getting it back can take up to the switch interval (5 ms), so every
+//! needless release on a reset's path cost the pool that much in a test suite.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -197,13 +202,14 @@ impl ExecServer {
     /// The server process's pid, while it runs.
     #[getter]
     fn pid(&self, py: Python<'_>) -> Option<i32> {
-        py.detach(|| locked(&self.inner).as_ref().map(|s| s.pid()))
+        quick(py, &self.inner, |s| s.as_ref().map(|s| s.pid()))
     }
 
     /// Ends the server (killed and reaped); idempotent.
     fn close(&self, py: Python<'_>) {
-        let server = py.detach(|| locked(&self.inner).take());
-        py.detach(move || drop(server));
+        if let Some(server) = quick(py, &self.inner, Option::take) {
+            py.detach(move || drop(server));
+        }
     }
 }
 
@@ -594,6 +600,14 @@ fn pid_start_time(pid: i64) -> Option<u64> {
     i32::try_from(pid).ok().and_then(runtime::start_time)
 }
 
+/// Replaces the file `dest` with `data` whole, through a temporary file beside it
+/// (`pyrt_core::host::statefile`). The GIL stays held: a few small writes and renames.
+#[pyfunction]
+fn write_replacing(dest: &str, data: &str) -> PyResult<()> {
+    pyrt_core::host::statefile::write_replacing(std::path::Path::new(dest), data.as_bytes())
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("{dest}: {e}"))))
+}
+
 /// Sends `sig` to a container's first process recorded as (`pid`, `start`) by whoever
 /// created it, through a pidfd (ProcessLookupError once it is gone).
 #[pyfunction]
@@ -620,6 +634,17 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs the quick `f` (a take, a copy) on what `m` guards. A free lock is taken with the GIL
+/// held. A held one is waited for with the GIL released: its holder may have released the GIL
+/// for a long operation and need it back to finish.
+fn quick<T: Send, R: Send>(py: Python<'_>, m: &Mutex<T>, f: impl FnOnce(&mut T) -> R + Send) -> R {
+    match m.try_lock() {
+        Ok(mut g) => f(&mut g),
+        Err(std::sync::TryLockError::Poisoned(e)) => f(&mut e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => py.detach(|| f(&mut locked(m))),
+    }
+}
+
 impl Process {
     /// Runs `f` on the cgroup with the GIL released, and takes the lock only then. A lock
     /// waited for while holding the GIL deadlocks against a holder that released the GIL for
@@ -639,7 +664,7 @@ impl Process {
     /// Lets a process spawned with `hold=True` go on: returns once its command runs, or raises
     /// its setup error. Does nothing for a process not held.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(pending) = py.detach(|| locked(&self.pending).take()) else {
+        let Some(pending) = quick(py, &self.pending, Option::take) else {
             return Ok(());
         };
         let child = &self.child;
@@ -672,6 +697,10 @@ impl Process {
         const SLICE: Duration = Duration::from_millis(100);
         let deadline = deadline_of(timeout)?;
         let child = &self.child;
+        if timeout == Some(0.0) {
+            // A look, not a wait (a reset's "is it still running?").
+            return child.wait(Some(Duration::ZERO)).map_err(|e| os_error(&e));
+        }
         loop {
             let slice = deadline.map_or(SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(SLICE)
@@ -704,7 +733,7 @@ impl Process {
 
     /// The container's cgroup directories (one per v1 hierarchy, or the v2 one).
     fn cgroup_paths(&self, py: Python<'_>) -> Vec<String> {
-        self.with_cgroup(py, |g| {
+        quick(py, &self.cgroup, |g| {
             g.as_ref().map_or_else(Vec::new, |c| {
                 c.paths().iter().map(|p| p.display().to_string()).collect()
             })
@@ -713,7 +742,7 @@ impl Process {
 
     /// Kills everything in the container's cgroup and removes it; idempotent.
     fn destroy_cgroup(&self, py: Python<'_>) -> PyResult<()> {
-        match self.with_cgroup(py, |g| g.take()) {
+        match quick(py, &self.cgroup, Option::take) {
             None => Ok(()),
             Some(c) => py
                 .detach(|| c.destroy())
@@ -788,6 +817,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(remove_cgroup, m)?)?;
     m.add_function(wrap_pyfunction!(pid_start_time, m)?)?;
     m.add_function(wrap_pyfunction!(signal_recorded, m)?)?;
+    m.add_function(wrap_pyfunction!(write_replacing, m)?)?;
     m.add_function(wrap_pyfunction!(new_netns, m)?)?;
     m.add_function(wrap_pyfunction!(new_userns_netns, m)?)?;
     m.add_function(wrap_pyfunction!(forward_tcp_in, m)?)?;
