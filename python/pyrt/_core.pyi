@@ -26,11 +26,11 @@ __all__ = [
     "plan",
     "remove_cgroup",
     "signal_recorded",
-    "write_replacing",
     "spawn",
     "tcp_connect",
     "tcp_probe",
     "unpack_layer",
+    "write_replacing",
 ]
 
 CHILD_SIZE: int

@@ -528,7 +528,8 @@ def _rm(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from pyrt.host.state import find, remove_cgroup
+    from pyrt.host.collect import remove_cgroup
+    from pyrt.host.state import find
 
     for ref in a.containers:
         st = find(ref)
@@ -633,7 +634,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolve_image(a.image).remove()
             return 0
         if a.cmd == "gc":
-            from pyrt.host.state import collect_stale, containers_root, remove_cgroup, stale_cgroups
+            from pyrt.host.collect import collect_stale, remove_cgroup, stale_cgroups
+            from pyrt.host.state import containers_root
 
             for cid in collect_stale():
                 print(cid)

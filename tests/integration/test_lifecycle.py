@@ -15,7 +15,8 @@ import pytest
 
 import pyrt
 from helpers import exec_servers
-from pyrt.host.state import containers_root, stale_cgroups
+from pyrt.host.collect import stale_cgroups
+from pyrt.host.state import containers_root
 
 
 def _alive(pid: int) -> bool:

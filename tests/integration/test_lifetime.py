@@ -16,7 +16,8 @@ import pytest
 
 import pyrt
 from helpers import assert_nothing_left_of
-from pyrt.host.state import collect_stale, containers_root
+from pyrt.host.collect import collect_stale
+from pyrt.host.state import containers_root
 
 
 def _alive(pid: int) -> bool:
@@ -495,8 +496,8 @@ def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
 def test_gc_empties_what_a_dead_helper_left_in_the_trash(tmp_path: Path) -> None:
     """A trash entry nobody is deleting (its helper died first) goes at the next stale
     collection once it is older than the grace period; a young one is left to its helper."""
+    from pyrt.host.collect import empty_stale_trash
     from pyrt.host.reaper import trash_root
-    from pyrt.host.state import empty_stale_trash
 
     trash = trash_root()
     trash.mkdir(parents=True, exist_ok=True)

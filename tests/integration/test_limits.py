@@ -191,7 +191,7 @@ sys.stdin.read()
 
 
 def test_cgroups_of_a_crashed_parent_are_collected(rootfs: Path) -> None:
-    from pyrt.host.state import collect_stale
+    from pyrt.host.collect import collect_stale
 
     p = subprocess.Popen(
         [sys.executable, "-c", CRASH, str(rootfs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -116,12 +116,12 @@ def _dying(pid: int) -> bool:
 def empty_trash(names: set[str]) -> None:
     """Deletes the entries ``names`` of the trash (``reaper.discard``): directories of removed
     containers, handed over by the owner."""
-    from pyrt.host import state
+    from pyrt.host.removal import remove_tree
 
     root = trash_root()
     for name in names:
         if name and "/" not in name and name not in (".", ".."):
-            state.remove_tree(root / name)
+            remove_tree(root / name)
 
 
 def collect(ids: set[str]) -> None:
@@ -129,17 +129,17 @@ def collect(ids: set[str]) -> None:
     named in them), one already moved to the trash, and any ``pyrt-ID`` cgroup made before it
     was noted down."""
     # Imported only now: the helper lives as long as its owner, and should cost it nothing.
-    from pyrt.host import state
+    from pyrt.host import collect as stale
 
     root = Path(state_root()) / "containers"
     nets = {i[len(NETWORK) :] for i in ids if i.startswith(NETWORK)}
     ids = ids - {NETWORK + n for n in nets}  # a new set: the caller's stays as it was
     if nets:
-        state.collect_stale_networks(only=nets)
-    state.collect_stale(only={i for i in ids if (root / i).exists()})
+        stale.collect_stale_networks(only=nets)
+    stale.collect_stale(only={i for i in ids if (root / i).exists()})
     # An owner killed between moving a directory (or a reset's old layer, "ID.upper.N") into
     # the trash and telling us so.
     with contextlib.suppress(OSError):
         empty_trash({e for e in os.listdir(trash_root()) if e.split(".", 1)[0] in ids})
     if os.geteuid() == 0:
-        state.remove_cgroup(state.stale_cgroups(set(), only=ids))
+        stale.remove_cgroup(stale.stale_cgroups(set(), only=ids))

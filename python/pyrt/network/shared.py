@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from pyrt import _core
 from pyrt.config import checks
 from pyrt.errors import PyrtError
-from pyrt.host import reaper, state, userns
+from pyrt.host import collect, reaper, state, userns
 from pyrt.network import links
 from pyrt.network.portlink import KernelPorts
 from pyrt.network.private import (
@@ -113,11 +113,11 @@ class Network:
         self._members: dict[str, Container] = {}
         self._removed = False
         self._mutex = threading.Lock()
-        state.collect_stale_once()
+        collect.collect_stale_once()
         try:
             self._path.mkdir(mode=0o700)
         except FileExistsError:
-            state.collect_stale_networks(only={self.name})
+            collect.collect_stale_networks(only={self.name})
             try:
                 self._path.mkdir(mode=0o700)
             except FileExistsError:

@@ -8,7 +8,7 @@ are charged to the memory cgroup of whoever writes them, so a container's ``memo
 its layer too. The mount is the host's, made by root: an unprivileged caller cannot mount
 there, which is why ``disk=`` needs root (see ``options.disk``).
 
-Every path that removes a container directory unmounts it first (``state.remove_tree``, the
+Every path that removes a container directory unmounts it first (``removal.remove_tree``, the
 fast path of ``ContainerDir.remove``): a leftover mount is a leak the tests look for."""
 
 from __future__ import annotations
