@@ -242,7 +242,7 @@ def test_sandbox_from_a_warm_pool_and_the_pool_factory(
 def test_a_session_without_pyrt_fixtures_does_not_import_pyrt(pytester: pytest.Pytester) -> None:
     # The plugin is loaded into every session where pyrt is installed; one that uses none of
     # its fixtures must not pay for the core, the image code and the rest (~90 ms). The test
-    # file reports what the session had imported by the time it ran, and at its end.
+    # looks at what the session has imported by the time it runs.
     pytester.makepyfile(
         """
         import sys

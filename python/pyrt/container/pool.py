@@ -249,5 +249,5 @@ def _close_all_at_exit() -> None:
 
 
 # Registered after container's own exit hook, so it runs before it (atexit is last-in,
-# first-out): the workers stop before the containers it might still be starting are removed.
+# first-out): the workers stop before the containers they might still be starting are removed.
 atexit.register(_close_all_at_exit)
