@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -152,11 +153,16 @@ def stale_cgroups(
 
 
 _collected = False
+_collecting = threading.Lock()
 
 
 def collect_stale_once() -> None:
+    """Before this process's first container or network. Under a lock: a pool's two workers
+    start their first containers at the same moment, and the second waits for the first's
+    collection rather than run one of its own."""
     global _collected
-    if not _collected:
-        _collected = True
-        collect_stale()
-        collect_stale_networks()
+    with _collecting:
+        if not _collected:
+            _collected = True  # once, even if it fails: not again at every start
+            collect_stale()
+            collect_stale_networks()
