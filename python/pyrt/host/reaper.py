@@ -120,7 +120,7 @@ def discard(path: Path, name: Optional[str] = None) -> bool:
     a reset's old writable layer, ``name`` then "ID.upper.N") to this process's helper, off
     the caller's path: one rename moves it out of ``containers`` into the trash, and the
     helper deletes it there (on the development VM /run is ext4, and
-    removing the directory took 0.7 ms of every ``pyrt.run``: benches/README.md). The helper
+    removing the directory took 0.7 ms of every ``pyrt.run``: benches/log/start.md). The helper
     finishes it even if this process dies right after; what a dead helper leaves, stale
     collection empties. False when there is no helper to hand it to, or the rename or the line
     failed: the caller then deletes ``path`` itself (if the rename happened and the line did
