@@ -25,6 +25,7 @@ from pyrt.errors import (
 )
 
 if TYPE_CHECKING:
+    from pyrt import aio as aio  # (a type checker sees the submodule that __getattr__ gives)
     from pyrt.config.mounts import Bind, Tmpfs
     from pyrt.container.container import Container, run
     from pyrt.container.health import Healthcheck
