@@ -1,6 +1,7 @@
 """Type stub of pyrt._core, the Rust extension (rust/python/src/lib.rs). Checked against the
 built module with mypy.stubtest in CI."""
 
+import os
 from collections.abc import Callable
 from typing import Optional
 
@@ -95,7 +96,7 @@ def remove_cgroup(paths: list[str]) -> None:
 def pid_start_time(pid: int) -> Optional[int]:
     """The start time of process ``pid`` (clock ticks after boot), None without one."""
 
-def write_replacing(dest: str, data: str) -> None:
+def write_replacing(dest: str | os.PathLike[str], data: str) -> None:
     """Replaces the file ``dest`` with ``data`` whole (a temporary file beside it, exchanged):
     a reader sees the old contents or the new, never half."""
 

@@ -4,6 +4,7 @@ readers see the old contents or the new, never none and never half."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -51,3 +52,14 @@ def test_a_reader_never_finds_the_file_missing_or_half(tmp_path: Path) -> None:
         stop.set()
         t.join()
     assert not errors and sizes == {5000}, (errors[:3], sizes)
+
+
+def test_a_path_that_is_not_utf8_is_written(tmp_path: Path) -> None:
+    # A state root may be named by any bytes (PYRT_STATE); Python hands such a name over with
+    # surrogates, and the core takes it as a path, not as text it would refuse.
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xffte")
+    os.mkdir(odd)
+    _core.write_replacing(os.path.join(odd, "state.json"), "x")
+    _core.write_replacing(Path(odd) / "state.json", "y")
+    assert os.listdir(os.fsencode(odd)) == [b"state.json"]
+    assert (Path(odd) / "state.json").read_text() == "y"

@@ -601,11 +601,17 @@ fn pid_start_time(pid: i64) -> Option<u64> {
 }
 
 /// Replaces the file `dest` with `data` whole, through a temporary file beside it
-/// (`pyrt_core::host::statefile`). The GIL stays held: a few small writes and renames.
+/// (`pyrt_core::host::statefile`). The GIL stays held: a few small writes and renames. `dest`
+/// is taken as a path (a str or a path object, converted as `os.fsencode` does), so a state
+/// root whose name is not UTF-8 works as it did when Python wrote the file.
 #[pyfunction]
-fn write_replacing(dest: &str, data: &str) -> PyResult<()> {
-    pyrt_core::host::statefile::write_replacing(std::path::Path::new(dest), data.as_bytes())
-        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("{dest}: {e}"))))
+fn write_replacing(dest: std::path::PathBuf, data: &str) -> PyResult<()> {
+    pyrt_core::host::statefile::write_replacing(&dest, data.as_bytes()).map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error().unwrap_or(0),
+            format!("{}: {e}", dest.display()),
+        ))
+    })
 }
 
 /// Sends `sig` to a container's first process recorded as (`pid`, `start`) by whoever

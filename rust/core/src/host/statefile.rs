@@ -1,14 +1,13 @@
 //! A container's state file, replaced whole so that a reader (`pyrt ps` in another process,
 //! the stale collection) finds the old contents or the new, never a half-written file.
 
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-
 /// The temporary name `write_replacing` writes beside `dest` (`.state.json.tmp`).
-pub fn temporary_for(dest: &Path) -> PathBuf {
+fn temporary_for(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map_or_else(Default::default, |n| n.to_string_lossy());
