@@ -154,6 +154,23 @@ def test_missing_blob(store: Path, tmp_path: Path, rootfs: Path) -> None:
     assert_nothing_left(store)
 
 
+@pytest.mark.parametrize("which", ["index.json", "layer blob"])
+def test_layout_file_that_is_a_fifo(which: str, store: Path, tmp_path: Path, rootfs: Path) -> None:
+    """A FIFO in place of a layout's file would block its open forever (no writer ever
+    comes): refused at once with an ImageError naming it."""
+    layout, manifest = _layout_with(tmp_path, rootfs)
+    if which == "index.json":
+        target, name = layout / "index.json", "index.json"
+    else:
+        digest = manifest["layers"][0]["digest"][7:]  # type: ignore[index]
+        target, name = layout / "blobs" / "sha256" / digest, digest
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(pyrt.ImageError, match=f"{name}.* not a regular file"):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
 def test_blob_symlinked_to_a_host_file_is_not_read(
     store: Path, tmp_path: Path, rootfs: Path
 ) -> None:
@@ -296,3 +313,35 @@ def test_overlay_xattrs_in_a_layer_are_dropped(store: Path, tmp_path: Path, root
     path = Path(img.lower[0]) / "r"
     assert os.getxattr(path, "user.kept") == b"yes"
     assert "trusted.overlay.redirect" not in os.listxattr(path)
+
+
+@pytest.mark.parametrize("shape", ["fifo", "device", "huge"])
+def test_user_database_that_is_not_a_plain_file(shape: str, rootfs: Path, tmp_path: Path) -> None:
+    """An image's /etc/passwd is read on the host to resolve the container's user. A FIFO
+    there would block the open (or the read) forever, a device never end, a huge file fill
+    memory: each is refused with an ImageError naming the file, before the container's
+    process starts, and the container leaves nothing."""
+    import shutil
+
+    from helpers import assert_nothing_left_of
+
+    root = tmp_path / "rootfs"
+    shutil.copytree(rootfs, root, symlinks=True)
+    passwd = root / "etc" / "passwd"
+    passwd.unlink()
+    if shape == "fifo":
+        os.mkfifo(passwd)
+    elif shape == "device":
+        os.mknod(passwd, 0o600 | 0o020000, os.makedev(1, 5))  # /dev/zero's numbers
+    else:
+        with open(passwd, "wb") as f:
+            f.truncate(17 << 20)  # sparse: no disk, 17 MiB of zeros to read
+    c = pyrt.Container(pyrt.Image.load(root), ["/bin/true"], user="nobody")
+    with pytest.raises(pyrt.ImageError, match="/etc/passwd"):
+        c.run()
+    assert_nothing_left_of(c.id)  # (its directory may wait a moment in the helper's trash)
+    # The same image's file, made plain again, works: the refusal was the shape's.
+    passwd.unlink()
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    r = pyrt.run(pyrt.Image.load(root), ["id", "-u"], user="nobody")
+    assert r.stdout.strip() == b"65534"

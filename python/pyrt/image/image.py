@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Optional, Union
@@ -23,6 +24,8 @@ from pyrt.image.unpack import WHITEOUTS_KEEP
 PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP = b"\x1f\x8b"
+#: The most of a file ``read_file`` reads: a real /etc/passwd is kilobytes.
+_MAX_READ = 16 << 20
 _HOST_ID = "sha256:" + hashlib.sha256(b"pyrt host image").hexdigest()
 
 
@@ -319,7 +322,10 @@ class Image:
     # --- contents -----------------------------------------------------------------------
 
     def read_file(self, path: str) -> Optional[bytes]:
-        """A file of the image's root filesystem (symlinks resolved inside it), or None."""
+        """A regular file of the image's root filesystem (symlinks resolved inside it), or None
+        when it is absent. ImageError when it is anything else, or larger than 16 MiB: the
+        files read are /etc/passwd and /etc/group, and a hostile image's could be a FIFO (whose
+        open or read would wait forever), a device that never ends, or gigabytes."""
         rel = path.lstrip("/")
         for d in self.lower:
             try:
@@ -327,13 +333,18 @@ class Image:
             except OSError:
                 continue
             try:
-                fd = _core.open_in_root(dfd, rel, os.O_RDONLY)
+                fd = _core.open_in_root(dfd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
             except OSError:
                 continue
             finally:
                 os.close(dfd)
             with os.fdopen(fd, "rb") as f:
-                return f.read()
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ImageError(f"{self!r}: {path} is not a regular file")
+                data = f.read(_MAX_READ + 1)
+                if len(data) > _MAX_READ:
+                    raise ImageError(f"{self!r}: {path} is larger than {_MAX_READ >> 20} MiB")
+                return data
         return None
 
     def resolve_user(self, user: Optional[str]) -> UserIds:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,12 +214,14 @@ class _LayoutDir:
 
     def open_path(self, rel: str) -> IO[bytes]:
         try:
-            fd = _core.open_in_root(self.fd, rel, os.O_RDONLY)
+            # Non-blocking: a FIFO's open would wait for a writer forever (a regular file's
+            # reads never see the flag).
+            fd = _core.open_in_root(self.fd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError as e:
             raise ImageError(f"{self.what}: {rel} is missing") from e
         except OSError as e:
             raise ImageError(f"{self.what}: cannot read {rel}: {e.strerror}") from e
-        if not os.path.isfile(f"/proc/self/fd/{fd}"):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ImageError(f"{self.what}: {rel} is not a regular file")
         return os.fdopen(fd, "rb")
