@@ -491,6 +491,18 @@ def test_device_node_in_the_context_is_refused(
         pyrt.build(ctx, build_args=base)
 
 
+@pytest.mark.parametrize("where", [".dockerignore", "fifo"])
+def test_fifo_in_the_context_is_refused(
+    where: str, tmp_path: Path, store: Path, base: dict[str, str]
+) -> None:
+    """A FIFO would block its reader forever (no writer ever comes): as the context's
+    .dockerignore, or a file COPY takes, it is refused at once, naming it."""
+    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nCOPY . /x/\n"})
+    os.mkfifo(ctx / where)
+    with pytest.raises(pyrt.BuildError, match=where):
+        pyrt.build(ctx, build_args=base)
+
+
 def test_bad_arguments(tmp_path: Path, base: dict[str, str]) -> None:
     with pytest.raises(TypeError, match="context"):
         pyrt.build(3)  # type: ignore[arg-type]

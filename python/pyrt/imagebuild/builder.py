@@ -9,10 +9,10 @@ step is about to stack on.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Optional, Union
 
 from pyrt.config import checks
@@ -118,9 +118,22 @@ def _containerfile(ctx_dir: str, file: Optional[PathLike]) -> str:
     raise PyrtError(f"{ctx_dir}: has no Containerfile or Dockerfile (give file=)")
 
 
+def _read_bytes(path: str) -> bytes:
+    """At most MAX_FILE + 1 bytes of the regular file ``path``: opened non-blocking and
+    refused when it is anything else (a FIFO in a checked-out context would wait forever
+    for a writer, a device never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BuildError("not a regular file", path)
+        return f.read(MAX_FILE + 1)
+
+
 def _read(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read(MAX_FILE + 1)
+    try:
+        raw = _read_bytes(path)
+    except OSError as e:
+        raise BuildError(f"cannot read: {e.strerror or e}", path) from None
     if len(raw) > MAX_FILE:
         raise BuildError(f"larger than {MAX_FILE} bytes", path)
     try:
@@ -133,7 +146,7 @@ def _ignore_text(ctx_dir: str, path: str) -> str:
     # BuildKit's rule: "<file>.dockerignore" beside the Containerfile wins over the context's.
     for p in (path + ".dockerignore", os.path.join(ctx_dir, ".dockerignore")):
         try:
-            return Path(p).read_text(errors="replace")[:MAX_FILE]
+            return _read_bytes(p)[:MAX_FILE].decode(errors="replace")
         except OSError:
             continue
     return ""

@@ -23,7 +23,7 @@ from typing import IO, Optional
 from pyrt.imagebuild.ignore import Ignore
 from pyrt.rootfs.files import ExactSize
 
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # (a FIFO never blocks an open)
 _DIR_FLAGS = _FLAGS | os.O_DIRECTORY
 _MAX_LINKS = 40
 _CHUNK = 1 << 20
