@@ -97,6 +97,37 @@ def test_the_root_layer_is_mounted_volatile_and_opens_again(image: pyrt.Image) -
     assert not path.exists()
 
 
+def test_fifos_and_device_nodes_are_refused_unopened(image: pyrt.Image) -> None:
+    """What the container put at a path is looked at before the host opens it: a FIFO's open
+    would block (or wake the container's peer on the other end), a device node's would act on
+    the host's device. Both are refused, naming the path, and neither is opened: the
+    container's writer, waiting on its FIFO for a reader, is still waiting."""
+    with pyrt.Container(image, ["sleep", "1000"], cap_add=["MKNOD"]) as c:
+        sh(c, "mkfifo /etc/fifo /etc/quiet; mknod /etc/zero c 1 5")
+        # A writer inside, blocked in its open until a reader comes (then it says so).
+        sh(c, "(echo hi > /etc/fifo; touch /etc/woken) </dev/null >/dev/null 2>&1 &")
+        for path in ("/etc/fifo", "/etc/zero"):
+            with pytest.raises(pyrt.PyrtError, match=f"{path}: not a regular file"):
+                c.read_file(path)
+        time.sleep(0.2)
+        assert sh(c, "ls /etc/woken 2>&1 || true").strip().endswith("No such file or directory")
+        for path in ("/etc/quiet", "/etc/zero"):  # (a FIFO without a reader would block)
+            with pytest.raises(pyrt.PyrtError, match=f"{path}: not a regular file"):
+                c.write_file(path, b"x")
+        # get_archive takes them as what they are, without opening them.
+        with tarfile.open(fileobj=io.BytesIO(c.get_archive("/etc")), mode="r:") as tf:
+            kinds = {m.name: m.type for m in tf.getmembers()}
+        assert kinds["etc/fifo"] == tarfile.FIFOTYPE
+        assert kinds["etc/zero"] == tarfile.CHRTYPE
+        sh(c, "cat /etc/fifo >/dev/null")  # the writer finishes: it was waiting all along
+        for _ in range(100):
+            if c.exec(["test", "-e", "/etc/woken"]).returncode == 0:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the container's writer never finished")
+
+
 def test_bad_arguments_are_refused(image: pyrt.Image) -> None:
     c = pyrt.Container(image, ["true"])
     try:

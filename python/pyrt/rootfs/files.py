@@ -104,23 +104,58 @@ def make_dirs(root: int, path: str, owner: Owner) -> int:
         raise
 
 
+def _open_regular(root: int, path: str, flags: int, dir_hint: str = "") -> int:
+    """``path`` inside the root opened with ``flags``, only if it is a regular file (or, with
+    O_CREAT, absent: it is then made). What the path names is looked at before it is opened:
+    opening a FIFO blocks until a peer comes, and opening a device node (one a container given
+    CAP_MKNOD made) acts on the host's device, whatever is done with the descriptor after.
+    The open is non-blocking and its inode must be the one looked at: a container that swaps
+    the file in between is refused too."""
+    flags |= os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        probe = _core.open_in_root(root, _rel(path), os.O_PATH)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise PathNotFound(path) from None
+        seen = None  # (also a dangling symlink: the file is made where it points, in the root)
+    except NotADirectoryError:
+        raise PyrtError(f"{path}: a component of the path is not a directory") from None
+    else:
+        try:
+            seen = os.fstat(probe)
+        finally:
+            os.close(probe)
+        if stat.S_ISDIR(seen.st_mode):
+            raise PyrtError(f"{path}: is a directory in the container {dir_hint}".rstrip())
+        if not stat.S_ISREG(seen.st_mode):
+            raise PyrtError(f"{path}: not a regular file in the container")
+    try:
+        fd = _core.open_in_root(root, _rel(path), flags, 0o600 if flags & os.O_CREAT else 0)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO without a reader, a directory
+            raise PyrtError(f"{path}: not a regular file in the container") from None
+        raise _os_error(e, path) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (
+        seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino)
+    ):
+        os.close(fd)
+        raise PyrtError(
+            f"{path}: not a regular file in the container (it changed as it was opened)"
+        )
+    return fd
+
+
 def write_file(root: int, path: str, data: bytes, mode: int, owner: Owner) -> None:
     parent_path, name = _split(path)
     if not name:
         raise PyrtError(f"{path}: cannot write the root directory as a file")
     parent = make_dirs(root, parent_path, owner)
     try:
-        try:
-            fd = _core.open_in_root(
-                root, _rel(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOCTTY, mode
-            )
-        except IsADirectoryError:
-            raise PyrtError(f"{path}: is a directory in the container") from None
+        fd = _open_regular(root, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     finally:
         os.close(parent)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PyrtError(f"{path}: not a regular file in the container")
         if owner is not None:
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)  # after chown, which clears set-id bits; and past the umask
@@ -134,13 +169,8 @@ def write_file(root: int, path: str, data: bytes, mode: int, owner: Owner) -> No
 
 
 def read_file(root: int, path: str) -> bytes:
-    fd = _open(root, path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    fd = _open_regular(root, path, os.O_RDONLY, "(get_archive reads trees)")
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise PyrtError(f"{path}: is a directory in the container (get_archive reads trees)")
-        if not stat.S_ISREG(st.st_mode):
-            raise PyrtError(f"{path}: not a regular file in the container")
         chunks = []
         total = 0
         while chunk := os.read(fd, _CHUNK):
@@ -239,11 +269,22 @@ def add_to_tar(
             tf.addfile(ti)
             result.entries += 1
             return
-        links[key] = arcname
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dirfd)
+        # Non-blocking, and the inode stat saw: a running container may have put a FIFO
+        # (whose open would block) or a device node in the file's place meanwhile.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=dirfd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                return  # removed, or replaced (a symlink, a FIFO) by the container meanwhile
+            raise
         with os.fdopen(fd, "rb") as f:
-            ti.size = os.fstat(f.fileno()).st_size
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != key:
+                return
+            ti.size = now.st_size
             tf.addfile(ti, ExactSize(f, ti.size))
+        links[key] = arcname
     elif stat.S_ISDIR(m):
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
