@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,42 @@ def test_user_database_that_is_not_a_plain_file(shape: str, rootfs: Path, tmp_pa
     passwd.write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
     r = pyrt.run(pyrt.Image.load(root), ["id", "-u"], user="nobody")
     assert r.stdout.strip() == b"65534"
+
+
+MALFORMED_CONFIGS = {
+    "Entrypoint": ({"Entrypoint": "/bin/sh -c true"}, "config.Entrypoint must be a list"),
+    "Cmd": ({"Cmd": [1, 2]}, "config.Cmd must be a list of strings"),
+    "Env": ({"Env": "A=B"}, "config.Env must be a list of strings"),
+    "Env entry": ({"Env": ["=x"]}, "config.Env: '=x' is not NAME=value"),
+    "Env NUL": ({"Env": ["A=b\u0000c"]}, "config.Env"),
+    "WorkingDir": ({"WorkingDir": 5}, "config.WorkingDir must be a string"),
+    "User": ({"User": ["root"]}, "config.User must be a string"),
+    "Labels": ({"Labels": ["a"]}, "config.Labels must be an object"),
+    "Label value": ({"Labels": {"a": {"b": 1}}}, "config.Labels.a must be a string"),
+    "ExposedPorts": ({"ExposedPorts": "80/tcp"}, "config.ExposedPorts must be an object"),
+    "StopSignal": ({"StopSignal": {"x": 1}}, "config.StopSignal must be a string"),
+    "config": (["x"], "its config is not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(MALFORMED_CONFIGS))
+def test_malformed_config_is_an_image_error(
+    field: str, store: Path, tmp_path: Path, rootfs: Path
+) -> None:
+    """A config field of the wrong type (the image spec's: a list of strings, an object, a
+    string) is refused at load with an ImageError naming the field, before any layer is
+    unpacked: not a TypeError or an AttributeError when a container is made from it."""
+    cfg, message = MALFORMED_CONFIGS[field]
+    layout = make_layout(tmp_path / "lay", [busybox_layer(rootfs)], config=cfg)  # type: ignore[arg-type]
+    with pytest.raises(pyrt.ImageError, match=re.escape(message)):
+        pyrt.Image.load(layout)
+    assert_nothing_left(store)
+
+
+def test_well_formed_config_nulls_are_accepted(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    """null is every field's "not set" (Docker writes it so)."""
+    cfg = {k: None for k in ("Entrypoint", "Cmd", "Env", "WorkingDir", "User", "Labels",
+                             "ExposedPorts", "Volumes", "StopSignal", "Healthcheck")}  # fmt: skip
+    cfg["Cmd"] = ["echo", "ok"]
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [busybox_layer(rootfs)], config=cfg))
+    assert pyrt.run(img).stdout == b"ok\n"

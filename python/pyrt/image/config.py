@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pyrt.errors import ImageError
+
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -24,23 +26,36 @@ class ImageConfig:
     volumes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_oci(cls, cfg: Mapping[str, Any]) -> ImageConfig:
-        """From the ``config`` object of an OCI image configuration (or Docker's)."""
+    def from_oci(cls, cfg: object, what: str = "image") -> ImageConfig:
+        """From the ``config`` object of an OCI image configuration (or Docker's). A field of
+        the wrong shape is the image's fault, and an ImageError naming ``what`` and the field
+        (the spec's types: a list of strings, an object, a string), not a TypeError from
+        whoever reads it later."""
+        if cfg is None:
+            cfg = {}
+        if not isinstance(cfg, Mapping):
+            raise ImageError(f"{what}: its config is not a JSON object")
         env: dict[str, str] = {}
-        for kv in cfg.get("Env") or []:
-            k, _, v = str(kv).partition("=")
+        for kv in _strings(cfg, "Env", what) or []:
+            k, _, v = kv.partition("=")
+            if not k or "\0" in kv:
+                raise ImageError(f"{what}: config.Env: {kv!r} is not NAME=value")
             env[k] = v
+        hc = cfg.get("Healthcheck")
         return cls(
-            entrypoint=list(cfg["Entrypoint"]) if cfg.get("Entrypoint") else None,
-            cmd=list(cfg["Cmd"]) if cfg.get("Cmd") else None,
+            entrypoint=_strings(cfg, "Entrypoint", what) or None,
+            cmd=_strings(cfg, "Cmd", what) or None,
             env=env,
-            workdir=cfg.get("WorkingDir") or None,
-            user=cfg.get("User") or None,
-            exposed_ports=_keys(cfg.get("ExposedPorts")),
-            labels=dict(cfg.get("Labels") or {}),
-            healthcheck=dict(hc) if isinstance(hc := cfg.get("Healthcheck"), Mapping) else None,
-            stop_signal=str(cfg["StopSignal"]) if cfg.get("StopSignal") else None,
-            volumes=_keys(cfg.get("Volumes")),
+            workdir=_string(cfg, "WorkingDir", what),
+            user=_string(cfg, "User", what),
+            exposed_ports=_keys(cfg, "ExposedPorts", what),
+            labels={
+                k: _string(cfg["Labels"], k, what, "Labels") or ""
+                for k in _keys(cfg, "Labels", what)
+            },
+            healthcheck=dict(hc) if isinstance(hc, Mapping) else None,
+            stop_signal=_string(cfg, "StopSignal", what),
+            volumes=_keys(cfg, "Volumes", what),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,9 +73,37 @@ class ImageConfig:
         }
 
 
-def _keys(obj: Any) -> list[str]:
-    """The names of a JSON object whose values do not matter (ExposedPorts, Volumes)."""
-    return sorted(str(k) for k in obj) if isinstance(obj, Mapping) else []
+def _strings(cfg: Mapping[str, Any], key: str, what: str) -> Optional[list[str]]:
+    """A field that is a list of strings (or null)."""
+    v = cfg.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ImageError(f"{what}: config.{key} must be a list of strings, not {_shown(v)}")
+    return list(v)
+
+
+def _string(cfg: Mapping[str, Any], key: str, what: str, within: str = "") -> Optional[str]:
+    """A field that is a string (or null); an empty one is None."""
+    v = cfg.get(key)
+    if v is not None and not isinstance(v, str):
+        field = f"{within}.{key}" if within else key
+        raise ImageError(f"{what}: config.{field} must be a string, not {_shown(v)}")
+    return v or None
+
+
+def _keys(cfg: Mapping[str, Any], key: str, what: str) -> list[str]:
+    """The names of a field that is a JSON object (or null): ExposedPorts, Volumes, Labels."""
+    v = cfg.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, Mapping):
+        raise ImageError(f"{what}: config.{key} must be an object, not {_shown(v)}")
+    return sorted(str(k) for k in v)
+
+
+def _shown(v: object) -> str:
+    return f"{type(v).__name__} {repr(v)[:40]}"
 
 
 def command_for(

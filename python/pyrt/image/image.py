@@ -112,6 +112,8 @@ class Image:
         ``verified``: the blobs were checked against their digests on download."""
         if not r.layers:
             raise ImageError(f"{what}: the image has no layers")
+        # Read first: an image whose config is malformed leaves no layer behind.
+        config = ImageConfig.from_oci(r.config.get("config"), what)
         lower: tuple[str, ...] = ()
         parent: Optional[str] = None
         for i, layer in enumerate(r.layers):
@@ -133,7 +135,7 @@ class Image:
         return cls(
             "oci",
             lower,
-            ImageConfig.from_oci(r.config.get("config") or {}),
+            config,
             r.config_digest,
             source=what,
         )
@@ -233,7 +235,7 @@ class Image:
         return cls(
             rec["kind"],
             lower,
-            ImageConfig.from_oci(rec.get("config") or {}),
+            ImageConfig.from_oci(rec.get("config"), f"image {tags[0] if tags else rec.get('id')}"),
             rec.get("id"),
             tags,
             rec.get("source"),
