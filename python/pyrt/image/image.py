@@ -340,13 +340,19 @@ class Image:
                 continue
             finally:
                 os.close(dfd)
-            with os.fdopen(fd, "rb") as f:
+            try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise ImageError(f"{self!r}: {path} is not a regular file")
-                data = f.read(_MAX_READ + 1)
-                if len(data) > _MAX_READ:
-                    raise ImageError(f"{self!r}: {path} is larger than {_MAX_READ >> 20} MiB")
-                return data
+                chunks, total = [], 0
+                # (In chunks: a buffered read of the bound would allocate all of it at once.)
+                while chunk := os.read(fd, 1 << 16):
+                    total += len(chunk)
+                    if total > _MAX_READ:
+                        raise ImageError(f"{self!r}: {path} is larger than {_MAX_READ >> 20} MiB")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(fd)
         return None
 
     def resolve_user(self, user: Optional[str]) -> UserIds:
