@@ -104,16 +104,14 @@ def test_the_assembler_is_pure(tmp_path: Path) -> None:
     o = ContainerOptions(env={"A": "1"}, workdir="/w", init=True, cap_drop=("KILL",))
     layers = assemble.Layers(lower=(str(tmp_path / "l"),), upper=str(tmp_path / "u"),
                              work=str(tmp_path / "w"))  # fmt: skip
-    kw: dict[str, Any] = {
-        "root_dir": str(tmp_path / "root"),
-        "layers": layers,
-        "id_maps": None,
-        "limits": Limits(64 << 20, None, None),
-        "netns_path": None,
-        "cgroup": True,
-    }
-    a = assemble.container_spec(o, image, "c" * 64, ["true"], **kw)
-    b = assemble.container_spec(o, image, "c" * 64, ["true"], **kw)
+    at = assemble.Placement(
+        root_dir=str(tmp_path / "root"),
+        layers=layers,
+        limits=Limits(64 << 20, None, None),
+        cgroup=True,
+    )
+    a = assemble.container_spec(o, image, "c" * 64, ["true"], at)
+    b = assemble.container_spec(o, image, "c" * 64, ["true"], at)
     assert a == b and list(tmp_path.iterdir()) == []
     doc = a.config
     assert doc["process"]["args"] == ["true"] and doc["process"]["cwd"] == "/w"
@@ -121,7 +119,7 @@ def test_the_assembler_is_pure(tmp_path: Path) -> None:
     assert doc["linux"]["cgroupsPath"] == "pyrt-" + "c" * 64
     assert a.seccomp is not None and a.process.args == ["true"]
     with pytest.raises(pyrt.PyrtError, match="absolute"):
-        assemble.container_spec(ContainerOptions(workdir="rel"), image, "c", ["x"], **kw)
+        assemble.container_spec(ContainerOptions(workdir="rel"), image, "c", ["x"], at)
 
 
 def test_one_exec_builder_keeps_what_the_exec_does_not_say() -> None:

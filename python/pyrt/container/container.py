@@ -257,6 +257,11 @@ class Container(
         ``cgroup`` (implied by limits) in a cgroup of its own. The spec is made by
         ``assemble.container_spec`` from what is gathered here; the container keeps the
         process it describes (each exec's is laid over it) and its seccomp filter."""
+        return self._assembled(root_dir, cgroup)[0]
+
+    def _assembled(self, root_dir: str, cgroup: bool) -> tuple[dict[str, Any], str]:
+        """``build_spec``'s spec and the JSON the core is sent of it (``container_spec_sent``:
+        from a template made once for containers that differ only in id and command)."""
         assert self._dir is not None
         d = self._dir
         image_kind = self.image.kind
@@ -266,11 +271,7 @@ class Container(
             layers = assemble.Layers(copy=str(d.path / "copy"))
         else:
             layers = assemble.Layers(lower=self._lower(), upper=str(d.upper), work=str(d.work))
-        made = assemble.container_spec(
-            self._o,
-            self.image,
-            self.id,
-            self.args,
+        at = assemble.Placement(
             root_dir=root_dir,
             layers=layers,
             id_maps=self._userns,
@@ -281,10 +282,11 @@ class Container(
             # Root places any container in a cgroup; a rootless caller has none to write.
             cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
         )
+        made, sent = assemble.container_spec_sent(self._o, self.image, self.id, self.args, at)
         self._process = made.process
         self._seccomp = made.seccomp
         self._seccomp_json = made.seccomp_json
-        return made.config
+        return made.config, sent
 
     # --- starting -----------------------------------------------------------------------
 
@@ -319,7 +321,8 @@ class Container(
                     d.raw_fields["seccomp"] = self._seccomp_json
                 else:
                     d.raw_fields.pop("seccomp", None)
-                state = self._state(doc)
+                # (Only a container in a cgroup, detached, is written for other processes.)
+                state = self._state(doc) if cgroup else {}
                 if cgroup and self._state_doc is None:
                     # Known before any kernel object exists; a crash from here on leaves a
                     # directory that collect_stale (or `pyrt gc`) finishes off. (A reset's
@@ -375,9 +378,10 @@ class Container(
         cached = self._spec_cache
         if reusable and cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        doc = self.build_spec(str(d.rootfs), cgroup)
-        doc["mounts"].extend(net_mounts)
-        sent = json.dumps(assemble.without_seccomp(doc) if self._seccomp_json else doc)
+        doc, sent = self._assembled(str(d.rootfs), cgroup)
+        if net_mounts:
+            doc["mounts"].extend(net_mounts)
+            sent = json.dumps(assemble.without_seccomp(doc) if self._seccomp_json else doc)
         self._spec_cache = (key, doc, sent) if reusable else None
         return doc, sent
 

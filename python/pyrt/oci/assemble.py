@@ -4,14 +4,19 @@ compared with what runc or crun get. ``Container.build_spec`` gathers the inputs
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import secrets
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from pyrt.config.mounts import Tmpfs
 from pyrt.config.options import ContainerOptions
+from pyrt.config.users import UserIds
 from pyrt.errors import PyrtError, SpawnError
 from pyrt.host import userns
-from pyrt.image import Image
+from pyrt.image import Image, ImageConfig
 from pyrt.oci import spec
 from pyrt.oci.seccomp import default_profile, default_profile_json
 
@@ -41,31 +46,50 @@ class Assembled:
     seccomp_json: Optional[str]
 
 
-def container_spec(
-    o: ContainerOptions,
-    image: Image,
-    cid: str,
-    args: list[str],
-    *,
-    root_dir: str,
-    layers: Optional[Layers],
-    id_maps: Optional[userns.IdMaps],
-    limits: Optional[spec.Limits],
-    netns_path: Optional[str],
-    cgroup: bool,
-    userns_path: Optional[str] = None,
-    idle: bool = False,
-) -> Assembled:
-    """The spec of container ``cid`` running ``args``, its root mounted on ``root_dir``;
-    ``layers`` is None for the host image; ``id_maps`` the user namespace's maps, if it has
-    one (``userns_path``: joined, a rootless network's, which has these maps). ``cgroup``: in
-    a cgroup of its own, ``pyrt-<cid>``. ``idle``: ``args`` is ``pyrt.config.idle``'s, and
+@dataclass(frozen=True)
+class Placement:
+    """What a container's spec takes besides its options, image, id and command: where its
+    root is mounted (``root_dir``) and made from (``layers``, None for the host image); its
+    user namespace's maps, if it has one (``userns_path``: joined, a rootless network's,
+    which has these maps); its limits; the network namespace it joins; ``cgroup``: in a
+    cgroup of its own, ``pyrt-<id>``; ``idle``: the command is ``pyrt.config.idle``'s, and
     with init nothing is executed."""
+
+    root_dir: str
+    layers: Optional[Layers]
+    id_maps: Optional[userns.IdMaps] = None
+    limits: Optional[spec.Limits] = None
+    netns_path: Optional[str] = None
+    cgroup: bool = False
+    userns_path: Optional[str] = None
+    idle: bool = False
+
+
+def container_spec(
+    o: ContainerOptions, image: Image, cid: str, args: list[str], at: Placement
+) -> Assembled:
+    """The spec of container ``cid`` running ``args``, placed as ``at`` says."""
+    return _assemble(o, image, _user(o, image), cid, args, at)
+
+
+def _user(o: ContainerOptions, image: Image) -> UserIds:
     try:
-        ids = image.resolve_user(o.user or image.config.user)
+        return image.resolve_user(o.user or image.config.user)
     except ValueError as e:
         raise SpawnError(str(e), stage="user", errno=22) from None
-    hostname = o.hostname or cid[:12]
+
+
+def _assemble(
+    o: ContainerOptions,
+    image: Image,
+    ids: UserIds,
+    cid: str,
+    args: list[str],
+    at: Placement,
+    default_hostname: Optional[str] = None,
+) -> Assembled:
+    root_dir, layers, id_maps, idle = at.root_dir, at.layers, at.id_maps, at.idle
+    hostname = o.hostname or default_hostname or cid[:12]
     base_env = {"PATH": spec.DEFAULT_PATH, "HOSTNAME": hostname, "HOME": ids.home}
     env = spec.merge_env(base_env, image.config.env, o.env)
     cwd = o.workdir or image.config.workdir or "/"
@@ -110,22 +134,141 @@ def container_spec(
         process=process,
         hostname=hostname,
         network="none" if o.network in ("private", "joined", "shared") else o.network,
-        netns_path=netns_path,
-        userns_path=userns_path,
+        netns_path=at.netns_path,
+        userns_path=at.userns_path,
         mounts=extra_mounts + [m.to_spec() for m in o.mounts],
         masked_paths=() if privileged else spec.DEFAULT_MASKED_PATHS,
         readonly_paths=() if privileged else spec.DEFAULT_READONLY_PATHS,
         annotations=annotations,
-        cgroups_path=f"pyrt-{cid}" if cgroup else None,
+        cgroups_path=f"pyrt-{cid}" if at.cgroup else None,
         uid_map=id_maps.uid if id_maps else (),
         gid_map=id_maps.gid if id_maps else (),
-        resources=limits,
+        resources=at.limits,
         # Docker's rule: privileged containers run without a filter.
         seccomp=None if privileged else default_profile(frozenset(process.capabilities)),
     )
     seccomp = dict(c.seccomp) if c.seccomp is not None else None
     text = None if privileged else default_profile_json(frozenset(process.capabilities))
     return Assembled(spec.build(c), process, seccomp, text)
+
+
+def container_spec_sent(
+    o: ContainerOptions, image: Image, cid: str, args: list[str], at: Placement
+) -> tuple[Assembled, str]:
+    """``container_spec``'s result, and the JSON of its config as the core is sent it (without
+    ``linux.seccomp`` when the profile goes beside it as text). Made once per set of inputs
+    that differ only in the container's id (its default hostname, its cgroup's name, its
+    layers' directories) and its command: a template is assembled with placeholders for
+    those, and each container's text is the template's with the placeholders replaced."""
+    ids = _user(o, image)
+    key = _template_key(o, image, ids, cid, at)
+    if key is None:  # (an input that cannot be a key: assembled as it is)
+        made = _assemble(o, image, ids, cid, args, at)
+        return made, _sent(made)
+    _check_args(args)
+    per_image = _templates.setdefault(image, {})
+    t = per_image.get(key)
+    if t is None or t.config is not image.config:
+        if len(per_image) >= _TEMPLATES_PER_IMAGE:
+            per_image.clear()
+        t = per_image[key] = _template(o, image, ids, cid, at)
+    text = (
+        t.text.replace(t.host, cid[:12])
+        .replace(t.cid, cid)
+        .replace(t.command, json.dumps(args), 1)  # last: nothing is looked for in the command
+    )
+    config: dict[str, Any] = json.loads(text)
+    if t.made.seccomp_json is not None:
+        config["linux"]["seccomp"] = t.made.config["linux"]["seccomp"]
+    env = [e.replace(t.host, cid[:12]) for e in t.made.process.env]
+    process = dataclasses.replace(t.made.process, args=list(args), env=env)
+    return Assembled(config, process, t.made.seccomp, t.made.seccomp_json), text
+
+
+@dataclass(frozen=True)
+class _Template:
+    made: Assembled
+    #: The JSON the core is sent, with the placeholders below for the id, the default
+    #: hostname and the command (its JSON).
+    text: str
+    cid: str
+    host: str
+    command: str
+    #: The image config it was made from: held, so that its id in the key stays its own.
+    config: ImageConfig
+
+
+def _template(
+    o: ContainerOptions, image: Image, ids: UserIds, cid: str, at: Placement
+) -> _Template:
+    # Placeholders of 32 random letters, each from an alphabet of its own that is not hex: an
+    # id (hex) put in by one replacement cannot be taken for another's placeholder, and no
+    # input can hold one by chance (1 in 10^32) or on purpose (they are never shown).
+    def token(alphabet: str) -> str:
+        return "".join(secrets.choice(alphabet) for _ in range(32))
+
+    id_, host, command = token("ghijklmnop"), token("qrstuvwxyz"), token("GHIJKLMNOPQRSTUVWXYZ")
+    at = dataclasses.replace(at, layers=_with_id(at.layers, cid, id_))
+    made = _assemble(o, image, ids, id_, [command], at, default_hostname=host)
+    return _Template(made, _sent(made), id_, host, json.dumps([command]), image.config)
+
+
+#: Templates by image (dropped with it), then by the rest of the inputs (`_template_key`).
+_templates: weakref.WeakKeyDictionary[Image, dict[tuple[Any, ...], _Template]] = (
+    weakref.WeakKeyDictionary()
+)
+_TEMPLATES_PER_IMAGE = 64
+
+#: The options `_assemble` reads, each part of a template's key; the others do not change
+#: the spec (a test holds the two lists to the options' fields).
+KEYED_OPTIONS = (
+    "env", "workdir", "user", "hostname", "mounts", "readonly_rootfs", "network", "cap_add",
+    "cap_drop", "privileged", "init", "tty",
+)  # fmt: skip
+UNKEYED_OPTIONS = ("name", "aliases", "limits", "disk")
+
+
+def _template_key(
+    o: ContainerOptions, image: Image, ids: UserIds, cid: str, at: Placement
+) -> Optional[tuple[Any, ...]]:
+    """Every input of ``_assemble`` but the id and the command, or None when one cannot be a
+    dict key, or names the id elsewhere than in the layers' directories."""
+    if cid in at.root_dir or cid in (at.netns_path or "") or cid in (at.userns_path or ""):
+        return None
+    where = dataclasses.replace(at, layers=_with_id(at.layers, cid, "/"))
+    key = (tuple(o.env.items()), o.workdir, o.user, o.hostname, o.mounts, o.readonly_rootfs,
+           o.network, o.cap_add, o.cap_drop, o.privileged, o.init, o.tty, id(image.config),
+           image.kind, image.lower, ids, where)  # fmt: skip
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _with_id(layers: Optional[Layers], cid: str, new: str) -> Optional[Layers]:
+    """``layers`` with the container's id in its directories' paths replaced by ``new``."""
+    if layers is None:
+        return None
+    return dataclasses.replace(
+        layers,
+        upper=layers.upper.replace(cid, new),
+        work=layers.work.replace(cid, new),
+        copy=None if layers.copy is None else layers.copy.replace(cid, new),
+    )
+
+
+def _check_args(args: list[str]) -> None:
+    """What ``spec.process_dict`` checks of a command (the template's is a placeholder)."""
+    if not args:
+        raise ValueError("no command: the image has no Entrypoint or Cmd and none was given")
+    for a in args:
+        if not isinstance(a, str):
+            raise TypeError(f"command arguments must be str, not {type(a).__name__}: {a!r}")
+
+
+def _sent(made: Assembled) -> str:
+    return json.dumps(without_seccomp(made.config) if made.seccomp_json else made.config)
 
 
 def without_seccomp(config: dict[str, Any]) -> dict[str, Any]:
