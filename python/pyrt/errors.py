@@ -101,8 +101,15 @@ class TimeoutExpired(PyrtError, TimeoutError):
         timeout: float,
         stdout: Optional[bytes] = None,
         stderr: Optional[bytes] = None,
+        *,
+        waiting_for: Optional[str] = None,
     ) -> None:
-        super().__init__(f"command {cmd!r} timed out after {timeout} seconds")
+        super().__init__(
+            f"command {cmd!r} timed out after {timeout} seconds"
+            if waiting_for is None
+            else f"waited {timeout} seconds for {waiting_for} in vain (the container, "
+            f"command {cmd!r}, keeps running)"
+        )
         self.cmd = cmd
         self.timeout = timeout
         self.stdout = stdout

@@ -28,7 +28,7 @@ def test_wait_for_http_inside_the_namespace(image: pyrt.Image) -> None:
     with pyrt.Container(image, ["sh", "-c", LATE_SERVER]) as c:
         c.wait_for_http(8080, "/ok/", timeout=10)
         c.wait_for_http(8080, "/missing", status=404, timeout=10)
-        with pytest.raises(pyrt.TimeoutExpired):
+        with pytest.raises(pyrt.TimeoutExpired, match=r"for HTTP 200 from port 8080 /missing"):
             c.wait_for_http(8080, "/missing", timeout=0.3)
         assert c.status == "running"
 
@@ -78,7 +78,7 @@ def test_healthcheck_turns_unhealthy_after_retries(image: pyrt.Image) -> None:
         while c.health != "unhealthy" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert c.health == "unhealthy"
-        with pytest.raises(pyrt.TimeoutExpired):
+        with pytest.raises(pyrt.TimeoutExpired, match="for the healthcheck to pass"):
             c.wait_for_healthy(timeout=0.2)
         assert c.status == "running"
 

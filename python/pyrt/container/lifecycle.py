@@ -231,7 +231,7 @@ def poll(
         if not alive():
             raise ended(what)
         if time.monotonic() > deadline:
-            raise TimeoutExpired(args, t)
+            raise TimeoutExpired(args, t, waiting_for=what)
         yield Sleep(POLL_INTERVAL)
 
 
