@@ -58,6 +58,26 @@ def _volume(spec: str) -> Bind:
     raise PyrtError(f"-v {spec!r}: expected SRC:DST or SRC:DST:ro")
 
 
+def _tmpfs(spec: str) -> Tmpfs:
+    """Docker's ``--tmpfs DST[:OPTIONS]``: options size= and mode= (octal), and rw; anything
+    else is refused by name rather than taken as part of the path."""
+    target, _, options = spec.partition(":")
+    size: Optional[str] = None
+    mode = 0o1777
+    for opt in filter(None, options.split(",")):
+        key, eq, value = opt.partition("=")
+        if key == "size" and eq:
+            size = value
+        elif key == "mode" and eq:
+            try:
+                mode = int(value, 8)
+            except ValueError:
+                raise PyrtError(f"--tmpfs {spec!r}: mode={value!r} is not an octal mode") from None
+        elif opt != "rw":
+            raise PyrtError(f"--tmpfs {spec!r}: unknown option {opt!r} (size=, mode= and rw)")
+    return Tmpfs(target, size=size, mode=mode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """pyrt's command line (also parsed by ``monitor`` and ``scripts/gen_cli_docs.py``)."""
     p = argparse.ArgumentParser(prog="pyrt", description="Daemonless Linux containers.")
@@ -71,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
-    r.add_argument("--tmpfs", action="append", default=[], metavar="DST")
+    r.add_argument("--tmpfs", action="append", default=[], metavar="DST[:size=N,mode=M]")
     r.add_argument("-w", "--workdir")
     r.add_argument("-u", "--user")
     r.add_argument("--hostname")
@@ -202,7 +222,7 @@ def container_from(a: argparse.Namespace) -> Container:
     """The Container a parsed `pyrt run` describes (also for ``monitor``, which runs one)."""
     network = a.network or ("private" if a.p else "none")
     mounts: list[Mount] = [_volume(v) for v in a.volume]
-    mounts += [Tmpfs(t) for t in a.tmpfs]
+    mounts += [_tmpfs(t) for t in a.tmpfs]
     env = _env(a.env)
     if a.tty:
         # Docker's rule: a container with a terminal is told what kind it is.

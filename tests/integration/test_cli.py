@@ -43,6 +43,23 @@ def test_flags(rootfs: Path, tmp_path: Path) -> None:
                                 "0000000000000000"]  # fmt: skip
 
 
+def test_tmpfs_takes_dockers_options(rootfs: Path) -> None:
+    """`--tmpfs DST:size=N,mode=M` as Docker writes it: a bounded tmpfs with that mode (not a
+    directory named "DST:size=..."); an option it does not know is refused by name."""
+    r = pyrt_cli(
+        "run", "--tmpfs", "/x:size=1m,mode=700", str(rootfs), "sh", "-c",
+        "stat -c %a /x; grep ' /x ' /proc/mounts; ls -d '/x:size=1m,mode=700' 2>&1 || true",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "700" and "size=1024k" in lines[1], lines
+    assert "No such file or directory" in lines[2]
+    r = pyrt_cli("run", "--tmpfs", "/x:noexec", str(rootfs), "true")
+    assert r.returncode == 125 and "unknown option 'noexec'" in r.stderr
+    r = pyrt_cli("run", "--tmpfs", "/x:size=lots", str(rootfs), "true")
+    assert r.returncode == 125 and "not a size: 'lots'" in r.stderr
+
+
 def test_interactive_stdin(rootfs: Path) -> None:
     r = pyrt_cli("run", "-i", str(rootfs), "cat", input="typed\n")
     assert r.stdout == "typed\n"
