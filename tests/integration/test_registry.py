@@ -95,6 +95,44 @@ def test_errors_name_the_cause(reg: Registry, store: Path) -> None:
     assert not [p for p in store_listing(store) if p.startswith(("layers/", "tmp/"))]
 
 
+def test_a_registry_that_never_answers_fails_once(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that takes the connection and says nothing is asked once, not once per retry
+    (30 s x 5 before); the error says what went unanswered. (The timeout shortened here.)"""
+    import socket
+
+    from pyrt.image import registry as client
+
+    monkeypatch.setattr(client, "TIMEOUT", 0.3)
+    taken: list[socket.socket] = []
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.settimeout(0.1)
+
+        def accept() -> None:
+            while not done.is_set():
+                try:
+                    taken.append(srv.accept()[0])
+                except OSError:
+                    continue
+
+        done = threading.Event()
+        t = threading.Thread(target=accept)
+        t.start()
+        try:
+            with pytest.raises(pyrt.ImageError, match=r"no answer to GET /v2/x/manifests/1"):
+                pyrt.Image.pull(f"127.0.0.1:{srv.getsockname()[1]}/x:1", insecure=True)
+        finally:
+            done.set()
+            t.join()
+            for c in taken:
+                c.close()
+    assert len(taken) == 1
+    assert not [p for p in store_listing(store) if p.startswith(("layers/", "tmp/"))]
+
+
 def test_loopback_registries_need_no_insecure(reg: Registry, store: Path) -> None:
     """Plain HTTP to 127.0.0.0/8 and localhost without insecure=True; any other registry
     is spoken to over TLS unless insecure=True says otherwise (no traffic is sent to those)."""

@@ -173,6 +173,13 @@ class Client:
                     ) from e
                 if isinstance(e, ConnectionRefusedError):
                     raise ImageError(f"cannot reach registry {self.ref.registry}: {e}") from e
+                if isinstance(e, (socket.timeout, TimeoutError)):
+                    # Not retried: a registry that takes a connection and then says nothing
+                    # for TIMEOUT seconds would otherwise cost RETRIES times that.
+                    raise ImageError(
+                        f"registry {self.ref.registry}: no answer to {method} {target} within "
+                        f"{TIMEOUT:.0f} seconds"
+                    ) from e
                 raise Transient(f"{self.ref.registry}: {e}") from e
             if resp.status == 401 and not authed and parts.netloc == self.ref.registry:
                 challenge = resp.getheader("WWW-Authenticate", "")
