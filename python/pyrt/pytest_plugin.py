@@ -59,11 +59,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption(
         "--pyrt-pool",
-        type=int,
+        type=_pool_size,
         default=2,
         metavar="N",
         help="serve the sandbox fixture from a warm pool of N containers (0: start one per test)",
     )
+
+
+def _pool_size(text: str) -> int:
+    """--pyrt-pool's value, checked when the command line is read (a usage error then, not an
+    error in every test that asks for a sandbox)."""
+    import argparse
+
+    from pyrt.container.pool import MAX_SIZE
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= n <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{n}: must be between 0 and {MAX_SIZE}")
+    return n
 
 
 def pytest_configure(config: pytest.Config) -> None:

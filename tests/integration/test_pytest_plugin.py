@@ -235,8 +235,12 @@ def test_sandbox_from_a_warm_pool_and_the_pool_factory(
         )
         r.assert_outcomes(passed=9)
         assert len(ids.read_text().split()) == 6
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyrt-pool=-1")
-    assert r.ret != 0 and "--pyrt-pool" in r.stderr.str() + r.stdout.str()
+    # A bad size is a usage error when the command line is read (exit 4), before any test.
+    for bad, why in (("-1", "between 0 and 1024"), ("5000", "between 0 and 1024"),
+                     ("two", "not a whole number")):  # fmt: skip
+        r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--pyrt-pool={bad}")
+        assert r.ret == pytest.ExitCode.USAGE_ERROR
+        assert "--pyrt-pool: " in r.stderr.str() and why in r.stderr.str()
 
 
 def test_a_session_without_pyrt_fixtures_does_not_import_pyrt(pytester: pytest.Pytester) -> None:
