@@ -140,6 +140,7 @@ def test_methods_of_a_running_container(
     if not (isinstance(a, (str, Path)) and os.path.lexists(a)):
         _call(c.copy_in, a, b)
     _call(c.wait_for_port, a, timeout=0.01)
+    _call(c.port, a)
     _call(c.wait_for_http, a, timeout=0.01)
     _call(c.wait_for_http, 80, a, timeout=0.01)
     _call(c.wait_for_http, 80, "/", a, timeout=0.01)
@@ -155,6 +156,16 @@ def test_methods_of_a_running_container(
         _call(c.wait_for_file, "/nope", timeout=a)
     assert c.status == "running", "no hostile call may take the container down"
     assert c.exec(["true"]).returncode == 0, "no hostile call may break the container's root"
+
+
+@FAST
+@given(a=junk, b=junk)
+def test_image_arguments(rootfs: Path, alarm: None, a: Any, b: Any) -> None:
+    _call(pyrt.Image.get, a)
+    if not (isinstance(a, (str, Path)) and os.path.lexists(a)):  # (a real path is a real load)
+        _call(pyrt.Image.load, a)
+    _call(pyrt.Image.load, rootfs, ref=a)
+    _call(pyrt.Image.load, rootfs, progress=b)
 
 
 @FAST

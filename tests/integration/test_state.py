@@ -295,6 +295,23 @@ def test_commit_of_a_container_that_was_never_started(image: pyrt.Image) -> None
     assert pyrt.run(img, ["cat", "/prepared"]).stdout == b"p"
 
 
+def test_a_removed_image_is_refused_by_name(image: pyrt.Image) -> None:
+    """After `Image.remove()`, its layers that no container has mounted are deleted; a new
+    container of the removed image object is then an ImageNotFound naming what is gone (was:
+    an ENOENT from the overlay's mount, "mounting the overlay root ... No such file")."""
+    with pyrt.Container(image, ["sh", "-c", "echo made > /made; sleep 600"]) as c:
+        c.wait_for_file("/made")
+        img = c.commit(tag="localhost/pyrt-removed:1")
+    assert pyrt.run(img, ["cat", "/made"]).stdout == b"made\n"
+    img.remove()
+    with pytest.raises(pyrt.ImageNotFound, match="are gone"):
+        pyrt.Container(img, ["true"])
+    with pytest.raises(pyrt.ImageNotFound, match="are gone"):
+        pyrt.run(img, ["true"])
+    with pytest.raises(pyrt.ImageNotFound):
+        pyrt.Image.get("localhost/pyrt-removed:1")
+
+
 def _tree(root: Path) -> dict[str, str]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):

@@ -32,7 +32,7 @@ from pyrt.container.results import Result, Stats
 from pyrt.container.snapshots import ContainerSnapshots
 from pyrt.container.stdio import Target
 from pyrt.container.steps import ContainerSteps, Input
-from pyrt.errors import InvalidOption, PyrtError, SpawnError
+from pyrt.errors import ImageNotFound, InvalidOption, PyrtError, SpawnError
 from pyrt.host import userns
 from pyrt.host.faults import fault
 from pyrt.host.state import ContainerDir, pid_start_time
@@ -123,6 +123,15 @@ class Container(
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
+        if image.kind != "host":
+            # (One stat a layer: a removed image's containers would fail at the overlay's
+            # mount with a bare ENOENT.)
+            gone = next((d for d in image.lower if not os.path.isdir(d)), None)
+            if gone is not None:
+                raise ImageNotFound(
+                    f"{image!r}: its files at {gone} are gone (the image was removed, or its "
+                    "directory deleted)"
+                )
         lim = options.limits(memory, pids_limit, cpus)
         disk_bytes = options.disk(disk, image.kind)
         if rootless is not None:

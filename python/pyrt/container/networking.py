@@ -12,6 +12,7 @@ from pyrt.config import options
 from pyrt.config.mounts import Bind
 from pyrt.errors import PyrtError
 from pyrt.network.private import GUEST, PrivateNetwork, etc_files
+from pyrt.network.private import container_port as _container_port
 from pyrt.network.shared import Member, Network
 
 if TYPE_CHECKING:
@@ -114,9 +115,9 @@ class ContainerNetworking:
 
     def port(self, container_port: Union[int, str]) -> int:
         """The host port that reaches ``container_port`` ("PORT/udp" for a UDP one)."""
-        cport, _, proto = str(container_port).partition("/")
+        cport, proto = _container_port(container_port, "port")
         for p in self._net.published if self._net is not None else ():
-            if str(p.container_port) == cport and p.proto == (proto or "tcp"):
+            if p.container_port == cport and p.proto == proto:
                 return p.host_port
         raise PyrtError(
             f"container {self.id[:12]} has no published port {container_port}"

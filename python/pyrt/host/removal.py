@@ -18,6 +18,7 @@ from pyrt.rootfs.view import clear_volatile_mark
 #: these shapes too: the mark is listed as in a container's directory and as in a work one.
 _MADE_FILES = (
     "state.json",
+    ".state.json.tmp",  # (a state write cut short: `_core.write_replacing`'s temporary)
     "lock",
     "log",
     "cgroups",

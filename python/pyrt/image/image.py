@@ -214,6 +214,9 @@ class Image:
     @classmethod
     def get(cls, name: str) -> Image:
         """An image from the local store by name; ImageNotFound if there is none."""
+        from pyrt.config import checks
+
+        name = checks.text(name, "name")
         rec = store.lookup(name)
         # "name" and "name:latest" are one image (Docker's rule), whichever was recorded.
         if rec is None and ":" not in name.rpartition("/")[2] and "@" not in name:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from pyrt import _core
-from pyrt.errors import PyrtError
+from pyrt.errors import InvalidOption, PyrtError
 from pyrt.network.portlink import KernelPorts
 
 GUEST = "10.0.2.100"
@@ -55,15 +55,25 @@ class Published:
     host_port: int
 
 
+def container_port(key: object, what: str) -> tuple[int, str]:
+    """(port, "tcp" or "udp") of a container port as a caller names one: 8080, "8080" or
+    "53/udp". A number that is not a port, or another protocol, is an InvalidOption naming
+    ``what``; anything but an int or a str a TypeError."""
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise TypeError(f"{what}: a container port is an int or a str, not {type(key).__name__}")
+    cport, _, proto = str(key).partition("/")
+    proto = proto or "tcp"
+    if not cport.isdigit() or not 0 < int(cport) < 65536 or proto not in ("tcp", "udp"):
+        raise InvalidOption(f"{what}: {key!r} is not a container port (e.g. 8080 or '53/udp')")
+    return int(cport), proto
+
+
 def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str, str, int]]:
     """(container port, proto, host address, host port or 0), checked before anything exists.
     A key is a port number or "PORT/tcp" / "PORT/udp"."""
     out = []
     for key, value in (ports or {}).items():
-        cport, _, proto = str(key).partition("/")
-        proto = proto or "tcp"
-        if not cport.isdigit() or not 0 < int(cport) < 65536 or proto not in ("tcp", "udp"):
-            raise PyrtError(f"ports: {key!r} is not a container port (e.g. 8080 or '53/udp')")
+        cport, proto = container_port(key, "ports")
         addr, hport = "127.0.0.1", 0
         if isinstance(value, tuple):
             addr, hport = value
@@ -80,7 +90,7 @@ def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str,
             socket.inet_pton(socket.AF_INET, addr)
         except OSError as e:
             raise PyrtError(f"ports: {addr!r} is not an IPv4 address of this host") from e
-        out.append((int(cport), proto, addr, hport))
+        out.append((cport, proto, addr, hport))
     return out
 
 
