@@ -341,6 +341,11 @@ def test_user_database_that_is_not_a_plain_file(shape: str, rootfs: Path, tmp_pa
     with pytest.raises(pyrt.ImageError, match="/etc/passwd"):
         c.run()
     assert_nothing_left_of(c.id)  # (its directory may wait a moment in the helper's trash)
+    # A link to /dev/null is an image's way of saying "no users": root's container runs.
+    passwd.unlink()
+    os.mknod(root / "etc" / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    passwd.symlink_to("null")
+    assert pyrt.run(pyrt.Image.load(root), ["true"]).returncode == 0
     # The same image's file, made plain again, works: the refusal was the shape's.
     passwd.unlink()
     passwd.write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
@@ -385,3 +390,16 @@ def test_well_formed_config_nulls_are_accepted(store: Path, tmp_path: Path, root
     cfg["Cmd"] = ["echo", "ok"]
     img = pyrt.Image.load(make_layout(tmp_path / "lay", [busybox_layer(rootfs)], config=cfg))
     assert pyrt.run(img).stdout == b"ok\n"
+
+
+def test_a_user_database_deleted_by_an_upper_layer_is_absent(
+    store: Path, tmp_path: Path, rootfs: Path
+) -> None:
+    """An upper layer's whiteout of /etc/passwd deletes it from the image: users are looked
+    up in no file (as inside the container, which sees none), not in the lower layer's."""
+    layout = make_layout(tmp_path / "lay", [busybox_layer(rootfs), [Entry("etc/.wh.passwd", b"")]])
+    img = pyrt.Image.load(layout)
+    assert pyrt.run(img, ["cat", "/etc/passwd"]).returncode != 0  # the container sees none
+    with pytest.raises(pyrt.SpawnError, match="unable to find user app"):
+        pyrt.run(img, ["true"], user="app")
+    assert pyrt.run(img, ["id", "-u"], user="1000").stdout == b"1000\n"

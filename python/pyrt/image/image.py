@@ -26,6 +26,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 _GZIP = b"\x1f\x8b"
 #: The most of a file ``read_file`` reads: a real /etc/passwd is kilobytes.
 _MAX_READ = 16 << 20
+_DEV_NULL = os.makedev(1, 3)
 _HOST_ID = "sha256:" + hashlib.sha256(b"pyrt host image").hexdigest()
 
 
@@ -328,9 +329,11 @@ class Image:
 
     def read_file(self, path: str) -> Optional[bytes]:
         """A regular file of the image's root filesystem (symlinks resolved inside it), or None
-        when it is absent. ImageError when it is anything else, or larger than 16 MiB: the
-        files read are /etc/passwd and /etc/group, and a hostile image's could be a FIFO (whose
-        open or read would wait forever), a device that never ends, or gigabytes."""
+        when it is absent (or deleted by an upper layer's whiteout). ImageError when it is
+        anything else, or larger than 16 MiB: the files read are /etc/passwd and /etc/group,
+        and a hostile image's could be a FIFO (whose open or read would wait forever), a device
+        (whose open acts on the host's device), or gigabytes. What is there is looked at before
+        it is opened; a link to /dev/null, an image's way of saying "none", reads empty."""
         rel = path.lstrip("/")
         for d in self.lower:
             try:
@@ -338,14 +341,28 @@ class Image:
             except OSError:
                 continue
             try:
-                fd = _core.open_in_root(dfd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-            except OSError:
-                continue
+                try:
+                    probe = _core.open_in_root(dfd, rel, os.O_PATH)
+                except OSError:
+                    continue
+                try:
+                    seen = os.fstat(probe)
+                finally:
+                    os.close(probe)
+                if stat.S_ISCHR(seen.st_mode) and seen.st_rdev in (0, _DEV_NULL):
+                    return None if seen.st_rdev == 0 else b""  # (0/0: overlayfs's whiteout)
+                if not stat.S_ISREG(seen.st_mode):
+                    raise ImageError(f"{self!r}: {path} is not a regular file")
+                try:
+                    fd = _core.open_in_root(dfd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                except OSError:
+                    continue  # (gone since it was looked at)
             finally:
                 os.close(dfd)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise ImageError(f"{self!r}: {path} is not a regular file")
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+                    raise ImageError(f"{self!r}: {path} changed as it was read")
                 chunks, total = [], 0
                 # (In chunks: a buffered read of the bound would allocate all of it at once.)
                 while chunk := os.read(fd, 1 << 16):
