@@ -503,6 +503,26 @@ def test_fifo_in_the_context_is_refused(
         pyrt.build(ctx, build_args=base)
 
 
+def test_variables_that_grow_without_bound_are_refused(
+    tmp_path: Path, store: Path, base: dict[str, str]
+) -> None:
+    """`ENV A=$A$A` forty times once filled 24 GiB and the OOM killer took the caller; forty
+    lines copying one large ARG under new names did the same more slowly. Both are a
+    BuildError naming the line, long before memory runs short."""
+    doubling = "ARG BASE\nFROM $BASE\nENV A=0123456789\n" + "ENV A=$A$A\n" * 40 + "RUN true\n"
+    ctx = write(tmp_path / "a", {"Containerfile": doubling})
+    with pytest.raises(pyrt.BuildError, match=r"Containerfile:20: ENV A=\$A\$A: expands to more"):
+        pyrt.build(ctx, build_args=base)
+    spread = (
+        "ARG BASE\nFROM $BASE\nARG A\n"
+        + "".join(f"ARG B{i}=$A\n" for i in range(40))
+        + "RUN true\n"
+    )
+    ctx = write(tmp_path / "b", {"Containerfile": spread})
+    with pytest.raises(pyrt.BuildError, match=r"ARG B\d+=\$A: the stage's ARGs would hold more"):
+        pyrt.build(ctx, build_args={**base, "A": "x" * 100_000})
+
+
 def test_bad_arguments(tmp_path: Path, base: dict[str, str]) -> None:
     with pytest.raises(TypeError, match="context"):
         pyrt.build(3)  # type: ignore[arg-type]

@@ -138,10 +138,41 @@ def _instruction(joined: str, file: str, line: int, first: str, escape: str) -> 
 # --- words and substitution --------------------------------------------------------------------
 
 
+#: The most one word or line may expand to: a variable that doubles itself at each ENV line
+#: (``ENV A=$A$A``) would otherwise fill the machine's memory in forty lines.
+MAX_EXPANDED = 1 << 20
+
+
+#: The most a stage's ARGs, its environment or its labels may hold in all: the kernel passes
+#: a command at most this much of arguments and environment together (ARG_MAX under the
+#: default 8 MiB stack), and without a bound, lines that each copy a large variable under a
+#: new name would fill memory as the doubling above does.
+MAX_VARIABLES = 2 << 20
+
+
+def bounded(values: Mapping[str, Optional[str]], what: str) -> None:
+    """ValueError when ``values`` hold more than MAX_VARIABLES characters, names included."""
+    if sum(len(k) + len(v or "") + 2 for k, v in values.items()) > MAX_VARIABLES:
+        raise ValueError(f"the {what} would hold more than {MAX_VARIABLES >> 20} MiB")
+
+
 def expand(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
     """``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+alt}`` replaced from ``env``
-    (unset is empty); an escaped ``\\$`` stays a literal dollar."""
+    (unset is empty); an escaped ``\\$`` stays a literal dollar. ValueError beyond
+    MAX_EXPANDED characters."""
     out: list[str] = []
+    size = len(text)
+
+    def value(v: str) -> str:
+        nonlocal size
+        size += len(v)
+        if size > MAX_EXPANDED:
+            raise ValueError(
+                f"expands to more than {MAX_EXPANDED} characters (a variable that doubles "
+                "itself?)"
+            )
+        return v
+
     i = 0
     n = len(text)
     while i < n:
@@ -166,11 +197,11 @@ def expand(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
             name, op, word = m.group(1), m.group(2) or "", m.group(3)
             val = env.get(name)
             if op == ":-":
-                out.append(val if val else expand(word, env, escape))
+                out.append(value(val if val else expand(word, env, escape)))
             elif op == ":+":
-                out.append(expand(word, env, escape) if val else "")
+                out.append(value(expand(word, env, escape) if val else ""))
             else:
-                out.append(val or "")
+                out.append(value(val or ""))
             i = end + 1
             continue
         m = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 1 :])
@@ -178,7 +209,7 @@ def expand(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
             out.append("$")
             i += 1
             continue
-        out.append(env.get(m.group(0), ""))
+        out.append(value(env.get(m.group(0), "")))
         i += 1 + len(m.group(0))
     return "".join(out)
 

@@ -128,12 +128,14 @@ class Steps:
                 st.args[name] = self._sub(st, default)
             else:
                 st.args.setdefault(name, None)
+        parser.bounded(st.args, "stage's ARGs")
 
     def _env(self, st: State, ins: Instruction) -> None:
         scope = st.scope()
         env = dict(st.cfg.env)
         for k, v in parser.pairs(ins.args, "ENV"):
             env[k] = parser.expand(v, scope)
+        parser.bounded(env, "environment")
         st.with_cfg(env=env)
 
     def _label(self, st: State, ins: Instruction) -> None:
@@ -141,6 +143,7 @@ class Steps:
         labels = dict(st.cfg.labels)
         for k, v in parser.pairs(ins.args, "LABEL"):
             labels[parser.expand(k, scope)] = parser.expand(v, scope)
+        parser.bounded(labels, "labels")
         st.with_cfg(labels=labels)
 
     def _user(self, st: State, ins: Instruction) -> None:
