@@ -403,3 +403,25 @@ def test_a_user_database_deleted_by_an_upper_layer_is_absent(
     with pytest.raises(pyrt.SpawnError, match="unable to find user app"):
         pyrt.run(img, ["true"], user="app")
     assert pyrt.run(img, ["id", "-u"], user="1000").stdout == b"1000\n"
+
+
+def test_an_archive_of_countless_entries_is_refused(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tarfile keeps every entry it reads: a docker archive of millions of empty entries would
+    hold all of them in memory. Past the bound (lowered here from 65536) it is an ImageError."""
+    import io
+
+    from pyrt.image import oci
+
+    monkeypatch.setattr(oci, "MAX_ARCHIVE_MEMBERS", 100)
+    path = tmp_path / "many.tar"
+    with tarfile.open(path, "w") as tf:
+        for i in range(150):
+            data = b"[]" if i == 0 else b""
+            ti = tarfile.TarInfo("manifest.json" if i == 0 else f"f{i}")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    with pytest.raises(pyrt.ImageError, match="more than 100 entries; not an image archive"):
+        pyrt.Image.load(path)
+    assert_nothing_left(store)

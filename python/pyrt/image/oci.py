@@ -230,6 +230,10 @@ class _LayoutDir:
         return self.open_path("blobs/sha256/" + hex_of(digest, self.what))
 
 
+#: The most entries an OCI or docker archive may have (blobs, manifests, indexes: a few each).
+MAX_ARCHIVE_MEMBERS = 1 << 16
+
+
 class _Archive:
     """A tar archive read in place: an OCI layout in a tar, or a docker archive."""
 
@@ -238,7 +242,16 @@ class _Archive:
         self.what = str(path)
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
-            self.members = {os.path.normpath(m.name.lstrip("/")): m for m in self.tar}
+            self.members: dict[str, tarfile.TarInfo] = {}
+            # tarfile keeps every member it reads: an archive of millions of empty entries
+            # would hold the memory of each. An image archive has a few per image.
+            for m in self.tar:
+                if len(self.members) >= MAX_ARCHIVE_MEMBERS:
+                    self.tar.close()
+                    raise ImageError(
+                        f"{path}: more than {MAX_ARCHIVE_MEMBERS} entries; not an image archive"
+                    )
+                self.members[os.path.normpath(m.name.lstrip("/"))] = m
         except (tarfile.TarError, EOFError, OSError) as e:
             raise ImageError(f"{path}: not a readable archive: {e}") from e
 
