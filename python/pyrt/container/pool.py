@@ -66,6 +66,8 @@ class Pool:
         self._returned: deque[Container] = deque()
         self._unstarted: list[Container] = [first]
         self._busy: set[Container] = set()  # handed out
+        #: Every container the pool made: one handed out before ``close()`` may still come back.
+        self._made: weakref.WeakSet[Container] = weakref.WeakSet([first])
         self._starting = 0
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -129,6 +131,8 @@ class Pool:
             raise TypeError(f"give_back takes a pyrt.Container, not {type(c).__name__}")
         with self._cond:
             if c not in self._busy:
+                if self._closed and c in self._made:
+                    return  # handed out before close(), which removed it
                 raise PyrtError(f"container {c.id[:12]} is not one this pool handed out")
             self._busy.discard(c)
             if self._closed:
@@ -195,6 +199,8 @@ class Pool:
                 return  # the next round starts a new one if one is wanted
         else:
             made = c or Container(self._image, self._command, **self._options)
+            with self._cond:
+                self._made.add(made)
             try:
                 c = made.start()
             except Exception:
