@@ -170,8 +170,7 @@ def expand(text: str, env: Mapping[str, str], escape: str = "\\") -> str:
         size += len(v)
         if size > MAX_EXPANDED:
             raise ValueError(
-                f"expands to more than {MAX_EXPANDED} characters (a variable that doubles "
-                "itself?)"
+                f"expands to more than {MAX_EXPANDED} characters (a variable that doubles itself?)"
             )
         return v
 
