@@ -79,6 +79,23 @@ def test_expand() -> None:
         parser.expand("${A?x}", env)
 
 
+def test_expand_bounds_what_a_line_grows_to() -> None:
+    """A substitution beyond MAX_EXPANDED is a ValueError (the builder names the line); a
+    line of dollar signs, none of them a variable, comes back as it was (and in linear time:
+    each was once a slice of the rest of the line)."""
+    big = "x" * (parser.MAX_EXPANDED // 2 + 1)
+    assert parser.expand("$A", {"A": big}) == big
+    with pytest.raises(ValueError, match="expands to more than"):
+        parser.expand("$A$A", {"A": big})
+    with pytest.raises(ValueError, match="expands to more than"):
+        parser.expand("${A:-$B}${A:-$B}", {"B": big})
+    dollars = "$ $1 $" * 100_000
+    assert parser.expand(dollars, {}) == dollars
+    parser.bounded({"A": "x" * 1000}, "environment")
+    with pytest.raises(ValueError, match="environment would hold more than 2 MiB"):
+        parser.bounded({f"V{i}": "x" * 100_000 for i in range(30)}, "environment")
+
+
 def test_words_and_pairs() -> None:
     assert parser.words('a \'b c\' "d \\" e" f\\ g') == ["a", "b c", 'd " e', "f g"]
     assert parser.words("''") == [""]
