@@ -128,6 +128,37 @@ def test_fifos_and_device_nodes_are_refused_unopened(image: pyrt.Image) -> None:
             raise AssertionError("the container's writer never finished")
 
 
+def test_a_tree_nested_deeper_than_python_recurses(image: pyrt.Image, tmp_path: Path) -> None:
+    """A container that nests directories 1200 deep once made get_archive, copy_out and
+    commit a RecursionError, and, worse, left its writable layer in the trash that every later
+    container start empties first: each then failed with a RecursionError too. Now the
+    copies are a PyrtError naming the depth (copy_out leaves nothing at its destination),
+    and the tree is deleted with the container."""
+    from helpers import assert_nothing_left_of
+
+    c = pyrt.Container(image, ["sleep", "600"]).start()
+    try:
+        sh(c, "mkdir /deep && cd /deep && i=0; while [ $i -lt 1200 ]; do mkdir a && cd a; "
+              "i=$((i+1)); done")  # fmt: skip
+        for call in (
+            lambda: c.get_archive("/deep"),
+            lambda: c.copy_out("/deep", tmp_path / "out"),
+            lambda: c.commit(),
+        ):
+            with pytest.raises(pyrt.PyrtError, match="more than 400 directories deep"):
+                call()
+        assert not (tmp_path / "out").exists()
+    finally:
+        c.remove()
+    assert_nothing_left_of(c.id)
+    assert pyrt.run(image, ["true"]).returncode == 0  # the next start is not held up by it
+    host = tmp_path / "host"
+    (host / "/".join(["d"] * 450)).mkdir(parents=True)
+    with pyrt.Container(image, ["sleep", "600"]) as c:
+        with pytest.raises(pyrt.PyrtError, match="more than 400 directories deep"):
+            c.copy_in(host, "/in")
+
+
 def test_bad_arguments_are_refused(image: pyrt.Image) -> None:
     c = pyrt.Container(image, ["true"])
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pyrt.errors import PyrtError
+from pyrt.host import trees
 
 Ranges = tuple[tuple[int, int, int], ...]
 
@@ -211,9 +212,9 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     """Deletes a tree pyrt made, including what a rootless container's processes wrote into it
     as other users (files owned by the caller's subordinate ids, which only a process in the
     mapped user namespace may delete)."""
-    shutil.rmtree(path, ignore_errors=True)
+    trees.rmtree(path)
     if os.path.lexists(path) and has_range():
-        in_mapped_namespace(lambda _fd: shutil.rmtree(path, ignore_errors=True))
+        in_mapped_namespace(lambda _fd: trees.rmtree(path))
 
 
 def unshare_user() -> None:

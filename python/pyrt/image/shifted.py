@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import time
@@ -25,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyrt.errors import ImageError
+from pyrt.host import trees
 from pyrt.image import store
 from pyrt.image.layers import layers_dir
 
@@ -63,7 +63,7 @@ def _shifted(src: Path, uid_base: int, gid_base: int, count: int) -> str:
             # Another process made it first: theirs is the same.
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            trees.rmtree(tmp)
     return str(target)
 
 
@@ -100,6 +100,6 @@ def collect(in_use: set[str], grace: float = 60.0) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             if ".tmp-" not in name and now - p.stat().st_mtime < grace:
                 continue
-        shutil.rmtree(p, ignore_errors=True)
+        trees.rmtree(p)
         gone.append(f"shifted/{name}")
     return gone

@@ -8,12 +8,12 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from pyrt.host import trees
 from pyrt.host.places import ensure_dir, store_root
 
 
@@ -115,5 +115,5 @@ def place_tree(tmp: Path, final: Path) -> Path:
     except OSError:
         if not final.is_dir():
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
+        trees.rmtree(tmp)
     return final

@@ -28,6 +28,7 @@ from typing import IO, Optional
 
 from pyrt import _core
 from pyrt.errors import PathNotFound, PyrtError
+from pyrt.host import trees
 from pyrt.image import unpack
 
 #: Who owns what is written: (uid, gid) as the host sees them, or None to leave it to the
@@ -243,6 +244,18 @@ def tar_info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> ta
     return ti
 
 
+#: How deep a tree pyrt walks (archives out, copies in, commits): each level is a frame of
+#: Python's stack and an open directory. A container that nests directories 1500 deep made
+#: those a RecursionError; real trees stay far below (node_modules rarely passes 100).
+MAX_DEPTH = 400
+
+
+def check_depth(depth: int, path: str) -> None:
+    if depth >= MAX_DEPTH:
+        shown = path if len(path) <= 80 else f"{path[:40]}...{path[-30:]}"
+        raise PyrtError(f"a tree more than {MAX_DEPTH} directories deep, at {shown}: not copied")
+
+
 def add_to_tar(
     tf: tarfile.TarFile,
     dirfd: int,
@@ -252,10 +265,12 @@ def add_to_tar(
     result: Copied,
     kernel_dirs: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
     remap: Optional[IdMap] = None,
+    depth: int = 0,
 ) -> None:
     """Adds ``name`` (in ``dirfd``, not followed if a symlink) as ``arcname``, a directory
     with all below it; hard links inside the copy stay links (``links``), and directories in
-    ``kernel_dirs`` (/proc, /sys of a running container) are added empty."""
+    ``kernel_dirs`` (/proc, /sys of a running container) are added empty. ``depth``: how
+    many directories deep ``name`` is, bounded by MAX_DEPTH."""
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -291,11 +306,13 @@ def add_to_tar(
         result.entries += 1
         if (st.st_dev, st.st_ino) in kernel_dirs:
             return
+        check_depth(depth, arcname)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(name, flags, dir_fd=dirfd)
         try:
             for child in sorted(os.listdir(fd)):
-                add_to_tar(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs, remap)
+                add_to_tar(tf, fd, child, f"{arcname}/{child}", links, result, kernel_dirs, remap,
+                           depth + 1)  # fmt: skip
         finally:
             os.close(fd)
         return
@@ -443,6 +460,7 @@ def _copy_entry(
     owner: Owner,
     links: dict[tuple[int, int], tuple[int, str]],
     result: Copied,
+    depth: int = 0,
 ) -> None:
     st = os.lstat(src)
     m = st.st_mode
@@ -455,9 +473,10 @@ def _copy_entry(
                     os.mkdir(name, 0o700, dir_fd=parent)
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
                 name_fd = os.open(name, flags, dir_fd=parent)
+            check_depth(depth, src)
             with os.scandir(src) as it:
                 for e in sorted(it, key=lambda e: e.name):
-                    _copy_entry(e.path, name_fd, e.name, owner, links, result)
+                    _copy_entry(e.path, name_fd, e.name, owner, links, result, depth + 1)
             _meta(name_fd, st, owner)
         elif stat.S_ISREG(m):
             key = (st.st_dev, st.st_ino)
@@ -541,6 +560,17 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
     # Only the host's root keeps the container's owners; anyone else (a rootless helper is root
     # of a user namespace only) makes what comes out the caller's.
     owner = None if unpack.privileged() else (0, 0)
-    with piped(produce) as stream:
-        got = extract_to_host(stream, into, f"copy of {src}", owner)
+    made = os.path.join(into, name)
+    new = name not in ("", ".") and not os.path.lexists(made)
+    try:
+        with piped(produce) as stream:
+            got = extract_to_host(stream, into, f"copy of {src}", owner)
+    except BaseException:
+        if new:  # a copy cut short leaves no part of itself where nothing was before
+            with contextlib.suppress(OSError):
+                if os.path.isdir(made) and not os.path.islink(made):
+                    trees.rmtree(made)
+                else:
+                    os.unlink(made)
+        raise
     return skipped + got.skipped

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from pyrt.errors import ImageError, PyrtError
+from pyrt.host import trees
 from pyrt.host.places import ensure_dir
 from pyrt.image import layers, store
 from pyrt.image.config import ImageConfig
@@ -117,6 +118,7 @@ def _add_layer_entry(
     links: dict[tuple[int, int], str],
     remap: Optional[files.IdMap],
     skip: frozenset[str] = frozenset(),
+    depth: int = 0,
 ) -> None:
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     if arc in skip and _empty(dirfd, name, st):
@@ -128,6 +130,7 @@ def _add_layer_entry(
         tf.addfile(wh)
         return
     if stat.S_ISDIR(st.st_mode):
+        files.check_depth(depth, arc)
         ti = files.tar_info(arc, st, remap)
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
@@ -139,11 +142,11 @@ def _add_layer_entry(
                 opq.mtime = int(st.st_mtime)
                 tf.addfile(opq)
             for child in sorted(os.listdir(fd)):
-                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links, remap, skip)
+                _add_layer_entry(tf, fd, child, f"{arc}/{child}", links, remap, skip, depth + 1)
         finally:
             os.close(fd)
         return
-    files.add_to_tar(tf, dirfd, name, arc, links, files.Copied(), remap=remap)
+    files.add_to_tar(tf, dirfd, name, arc, links, files.Copied(), remap=remap, depth=depth)
 
 
 def store_layer(
@@ -390,7 +393,7 @@ def _save(img: Image, dest: Path, fmt: str) -> None:
         for t in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(t)
-        shutil.rmtree(work, ignore_errors=True)
+        trees.rmtree(work)
 
 
 def _plain(ti: tarfile.TarInfo) -> tarfile.TarInfo:
