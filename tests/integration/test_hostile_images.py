@@ -425,3 +425,29 @@ def test_an_archive_of_countless_entries_is_refused(
     with pytest.raises(pyrt.ImageError, match="more than 100 entries; not an image archive"):
         pyrt.Image.load(path)
     assert_nothing_left(store)
+
+
+def test_a_stored_images_users_are_looked_up_once(
+    store: Path, tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored image's layers never change, so its /etc/passwd and /etc/group are read once
+    per user asked for, not at every start; a rootfs directory, which may change, each time."""
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [busybox_layer(rootfs)]))
+    reads: list[str] = []
+    real = pyrt.Image.read_file
+
+    def counted(self: pyrt.Image, path: str) -> object:
+        reads.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(pyrt.Image, "read_file", counted)
+    for _ in range(3):
+        assert pyrt.run(img, ["id", "-u"], user="app").stdout == b"1000\n"
+    assert reads == ["/etc/passwd", "/etc/group"]
+    with pytest.raises(pyrt.SpawnError, match="unable to find user nobody-here"):
+        pyrt.run(img, ["true"], user="nobody-here")
+    directory = pyrt.Image.load(rootfs)
+    reads.clear()
+    for _ in range(2):
+        pyrt.run(directory, ["true"], user="app")
+    assert reads == ["/etc/passwd", "/etc/group"] * 2
