@@ -104,7 +104,7 @@ def test_a_registry_that_never_answers_fails_once(
 
     from pyrt.image import registry as client
 
-    monkeypatch.setattr(client, "TIMEOUT", 0.3)
+    monkeypatch.setattr(client.deadline, "TIMEOUT", 0.3)
     taken: list[socket.socket] = []
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -237,9 +237,12 @@ class Proxy:
         token: bool = False,
         redirect_blobs: bool = False,
         stall_after: Optional[int] = None,
+        drip_after: Optional[int] = None,
     ) -> None:
         self.upstream = upstream
         self.stall_after = stall_after
+        self.drip_after = drip_after
+        self.dripped = 0
         self.stalled = threading.Event()
         self.release = threading.Event()
         self.drop_after = drop_after
@@ -343,6 +346,19 @@ class Proxy:
             self.release.wait(30)
             h.close_connection = True
             return
+        if self.drip_after is not None and len(body) > self.drip_after:
+            # The rest a byte at a time, each well within the socket timeout, until cut.
+            h.wfile.write(body[: self.drip_after])
+            h.close_connection = True
+            try:
+                for b in body[self.drip_after :]:
+                    h.wfile.write(bytes([b]))
+                    h.wfile.flush()
+                    self.dripped += 1
+                    if self.release.wait(0.05):
+                        return
+            except OSError:
+                return
         if self.drop_after is not None and not self.dropped and len(body) > self.drop_after:
             self.dropped += 1
             h.wfile.write(body[: self.drop_after])
@@ -351,6 +367,112 @@ class Proxy:
             h.connection.shutdown(2)
             return
         h.wfile.write(body)
+
+
+def test_a_blob_dripped_a_byte_at_a_time_is_cut_off(
+    reg: Registry, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that never goes silent long enough for the socket timeout, but sends a byte
+    every 50 ms, is cut off when the blob's time is up (before, a pull waited for ever); the
+    error says so, nothing is retried, and nothing is left in the store. (Times shortened.)"""
+    from pyrt.image import deadline
+
+    monkeypatch.setattr(deadline, "TIMEOUT", 1.0)
+    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 30)
+    with Proxy(reg.host, drip_after=1 << 16) as p:
+        with pytest.raises(pyrt.ImageError, match=r"blobs/sha256:.*sending too slowly"):
+            pyrt.Image.pull(f"{p.host}/bb:1", insecure=True)
+        assert 0 < p.dripped < 200, p.dripped
+        blobs = [x for x in p.paths if "/blobs/" in x]
+        assert len(blobs) == len(set(blobs)), p.paths  # none asked twice
+    assert not [x for x in store_listing(store) if x.startswith(("layers/", "tmp/"))]
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 whose every connection is given to ``serve(sock, stop)``."""
+
+    def __init__(self, serve: Any) -> None:
+        import socket
+
+        self.serve = serve
+        self.stop = threading.Event()
+        self.taken = 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.srv.settimeout(0.1)
+        self.host = f"127.0.0.1:{self.srv.getsockname()[1]}"
+        self.threads = [threading.Thread(target=self._accept)]
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = self.srv.accept()[0]
+            except OSError:
+                continue
+            self.taken += 1
+            t = threading.Thread(target=self._one, args=(conn,))
+            self.threads.append(t)
+            t.start()
+
+    def _one(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)  # the request
+                self.serve(conn, self.stop)
+            except OSError:
+                pass
+
+    def __enter__(self) -> RawServer:
+        self.threads[0].start()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.stop.set()
+        for t in list(self.threads):
+            t.join()
+        self.srv.close()
+
+
+def test_headers_dripped_a_byte_at_a_time_are_cut_off(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer whose header lines come a byte every 50 ms (http.client allows 100 lines of
+    64 KiB) ends in an ImageError when the exchange's time is up, asked once."""
+    from pyrt.image import deadline
+
+    monkeypatch.setattr(deadline, "TIMEOUT", 1.0)
+    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 30)
+
+    def drip(conn: Any, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not stop.wait(0.05):
+            conn.sendall(b"a")
+
+    with RawServer(drip) as srv:
+        with pytest.raises(pyrt.ImageError, match=r"GET /v2/x/manifests/1 .*sending too slowly"):
+            pyrt.Image.pull(f"{srv.host}/x:1", insecure=True)
+    assert srv.taken == 1
+    assert not [x for x in store_listing(store) if x.startswith(("layers/", "tmp/"))]
+
+
+def test_an_endless_challenge_body_is_not_read(store: Path) -> None:
+    """A 401 whose body never ends: the challenge is in its headers, so the body is left
+    unread (before, it was read to its end, in memory, for ever)."""
+
+    def endless(conn: Any, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+        while not stop.is_set():
+            conn.sendall(chunk)
+
+    with RawServer(endless) as srv:
+        with pytest.raises(pyrt.ImageError, match="requires a user name and password"):
+            pyrt.Image.pull(f"{srv.host}/x:1", insecure=True)
+    assert not [x for x in store_listing(store) if x.startswith(("layers/", "tmp/"))]
 
 
 PULLING = """

@@ -39,6 +39,7 @@ log = logging.getLogger("pyrt.push")
 
 #: Blobs up to this size go in one PUT; larger ones in chunks of this size.
 CHUNK = 16 << 20
+_ANSWER = 1 << 16  # what is read of a registry's answer to an upload (its error text)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -266,11 +267,17 @@ def _call(
         h["Content-Length"] = str(len(data or b""))
     for attempt in range(RETRIES):
         try:
-            resp, conn = client.request(method, path, h, (lambda: data) if data else None)
+            resp, conn = client.request(
+                method, path, h, (lambda: data) if data else None, expect=_ANSWER
+            )
             try:
-                body = resp.read(1 << 16)
+                body = resp.read(_ANSWER)
+            except (http.client.HTTPException, OSError):
+                client.too_slow(conn, method, path)
+                raise
             finally:
                 conn.close()
+            client.too_slow(conn, method, path)
         except (Transient, http.client.HTTPException, OSError) as e:
             if attempt == RETRIES - 1 or method == "PATCH":
                 raise ImageError(f"{what}: {e}") from e

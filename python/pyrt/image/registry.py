@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import IO, Any, Optional, Union
 
 from pyrt.errors import ImageError, ImageNotFound
-from pyrt.image import oci, store
+from pyrt.image import deadline, oci, store
 from pyrt.image.layers import hex_of
 
 ACCEPT = ", ".join(oci.INDEX_TYPES + oci.MANIFEST_TYPES)
 DOCKER_HUB = "registry-1.docker.io"
 RETRIES = 5
-TIMEOUT = 30.0
 _CHUNK = 1 << 20
 
 
@@ -126,20 +125,33 @@ class Client:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.ref.registry}{path}"
 
-    def _connect(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+    def _connect(self, url: urllib.parse.SplitResult, seconds: float) -> deadline.Connection:
+        """A connection to ``url``'s host that is cut when ``seconds`` have passed."""
         host = url.hostname or ""
+        conn: deadline.Connection
         if url.scheme == "https":
-            return http.client.HTTPSConnection(
-                host, url.port, timeout=TIMEOUT, context=ssl.create_default_context()
+            conn = deadline.SecureConnection(
+                host, url.port, timeout=deadline.TIMEOUT, context=ssl.create_default_context()
             )
-        return http.client.HTTPConnection(host, url.port, timeout=TIMEOUT)
+        else:
+            conn = deadline.Connection(host, url.port, timeout=deadline.TIMEOUT)
+        conn.arm(seconds)
+        return conn
+
+    def too_slow(self, conn: http.client.HTTPConnection, method: str, what: str) -> None:
+        """Raises when ``conn``'s time ran out: the failure seen is the cut, not its cause."""
+        if isinstance(conn, deadline.Connection) and conn.expired:
+            raise ImageError(
+                f"registry {self.ref.registry}: {method} {what} was not over within its "
+                f"{conn.allowed:.0f} seconds (a registry sending too slowly)"
+            )
 
     def get(
-        self, path: str, headers: Optional[dict[str, str]] = None
+        self, path: str, headers: Optional[dict[str, str]] = None, expect: int = oci.MAX_JSON
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         """GET on the registry; authenticates on a 401 challenge and follows redirects. The
         caller reads the response and closes the connection."""
-        return self.request("GET", path, headers)
+        return self.request("GET", path, headers, expect=expect)
 
     def request(
         self,
@@ -147,25 +159,30 @@ class Client:
         path: str,
         headers: Optional[dict[str, str]] = None,
         body: Optional[Callable[[], Union[bytes, IO[bytes]]]] = None,
+        expect: int = oci.MAX_JSON,
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         """``method`` on ``path`` (or a full URL the registry gave, as an upload's Location);
         ``body()`` gives the body afresh for each attempt. Authenticates on a 401 challenge;
-        GET and HEAD follow redirects."""
+        GET and HEAD follow redirects. The exchange, redirects and the answer's body of up to
+        ``expect`` bytes included, is cut after ``deadline.allowance`` of what it carries."""
         url = path if "://" in path else self.url(path)
         authed = False
+        sent = int(headers.get("Content-Length", 0)) if headers else 0
+        until = time.monotonic() + deadline.allowance(sent + expect)
         for _ in range(10):
             parts = urllib.parse.urlsplit(url)
             h = dict(headers or {})
             # Credentials go to the registry only, never to the host a redirect points at.
             if self.auth and parts.netloc == self.ref.registry:
                 h["Authorization"] = self.auth
-            conn = self._connect(parts)
+            conn = self._connect(parts, until - time.monotonic())
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
                 conn.request(method, target, body=body() if body else None, headers=h)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
+                self.too_slow(conn, method, target)
                 if isinstance(e, ssl.SSLError):
                     raise ImageError(
                         f"{self.ref.registry}: TLS failed ({e}); a plain-HTTP registry needs "
@@ -178,27 +195,24 @@ class Client:
                     # for TIMEOUT seconds would otherwise cost RETRIES times that.
                     raise ImageError(
                         f"registry {self.ref.registry}: no answer to {method} {target} within "
-                        f"{TIMEOUT:.0f} seconds"
+                        f"{deadline.TIMEOUT:.0f} seconds"
                     ) from e
                 raise Transient(f"{self.ref.registry}: {e}") from e
             if resp.status == 401 and not authed and parts.netloc == self.ref.registry:
                 challenge = resp.getheader("WWW-Authenticate", "")
-                resp.read()
-                conn.close()
+                conn.close()  # unread: a body without end would be read for ever
                 self.auth = self._authenticate(challenge)
                 authed = True
                 continue
             if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
                 loc = resp.getheader("Location")
-                resp.read()
-                conn.close()
+                conn.close()  # unread: a body without end would be read for ever
                 if not loc:
                     raise ImageError(f"{url}: redirect without a Location")
                 url = urllib.parse.urljoin(url, loc)
                 continue
             if resp.status in (429, 500, 502, 503, 504):
-                resp.read()
-                conn.close()
+                conn.close()  # unread: a body without end would be read for ever
                 raise Transient(f"{url}: HTTP {resp.status}")
             return resp, conn
         raise ImageError(f"{url}: too many redirects")
@@ -221,16 +235,18 @@ class Client:
         query = {"service": fields.get("service", "")}
         query["scope"] = fields.get("scope") or f"repository:{self.ref.repository}:{self.actions}"
         realm = urllib.parse.urlsplit(fields["realm"])
-        conn = self._connect(realm)
+        conn = self._connect(realm, deadline.allowance(oci.MAX_JSON))
         h = {"Authorization": basic} if basic else {}
         try:
             conn.request("GET", realm.path + "?" + urllib.parse.urlencode(query), headers=h)
             resp = conn.getresponse()
             body = resp.read(oci.MAX_JSON)
         except (OSError, http.client.HTTPException) as e:
+            self.too_slow(conn, "GET", fields["realm"])
             raise ImageError(f"token service {fields['realm']}: {e}") from e
         finally:
             conn.close()
+        self.too_slow(conn, "GET", fields["realm"])
         if resp.status in (401, 403):
             raise ImageError(
                 f"{self.ref.registry}: authentication failed (token service said {resp.status})"
@@ -251,8 +267,12 @@ class Client:
                 resp, conn = self.get(path, {"Accept": accept} if accept else None)
                 try:
                     body = resp.read(oci.MAX_JSON + 1)
+                except (http.client.HTTPException, OSError):
+                    self.too_slow(conn, "GET", path)
+                    raise
                 finally:
                     conn.close()
+                self.too_slow(conn, "GET", path)
             except (Transient, http.client.HTTPException, OSError) as e:
                 if attempt == RETRIES - 1:
                     raise ImageError(f"{self.ref.registry}: {e}") from e
@@ -287,7 +307,8 @@ class Client:
             for attempt in range(RETRIES):
                 try:
                     headers = {"Range": f"bytes={have}-"} if have else None
-                    resp, conn = self.get(path, headers)
+                    rest = size - have if size is not None else oci.MAX_JSON
+                    resp, conn = self.get(path, headers, rest)
                     try:
                         if resp.status == 404:
                             raise ImageError(
@@ -300,15 +321,21 @@ class Client:
                             sha, have = hashlib.sha256(), 0
                         elif resp.status not in (200, 206):
                             raise ImageError(f"{what}: HTTP {resp.status}")
-                        while chunk := resp.read(_CHUNK):
+                        # read1: one receive at a time, so a cut connection ends the loop
+                        # at once (read would wait to fill the whole chunk).
+                        while chunk := resp.read1(_CHUNK):
                             out.write(chunk)
                             sha.update(chunk)
                             have += len(chunk)
                             progress(len(chunk))
                             if size is not None and have > size:
                                 raise ImageError(f"{what}: longer than the {size} bytes declared")
+                    except (http.client.HTTPException, OSError):
+                        self.too_slow(conn, "GET", path)
+                        raise
                     finally:
                         conn.close()
+                    self.too_slow(conn, "GET", path)
                     if size is not None and have < size:
                         raise Transient(f"{what}: connection closed after {have} of {size} bytes")
                     break
