@@ -48,6 +48,21 @@ def test_wait_for_http_fails_at_once_when_the_container_exits(image: pyrt.Image)
         assert time.monotonic() - t0 < 30  # not the 60 s of the timeout
 
 
+@needs_root
+def test_wait_for_http_is_not_held_by_a_server_that_drips_its_headers(image: pyrt.Image) -> None:
+    """A server that answers a byte every 0.2 s and never ends its headers: each probe is cut
+    off after its 2 s, and the wait times out as asked (before, the first probe waited for
+    ever, and a cut probe took the headers' end of stream for a 200)."""
+    drip = (
+        "while :; do (printf 'HTTP/1.1 200 OK\\r\\nX-Slow: '; "
+        "while :; do printf a; sleep 0.2; done) | nc -l -p 8080; done"
+    )
+    with pyrt.Container(image, ["sh", "-c", drip]) as c:
+        with pytest.raises(pyrt.TimeoutExpired, match=r"for HTTP 200 from port 8080 /"):
+            c.wait_for_http(8080, timeout=1)
+        assert c.status == "running"
+
+
 def test_wait_for_http_refuses_bad_arguments(image: pyrt.Image) -> None:
     with pyrt.Container(image, ["sleep", "30"]) as c:
         with pytest.raises(TypeError, match="port"):

@@ -104,7 +104,7 @@ def test_a_registry_that_never_answers_fails_once(
 
     from pyrt.image import registry as client
 
-    monkeypatch.setattr(client.deadline, "TIMEOUT", 0.3)
+    monkeypatch.setattr(client.timedhttp, "TIMEOUT", 0.3)
     taken: list[socket.socket] = []
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -375,10 +375,10 @@ def test_a_blob_dripped_a_byte_at_a_time_is_cut_off(
     """A registry that never goes silent long enough for the socket timeout, but sends a byte
     every 50 ms, is cut off when the blob's time is up (before, a pull waited for ever); the
     error says so, nothing is retried, and nothing is left in the store. (Times shortened.)"""
-    from pyrt.image import deadline
+    from pyrt import timedhttp
 
-    monkeypatch.setattr(deadline, "TIMEOUT", 1.0)
-    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 30)
+    monkeypatch.setattr(timedhttp, "TIMEOUT", 1.0)
+    monkeypatch.setattr(timedhttp, "MIN_RATE", 1 << 30)
     with Proxy(reg.host, drip_after=1 << 16) as p:
         with pytest.raises(pyrt.ImageError, match=r"blobs/sha256:.*sending too slowly"):
             pyrt.Image.pull(f"{p.host}/bb:1", insecure=True)
@@ -439,10 +439,10 @@ def test_headers_dripped_a_byte_at_a_time_are_cut_off(
 ) -> None:
     """An answer whose header lines come a byte every 50 ms (http.client allows 100 lines of
     64 KiB) ends in an ImageError when the exchange's time is up, asked once."""
-    from pyrt.image import deadline
+    from pyrt import timedhttp
 
-    monkeypatch.setattr(deadline, "TIMEOUT", 1.0)
-    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 30)
+    monkeypatch.setattr(timedhttp, "TIMEOUT", 1.0)
+    monkeypatch.setattr(timedhttp, "MIN_RATE", 1 << 30)
 
     def drip(conn: Any, stop: threading.Event) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")

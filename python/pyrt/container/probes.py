@@ -74,22 +74,26 @@ def port_listening(pid: int, port: int) -> bool:
 
 def http_status(connect: Callable[[], socket.socket], path: str, timeout: float) -> Optional[int]:
     """The status of a GET of ``path`` over a new connection, or None when none is made or
-    no answer comes within ``timeout``."""
-    import http.client  # for the HTTP waits only: `import pyrt` is faster without it
+    no answer, headers and all, comes within ``timeout`` (a server that sends its headers a
+    byte at a time is cut off then, as one that says nothing is)."""
+    from pyrt import timedhttp  # for the HTTP waits only: `import pyrt` is faster without
 
     try:
         sock = connect()
     except OSError:
         return None
     sock.settimeout(timeout)
-    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    conn = timedhttp.Connection("localhost", timeout=timeout)
     # The socket was connected elsewhere (inside a network namespace): the connection takes
     # it as it is, and never connects itself.
     conn.sock = sock
+    conn.arm(timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close", "User-Agent": "pyrt"})
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
+        status = conn.getresponse().status
+        # (Cut mid-header, http.client takes the end of the stream for the headers' end.)
+        return None if conn.expired else status
+    except (OSError, timedhttp.HTTPException):
         return None
     finally:
         conn.close()

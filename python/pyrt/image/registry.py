@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import IO, Any, Optional, Union
 
 from pyrt.errors import ImageError, ImageNotFound
-from pyrt.image import deadline, oci, store
+from pyrt import timedhttp
+from pyrt.image import oci, store
 from pyrt.image.layers import hex_of
 
 ACCEPT = ", ".join(oci.INDEX_TYPES + oci.MANIFEST_TYPES)
@@ -125,22 +126,22 @@ class Client:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.ref.registry}{path}"
 
-    def _connect(self, url: urllib.parse.SplitResult, seconds: float) -> deadline.Connection:
+    def _connect(self, url: urllib.parse.SplitResult, seconds: float) -> timedhttp.Connection:
         """A connection to ``url``'s host that is cut when ``seconds`` have passed."""
         host = url.hostname or ""
-        conn: deadline.Connection
+        conn: timedhttp.Connection
         if url.scheme == "https":
-            conn = deadline.SecureConnection(
-                host, url.port, timeout=deadline.TIMEOUT, context=ssl.create_default_context()
+            conn = timedhttp.SecureConnection(
+                host, url.port, timeout=timedhttp.TIMEOUT, context=ssl.create_default_context()
             )
         else:
-            conn = deadline.Connection(host, url.port, timeout=deadline.TIMEOUT)
+            conn = timedhttp.Connection(host, url.port, timeout=timedhttp.TIMEOUT)
         conn.arm(seconds)
         return conn
 
     def too_slow(self, conn: http.client.HTTPConnection, method: str, what: str) -> None:
         """Raises when ``conn``'s time ran out: the failure seen is the cut, not its cause."""
-        if isinstance(conn, deadline.Connection) and conn.expired:
+        if isinstance(conn, timedhttp.Connection) and conn.expired:
             raise ImageError(
                 f"registry {self.ref.registry}: {method} {what} was not over within its "
                 f"{conn.allowed:.0f} seconds (a registry sending too slowly)"
@@ -164,11 +165,11 @@ class Client:
         """``method`` on ``path`` (or a full URL the registry gave, as an upload's Location);
         ``body()`` gives the body afresh for each attempt. Authenticates on a 401 challenge;
         GET and HEAD follow redirects. The exchange, redirects and the answer's body of up to
-        ``expect`` bytes included, is cut after ``deadline.allowance`` of what it carries."""
+        ``expect`` bytes included, is cut after ``timedhttp.allowance`` of what it carries."""
         url = path if "://" in path else self.url(path)
         authed = False
         sent = int(headers.get("Content-Length", 0)) if headers else 0
-        until = time.monotonic() + deadline.allowance(sent + expect)
+        until = time.monotonic() + timedhttp.allowance(sent + expect)
         for _ in range(10):
             parts = urllib.parse.urlsplit(url)
             h = dict(headers or {})
@@ -195,9 +196,10 @@ class Client:
                     # for TIMEOUT seconds would otherwise cost RETRIES times that.
                     raise ImageError(
                         f"registry {self.ref.registry}: no answer to {method} {target} within "
-                        f"{deadline.TIMEOUT:.0f} seconds"
+                        f"{timedhttp.TIMEOUT:.0f} seconds"
                     ) from e
                 raise Transient(f"{self.ref.registry}: {e}") from e
+            self.too_slow(conn, method, target)  # (a cut mid-header reads as the headers' end)
             if resp.status == 401 and not authed and parts.netloc == self.ref.registry:
                 challenge = resp.getheader("WWW-Authenticate", "")
                 conn.close()  # unread: a body without end would be read for ever
@@ -235,7 +237,7 @@ class Client:
         query = {"service": fields.get("service", "")}
         query["scope"] = fields.get("scope") or f"repository:{self.ref.repository}:{self.actions}"
         realm = urllib.parse.urlsplit(fields["realm"])
-        conn = self._connect(realm, deadline.allowance(oci.MAX_JSON))
+        conn = self._connect(realm, timedhttp.allowance(oci.MAX_JSON))
         h = {"Authorization": basic} if basic else {}
         try:
             conn.request("GET", realm.path + "?" + urllib.parse.urlencode(query), headers=h)

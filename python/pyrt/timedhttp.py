@@ -17,6 +17,8 @@ import socket
 import threading
 from typing import Optional
 
+HTTPException = http.client.HTTPException
+
 #: Seconds allowed for one silence (connect, a packet) and the fixed part of an exchange.
 TIMEOUT = 30.0
 #: The slowest transfer accepted, bytes per second, averaged over a whole exchange.
