@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from pyrt.errors import ImageError, ImageNotFound
 from pyrt import timedhttp
+from pyrt.errors import ImageError, ImageNotFound
 from pyrt.image import oci, store
 from pyrt.image.layers import hex_of
 
