@@ -30,7 +30,7 @@ from pyrt.container.networking import ContainerNetworking
 from pyrt.container.readiness import ContainerReadiness
 from pyrt.container.results import Result, Stats
 from pyrt.container.snapshots import ContainerSnapshots
-from pyrt.container.stdio import Target
+from pyrt.container.stdio import DEVNULL, Target
 from pyrt.container.steps import ContainerSteps, Input
 from pyrt.errors import ImageNotFound, InvalidOption, PyrtError, SpawnError
 from pyrt.host import userns
@@ -442,7 +442,8 @@ class Container(
             self._checker.stop()
 
         def run_check(argv: list[str], timeout: float) -> int:
-            return self.exec(argv, timeout=timeout).returncode
+            # Only the status counts: output kept would be memory a chatty check fills.
+            return self.exec(argv, timeout=timeout, stdout=DEVNULL, stderr=DEVNULL).returncode
 
         def noted(status: str) -> None:
             if self._dir is not None and self._state_doc is not None and not self._removed:
