@@ -148,6 +148,10 @@ def test_a_tree_nested_deeper_than_python_recurses(image: pyrt.Image, tmp_path: 
             with pytest.raises(pyrt.PyrtError, match="more than 400 directories deep"):
                 call()
         assert not (tmp_path / "out").exists()
+        # A file copied in over the tree replaces it (its removal was a RecursionError).
+        (tmp_path / "deep").write_bytes(b"flat\n")
+        c.copy_in(tmp_path / "deep", "/")
+        assert c.read_file("/deep") == b"flat\n"
     finally:
         c.remove()
     assert_nothing_left_of(c.id)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 from pyrt.errors import ImageError
-from pyrt.host import userns
+from pyrt.host import trees, userns
 from pyrt.image import store
 from pyrt.image.layers import hex_of
 
@@ -106,7 +105,11 @@ def _is_whiteout(path: str) -> bool:
 
 
 def _rm(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
+    try:
+        fd = os.open(p.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        trees.remove_at(fd, p.name)
+    finally:
+        os.close(fd)

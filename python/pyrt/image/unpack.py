@@ -17,10 +17,8 @@ otherwise. Applied, they delete from the tree built so far. Either way no whiteo
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -85,21 +83,6 @@ class UnpackStats:
     blob_digest: str = ""
 
 
-def remove_entry(parent: int, name: str) -> None:
-    """Removes whatever is at ``name`` under ``parent`` (not following a symlink)."""
-    try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(f"/proc/self/fd/{parent}/{name}")
-    else:
-        os.unlink(name, dir_fd=parent)
-
-
-@functools.lru_cache(maxsize=1)
 def privileged() -> bool:
     """Root of the host (not of a user namespace): device nodes and trusted.* xattrs."""
     if os.geteuid() != 0:

@@ -450,7 +450,7 @@ def _replace(parent: int, name: str, is_dir: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
                 return
-    unpack.remove_entry(parent, name)
+    trees.remove_at(parent, name)
 
 
 def _copy_entry(
