@@ -105,6 +105,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--runs", type=int, default=50)
     args = ap.parse_args()
+    if not (TRACEFS / "tracing_on").exists():
+        # A machine without systemd has nothing mount tracefs; it stays for the next run.
+        import subprocess
+
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True)
     events = by_pid(record(args.runs))
 
     forks: dict[int, float] = {}
