@@ -279,11 +279,19 @@ def test_init_reaps_zombies_and_forwards_signals(image: pyrt.Image) -> None:
     with pyrt.Container(image, ["sh", "-c", ORPHANS], init=True) as c:
         time.sleep(0.5)
         assert _zombies(c) == 0
-        assert c.exec(["cat", "/proc/1/comm"]).stdout.startswith(b"memfd:pyrt-chil")
+        assert c.exec(["cat", "/proc/1/comm"]).stdout == b"pyrt-init\n"  # for ps, as tini
         # SIGTERM reaches the command (a sleep, which dies of it), not an init that ignores it.
         t0 = time.monotonic()
         assert c.stop(timeout=10) == -15
         assert time.monotonic() - t0 < 5
+
+
+def test_an_idle_init_is_named_for_ps(image: pyrt.Image) -> None:
+    """A sandbox's pid 1 (a pool's, the pytest plugin's) says what it is."""
+    from pyrt.config.idle import IDLE
+
+    with pyrt.Container(image, IDLE, init=True) as c:
+        assert c.exec(["cat", "/proc/1/comm"]).stdout == b"pyrt-init\n"
 
 
 def test_init_passes_exit_codes_and_errors(image: pyrt.Image) -> None:

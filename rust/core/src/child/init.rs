@@ -21,10 +21,18 @@ pub fn block_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
 }
 
+/// Names this process `pyrt-init` for `ps` inside the container, as docker-init and tini are
+/// seen there; it would otherwise show its image's name, `memfd:pyrt-child`.
+fn name_self() {
+    // SAFETY: a constant name for prctl.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"pyrt-init".as_ptr(), 0, 0, 0) };
+}
+
 /// Runs as pid 1 until `child`, the command, has exited. Never returns.
 pub fn run(child: Pid) -> ! {
     let all = SigSet::all();
     block_signals();
+    name_self();
     // The command may have exited before the mask above: its SIGCHLD, arriving while ignored
     // by default, is gone, so look once before waiting for the next one.
     let code = reap(child).unwrap_or_else(|| loop {
@@ -59,6 +67,7 @@ pub fn run(child: Pid) -> ! {
 pub fn idle() -> ! {
     let all = SigSet::all();
     block_signals();
+    name_self();
     let sig = loop {
         match all.wait() {
             Ok(Signal::SIGCHLD) => {
