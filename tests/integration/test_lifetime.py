@@ -493,6 +493,51 @@ def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
     assert_nothing_left_of(cid)
 
 
+COPY_THEN_DIES = """
+import os, sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+c = pyrt.Container(img, ["sleep", "60"]).start()
+c.exec(["sh", "-c", "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b"])
+print(c.id, flush=True)
+os.environ["PYRT_FAULT"] = "copied"
+c.copy_out("/data", sys.argv[2])  # killed with the copy made, before it is put in place
+"""
+
+
+def test_owner_killed_in_the_middle_of_a_copy_out_leaves_nothing(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """A copy_out to a new path is built in a staging directory beside it and renamed into
+    place whole; an owner killed before the rename leaves nothing at the destination (before,
+    a partial tree), and its helper deletes the staging directory within seconds."""
+    dest = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", COPY_THEN_DIES, str(rootfs), str(dest)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    cid = p.stdout.strip()
+    assert not dest.exists()
+    deadline = time.monotonic() + 5
+    while os.listdir(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.listdir(tmp_path), "the staging directory outlived its owner by 5 s"
+    assert_nothing_left_of(cid)
+
+
+def test_a_copy_out_appears_whole(image: pyrt.Image, tmp_path: Path) -> None:
+    """The same copy, not killed: it is at its destination, and no staging directory is left
+    beside it; a copy into an existing directory merges there."""
+    with pyrt.Container(image, ["sleep", "60"]) as c:
+        c.exec(["sh", "-c", "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b"])
+        c.copy_out("/data", tmp_path / "out")
+        assert (tmp_path / "out" / "sub" / "b").read_text() == "two\n"
+        assert os.listdir(tmp_path) == ["out"]
+        (tmp_path / "into").mkdir()
+        (tmp_path / "into" / "mine").write_text("kept")
+        c.copy_out("/data/a", tmp_path / "into")
+        assert sorted(os.listdir(tmp_path / "into")) == ["a", "mine"]
+        assert sorted(os.listdir(tmp_path)) == ["into", "out"]
+
+
 def test_gc_empties_what_a_dead_helper_left_in_the_trash(tmp_path: Path) -> None:
     """A trash entry nobody is deleting (its helper died first) goes at the next stale
     collection once it is older than the grace period; a young one is left to its helper."""

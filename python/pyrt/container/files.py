@@ -13,7 +13,8 @@ from typing import IO, TYPE_CHECKING, Optional, Union
 
 from pyrt.config import checks
 from pyrt.errors import PyrtError
-from pyrt.host import userns
+from pyrt.host import staging, userns
+from pyrt.host.faults import fault
 from pyrt.rootfs import files
 
 PathArg = Union[str, "os.PathLike[str]"]
@@ -116,12 +117,25 @@ class ContainerFiles:
         what was left out, and warns about it."""
         p = checks.container_path(src, "src")
         host = os.path.abspath(checks.host_path(dst, "dst"))
-        files.host_destination(host, p)  # checked before anything is read
+        into, name = files.host_destination(host, p)  # checked before anything is read
+        made = os.path.join(into, name)
 
-        def op(root: int, _owner: files.Owner) -> bytes:
-            return json.dumps(files.copy_out(root, p, host)).encode()
+        def copy(to: str) -> list[str]:
+            def op(root: int, _owner: files.Owner) -> bytes:
+                return json.dumps(files.copy_out(root, p, to)).encode()
 
-        left_out: list[str] = json.loads(self._in_root(p, op, write=False))
+            out: list[str] = json.loads(self._in_root(p, op, write=False))
+            return out
+
+        if name in ("", ".") or os.path.lexists(made):
+            left_out = copy(host)  # into what is there, merged as docker cp does
+        else:
+            # A new destination is built beside it and appears whole, or not at all.
+            with staging.staged(into) as d:
+                left_out = copy(os.path.join(d, name))
+                fault("copied")
+                if os.path.lexists(os.path.join(d, name)):
+                    os.rename(os.path.join(d, name), made)
         if left_out:
             warnings.warn(f"copy_out of {p} left out: {', '.join(left_out[:20])}", stacklevel=2)
         return left_out

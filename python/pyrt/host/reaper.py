@@ -27,6 +27,8 @@ from pyrt.host.places import ensure_dir, state_root
 
 #: What an id of a shared network's registry directory starts with (``watch(NETWORK + name)``).
 NETWORK = "net:"
+#: What an id of a copy's staging directory starts with (``pyrt.host.staging``).
+STAGING = "copy:"
 
 _lock = threading.Lock()
 #: The write end of the pipe to this process's helper, and the pid it was started for (a forked

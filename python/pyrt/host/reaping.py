@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyrt.host.places import state_root
-from pyrt.host.reaper import NETWORK, trash_root
+from pyrt.host.reaper import NETWORK, STAGING, trash_root
 
 
 def _set_name(name: bytes) -> None:
@@ -132,8 +132,15 @@ def collect(ids: set[str]) -> None:
     from pyrt.host import collect as stale
 
     root = Path(state_root()) / "containers"
+    staged = {i for i in ids if i.startswith(STAGING)}
+    if staged:
+        from pyrt.host import staging, trees
+
+        for key in staged:
+            if (path := staging.path_of(key)) is not None:
+                trees.rmtree(path)
     nets = {i[len(NETWORK) :] for i in ids if i.startswith(NETWORK)}
-    ids = ids - {NETWORK + n for n in nets}  # a new set: the caller's stays as it was
+    ids = ids - staged - {NETWORK + n for n in nets}  # a new set: the caller's stays as it was
     if nets:
         stale.collect_stale_networks(only=nets)
     stale.collect_stale(only={i for i in ids if (root / i).exists()})
