@@ -432,6 +432,16 @@ def test_removed_directories_are_deleted_by_the_helper_even_when_the_owner_dies(
     assert not left, f"5 s after the owner died, still in the trash: {left}"
 
 
+def _killed(script: str, *args: str, fault: str | None = None) -> str:
+    """Runs ``script`` with ``args`` in a new interpreter that must die by SIGKILL at its
+    fault point; the container id it printed."""
+    env = dict(os.environ, PYRT_FAULT=fault) if fault else None
+    p = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    return p.stdout.strip()
+
+
 REMOVED_THEN_DIES = """
 import sys, pyrt
 img = pyrt.Image.load(sys.argv[1])
@@ -446,11 +456,7 @@ def test_owner_killed_between_the_move_to_the_trash_and_the_hand_over(rootfs: Pa
     that trash entry when its owner dies, within the same 2 s as everything else."""
     from pyrt.host.reaper import trash_root
 
-    p = subprocess.run([sys.executable, "-c", REMOVED_THEN_DIES, str(rootfs)],
-                       env=dict(os.environ, PYRT_FAULT="trashed"), capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
-    assert p.returncode == -signal.SIGKILL, p.stderr
-    cid = p.stdout.strip()
+    cid = _killed(REMOVED_THEN_DIES, str(rootfs), fault="trashed")
     assert len(cid) == 32 and not (containers_root() / cid).exists()
     deadline = time.monotonic() + 2
     while (trash_root() / cid).exists() and time.monotonic() < deadline:
@@ -477,10 +483,7 @@ def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
     such entries of its containers too when their owner dies."""
     from pyrt.host.reaper import trash_root
 
-    p = subprocess.run([sys.executable, "-c", RESET_THEN_DIES, str(rootfs)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert p.returncode == -signal.SIGKILL, p.stderr
-    cid = p.stdout.strip()
+    cid = _killed(RESET_THEN_DIES, str(rootfs))
     assert len(cid) == 32
 
     def entries() -> list[str]:
@@ -511,10 +514,7 @@ def test_owner_killed_in_the_middle_of_a_copy_out_leaves_nothing(
     place whole; an owner killed before the rename leaves nothing at the destination (before,
     a partial tree), and its helper deletes the staging directory within seconds."""
     dest = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-c", COPY_THEN_DIES, str(rootfs), str(dest)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert p.returncode == -signal.SIGKILL, p.stderr
-    cid = p.stdout.strip()
+    cid = _killed(COPY_THEN_DIES, str(rootfs), str(dest))
     assert not dest.exists()
     deadline = time.monotonic() + 5
     while os.listdir(tmp_path) and time.monotonic() < deadline:
