@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -14,11 +15,12 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import pyrt
 
@@ -300,6 +302,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_S = TypeVar("_S", bound="ServedHTTP")
+
+
+class ServedHTTP:
+    """An HTTP/1.1 server on 127.0.0.1, in a thread while entered, that gives every request
+    to ``handle`` (the registry proxies of the pull and push tests)."""
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.handle(self)
+
+            do_HEAD = do_POST = do_PUT = do_PATCH = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass

@@ -9,14 +9,13 @@ import http.client
 import http.server
 import json
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from imagetools import HAVE_REGISTRY, Registry, registry, run
+from imagetools import HAVE_REGISTRY, Registry, ServedHTTP, registry, run
 
 import pyrt
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.skipif(not HAVE_REGISTRY, reason="needs docker-registry
 GOOD = "Basic " + base64.b64encode(b"alice:s3cret").decode()
 
 
-class PushProxy:
+class PushProxy(ServedHTTP):
     def __init__(self, upstream: str, refuse_oci: bool) -> None:
         self.upstream = upstream
         self.refuse_oci = refuse_oci
@@ -33,31 +32,7 @@ class PushProxy:
         self.elsewhere = 0
         self.manifest_types: list[str] = []
         self.scopes: list[str] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy.handle(self)
-
-            do_HEAD = do_POST = do_PUT = do_PATCH = do_GET
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> PushProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *a: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def reply(self, h: Any, status: int, body: bytes = b"", headers: Any = None) -> None:
         h.send_response(status)

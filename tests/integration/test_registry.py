@@ -21,6 +21,7 @@ from imagetools import (
     HAVE_SKOPEO,
     Entry,
     Registry,
+    ServedHTTP,
     busybox_layer,
     make_layout,
     registry,
@@ -102,9 +103,9 @@ def test_a_registry_that_never_answers_fails_once(
     (30 s x 5 before); the error says what went unanswered. (The timeout shortened here.)"""
     import socket
 
-    from pyrt.image import registry as client
+    from pyrt import timedhttp
 
-    monkeypatch.setattr(client.timedhttp, "TIMEOUT", 0.3)
+    monkeypatch.setattr(timedhttp, "TIMEOUT", 0.3)
     taken: list[socket.socket] = []
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -225,7 +226,7 @@ def test_cli_pull_run_images_rmi(reg: Registry, store: Path) -> None:
 # --- a registry proxy that misbehaves on purpose ----------------------------------------------
 
 
-class Proxy:
+class Proxy(ServedHTTP):
     """Forwards GETs to ``upstream``; can cut the first big blob mid-way, demand bearer tokens
     from its own token service, and redirect blobs to another host name (``localhost``) where
     it notes any Authorization header that arrives."""
@@ -253,30 +254,11 @@ class Proxy:
         self.dropped = 0
         self.redirected = 0
         self.auth_on_redirect: list[str] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy.handle(self)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Proxy:
-        self.thread.start()
-        return self
+        super().__init__()
 
     def __exit__(self, *a: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*a)
 
     def _reply(
         self,

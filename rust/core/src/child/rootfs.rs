@@ -417,6 +417,20 @@ pub fn pivot(root: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// A masked or read-only path of the spec, opened inside the root without following it; None
+/// when it does not exist.
+fn open_listed(root: &OwnedFd, p: &Path) -> Result<Option<OwnedFd>> {
+    match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(SetupError::io(
+            Stage::MaskedPaths,
+            format!("opening {}", p.display()),
+            &e,
+        )),
+    }
+}
+
 /// Before pivot_root, once the container's /proc and /sys are mounted: hides each masked path
 /// (an empty read-only tmpfs over a directory, the host's /dev/null over a file, so that it does
 /// not matter what the container's own /dev holds) and makes each read-only path so. Paths are
@@ -424,16 +438,8 @@ pub fn pivot(root: &OwnedFd) -> Result<()> {
 /// not a promise that the paths exist.
 pub fn mask_and_protect(root: &OwnedFd, masked: &[PathBuf], readonly: &[PathBuf]) -> Result<()> {
     for p in masked {
-        let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => {
-                return Err(SetupError::io(
-                    Stage::MaskedPaths,
-                    format!("opening {}", p.display()),
-                    &e,
-                ))
-            }
+        let Some(fd) = open_listed(root, p)? else {
+            continue;
         };
         let is_dir = nix::sys::stat::fstat(&fd)
             .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
@@ -455,16 +461,8 @@ pub fn mask_and_protect(root: &OwnedFd, masked: &[PathBuf], readonly: &[PathBuf]
         ))?;
     }
     for p in readonly {
-        let fd = match open_in_root(root.as_raw_fd(), strip(p), libc::O_PATH | libc::O_NOFOLLOW) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => {
-                return Err(SetupError::io(
-                    Stage::MaskedPaths,
-                    format!("opening {}", p.display()),
-                    &e,
-                ))
-            }
+        let Some(fd) = open_listed(root, p)? else {
+            continue;
         };
         let path = fd_path(&fd);
         syscall::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None).map_err(
