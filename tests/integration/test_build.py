@@ -503,6 +503,30 @@ def test_fifo_in_the_context_is_refused(
         pyrt.build(ctx, build_args=base)
 
 
+def test_a_context_tree_deeper_than_python_recurses_is_refused(
+    tmp_path: Path, store: Path, base: dict[str, str]
+) -> None:
+    """COPY of a context directory nested 1200 deep was a RecursionError; it is a BuildError
+    naming the line and the depth, and a context holding such a tree that COPY does not take
+    builds."""
+    ctx = write(tmp_path / "ctx", {"Containerfile": "ARG BASE\nFROM $BASE\nCOPY . /x/\n",
+                                   "Containerfile.one": "ARG BASE\nFROM $BASE\nCOPY f /f\n",
+                                   "f": "flat\n"})  # fmt: skip
+    fd = os.open(ctx, os.O_RDONLY)
+    for _ in range(1200):
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    try:
+        with pytest.raises(pyrt.BuildError, match=r"Containerfile:3: COPY .*more than 400 dir"):
+            pyrt.build(ctx, build_args=base)
+        img = pyrt.build(ctx, file="Containerfile.one", build_args=base)
+        assert img.read_file("/f") == b"flat\n"
+    finally:  # (pytest's own cleanup of tmp_path recurses, and would stop at this tree)
+        subprocess.run(["rm", "-rf", str(ctx / "d")], check=True)
+
+
 def test_variables_that_grow_without_bound_are_refused(
     tmp_path: Path, store: Path, base: dict[str, str]
 ) -> None:

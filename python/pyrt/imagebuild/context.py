@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Optional
 
 from pyrt.imagebuild.ignore import Ignore
-from pyrt.rootfs.files import ExactSize
+from pyrt.rootfs.files import MAX_DEPTH, ExactSize
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # (a FIFO never blocks an open)
 _DIR_FLAGS = _FLAGS | os.O_DIRECTORY
@@ -177,6 +177,9 @@ class Context:
     def entries(self, rel: str, arc: str) -> Iterator[Entry]:
         """``rel`` and, for a directory, everything under it that is not left out, parents
         first; the directory ``rel`` itself is named ``arc`` (``""``: its contents only)."""
+        if rel.count("/") >= MAX_DEPTH:  # (each level is a frame: Python stops near 1000)
+            shown = rel if len(rel) <= 80 else f"{rel[:40]}...{rel[-30:]}"
+            raise ContextError(f"{shown}: more than {MAX_DEPTH} directories deep, not copied")
         st = self._lstat(rel) if rel else os.stat(self.fd)
         kind = stat.S_IFMT(st.st_mode)
         if kind == stat.S_IFLNK:
