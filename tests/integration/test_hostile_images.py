@@ -451,3 +451,23 @@ def test_a_stored_images_users_are_looked_up_once(
     for _ in range(2):
         pyrt.run(directory, ["true"], user="app")
     assert reads == ["/etc/passwd", "/etc/group"] * 2
+
+
+def test_a_layer_too_deep_to_write_out_leaves_no_blob_behind(
+    store: Path, tmp_path: Path, rootfs: Path
+) -> None:
+    """An image whose second layer nests 1200 directories: save and push refuse it with a
+    PyrtError naming the depth, and the first layer's blob, already written out for them, is
+    deleted (before, it stayed in the store's tmp/ on every try)."""
+    deep = [d("/".join(["a"] * (i + 1))) for i in range(1200)]
+    img = pyrt.Image.load(make_layout(tmp_path / "lay", [busybox_layer(rootfs), deep]))
+    try:
+        with pytest.raises(pyrt.PyrtError, match="more than 400 directories deep"):
+            img.save(str(tmp_path / "out.tar"), format="oci-archive")
+        with pytest.raises(pyrt.PyrtError, match="more than 400 directories deep"):
+            img.push("127.0.0.1:1/x:1")  # (refused before any connection)
+        assert not (tmp_path / "out.tar").exists()
+        assert not os.listdir(store / "tmp")  # (os.walk would recurse down the deep layer)
+    finally:  # pyrt deletes its deep layer; pytest's cleanup of tmp_path would stop at it
+        img.remove()
+    assert not [p for p in store_listing(store) if p.startswith("layers/")]

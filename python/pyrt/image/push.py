@@ -67,9 +67,13 @@ def push(
     client = Client(r, insecure, username, password)
     client.actions = "pull,push"
     with store.loading():
-        layers = list(snapshot.layer_blobs(img))
+        layers: list[tuple[str, Path, bool]] = []
         blobs: list[_Gz] = []
         try:
+            # One by one: when a later layer cannot be written out, the earlier ones' files
+            # are in the list for the cleanup below.
+            for layer in snapshot.layer_blobs(img):
+                layers.append(layer)
             blobs.extend(_gzipped(diff_id, path) for diff_id, path, _ in layers)
             ids = [b.diff_id for b in blobs]
             config = snapshot.config_blob(img, ids)

@@ -309,9 +309,13 @@ def layer_blobs(img: Image) -> Iterator[tuple[str, Path, bool]]:
                 yield known, kept, False
                 continue
         fd, tmp = tempfile.mkstemp(dir=store.tmp_dir(), prefix="blob-save-")
-        with os.fdopen(fd, "wb") as raw:
-            h = _Hashing(raw)
-            write_layer(root, h)  # type: ignore[arg-type]
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                h = _Hashing(raw)
+                write_layer(root, h)  # type: ignore[arg-type]
+        except BaseException:  # (a tree too deep, a full disk): no half blob stays
+            os.unlink(tmp)
+            raise
         yield h.digest, Path(tmp), True
 
 
