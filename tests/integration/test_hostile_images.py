@@ -471,3 +471,14 @@ def test_a_layer_too_deep_to_write_out_leaves_no_blob_behind(
     finally:  # pyrt deletes its deep layer; pytest's cleanup of tmp_path would stop at it
         img.remove()
     assert not [p for p in store_listing(store) if p.startswith("layers/")]
+
+
+def test_more_layers_than_overlayfs_stacks(store: Path, tmp_path: Path, rootfs: Path) -> None:
+    """500 layers run; at 501 a container is an ImageError saying why at once (before, the
+    start failed at the overlay's mount blaming the kernel's version)."""
+    tiny = [[Entry(f"f{i}", b"x")] for i in range(500)]
+    img = pyrt.Image.load(make_layout(tmp_path / "a", [busybox_layer(rootfs), *tiny[:499]]))
+    assert pyrt.run(img, ["cat", "/f498"]).stdout == b"x"
+    img = pyrt.Image.load(make_layout(tmp_path / "b", [busybox_layer(rootfs), *tiny]))
+    with pytest.raises(pyrt.ImageError, match="501 layers; overlayfs stacks at most 500"):
+        pyrt.Container(img, ["true"])

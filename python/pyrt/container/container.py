@@ -32,7 +32,7 @@ from pyrt.container.results import Result, Stats
 from pyrt.container.snapshots import ContainerSnapshots
 from pyrt.container.stdio import DEVNULL, Target
 from pyrt.container.steps import ContainerSteps, Input
-from pyrt.errors import ImageNotFound, InvalidOption, PyrtError, SpawnError
+from pyrt.errors import ImageError, ImageNotFound, InvalidOption, PyrtError, SpawnError
 from pyrt.host import userns
 from pyrt.host.faults import fault
 from pyrt.host.state import ContainerDir, pid_start_time
@@ -50,6 +50,8 @@ PathArg = Union[str, "os.PathLike[str]"]
 
 #: A detached container's log is rotated at this size, keeping one previous file.
 LOG_CAP = 16 << 20
+#: The most image layers overlayfs stacks under a container's writable one (OVL_MAX_STACK).
+MAX_LAYERS = 500
 
 
 _live: weakref.WeakSet[Container] = weakref.WeakSet()
@@ -131,6 +133,11 @@ class Container(
                 raise ImageNotFound(
                     f"{image!r}: its files at {gone} are gone (the image was removed, or its "
                     "directory deleted)"
+                )
+            if len(image.lower) > MAX_LAYERS and overlay_supported():
+                raise ImageError(
+                    f"{image!r}: {len(image.lower)} layers; overlayfs stacks at most "
+                    f"{MAX_LAYERS}, so no container of it can be mounted"
                 )
         lim = options.limits(memory, pids_limit, cpus)
         disk_bytes = options.disk(disk, image.kind)

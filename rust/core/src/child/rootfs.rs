@@ -103,17 +103,20 @@ fn overlay_options(ov: &crate::plan::Overlay, volatile: bool) -> String {
     )
 }
 
-/// What a failed overlay mount says: one through the new mount API (too many layers for
-/// mount(2)'s options) needs Linux 6.8.
+/// The most lower layers overlayfs stacks (its `OVL_MAX_STACK`), on every kernel.
+const OVERLAY_MAX_STACK: usize = 500;
+
+/// What a failed overlay mount says: more layers than overlayfs stacks, or one through the new
+/// mount API (too many layers for mount(2)'s options), which needs Linux 6.8.
 fn overlay_failure(ov: &crate::plan::Overlay, shown: &std::path::Display<'_>) -> String {
     let what = format!("mounting the overlay root on {shown}");
-    if overlay_options(ov, false).len() < OVERLAY_OPTIONS_MAX {
+    let n = ov.lower.len();
+    if n > OVERLAY_MAX_STACK {
+        format!("{what} ({n} layers: overlayfs stacks at most {OVERLAY_MAX_STACK})")
+    } else if overlay_options(ov, false).len() < OVERLAY_OPTIONS_MAX {
         what
     } else {
-        format!(
-            "{what} ({} layers: needs Linux 6.8 for this many)",
-            ov.lower.len()
-        )
+        format!("{what} ({n} layers: needs Linux 6.8 for this many)")
     }
 }
 
@@ -505,4 +508,33 @@ pub fn readonly_root() -> Result<()> {
     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(&root);
     syscall::mount(None, c"/", None, flags, None)
         .map_err(mount_err(Stage::Rootfs, "making / read-only".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(n: usize) -> crate::plan::Overlay {
+        crate::plan::Overlay {
+            lower: (0..n)
+                .map(|i| PathBuf::from(format!("/var/lib/pyrt/layers/{i:064}")))
+                .collect(),
+            upper: "/run/pyrt/u".into(),
+            work: "/run/pyrt/w".into(),
+            userxattr: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_overlay_mount_names_its_likely_cause() {
+        let p = PathBuf::from("/mnt");
+        let shown = p.display();
+        assert_eq!(
+            overlay_failure(&overlay(3), &shown),
+            "mounting the overlay root on /mnt"
+        );
+        assert!(overlay_failure(&overlay(100), &shown).ends_with("needs Linux 6.8 for this many)"));
+        assert!(overlay_failure(&overlay(501), &shown)
+            .ends_with("(501 layers: overlayfs stacks at most 500)"));
+    }
 }
