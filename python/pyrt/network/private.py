@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from pyrt import _core
+from pyrt.config.checks import show
 from pyrt.errors import InvalidOption, PyrtError
 from pyrt.network.portlink import KernelPorts
 
@@ -70,28 +71,50 @@ def container_port(key: object, what: str) -> tuple[int, str]:
 
 def parse_ports(ports: Optional[Mapping[Any, HostPort]]) -> list[tuple[int, str, str, int]]:
     """(container port, proto, host address, host port or 0), checked before anything exists.
-    A key is a port number or "PORT/tcp" / "PORT/udp"."""
+    A key is a port number or "PORT/tcp" / "PORT/udp"; a value None (any free port), a port,
+    "PORT" or "ADDR:PORT", or (ADDR, PORT)."""
+    if ports is not None and not isinstance(ports, Mapping):
+        raise TypeError(f"ports must be a dict of container port to host port, not {show(ports)}")
     out = []
     for key, value in (ports or {}).items():
         cport, proto = container_port(key, "ports")
-        addr, hport = "127.0.0.1", 0
-        if isinstance(value, tuple):
-            addr, hport = value
-        elif isinstance(value, str):
-            a, _, p = value.rpartition(":")
-            addr, hport = (a or "127.0.0.1"), int(p) if p.isdigit() else -1
-        elif isinstance(value, int):
-            hport = value
-        elif value is not None:
-            raise PyrtError(f"ports: {value!r} is not a host port")
-        if not isinstance(hport, int) or not 0 <= hport < 65536:
-            raise PyrtError(f"ports: {value!r} is not a host port")
-        try:
-            socket.inet_pton(socket.AF_INET, addr)
-        except OSError as e:
-            raise PyrtError(f"ports: {addr!r} is not an IPv4 address of this host") from e
+        addr, hport = host_side(value)
         out.append((cport, proto, addr, hport))
     return out
+
+
+def host_side(value: object) -> tuple[str, int]:
+    """(address, port or 0) of a published port's host side; a value of the wrong type is a
+    TypeError, one out of range or not an IPv4 address an InvalidOption."""
+    shape = "None, a port, 'ADDR:PORT' or (ADDR, PORT)"
+    if value is None:
+        return "127.0.0.1", 0
+    if isinstance(value, bool):
+        raise TypeError(f"ports: a host port is {shape}, not {value!r}")
+    if isinstance(value, int):
+        addr, hport = "127.0.0.1", value
+    elif isinstance(value, str):
+        a, _, p = value.rpartition(":")
+        if not p.isdigit():
+            raise InvalidOption(f"ports: {value!r} is not a host port ({shape})")
+        addr, hport = a or "127.0.0.1", int(p)
+    elif (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        addr, hport = value
+    else:
+        raise TypeError(f"ports: a host port is {shape}, not {show(value)}")
+    if not 0 <= hport < 65536:
+        raise InvalidOption(f"ports: {value!r} is not a host port (0 to 65535)")
+    try:
+        socket.inet_pton(socket.AF_INET, addr)
+    except OSError:
+        raise InvalidOption(f"ports: {addr!r} is not an IPv4 address of this host") from None
+    return addr, hport
 
 
 class PrivateNetwork:
