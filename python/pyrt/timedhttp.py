@@ -52,9 +52,12 @@ class _Timed:
         sock = self.sock
         if sock is not None:
             # shutdown, not close: the reading thread still holds the descriptor, and a
-            # closed one could be reused by another open before it notices.
+            # closed one could be reused by another open before it notices. The plain
+            # socket's, also under TLS: ssl's own shutdown would drop the TLS state from
+            # under the thread reading through it; this way that thread sees the end of the
+            # stream in its own time.
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
