@@ -465,15 +465,22 @@ def test_owner_killed_between_the_move_to_the_trash_and_the_hand_over(rootfs: Pa
     assert_nothing_left_of(cid)
 
 
-RESET_THEN_DIES = """
+#: A script's start: a running container of the image named by its first argument.
+RUNNING = """
 import os, sys, pyrt
 img = pyrt.Image.load(sys.argv[1])
 c = pyrt.Container(img, ["sleep", "60"]).start()
+"""
+
+RESET_THEN_DIES = (
+    RUNNING
+    + """
 c.exec(["sh", "-c", "echo dirty > /dirty"])
 print(c.id, flush=True)
 os.environ["PYRT_FAULT"] = "trashed"
 c.reset()  # killed once its old upper layer is in the trash, before the helper is told
 """
+)
 
 
 def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
@@ -496,15 +503,15 @@ def test_owner_killed_between_a_resets_move_to_the_trash_and_the_hand_over(
     assert_nothing_left_of(cid)
 
 
-COPY_THEN_DIES = """
-import os, sys, pyrt
-img = pyrt.Image.load(sys.argv[1])
-c = pyrt.Container(img, ["sleep", "60"]).start()
+COPY_THEN_DIES = (
+    RUNNING
+    + """
 c.exec(["sh", "-c", "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b"])
 print(c.id, flush=True)
 os.environ["PYRT_FAULT"] = "copied"
 c.copy_out("/data", sys.argv[2])  # killed with the copy made, before it is put in place
 """
+)
 
 
 def test_owner_killed_in_the_middle_of_a_copy_out_leaves_nothing(

@@ -135,7 +135,10 @@ class ContainerFiles:
                 left_out = copy(os.path.join(d, name))
                 fault("copied")
                 if os.path.lexists(os.path.join(d, name)):
-                    os.rename(os.path.join(d, name), made)
+                    try:
+                        os.rename(os.path.join(d, name), made)
+                    except OSError as e:  # something came to be there meanwhile
+                        raise PyrtError(f"copy_out: {made}: {e.strerror}") from None
         if left_out:
             warnings.warn(f"copy_out of {p} left out: {', '.join(left_out[:20])}", stacklevel=2)
         return left_out
