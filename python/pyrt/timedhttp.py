@@ -39,6 +39,9 @@ class _Timed:
     _timer: Optional[threading.Timer] = None
 
     def arm(self, seconds: float) -> None:
+        """Cut the connection ``seconds`` from now (again: the clock restarts)."""
+        if self._timer is not None:
+            self._timer.cancel()
         self.allowed = seconds
         self._timer = threading.Timer(max(seconds, 0.0), self._expire)
         self._timer.daemon = True

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -239,10 +240,13 @@ class Proxy(ServedHTTP):
         redirect_blobs: bool = False,
         stall_after: Optional[int] = None,
         drip_after: Optional[int] = None,
+        sizeless: bool = False,
     ) -> None:
         self.upstream = upstream
         self.stall_after = stall_after
         self.drip_after = drip_after
+        #: Manifests lose their layers' sizes, and big blobs come in 128 KiB every 0.2 s.
+        self.sizeless = sizeless
         self.dripped = 0
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -314,6 +318,11 @@ class Proxy(ServedHTTP):
         conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
+        if self.sizeless and "/manifests/" in path:
+            doc = json.loads(body)
+            for layer in doc.get("layers", []):
+                layer.pop("size", None)
+            body = json.dumps(doc).encode()
         conn.close()
         h.send_response(resp.status)
         for k in ("Content-Type", "Docker-Content-Digest", "Content-Range", "Accept-Ranges"):
@@ -327,6 +336,15 @@ class Proxy(ServedHTTP):
             self.stalled.set()
             self.release.wait(30)
             h.close_connection = True
+            return
+        if self.sizeless and len(body) > 1 << 20:
+            try:
+                for i in range(0, len(body), 128 << 10):
+                    h.wfile.write(body[i : i + (128 << 10)])
+                    h.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
             return
         if self.drip_after is not None and len(body) > self.drip_after:
             # The rest a byte at a time, each well within the socket timeout, until cut.
@@ -368,6 +386,24 @@ def test_a_blob_dripped_a_byte_at_a_time_is_cut_off(
         blobs = [x for x in p.paths if "/blobs/" in x]
         assert len(blobs) == len(set(blobs)), p.paths  # none asked twice
     assert not [x for x in store_listing(store) if x.startswith(("layers/", "tmp/"))]
+
+
+def test_a_blob_of_unknown_size_gets_time_as_it_arrives(
+    reg: Registry, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest may leave a layer's size out: such a blob is given its time a window at a
+    time, renewed as each arrives, so a steady download longer than one window's time
+    completes (and a drip would still be cut). Times and windows shortened here: 2 s for
+    each 256 KiB, a download of ~4 s."""
+    from pyrt import timedhttp
+    from pyrt.image import registry as client
+
+    monkeypatch.setattr(timedhttp, "TIMEOUT", 1.0)
+    monkeypatch.setattr(timedhttp, "MIN_RATE", 256 << 10)
+    monkeypatch.setattr(client, "WINDOW", 256 << 10)
+    with Proxy(reg.host, sizeless=True) as p:
+        img = pyrt.Image.pull(f"{p.host}/bb:1", insecure=True)
+    assert pyrt.run(img).stdout == b"pulled\n"
 
 
 class RawServer:

@@ -174,6 +174,8 @@ def test_bad_arguments_are_refused(image: pyrt.Image) -> None:
             c.read_file("/a\0b")
         with pytest.raises(pyrt.PyrtError, match="does not exist"):
             c.copy_in("/no/such/host/path", "/x")
+        with pytest.raises(pyrt.PyrtError, match="cannot write in /proc"):
+            c.copy_out("/etc/passwd", "/proc")  # (where no staging directory can be made)
         with pytest.raises(TypeError, match="data"):
             c.put_archive("/x", 3.0)  # type: ignore[arg-type]
     finally:

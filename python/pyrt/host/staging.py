@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+from pyrt.errors import PyrtError
 from pyrt.host import reaper, trees
 
 #: What a staging directory's name starts with; the helper deletes nothing else.
@@ -39,7 +40,10 @@ def path_of(key: str) -> str | None:
 def staged(into: str) -> Iterator[str]:
     """A new directory in ``into``, deleted with what it holds on leaving, or by the helper
     when this process dies first."""
-    d = tempfile.mkdtemp(prefix=PREFIX, dir=into)
+    try:
+        d = tempfile.mkdtemp(prefix=PREFIX, dir=into)
+    except OSError as e:
+        raise PyrtError(f"copy_out: cannot write in {into}: {e.strerror}") from None
     reaper.watch(key(d))
     try:
         yield d

@@ -36,6 +36,8 @@ from pyrt.image.layers import hex_of
 ACCEPT = ", ".join(oci.INDEX_TYPES + oci.MANIFEST_TYPES)
 DOCKER_HUB = "registry-1.docker.io"
 RETRIES = 5
+#: The bytes a blob of unknown size is given time for at once (``timedhttp.allowance``).
+WINDOW = 16 << 20
 _CHUNK = 1 << 20
 
 
@@ -149,7 +151,7 @@ class Client:
 
     def get(
         self, path: str, headers: Optional[dict[str, str]] = None, expect: int = oci.MAX_JSON
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    ) -> tuple[http.client.HTTPResponse, timedhttp.Connection]:
         """GET on the registry; authenticates on a 401 challenge and follows redirects. The
         caller reads the response and closes the connection."""
         return self.request("GET", path, headers, expect=expect)
@@ -161,7 +163,7 @@ class Client:
         headers: Optional[dict[str, str]] = None,
         body: Optional[Callable[[], Union[bytes, IO[bytes]]]] = None,
         expect: int = oci.MAX_JSON,
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    ) -> tuple[http.client.HTTPResponse, timedhttp.Connection]:
         """``method`` on ``path`` (or a full URL the registry gave, as an upload's Location);
         ``body()`` gives the body afresh for each attempt. Authenticates on a 401 challenge;
         GET and HEAD follow redirects. The exchange, redirects and the answer's body of up to
@@ -309,7 +311,10 @@ class Client:
             for attempt in range(RETRIES):
                 try:
                     headers = {"Range": f"bytes={have}-"} if have else None
-                    rest = size - have if size is not None else oci.MAX_JSON
+                    # A blob of unknown size (the descriptor need not say) gets its time a
+                    # window at a time, renewed as each window arrives.
+                    rest = size - have if size is not None else WINDOW
+                    mark = have + WINDOW
                     resp, conn = self.get(path, headers, rest)
                     try:
                         if resp.status == 404:
@@ -332,6 +337,9 @@ class Client:
                             progress(len(chunk))
                             if size is not None and have > size:
                                 raise ImageError(f"{what}: longer than the {size} bytes declared")
+                            if size is None and have >= mark and not conn.expired:
+                                conn.arm(timedhttp.allowance(WINDOW))
+                                mark = have + WINDOW
                     except (http.client.HTTPException, OSError):
                         self.too_slow(conn, "GET", path)
                         raise
