@@ -127,7 +127,7 @@ def test_wait_timeout_keeps_it_running(image: pyrt.Image) -> None:
 
 def test_stop_with_a_handler(image: pyrt.Image) -> None:
     with pyrt.Container(
-        image, ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"]
+        image, ["sh", "-c", "trap 'exit 7' TERM; echo trapped; while :; do sleep 0.05; done"]
     ) as c:
-        time.sleep(0.2)
+        c.wait_for_log("trapped")  # a TERM before the trap would be ignored (pid 1)
         assert c.stop(timeout=5) == 7

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -262,24 +263,45 @@ def test_wait_helpers_time_out_and_notice_an_exit(image: pyrt.Image) -> None:
             c.wait_for_log("never", timeout=10)
 
 
-ORPHANS = "(sleep 0.1 &); (sleep 0.1 &); exec sleep 30"
+# Two orphans, each ending a moment after the start (the files say when it did).
+ORPHANS = ("(sh -c 'sleep 0.1; touch /tmp/a' &); (sh -c 'sleep 0.1; touch /tmp/b' &); "
+           "exec sleep 30")  # fmt: skip
 
 
-def _zombies(c: pyrt.Container) -> int:
-    r = c.exec(["ps", "-o", "stat"], text=True)
-    return sum(1 for s in r.stdout.split()[1:] if s.startswith("Z"))
+def _processes(c: pyrt.Container) -> list[tuple[str, str]]:
+    """(state, command) of every process of the container but the ps that lists them."""
+    r = c.exec(["ps", "-o", "stat,comm"], text=True)
+    rows = [line.split(None, 1) for line in r.stdout.splitlines()[1:]]
+    return [(st, comm.strip()) for st, comm in rows if comm.strip() != "ps"]
+
+
+def _once_orphans_ended(c: pyrt.Container, done: Callable[[list[tuple[str, str]]], bool]) -> int:
+    """The zombies left once both orphans have ended and ``done`` holds for the process list
+    (polled: on a loaded machine the orphans' end can take a while)."""
+    c.wait_for_file("/tmp/a", timeout=30)
+    c.wait_for_file("/tmp/b", timeout=30)
+    deadline = time.monotonic() + 30
+    while not done(procs := _processes(c)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return sum(1 for st, _ in procs if st.startswith("Z"))
 
 
 def test_zombies_pile_up_without_init(image: pyrt.Image) -> None:
     with pyrt.Container(image, ["sh", "-c", ORPHANS]) as c:
-        time.sleep(0.5)
-        assert _zombies(c) == 2
+        left = _once_orphans_ended(c, lambda ps: sum(st.startswith("Z") for st, _ in ps) == 2)
+        assert left == 2
 
 
 def test_init_reaps_zombies_and_forwards_signals(image: pyrt.Image) -> None:
     with pyrt.Container(image, ["sh", "-c", ORPHANS], init=True) as c:
-        time.sleep(0.5)
-        assert _zombies(c) == 0
+        # Settled: only init and the command's sleep remain, or zombies that init left.
+        left = _once_orphans_ended(
+            c,
+            lambda ps: (
+                [comm for st, comm in ps if not st.startswith("Z")] == ["pyrt-init", "sleep"]
+            ),
+        )
+        assert left == 0
         assert c.exec(["cat", "/proc/1/comm"]).stdout == b"pyrt-init\n"  # for ps, as tini
         # SIGTERM reaches the command (a sleep, which dies of it), not an init that ignores it.
         t0 = time.monotonic()

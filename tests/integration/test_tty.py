@@ -58,9 +58,19 @@ def test_tty_container_console(image: pyrt.Image) -> None:
         assert c.console is not None
         os.write(c.console, b"echo typed-$((6*7)); tty; exit 3\r")
         assert c.wait(timeout=10) == 3
-        time.sleep(0.1)
         logs = c.logs()
     assert b"typed-42" in logs and b"/dev/pts/0" in logs
+
+
+def test_tty_logs_are_whole_once_it_exited(image: pyrt.Image) -> None:
+    """logs() after the exit has all of the console's output, as for a container without a
+    tty: it waits for the log thread to write the last of it."""
+    for _ in range(5):
+        with pyrt.Container(image, ["sh", "-c", "seq 1 20000; echo the-end; exit 4"],
+                            tty=True) as c:  # fmt: skip
+            assert c.wait(timeout=30) == 4
+            logs = c.logs()
+        assert logs.rstrip().endswith(b"the-end"), logs[-200:]
 
 
 def test_tty_refused_for_run(image: pyrt.Image) -> None:

@@ -437,8 +437,11 @@ class Container(
         self._detached = detached
         self._spawn_detached()
         if self.console is not None and self._dir is not None:
-            # The console's output is the container's log; `console` stays for its input.
-            _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
+            # The console's output is the container's log; `console` stays for its input. As
+            # with a log pipe, logs() after the exit waits for the last of it.
+            done = _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
+            self._close_log_done()
+            self._log_done = done
         self._start_checker()
         return self
 

@@ -21,12 +21,16 @@ pub(crate) fn log_pipe(path: &str, cap: u64) -> PyResult<(i32, i32)> {
 }
 
 /// Copies what can be read from `fd` (taken over; e.g. a pty master) into `path` like a
-/// container's log pipe.
+/// container's log pipe. Returns a descriptor that reads EOF once all of it is in the file, as
+/// `log_pipe`'s second one does.
 #[pyfunction]
-pub(crate) fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<()> {
-    use std::os::fd::FromRawFd;
+pub(crate) fn log_from(fd: i32, path: &str, cap: u64) -> PyResult<i32> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the caller hands the descriptor over.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    pyrt_core::host::logs::follow_into(owned, path.into(), cap, None)
-        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))
+    let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| PyOSError::new_err((e as i32, e.desc())))?;
+    pyrt_core::host::logs::follow_into(owned, path.into(), cap, Some(done_w))
+        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+    Ok(done_r.into_raw_fd())
 }
