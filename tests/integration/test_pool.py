@@ -137,6 +137,16 @@ def test_waiting_for_a_container_times_out(image: pyrt.Image) -> None:
             assert c.status == "running"
 
 
+def test_a_timeout_past_what_a_wait_can_take_means_no_limit(image: pyrt.Image) -> None:
+    """threading waits at most TIMEOUT_MAX (~292 years); a longer timeout, or infinity, waits
+    without a limit, as in every other wait of pyrt's, rather than an OverflowError."""
+    with pyrt.Pool(image, IDLE, size=1) as pool:
+        for timeout in (threading.TIMEOUT_MAX + 1, float("inf"), 10**400):
+            # Taken at once after the last give_back: the wait is for the refill.
+            with pool.acquire(timeout=timeout) as c:
+                assert c.status == "running"
+
+
 def test_a_pool_that_cannot_start_says_why(image: pyrt.Image) -> None:
     before = state_entries()
     with pyrt.Pool(image, ["/no/such/program"], size=2) as pool:

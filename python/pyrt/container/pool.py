@@ -119,7 +119,8 @@ class Pool:
                 if left is not None and left <= 0:
                     assert timeout is not None
                     raise TimeoutExpired(self.args, timeout)
-                self._cond.wait(left)
+                # (A wait takes at most threading.TIMEOUT_MAX, ~292 years: beyond, no limit.)
+                self._cond.wait(None if left is None or left >= threading.TIMEOUT_MAX else left)
             c = self._ready.popleft()
             self._busy.add(c)
             self._cond.notify_all()  # one fewer ready: the worker starts another
