@@ -27,6 +27,7 @@ junk = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
+    st.just(10**400),  # past what a float holds
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
     st.text(alphabet=st.sampled_from(["\0", "\udc80", "/", ".", "a", ":"]), max_size=6),
@@ -166,6 +167,37 @@ def test_image_arguments(rootfs: Path, alarm: None, a: Any, b: Any) -> None:
         _call(pyrt.Image.load, a)
     _call(pyrt.Image.load, rootfs, ref=a)
     _call(pyrt.Image.load, rootfs, progress=b)
+    # A pull that gets as far as the network goes to a port where nothing listens.
+    _call(pyrt.Image.pull, a)
+    _call(pyrt.Image.pull, "127.0.0.1:1/a:1", insecure=a, username=b, progress=a)
+
+
+def test_pull_and_push_flags_are_booleans(image: pyrt.Image) -> None:
+    """A truthy string is not taken for True: "no" would have meant plain HTTP."""
+    for bad in ("no", 1, b"x"):
+        with pytest.raises(TypeError, match="insecure"):
+            pyrt.Image.pull("127.0.0.1:1/a:1", insecure=bad)
+        with pytest.raises(TypeError, match="progress"):
+            pyrt.Image.pull("127.0.0.1:1/a:1", progress=bad)
+        with pytest.raises(TypeError, match="progress"):
+            image.push("127.0.0.1:1/a:1", progress=bad)
+        with pytest.raises(TypeError, match="progress"):
+            pyrt.Image.load(image.lower[0], progress=bad)
+
+
+def test_numbers_past_a_float_are_refused_by_name(image: pyrt.Image, tmp_path: Path) -> None:
+    """Not an OverflowError from a float() inside."""
+    for size in ("9" * 400, "9" * 400 + "m"):
+        with pytest.raises(pyrt.PyrtError, match="memory"):
+            pyrt.Container(image, ["true"], memory=size)
+    for field in ("interval", "timeout", "start_period"):
+        with pytest.raises(ValueError, match=field):
+            pyrt.Healthcheck(["CMD", "true"], **{field: 10**400})
+    (tmp_path / "Containerfile").write_text(
+        f"FROM scratch\nHEALTHCHECK --interval={'9' * 400}s CMD true\n"
+    )
+    with pytest.raises(pyrt.BuildError, match="--interval"):
+        pyrt.build(tmp_path)
 
 
 @FAST

@@ -69,6 +69,12 @@ def test_sizes_with_units(n: int, unit: str) -> None:
     assert parse_size(f"{n}{unit}b") == n * mult
 
 
+def test_sizes_are_exact_past_a_float() -> None:
+    assert parse_size("9" * 400) == int("9" * 400)
+    assert parse_size("9" * 30 + "k") == int("9" * 30) << 10
+    assert parse_size("1.5g") == 3 << 29
+
+
 @pytest.mark.parametrize("bad", ["", "-1", "1x", "lots", -5, True, 1.5])
 def test_bad_sizes(bad: object) -> None:
     with pytest.raises(ValueError):

@@ -48,6 +48,13 @@ def flag(value: object, what: str) -> bool:
     return value
 
 
+def optional_flag(value: object, what: str) -> Optional[bool]:
+    """True, False, or None for the default."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{what} must be True, False or None, not {type(value).__name__}")
+    return value
+
+
 def host_path(value: object, what: str) -> str:
     """A path on the host: a str or an ``os.PathLike``."""
     if not isinstance(value, (str, os.PathLike)):

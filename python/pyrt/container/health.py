@@ -26,7 +26,10 @@ FORMS = ("CMD", "CMD-SHELL", "NONE")
 def _seconds(value: object, what: str, least: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Healthcheck {what} must be a number of seconds, not {show(value)}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int past what a float holds: past a year too
+        v = math.inf
     if not math.isfinite(v) or v < least or v > 86400 * 365:
         raise InvalidOption(f"Healthcheck {what}={value!r}: must be between {least} s and a year")
     return v

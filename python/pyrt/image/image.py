@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any, Optional, Union
 
 from pyrt import _core
-from pyrt.config import users
+from pyrt.config import checks, users
 from pyrt.config.users import UserIds
 from pyrt.errors import ImageError, ImageNotFound
 from pyrt.host import userns
@@ -79,6 +79,7 @@ class Image:
         the image is also recorded in the local store under that name. ``progress`` shows a
         progress bar (default: when stderr is a terminal)."""
         p = Path(os.fspath(path))
+        checks.optional_flag(progress, "progress")
         if not p.exists():
             raise ImageNotFound(f"no such image: {p} does not exist")
         if not (p.is_dir() or p.is_file()):
@@ -183,7 +184,11 @@ class Image:
         # and every command line run are faster without them).
         from pyrt.image import registry
 
-        r = registry.parse_reference(ref)
+        r = registry.parse_reference(checks.text(ref, "ref"))
+        checks.flag(insecure, "insecure")
+        for name, v in (("username", username), ("password", password)):
+            checks.optional_text(v, name)
+        checks.optional_flag(progress, "progress")
         client = registry.Client(r, insecure, username, password)
         with store.loading():
             resolved, descs = registry.resolve(client)
@@ -217,8 +222,6 @@ class Image:
     @classmethod
     def get(cls, name: str) -> Image:
         """An image from the local store by name; ImageNotFound if there is none."""
-        from pyrt.config import checks
-
         name = checks.text(name, "name")
         rec = store.lookup(name)
         # "name" and "name:latest" are one image (Docker's rule), whichever was recorded.
@@ -297,7 +300,6 @@ class Image:
         ``"oci-archive"`` or ``"docker-archive"``, a tar file. skopeo, umoci and podman read
         them. Layers pulled or loaded are written from their unpacked trees (their compressed
         blobs are not kept), so their digests may differ from the original's."""
-        from pyrt.config import checks
         from pyrt.rootfs import snapshot  # snapshot builds on images: imported when used
 
         dest = checks.host_path(path, "path")
@@ -316,15 +318,13 @@ class Image:
         """Pushes the image to a registry as ``ref`` ("host[:port]/repo:tag") over the OCI
         distribution API; returns the manifest's digest. ``insecure`` allows plain HTTP (None:
         only for a registry on this machine); ``username``/``password`` as for ``pull``."""
-        from pyrt.config import checks
         from pyrt.image import push  # push builds on snapshot: imported when used
 
         ref = checks.text(ref, "ref")
-        if insecure is not None and not isinstance(insecure, bool):
-            raise TypeError(f"insecure must be True, False or None, not {type(insecure).__name__}")
+        checks.optional_flag(insecure, "insecure")
         for name, v in (("username", username), ("password", password)):
-            if v is not None:
-                checks.text(v, name)
+            checks.optional_text(v, name)
+        checks.optional_flag(progress, "progress")
         return push.push(self, ref, insecure, username, password, progress)
 
     # --- contents -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ and the digest of what it reads); a key found in the cache gives its layers with
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import posixpath
 import re
@@ -472,6 +473,8 @@ def _duration(text: str, what: str) -> int:
         pos = m.end()
     if pos != len(text) or not text:
         raise ValueError(f"{what}={text!r}: not a duration such as 30s or 1m30s")
+    if not math.isfinite(total):
+        raise ValueError(f"{what}={text!r}: too long a duration")
     return int(total)
 
 
