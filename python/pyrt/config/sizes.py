@@ -24,6 +24,6 @@ def parse_size(value: Size, what: str = "size") -> int:
         if m:
             # In whole numbers: a float would make 400 nines infinite (an OverflowError).
             whole, _, frac = m.group(1).partition(".")
-            scale = 10 ** len(frac)
+            scale: int = 10 ** len(frac)
             return (int(whole) * scale + int(frac or 0)) * _UNITS[m.group(2).lower()] // scale
     raise ValueError(f"{what}: not a size: {value!r} (use bytes, or a number with k, m, g or t)")
