@@ -93,6 +93,14 @@ def test_bad_sizes_and_options(image: pyrt.Image) -> None:
         pyrt.Container(image, ["true"], mounts=[pyrt.Tmpfs("/t", size="lots")])
     with pytest.raises(pyrt.InvalidOption, match=r"size=0"):  # the kernel's "no limit"
         pyrt.Tmpfs("/t", size=0)
+    # Past 2^64 bytes the kernel's parser wraps around: 2^64 would have been size=0k, no limit.
+    for huge in (1 << 64, "9" * 400, 10**30):
+        with pytest.raises(pyrt.InvalidOption, match="larger than any machine's memory"):
+            pyrt.Tmpfs("/t", size=huge)
+    # The largest that is taken is the kernel's as given.
+    r = pyrt.run(image, ["sh", "-c", "grep ' /t ' /proc/mounts"], text=True,
+                 mounts=[pyrt.Tmpfs("/t", size=(1 << 62) - 4096)])  # fmt: skip
+    assert f"size={((1 << 62) - 4096) >> 10}k" in r.stdout, r.stdout
     with pytest.raises(ValueError, match="unknown capability"):
         pyrt.Container(image, ["true"], cap_add=["CAP_FLY"])
     with pytest.raises(pyrt.PyrtError, match="network"):

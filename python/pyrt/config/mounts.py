@@ -49,13 +49,21 @@ class Tmpfs:
 
         object.__setattr__(self, "target", container_path(self.target, "Tmpfs.target"))
         whole(self.mode, "Tmpfs.mode", 0, 0o7777)
-        if self.size is not None and parse_size(self.size, f"Tmpfs({self.target!r}).size") == 0:
+        size = None if self.size is None else parse_size(self.size, f"Tmpfs({self.target!r}).size")
+        if size == 0:
             from pyrt.errors import InvalidOption
 
             # The kernel reads size=0 as no limit at all: never what a 0 meant.
             raise InvalidOption(
                 f"Tmpfs({self.target!r}).size=0: a tmpfs needs a size of at least one page, "
                 "or None for the default (half of RAM)"
+            )
+        if size is not None and size >= 1 << 62:
+            from pyrt.errors import InvalidOption
+
+            # Past 2^64 the kernel's parser wraps around, to 0 (no limit) or to a small size.
+            raise InvalidOption(
+                f"Tmpfs({self.target!r}).size={self.size!r}: larger than any machine's memory"
             )
 
     def to_spec(self) -> dict[str, object]:
