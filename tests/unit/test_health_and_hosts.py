@@ -41,6 +41,10 @@ def test_durations_the_image_leaves_out_take_the_defaults() -> None:
         {"Test": "CMD true"},
         {"Test": ["CMD"]},
         {"Test": ["CMD-SHELL", "a", "b"]},
+        # Durations past a float (JSON's numbers have no bound) or past a year.
+        {"Test": ["CMD", "true"], "Interval": 10**400},
+        {"Test": ["CMD", "true"], "StartPeriod": 10**400},
+        {"Test": ["CMD", "true"], "Timeout": 2 * 365 * 86400 * 10**9},
     ],
 )
 def test_an_unusable_image_healthcheck_is_none(doc: object) -> None:

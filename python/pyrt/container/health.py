@@ -105,7 +105,7 @@ class Healthcheck:
                 retries=r if isinstance(r := doc.get("Retries"), int) and r > 0 else d.retries,
                 start_period=secs("StartPeriod", d.start_period),
             )
-        except (TypeError, ValueError, PyrtError):
+        except (TypeError, ValueError, PyrtError, OverflowError):  # (10**400 ns: no float)
             return None
 
 
