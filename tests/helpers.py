@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -232,3 +234,15 @@ def exec_servers() -> dict[int, int]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of ``options`` ("size=1m", "nr_inodes=40") mounted at ``path`` (made) for the
+    block: a disk that fills up. Root only."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import pyrt
-from helpers import state_entries
+from helpers import small_tmpfs, state_entries
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +128,66 @@ def test_errors_do_not_leak_descriptors(image: pyrt.Image) -> None:
         with pytest.raises(pyrt.SpawnError):
             pyrt.run(image, ["/bin/nope"])
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+FULL_DISKS = """
+import json, os, sys, time, pyrt
+from pathlib import Path
+state, store, dest = (Path(p) for p in sys.argv[2:5])
+img = pyrt.Image.load(sys.argv[1])
+out = {}
+running = []
+for _ in range(50):  # until the state's disk is full
+    try:
+        running.append(pyrt.Container(img, ["sleep", "100"]).start())
+    except pyrt.PyrtError as e:
+        out["start"] = [type(e).__name__, e.stage, e.errno, str(e)]
+        break
+out["dirs"] = len(os.listdir(state / "containers")), len(running)
+for c in running[1:]:
+    c.remove()
+c = running[0]
+for _ in range(200):  # the helper empties the trash
+    if not os.listdir(state / "trash"):
+        break
+    time.sleep(0.05)
+c.exec(["dd", "if=/dev/zero", "of=/big", "bs=1k", "count=2048"], check=True)
+for what, call in (("commit", lambda: c.commit(tag="full:1")),
+                   ("save", lambda: img.save(dest / "saved")),
+                   ("archive", lambda: img.save(dest / "saved.tar", format="oci-archive"))):
+    try:
+        call()
+        out[what] = "written"
+    except pyrt.PyrtError as e:
+        out[what] = [type(e).__name__, str(e)]
+out["store tmp"] = os.listdir(store / "tmp")
+out["dest"] = os.listdir(dest)
+c.remove()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts small tmpfs (root)")
+def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: Path) -> None:
+    """A state directory without room for another container: SpawnError (stage "state",
+    ENOSPC) naming the path, no half-made directory. A store without room for a commit or a
+    save's blobs, a destination without room for a save: ImageError naming what was written,
+    no half-written blob or file."""
+    with small_tmpfs(tmp_path / "state", "size=8m,nr_inodes=64") as state, \
+            small_tmpfs(tmp_path / "store", "size=1m") as store, \
+            small_tmpfs(tmp_path / "dest", "size=64k") as dest:  # fmt: skip
+        env = dict(os.environ, PYRT_STATE=str(state), PYRT_ROOT=str(store))
+        r = subprocess.run([sys.executable, "-c", FULL_DISKS, str(rootfs), str(state),
+                            str(store), str(dest)], env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout)
+    kind, stage, err, message = out["start"]
+    assert (kind, stage, err) == ("SpawnError", "state", errno.ENOSPC), out
+    assert "No space left on device" in message and str(state) in message, message
+    made, running = out["dirs"]
+    assert made == running, "a start that failed left its directory"
+    assert out["commit"][0] == "ImageError" and "No space left" in out["commit"][1], out
+    assert out["save"][0] == "ImageError" and str(dest) in out["save"][1], out
+    assert out["archive"][0] == "ImageError", out
+    assert out["store tmp"] == [] and out["dest"] == [], out

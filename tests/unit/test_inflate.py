@@ -19,6 +19,7 @@ import pytest
 import zstandard
 
 import pyrt
+from helpers import small_tmpfs
 from pyrt.image.unpack import unpack
 
 
@@ -175,12 +176,7 @@ def test_a_4_gib_layer_of_zeros_loads_in_bounded_memory(tmp_path: Path) -> None:
 def test_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:
     """ENOSPC while writing is an ImageError that says so and names the entry, not an OSError
     from deep inside."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "size=1m") as small:
         blob = gzip.compress(tar_of({"a": bytes(600_000), "b": bytes(600_000)}))
         with pytest.raises(pyrt.ImageError, match="no space left on device while unpacking 'b'"):
             unpack(io.BytesIO(blob), str(small), what="full")
-    finally:
-        subprocess.run(["umount", str(small)], check=True)

@@ -369,12 +369,14 @@ class Container(
                     d.write_state(state)
                     self._state_doc = state
                     fault("running")
-            except BaseException:
+            except BaseException as e:
                 self._dir = None
                 if self._net is not None:
                     self._net.close()
                     self._net = None
                 d.remove()
+                if isinstance(e, OSError) and not isinstance(e, PyrtError):
+                    raise _start_error(e) from e
                 raise
             finally:
                 for fd in (log, ours, theirs):
@@ -514,12 +516,15 @@ class Container(
         return tuple(shifted.shifted_lowers(self.image.lower, mapped[0], mapped[1], count))
 
     def _make_dir(self) -> ContainerDir:
-        d = ContainerDir.create(
-            self.id,
-            overlay=self.image.kind != "host",
-            owner=self._mapped_root(),
-            disk=self._o.disk,
-        )
+        try:
+            d = ContainerDir.create(
+                self.id,
+                overlay=self.image.kind != "host",
+                owner=self._mapped_root(),
+                disk=self._o.disk,
+            )
+        except OSError as e:
+            raise _start_error(e) if not isinstance(e, PyrtError) else e from None
         if self.image.kind != "host" and not overlay_supported():
             # No overlayfs: the container gets a private copy of the (flattened) image.
             r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
@@ -773,6 +778,14 @@ def _signal_number(sig: object) -> int:
     if not 1 <= int(sig) < signal.NSIG:
         raise ValueError(f"signal {sig!r}: not a signal number (1 to {signal.NSIG - 1})")
     return int(sig)
+
+
+def _start_error(e: OSError) -> SpawnError:
+    """An OSError of the host's side of a start (the container's directory, log or state file
+    on a full or read-only disk) as what it is: the container could not start. The message
+    names the path."""
+    where = f": {e.filename}" if e.filename else ""
+    return SpawnError(f"{e.strerror or e}{where}", stage="state", errno=e.errno or 0)
 
 
 def run(

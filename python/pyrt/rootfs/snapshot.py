@@ -43,6 +43,19 @@ _CHUNK = 1 << 20
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
+@contextlib.contextmanager
+def written(what: str) -> Iterator[None]:
+    """An OSError of writing the store or a destination (a full disk, a read-only one) as the
+    ImageError it is, naming what was being written and the file."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, PyrtError):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        raise ImageError(f"{what}: {e.strerror or e}{where}") from e
+
+
 def blobs_dir() -> Path:
     return ensure_dir(store.root() / "blobs" / "sha256", 0o711)
 
@@ -240,7 +253,7 @@ def commit(
     as for ``write_layer``."""
     if img.kind == "host":
         raise PyrtError(f"{what}: a container of the host image has no layer of its own to commit")
-    with store.loading():
+    with store.loading(), written(f"commit of {what}"):
         base_ids, parent, lowers = layered(img, what)
         diff_id, layer = store_layer(upper, parent, lowers, what, remap, skip)
         ids = [*base_ids, diff_id]
@@ -329,7 +342,7 @@ def save(img: Image, path: str, fmt: str) -> None:
         raise PyrtError(f"save: {dest} exists and is not an empty directory")
     if fmt != "oci" and dest.is_dir():
         raise PyrtError(f"save: {dest} is a directory; {fmt} is written as a file")
-    with store.loading():  # `pyrt gc` leaves tmp/ alone meanwhile
+    with store.loading(), written(f"save to {dest}"):  # `pyrt gc` leaves tmp/ alone meanwhile
         _save(img, dest, fmt)
 
 
