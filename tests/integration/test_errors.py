@@ -144,6 +144,17 @@ for _ in range(50):  # until the state's disk is full
         out["start"] = [type(e).__name__, e.stage, e.errno, str(e)]
         break
 out["dirs"] = len(os.listdir(state / "containers")), len(running)
+out["trash made"] = (state / "trash").exists()
+try:  # its old layer cannot go to a trash that cannot be made: it is deleted in place
+    out["reset"] = running[-1].reset().status
+except pyrt.PyrtError as e:  # (or the overlay finds no inode for its work directory)
+    out["reset"] = type(e).__name__
+try:
+    pyrt.Network(name="full")
+    out["network"] = "made"
+except pyrt.PyrtError as e:
+    out["network"] = type(e).__name__
+out["networks"] = os.listdir(state / "networks") if (state / "networks").exists() else []
 for c in running[1:]:
     c.remove()
 c = running[0]
@@ -187,6 +198,8 @@ def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: 
     assert "No space left on device" in message and str(state) in message, message
     made, running = out["dirs"]
     assert made == running, "a start that failed left its directory"
+    assert not out["trash made"] and out["reset"] in ("running", "SpawnError"), out
+    assert out["network"] in ("NetworkError", "PyrtError") and out["networks"] == [], out
     assert out["commit"][0] == "ImageError" and "No space left" in out["commit"][1], out
     assert out["save"][0] == "ImageError" and str(dest) in out["save"][1], out
     assert out["archive"][0] == "ImageError", out

@@ -131,10 +131,10 @@ def discard(path: Path, name: Optional[str] = None) -> bool:
         if _owner != os.getpid() or _pipe < 0:
             return False
         name = name or path.name
-        dest = ensure_dir(trash_root(), 0o700) / name
         try:
+            dest = ensure_dir(trash_root(), 0o700) / name
             os.rename(path, dest)
-        except OSError:
+        except OSError:  # (no room for the trash itself: the caller deletes it)
             return False
         fault("trashed")
         try:

@@ -82,6 +82,12 @@ class NetworkError(PyrtError):
         self.network = network
 
 
+def _os_error(e: OSError, network: str) -> NetworkError:
+    """An OSError of the network's files or kernel objects (a full state directory, say), as
+    the network's error, naming the path."""
+    return NetworkError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), network)
+
+
 @dataclass(frozen=True)
 class MemberRecord:
     """A member as other processes see it (``members/<n>.json``)."""
@@ -106,7 +112,10 @@ class Network:
     def __init__(self, name: Optional[str] = None) -> None:
         checked = checks.name(name, "name")
         self.name = checked or f"pyrt-net-{secrets.token_hex(4)}"
-        self._path = state.networks_root() / self.name
+        try:
+            self._path = state.networks_root() / self.name
+        except OSError as e:  # (a full or read-only state directory)
+            raise _os_error(e, self.name) from e
         self._owner = True
         self._hub: Optional[PrivateNetwork] = None
         self._lock_fd = -1
@@ -122,6 +131,10 @@ class Network:
                 self._path.mkdir(mode=0o700)
             except FileExistsError:
                 raise NetworkError("a network of that name exists", self.name) from None
+            except OSError as e:
+                raise _os_error(e, self.name) from e
+        except OSError as e:
+            raise _os_error(e, self.name) from e
         try:
             self._lock_fd = state.locked_file(self._path / "lock")
             reaper.watch(reaper.NETWORK + self.name)
@@ -134,8 +147,10 @@ class Network:
             self._write_state({"name": self.name, "owner": os.getpid(),
                                "hub": self._hub.path, "userns": users, "created": time.time(),
                                "held": _holding})  # fmt: skip
-        except BaseException:
+        except BaseException as e:
             self._teardown()
+            if isinstance(e, OSError) and not isinstance(e, PyrtError):
+                raise _os_error(e, self.name) from e
             raise
         _live.add(self)
 
