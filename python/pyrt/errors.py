@@ -41,8 +41,9 @@ class PathNotFound(PyrtError, FileNotFoundError):
 class SpawnError(PyrtError):
     """The container could not start.
 
-    ``stage`` names the setup step that failed ("mount", "cwd", "exec", ...) and ``errno`` the
-    kernel's error number; the message names the path or value at fault.
+    ``stage`` names the setup step that failed ("mount", "cwd", "exec", ...; "state" for the
+    container's own directory and files on the host, on a full or read-only disk) and
+    ``errno`` the kernel's error number; the message names the path or value at fault.
     """
 
     def __init__(self, message: str, *, stage: str = "spawn", errno: int = 0) -> None:
