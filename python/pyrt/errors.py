@@ -55,6 +55,14 @@ class SpawnError(PyrtError):
     def strerror(self) -> str:
         return _errno.errorcode.get(self.errno, str(self.errno))
 
+    @classmethod
+    def of_host(cls, e: OSError) -> SpawnError:
+        """An OSError of the host's side of a start or reset (the container's directory, log
+        or state file on a full or read-only disk) as what it is: the container could not
+        start. Stage "state"; the message names the path."""
+        where = f": {e.filename}" if e.filename else ""
+        return cls(f"{e.strerror or e}{where}", stage="state", errno=e.errno or 0)
+
 
 class InvalidArgument(SpawnError, ValueError):
     """A command's argument or environment the kernel cannot take (a NUL byte): refused before

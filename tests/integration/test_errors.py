@@ -173,7 +173,21 @@ for what, call in (("commit", lambda: c.commit(tag="full:1")),
         out[what] = [type(e).__name__, str(e)]
 out["store tmp"] = os.listdir(store / "tmp")
 out["dest"] = os.listdir(dest)
+fill = []  # the state's disk full again, a trash there: the old layer moves, a new one cannot be
+while True:
+    try:
+        (state / f"fill{len(fill)}").write_text("x")
+        fill.append(state / f"fill{len(fill)}")
+    except OSError:
+        break
+try:
+    c.reset()
+    out["full reset"] = c.status
+except pyrt.PyrtError as e:
+    out["full reset"] = [type(e).__name__, e.stage, e.errno]
 c.remove()
+for f in fill:
+    f.unlink()
 print(json.dumps(out))
 """
 
@@ -204,3 +218,4 @@ def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: 
     assert out["save"][0] == "ImageError" and str(dest) in out["save"][1], out
     assert out["archive"][0] == "ImageError", out
     assert out["store tmp"] == [] and out["dest"] == [], out
+    assert out["full reset"] == ["SpawnError", "state", errno.ENOSPC], out

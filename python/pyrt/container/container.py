@@ -376,7 +376,7 @@ class Container(
                     self._net = None
                 d.remove()
                 if isinstance(e, OSError) and not isinstance(e, PyrtError):
-                    raise _start_error(e) from e
+                    raise SpawnError.of_host(e) from e
                 raise
             finally:
                 for fd in (log, ours, theirs):
@@ -524,7 +524,7 @@ class Container(
                 disk=self._o.disk,
             )
         except OSError as e:
-            raise _start_error(e) if not isinstance(e, PyrtError) else e from None
+            raise SpawnError.of_host(e) if not isinstance(e, PyrtError) else e from None
         if self.image.kind != "host" and not overlay_supported():
             # No overlayfs: the container gets a private copy of the (flattened) image.
             r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
@@ -778,14 +778,6 @@ def _signal_number(sig: object) -> int:
     if not 1 <= int(sig) < signal.NSIG:
         raise ValueError(f"signal {sig!r}: not a signal number (1 to {signal.NSIG - 1})")
     return int(sig)
-
-
-def _start_error(e: OSError) -> SpawnError:
-    """An OSError of the host's side of a start (the container's directory, log or state file
-    on a full or read-only disk) as what it is: the container could not start. The message
-    names the path."""
-    where = f": {e.filename}" if e.filename else ""
-    return SpawnError(f"{e.strerror or e}{where}", stage="state", errno=e.errno or 0)
 
 
 def run(

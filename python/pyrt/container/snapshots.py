@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 
 from pyrt import _core
 from pyrt.config import checks, options
-from pyrt.errors import PyrtError
+from pyrt.errors import PyrtError, SpawnError
 from pyrt.host import userns
 from pyrt.image import Image
 from pyrt.image.config import ImageConfig
@@ -170,7 +170,10 @@ class ContainerSnapshots:
                 self._net.close()
                 self._net = None
             assert self._dir is not None
-            self._dir.reset_layer()
+            try:
+                self._dir.reset_layer()
+            except OSError as e:  # (no room for a fresh layer: the container stays exited)
+                raise SpawnError.of_host(e) from e
             self._proc = None
             self._returncode = None
         self._spawn_detached()
