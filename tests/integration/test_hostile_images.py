@@ -482,3 +482,30 @@ def test_more_layers_than_overlayfs_stacks(store: Path, tmp_path: Path, rootfs: 
     img = pyrt.Image.load(make_layout(tmp_path / "b", [busybox_layer(rootfs), *tiny]))
     with pytest.raises(pyrt.ImageError, match="501 layers; overlayfs stacks at most 500"):
         pyrt.Container(img, ["true"])
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        "{not json",
+        "",
+        "[1, 2]",
+        '{"a:1": 5}',
+        '{"a:1": {}}',
+        '{"a:1": {"kind": "rootfs", "lower": 5}}',
+        '{"a:1": {"kind": "rootfs", "lower": ["/x"], "id": 7}}',
+        '{"a:1": {"kind": "rootfs", "lower": ["/x"], "config": [1]}}',
+    ],
+)
+def test_a_damaged_store_index_is_an_image_error_naming_it(
+    index: str, store: Path, rootfs: Path
+) -> None:
+    """The store's index damaged (or edited by hand): every store operation says which file,
+    and none writes it back without what it could not read."""
+    pyrt.Image.load(rootfs, tag="a:1")
+    (store / "images.json").write_text(index)
+    for call in (pyrt.images, lambda: pyrt.Image.get("a:1"),
+                 lambda: pyrt.Image.load(rootfs, tag="b:1")):  # fmt: skip
+        with pytest.raises(pyrt.ImageError, match=r"store's index .*images\.json"):
+            call()
+    assert (store / "images.json").read_text() == index

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from pyrt.errors import ImageError
 from pyrt.host import trees
 from pyrt.host.places import ensure_dir, store_root
 
@@ -73,12 +74,37 @@ def _index_path() -> Path:
 
 
 def read_index() -> dict[str, dict[str, Any]]:
+    """The store's names and their images' records. ImageError naming the file when it is not
+    one pyrt wrote (damaged, or edited by hand): carrying on would write it back without what
+    could not be read."""
+    path = _index_path()
     try:
-        with open(_index_path()) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
     except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except ValueError as e:  # (not JSON, or not UTF-8)
+        raise ImageError(f"the store's index {path} cannot be read: {e}; move it away to "
+                         "start an empty index (the layers stay)") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise ImageError(f"the store's index {path} is not a table of names")
+    for name, rec in data.items():
+        if not _well_formed(rec):
+            raise ImageError(f"the store's index {path}: the record of {name!r} is malformed")
+    return data
+
+
+def _well_formed(rec: object) -> bool:
+    """A record as ``Image._record`` writes it: its kind, and its layers' directories."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+        return False
+    lower = rec.get("lower", [])
+    return (
+        isinstance(lower, list)
+        and all(isinstance(d, str) for d in lower)
+        and all(isinstance(rec.get(k), (str, type(None))) for k in ("id", "source"))
+        and isinstance(rec.get("config"), (dict, type(None)))
+    )
 
 
 def write_index(index: dict[str, dict[str, Any]]) -> None:
