@@ -182,3 +182,29 @@ def test_exec_as_a_user_gets_its_groups_home_and_the_containers_umask(rootfs: Pa
         assert as_root.stdout.split()[0] == "0" and as_root.stdout.split()[-1] != "0000000000000000"
     finally:
         pyrt_cli("rm", cid)
+
+
+def test_ps_passes_over_a_state_file_that_is_not_a_containers() -> None:
+    """A damaged state.json (no id) is passed over like a half-made one: `pyrt ps` and a named
+    start still work."""
+    import fcntl
+    import os
+    import shutil
+
+    from pyrt.host.state import containers_root
+
+    d = containers_root() / ("f" * 32)
+    d.mkdir()
+    try:
+        (d / "state.json").write_text('{"name": "damaged", "status": "running"}')
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held: its owner looks alive
+        try:
+            r = pyrt_cli("ps")
+            assert r.returncode == 0 and "damaged" not in r.stdout, r.stderr
+            with pyrt.Container(pyrt.Image.host(), ["true"], name="damaged") as c:
+                assert c.wait(timeout=30) == 0
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(d)

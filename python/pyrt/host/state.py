@@ -239,7 +239,9 @@ def list_states() -> list[dict[str, Any]]:
     for e in sorted(os.scandir(containers_root()), key=lambda e: e.name):
         path = Path(e.path)
         st = read_state(path)
-        if st is None or not owner_alive(path) or (path / "removed").exists():
+        if st is None or not isinstance(st.get("id"), str):  # (half made, or damaged)
+            continue
+        if not owner_alive(path) or (path / "removed").exists():
             continue
         pid = st.get("pid")
         running = isinstance(pid, int) and pid_start_time(pid) == st.get("pid_start")
