@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +118,10 @@ def test_cp_commit_save_of_a_detached_container(rootfs: Path, tmp_path: Path) ->
         r = pyrt_cli("cp", f"{cid}:/etc/in.txt", str(tmp_path / "back.txt"))
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "back.txt").read_text() == "in\n"
+        os.mkfifo(tmp_path / "fifo")  # not replaced by a copy (nor a device node: /dev/null)
+        r = pyrt_cli("cp", f"{cid}:/etc/in.txt", str(tmp_path / "fifo"))
+        assert r.returncode != 0 and "does not replace" in r.stderr, r.stderr
+        assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
         r = pyrt_cli("cp", str(tmp_path), str(tmp_path))
         assert r.returncode == 125 and "exactly one" in r.stderr
         r = pyrt_cli("commit", cid, "pyrt-test/cli-commit:1")
@@ -188,7 +194,6 @@ def test_ps_passes_over_a_state_file_that_is_not_a_containers() -> None:
     """A damaged state.json (no id) is passed over like a half-made one: `pyrt ps` and a named
     start still work."""
     import fcntl
-    import os
     import shutil
 
     from pyrt.host.state import containers_root

@@ -119,6 +119,7 @@ class ContainerFiles:
         host = os.path.abspath(checks.host_path(dst, "dst"))
         into, name = files.host_destination(host, p)  # checked before anything is read
         made = os.path.join(into, name)
+        files.refuse_special(made)  # (before anything is read)
 
         def copy(to: str) -> list[str]:
             def op(root: int, _owner: files.Owner) -> bytes:

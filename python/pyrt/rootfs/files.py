@@ -561,6 +561,7 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
     # of a user namespace only) makes what comes out the caller's.
     owner = None if unpack.privileged() else (0, 0)
     made = os.path.join(into, name)
+    refuse_special(made)
     new = name not in ("", ".") and not os.path.lexists(made)
     try:
         with piped(produce) as stream:
@@ -574,3 +575,17 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
                     os.unlink(made)
         raise
     return skipped + got.skipped
+
+
+def refuse_special(path: str) -> None:
+    """A copy replaces a file that is in its way, as `docker cp` does; a device node, a FIFO or
+    a socket is refused rather than replaced (a copy to /dev/null would have turned the host's
+    into a regular file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return
+    kind = "a device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a FIFO or a socket"
+    raise PyrtError(f"copy_out: {path} is {kind}, which a copy does not replace")
