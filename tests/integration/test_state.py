@@ -278,9 +278,9 @@ def test_copy_out_skips_devices_and_sockets_and_clears_setuid(
 def test_copy_out_does_not_replace_a_device_fifo_or_socket(
     image: pyrt.Image, tmp_path: Path
 ) -> None:
-    """A copy to /dev/null turned the host's into a regular file: a destination that is a
-    device node, a FIFO or a socket is refused and left as it is (one in a directory given as
-    the destination too). A regular file is replaced, as docker cp does."""
+    """A copy (or a saved archive) to /dev/null turned the host's into a regular file: a
+    destination that is a device node, a FIFO or a socket is refused and left as it is (one in
+    a directory given as the destination too). A regular file is replaced, as docker cp does."""
     null = tmp_path / "null"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of the test's own
     fifo = tmp_path / "fifo"
@@ -292,11 +292,15 @@ def test_copy_out_does_not_replace_a_device_fifo_or_socket(
     with pyrt.Container(image, ["sleep", "60"]) as c:
         sh(c, "echo new > /plain; cp /plain /null; cp /plain /fifo")
         for dest in (null, fifo, tmp_path / "sock"):
-            with pytest.raises(pyrt.PyrtError, match=f"{dest}.* which a copy does not replace"):
+            with pytest.raises(pyrt.PyrtError, match=f"{dest}.* which pyrt does not replace"):
                 c.copy_out("/plain", dest)
         with pytest.raises(pyrt.PyrtError, match="device node"):
             c.copy_out("/null", tmp_path)  # into the directory: its "null" is in the way
         c.copy_out("/plain", tmp_path / "plain")
+    for fmt in ("oci-archive", "docker-archive"):  # nor does a saved archive
+        for dest in (null, fifo):
+            with pytest.raises(pyrt.PyrtError, match=f"save: {dest}.* which pyrt does not replace"):
+                image.save(dest, format=fmt)
     assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)

@@ -577,10 +577,10 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
     return skipped + got.skipped
 
 
-def refuse_special(path: str) -> None:
-    """A copy replaces a file that is in its way, as `docker cp` does; a device node, a FIFO or
-    a socket is refused rather than replaced (a copy to /dev/null would have turned the host's
-    into a regular file)."""
+def refuse_special(path: str, what: str = "copy_out") -> None:
+    """A copy (or a saved archive) replaces a file that is in its way, as `docker cp` does; a
+    device node, a FIFO or a socket is refused rather than replaced (a copy to /dev/null would
+    have turned the host's into a regular file)."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -588,4 +588,4 @@ def refuse_special(path: str) -> None:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
         return
     kind = "a device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a FIFO or a socket"
-    raise PyrtError(f"copy_out: {path} is {kind}, which a copy does not replace")
+    raise PyrtError(f"{what}: {path} is {kind}, which pyrt does not replace")

@@ -342,6 +342,7 @@ def save(img: Image, path: str, fmt: str) -> None:
         raise PyrtError(f"save: {dest} exists and is not an empty directory")
     if fmt != "oci" and dest.is_dir():
         raise PyrtError(f"save: {dest} is a directory; {fmt} is written as a file")
+    files.refuse_special(str(dest), "save")
     with store.loading(), written(f"save to {dest}"):  # `pyrt gc` leaves tmp/ alone meanwhile
         _save(img, dest, fmt)
 
