@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
+from helpers import small_tmpfs
 
 
 def sh(image: pyrt.Image, script: str, **opts: object) -> pyrt.Result:
@@ -118,6 +119,22 @@ def test_read_only_bind_cannot_be_written(image: pyrt.Image, tmp_path: Path) -> 
     assert "rc=0" not in r.stdout
     assert "Read-only file system" in r.stderr
     assert (tmp_path / "f").read_text() == "data\n" and not (tmp_path / "g").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs below the bound directory (root)")
+def test_read_only_bind_is_read_only_all_the_way_down(image: pyrt.Image, tmp_path: Path) -> None:
+    """A mount below the bound directory (a tmpfs here; the host's /tmp under a bound /) is
+    read-only too: "ro" alone left it writable, and a write reached the host."""
+    sub = tmp_path / "sub"
+    with small_tmpfs(sub, "size=1m"):
+        r = sh(image, "touch /data/sub/x; echo rc=$?; grep ' /data/sub ' /proc/mounts",
+               mounts=[pyrt.Bind(tmp_path, "/data", readonly=True)])  # fmt: skip
+        assert "rc=1" in r.stdout and "Read-only file system" in r.stderr, (r.stdout, r.stderr)
+        assert " ro," in r.stdout.splitlines()[1], r.stdout
+        assert not (sub / "x").exists()
+        # Writable, the same bind reaches the mount below, as it did.
+        sh(image, "echo w > /data/sub/y", mounts=[pyrt.Bind(tmp_path, "/data")])
+        assert (sub / "y").read_text() == "w\n"
 
 
 def test_writable_bind_reaches_the_host(image: pyrt.Image, tmp_path: Path) -> None:

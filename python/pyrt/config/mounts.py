@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from pyrt.config.sizes import Size, parse_size
+
+
+@functools.cache
+def _recursive_attrs() -> bool:
+    """Whether the kernel sets a mount's attributes on all below it (mount_setattr, 5.12)."""
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 12)
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,11 @@ class Bind:
 
     def to_spec(self) -> dict[str, object]:
         opts = ["rbind", "ro" if self.readonly else "rw", "nosuid", "nodev", "rprivate"]
+        if self.readonly and _recursive_attrs():
+            # Read-only all the way down: "ro" alone leaves the mounts below the source
+            # writable (a tmpfs under a bound /home, the host's /tmp under a bound /), as
+            # Docker before 25 did.
+            opts.append("rro")
         return {
             "destination": self.target,
             "type": "bind",
