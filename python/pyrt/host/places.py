@@ -14,22 +14,34 @@ def is_root() -> bool:
 def store_root() -> Path:
     """The image store: $PYRT_ROOT, /var/lib/pyrt as root, else the user's data directory."""
     if env := os.environ.get("PYRT_ROOT"):
-        return Path(env)
+        return _absolute(env, "PYRT_ROOT")
     if is_root():
         return Path("/var/lib/pyrt")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    data = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data):  # (unset, or relative: invalid by the XDG spec)
+        data = os.path.expanduser("~/.local/share")
     return Path(data) / "pyrt"
 
 
 def state_root() -> Path:
     """Run state: $PYRT_STATE, /run/pyrt as root, else $XDG_RUNTIME_DIR/pyrt or /tmp/pyrt-$UID."""
     if env := os.environ.get("PYRT_STATE"):
-        return Path(env)
+        return _absolute(env, "PYRT_STATE")
     if is_root():
         return Path("/run/pyrt")
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+    if (xdg := os.environ.get("XDG_RUNTIME_DIR", "")) and os.path.isabs(xdg):
         return Path(xdg) / "pyrt"
     return _private_tmp_dir(Path(f"/tmp/pyrt-{os.getuid()}"))
+
+
+def _absolute(value: str, name: str) -> Path:
+    """A place given by an environment variable: relative, it would move with the working
+    directory, and other processes (`pyrt ps`, the helper) would look elsewhere."""
+    if not os.path.isabs(value):
+        from pyrt.errors import InvalidOption
+
+        raise InvalidOption(f"{name}={value!r}: must be an absolute path")
+    return Path(value)
 
 
 def _private_tmp_dir(p: Path) -> Path:

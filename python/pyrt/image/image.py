@@ -185,7 +185,7 @@ class Image:
         from pyrt.image import registry
 
         r = registry.parse_reference(checks.text(ref, "ref"))
-        checks.flag(insecure, "insecure")
+        insecure = bool(checks.optional_flag(insecure, "insecure"))  # (None: as push takes it)
         for name, v in (("username", username), ("password", password)):
             checks.optional_text(v, name)
         checks.optional_flag(progress, "progress")

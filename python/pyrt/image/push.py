@@ -66,7 +66,7 @@ def push(
         insecure = loopback(r.registry)
     client = Client(r, insecure, username, password)
     client.actions = "pull,push"
-    with store.loading(), snapshot.written(f"push of {ref}"):
+    with snapshot.written(f"push of {ref}"), store.loading():
         layers: list[tuple[str, Path, bool]] = []
         blobs: list[_Gz] = []
         try:

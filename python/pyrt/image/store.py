@@ -83,7 +83,7 @@ def read_index() -> dict[str, dict[str, Any]]:
             data = json.loads(f.read())
     except FileNotFoundError:
         return {}
-    except ValueError as e:  # (not JSON, or not UTF-8)
+    except (ValueError, RecursionError) as e:  # (not JSON, not UTF-8, nested past reason)
         raise ImageError(f"the store's index {path} cannot be read: {e}; move it away to "
                          "start an empty index (the layers stay)") from None  # fmt: skip
     if not isinstance(data, dict):

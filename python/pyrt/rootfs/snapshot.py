@@ -253,7 +253,7 @@ def commit(
     as for ``write_layer``."""
     if img.kind == "host":
         raise PyrtError(f"{what}: a container of the host image has no layer of its own to commit")
-    with store.loading(), written(f"commit of {what}"):
+    with written(f"commit of {what}"), store.loading():
         base_ids, parent, lowers = layered(img, what)
         diff_id, layer = store_layer(upper, parent, lowers, what, remap, skip)
         ids = [*base_ids, diff_id]
@@ -343,7 +343,7 @@ def save(img: Image, path: str, fmt: str) -> None:
     if fmt != "oci" and dest.is_dir():
         raise PyrtError(f"save: {dest} is a directory; {fmt} is written as a file")
     files.refuse_special(str(dest), "save")
-    with store.loading(), written(f"save to {dest}"):  # `pyrt gc` leaves tmp/ alone meanwhile
+    with written(f"save to {dest}"), store.loading():  # `pyrt gc` leaves tmp/ alone meanwhile
         _save(img, dest, fmt)
 
 
