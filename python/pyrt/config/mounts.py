@@ -24,7 +24,8 @@ def _recursive_attrs() -> bool:
 @dataclass(frozen=True)
 class Bind:
     """A host path bound into the container at ``target``; a missing target is created inside
-    the container's root, never outside it."""
+    the container's root, never outside it. ``readonly`` holds for the mounts below ``source``
+    too (on Linux 5.12 and later)."""
 
     source: Union[str, os.PathLike[str]]
     target: Union[str, os.PathLike[str]]
