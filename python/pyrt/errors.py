@@ -55,14 +55,6 @@ class SpawnError(PyrtError):
     def strerror(self) -> str:
         return _errno.errorcode.get(self.errno, str(self.errno))
 
-    @classmethod
-    def of_host(cls, e: OSError) -> SpawnError:
-        """An OSError of the host's side of a start or reset (the container's directory, log
-        or state file on a full or read-only disk) as what it is: the container could not
-        start. Stage "state"; the message names the path."""
-        where = f": {e.filename}" if e.filename else ""
-        return cls(f"{e.strerror or e}{where}", stage="state", errno=e.errno or 0)
-
 
 class InvalidArgument(SpawnError, ValueError):
     """A command's argument or environment the kernel cannot take (a NUL byte): refused before
@@ -147,3 +139,16 @@ class BuildError(PyrtError):
         super().__init__(text)
         self.file, self.line, self.instruction = file, line, instruction
         self.output, self.returncode = output, returncode
+
+
+def os_message(e: OSError) -> str:
+    """An OSError's cause and path ("No space left on device: /run/pyrt/..."), for the typed
+    error that carries it."""
+    return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+
+
+def state_error(e: OSError) -> SpawnError:
+    """An OSError of the host's side of a start or reset (the container's directory, log or
+    state file on a full or read-only disk) as what it is: the container could not start.
+    Stage "state"; the message names the path."""
+    return SpawnError(os_message(e), stage="state", errno=e.errno or 0)

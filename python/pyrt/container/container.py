@@ -32,7 +32,14 @@ from pyrt.container.results import Result, Stats
 from pyrt.container.snapshots import ContainerSnapshots
 from pyrt.container.stdio import DEVNULL, Target
 from pyrt.container.steps import ContainerSteps, Input
-from pyrt.errors import ImageError, ImageNotFound, InvalidOption, PyrtError, SpawnError
+from pyrt.errors import (
+    ImageError,
+    ImageNotFound,
+    InvalidOption,
+    PyrtError,
+    SpawnError,
+    state_error,
+)
 from pyrt.host import userns
 from pyrt.host.faults import fault
 from pyrt.host.state import ContainerDir, pid_start_time
@@ -376,7 +383,7 @@ class Container(
                     self._net = None
                 d.remove()
                 if isinstance(e, OSError) and not isinstance(e, PyrtError):
-                    raise SpawnError.of_host(e) from e
+                    raise state_error(e) from e
                 raise
             finally:
                 for fd in (log, ours, theirs):
@@ -524,7 +531,7 @@ class Container(
                 disk=self._o.disk,
             )
         except OSError as e:
-            raise SpawnError.of_host(e) if not isinstance(e, PyrtError) else e from None
+            raise state_error(e) if not isinstance(e, PyrtError) else e from None
         if self.image.kind != "host" and not overlay_supported():
             # No overlayfs: the container gets a private copy of the (flattened) image.
             r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],

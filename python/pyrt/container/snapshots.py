@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 
 from pyrt import _core
 from pyrt.config import checks, options
-from pyrt.errors import PyrtError, SpawnError
+from pyrt.errors import PyrtError, state_error
 from pyrt.host import userns
 from pyrt.image import Image
 from pyrt.image.config import ImageConfig
@@ -173,7 +173,7 @@ class ContainerSnapshots:
             try:
                 self._dir.reset_layer()
             except OSError as e:  # (no room for a fresh layer: the container stays exited)
-                raise SpawnError.of_host(e) from e
+                raise state_error(e) from e
             self._proc = None
             self._returncode = None
         self._spawn_detached()

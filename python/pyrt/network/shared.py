@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pyrt import _core
 from pyrt.config import checks
-from pyrt.errors import PyrtError
+from pyrt.errors import PyrtError, os_message
 from pyrt.host import collect, reaper, state, userns
 from pyrt.network import links
 from pyrt.network.portlink import KernelPorts
@@ -85,7 +85,7 @@ class NetworkError(PyrtError):
 def _os_error(e: OSError, network: str) -> NetworkError:
     """An OSError of the network's files or kernel objects (a full state directory, say), as
     the network's error, naming the path."""
-    return NetworkError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), network)
+    return NetworkError(os_message(e), network)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional
 
-from pyrt.errors import ImageError, PyrtError
+from pyrt.errors import ImageError, PyrtError, os_message
 from pyrt.host import trees
 from pyrt.host.places import ensure_dir
 from pyrt.image import layers, store
@@ -52,8 +52,7 @@ def written(what: str) -> Iterator[None]:
     except OSError as e:
         if isinstance(e, PyrtError):
             raise
-        where = f": {e.filename}" if e.filename else ""
-        raise ImageError(f"{what}: {e.strerror or e}{where}") from e
+        raise ImageError(f"{what}: {os_message(e)}") from e
 
 
 def blobs_dir() -> Path:
