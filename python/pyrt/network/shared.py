@@ -124,15 +124,13 @@ class Network:
         self._mutex = threading.Lock()
         collect.collect_stale_once()
         try:
-            self._path.mkdir(mode=0o700)
-        except FileExistsError:
-            collect.collect_stale_networks(only={self.name})
             try:
                 self._path.mkdir(mode=0o700)
-            except FileExistsError:
-                raise NetworkError("a network of that name exists", self.name) from None
-            except OSError as e:
-                raise _os_error(e, self.name) from e
+            except FileExistsError:  # a dead owner's, perhaps: collected, then tried again
+                collect.collect_stale_networks(only={self.name})
+                self._path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise NetworkError("a network of that name exists", self.name) from None
         except OSError as e:
             raise _os_error(e, self.name) from e
         try:
