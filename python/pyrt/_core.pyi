@@ -117,7 +117,7 @@ def unpack_layer(
     lowers: list[str],
     owner: Optional[tuple[int, int]],
     devices: bool,
-    strip_setid: bool,
+    to_host: bool,
     max_entries: int,
     max_bytes: int,
     as_root: bool,

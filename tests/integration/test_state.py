@@ -307,6 +307,44 @@ def test_copy_out_does_not_replace_a_device_fifo_or_socket(
     assert (tmp_path / "plain").read_text() == "new\n"
 
 
+@pytest.mark.parametrize("kind", ["device node", "FIFO", "directory"])
+def test_copy_out_into_a_tree_spares_what_a_file_must_not_replace(
+    image: pyrt.Image, tmp_path: Path, kind: str
+) -> None:
+    """A tree copied into an existing host directory merges there: a regular file or a symlink
+    in an entry's way is replaced, as docker cp does. Deeper in the tree, a device node or a
+    FIFO was replaced by a regular file, and a directory deleted with the host's files in it;
+    they are refused and left as they are, whatever their depth."""
+    sub = tmp_path / "data" / "sub"
+    sub.mkdir(parents=True)
+    if kind == "device node":
+        os.mknod(sub / "x", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    elif kind == "FIFO":
+        os.mkfifo(sub / "x")
+    else:
+        (sub / "x").mkdir()
+        (sub / "x" / "keep").write_text("the host's\n")
+    (sub / "old").write_text("old\n")
+    os.symlink("/etc/hostname", sub / "link")
+    hostname = Path("/etc/hostname").read_bytes()
+    before = os.lstat(sub / "x")
+    with pyrt.Container(image, ["sleep", "60"]) as c:
+        sh(c, "mkdir -p /data/sub && cd /data/sub && echo new > x && echo new > old && "
+              "echo new > link")  # fmt: skip
+        c.copy_out("/data/sub/old", sub)  # a regular file in the way is replaced
+        c.copy_out("/data/sub/link", sub)  # and a symlink, not followed
+        with pytest.raises(pyrt.PyrtError, match=f"{tmp_path}: .*data/sub/x.*{kind}"):
+            c.copy_out("/data", tmp_path)
+    after = os.lstat(sub / "x")
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode, before.st_ino, before.st_rdev)  # fmt: skip
+    if kind == "directory":
+        assert (sub / "x" / "keep").read_text() == "the host's\n"
+    assert (sub / "old").read_text() == "new\n"
+    assert not os.path.islink(sub / "link") and (sub / "link").read_text() == "new\n"
+    assert Path("/etc/hostname").read_bytes() == hostname
+
+
 def test_host_image_container_files(tmp_path: Path) -> None:
     c = pyrt.Container(pyrt.Image.host(), ["sleep", "60"])
     try:

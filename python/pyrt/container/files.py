@@ -114,7 +114,9 @@ class ContainerFiles:
         as `docker cp CTR:SRC DST` does: into ``dst`` when that is a directory, else as
         ``dst``. Owners are kept where the caller may set them (root) and are the caller's
         otherwise; set-id bits are cleared. Device nodes and sockets are not copied: returns
-        what was left out, and warns about it."""
+        what was left out, and warns about it. Into an existing directory the copy merges: a
+        regular file or a symlink in its way is replaced, a directory, device node, FIFO or
+        socket is not (a PyrtError naming it)."""
         p = checks.container_path(src, "src")
         host = os.path.abspath(checks.host_path(dst, "dst"))
         into, name = files.host_destination(host, p)  # checked before anything is read

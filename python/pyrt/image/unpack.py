@@ -149,7 +149,7 @@ def unpack(
     lowers: tuple[str, ...] = (),
     owner: Optional[tuple[int, int]] = None,
     devices: bool = True,
-    strip_setid: bool = False,
+    to_host: bool = False,
     progress: Optional[Callable[[int], object]] = None,
 ) -> UnpackStats:
     """Unpacks the tar stream in ``fileobj`` (gzip, zstd or uncompressed, told by its first
@@ -158,8 +158,10 @@ def unpack(
     this one goes on top of. The whole stream is read, and both its digests returned.
 
     For files copied into and out of containers: ``owner`` replaces every entry's owner,
-    ``devices=False`` skips device nodes (named in the stats), ``strip_setid`` clears set-uid
-    and set-gid bits. Raises ``ImageError`` (``UnsafeImageError`` for an escape attempt)."""
+    ``devices=False`` skips device nodes (named in the stats), ``to_host`` (a copy out to the
+    host) clears set-uid and set-gid bits and refuses to replace a directory, a device node, a
+    FIFO or a socket in an entry's way. Raises ``ImageError`` (``UnsafeImageError`` for an
+    escape attempt)."""
     with _descriptor(fileobj) as fd:
         got = _core.unpack_layer(
             fd,
@@ -169,7 +171,7 @@ def unpack(
             [str(lower) for lower in lowers],
             owner,
             devices,
-            strip_setid,
+            to_host,
             _cap(entries_cap() if max_entries is None else max_entries, "max_entries"),
             _cap(bytes_cap() if max_bytes is None else max_bytes, "max_bytes"),
             os.geteuid() == 0,

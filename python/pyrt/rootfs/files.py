@@ -380,7 +380,7 @@ def extract_to_host(source: IO[bytes], dest_dir: str, what: str, owner: Owner) -
     """Extracts an archive that came out of a container into the host directory ``dest_dir``:
     confined to it, set-id bits cleared, device nodes skipped; owned by ``owner`` when given,
     else as in the container."""
-    stats = unpack.unpack(source, dest_dir, what=what, owner=owner, devices=False, strip_setid=True)
+    stats = unpack.unpack(source, dest_dir, what=what, owner=owner, devices=False, to_host=True)
     return Copied(stats.entries, [f"{d} (a device node)" for d in stats.skipped_devices])
 
 
@@ -565,7 +565,7 @@ def copy_out(root: int, src: str, host: str) -> list[str]:
     new = name not in ("", ".") and not os.path.lexists(made)
     try:
         with piped(produce) as stream:
-            got = extract_to_host(stream, into, f"copy of {src}", owner)
+            got = extract_to_host(stream, into, f"copy of {src} to {into}", owner)
     except BaseException:
         if new:  # a copy cut short leaves no part of itself where nothing was before
             with contextlib.suppress(OSError):

@@ -60,6 +60,23 @@ pub(crate) fn apply_meta(fd: RawFd, m: &Meta, opts: &Options) -> io::Result<()> 
     fsops::futimens(fd, m.mtime_ns)
 }
 
+/// On the host, what an entry may replace is a regular file or a symlink, as `docker cp` does.
+/// A device node, a FIFO or a socket stays (a copy would have turned a host's `/dev/null` into
+/// a regular file), and so does a directory, whose files a file entry would have deleted
+/// (`docker cp` refuses that too).
+fn spare_on_host(st: &libc::stat, m: &Meta) -> Result<(), LayerError> {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFLNK => return Ok(()),
+        libc::S_IFDIR => "a directory, which is not replaced by a non-directory",
+        libc::S_IFCHR | libc::S_IFBLK => "a device node, which pyrt does not replace",
+        _ => "a FIFO or a socket, which pyrt does not replace",
+    };
+    Err(LayerError::Entry {
+        entry: shown(&m.name),
+        reason: format!("the destination has {kind}"),
+    })
+}
+
 pub(crate) fn one<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     m: &Meta,
@@ -75,6 +92,9 @@ pub(crate) fn one<R: Read>(
     let is_dir = m.kind.is_dir();
     if let Some(st) = existing {
         if !(is_dir && fsops::is_dir(&st)) {
+            if opts.to_host {
+                spare_on_host(&st, m)?;
+            }
             fsops::remove_at(dir, &name)?;
         }
     }

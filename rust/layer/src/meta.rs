@@ -59,7 +59,7 @@ pub(crate) fn meta_of<R: Read>(e: &mut tar::Entry<'_, R>, opts: &Options) -> io:
     if let Some((uid, gid)) = opts.owner {
         (m.uid, m.gid) = (uid, gid);
     }
-    if opts.strip_setid {
+    if opts.to_host {
         m.mode &= !0o6000;
     }
     Ok(m)

@@ -23,7 +23,10 @@ pub struct Options {
     pub owner: Option<(u32, u32)>,
     /// false: device nodes are skipped (named in the stats).
     pub devices: bool,
-    pub strip_setid: bool,
+    /// The destination is the host's (a copy out of a container): set-id bits are cleared, and
+    /// a device node, FIFO or socket in an entry's way is refused rather than replaced (an
+    /// entry named like a host's FIFO would otherwise turn it into a regular file).
+    pub to_host: bool,
     pub max_entries: u64,
     pub max_bytes: u64,
     /// Entries get their owners (the caller is root of its user namespace).

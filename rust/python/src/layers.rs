@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 /// diff_id, blob digest). `progress` is called with the count of blob bytes read, a few times
 /// a second at most. Errors are `pyrt.ImageError` or `pyrt.UnsafeImageError`, naming `what`.
 #[pyfunction]
-#[pyo3(signature = (fd, dest, what, whiteouts, lowers, owner, devices, strip_setid,
+#[pyo3(signature = (fd, dest, what, whiteouts, lowers, owner, devices, to_host,
                     max_entries, max_bytes, as_root, privileged, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn unpack_layer(
@@ -21,7 +21,7 @@ pub(crate) fn unpack_layer(
     lowers: Vec<std::path::PathBuf>,
     owner: Option<(u32, u32)>,
     devices: bool,
-    strip_setid: bool,
+    to_host: bool,
     max_entries: u64,
     max_bytes: u64,
     as_root: bool,
@@ -55,7 +55,7 @@ pub(crate) fn unpack_layer(
         lowers,
         owner,
         devices,
-        strip_setid,
+        to_host,
         max_entries,
         max_bytes,
         as_root,
