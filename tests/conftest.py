@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,41 @@ def image(rootfs: Path) -> pyrt.Image:
 @pytest.fixture(scope="session")
 def rootfs_tarball(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tarball(rootfs, tmp_path_factory.mktemp("tar") / "busybox.tar.gz")
+
+
+#: The host's device nodes that every container is handed or bound (as stdio, or into its
+#: /dev): a runtime that chowns, chmods or replaces one changes it for the whole machine.
+HOST_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+
+
+def _nodes() -> dict[str, tuple[int, int, int, int]]:
+    out = {}
+    for p in HOST_NODES:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(p)
+            out[p] = (st.st_mode, st.st_rdev, st.st_uid, st.st_gid)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def host_nodes_unchanged() -> Iterator[None]:
+    """Each test leaves the host's /dev/null and its kind as they were (a copy_out once turned
+    /dev/null into a regular file; crun, a peer, chowns a container's stdio, /dev/null too, to
+    its mapped root). What a test changed is put back, and the test fails naming it."""
+    before = _nodes()
+    yield
+    after = _nodes()
+    changed = [p for p in before if after.get(p) != before[p]]
+    for p in changed:
+        mode, rdev, uid, gid = before[p]
+        with contextlib.suppress(OSError):
+            if after.get(p, (0,))[0] != mode:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                os.mknod(p, mode, rdev)
+            os.chown(p, uid, gid)
+            os.chmod(p, stat.S_IMODE(mode))
+    assert not changed, {p: (before[p], after.get(p)) for p in changed}
 
 
 @pytest.fixture(scope="session", autouse=True)

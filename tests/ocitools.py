@@ -75,6 +75,12 @@ def _crun_wrapper(tmp: Path) -> str:
     return str(w)
 
 
+#: A container's stdin, when a test gives it none: an empty pipe rather than what pytest
+#: inherited (/dev/null under CI). crun chowns its stdio to the container's root, and with a user
+#: namespace that made the host's /dev/null belong to uid 300000 (runc leaves /dev/null alone).
+NO_INPUT = subprocess.PIPE
+
+
 class Runtime:
     """One OCI runtime binary and a state root of the test's own."""
 
@@ -91,6 +97,8 @@ class Runtime:
         self, *args: str, check: bool = True, timeout: float = 30, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
         kw.setdefault("capture_output", True)
+        if "stdin" not in kw:
+            kw.setdefault("input", "")  # (see NO_INPUT)
         p = subprocess.run(self.cmd(*args), text=True, timeout=timeout, check=False, **kw)
         if check and p.returncode != 0:
             raise AssertionError(f"{self.name} {' '.join(args)}: {p.returncode}: {p.stderr}")
@@ -121,7 +129,8 @@ class Runtime:
         err = out.with_suffix(".err")
         args = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid]
         with open(out, "w") as f, open(err, "w") as e:
-            p = subprocess.run(self.cmd(*args), stdout=f, stderr=e, timeout=20, check=False)
+            p = subprocess.run(self.cmd(*args), stdin=NO_INPUT, stdout=f, stderr=e, timeout=20,
+                               check=False)  # fmt: skip
         return subprocess.CompletedProcess(p.args, p.returncode, "", err.read_text())
 
 
