@@ -153,7 +153,30 @@ try:
     pyrt.Network(name="full")
     out["network"] = "made"
 except pyrt.PyrtError as e:
-    out["network"] = type(e).__name__
+    out["network"] = [type(e).__name__, str(e)]
+running[1].remove()  # room made (once the helper has emptied the trash), then full to the
+for _ in range(200):  # last inode, then one freed at a time:
+    if not (state / "trash").exists() or not os.listdir(state / "trash"):
+        break
+    time.sleep(0.05)
+fill = []  # each of a network's files (its directory, lock, members, slirp4netns's log and
+while True:  # socket) runs short once
+    try:
+        (state / f"fill{len(fill)}").write_text("")
+        fill.append(state / f"fill{len(fill)}")
+    except OSError as e:
+        out["fill"] = [len(fill), str(e)]  # (for the message of a failure)
+        break
+out["network short"] = []
+while fill:
+    try:
+        pyrt.Network(name="short").remove()
+        break
+    except pyrt.PyrtError as e:
+        out["network short"].append([type(e).__name__, str(e)])
+    fill.pop().unlink()
+for f in fill:
+    f.unlink()
 out["networks"] = os.listdir(state / "networks") if (state / "networks").exists() else []
 for c in running[1:]:
     c.remove()
@@ -195,9 +218,10 @@ print(json.dumps(out))
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts small tmpfs (root)")
 def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: Path) -> None:
     """A state directory without room for another container: SpawnError (stage "state",
-    ENOSPC) naming the path, no half-made directory. A store without room for a commit or a
-    save's blobs, a destination without room for a save: ImageError naming what was written,
-    no half-written blob or file."""
+    ENOSPC) naming the path, no half-made directory; a network short of any of its files
+    (slirp4netns's socket among them), a NetworkError naming it. A store without room for a
+    commit or a save's blobs, a destination without room for a save: ImageError naming what
+    was written, no half-written blob or file."""
     with small_tmpfs(tmp_path / "state", "size=8m,nr_inodes=64") as state, \
             small_tmpfs(tmp_path / "store", "size=1m") as store, \
             small_tmpfs(tmp_path / "dest", "size=64k") as dest:  # fmt: skip
@@ -213,7 +237,11 @@ def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: 
     made, running = out["dirs"]
     assert made == running, "a start that failed left its directory"
     assert not out["trash made"] and out["reset"] in ("running", "SpawnError"), out
-    assert out["network"] in ("NetworkError", "PyrtError") and out["networks"] == [], out
+    assert out["network"][0] == "NetworkError" and out["networks"] == [], out
+    assert "No space left on device" in out["network"][1], out
+    assert len(out["network short"]) >= 4, (out["fill"], out["network short"])
+    for kind, message in out["network short"]:  # slirp4netns's socket's was a PyrtError
+        assert kind == "NetworkError" and "No space left on device" in message, out
     assert out["commit"][0] == "ImageError" and "No space left" in out["commit"][1], out
     assert out["save"][0] == "ImageError" and str(dest) in out["save"][1], out
     assert out["archive"][0] == "ImageError", out

@@ -205,6 +205,9 @@ class PrivateNetwork:
             ready_w = exit_r = -1
             r, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
             if not r or os.read(ready_r, 1) != b"1":
+                full = _no_room(self.api.parent)
+                if full is not None:
+                    raise full
                 raise PyrtError(f"slirp4netns did not come up: {self._tail()}")
         finally:
             for fd in (ready_w, exit_r):
@@ -355,3 +358,17 @@ def etc_files(hostname: str) -> dict[str, str]:
         "hosts": hosts_file([(GUEST, [hostname])]),
         "resolv.conf": f"nameserver {DNS}\noptions ndots:0\n",
     }
+
+
+def _no_room(directory: Path) -> Optional[OSError]:
+    """Where slirp4netns could not come up because the state directory is full (its API
+    socket is an inode there), the error says so: an ENOSPC naming the directory, which a
+    network turns into a NetworkError and a start into a SpawnError, as for their own files."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    if blocks == 0 or (st.f_files > 0 and st.f_ffree == 0):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return None
