@@ -154,29 +154,6 @@ try:
     out["network"] = "made"
 except pyrt.PyrtError as e:
     out["network"] = [type(e).__name__, str(e)]
-running[1].remove()  # room made (once the helper has emptied the trash), then full to the
-for _ in range(200):  # last inode, then one freed at a time:
-    if not (state / "trash").exists() or not os.listdir(state / "trash"):
-        break
-    time.sleep(0.05)
-fill = []  # each of a network's files (its directory, lock, members, slirp4netns's log and
-while True:  # socket) runs short once
-    try:
-        (state / f"fill{len(fill)}").write_text("")
-        fill.append(state / f"fill{len(fill)}")
-    except OSError as e:
-        out["fill"] = [len(fill), str(e)]  # (for the message of a failure)
-        break
-out["network short"] = []
-while fill:
-    try:
-        pyrt.Network(name="short").remove()
-        break
-    except pyrt.PyrtError as e:
-        out["network short"].append([type(e).__name__, str(e)])
-    fill.pop().unlink()
-for f in fill:
-    f.unlink()
 out["networks"] = os.listdir(state / "networks") if (state / "networks").exists() else []
 for c in running[1:]:
     c.remove()
@@ -211,6 +188,29 @@ except pyrt.PyrtError as e:
 c.remove()
 for f in fill:
     f.unlink()
+for _ in range(200):  # room made (once the helper has emptied the trash), then full to the
+    if not os.listdir(state / "trash"):  # last inode, then one freed at a time: each of a
+        break  # network's files (its directory, lock, members, slirp4netns's log and socket)
+    time.sleep(0.05)  # runs short once
+fill = []
+while True:
+    try:
+        (state / f"fill{len(fill)}").write_text("")
+        fill.append(state / f"fill{len(fill)}")
+    except OSError as e:
+        out["fill"] = [len(fill), str(e)]  # (for the message of a failure)
+        break
+out["network short"] = []
+while fill:
+    try:
+        pyrt.Network(name="short").remove()
+        break
+    except pyrt.PyrtError as e:
+        out["network short"].append([type(e).__name__, str(e)])
+    fill.pop().unlink()
+for f in fill:
+    f.unlink()
+out["networks after"] = os.listdir(state / "networks")
 print(json.dumps(out))
 """
 
@@ -239,7 +239,7 @@ def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: 
     assert not out["trash made"] and out["reset"] in ("running", "SpawnError"), out
     assert out["network"][0] == "NetworkError" and out["networks"] == [], out
     assert "No space left on device" in out["network"][1], out
-    assert len(out["network short"]) >= 4, (out["fill"], out["network short"])
+    assert len(out["network short"]) >= 4 and out["networks after"] == [], out
     for kind, message in out["network short"]:  # slirp4netns's socket's was a PyrtError
         assert kind == "NetworkError" and "No space left on device" in message, out
     assert out["commit"][0] == "ImageError" and "No space left" in out["commit"][1], out
