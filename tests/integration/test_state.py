@@ -128,6 +128,35 @@ def test_fifos_and_device_nodes_are_refused_unopened(image: pyrt.Image) -> None:
             raise AssertionError("the container's writer never finished")
 
 
+def test_what_the_kernel_refuses_is_a_pyrt_error_naming_the_path(image: pyrt.Image) -> None:
+    """A symlink loop, /proc's links (which lead out of the root), /proc/kmsg (which waits for
+    messages: opened blocking, the read would never end), /proc/1/mem (EIO) and a directory
+    /proc cannot hold came out as bare OSErrors. Each is a PyrtError naming the path asked
+    for, running or exited, and nothing waits."""
+    running = {
+        "/proc/kmsg": "waits for data",
+        "/proc/1/mem": "Input/output error",
+        "/proc/1/root/etc/passwd": "symbolic links",
+    }
+    with pyrt.Container(image, ["sleep", "1000"]) as c:
+        sh(c, "ln -s loop /loop")
+        for path, why in running.items():
+            with pytest.raises(pyrt.PyrtError, match=f"{path}: .*{why}"):
+                c.read_file(path)
+        with pytest.raises(pyrt.PyrtError, match="/proc/x/y: No such file or directory"):
+            c.write_file("/proc/x/y", "x")
+        for state in ("running", "exited"):
+            if state == "exited":
+                c.kill()
+                c.wait(timeout=30)
+            with pytest.raises(pyrt.PyrtError, match=r"/loop: .*symbolic links"):
+                c.read_file("/loop")
+            with pytest.raises(pyrt.PyrtError, match=r"/loop/y: .*symbolic links"):
+                c.write_file("/loop/y", "x")
+            with pytest.raises(pyrt.PyrtError, match=r"/loop/z: .*symbolic links"):
+                c.copy_in(__file__, "/loop/z")
+
+
 def test_a_tree_nested_deeper_than_python_recurses(image: pyrt.Image, tmp_path: Path) -> None:
     """A container that nests directories 1200 deep once made get_archive, copy_out and
     commit a RecursionError, and, worse, left its writable layer in the trash that every later

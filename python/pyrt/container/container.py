@@ -560,7 +560,19 @@ class Container(
         return (0, 0)
 
     def _in_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
-        """``op(root_fd, owner)`` on the container's root, whatever its state (``rootview``)."""
+        """``op(root_fd, owner)`` on the container's root, whatever its state (``rootview``).
+        What the kernel refuses on the way (a symlink loop, /proc's links, a file of /sys that
+        cannot be read, a directory that cannot be made in /proc) is a PyrtError naming the
+        path asked for, as the files module's own refusals are."""
+        try:
+            return self._on_root(what, op, write)
+        except OSError as e:
+            if isinstance(e, PyrtError):
+                raise
+            at = f" (at {e.filename})" if e.filename and e.filename != what else ""
+            raise PyrtError(f"{what}: {e.strerror or e}{at}") from None
+
+    def _on_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
         with self._lock:
             if self._removed:
                 raise PyrtError(f"container {self.id[:12]} was removed")

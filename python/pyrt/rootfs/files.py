@@ -121,6 +121,8 @@ def _open_regular(root: int, path: str, flags: int, dir_hint: str = "") -> int:
         seen = None  # (also a dangling symlink: the file is made where it points, in the root)
     except NotADirectoryError:
         raise PyrtError(f"{path}: a component of the path is not a directory") from None
+    except OSError as e:  # (a symlink loop, or one of /proc's links, which lead elsewhere)
+        raise _os_error(e, path) from None
     else:
         try:
             seen = os.fstat(probe)
@@ -174,7 +176,7 @@ def read_file(root: int, path: str) -> bytes:
     try:
         chunks = []
         total = 0
-        while chunk := os.read(fd, _CHUNK):
+        while chunk := _read(fd, path):
             total += len(chunk)
             if total > _MAX_READ:
                 raise PyrtError(f"{path}: larger than 4 GiB; use copy_out for it")
@@ -182,6 +184,15 @@ def read_file(root: int, path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _read(fd: int, path: str) -> bytes:
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:  # (the descriptor does not block: /proc/kmsg waits for messages)
+        raise PyrtError(f"{path}: a file that waits for data, not one read to its end") from None
+    except OSError as e:  # (/proc/PID/mem, the containers' other files of the kernel's)
+        raise _os_error(e, path) from None
 
 
 def _os_error(e: OSError, path: str) -> PyrtError:

@@ -20,7 +20,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from pyrt import errors
 from pyrt.host import userns
@@ -176,11 +176,17 @@ def _forked(setup: Callable[[], int], op: Operation, rootless: bool, what: str) 
             out = b"0" + op(setup())
         except BaseException as e:
             cls = type(e).__name__ if isinstance(e, errors.PyrtError) else None
+            # (An OSError comes back as one, errno, words and path: the caller names the path
+            # it asked for beside them.)
+            oserr = [e.errno, e.strerror, e.filename] if isinstance(e, OSError) else None
             if isinstance(e, errors.PathNotFound):
                 cls = "PathNotFound:" + str(e.filename)
-            elif isinstance(e, (TypeError, ValueError, FileNotFoundError, IsADirectoryError)):
+            elif isinstance(e, (TypeError, ValueError)):
                 cls = type(e).__name__
-            out = b"1" + json.dumps({"class": cls or "PyrtError", "message": str(e)}).encode()
+            elif isinstance(e, OSError) and cls is None and e.errno is not None:
+                cls = "OSError"
+            report = {"class": cls or "PyrtError", "message": str(e), "os": oserr}
+            out = b"1" + json.dumps(report).encode()
         try:
             view = memoryview(out)
             while view:
@@ -212,18 +218,15 @@ def _forked(setup: Callable[[], int], op: Operation, rootless: bool, what: str) 
         how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exit status {os.waitstatus_to_exitcode(status)}")  # fmt: skip
         raise errors.PyrtError(f"the helper that {what} died ({how}) before it answered") from None
-    raise _exception(err["class"], err["message"])
+    raise _exception(err["class"], err["message"], err.get("os"))
 
 
-def _exception(cls: str, message: str) -> BaseException:
+def _exception(cls: str, message: str, oserr: Optional[list[Any]] = None) -> BaseException:
     if cls.startswith("PathNotFound:"):
         return errors.PathNotFound(cls.partition(":")[2])
-    builtin = {
-        "TypeError": TypeError,
-        "ValueError": ValueError,
-        "FileNotFoundError": FileNotFoundError,
-        "IsADirectoryError": IsADirectoryError,
-    }
+    if cls == "OSError" and oserr is not None:
+        return OSError(*oserr)  # (its subclass by errno: FileNotFoundError for ENOENT)
+    builtin = {"TypeError": TypeError, "ValueError": ValueError}
     if cls in builtin:
         return builtin[cls](message)
     found: Optional[type] = getattr(errors, cls, None)
