@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from pyrt.config.sizes import Size, parse_size
+from pyrt.host import kernel
 
 
-@functools.cache
 def _recursive_attrs() -> bool:
     """Whether the kernel sets a mount's attributes on all below it (mount_setattr, 5.12)."""
-    try:
-        major, minor = (int(x) for x in platform.release().split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= (5, 12)
+    return kernel.at_least(5, 12)
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from pyrt.errors import (
     SpawnError,
     state_error,
 )
-from pyrt.host import userns
+from pyrt.host import kernel, userns
 from pyrt.host.faults import fault
-from pyrt.host.state import ContainerDir, pid_start_time
+from pyrt.host.state import ContainerDir, mount_point, pid_start_time
 from pyrt.image import Image
 from pyrt.image.config import command_for
 from pyrt.image.image import overlay_supported
@@ -263,6 +263,8 @@ class Container(
         self._server_lock = threading.Lock()
         self._server_asked: Optional[_core.Process] = None
         self._spec_cache: Optional[tuple[Any, dict[str, Any], str]] = None
+        #: Started by run() without a directory (`_scratch_fits`).
+        self._scratch = False
 
     @property
     def _steps(self) -> ContainerSteps:
@@ -285,11 +287,14 @@ class Container(
     def _assembled(self, root_dir: str, cgroup: bool) -> tuple[dict[str, Any], str]:
         """``build_spec``'s spec and the JSON the core is sent of it (``container_spec_sent``:
         from a template made once for containers that differ only in id and command)."""
-        assert self._dir is not None
         d = self._dir
         image_kind = self.image.kind
         if image_kind == "host":
             layers = None
+        elif self._scratch:
+            layers = assemble.Layers(lower=self._lower(), scratch=True)
+        elif d is None:
+            raise PyrtError(f"container {self.id[:12]}: no directory to build its spec in")
         elif not overlay_supported():
             layers = assemble.Layers(copy=str(d.path / "copy"))
         else:
@@ -313,16 +318,27 @@ class Container(
 
     # --- starting -----------------------------------------------------------------------
 
-    def _spawn(self, stdin: int, stdout: int = -1, stderr: int = -1, cgroup: bool = False) -> None:
+    def _spawn(
+        self,
+        stdin: int,
+        stdout: int = -1,
+        stderr: int = -1,
+        cgroup: bool = False,
+        scratch: bool = False,
+    ) -> None:
         """Creates the container's directory and starts it. With stdout/stderr of -1, both go
         to the container's log file. A cgroup is made when there are limits or ``cgroup``
-        asks for one (a detached container, for stats): it costs ~0.7 ms on cgroup v1."""
+        asks for one (a detached container, for stats): it costs ~0.7 ms on cgroup v1.
+        ``scratch`` (run(), which removes the container when it exits): where nothing of the
+        container is kept on the host (`_scratch_fits`), it has no directory at all, and its
+        writable layer is a tmpfs in its own mount namespace."""
         with self._lock:
             if self._removed:
                 raise PyrtError(f"container {self.id[:12]} was removed")
             if self._proc is not None:
                 raise PyrtError(f"container {self.id[:12]} was already started")
-            d = self._dir if self._dir is not None else self._make_dir()
+            self._scratch = scratch and self._scratch_fits(cgroup, stdout, stderr)
+            d = None if self._scratch else self._dir or self._make_dir()
             fault("dir-created")
             log = -1
             ours = theirs = -1
@@ -333,20 +349,21 @@ class Container(
                     ours, theirs = a.detach(), b.detach()
                     stdin = stdout = stderr = theirs
                 elif stdout < 0:
+                    assert d is not None  # (not scratch)
                     log, done = _core.log_pipe(str(d.log), LOG_CAP)
                     stdout = stderr = log
                     self._close_log_done()
                     self._log_done = done
                 self._dir = d
-                net_mounts = self._start_network(d)
+                net_mounts = self._start_network(d) if d is not None else []
                 doc, sent = self._spawn_spec(d, cgroup, net_mounts)
-                if self._seccomp_json:
+                if d is not None and self._seccomp_json:
                     d.raw_fields["seccomp"] = self._seccomp_json
-                else:
+                elif d is not None:
                     d.raw_fields.pop("seccomp", None)
                 # (Only a container in a cgroup, detached, is written for other processes.)
                 state = self._state(doc) if cgroup else {}
-                if cgroup and self._state_doc is None:
+                if cgroup and d is not None and self._state_doc is None:
                     # Known before any kernel object exists; a crash from here on leaves a
                     # directory that collect_stale (or `pyrt gc`) finishes off. (A reset's
                     # directory has its state from the first start: one write after is enough.)
@@ -368,8 +385,9 @@ class Container(
                 if ours >= 0:
                     self.console = _receive_fd(ours)
                 fault("spawned")
-                d.record_cgroups(self._proc.cgroup_paths())
-                if cgroup:
+                if d is not None:
+                    d.record_cgroups(self._proc.cgroup_paths())
+                if cgroup and d is not None:
                     pid = self._proc.pid
                     state.update(status="running", pid=pid, pid_start=pid_start_time(pid),
                                  cgroups=self._proc.cgroup_paths())  # fmt: skip
@@ -381,7 +399,8 @@ class Container(
                 if self._net is not None:
                     self._net.close()
                     self._net = None
-                d.remove()
+                if d is not None:
+                    d.remove()
                 if isinstance(e, OSError) and not isinstance(e, PyrtError):
                     raise state_error(e) from e
                 raise
@@ -391,19 +410,38 @@ class Container(
                         os.close(fd)
             _live.add(self)
 
+    def _scratch_fits(self, cgroup: bool, stdout: int, stderr: int) -> bool:
+        """Whether a container run to completion can do without a directory: one with a
+        writable layer (not the host image's), not bounded (``disk=``), and nothing else of
+        it on the host (no files written into it before, no cgroup to record, no log, no
+        network of its own, whose files live in the directory). In a user namespace, tmpfs
+        keeps overlayfs's user.* xattrs from Linux 6.6 on."""
+        return (
+            self._dir is None
+            and self.image.kind != "host"
+            and overlay_supported()
+            and self._o.disk is None
+            and not (cgroup or self._limits)
+            and min(stdout, stderr) >= 0
+            and not self._o.tty
+            and self._o.network not in ("private", "shared")
+            and (self._userns is None or kernel.at_least(6, 6))
+        )
+
     def _spawn_spec(
-        self, d: ContainerDir, cgroup: bool, net_mounts: list[dict[str, Any]]
+        self, d: Optional[ContainerDir], cgroup: bool, net_mounts: list[dict[str, Any]]
     ) -> tuple[dict[str, Any], str]:
         """The spec and the JSON the core gets (the seccomp filter apart). A reset spawns the
         same container again: without a network of its own (whose namespace and files are
         made anew), with the same limits, the spec is the same and is not built again (a
         fifth of a reset's Python time)."""
         reusable = not net_mounts and self._net is None and self._join_net is None
-        key = (str(d.rootfs), cgroup, self._limits)
+        root = str(d.rootfs if d is not None else mount_point())
+        key = (root, cgroup, self._limits, self._scratch)
         cached = self._spec_cache
         if reusable and cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        doc, sent = self._assembled(str(d.rootfs), cgroup)
+        doc, sent = self._assembled(root, cgroup)
         if net_mounts:
             doc["mounts"].extend(net_mounts)
             sent = json.dumps(assemble.without_seccomp(doc) if self._seccomp_json else doc)
@@ -499,7 +537,10 @@ class Container(
         """Runs to completion, like ``subprocess.run``; the container is removed afterwards.
         ``timeout`` kills the whole container and raises TimeoutExpired. ``stdout`` and
         ``stderr`` may go to a file, a descriptor or ``pyrt.DEVNULL`` instead of the result
-        (``stderr=pyrt.STDOUT`` merges it into stdout)."""
+        (``stderr=pyrt.STDOUT`` merges it into stdout). What it writes to its root lives in
+        memory, in a tmpfs of its own that goes with it (bounded by the free space of pyrt's
+        state directory and by half the memory), unless it was given files before, has limits,
+        a network of its own or ``disk=``: then in its directory, as a started container's."""
         return lifecycle.drive(self._steps.run(input, timeout, check, text, stdout, stderr))
 
     # --- its files -------------------------------------------------------------------------
@@ -544,6 +585,11 @@ class Container(
     def _ensure_dir(self) -> ContainerDir:
         """The container's directory, made now for one that was not started yet (files written
         into it are there when it starts)."""
+        if self._scratch:
+            raise PyrtError(
+                f"container {self.id[:12]} runs by run(), which removes it as it ends: its "
+                "writable layer is in its own mount namespace, reached only while it runs"
+            )
         if self._dir is None:
             self._dir = self._make_dir()
             _live.add(self)

@@ -150,6 +150,8 @@ class ContainerSnapshots:
                 raise PyrtError(f"container {self.id[:12]} was removed")
             if self._proc is None:
                 raise PyrtError(f"container {self.id[:12]} was not started")
+            if self._dir is None:  # (run()'s, removed as it ends: `Container._spawn`)
+                raise PyrtError(f"reset of container {self.id[:12]}: run() removes it as it ends")
             if self._o.tty:
                 raise PyrtError("reset of a container with tty=True is not supported")
             if self._checker is not None:

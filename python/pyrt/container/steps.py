@@ -46,7 +46,7 @@ class ContainerSteps(ReadinessSteps):
             raise PyrtError("tty=True is for start() and `pyrt run -it`; run() captures pipes")
 
         def start(i: int, o: int, e: int) -> _core.Process:
-            c._spawn(i, o, e)
+            c._spawn(i, o, e, scratch=True)
             assert c._proc is not None
             return c._proc
 

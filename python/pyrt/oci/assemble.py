@@ -24,13 +24,15 @@ from pyrt.oci.seccomp import default_profile, default_profile_json
 @dataclass(frozen=True)
 class Layers:
     """Where a container's root comes from: an overlay of ``lower`` (topmost first) with the
-    writable ``upper`` and ``work`` directories, or, on a kernel without overlayfs, ``copy``,
-    the container's private copy of its flattened image."""
+    writable ``upper`` and ``work`` directories (or, ``scratch``, a writable layer that the
+    container makes in its own mount namespace and loses with it), or, on a kernel without
+    overlayfs, ``copy``, the container's private copy of its flattened image."""
 
     lower: tuple[str, ...] = ()
     upper: str = ""
     work: str = ""
     copy: Optional[str] = None
+    scratch: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def _assemble(
             lower=layers.lower,
             upper=layers.upper,
             work=layers.work,
+            scratch=layers.scratch,
         )
     privileged = bool(o.privileged)
     if id_maps is not None:

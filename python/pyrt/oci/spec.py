@@ -184,8 +184,9 @@ class RootSpec:
     """Where the container's root comes from.
 
     ``path`` is the directory the root is mounted on. With ``lower`` (topmost first), ``upper``
-    and ``work`` it is an overlay; with ``bind`` a recursive bind of that host directory;
-    otherwise ``path`` itself is the root.
+    and ``work`` it is an overlay (with ``scratch`` instead of the two, one whose writable
+    layer is a tmpfs of the container's own); with ``bind`` a recursive bind of that host
+    directory; otherwise ``path`` itself is the root.
     """
 
     path: str
@@ -194,6 +195,7 @@ class RootSpec:
     upper: Optional[str] = None
     work: Optional[str] = None
     bind: Optional[str] = None
+    scratch: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,9 +317,13 @@ def build(c: ContainerSpec) -> dict[str, Any]:
     annotations = dict(c.annotations)
     r = c.root
     if r.lower:
-        if not (r.upper and r.work):
-            raise ValueError("an overlay root needs upper and work directories")
-        ov: dict[str, Any] = {"lower": list(r.lower), "upper": r.upper, "work": r.work}
+        ov: dict[str, Any] = {"lower": list(r.lower)}
+        if r.scratch:
+            ov["scratch"] = True
+        elif r.upper and r.work:
+            ov.update(upper=r.upper, work=r.work)
+        else:
+            raise ValueError("an overlay root needs upper and work directories, or scratch")
         if c.uid_map:
             # In a user namespace overlayfs reads its markers from user.* xattrs (the store's
             # layers were unpacked rootless with those).

@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::inroot::ensure_in_root;
@@ -120,6 +121,70 @@ fn overlay_failure(ov: &crate::plan::Overlay, shown: &std::path::Display<'_>) ->
     }
 }
 
+/// A scratch layer (`Overlay::scratch`): a tmpfs mounted on the root's own mount point, in
+/// our namespace, holding the upper and work directories; the overlay is then mounted over it
+/// on the same point. overlayfs keeps its own reference to the tmpfs, so the tmpfs leaves the
+/// container's view with the old root at `pivot_root`, and is freed with the overlay when the
+/// namespace ends. Its directories are made by us, so in a user namespace they are the
+/// container's root's. Returns the overlay with the directories filled in.
+///
+/// The tmpfs holds what the file system of the mount point (pyrt's state directory, where the
+/// layer would otherwise be) has free, in bytes and in inodes: the container can write no
+/// more than it could have there, and never more than tmpfs's own default of half the memory.
+fn scratch_layer(
+    ov: &crate::plan::Overlay,
+    path: &Path,
+    target: &std::ffi::CStr,
+) -> Result<crate::plan::Overlay> {
+    let what = |w: &str| mount_err(Stage::Rootfs, format!("{w} for the scratch layer"));
+    let options = scratch_options(target).map_err(what("reading the state's free space"))?;
+    syscall::mount(
+        Some(c"pyrt-layer"),
+        target,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&options),
+    )
+    .map_err(what("mounting a tmpfs"))?;
+    let (upper, work) = (path.join("upper"), path.join("work"));
+    // (The mode of the upper directory is the root directory's, as the image gives none.)
+    for (dir, mode) in [(&upper, 0o755), (&work, 0o700)] {
+        std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(dir)
+            .map_err(what("making its directories"))?;
+    }
+    Ok(crate::plan::Overlay {
+        upper,
+        work,
+        scratch: false,
+        ..ov.clone()
+    })
+}
+
+/// tmpfs's options for a scratch layer on `target`'s file system (`scratch_layer`). tmpfs
+/// reads a size or inode count of 0 as no bound at all, so a full file system gives the
+/// smallest it takes instead.
+#[allow(clippy::useless_conversion)] // (statvfs's counts are 32-bit on 32-bit targets)
+fn scratch_options(target: &std::ffi::CStr) -> io::Result<CString> {
+    // SAFETY: statvfs fills the zeroed struct it is given.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(target.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // tmpfs's default, half the memory (in pages of 4 KiB, as the sizes below).
+    // SAFETY: sysconf takes no pointers.
+    let memory = u64::try_from(unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }).unwrap_or(0);
+    let half = (memory / 2).max(1);
+    let pages = u64::from(st.f_bavail).saturating_mul(st.f_frsize) / 4096;
+    let mut opts = format!("mode=700,size={}", pages.clamp(1, half) * 4096);
+    if st.f_files > 0 {
+        // (A file system without a count of inodes, such as btrfs, reports none.)
+        opts += &format!(",nr_inodes={}", u64::from(st.f_favail).clamp(1, half));
+    }
+    cstring(opts)
+}
+
 /// Mounts the root on `root.path` and returns a descriptor of it.
 pub fn mount_root(root: &Root) -> Result<OwnedFd> {
     let target = cpath(&root.path).map_err(mount_err(Stage::Rootfs, "root path".into()))?;
@@ -144,6 +209,11 @@ pub fn mount_root(root: &Root) -> Result<OwnedFd> {
                     format!("bind mounting {} as the root", src.display()),
                 ),
             )?
+        }
+        RootSource::Overlay(ov) if ov.scratch => {
+            let ov = scratch_layer(ov, &root.path, &target)?;
+            mount_overlay(&ov, &target)
+                .map_err(|e| SetupError::io(Stage::Rootfs, overlay_failure(&ov, &shown), &e))?
         }
         RootSource::Overlay(ov) => mount_overlay(ov, &target)
             .map_err(|e| SetupError::io(Stage::Rootfs, overlay_failure(ov, &shown), &e))?,
@@ -522,6 +592,7 @@ mod tests {
             upper: "/run/pyrt/u".into(),
             work: "/run/pyrt/w".into(),
             userxattr: false,
+            scratch: false,
         }
     }
 

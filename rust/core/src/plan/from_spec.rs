@@ -472,7 +472,18 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
                 "an overlay needs at least one lower directory",
             ));
         }
-        for p in ov.lower.iter().chain([&ov.upper, &ov.work]) {
+        let host_layer = if ov.scratch {
+            if !ov.upper.as_os_str().is_empty() || !ov.work.as_os_str().is_empty() {
+                return Err(field_err(
+                    format!("annotations.{ANNOTATION_OVERLAY}"),
+                    "a scratch layer has no upper or work directory",
+                ));
+            }
+            vec![]
+        } else {
+            vec![&ov.upper, &ov.work]
+        };
+        for p in ov.lower.iter().chain(host_layer) {
             // overlayfs takes these in a comma and colon separated option string.
             let s = p.to_string_lossy();
             if !p.is_absolute() || s.contains([',', ':', '\0']) {

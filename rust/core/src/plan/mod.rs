@@ -45,12 +45,20 @@ pub(crate) fn has_nul(s: impl AsRef<std::ffi::OsStr>) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Overlay {
     pub lower: Vec<PathBuf>,
+    /// The writable layer's directories on the host; none with `scratch`.
+    #[serde(default)]
     pub upper: PathBuf,
+    #[serde(default)]
     pub work: PathBuf,
     /// overlayfs's markers (whiteouts, opaque directories) are user.* xattrs: a rootless
     /// store's layers, mounted in a user namespace.
     #[serde(default)]
     pub userxattr: bool,
+    /// The writable layer is a tmpfs the container mounts in its own mount namespace, under
+    /// its root, and loses with it: nothing of it is ever on the host's disk, so nothing is
+    /// made or deleted there (a container run to completion, whose layer nobody reads after).
+    #[serde(default)]
+    pub scratch: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

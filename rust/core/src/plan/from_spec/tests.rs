@@ -72,6 +72,23 @@ fn overlay_annotation_is_validated() {
 }
 
 #[test]
+fn a_scratch_layer_has_no_host_directories() {
+    let with = |ov: &str| {
+        let ann = format!(r#","annotations":{{"run.pyrt.rootfs.overlay":{ov:?}}}"#);
+        Plan::from_json(&spec(&ann))
+    };
+    let p = with(r#"{"lower":["/l"],"scratch":true}"#).unwrap();
+    match p.root.source {
+        RootSource::Overlay(ov) => assert!(ov.scratch && ov.upper.as_os_str().is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let e = with(r#"{"lower":["/l"],"upper":"/u","work":"/w","scratch":true}"#).unwrap_err();
+    assert!(e.to_string().contains("scratch"), "{e}");
+    // Without scratch the directories are needed.
+    assert!(with(r#"{"lower":["/l"]}"#).is_err());
+}
+
+#[test]
 fn sysctls_only_namespaced_and_with_their_namespace() {
     let ok = Plan::from_json(&spec(
         r#","linux2":1"#.replace(",\"linux2\":1", "").as_str(),
