@@ -223,9 +223,9 @@ def test_follow_logs_of_a_server_loop(image: pyrt.Image) -> None:
 
 
 def test_logs_are_bounded(image: pyrt.Image, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyrt.container.container
+    import pyrt.container.spawning
 
-    monkeypatch.setattr(pyrt.container.container, "LOG_CAP", 64 * 1024)
+    monkeypatch.setattr(pyrt.container.spawning, "LOG_CAP", 64 * 1024)
     script = "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done; echo END; sleep 30"
     with pyrt.Container(image, ["sh", "-c", script]) as c:
         c.wait_for_log("END", timeout=30)

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import secrets
 import select
 import signal
-import socket
-import subprocess
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from pyrt import _core
 from pyrt.config import checks, options
 from pyrt.config.idle import Idle
 from pyrt.config.mounts import Mount
-from pyrt.container import lifecycle
+from pyrt.container import lifecycle, spawning
 from pyrt.container.control import ContainerControl
 from pyrt.container.execs import ContainerExecs
 from pyrt.container.files import ContainerFiles
@@ -29,7 +25,9 @@ from pyrt.container.health import Checker, Healthcheck
 from pyrt.container.networking import ContainerNetworking
 from pyrt.container.readiness import ContainerReadiness
 from pyrt.container.results import Result, Stats
+from pyrt.container.root import ContainerRoot
 from pyrt.container.snapshots import ContainerSnapshots
+from pyrt.container.spawning import ContainerSpawning
 from pyrt.container.stdio import DEVNULL, Target
 from pyrt.container.steps import ContainerSteps, Input
 from pyrt.errors import (
@@ -37,26 +35,19 @@ from pyrt.errors import (
     ImageNotFound,
     InvalidOption,
     PyrtError,
-    SpawnError,
-    state_error,
 )
-from pyrt.host import kernel, userns
-from pyrt.host.faults import fault
-from pyrt.host.state import ContainerDir, mount_point, pid_start_time
+from pyrt.host import userns
+from pyrt.host.state import ContainerDir
 from pyrt.image import Image
 from pyrt.image.config import command_for
 from pyrt.image.image import overlay_supported
 from pyrt.network.private import HostPort, PrivateNetwork, parse_ports
 from pyrt.network.shared import Member, Network
-from pyrt.oci import assemble, spec
-from pyrt.rootfs import files
-from pyrt.rootfs import view as rootview
+from pyrt.oci import spec
 
 PathArg = Union[str, "os.PathLike[str]"]
 
 
-#: A detached container's log is rotated at this size, keeping one previous file.
-LOG_CAP = 16 << 20
 #: The most image layers overlayfs stacks under a container's writable one (OVL_MAX_STACK).
 MAX_LAYERS = 500
 
@@ -76,6 +67,8 @@ atexit.register(remove_all)
 
 
 class Container(
+    ContainerSpawning,
+    ContainerRoot,
     ContainerExecs,
     ContainerFiles,
     ContainerReadiness,
@@ -275,203 +268,6 @@ class Container(
     def __repr__(self) -> str:
         return f"<pyrt.Container {self.name or self.id[:12]} {self.status}>"
 
-    # --- the spec ---------------------------------------------------------------------
-
-    def build_spec(self, root_dir: str, cgroup: bool = False) -> dict[str, Any]:
-        """The OCI runtime spec of this container, its root mounted on ``root_dir``; with
-        ``cgroup`` (implied by limits) in a cgroup of its own. The spec is made by
-        ``assemble.container_spec`` from what is gathered here; the container keeps the
-        process it describes (each exec's is laid over it) and its seccomp filter."""
-        return self._assembled(root_dir, cgroup)[0]
-
-    def _assembled(self, root_dir: str, cgroup: bool) -> tuple[dict[str, Any], str]:
-        """``build_spec``'s spec and the JSON the core is sent of it (``container_spec_sent``:
-        from a template made once for containers that differ only in id and command)."""
-        d = self._dir
-        image_kind = self.image.kind
-        if image_kind == "host":
-            layers = None
-        elif self._scratch:
-            layers = assemble.Layers(lower=self._lower(), scratch=True)
-        elif d is None:
-            raise PyrtError(f"container {self.id[:12]}: no directory to build its spec in")
-        elif not overlay_supported():
-            layers = assemble.Layers(copy=str(d.path / "copy"))
-        else:
-            layers = assemble.Layers(lower=self._lower(), upper=str(d.upper), work=str(d.work))
-        at = assemble.Placement(
-            root_dir=root_dir,
-            layers=layers,
-            id_maps=self._userns,
-            limits=self._limits,
-            netns_path=self._netns_path(),
-            userns_path=self._userns_path(),
-            idle=self._idle,
-            # Root places any container in a cgroup; a rootless caller has none to write.
-            cgroup=bool(cgroup or self._limits) and (not self._userns or os.geteuid() == 0),
-        )
-        made, sent = assemble.container_spec_sent(self._o, self.image, self.id, self.args, at)
-        self._process = made.process
-        self._seccomp = made.seccomp
-        self._seccomp_json = made.seccomp_json
-        return made.config, sent
-
-    # --- starting -----------------------------------------------------------------------
-
-    def _spawn(
-        self,
-        stdin: int,
-        stdout: int = -1,
-        stderr: int = -1,
-        cgroup: bool = False,
-        scratch: bool = False,
-    ) -> None:
-        """Creates the container's directory and starts it. With stdout/stderr of -1, both go
-        to the container's log file. A cgroup is made when there are limits or ``cgroup``
-        asks for one (a detached container, for stats): it costs ~0.7 ms on cgroup v1.
-        ``scratch`` (run(), which removes the container when it exits): where nothing of the
-        container is kept on the host (`_scratch_fits`), it has no directory at all, and its
-        writable layer is a tmpfs in its own mount namespace."""
-        with self._lock:
-            if self._removed:
-                raise PyrtError(f"container {self.id[:12]} was removed")
-            if self._proc is not None:
-                raise PyrtError(f"container {self.id[:12]} was already started")
-            self._scratch = scratch and self._scratch_fits(cgroup, stdout, stderr)
-            d = None if self._scratch else self._dir or self._make_dir()
-            fault("dir-created")
-            log = -1
-            ours = theirs = -1
-            try:
-                if self._o.tty:
-                    # fd 0 of the child is a socket it sends the pty's master over.
-                    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                    ours, theirs = a.detach(), b.detach()
-                    stdin = stdout = stderr = theirs
-                elif stdout < 0:
-                    assert d is not None  # (not scratch)
-                    log, done = _core.log_pipe(str(d.log), LOG_CAP)
-                    stdout = stderr = log
-                    self._close_log_done()
-                    self._log_done = done
-                self._dir = d
-                net_mounts = self._start_network(d) if d is not None else []
-                doc, sent = self._spawn_spec(d, cgroup, net_mounts)
-                if d is not None and self._seccomp_json:
-                    d.raw_fields["seccomp"] = self._seccomp_json
-                elif d is not None:
-                    d.raw_fields.pop("seccomp", None)
-                # (Only a container in a cgroup, detached, is written for other processes.)
-                state = self._state(doc) if cgroup else {}
-                if cgroup and d is not None and self._state_doc is None:
-                    # Known before any kernel object exists; a crash from here on leaves a
-                    # directory that collect_stale (or `pyrt gc`) finishes off. (A reset's
-                    # directory has its state from the first start: one write after is enough.)
-                    d.write_state(state)
-                    fault("state-written")
-                try:
-                    hold = self._net is not None and self._net.needs_attach
-                    proc = _core.spawn(sent, stdin, stdout, stderr, hold=hold,
-                                       seccomp_json=self._seccomp_json)  # fmt: skip
-                    if hold:
-                        self._attach_network(proc)
-                    self._proc = proc
-                except SpawnError as e:
-                    if self._userns is not None and e.stage == "namespaces":
-                        why = userns.blocked_because()
-                        if why is not None:
-                            raise SpawnError(f"{e}: {why}", stage=e.stage, errno=e.errno) from e
-                    raise
-                if ours >= 0:
-                    self.console = _receive_fd(ours)
-                fault("spawned")
-                if d is not None:
-                    d.record_cgroups(self._proc.cgroup_paths())
-                if cgroup and d is not None:
-                    pid = self._proc.pid
-                    state.update(status="running", pid=pid, pid_start=pid_start_time(pid),
-                                 cgroups=self._proc.cgroup_paths())  # fmt: skip
-                    d.write_state(state)
-                    self._state_doc = state
-                    fault("running")
-            except BaseException as e:
-                self._dir = None
-                if self._net is not None:
-                    self._net.close()
-                    self._net = None
-                if d is not None:
-                    d.remove()
-                if isinstance(e, OSError) and not isinstance(e, PyrtError):
-                    raise state_error(e) from e
-                raise
-            finally:
-                for fd in (log, ours, theirs):
-                    if fd >= 0:
-                        os.close(fd)
-            _live.add(self)
-
-    def _scratch_fits(self, cgroup: bool, stdout: int, stderr: int) -> bool:
-        """Whether a container run to completion can do without a directory: one with a
-        writable layer (not the host image's), not bounded (``disk=``), and nothing else of
-        it on the host (no files written into it before, no cgroup to record, no log, no
-        network of its own, whose files live in the directory). In a user namespace, tmpfs
-        keeps overlayfs's user.* xattrs from Linux 6.6 on."""
-        return (
-            self._dir is None
-            and self.image.kind != "host"
-            and overlay_supported()
-            and self._o.disk is None
-            and not (cgroup or self._limits)
-            and min(stdout, stderr) >= 0
-            and not self._o.tty
-            and self._o.network not in ("private", "shared")
-            and (self._userns is None or kernel.at_least(6, 6))
-        )
-
-    def _spawn_spec(
-        self, d: Optional[ContainerDir], cgroup: bool, net_mounts: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], str]:
-        """The spec and the JSON the core gets (the seccomp filter apart). A reset spawns the
-        same container again: without a network of its own (whose namespace and files are
-        made anew), with the same limits, the spec is the same and is not built again (a
-        fifth of a reset's Python time)."""
-        reusable = not net_mounts and self._net is None and self._join_net is None
-        root = str(d.rootfs if d is not None else mount_point())
-        key = (root, cgroup, self._limits, self._scratch)
-        cached = self._spec_cache
-        if reusable and cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        doc, sent = self._assembled(root, cgroup)
-        if net_mounts:
-            doc["mounts"].extend(net_mounts)
-            sent = json.dumps(assemble.without_seccomp(doc) if self._seccomp_json else doc)
-        self._spec_cache = (key, doc, sent) if reusable else None
-        return doc, sent
-
-    def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "image": (self.image.tags or [self.image.source or self.image.kind])[0],
-            "command": self.args,
-            "created": time.time(),
-            "status": "creating",
-            "owner": os.getpid(),
-            "detached": self._detached,
-            "log": str(self._dir.log) if self._dir else None,
-            "process": doc["process"],
-            # (As text beside the rest when the core was sent it so: `ContainerDir.raw_fields`.)
-            **({} if self._seccomp_json else {"seccomp": doc["linux"].get("seccomp")}),
-            "ports": [
-                f"{p.host_addr}:{p.host_port}->{p.container_port}/{p.proto}"
-                for p in (self._net.published if self._net is not None else ())
-            ],
-            "network": self._network.name if self._network is not None else self._o.network,
-            "ip": self.ip,
-            **({"health": "starting"} if self._healthcheck is not None else {}),
-        }
-
     def start(self, *, detached: bool = False) -> Container:
         """Starts in the background: stdout and stderr go to the container's log (see
         ``logs()``). Returns once the command runs. Other processes see it in `pyrt ps` and can
@@ -486,7 +282,7 @@ class Container(
         if self.console is not None and self._dir is not None:
             # The console's output is the container's log; `console` stays for its input. As
             # with a log pipe, logs() after the exit waits for the last of it.
-            done = _core.log_from(os.dup(self.console), str(self._dir.log), LOG_CAP)
+            done = _core.log_from(os.dup(self.console), str(self._dir.log), spawning.LOG_CAP)
             self._close_log_done()
             self._log_done = done
         self._start_checker()
@@ -543,116 +339,8 @@ class Container(
         a network of its own or ``disk=``: then in its directory, as a started container's."""
         return lifecycle.drive(self._steps.run(input, timeout, check, text, stdout, stderr))
 
-    # --- its files -------------------------------------------------------------------------
-
-    def _mapped_root(self) -> Optional[tuple[int, int]]:
-        """The host ids of the container's root when a root caller maps it to a range."""
-        if self._userns is None or os.geteuid() != 0:
-            return None
-        return userns.host_id(self._userns.uid, 0), userns.host_id(self._userns.gid, 0)
-
-    def _lower(self) -> tuple[str, ...]:
-        """The image's layers as the container mounts them: moved into its range when a root
-        caller maps it to one (``image.shifted``)."""
-        mapped = self._mapped_root()
-        if mapped is None:
-            return tuple(self.image.lower)
-        from pyrt.image import shifted
-
-        assert self._userns is not None
-        count = min(n for _, _, n in self._userns.uid + self._userns.gid)
-        return tuple(shifted.shifted_lowers(self.image.lower, mapped[0], mapped[1], count))
-
-    def _make_dir(self) -> ContainerDir:
-        try:
-            d = ContainerDir.create(
-                self.id,
-                overlay=self.image.kind != "host",
-                owner=self._mapped_root(),
-                disk=self._o.disk,
-            )
-        except OSError as e:
-            raise state_error(e) if not isinstance(e, PyrtError) else e from None
-        if self.image.kind != "host" and not overlay_supported():
-            # No overlayfs: the container gets a private copy of the (flattened) image.
-            r = subprocess.run(["cp", "-a", "--", self.image.lower[0], str(d.path / "copy")],
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode != 0:
-                d.remove()
-                raise PyrtError(f"copying the image for a kernel without overlayfs: {r.stderr}")
-        return d
-
-    def _ensure_dir(self) -> ContainerDir:
-        """The container's directory, made now for one that was not started yet (files written
-        into it are there when it starts)."""
-        if self._scratch:
-            raise PyrtError(
-                f"container {self.id[:12]} runs by run(), which removes it as it ends: its "
-                "writable layer is in its own mount namespace, reached only while it runs"
-            )
-        if self._dir is None:
-            self._dir = self._make_dir()
-            _live.add(self)
-        return self._dir
-
-    def _root_owner(self, in_userns: bool) -> files.Owner:
-        """Who the container's root is, as the writer of its files sees ids."""
-        if in_userns:
-            return (0, 0)
-        if os.geteuid() != 0:
-            return None  # a rootless caller writes as itself: the container's root
-        if self._userns is not None:
-            return (userns.host_id(self._userns.uid, 0), userns.host_id(self._userns.gid, 0))
-        return (0, 0)
-
-    def _in_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
-        """``op(root_fd, owner)`` on the container's root, whatever its state (``rootview``).
-        What the kernel refuses on the way (a symlink loop, /proc's links, a file of /sys that
-        cannot be read, a directory that cannot be made in /proc) is a PyrtError naming the
-        path asked for, as the files module's own refusals are."""
-        try:
-            return self._on_root(what, op, write)
-        except OSError as e:
-            if isinstance(e, PyrtError):
-                raise
-            at = f" (at {e.filename})" if e.filename and e.filename != what else ""
-            raise PyrtError(f"{what}: {e.strerror or e}{at}") from None
-
-    def _on_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
-        with self._lock:
-            if self._removed:
-                raise PyrtError(f"container {self.id[:12]} was removed")
-            if self._alive() and self._proc is not None:
-                pid = self._proc.pid
-                try:
-                    if write and self._mapped_root() is not None:
-                        return rootview.call_running_as_its_root(pid, lambda fd: op(fd, (0, 0)))
-                    return rootview.call_running(pid, lambda fd: op(fd, self._root_owner(False)))
-                except PyrtError:
-                    # It exited just now: its layer is reached as a stopped one's.
-                    if self._proc.wait(0) is None:
-                        raise
-            d = self._ensure_dir()
-            if self.image.kind == "host":
-                if write:
-                    raise PyrtError(
-                        f"{what}: a container of the host image has a read-only root; write "
-                        "into a running one's /tmp or /run, or into a Bind or Tmpfs mount"
-                    )
-                return rootview.call_directory("/", lambda fd: op(fd, None))
-            if not overlay_supported():
-                owner = self._root_owner(False)
-                return rootview.call_directory(str(d.path / "copy"), lambda fd: op(fd, owner))
-            rootless = self._userns is not None and os.geteuid() != 0
-            ov = rootview.Overlay(
-                lower=self._lower(),
-                upper=str(d.upper),
-                work=str(d.work),
-                target=str(d.rootfs),
-                userxattr=self._userns is not None,
-            )
-            return rootview.call_stopped(ov, lambda fd: op(fd, self._root_owner(rootless)),
-                                         rootless)  # fmt: skip
+    def _note_live(self) -> None:
+        _live.add(self)
 
     def _spawn_detached(self) -> None:
         """Started with stdin from /dev/null and its output to the log, in a cgroup."""
@@ -817,16 +505,6 @@ def spec_preview(c: Container) -> dict[str, Any]:
     finally:
         c._dir = None
         d.remove()
-
-
-def _receive_fd(sock: int) -> int:
-    """The descriptor a child sent over ``sock`` (SCM_RIGHTS)."""
-    with socket.socket(fileno=os.dup(sock)) as s:
-        _, fds, _, _ = socket.recv_fds(s, 16, 1)
-    if not fds:
-        raise SpawnError("the container sent no terminal", stage="devices", errno=5)
-    os.set_inheritable(fds[0], False)
-    return fds[0]
 
 
 def _signal_number(sig: object) -> int:
