@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,33 @@ def test_sys_is_read_only(image: pyrt.Image) -> None:
     r = sh(image, "grep ' /sys ' /proc/mounts; touch /sys/kernel/x 2>&1; echo rc=$?")
     assert r.stdout.startswith("sysfs /sys sysfs ro,")
     assert "rc=1" in r.stdout
+
+
+CGROUP_LAYOUT = """
+import subprocess, sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+ls = ["ls", "/sys/fs/cgroup"]
+before = pyrt.run(img, ls, text=True).stdout.split()
+subprocess.run(["umount", "/sys/fs/cgroup/unified"], check=True)
+after = pyrt.run(img, ls, text=True).stdout.split()
+print("unified" in before, "unified" in after, len(before) - len(after))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.ismount("/sys/fs/cgroup/unified"),
+    reason="a hybrid cgroup layout (its unified tree unmounted in a namespace of the test's)",
+)
+def test_sys_fs_cgroup_follows_the_hosts_layout(rootfs: Path) -> None:
+    """A container's /sys/fs/cgroup has the host's hierarchies, which the starting process
+    reads from its mount table again only when the kernel says it changed: one unmounted
+    meanwhile (here in a mount namespace of the test's own) is gone from the next
+    container's."""
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                        CGROUP_LAYOUT, str(rootfs)], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False", "1"], r.stdout
 
 
 def test_read_only_bind_cannot_be_written(image: pyrt.Image, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@
 //! there is one, mounted inside, as runc and Docker lay it out.
 
 use std::ffi::CString;
+
+use serde::{Deserialize, Serialize};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -18,15 +20,19 @@ fn err(what: String) -> impl FnOnce(std::io::Error) -> SetupError {
     move |e| SetupError::io(Stage::Mount, what, &e)
 }
 
-/// (name under /sys/fs/cgroup, filesystem type, mount options) of the host's hierarchies.
-fn host_hierarchies() -> Vec<(String, String, String)> {
-    // Read into a buffer that usually holds it all: read_to_string starts small and doubles,
-    // a system call (and a seq_file restart) per step.
-    let mut info = String::with_capacity(64 * 1024);
-    let _ = std::fs::File::open("/proc/self/mountinfo")
-        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut info));
+/// One of the host's cgroup hierarchies: its name under /sys/fs/cgroup ("" for the mount
+/// itself), its file system type and the options that select it ("cpu,cpuacct").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hierarchy {
+    pub name: String,
+    pub fstype: String,
+    pub options: String,
+}
+
+/// The host's hierarchies in a mount table (/proc/self/mountinfo's text).
+pub fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
     let mut out = Vec::new();
-    for line in info.lines() {
+    for line in mountinfo.lines() {
         let Some((pre, post)) = line.split_once(" - ") else {
             continue;
         };
@@ -45,20 +51,41 @@ fn host_hierarchies() -> Vec<(String, String, String)> {
             .split(',')
             .filter(|o| !matches!(*o, "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "relatime"))
             .collect();
-        out.push((
-            name.trim_start_matches('/').to_string(),
-            fstype.to_string(),
-            keep.join(","),
-        ));
+        out.push(Hierarchy {
+            name: name.trim_start_matches('/').to_string(),
+            fstype: fstype.to_string(),
+            options: keep.join(","),
+        });
     }
     out
 }
 
-pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
+/// The host's hierarchies read here, when the parent did not send them (`Plan::host_cgroups`).
+fn read_hierarchies() -> Vec<Hierarchy> {
+    // Read into a buffer that usually holds it all: read_to_string starts small and doubles,
+    // a system call (and a seq_file restart) per step.
+    let mut info = String::with_capacity(64 * 1024);
+    let _ = std::fs::File::open("/proc/self/mountinfo")
+        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut info));
+    hierarchies(&info)
+}
+
+/// The host's layout on `dest`; `known`: its hierarchies as the parent read them.
+pub fn mount(root: &OwnedFd, dest: &Path, known: Option<&[Hierarchy]>) -> Result<(), SetupError> {
     let shown = dest.display().to_string();
     let target = ensure_in_root(root, dest, false).map_err(err(format!("creating {shown}")))?;
-    let hier = host_hierarchies();
-    if hier.iter().any(|(n, t, _)| n.is_empty() && t == "cgroup2") {
+    let read;
+    let hier = match known {
+        Some(h) => h,
+        None => {
+            read = read_hierarchies();
+            &read[..]
+        }
+    };
+    if hier
+        .iter()
+        .any(|h| h.name.is_empty() && h.fstype == "cgroup2")
+    {
         return syscall::mount(
             Some(c"cgroup2"),
             &fd_path(&target),
@@ -80,9 +107,13 @@ pub fn mount(root: &OwnedFd, dest: &Path) -> Result<(), SetupError> {
     // tmpfs is ours and empty, and nothing of the container runs yet: its mount points are
     // made and opened from here, one component each, without a walk from the root for each.
     let top = ensure_in_root(root, dest, false).map_err(err(format!("reopening {shown}")))?;
-    for (name, fstype, opts) in hier
+    for Hierarchy {
+        name,
+        fstype,
+        options: opts,
+    } in hier
         .iter()
-        .filter(|(n, _, _)| !n.is_empty() && !n.contains('/'))
+        .filter(|h| !h.name.is_empty() && !h.name.contains('/'))
     {
         let sub = dest.join(name);
         let t = mount_point(&top, name).map_err(err(format!("creating {}", sub.display())))?;
@@ -194,4 +225,32 @@ fn bind_own(
         libc::MS_REMOUNT | libc::MS_BIND | RO,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hierarchies_of_a_hybrid_table() {
+        let table = "\
+22 1 252:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,cpu,cpuacct
+33 22 0:29 / /mnt/cg rw - cgroup cgroup rw,memory
+";
+        let h = hierarchies(table);
+        let got: Vec<(&str, &str, &str)> = h
+            .iter()
+            .map(|h| (h.name.as_str(), h.fstype.as_str(), h.options.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("unified", "cgroup2", ""),
+                ("cpu,cpuacct", "cgroup", "cpu,cpuacct")
+            ]
+        );
+    }
 }

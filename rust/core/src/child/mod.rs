@@ -14,7 +14,7 @@
 //!
 //! The order of the steps matters and is the one below (bubblewrap's `main()` is the model).
 
-mod cgroupfs;
+pub mod cgroupfs;
 mod console;
 mod devices;
 pub mod gate;
@@ -215,7 +215,7 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     // 4. The spec's mounts in order (/proc, /dev, /dev/pts, ..., binds, tmpfs), each target
     //    resolved inside the root.
     for m in &plan.mounts {
-        rootfs::mount_one(&root, m)?;
+        rootfs::mount_one(&root, m, plan.host_cgroups.as_deref())?;
     }
     // 5. Device nodes and symlinks of a fresh /dev, while the host's nodes are still reachable.
     if plan.default_devices {

@@ -330,7 +330,13 @@ fn locked_flags(fd: &OwnedFd) -> u64 {
 }
 
 /// Carries out one of the spec's mounts inside the root.
-pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
+/// Mounts `m` in the root; `cgroups`: the host's cgroup hierarchies, when the parent read them
+/// (`Plan::host_cgroups`).
+pub fn mount_one(
+    root: &OwnedFd,
+    m: &Mount,
+    cgroups: Option<&[super::cgroupfs::Hierarchy]>,
+) -> Result<()> {
     let dest = m.destination.display();
     let fl = &m.flags;
     match &m.kind {
@@ -404,7 +410,7 @@ pub fn mount_one(root: &OwnedFd, m: &Mount) -> Result<()> {
         }
         // runc's convention: "cgroup" stands for the host's whole cgroup layout.
         MountKind::Fs { fstype, .. } if fstype == "cgroup" => {
-            super::cgroupfs::mount(root, &m.destination)
+            super::cgroupfs::mount(root, &m.destination, cgroups)
         }
         MountKind::Fs { fstype, source } => {
             let target = ensure_in_root(root, &m.destination, false).map_err(mount_err(

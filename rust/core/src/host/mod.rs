@@ -5,6 +5,7 @@
 pub mod idmount;
 pub mod io;
 pub mod logs;
+pub mod mountinfo;
 pub mod netns;
 pub mod portfwd;
 pub mod statefile;

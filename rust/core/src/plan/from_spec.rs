@@ -240,6 +240,7 @@ impl Plan {
             new_cgroupns,
             process,
             devices: plan_devices(linux)?,
+            host_cgroups: None,
             detached: false,
             gate_fd: None,
             hooks: plan_hooks(spec),

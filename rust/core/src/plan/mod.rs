@@ -174,6 +174,11 @@ pub struct Plan {
     /// `linux.devices`: nodes made in the container's /dev (after the default ones).
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// The host's cgroup hierarchies, for a `cgroup` mount: read by the parent before the
+    /// clone, from a mount table it reads again only when it changed (`host::mountinfo`); the
+    /// child reads its own when they are absent.
+    #[serde(default)]
+    pub host_cgroups: Option<Vec<crate::child::cgroupfs::Hierarchy>>,
     /// The container outlives the process that made it (`pyrt-runc create`): no parent-death
     /// signal, no lifeline.
     #[serde(default)]

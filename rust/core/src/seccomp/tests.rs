@@ -21,6 +21,7 @@ fn run(p: &Program, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
             }
             AND_K => acc &= k,
             RET_K => return k,
+            JA => pc += k as usize,
             JEQ_K | JGT_K | JGE_K => {
                 let t = match code {
                     JEQ_K => acc == k,
