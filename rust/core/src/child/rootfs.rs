@@ -176,7 +176,7 @@ fn scratch_options(target: &std::ffi::CStr) -> io::Result<CString> {
     // SAFETY: sysconf takes no pointers.
     let memory = u64::try_from(unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }).unwrap_or(0);
     let half = (memory / 2).max(1);
-    let pages = u64::from(st.f_bavail).saturating_mul(st.f_frsize) / 4096;
+    let pages = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)) / 4096;
     let mut opts = format!("mode=700,size={}", pages.clamp(1, half) * 4096);
     if st.f_files > 0 {
         // (A file system without a count of inodes, such as btrfs, reports none.)

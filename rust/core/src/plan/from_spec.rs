@@ -480,7 +480,8 @@ fn plan_root(spec: &Spec) -> Result<Root, PlanError> {
                     "a scratch layer has no upper or work directory",
                 ));
             }
-            vec![]
+            // Its directories are made under the root's mount point: the same rule.
+            vec![&path]
         } else {
             vec![&ov.upper, &ov.work]
         };

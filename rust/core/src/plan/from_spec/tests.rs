@@ -84,6 +84,13 @@ fn a_scratch_layer_has_no_host_directories() {
     }
     let e = with(r#"{"lower":["/l"],"upper":"/u","work":"/w","scratch":true}"#).unwrap_err();
     assert!(e.to_string().contains("scratch"), "{e}");
+    // The root's mount point holds its directories: no ',' to add options with.
+    let comma = spec(
+        r#","annotations":{"run.pyrt.rootfs.overlay":"{\"lower\":[\"/l\"],\"scratch\":true}"}"#,
+    )
+    .replacen("/tmp/r", "/tmp/r,lowerdir=/etc", 1);
+    let e = Plan::from_json(&comma).unwrap_err();
+    assert!(e.to_string().contains("free of ','"), "{e}");
     // Without scratch the directories are needed.
     assert!(with(r#"{"lower":["/l"]}"#).is_err());
 }
