@@ -10,11 +10,6 @@ from pyrt.config.sizes import Size, parse_size
 from pyrt.host import kernel
 
 
-def _recursive_attrs() -> bool:
-    """Whether the kernel sets a mount's attributes on all below it (mount_setattr, 5.12)."""
-    return kernel.at_least(5, 12)
-
-
 @dataclass(frozen=True)
 class Bind:
     """A host path bound into the container at ``target``; a missing target is created inside
@@ -35,7 +30,7 @@ class Bind:
 
     def to_spec(self) -> dict[str, object]:
         opts = ["rbind", "ro" if self.readonly else "rw", "nosuid", "nodev", "rprivate"]
-        if self.readonly and _recursive_attrs():
+        if self.readonly and kernel.at_least(5, 12):  # (mount_setattr's AT_RECURSIVE)
             # Read-only all the way down: "ro" alone leaves the mounts below the source
             # writable (a tmpfs under a bound /home, the host's /tmp under a bound /), as
             # Docker before 25 did.

@@ -108,8 +108,7 @@ class ContainerRoot:
         except OSError as e:
             if isinstance(e, PyrtError):
                 raise
-            at = f" (at {e.filename})" if e.filename and e.filename != what else ""
-            raise PyrtError(f"{what}: {e.strerror or e}{at}") from None
+            raise files.os_error(e, what) from None
 
     def _on_root(self, what: str, op: Callable[[int, files.Owner], bytes], write: bool) -> bytes:
         with self._lock:

@@ -122,7 +122,7 @@ def _open_regular(root: int, path: str, flags: int, dir_hint: str = "") -> int:
     except NotADirectoryError:
         raise PyrtError(f"{path}: a component of the path is not a directory") from None
     except OSError as e:  # (a symlink loop, or one of /proc's links, which lead elsewhere)
-        raise _os_error(e, path) from None
+        raise os_error(e, path) from None
     else:
         try:
             seen = os.fstat(probe)
@@ -137,7 +137,7 @@ def _open_regular(root: int, path: str, flags: int, dir_hint: str = "") -> int:
     except OSError as e:
         if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO without a reader, a directory
             raise PyrtError(f"{path}: not a regular file in the container") from None
-        raise _os_error(e, path) from None
+        raise os_error(e, path) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or (
         seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino)
@@ -166,7 +166,7 @@ def write_file(root: int, path: str, data: bytes, mode: int, owner: Owner) -> No
         while view:
             view = view[os.write(fd, view) :]
     except OSError as e:
-        raise _os_error(e, path) from None
+        raise os_error(e, path) from None
     finally:
         os.close(fd)
 
@@ -192,15 +192,18 @@ def _read(fd: int, path: str) -> bytes:
     except BlockingIOError:  # (the descriptor does not block: /proc/kmsg waits for messages)
         raise PyrtError(f"{path}: a file that waits for data, not one read to its end") from None
     except OSError as e:  # (/proc/PID/mem, the containers' other files of the kernel's)
-        raise _os_error(e, path) from None
+        raise os_error(e, path) from None
 
 
-def _os_error(e: OSError, path: str) -> PyrtError:
+def os_error(e: OSError, path: str) -> PyrtError:
+    """An OSError met on the way to or at ``path`` (the container path asked for) as the
+    PyrtError that names it, with the part of the path where it happened when that differs."""
     if e.errno == errno.ENOSPC:
         return PyrtError(f"{path}: no space left in the container's filesystem")
     if e.errno == errno.EROFS:
         return PyrtError(f"{path}: the container's filesystem is read-only there")
-    return PyrtError(f"{path}: {e.strerror or e}")
+    at = f" (at {e.filename})" if e.filename and e.filename != path else ""
+    return PyrtError(f"{path}: {e.strerror or e}{at}")
 
 
 # --- archives out --------------------------------------------------------------------------
@@ -446,7 +449,7 @@ def copy_in(root: int, host: str, target: str, owner: Owner) -> Copied:
     try:
         _copy_entry(host, parent, name, owner, links, result)
     except OSError as e:
-        raise _os_error(e, target) from None
+        raise os_error(e, target) from None
     finally:
         os.close(parent)
         for fd, _ in links.values():
