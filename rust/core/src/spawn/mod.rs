@@ -29,13 +29,15 @@
 //!
 //! Here: `spawn`, `spawn_held` and `release`; `prepare.rs` adjusts a request before the clone
 //! (namespaces to be born in, descriptors handed down), `clone.rs` is the spawner thread and
-//! `child_fn`, `image.rs` the sealed memfd, `process.rs` the started process (`Child`).
+//! `child_fn`, `image.rs` the sealed memfd, `process.rs` the started process (`Child`),
+//! `teardown.rs` the end of its mount namespace off the waiter's path.
 
 mod clone;
 mod image;
 mod prepare;
 mod process;
 mod server;
+mod teardown;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -352,6 +354,11 @@ fn clone_child(
         (pid, pidfd, err_r)
     };
     let child = Child::new(pid, pidfd, plan_w, status_r);
+    // Its mount namespace is then unmounted after its end is reported, not before (0.2-0.3 ms
+    // of a run here): see `teardown`.
+    if matches!(request, Request::Create(p) if p.clone_flags & libc::CLONE_NEWNS as u64 != 0) {
+        child.hold_mount_ns();
+    }
     // v2: into the cgroup before the child has its plan, so before the command's first
     // instruction. (v1: it was born there.)
     if let Some(cg) = place.cgroup {

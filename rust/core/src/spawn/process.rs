@@ -16,6 +16,8 @@ pub struct Child {
     /// The return code once reaped. Behind a lock, so that a `Child` can be waited for,
     /// signalled and asked from several threads at once (the reap itself is made under it).
     status: std::sync::Mutex<Option<i32>>,
+    /// The mount namespace it made, held until it is reaped (`teardown`).
+    mount_ns: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl Child {
@@ -26,6 +28,25 @@ impl Child {
             _lifeline: lifeline,
             status_pipe,
             status: std::sync::Mutex::new(None),
+            mount_ns: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Holds the mount namespace the process made, so that its unmounting happens after the
+    /// process is reaped, on the teardown thread, rather than in its exit (`teardown`).
+    pub(super) fn hold_mount_ns(&self) {
+        let ns = super::teardown::mount_ns(self.pid, &self.pidfd);
+        *self.mount_ns.lock().unwrap_or_else(|e| e.into_inner()) = ns;
+    }
+
+    fn release_mount_ns(&self) {
+        let ns = self
+            .mount_ns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(ns) = ns {
+            super::teardown::close_later(ns);
         }
     }
 
@@ -116,6 +137,8 @@ impl Child {
             };
         }
         *done = Some(code);
+        drop(done);
+        self.release_mount_ns();
         Ok(Some(code))
     }
 
@@ -146,5 +169,11 @@ impl Child {
 
     pub fn returncode(&self) -> Option<i32> {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.release_mount_ns();
     }
 }
