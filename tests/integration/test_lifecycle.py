@@ -112,6 +112,45 @@ def test_the_exec_server_of_a_container(image: pyrt.Image, userns: bool) -> None
     assert not exec_servers()
 
 
+def _seccomp_of(status: str) -> tuple[str, str]:
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return fields["Seccomp"].strip(), fields["Seccomp_filters"].strip()
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+def test_the_exec_server_carries_the_containers_seccomp_filter(
+    image: pyrt.Image, userns: bool
+) -> None:
+    """The server installs the container's filter on itself once; its execs inherit it and
+    attach none of their own: one filter in each, the first exec (made without the server)
+    and the served ones alike, whatever user, directory or environment they ask for. What the
+    filter refuses stays refused in a served exec."""
+    c = pyrt.Container(image, ["sleep", "120"], rootless=userns).start()
+    try:
+        show = ["cat", "/proc/self/status"]
+        seen = [_seccomp_of(c.exec(show, text=True).stdout) for _ in range(3)]
+        seen.append(_seccomp_of(c.exec(show, text=True, user="nobody", workdir="/tmp").stdout))
+        seen.append(_seccomp_of(c.exec(show, text=True, env={"X": "1"}).stdout))
+        assert seen == [("2", "1")] * 5, seen
+        (server,) = exec_servers()
+        assert _seccomp_of(Path(f"/proc/{server}/status").read_text()) == ("2", "1")
+        # Docker's policy refuses unshare(CLONE_NEWUSER) to a container without
+        # CAP_SYS_ADMIN: EPERM from the filter, whether the exec is served or not.
+        r = c.exec(["unshare", "-U", "true"], text=True)
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, r
+    finally:
+        c.remove()
+    # A privileged container has no filter, nor its server.
+    c = pyrt.Container(image, ["sleep", "120"], privileged=True).start()
+    try:
+        seen = [_seccomp_of(c.exec(show, text=True).stdout) for _ in range(3)]
+        assert seen == [("0", "0")] * 3, seen
+        (server,) = exec_servers()
+        assert _seccomp_of(Path(f"/proc/{server}/status").read_text()) == ("0", "0")
+    finally:
+        c.remove()
+
+
 SERVED_THEN_DIES = """
 import sys, pyrt
 c = pyrt.Container(pyrt.Image.load(sys.argv[1]), ["sleep", "120"], rootless=True).start()

@@ -89,18 +89,26 @@ impl ExecServer {
 /// Starts the exec server of the running container whose first process is `target` (a host
 /// pid), its execs born in the cgroup whose directories are `cgroup_paths` (may be empty).
 #[pyfunction]
-#[pyo3(signature = (target, cgroup_paths=Vec::new()))]
+#[pyo3(signature = (target, cgroup_paths=Vec::new(), seccomp_json=None))]
 pub(crate) fn exec_server(
     py: Python<'_>,
     target: i32,
     cgroup_paths: Vec<String>,
+    seccomp_json: Option<&str>,
 ) -> PyResult<ExecServer> {
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let filter = seccomp_json
+        .map(pyrt_core::seccomp::from_json)
+        .transpose()
+        .map_err(|e| {
+            let e = format!("linux.seccomp: {e}");
+            spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e))
+        })?;
     let server = py
         .detach(|| {
             let paths: Vec<std::path::PathBuf> = cgroup_paths.iter().map(Into::into).collect();
             let cgroup = runtime::cgroup_of(&paths);
-            pyrt_core::spawn::ExecServer::start(image, target, cgroup.as_ref())
+            pyrt_core::spawn::ExecServer::start(image, target, cgroup.as_ref(), filter)
         })
         .map_err(|e| spawn_error(py, &e))?;
     Ok(ExecServer {

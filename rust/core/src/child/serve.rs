@@ -12,6 +12,10 @@
 //! container's first process does (its pidfd), when the caller drops the socket, and with the
 //! caller (the parent-death signal).
 //!
+//! With a seccomp filter in its plan (the container's), the server installs it once it has
+//! joined, and each fork inherits it: the caller then sends execs without one of their own
+//! (`spawn::ExecServer::exec`), so that the filter is not attached again at every exec.
+//!
 //! The protocol, on a unix stream socket: the caller sends one byte with six descriptors (the
 //! exec's stdin, stdout, stderr, plan pipe, error pipe and status pipe, which become its fds
 //! 0-5); the server answers with the pid as four little-endian bytes and a pidfd of it, or
@@ -37,6 +41,15 @@ pub fn run(plan: &ServePlan) -> Result<std::convert::Infallible, SetupError> {
     // Joining the user namespace changed our credentials, which clears the parent-death
     // signal that clone's child set: armed again, and the lifeline checked.
     super::rearm_parent_death()?;
+    if let Some(p) = &plan.seccomp {
+        crate::seccomp::install(p).map_err(|e| {
+            SetupError::io(
+                Stage::Seccomp,
+                "installing the container's seccomp filter",
+                &e,
+            )
+        })?;
+    }
     // Ready: EOF on the error pipe tells the caller so. The status pipe is not ours to use.
     // SAFETY: closing our own copies.
     unsafe {

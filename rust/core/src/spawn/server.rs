@@ -19,6 +19,7 @@ use super::{Pending, Pipes, Placement};
 use crate::cgroups::Cgroup;
 use crate::plan::{ExecPlan, Request, ServePlan};
 use crate::report::{SetupError, Stage};
+use crate::seccomp::Program;
 
 /// A running exec server and the socket to it. Dropping it ends the server.
 #[derive(Debug)]
@@ -26,15 +27,20 @@ pub struct ExecServer {
     /// One exec at a time: a request and its answer are not interleaved with another's.
     socket: Mutex<OwnedFd>,
     server: Child,
+    /// The seccomp filter the server installed on itself, which its forks inherit.
+    filter: Option<Program>,
 }
 
 impl ExecServer {
     /// Starts the server of the container whose first process is `target`, in whose `cgroup`
-    /// its execs are born. Returns once it has joined the container's namespaces.
+    /// its execs are born. Returns once it has joined the container's namespaces (and
+    /// installed `filter` on itself, the container's seccomp filter, which only execs that
+    /// have this one go through it with: see `exec`).
     pub fn start(
         image: &ChildImage,
         target: i32,
         cgroup: Option<&Cgroup>,
+        filter: Option<Program>,
     ) -> Result<ExecServer, SetupError> {
         fn err(what: &'static str) -> impl Fn(io::Error) -> SetupError {
             move |e| spawn_err(what, e)
@@ -74,6 +80,7 @@ impl ExecServer {
             socket: theirs.as_raw_fd(),
             enter: enter.iter().map(AsRawFd::as_raw_fd).collect(),
             leave: leave.iter().map(AsRawFd::as_raw_fd).collect(),
+            seccomp: filter.clone(),
         };
         let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
         let stdio = [null.as_raw_fd(); 3];
@@ -81,6 +88,7 @@ impl ExecServer {
         Ok(ExecServer {
             socket: Mutex::new(ours),
             server,
+            filter,
         })
     }
 
@@ -94,6 +102,12 @@ impl ExecServer {
     /// the caller spawns the exec the ordinary way instead.
     pub fn exec(&self, plan: ExecPlan, stdio: [RawFd; 3]) -> Result<Child, Option<SetupError>> {
         let mut plan = plan;
+        // The server's forks carry its filter: an exec with that one has it already, and one
+        // with any other (or none) would get the two stacked, so it goes the ordinary way.
+        if plan.seccomp != self.filter {
+            return Err(None);
+        }
+        plan.seccomp = None;
         // Born in the pid namespace and joined to every other one by the server already.
         plan.fork_into_pidns = false;
         plan.pidfd = None;
