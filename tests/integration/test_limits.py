@@ -3,10 +3,12 @@ far as that tree offers)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,3 +208,36 @@ def test_cgroups_of_a_crashed_parent_are_collected(rootfs: Path) -> None:
         p.wait()
     assert cid in collect_stale()
     assert not any(os.path.exists(x) for x in paths)
+
+
+def test_a_detached_containers_cgroups_are_noted_in_its_state(image: pyrt.Image) -> None:
+    """A started container's cgroups are noted in its state.json (no separate listing: one
+    file fewer at each start), and the stale collection reads them from there."""
+    from pyrt.host.collect import remove_cgroups
+
+    c = pyrt.Container(image, ["sleep", "60"]).start()
+    try:
+        assert c._dir is not None and c._proc is not None
+        paths = c._proc.cgroup_paths()
+        assert paths and not (c._dir.path / "cgroups").exists()
+        noted = json.loads(c._dir.state_file.read_text())["cgroups"]
+        assert noted == paths
+    finally:
+        c.remove()
+    # The collection, from a state.json alone: a cgroup made for it, then damaged states.
+    memory = next((p for p in paths if "/memory/" in p), paths[0])
+    made = os.path.join(os.path.dirname(memory), "pyrt-collect-from-state")
+    os.mkdir(made)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            state = os.path.join(d, "state.json")
+            for damaged in ("{", '{"cgroups": 3}', '{"cgroups": [null, 4]}', "[]"):
+                Path(state).write_text(damaged)
+                remove_cgroups(os.path.join(d, "cgroups"), state)
+            assert os.path.isdir(made)
+            Path(state).write_text(json.dumps({"cgroups": [made]}))
+            remove_cgroups(os.path.join(d, "cgroups"), state)
+            assert not os.path.exists(made)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(made)

@@ -181,7 +181,8 @@ class ContainerSpawning:
                 if ours >= 0:
                     self.console = _receive_fd(ours)
                 fault("spawned")
-                if d is not None:
+                if d is not None and not cgroup:
+                    # (A detached container's go into its state just below, one file fewer.)
                     d.record_cgroups(self._proc.cgroup_paths())
                 if cgroup and d is not None:
                     pid = self._proc.pid

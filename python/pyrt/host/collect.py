@@ -23,7 +23,7 @@ def collect_stale(only: Optional[set[str]] = None) -> list[str]:
     when given); returns their ids."""
 
     def clean(path: str) -> None:
-        remove_cgroups(os.path.join(path, "cgroups"))
+        remove_cgroups(os.path.join(path, "cgroups"), os.path.join(path, "state.json"))
         remove_tree(Path(path))
 
     if only is None:
@@ -107,14 +107,30 @@ def _still_linked(fd: int, path: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def remove_cgroups(listing: str) -> None:
-    """Kills what is left in each cgroup named in ``listing`` and removes it."""
+def remove_cgroups(listing: str, state: Optional[str] = None) -> None:
+    """Kills what is left in each cgroup named in ``listing`` and removes it. A detached
+    container's are noted in its ``state`` (state.json) instead: read from there when there is
+    no listing."""
     try:
         with open(listing) as f:
             paths = [p for p in f.read().split("\n") if p]
     except FileNotFoundError:
-        return
+        paths = _state_cgroups(state) if state is not None else []
     remove_cgroup(paths)
+
+
+def _state_cgroups(state: str) -> list[str]:
+    """The cgroups a state.json notes, [] when it notes none (or is damaged: then `pyrt gc`
+    and the helper find them by name)."""
+    import json
+
+    try:
+        with open(state) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    found = data.get("cgroups") if isinstance(data, dict) else None
+    return [p for p in found if isinstance(p, str) and p] if isinstance(found, list) else []
 
 
 def remove_cgroup(cgroup_dirs: list[str]) -> None:
