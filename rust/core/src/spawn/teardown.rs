@@ -8,7 +8,9 @@
 //! namespace from the start makes the container's exit drop a reference instead of the
 //! last one, and the unmounting happens when that descriptor is closed: here, by a thread of
 //! ours, after the caller has been told. Nothing outlives the caller: its descriptors, and so
-//! the namespace, go with it whatever way it ends.
+//! the namespace, go with it whatever way it ends (close-on-exec, they do not reach what it
+//! executes; a child it forks without executing, which has no teardown thread, keeps its copies
+//! until it exits or executes, as it keeps every other descriptor).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc;
