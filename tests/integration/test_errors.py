@@ -150,18 +150,25 @@ for _ in range(200):  # the failed start's directory, if it went through the tra
     time.sleep(0.05)
 if (state / "trash").exists():
     (state / "trash").rmdir()  # (made again when there is room)
-full = []  # what the failed start freed again, taken: the state's disk is full
-while True:
-    try:
-        (state / f"full{len(full)}").write_text("")
-        full.append(state / f"full{len(full)}")
-    except OSError:
-        break
+full = []
+
+
+def fill_up():  # what was freed, taken again: the state's disk is full
+    while True:
+        try:
+            (state / f"full{len(full)}").write_text("")
+            full.append(state / f"full{len(full)}")
+        except OSError:
+            break
+
+
+fill_up()
 out["trash made"] = (state / "trash").exists()
 try:  # its old layer cannot go to a trash that cannot be made: it is deleted in place
     out["reset"] = running[-1].reset().status
 except pyrt.PyrtError as e:  # (or the overlay finds no inode for its work directory)
     out["reset"] = type(e).__name__
+fill_up()  # (a failed reset leaves its container's layer deleted, its inodes free)
 try:
     pyrt.Network(name="full")
     out["network"] = "made"

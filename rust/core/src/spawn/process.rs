@@ -17,7 +17,7 @@ pub struct Child {
     /// signalled and asked from several threads at once (the reap itself is made under it).
     status: std::sync::Mutex<Option<i32>>,
     /// The mount namespace it made, held until it is reaped (`teardown`).
-    mount_ns: std::sync::Mutex<Option<OwnedFd>>,
+    mount_ns: std::sync::Mutex<Option<super::teardown::Hold>>,
 }
 
 impl Child {
@@ -33,21 +33,20 @@ impl Child {
     }
 
     /// Holds the mount namespace the process made, so that its unmounting happens after the
-    /// process is reaped, on the teardown thread, rather than in its exit (`teardown`).
+    /// process is reaped, on a thread of ours, rather than in its exit (`teardown`).
     pub(super) fn hold_mount_ns(&self) {
-        let ns = super::teardown::mount_ns(self.pid, &self.pidfd);
-        *self.mount_ns.lock().unwrap_or_else(|e| e.into_inner()) = ns;
+        let hold = super::teardown::hold_mount_ns(self.pid, &self.pidfd);
+        *self.mount_ns.lock().unwrap_or_else(|e| e.into_inner()) = hold;
     }
 
     fn release_mount_ns(&self) {
-        let ns = self
+        // (Dropped outside the lock: the holder thread ends on its own time.)
+        let hold = self
             .mount_ns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(ns) = ns {
-            super::teardown::close_later(ns);
-        }
+        drop(hold);
     }
 
     /// The plan pipe's write end, which the plan is sent on.
