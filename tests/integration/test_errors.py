@@ -273,4 +273,7 @@ def test_full_disks_are_typed_errors_that_leave_nothing(rootfs: Path, tmp_path: 
     assert out["save"][0] == "ImageError" and str(dest) in out["save"][1], out
     assert out["archive"][0] == "ImageError", out
     assert out["store tmp"] == [] and out["dest"] == [], out
-    assert out["full reset"] == ["SpawnError", "state", errno.ENOSPC], out
+    # The old layer moves to the trash with no inode to spare, and the helper deletes it
+    # there while the reset goes on: the fresh layer finds the room that frees (running), or
+    # not yet (a typed ENOSPC naming the state).
+    assert out["full reset"] in ("running", ["SpawnError", "state", errno.ENOSPC]), out
