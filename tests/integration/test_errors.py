@@ -150,25 +150,25 @@ for _ in range(200):  # the failed start's directory, if it went through the tra
     time.sleep(0.05)
 if (state / "trash").exists():
     (state / "trash").rmdir()  # (made again when there is room)
-full = []
 
 
-def fill_up():  # what was freed, taken again: the state's disk is full
+def fill_up(files, name, data=""):  # files in the state until it is full; its error
     while True:
         try:
-            (state / f"full{len(full)}").write_text("")
-            full.append(state / f"full{len(full)}")
-        except OSError:
-            break
+            (state / f"{name}{len(files)}").write_text(data)
+            files.append(state / f"{name}{len(files)}")
+        except OSError as e:
+            return str(e)
 
 
-fill_up()
+full = []  # what the failed start freed, taken again: the state's disk is full
+fill_up(full, "full")
 out["trash made"] = (state / "trash").exists()
 try:  # its old layer cannot go to a trash that cannot be made: it is deleted in place
     out["reset"] = running[-1].reset().status
 except pyrt.PyrtError as e:  # (or the overlay finds no inode for its work directory)
     out["reset"] = type(e).__name__
-fill_up()  # (a failed reset leaves its container's layer deleted, its inodes free)
+fill_up(full, "full")  # (a failed reset leaves its container's layer deleted, its inodes free)
 try:
     pyrt.Network(name="full")
     out["network"] = "made"
@@ -196,12 +196,7 @@ for what, call in (("commit", lambda: c.commit(tag="full:1")),
 out["store tmp"] = os.listdir(store / "tmp")
 out["dest"] = os.listdir(dest)
 fill = []  # the state's disk full again, a trash there: the old layer moves, a new one cannot be
-while True:
-    try:
-        (state / f"fill{len(fill)}").write_text("x")
-        fill.append(state / f"fill{len(fill)}")
-    except OSError:
-        break
+fill_up(fill, "fill", "x")
 try:
     c.reset()
     out["full reset"] = c.status
@@ -215,13 +210,7 @@ for _ in range(200):  # room made (once the helper has emptied the trash), then 
         break  # network's files (its directory, lock, members, slirp4netns's log and socket)
     time.sleep(0.05)  # runs short once
 fill = []
-while True:
-    try:
-        (state / f"fill{len(fill)}").write_text("")
-        fill.append(state / f"fill{len(fill)}")
-    except OSError as e:
-        out["fill"] = [len(fill), str(e)]  # (for the message of a failure)
-        break
+out["fill"] = fill_up(fill, "fill")  # (for the message of a failure)
 out["network short"] = []
 while fill:
     try:
