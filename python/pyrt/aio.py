@@ -45,7 +45,11 @@ async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int
         return code
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    fd = proc.pidfd
+    try:
+        # Our own copy: the process's is closed when another thread reaps it meanwhile.
+        fd = proc.dup_pidfd()
+    except ProcessLookupError:
+        return proc.wait(0)
 
     def exited() -> None:
         if not done.done():
@@ -58,6 +62,7 @@ async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int
         return None
     finally:
         loop.remove_reader(fd)
+        os.close(fd)
     return proc.wait(0)
 
 

@@ -160,6 +160,31 @@ def test_each_container_gets_a_fresh_network_namespace(image: pyrt.Image) -> Non
     assert not netns_descriptors()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces are made ahead only for root")
+def test_the_thread_making_namespaces_ahead_has_a_descriptor_table_of_its_own(
+    image: pyrt.Image,
+) -> None:
+    """The thread that makes the next network namespace opens a socket to bring its ``lo`` up,
+    at any moment: in the process's own table, that was one more descriptor of the caller's
+    now and then (a caller counting its descriptors saw it). Its table is its own, empty
+    between namespaces, and has none of the process's: a file opened here is not in it."""
+    pyrt.run(image, ["true"])  # (the thread starts at the first take)
+    comm = {t: Path(f"/proc/self/task/{t}/comm").read_text().strip()
+            for t in os.listdir("/proc/self/task")}  # fmt: skip
+    makers = [t for t, name in comm.items() if name == "pyrt-netns-next"]
+    assert len(makers) == 1, makers
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        ours = os.listdir(f"/proc/self/task/{os.getpid()}/fd")
+        assert str(fd) in ours
+        for _ in range(3):
+            pyrt.run(image, ["true"])
+            time.sleep(0.05)  # (the next one made meanwhile)
+            assert os.listdir(f"/proc/self/task/{makers[0]}/fd") == []
+    finally:
+        os.close(fd)
+
+
 def test_ports_imply_a_private_network(image: pyrt.Image) -> None:
     # As `pyrt run -p` does: publishing a port without naming a network gives a private one.
     with pyrt.Container(

@@ -177,10 +177,12 @@ impl Process {
         self.child.pid
     }
 
-    #[getter]
-    fn pidfd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.child.pidfd.as_raw_fd()
+    /// A new descriptor of its pidfd (readable once it has exited), which the caller closes;
+    /// ProcessLookupError once it has been reaped (its own is closed then).
+    fn dup_pidfd(&self) -> PyResult<i32> {
+        use std::os::fd::IntoRawFd;
+        let fd = self.child.pidfd().and_then(|fd| fd.try_clone());
+        fd.map(IntoRawFd::into_raw_fd).map_err(|e| os_error(&e))
     }
 
     #[getter]

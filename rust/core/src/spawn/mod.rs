@@ -460,14 +460,16 @@ pub fn release_with(
         sent,
         report: err_r,
     } = pending;
-    // Send the plan. A child that died early makes this fail with EPIPE; its report says why.
-    let mut w = std::fs::File::from(
-        child
-            .lifeline()
-            .try_clone()
-            .map_err(|e| spawn_err("dup", e))?,
-    );
-    let _ = w.write_all(&request_bytes[sent..]);
+    // Send the plan. A child that died early makes this fail with EPIPE (or has no pipe left,
+    // once reaped); its report says why.
+    let mut w = match child.lifeline() {
+        Ok(fd) => Some(std::fs::File::from(
+            fd.try_clone().map_err(|e| spawn_err("dup", e))?,
+        )),
+        Err(_) => None,
+    };
+    let mut send = |bytes: &[u8]| w.as_mut().map(|w| w.write_all(bytes));
+    let _ = send(&request_bytes[sent..]);
 
     let mut err_r = std::fs::File::from(err_r);
     let mut report = Vec::new();
@@ -476,9 +478,8 @@ pub fn release_with(
     if &head == SYNC_RECORD {
         match on_sync(child.pid) {
             Ok(state) => {
-                let _ = w
-                    .write_all(&(state.len() as u32).to_le_bytes())
-                    .and_then(|_| w.write_all(state.as_bytes()));
+                let _ = send(&(state.len() as u32).to_le_bytes());
+                let _ = send(state.as_bytes());
             }
             Err(e) => {
                 let _ = child.kill(libc::SIGKILL);

@@ -1,57 +1,90 @@
 //! A started process, its pidfd and its exit status.
+//!
+//! Its three descriptors are closed as soon as it is reaped, not when the `Child` is dropped:
+//! a caller may keep the handles of many ended containers (a list of them, a test's results),
+//! and three descriptors each would run it out of its 1024. Each user takes its own reference
+//! to a descriptor (an `Arc`) for as long as it uses the number, so that a reap by another
+//! thread never closes a descriptor under a `poll` or a `pidfd_send_signal`, which could then
+//! reach whatever the number was given to next.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A started process: a container's first process, or one exec'd into a container.
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
-    pub pidfd: OwnedFd,
-    /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
-    _lifeline: OwnedFd,
-    /// Where an init (pid 1) reports the command's real wait status.
-    status_pipe: OwnedFd,
+    /// Until it is reaped.
+    fds: Mutex<Option<Fds>>,
     /// The return code once reaped. Behind a lock, so that a `Child` can be waited for,
     /// signalled and asked from several threads at once (the reap itself is made under it).
-    status: std::sync::Mutex<Option<i32>>,
+    status: Mutex<Option<i32>>,
     /// The mount namespace it made, held until it is reaped (`teardown`).
-    mount_ns: std::sync::Mutex<Option<super::teardown::Hold>>,
+    mount_ns: Mutex<Option<super::teardown::Hold>>,
+}
+
+#[derive(Debug)]
+struct Fds {
+    pidfd: Arc<OwnedFd>,
+    /// The write end of the plan pipe, kept open: the child checks it to learn whether we died.
+    lifeline: Arc<OwnedFd>,
+    /// Where an init (pid 1) reports the command's real wait status.
+    status_pipe: OwnedFd,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a use of a reaped process's descriptor gets: it has none left.
+fn reaped() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESRCH)
 }
 
 impl Child {
     pub(super) fn new(pid: i32, pidfd: OwnedFd, lifeline: OwnedFd, status_pipe: OwnedFd) -> Child {
         Child {
             pid,
-            pidfd,
-            _lifeline: lifeline,
-            status_pipe,
-            status: std::sync::Mutex::new(None),
-            mount_ns: std::sync::Mutex::new(None),
+            fds: Mutex::new(Some(Fds {
+                pidfd: Arc::new(pidfd),
+                lifeline: Arc::new(lifeline),
+                status_pipe,
+            })),
+            status: Mutex::new(None),
+            mount_ns: Mutex::new(None),
         }
+    }
+
+    /// Its pidfd, for as long as the returned reference is held (ESRCH once reaped).
+    pub fn pidfd(&self) -> io::Result<Arc<OwnedFd>> {
+        locked(&self.fds)
+            .as_ref()
+            .map(|f| Arc::clone(&f.pidfd))
+            .ok_or_else(reaped)
     }
 
     /// Holds the mount namespace the process made, so that its unmounting happens after the
     /// process is reaped, on a thread of ours, rather than in its exit (`teardown`).
     pub(super) fn hold_mount_ns(&self) {
-        let hold = super::teardown::hold_mount_ns(self.pid, &self.pidfd);
-        *self.mount_ns.lock().unwrap_or_else(|e| e.into_inner()) = hold;
+        let Ok(pidfd) = self.pidfd() else { return };
+        let hold = super::teardown::hold_mount_ns(self.pid, &pidfd);
+        *locked(&self.mount_ns) = hold;
     }
 
     fn release_mount_ns(&self) {
         // (Dropped outside the lock: the holder thread ends on its own time.)
-        let hold = self
-            .mount_ns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let hold = locked(&self.mount_ns).take();
         drop(hold);
     }
 
-    /// The plan pipe's write end, which the plan is sent on.
-    pub(super) fn lifeline(&self) -> &OwnedFd {
-        &self._lifeline
+    /// The plan pipe's write end, which the plan is sent on (ESRCH once reaped).
+    pub(super) fn lifeline(&self) -> io::Result<Arc<OwnedFd>> {
+        locked(&self.fds)
+            .as_ref()
+            .map(|f| Arc::clone(&f.lifeline))
+            .ok_or_else(reaped)
     }
 
     /// Waits for the process to end, at most `timeout`. Returns its return code (the exit status,
@@ -61,6 +94,11 @@ impl Child {
             return Ok(Some(s));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let pidfd = match self.pidfd() {
+            Ok(fd) => fd,
+            // Reaped by another thread since the look above.
+            Err(_) => return Ok(self.returncode()),
+        };
         loop {
             let left = match deadline {
                 None => -1,
@@ -74,7 +112,7 @@ impl Child {
                 }
             };
             let mut pfd = [nix::poll::PollFd::new(
-                self.pidfd.as_fd(),
+                pidfd.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
             let t = if left < 0 {
@@ -96,17 +134,22 @@ impl Child {
     }
 
     fn try_reap(&self) -> io::Result<Option<i32>> {
-        let mut done = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = locked(&self.status);
         if let Some(s) = *done {
             // Another thread reaped it while this one polled.
             return Ok(Some(s));
         }
+        // (Not reaped, so still there: the status lock is held.)
+        let mut fds = locked(&self.fds);
+        let Some(f) = fds.as_ref() else {
+            return Ok(None);
+        };
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our pidfd with a valid out-parameter.
         let r = unsafe {
             libc::waitid(
                 libc::P_PIDFD,
-                self.pidfd.as_raw_fd() as libc::id_t,
+                f.pidfd.as_raw_fd() as libc::id_t,
                 &mut info,
                 libc::WEXITED | libc::WNOHANG | libc::__WALL,
             )
@@ -126,7 +169,7 @@ impl Child {
         // An init reports the command's own status: prefer it to its exit code.
         let mut raw = [0u8; 4];
         // SAFETY: reading into a local buffer; the writer is gone, so this cannot block long.
-        let n = unsafe { libc::read(self.status_pipe.as_raw_fd(), raw.as_mut_ptr().cast(), 4) };
+        let n = unsafe { libc::read(f.status_pipe.as_raw_fd(), raw.as_mut_ptr().cast(), 4) };
         if n == 4 {
             let w = i32::from_ne_bytes(raw);
             code = if libc::WIFEXITED(w) {
@@ -136,7 +179,9 @@ impl Child {
             };
         }
         *done = Some(code);
-        drop(done);
+        // Closed as each user lets go of its reference (most often here).
+        let gone = fds.take();
+        drop((fds, done, gone));
         self.release_mount_ns();
         Ok(Some(code))
     }
@@ -146,11 +191,14 @@ impl Child {
         if self.returncode().is_some() {
             return Ok(());
         }
+        let Ok(pidfd) = self.pidfd() else {
+            return Ok(()); // reaped meanwhile
+        };
         // SAFETY: pidfd_send_signal with no siginfo.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
+                pidfd.as_raw_fd(),
                 sig,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
@@ -167,7 +215,7 @@ impl Child {
     }
 
     pub fn returncode(&self) -> Option<i32> {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+        *locked(&self.status)
     }
 }
 
