@@ -200,7 +200,7 @@ def what_is_left_of(cid: str) -> list[str]:
     from pyrt.host.state import containers_root
 
     left = [str(containers_root() / cid)] if (containers_root() / cid).exists() else []
-    # Its directory, or a reset's old layer ("ID.upper.N"), handed to the helper's trash.
+    # Its directory, or a reset's old layer ("ID.layer.N"), handed to the helper's trash.
     if trash_root().is_dir():
         left += [str(trash_root() / e) for e in os.listdir(trash_root()) if e.startswith(cid)]
     left += [c for c in pyrt_cgroups() if cid in c]

@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -118,33 +119,64 @@ def trash_root() -> Path:
 
 
 def discard(path: Path, name: Optional[str] = None) -> bool:
-    """Hands the deletion of a removed container's directory (``path``, its name the id; or
-    a reset's old writable layer, ``name`` then "ID.upper.N") to this process's helper, off
-    the caller's path: one rename moves it out of ``containers`` into the trash, and the
-    helper deletes it there (on the development VM /run is ext4, and
+    """Hands the deletion of a removed container's directory (``path``, its name the id) to
+    this process's helper, off the caller's path: one rename moves it out of ``containers``
+    into the trash, and the helper deletes it there (on the development VM /run is ext4, and
     removing the directory took 0.7 ms of every ``pyrt.run``: benches/log/start.md). The helper
     finishes it even if this process dies right after; what a dead helper leaves, stale
     collection empties. False when there is no helper to hand it to, or the rename or the line
     failed: the caller then deletes ``path`` itself (if the rename happened and the line did
     not, the entry is renamed back first)."""
+    return _hand_over([path], name or path.name, whole=True)
+
+
+def discard_layer(paths: Sequence[Path], name: str) -> bool:
+    """``discard`` for a reset's old writable layer: its directories (upper and work, those
+    of ``paths`` that exist) go into one trash entry ``name`` ("ID.layer.N"), so that the
+    helper is told, and wakes, once a reset. False as for ``discard``, with ``paths`` where
+    they were."""
+    return _hand_over(paths, name, whole=False)
+
+
+def _hand_over(paths: Sequence[Path], name: str, whole: bool) -> bool:
+    """Moves ``paths`` into the trash (``whole``: the one path becomes the entry ``name``;
+    otherwise each goes into a new directory ``name``) and tells the helper of it."""
     with _lock:
         if _owner != os.getpid() or _pipe < 0:
             return False
-        name = name or path.name
+        dest = trash_root() / name
+        moved: list[tuple[Path, Path]] = []
         try:
-            dest = ensure_dir(trash_root(), 0o700) / name
-            os.rename(path, dest)
+            ensure_dir(trash_root(), 0o700)
+            if not whole:
+                os.mkdir(dest, 0o700)
+            for src, to in ([(paths[0], dest)] if whole else
+                            [(p, dest / p.name) for p in paths if os.path.lexists(p)]):  # fmt: skip
+                os.rename(src, to)
+                moved.append((src, to))
         except OSError:  # (no room for the trash itself: the caller deletes it)
+            _put_back(moved, dest, whole)
             return False
         fault("trashed")
         try:
             os.write(_pipe, f"~{name}\n".encode())
         except OSError:  # the helper is gone, or far behind (a full pipe)
-            with contextlib.suppress(OSError):
-                os.rename(dest, path)
-                return False
-            return True  # stays in the trash: stale collection deletes it
+            # What cannot be put back stays in the trash: stale collection deletes it.
+            return not _put_back(moved, dest, whole)
         return True
+
+
+def _put_back(moved: list[tuple[Path, Path]], dest: Path, whole: bool) -> bool:
+    """Undoes the moves of ``_hand_over``; whether all went back."""
+    try:
+        for src, to in reversed(moved):
+            os.rename(to, src)
+        if not whole:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(dest)
+    except OSError:
+        return False
+    return True
 
 
 def _after_fork_in_child() -> None:

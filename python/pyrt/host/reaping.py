@@ -144,7 +144,7 @@ def collect(ids: set[str]) -> None:
     if nets:
         stale.collect_stale_networks(only=nets)
     stale.collect_stale(only={i for i in ids if (root / i).exists()})
-    # An owner killed between moving a directory (or a reset's old layer, "ID.upper.N") into
+    # An owner killed between moving a directory (or a reset's old layer, "ID.layer.N") into
     # the trash and telling us so.
     with contextlib.suppress(OSError):
         empty_trash({e for e in os.listdir(trash_root()) if e.split(".", 1)[0] in ids})

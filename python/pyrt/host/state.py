@@ -132,9 +132,11 @@ class ContainerDir:
             return
         with contextlib.suppress(OSError):
             os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000
-        for d in (self.upper, self.work):
-            if d.exists() and not reaper.discard(d, f"{self.path.name}.{d.name}.{next(_resets)}"):
-                userns.remove_tree(d)
+        layer = [self.upper, self.work]
+        if not reaper.discard_layer(layer, f"{self.path.name}.layer.{next(_resets)}"):
+            for d in layer:
+                if d.exists():
+                    userns.remove_tree(d)
         with contextlib.suppress(FileExistsError):
             self.upper.mkdir(mode=0o755)
         with contextlib.suppress(FileExistsError):
