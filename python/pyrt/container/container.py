@@ -452,7 +452,7 @@ class Container(
             if self._removed:
                 return
             self._removed = True
-            self._close_server()
+            server = self._stop_server()
             if self._checker is not None:
                 self._checker.stop()
             if self._proc is not None:
@@ -461,6 +461,8 @@ class Container(
                     self._thaw()
                     self._returncode = self._proc.wait(None)
                 self._proc.destroy_cgroup()
+            if server is not None:
+                server.close()
             if self.console is not None:
                 os.close(self.console)
                 self.console = None

@@ -56,7 +56,7 @@ class ContainerSnapshots:
         def _thaw(self) -> None: ...
         def _ensure_dir(self) -> ContainerDir: ...
         def _spawn_detached(self) -> None: ...
-        def _close_server(self) -> None: ...
+        def _stop_server(self) -> Optional[_core.ExecServer]: ...
         def _start_checker(self) -> None: ...
 
     def _config(self) -> ImageConfig:
@@ -157,13 +157,15 @@ class ContainerSnapshots:
             if self._checker is not None:
                 self._checker.stop()
                 self._checker = None
-            self._close_server()
+            server = self._stop_server()
             proc = self._proc
             if self._returncode is None and proc.wait(0) is None:
                 proc.kill(signal.SIGKILL)
                 self._thaw()
             proc.wait(None)
             proc.destroy_cgroup()
+            if server is not None:
+                server.close()
             if isinstance(self._net, PrivateNetwork) and self._net.rootless:
                 # A rootless network lives in the container's user namespace: made again, on
                 # the same host ports.

@@ -78,6 +78,16 @@ impl ExecServer {
         quick(py, &self.inner, |s| s.as_ref().map(|s| s.pid()))
     }
 
+    /// Sends the server SIGKILL and returns at once: its exit then overlaps the caller's
+    /// other work (the container's own end), and `close` reaps it. Idempotent.
+    fn kill(&self, py: Python<'_>) {
+        quick(py, &self.inner, |s| {
+            if let Some(s) = s {
+                s.kill();
+            }
+        });
+    }
+
     /// Ends the server (killed and reaped); idempotent.
     fn close(&self, py: Python<'_>) {
         if let Some(server) = quick(py, &self.inner, Option::take) {

@@ -92,6 +92,11 @@ impl ExecServer {
         })
     }
 
+    /// Signals the server to end (SIGKILL) without waiting; dropping it reaps it.
+    pub fn kill(&self) {
+        let _ = self.server.kill(libc::SIGKILL);
+    }
+
     /// The server's pid (a helper of the caller's, outside the container).
     pub fn pid(&self) -> i32 {
         self.server.pid
