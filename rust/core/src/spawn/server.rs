@@ -13,7 +13,8 @@ use nix::sys::socket::{
 };
 
 use super::{
-    child_fds, dup_high, encode, release, spawn, spawn_err, write_available, Child, ChildImage,
+    child_fds, clone_child, dup_high, encode, release, spawn_err, write_available, Child,
+    ChildImage,
 };
 use super::{Pending, Pipes, Placement};
 use crate::cgroups::Cgroup;
@@ -29,13 +30,17 @@ pub struct ExecServer {
     server: Child,
     /// The seccomp filter the server installed on itself, which its forks inherit.
     filter: Option<Program>,
+    /// The server's setup report, which `start` does not wait for: the first exec reads it
+    /// (others wait for that). Ok(None) once it has come up, Err once it failed.
+    setup: Mutex<Result<Option<Pending>, ()>>,
 }
 
 impl ExecServer {
     /// Starts the server of the container whose first process is `target`, in whose `cgroup`
-    /// its execs are born. Returns once it has joined the container's namespaces (and
-    /// installed `filter` on itself, the container's seccomp filter, which only execs that
-    /// have this one go through it with: see `exec`).
+    /// its execs are born. Returns once it is cloned: it joins the container's namespaces
+    /// (and installs `filter` on itself, the container's seccomp filter, which only execs that
+    /// have this one go through it with: see `exec`) while the caller goes on, and the first
+    /// exec waits for that (a pool's thread had waited ~1 ms for it at every reset).
     pub fn start(
         image: &ChildImage,
         target: i32,
@@ -84,11 +89,18 @@ impl ExecServer {
         };
         let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
         let stdio = [null.as_raw_fd(); 3];
-        let server = spawn(image, &Request::Serve(plan), stdio, Placement::default())?;
+        let (server, setup) = clone_child(
+            image,
+            &Request::Serve(plan),
+            stdio,
+            Placement::default(),
+            false,
+        )?;
         Ok(ExecServer {
             socket: Mutex::new(ours),
             server,
             filter,
+            setup: Mutex::new(Ok(Some(setup))),
         })
     }
 
@@ -112,6 +124,18 @@ impl ExecServer {
         if plan.seccomp != self.filter {
             return Err(None);
         }
+        // Its setup's outcome, the first time: a server that did not come up is not asked
+        // (its error was its own; the ordinary way reports the exec's).
+        let mut setup = self.setup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(Some(pending)) = std::mem::replace(&mut *setup, Ok(None)) {
+            if release(&self.server, pending).is_err() {
+                *setup = Err(());
+            }
+        }
+        if setup.is_err() {
+            return Err(None);
+        }
+        drop(setup);
         plan.seccomp = None;
         // Born in the pid namespace and joined to every other one by the server already.
         plan.fork_into_pidns = false;
