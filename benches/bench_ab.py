@@ -6,11 +6,14 @@ commit). Rounds alternate which goes first; in each, a fresh process of each bui
 /bin/true into a running container of it; with ``--cycle``: the sandbox cycle of
 ``bench_pool.py``, a ``sleep`` container started, one exec, removed; with ``--pooled``: a test
 of the pytest sandbox's kind, a pooled container of the host image acquired, one shell exec,
-released, then 4 ms of the test's own work while the pool resets). The result is each build's
+released, then 4 ms of the test's own work while the pool resets; with ``--reset``: what a
+pool's thread does for each test, a host-image sandbox reset, its exec server started again,
+and one exec through it). The result is each build's
 median of the round medians and the ratio after/before.
 
 Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
-                  --after .venv/bin/python [-n 200] [--rounds 6] [--exec | --cycle | --pooled]
+                  --after .venv/bin/python [-n 200] [--rounds 6]
+                  [--exec | --cycle | --pooled | --reset]
 """
 
 from __future__ import annotations
@@ -72,6 +75,18 @@ with pyrt.Pool(pyrt.Image.host(), IDLE, size=2, init=True) as pool:
     time_steps(test, rest=0.004)
 """
 
+# What a pool's thread does for each test: a sandbox of the host image (the plugin's default)
+# reset, its exec server started again, and the next test's exec (through it).
+RESET = """
+from pyrt.config.idle import IDLE
+with pyrt.Container(pyrt.Image.host(), IDLE, init=True) as c:
+    def reset(i):
+        c.reset()
+        c._warm_exec_server()
+        c.exec(["/bin/true"], check=True)
+    time_steps(reset)
+"""
+
 
 def one(python: str, rootfs: Path, n: int, program: str) -> float:
     out = subprocess.run(
@@ -91,6 +106,7 @@ def main() -> None:
     kind.add_argument("--exec", action="store_true", help="time exec instead of run")
     kind.add_argument("--cycle", action="store_true", help="time start, exec and remove")
     kind.add_argument("--pooled", action="store_true", help="time a pooled sandbox's test")
+    kind.add_argument("--reset", action="store_true", help="time a pool's work for a test")
     args = ap.parse_args()
     kind, what = (
         (EXEC, "Container.exec of /bin/true")
@@ -99,6 +115,8 @@ def main() -> None:
         if args.cycle
         else (POOLED, "a pooled sandbox's test (acquire, exec, release)")
         if args.pooled
+        else (RESET, "a pool's work for a test (reset, exec server, one exec)")
+        if args.reset
         else (RUN, "pyrt.run of /bin/true")
     )
     program = SETUP + kind
