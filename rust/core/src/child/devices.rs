@@ -41,7 +41,14 @@ pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
         libc::O_PATH | libc::O_DIRECTORY,
     )
     .map_err(err("opening /dev in the root".into()))?;
+    // Refused once (a user namespace), mknod is refused for every node: the rest are bound
+    // without asking again.
+    let mut refused = false;
     for (name, major, minor) in NODES {
+        if refused {
+            bind_host_node(root, name)?;
+            continue;
+        }
         let c = cstring(name).map_err(err(name.into()))?;
         // SAFETY: plain syscall on a valid descriptor and string.
         let r = unsafe {
@@ -58,7 +65,10 @@ pub fn populate(root: &OwnedFd) -> Result<(), SetupError> {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EEXIST) => continue,
-            Some(libc::EPERM) => bind_host_node(root, name)?,
+            Some(libc::EPERM) => {
+                refused = true;
+                bind_host_node(root, name)?;
+            }
             _ => {
                 return Err(SetupError::io(
                     Stage::Devices,
