@@ -135,7 +135,11 @@ def discard_layer(paths: Sequence[Path], name: str) -> bool:
     of ``paths`` that exist) go into one trash entry ``name`` ("ID.layer.N"), so that the
     helper is told, and wakes, once a reset. False as for ``discard``, with ``paths`` where
     they were."""
-    return _hand_over(paths, name, whole=False)
+    if _hand_over(paths, name, whole=False):
+        return True
+    # (No inode for the entry's own directory, on a full disk: each goes whole, as an entry of
+    # its own, which takes none, so that the start after it finds their room.)
+    return all(_hand_over([p], f"{name}.{p.name}", whole=True) for p in paths if os.path.lexists(p))
 
 
 def _hand_over(paths: Sequence[Path], name: str, whole: bool) -> bool:
