@@ -149,13 +149,16 @@ def _hand_over(paths: Sequence[Path], name: str, whole: bool) -> bool:
         if _owner != os.getpid() or _pipe < 0:
             return False
         dest = trash_root() / name
+        if whole:
+            moves = [(paths[0], dest)]
+        else:
+            moves = [(p, dest / p.name) for p in paths if os.path.lexists(p)]
         moved: list[tuple[Path, Path]] = []
         try:
             ensure_dir(trash_root(), 0o700)
             if not whole:
                 os.mkdir(dest, 0o700)
-            for src, to in ([(paths[0], dest)] if whole else
-                            [(p, dest / p.name) for p in paths if os.path.lexists(p)]):  # fmt: skip
+            for src, to in moves:
                 os.rename(src, to)
                 moved.append((src, to))
         except OSError:  # (no room for the trash itself: the caller deletes it)

@@ -11,7 +11,7 @@ use pyrt_core::runtime;
 
 use crate::child::child_image;
 use crate::errors::spawn_error;
-use crate::process::{locked, quick, Process};
+use crate::process::{locked, quick, seccomp_program, Process};
 
 /// Starts a process inside the running container whose first process is `target` (a host pid),
 /// from the JSON of an OCI `process` object; it joins the container's namespaces and the cgroup
@@ -107,13 +107,7 @@ pub(crate) fn exec_server(
     seccomp_json: Option<&str>,
 ) -> PyResult<ExecServer> {
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
-    let filter = seccomp_json
-        .map(pyrt_core::seccomp::from_json)
-        .transpose()
-        .map_err(|e| {
-            let e = format!("linux.seccomp: {e}");
-            spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e))
-        })?;
+    let filter = seccomp_json.map(|j| seccomp_program(py, j)).transpose()?;
     let server = py
         .detach(|| {
             let paths: Vec<std::path::PathBuf> = cgroup_paths.iter().map(Into::into).collect();

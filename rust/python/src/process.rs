@@ -64,9 +64,7 @@ pub(crate) fn spawn(
                 "linux.seccomp: given both in the spec and beside it".into(),
             ));
         }
-        let program = pyrt_core::seccomp::from_json(j)
-            .map_err(|e| spec_error(format!("linux.seccomp: {e}")))?;
-        plan.seccomp = Some(program);
+        plan.seccomp = Some(seccomp_program(py, j)?);
     }
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let created = py
@@ -111,6 +109,15 @@ pub(crate) struct Process {
     cgroup: Mutex<Option<Cgroup>>,
     /// Set for a process spawned with `hold=True` until `release()`.
     pending: Mutex<Option<Pending>>,
+}
+
+/// The compiled filter of an OCI `linux.seccomp` profile's JSON (cached by its text in the
+/// core), or the SpawnError of stage "spec" naming the field.
+pub(crate) fn seccomp_program(py: Python<'_>, json: &str) -> PyResult<pyrt_core::seccomp::Program> {
+    pyrt_core::seccomp::from_json(json).map_err(|e| {
+        let e = format!("linux.seccomp: {e}");
+        spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e))
+    })
 }
 
 /// Every method takes `&self`: a container is waited for in one thread while another signals

@@ -30,9 +30,17 @@ pub struct ExecServer {
     server: Child,
     /// The seccomp filter the server installed on itself, which its forks inherit.
     filter: Option<Program>,
-    /// The server's setup report, which `start` does not wait for: the first exec reads it
-    /// (others wait for that). Ok(None) once it has come up, Err once it failed.
-    setup: Mutex<Result<Option<Pending>, ()>>,
+    /// The server's setup, which `start` does not wait for: the first exec reads its report
+    /// (others wait for that).
+    setup: Mutex<Setup>,
+}
+
+#[derive(Debug)]
+enum Setup {
+    /// Its report not read yet.
+    Pending(Pending),
+    Up,
+    Failed,
 }
 
 impl ExecServer {
@@ -100,7 +108,7 @@ impl ExecServer {
             socket: Mutex::new(ours),
             server,
             filter,
-            setup: Mutex::new(Ok(Some(setup))),
+            setup: Mutex::new(Setup::Pending(setup)),
         })
     }
 
@@ -127,12 +135,14 @@ impl ExecServer {
         // Its setup's outcome, the first time: a server that did not come up is not asked
         // (its error was its own; the ordinary way reports the exec's).
         let mut setup = self.setup.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(Some(pending)) = std::mem::replace(&mut *setup, Ok(None)) {
-            if release(&self.server, pending).is_err() {
-                *setup = Err(());
-            }
-        }
-        if setup.is_err() {
+        *setup = match std::mem::replace(&mut *setup, Setup::Failed) {
+            Setup::Pending(pending) => match release(&self.server, pending) {
+                Ok(()) => Setup::Up,
+                Err(_) => Setup::Failed,
+            },
+            known => known,
+        };
+        if matches!(*setup, Setup::Failed) {
             return Err(None);
         }
         drop(setup);
