@@ -58,7 +58,8 @@ def test_a_started_containers_mount_namespace_is_held_until_it_is_reaped(
         assert c.pid is not None
         ns = os.readlink(f"/proc/{c.pid}/ns/mnt")
         assert ns != os.readlink("/proc/self/ns/mnt")
-        assert ns in held_mount_namespaces()
+        # (Held at once by a descriptor, which the thread then joins in its own time.)
+        assert settles(lambda: ns in held_mount_namespaces()), held_mount_namespaces()
         # Killed from outside: let go once reaped (by wait() here).
         os.kill(c.pid, 9)
         assert c.wait(timeout=10) == -9
@@ -109,6 +110,20 @@ def test_removed_containers_kept_by_the_caller_hold_no_descriptor(
     kept = [c for _ in range(10) for c in kinds()]
     assert len(descriptors()) == fds, (len(kept), sorted(os.readlink(f"/proc/self/fd/{d}")
                                                          for d in descriptors()))  # fmt: skip
+
+
+def test_remove_returns_with_nothing_of_the_container_open(image: pyrt.Image) -> None:
+    """A started container's output goes through a pipe that a thread of ours copies into its
+    log file; remove() returns only once that thread has closed both (it used to close them a
+    moment later, and a caller counting descriptors right after remove() saw three more)."""
+    pyrt.Container(image, ["sleep", "60"]).start().remove()
+    fds = descriptors()
+    for _ in range(20):
+        c = pyrt.Container(image, ["sh", "-c", "echo out; echo err >&2; exec sleep 60"]).start()
+        c.wait_for_log("err", timeout=30)
+        c.remove()
+        assert descriptors() == fds, sorted(os.readlink(f"/proc/self/fd/{d}")
+                                            for d in descriptors())  # fmt: skip
 
 
 def test_runs_leave_no_namespace_held(image: pyrt.Image) -> None:

@@ -466,6 +466,10 @@ class Container(
             if self.console is not None:
                 os.close(self.console)
                 self.console = None
+            if self._proc is not None:
+                # Every writer of its log is gone: the log thread closes the pipe and the file
+                # a moment later, and nothing of the container is left open once remove() returns.
+                self._logs_flushed()
             self._close_log_done()
             if self._net is not None:
                 self._net.close()

@@ -2,6 +2,7 @@
 //! made ahead, user namespaces held by descriptors, published ports' forwarders, the stdio
 //! pump, the log files and the state file. Nothing here runs in the child.
 
+pub mod background;
 pub mod idmount;
 pub mod io;
 pub mod logs;

@@ -105,6 +105,7 @@ fn make_ahead(maker: &Maker) {
         None,
     );
     own_descriptor_table();
+    super::background::yield_on_wakeup();
     // The raw syscall: glibc's gettid wrapper is newer (2.30) than the wheel's promise (2.17).
     // SAFETY: gettid cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;

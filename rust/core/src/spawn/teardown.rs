@@ -30,11 +30,26 @@ const STACK: usize = 64 * 1024;
 /// if it was the last in it).
 #[derive(Debug)]
 pub(super) struct Hold {
-    _release: mpsc::Sender<()>,
+    release: Option<mpsc::Sender<()>>,
+    /// Told once the thread has joined (or failed to) and closed the namespace's descriptor.
+    joined: mpsc::Receiver<bool>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // The starting thread did not wait for the join (a new thread may sit behind the
+        // container's own setup on a busy CPU for milliseconds): the container has ended by
+        // now, and this waits, if ever, only until the namespace's descriptor is closed, so
+        // that none is left in the caller's table after the container.
+        let _ = self.joined.recv();
+        drop(self.release.take());
+    }
 }
 
 /// Holds the mount namespace of process `pid` (its pidfd `pidfd`), or None when it cannot be
 /// (no privilege to join it, the process gone, no thread to be had): an optimisation only.
+/// The descriptor taken here holds the namespace from this moment; the thread joins it in its
+/// own time, and the caller goes on at once.
 pub(super) fn hold_mount_ns(pid: i32, pidfd: &OwnedFd) -> Option<Hold> {
     // SAFETY: geteuid cannot fail. (A rootless caller cannot join: see the module comment.)
     if unsafe { libc::geteuid() } != 0 {
@@ -47,6 +62,7 @@ pub(super) fn hold_mount_ns(pid: i32, pidfd: &OwnedFd) -> Option<Hold> {
         .name("pyrt-teardown".into())
         .stack_size(STACK)
         .spawn(move || {
+            crate::host::background::yield_on_wakeup();
             // A root and working directory of our own first (threads share them), which the
             // join then moves into the container's namespace.
             // SAFETY: unshare and setns on this thread only, with a descriptor we own.
@@ -62,8 +78,10 @@ pub(super) fn hold_mount_ns(pid: i32, pidfd: &OwnedFd) -> Option<Hold> {
             }
         })
         .ok()?;
-    // The descriptor is closed by the time the caller goes on.
-    joined.recv().ok()?.then_some(Hold { _release: release })
+    Some(Hold {
+        release: Some(release),
+        joined,
+    })
 }
 
 /// A descriptor of the mount namespace of process `pid`, or None (the process has gone).
