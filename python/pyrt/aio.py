@@ -396,9 +396,16 @@ class Pool:
     def __repr__(self) -> str:
         return repr(self._pool).replace("pyrt.Pool", "pyrt.aio.Pool", 1)
 
+    def acquire(
+        self, timeout: Optional[float] = None
+    ) -> contextlib.AbstractAsyncContextManager[Container]:
+        """As ``pyrt.Pool.acquire``: an ``aio.Container``, reset for the next caller after (a
+        wrong ``timeout`` or a closed pool raises at the call)."""
+        self._pool.check_usable(timeout)
+        return self._acquired(timeout)
+
     @contextlib.asynccontextmanager
-    async def acquire(self, timeout: Optional[float] = None) -> AsyncIterator[Container]:
-        """As ``pyrt.Pool.acquire``: an ``aio.Container``, reset for the next caller after."""
+    async def _acquired(self, timeout: Optional[float]) -> AsyncIterator[Container]:
         loop = asyncio.get_running_loop()
         taking = loop.run_in_executor(None, self._pool.take, timeout)
         try:

@@ -178,6 +178,24 @@ def test_bad_options_are_refused_before_anything_starts(
         pyrt.Pool("busybox", IDLE)  # type: ignore[arg-type]
 
 
+def test_acquire_refuses_a_bad_timeout_or_a_closed_pool_at_the_call(image: pyrt.Image) -> None:
+    """Not only once its block is entered: ``pool.acquire(timeout="x")`` is the mistake."""
+    pool = pyrt.Pool(image, IDLE, size=1)
+    apool = pyrt.aio.Pool(image, IDLE, size=1)
+    try:
+        for p in (pool, apool):
+            for timeout, error in (("1", TypeError), (-1, pyrt.InvalidOption),
+                                   (float("nan"), pyrt.InvalidOption)):  # fmt: skip
+                with pytest.raises(error):
+                    p.acquire(timeout=timeout)  # type: ignore[arg-type]
+    finally:
+        pool.close()
+        asyncio.run(apool.close())
+    for p in (pool, apool):
+        with pytest.raises(pyrt.PyrtError, match="closed"):
+            p.acquire()
+
+
 def test_give_back_only_what_it_handed_out(image: pyrt.Image) -> None:
     with pyrt.Pool(image, IDLE, size=1) as pool, pyrt.Container(image, IDLE) as other:
         with pytest.raises(pyrt.PyrtError, match="not one this pool handed out"):

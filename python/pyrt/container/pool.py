@@ -87,22 +87,37 @@ class Pool:
 
     # --- handing out ----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def acquire(self, timeout: Optional[float] = None) -> Iterator[Container]:
+    def acquire(
+        self, timeout: Optional[float] = None
+    ) -> contextlib.AbstractContextManager[Container]:
         """A started container, fresh as if just started; reset (or replaced) for the next
         caller when the block ends. Waits for one at most ``timeout`` seconds (None: as long as
-        it takes), then raises ``TimeoutExpired``."""
+        it takes), then raises ``TimeoutExpired``. A wrong ``timeout``, or a closed or forked
+        pool, raises here, at the call, not only when the block is entered."""
+        self.check_usable(timeout)
+        return self._acquired(timeout)
+
+    @contextlib.contextmanager
+    def _acquired(self, timeout: Optional[float]) -> Iterator[Container]:
         c = self.take(timeout)
         try:
             yield c
         finally:
             self.give_back(c)
 
-    def take(self, timeout: Optional[float] = None) -> Container:
-        """What ``acquire`` does on entry: the caller then owes ``give_back(c)``."""
-        timeout = checks.timeout(timeout)
+    def check_usable(self, timeout: Optional[float] = None) -> Optional[float]:
+        """``timeout`` checked (TypeError, InvalidOption); PyrtError for a pool that is closed,
+        or was made by another process (this one is its fork)."""
+        t = checks.timeout(timeout)
         if os.getpid() != self._owner:
             raise PyrtError(f"this pool belongs to process {self._owner} (it was forked)")
+        if self._closed:
+            raise PyrtError("the pool is closed")
+        return t
+
+    def take(self, timeout: Optional[float] = None) -> Container:
+        """What ``acquire`` does on entry: the caller then owes ``give_back(c)``."""
+        timeout = self.check_usable(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if self._closed:
