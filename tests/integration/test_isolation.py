@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -260,3 +261,23 @@ def test_sigpipe_is_default_inside(image: pyrt.Image) -> None:
     # Python ignores SIGPIPE; the container's processes must not inherit that.
     r = pyrt.run(image, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], text=True)
     assert r.stdout.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+
+
+def test_execs_start_with_every_signal_default_whatever_the_caller_ignores(
+    image: pyrt.Image,
+) -> None:
+    """The exec server resets its own dispositions once and its forks only SIGPIPE's: a signal
+    the caller ignored (inherited by the server, as by any child) must not reach an exec."""
+    sigs = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM)
+    before = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        with pyrt.Container(image, ["sleep", "60"]) as c:
+            for _ in range(3):  # (the first may go before the server is up; the others not)
+                r = c.exec(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], text=True)
+                assert r.stdout.split() == ["SigBlk:", "0000000000000000",
+                                            "SigIgn:", "0000000000000000"]  # fmt: skip
+            r = c.exec(["grep", "-E", "^Sig(Ign|Blk)", "/proc/1/status"], text=True)
+            assert r.stdout.split()[3] == "0000000000000000", r.stdout
+    finally:
+        for s, h in zip(sigs, before):
+            signal.signal(s, h)

@@ -41,6 +41,7 @@ pub fn run(plan: &ServePlan) -> Result<std::convert::Infallible, SetupError> {
     // Joining the user namespace changed our credentials, which clears the parent-death
     // signal that clone's child set: armed again, and the lifeline checked.
     super::rearm_parent_death()?;
+    super::process::server_signals();
     if let Some(p) = &plan.seccomp {
         crate::seccomp::install(p).map_err(|e| {
             SetupError::io(
