@@ -58,6 +58,8 @@ class ContainerDir:
     #: as the text the core was sent (6 KB that json.dumps took 0.09 ms to encode again at
     #: every write).
     raw_fields: dict[str, str] = field(default_factory=dict)
+    #: Whether it was made with a writable layer (not for the host image's containers).
+    overlay: bool = True
 
     @property
     def upper(self) -> Path:
@@ -101,7 +103,7 @@ class ContainerDir:
             remove_tree(path)
             reaper.forget(cid)
             raise
-        return cls(path, fd, root, owner, layer)
+        return cls(path, fd, root, owner, layer, overlay=overlay)
 
     @property
     def state_file(self) -> Path:
@@ -128,7 +130,9 @@ class ContainerDir:
         container without one (the host image's). The old upper and work directories go to
         the helper's trash whole, as a removed container's directory does, and are deleted
         off the caller's path."""
-        if not (self.upper.exists() or self.work.exists()):
+        # (Known without looking: each look releases the GIL, which a pool's thread then waits
+        # to get back while the caller's thread runs Python.)
+        if not self.overlay or not (self.upper.exists() or self.work.exists()):
             return
         with contextlib.suppress(OSError):
             os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000
