@@ -35,6 +35,15 @@ def descriptors() -> list[str]:
     return sorted(os.listdir("/proc/self/fd"))
 
 
+def descriptor_targets() -> set[str]:
+    """What this process's descriptors are ("mnt:[inode]" for a namespace's)."""
+    found = set()
+    for d in descriptors():
+        with contextlib.suppress(OSError):  # (the listing's own, closed by now)
+            found.add(os.readlink(f"/proc/self/fd/{d}"))
+    return found
+
+
 def settles(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
     """Whether ``cond`` holds within ``seconds`` (the teardown thread closes on its own time)."""
     end = time.monotonic() + seconds
@@ -58,7 +67,9 @@ def test_a_started_containers_mount_namespace_is_held_until_it_is_reaped(
         assert c.pid is not None
         ns = os.readlink(f"/proc/{c.pid}/ns/mnt")
         assert ns != os.readlink("/proc/self/ns/mnt")
-        # (Held at once by a descriptor, which the thread then joins in its own time.)
+        # Held from the start: by a descriptor at once, which the thread then joins in its
+        # own time.
+        assert ns in held_mount_namespaces() | descriptor_targets()
         assert settles(lambda: ns in held_mount_namespaces()), held_mount_namespaces()
         # Killed from outside: let go once reaped (by wait() here).
         os.kill(c.pid, 9)
