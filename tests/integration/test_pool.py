@@ -118,7 +118,11 @@ def test_a_pooled_container_comes_with_its_exec_server(image: pyrt.Image, userns
         seen = []
         for i in range(3):  # a started container, then reset ones
             with pool.acquire() as c:
-                servers = _servers_of(c)
+                # Started before the container is handed out; its start returns once it is
+                # cloned, and it joins the container (and takes its name) a moment later.
+                deadline = time.monotonic() + 10
+                while len(servers := _servers_of(c)) != 1 and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 assert len(servers) == 1, "started before the container is handed out"
                 r = c.exec(["sh", "-c", f"echo {i} > /tmp/n; cat /tmp/n"], text=True)
                 assert r.stdout == f"{i}\n"
