@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -246,3 +246,14 @@ def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def settles(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Whether ``cond`` holds within ``seconds``: for what pyrt finishes on a thread of its own
+    (a teardown thread's join, an exec server's join, a descriptor's close)."""
+    end = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import pyrt
-from helpers import assert_nothing_left_of, exec_servers, state_entries
+from helpers import assert_nothing_left_of, exec_servers, settles, state_entries
 from pyrt.host.state import containers_root
 
 IDLE = ["sleep", "3600"]
@@ -120,10 +120,8 @@ def test_a_pooled_container_comes_with_its_exec_server(image: pyrt.Image, userns
             with pool.acquire() as c:
                 # Started before the container is handed out; its start returns once it is
                 # cloned, and it joins the container (and takes its name) a moment later.
-                deadline = time.monotonic() + 10
-                while len(servers := _servers_of(c)) != 1 and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                assert len(servers) == 1, "started before the container is handed out"
+                assert settles(lambda: len(_servers_of(c)) == 1), "started before it is handed out"
+                servers = _servers_of(c)
                 r = c.exec(["sh", "-c", f"echo {i} > /tmp/n; cat /tmp/n"], text=True)
                 assert r.stdout == f"{i}\n"
                 assert _servers_of(c) == servers, "the first exec went through it"

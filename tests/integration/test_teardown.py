@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import gc
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from usertools import NEEDS_SETPRIV, as_user, public_dir, subid_user
 
 import pyrt
+from helpers import settles
 
 
 def held_mount_namespaces() -> set[str]:
@@ -42,16 +42,6 @@ def descriptor_targets() -> set[str]:
         with contextlib.suppress(OSError):  # (the listing's own, closed by now)
             found.add(os.readlink(f"/proc/self/fd/{d}"))
     return found
-
-
-def settles(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
-    """Whether ``cond`` holds within ``seconds`` (the teardown thread closes on its own time)."""
-    end = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.mark.parametrize("rootless", [False, True], ids=["root", "mapped"])
