@@ -6,14 +6,15 @@ commit). Rounds alternate which goes first; in each, a fresh process of each bui
 /bin/true into a running container of it; with ``--cycle``: the sandbox cycle of
 ``bench_pool.py``, a ``sleep`` container started, one exec, removed; with ``--pooled``: a test
 of the pytest sandbox's kind, a pooled container of the host image acquired, one shell exec,
-released, then 4 ms of the test's own work while the pool resets; with ``--reset``: what a
+released, then 4 ms of the test's own work while the pool resets, spent asleep, or with
+``--busy`` running Python, as pytest's own work between tests does; with ``--reset``: what a
 pool's thread does for each test, a host-image sandbox reset, its exec server started again,
 and one exec through it). The result is each build's
 median of the round medians and the ratio after/before.
 
 Run as root:  python benches/bench_ab.py --before OLD/.venv/bin/python \\
                   --after .venv/bin/python [-n 200] [--rounds 6]
-                  [--exec | --cycle | --pooled | --reset]
+                  [--exec | --cycle | --pooled [--busy] | --reset]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 # Run by each build's interpreter, before a kind's code: time_steps(step) runs step(i) 20
 # times to warm up, then n timed times, and prints the median in ms (`rest`: a pause after each
-# step, the test's own work while a pool resets).
+# step, the test's own work while a pool resets: running Python when argv[3] is "busy").
 SETUP = """
 import statistics, sys, time
 import pyrt
@@ -42,7 +43,12 @@ def time_steps(step, rest=0.0):
         t = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - t)
-        time.sleep(rest)
+        if sys.argv[3] == "busy":
+            t += rest + times[-1]
+            while time.perf_counter() < t:
+                pass
+        else:
+            time.sleep(rest)
     print(statistics.median(times) * 1000)
 """
 
@@ -88,9 +94,9 @@ with pyrt.Container(pyrt.Image.host(), IDLE, init=True) as c:
 """
 
 
-def one(python: str, rootfs: Path, n: int, program: str) -> float:
+def one(python: str, rootfs: Path, n: int, program: str, busy: bool) -> float:
     out = subprocess.run(
-        [python, "-c", program, str(rootfs), str(n)],
+        [python, "-c", program, str(rootfs), str(n), "busy" if busy else "asleep"],
         capture_output=True, text=True, check=True, cwd="/",
     )  # fmt: skip
     return float(out.stdout.split()[-1])
@@ -107,6 +113,7 @@ def main() -> None:
     kind.add_argument("--cycle", action="store_true", help="time start, exec and remove")
     kind.add_argument("--pooled", action="store_true", help="time a pooled sandbox's test")
     kind.add_argument("--reset", action="store_true", help="time a pool's work for a test")
+    ap.add_argument("--busy", action="store_true", help="--pooled: the test's work runs Python")
     args = ap.parse_args()
     kind, what = (
         (EXEC, "Container.exec of /bin/true")
@@ -129,8 +136,9 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for which in order:
-                got[which].append(one(getattr(args, which), rootfs, args.n, program))
+                got[which].append(one(getattr(args, which), rootfs, args.n, program, args.busy))
         before, after = (statistics.median(got[k]) for k in ("before", "after"))
+        what += ", the test's work in Python" if args.busy else ""
         print(f"{what}, median of {args.rounds} rounds x {args.n} each")
         print(f"  before {before:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['before'])}")
         print(f"  after  {after:6.2f} ms   rounds: {', '.join(f'{x:.2f}' for x in got['after'])}")

@@ -26,6 +26,7 @@ __all__ = [
     "pid_start_time",
     "plan",
     "remove_cgroup",
+    "respawn",
     "signal_recorded",
     "spawn",
     "tcp_connect",
@@ -45,6 +46,17 @@ def spawn(
     hold: bool = False,
     seccomp_json: Optional[str] = None,
 ) -> Process: ...
+def respawn(
+    spec_json: str,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    seccomp_json: Optional[str] = None,
+    replaces: Optional[Process] = None,
+    server: Optional[ExecServer] = None,
+    serve: bool = False,
+    state: Optional[tuple[str, str]] = None,
+) -> Optional[tuple[Process, Optional[ExecServer], Optional[int]]]: ...
 def exec(
     target: int,
     process_json: str,

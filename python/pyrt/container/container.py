@@ -272,13 +272,17 @@ class Container(
         """Starts in the background: stdout and stderr go to the container's log (see
         ``logs()``). Returns once the command runs. Other processes see it in `pyrt ps` and can
         exec into it, read its logs and remove it by id or name."""
+        return self._start(detached, serve=False)
+
+    def _start(self, detached: bool, serve: bool) -> Container:
+        """``start``; with ``serve`` (a pool's), the exec server started with the container."""
         if self.name is not None:
             from pyrt.host.state import list_states
 
             if any(st.get("name") == self.name for st in list_states()):
                 raise PyrtError(f"the name {self.name!r} is already in use by a running container")
         self._detached = detached
-        self._spawn_detached()
+        self._spawn_detached(serve=serve)
         if self.console is not None and self._dir is not None:
             # The console's output is the container's log; `console` stays for its input. As
             # with a log pipe, logs() after the exit waits for the last of it.
@@ -342,11 +346,14 @@ class Container(
     def _note_live(self) -> None:
         _live.add(self)
 
-    def _spawn_detached(self) -> None:
-        """Started with stdin from /dev/null and its output to the log, in a cgroup."""
+    def _spawn_detached(
+        self, replaced: Optional[spawning.Replaced] = None, serve: bool = False
+    ) -> None:
+        """Started with stdin from /dev/null and its output to the log, in a cgroup (after the
+        end of what it ``replaced``, with its exec server if it should ``serve``: `_spawn`)."""
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._spawn(devnull, cgroup=True)
+            self._spawn(devnull, cgroup=True, replaced=replaced, serve=serve)
         finally:
             os.close(devnull)
 

@@ -134,6 +134,13 @@ class ContainerExecs:
             self._server = (proc, made)
             return made
 
+    def _adopt_server(self, proc: _core.Process, made: Optional[_core.ExecServer]) -> None:
+        """Takes ``made``, the exec server the core started with ``proc`` (None: it could
+        not be, and execs go the ordinary way, as in ``_exec_server``)."""
+        with self._server_lock:
+            self._close_server_locked()
+            self._server = (proc, made)
+
     def _warm_exec_server(self) -> None:
         """Starts the exec server of a running container now, rather than at its second exec: a
         pool does this in its own thread after each start and reset, so that even a test's

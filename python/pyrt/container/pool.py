@@ -208,7 +208,7 @@ class Pool:
             try:
                 if not keep:
                     raise PyrtError("the pool is full")
-                c.reset()
+                c._reset(serve=True)
             except Exception:
                 with contextlib.suppress(Exception):
                     c.remove()
@@ -218,14 +218,15 @@ class Pool:
             with self._cond:
                 self._made.add(made)
             try:
-                c = made.start()
+                c = made._start(detached=False, serve=True)
             except Exception:
                 with contextlib.suppress(Exception):
                     made.remove()
                 raise
-        # Its exec server too, here rather than at its second exec on the caller's path (a
-        # sandbox is exec'd into at least once). Without one (it could not start, the command
-        # has exited), execs go the ordinary way, which reports what is wrong.
+        # Its exec server too (started with it above, `serve`; here when it could not be
+        # then), rather than at its second exec on the caller's path (a sandbox is exec'd into
+        # at least once). Without one (it could not start, the command has exited), execs go
+        # the ordinary way, which reports what is wrong.
         with contextlib.suppress(PyrtError, OSError):
             c._warm_exec_server()
         with self._cond:

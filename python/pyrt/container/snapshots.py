@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 
 from pyrt import _core
 from pyrt.config import checks, options
+from pyrt.container.spawning import Replaced, end_replaced
 from pyrt.errors import PyrtError, state_error
 from pyrt.host import userns
 from pyrt.image import Image
@@ -55,7 +56,9 @@ class ContainerSnapshots:
         def _freeze(self, proc: _core.Process, what: str) -> bool: ...
         def _thaw(self) -> None: ...
         def _ensure_dir(self) -> ContainerDir: ...
-        def _spawn_detached(self) -> None: ...
+        def _spawn_detached(
+            self, replaced: Optional[Replaced] = None, serve: bool = False
+        ) -> None: ...
         def _stop_server(self) -> Optional[_core.ExecServer]: ...
         def _start_checker(self) -> None: ...
 
@@ -145,6 +148,10 @@ class ContainerSnapshots:
         """Every process killed, the root back to the image exactly (a fresh writable layer),
         and the command started again, with the same id, name, network, address and published
         ports. Returns the container, running."""
+        return self._reset(serve=False)
+
+    def _reset(self: _C, serve: bool) -> _C:
+        """``reset``; with ``serve`` (a pool's), the exec server started with the container."""
         with self._lock:
             if self._removed:
                 raise PyrtError(f"container {self.id[:12]} was removed")
@@ -162,24 +169,28 @@ class ContainerSnapshots:
             if self._returncode is None and proc.wait(0) is None:
                 proc.kill(signal.SIGKILL)
                 self._thaw()
-            proc.wait(None)
-            proc.destroy_cgroup()
-            if server is not None:
-                server.close()
-            if isinstance(self._net, PrivateNetwork) and self._net.rootless:
+            assert self._dir is not None
+            rootless_net = isinstance(self._net, PrivateNetwork) and self._net.rootless
+            replaced: Optional[Replaced] = (proc, server)
+            if rootless_net or self._dir.has_layer():
+                # What is swapped must wait for the end; otherwise the start after it waits
+                # for it, in the same call of the core (see `_core.respawn`).
+                end_replaced(proc, server)
+                replaced = None
+            if rootless_net:
+                assert isinstance(self._net, PrivateNetwork)
                 # A rootless network lives in the container's user namespace: made again, on
                 # the same host ports.
                 self._ports = [(p.container_port, p.proto, p.host_addr, p.host_port)
                                for p in self._net.published]  # fmt: skip
                 self._net.close()
                 self._net = None
-            assert self._dir is not None
             try:
                 self._dir.reset_layer()
             except OSError as e:  # (no room for a fresh layer: the container stays exited)
                 raise state_error(e) from e
             self._proc = None
             self._returncode = None
-        self._spawn_detached()
+        self._spawn_detached(replaced, serve)
         self._start_checker()
         return self

@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 #: A detached container's log is rotated at this size, keeping one previous file.
 LOG_CAP = 16 << 20
 
+#: What a reset's start replaces: the container's first process (already sent SIGKILL) and
+#: its exec server, ended by the start before it spawns (`_core.respawn`).
+Replaced = tuple[_core.Process, Optional[_core.ExecServer]]
+
+
+def end_replaced(proc: _core.Process, server: Optional[_core.ExecServer]) -> None:
+    """The end of a killed container, as ``_core.respawn`` waits for it: its first process
+    reaped, its cgroup removed (with anything left in it), its exec server reaped."""
+    proc.wait(None)
+    proc.destroy_cgroup()
+    if server is not None:
+        server.close()
+
 
 class ContainerSpawning:
     """The start of ``pyrt.Container`` (a base class of it): ``_spawn`` and what it needs."""
@@ -72,6 +85,7 @@ class ContainerSpawning:
         def _attach_network(self, proc: _core.Process) -> None: ...
         def _netns_path(self) -> Optional[str]: ...
         def _userns_path(self) -> Optional[str]: ...
+        def _adopt_server(self, proc: _core.Process, made: Optional[_core.ExecServer]) -> None: ...
 
     def build_spec(self, root_dir: str, cgroup: bool = False) -> dict[str, Any]:
         """The OCI runtime spec of this container, its root mounted on ``root_dir``; with
@@ -121,13 +135,16 @@ class ContainerSpawning:
         stderr: int = -1,
         cgroup: bool = False,
         scratch: bool = False,
+        replaced: Optional[Replaced] = None,
+        serve: bool = False,
     ) -> None:
         """Creates the container's directory and starts it. With stdout/stderr of -1, both go
         to the container's log file. A cgroup is made when there are limits or ``cgroup``
         asks for one (a detached container, for stats): it costs ~0.7 ms on cgroup v1.
         ``scratch`` (run(), which removes the container when it exits): where nothing of the
         container is kept on the host (`_scratch_fits`), it has no directory at all, and its
-        writable layer is a tmpfs in its own mount namespace."""
+        writable layer is a tmpfs in its own mount namespace. ``replaced``: a reset's container
+        before, ended first; ``serve``: its exec server started at once (a pool's)."""
         with self._lock:
             if self._removed:
                 raise PyrtError(f"container {self.id[:12]} was removed")
@@ -167,10 +184,18 @@ class ContainerSpawning:
                     fault("state-written")
                 try:
                     hold = self._net is not None and self._net.needs_attach
-                    proc = _core.spawn(sent, stdin, stdout, stderr, hold=hold,
-                                       seccomp_json=self._seccomp_json)  # fmt: skip
-                    if hold:
-                        self._attach_network(proc)
+                    started: Optional[int] = None  # (its pid's start time, once written)
+                    if hold or not (replaced or serve):
+                        if replaced is not None:
+                            end_replaced(*replaced)
+                        proc = _core.spawn(sent, stdin, stdout, stderr, hold=hold,
+                                           seccomp_json=self._seccomp_json)  # fmt: skip
+                        if hold:
+                            self._attach_network(proc)
+                    else:
+                        at = d if cgroup else None
+                        proc, started = self._respawn(sent, (stdin, stdout, stderr), replaced,
+                                                      serve, at, state)  # fmt: skip
                     self._proc = proc
                 except SpawnError as e:
                     if self._userns is not None and e.stage == "namespaces":
@@ -186,9 +211,10 @@ class ContainerSpawning:
                     d.record_cgroups(self._proc.cgroup_paths())
                 if cgroup and d is not None:
                     pid = self._proc.pid
-                    state.update(status="running", pid=pid, pid_start=pid_start_time(pid),
-                                 cgroups=self._proc.cgroup_paths())  # fmt: skip
-                    d.write_state(state)
+                    state.update(status="running", pid=pid, cgroups=self._proc.cgroup_paths(),
+                                 pid_start=started or pid_start_time(pid))  # fmt: skip
+                    if started is None:
+                        d.write_state(state)
                     self._state_doc = state
                     fault("running")
             except BaseException as e:
@@ -206,6 +232,37 @@ class ContainerSpawning:
                     if fd >= 0:
                         os.close(fd)
             self._note_live()
+
+    def _respawn(
+        self,
+        sent: str,
+        stdio: tuple[int, int, int],
+        replaced: Optional[Replaced],
+        serve: bool,
+        d: Optional[ContainerDir],
+        state: dict[str, Any],
+    ) -> tuple[_core.Process, Optional[int]]:
+        """``_core.spawn`` after the end of ``replaced``, with the exec server (``serve``) and
+        the state file in ``d`` written, in one call of the core: it releases the GIL once
+        where the steps one by one did five times or more, and a pool's thread waits for it
+        back each time the caller's thread runs Python (``pyrt.container.pool``). Returns the
+        process and its pid's start time when the state was written."""
+        old, server = replaced or (None, None)
+        written = None
+        if d is not None:
+            fields = {k: v for k, v in state.items() if k not in ("pid", "pid_start", "cgroups")}
+            written = (str(d.state_file), d.state_text({**fields, "status": "running"}))
+        while True:
+            got = _core.respawn(sent, *stdio, seccomp_json=self._seccomp_json, replaces=old,
+                                server=server, serve=serve, state=written)  # fmt: skip
+            if got is not None:
+                break
+            assert old is not None  # (not ended within the call's wait: waited for here,
+            old.wait(None)  # where a signal's handler can interrupt it)
+        proc, made, started = got
+        if serve:
+            self._adopt_server(proc, made)
+        return proc, started if d is not None else None
 
     def _scratch_fits(self, cgroup: bool, stdout: int, stderr: int) -> bool:
         """Whether a container run to completion can do without a directory: one with a

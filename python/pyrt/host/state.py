@@ -111,12 +111,16 @@ class ContainerDir:
 
     def write_state(self, state: dict[str, Any]) -> None:
         """Replaces state.json atomically: readers see the old or the new, never half."""
+        # One call that keeps the GIL: written from Python, its nine system calls each
+        # released it, and a pool's thread waited for it back after each.
+        _core.write_replacing(str(self.state_file), self.state_text(state))
+
+    def state_text(self, state: dict[str, Any]) -> str:
+        """What ``write_state`` writes: ``state`` as JSON, with the ``raw_fields``."""
         text = json.dumps(state)
         for key, raw in self.raw_fields.items():
             text = f"{text[:-1]}{', ' if len(text) > 2 else ''}{json.dumps(key)}: {raw}}}"
-        # One call that keeps the GIL: written from Python, its nine system calls each
-        # released it, and a pool's thread waited for it back after each.
-        _core.write_replacing(str(self.state_file), text)
+        return text
 
     def record_cgroups(self, paths: list[str]) -> None:
         """Notes the container's cgroups, for `collect_stale` after a crash (once: a reset
@@ -125,14 +129,18 @@ class ContainerDir:
             (self.path / "cgroups").write_text("\n".join(paths) + "\n")
             self.recorded = list(paths)
 
+    def has_layer(self) -> bool:
+        """Whether the container has a writable layer of its own here."""
+        # (Known without looking when made without one: each look releases the GIL, which a
+        # pool's thread then waits to get back while the caller's thread runs Python.)
+        return self.overlay and (self.upper.exists() or self.work.exists())
+
     def reset_layer(self) -> None:
         """A fresh, empty writable layer (the container is not running); nothing for a
         container without one (the host image's). The old upper and work directories go to
         the helper's trash whole, as a removed container's directory does, and are deleted
         off the caller's path."""
-        # (Known without looking: each look releases the GIL, which a pool's thread then waits
-        # to get back while the caller's thread runs Python.)
-        if not self.overlay or not (self.upper.exists() or self.work.exists()):
+        if not self.has_layer():
             return
         with contextlib.suppress(OSError):
             os.chmod(self.work / "work", 0o700)  # overlayfs leaves it mode 000

@@ -67,7 +67,15 @@ pub(crate) fn exec(
 /// `server=` are forked by it, already inside the container's namespaces.
 #[pyclass(module = "pyrt._core")]
 pub(crate) struct ExecServer {
-    inner: Mutex<Option<pyrt_core::spawn::ExecServer>>,
+    pub(crate) inner: Mutex<Option<pyrt_core::spawn::ExecServer>>,
+}
+
+impl ExecServer {
+    pub(crate) fn new(server: pyrt_core::spawn::ExecServer) -> Self {
+        ExecServer {
+            inner: Mutex::new(Some(server)),
+        }
+    }
 }
 
 #[pymethods]
@@ -115,7 +123,5 @@ pub(crate) fn exec_server(
             pyrt_core::spawn::ExecServer::start(image, target, cgroup.as_ref(), filter)
         })
         .map_err(|e| spawn_error(py, &e))?;
-    Ok(ExecServer {
-        inner: Mutex::new(Some(server)),
-    })
+    Ok(ExecServer::new(server))
 }

@@ -21,6 +21,7 @@ mod logs;
 mod network;
 mod pids;
 mod process;
+mod respawn;
 mod timeouts;
 
 #[pymodule]
@@ -29,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyrt_core::host::netns::enable_pool();
     m.add_function(wrap_pyfunction!(process::plan, m)?)?;
     m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
+    m.add_function(wrap_pyfunction!(respawn::respawn, m)?)?;
     m.add_function(wrap_pyfunction!(exec::exec, m)?)?;
     m.add_function(wrap_pyfunction!(exec::exec_server, m)?)?;
     m.add_class::<exec::ExecServer>()?;

@@ -56,6 +56,25 @@ pub(crate) fn spawn(
     hold: bool,
     seccomp_json: Option<&str>,
 ) -> PyResult<Process> {
+    let plan = plan_of(py, spec_json, seccomp_json)?;
+    let image = child_image().map_err(|e| spawn_error(py, &e))?;
+    let created = py
+        .detach(|| {
+            runtime::create(image, plan, [stdin, stdout, stderr], hold, None, || {
+                fault("cgroup-created")
+            })
+        })
+        .map_err(|e| spawn_error(py, &e))?;
+    Ok(Process::new(created.child, created.cgroup, created.pending))
+}
+
+/// The plan of a spec (JSON), with the filter of `seccomp_json` given beside it (compiled
+/// once per text); the SpawnError of stage "spec" when either is wrong.
+pub(crate) fn plan_of(
+    py: Python<'_>,
+    spec_json: &str,
+    seccomp_json: Option<&str>,
+) -> PyResult<Plan> {
     let spec_error = |e: String| spawn_error(py, &SetupError::new(Stage::Spec, libc::EINVAL, e));
     let mut plan = Plan::from_json(spec_json).map_err(|e| spec_error(e.to_string()))?;
     if let Some(j) = seccomp_json {
@@ -66,15 +85,7 @@ pub(crate) fn spawn(
         }
         plan.seccomp = Some(seccomp_program(py, j)?);
     }
-    let image = child_image().map_err(|e| spawn_error(py, &e))?;
-    let created = py
-        .detach(|| {
-            runtime::create(image, plan, [stdin, stdout, stderr], hold, None, || {
-                fault("cgroup-created")
-            })
-        })
-        .map_err(|e| spawn_error(py, &e))?;
-    Ok(Process::new(created.child, created.cgroup, created.pending))
+    Ok(plan)
 }
 
 /// Feeds `input` to `stdin` and reads `stdout` and `stderr` (descriptors, -1 for none) to EOF or
@@ -104,9 +115,9 @@ pub(crate) fn communicate<'py>(
 /// A container's first process, as seen from the host.
 #[pyclass(module = "pyrt._core")]
 pub(crate) struct Process {
-    child: Child,
+    pub(crate) child: Child,
     /// The container's cgroup, owned (destroyed) by its first process's handle.
-    cgroup: Mutex<Option<Cgroup>>,
+    pub(crate) cgroup: Mutex<Option<Cgroup>>,
     /// Set for a process spawned with `hold=True` until `release()`.
     pending: Mutex<Option<Pending>>,
 }
