@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import secrets
 import select
 import signal
 import threading
@@ -226,7 +225,7 @@ class Container(
         #: Reads EOF once the log thread has written all the container's output (see logs()).
         self._log_done = -1
         self.image = image
-        self.id = secrets.token_hex(16)
+        self.id = os.urandom(16).hex()  # (as secrets.token_hex, without importing hmac)
         self.name = self._o.name
         self._command = None if command is None else checks.args(command, "command", empty_ok=True)
         self._entrypoint = (

@@ -20,7 +20,6 @@ from pyrt.image import Image
 from pyrt.image.config import ImageConfig
 from pyrt.image.image import overlay_supported
 from pyrt.network.private import PrivateNetwork
-from pyrt.rootfs import snapshot
 
 if TYPE_CHECKING:
     from pyrt.container.health import Checker
@@ -124,6 +123,8 @@ class ContainerSnapshots:
         if self.image.kind != "host" and not overlay_supported():
             raise PyrtError("commit needs overlayfs (the kernel has none, or PYRT_NO_OVERLAY=1)")
         d = self._ensure_dir()
+        from pyrt.rootfs import snapshot  # (when used: it brings tarfile, 4 ms of an import)
+
         cfg = snapshot.merged_config(self._config(), changes)
         remap = None
         if self._userns is not None:

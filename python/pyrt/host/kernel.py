@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import platform
+import os
 
 
 @functools.cache
@@ -11,7 +11,7 @@ def at_least(major: int, minor: int) -> bool:
     """Whether the kernel is Linux ``major.minor`` or later (False when its release string
     does not say)."""
     try:
-        got = tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
+        got = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
     except ValueError:
         return False
     return got >= (major, minor)

@@ -13,17 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import stat
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from pyrt import _core
 from pyrt.errors import ImageError, ImageNotFound
 from pyrt.image.layers import check_size, hex_of
+
+if TYPE_CHECKING:
+    import tarfile
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -50,7 +51,7 @@ _ARCH = {
 
 
 def host_platform() -> tuple[str, Optional[str]]:
-    m = platform.machine()
+    m = os.uname().machine
     return _ARCH.get(m, (m, None))
 
 
@@ -238,6 +239,8 @@ class _Archive:
     """A tar archive read in place: an OCI layout in a tar, or a docker archive."""
 
     def __init__(self, path: Path) -> None:
+        import tarfile  # (here: 4 ms of every interpreter's import of pyrt otherwise)
+
         self.path = path
         self.what = str(path)
         try:
@@ -265,6 +268,8 @@ class _Archive:
         m = self.members.get(os.path.normpath(rel.lstrip("/")))
         if m is None:
             raise ImageError(f"{self.what}: {rel} is missing from the archive")
+        import tarfile
+
         try:
             f = self.tar.extractfile(m)
         except (tarfile.TarError, KeyError) as e:
@@ -375,6 +380,8 @@ def kind_of(path: Path) -> str:
             if (path / "oci-layout").exists() or (path / "index.json").exists()
             else "rootfs"
         )
+    import tarfile
+
     try:
         with tarfile.open(path, "r:") as tf:
             names = set()

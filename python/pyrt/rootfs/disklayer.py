@@ -14,11 +14,12 @@ fast path of ``ContainerDir.remove``): a leftover mount is a leak the tests look
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 from pathlib import Path
 from typing import Optional
+
+from pyrt.host.libc import last_errno, libc
 
 #: The name of the mount point in a container's directory.
 NAME = "layer"
@@ -28,21 +29,17 @@ _MS_NODEV = 0x4
 _MNT_DETACH = 0x2
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def mount(directory: Path, size: int, owner: Optional[tuple[int, int]]) -> Path:
     """Mounts the bounded layer in ``directory`` (a new container's) and returns its path."""
     target = directory / NAME
     target.mkdir(mode=0o755)
     uid, gid = owner or (0, 0)
     opts = f"size={size},mode=0755,uid={uid},gid={gid}"
-    rc = _libc().mount(
+    rc = libc().mount(
         b"pyrt-layer", os.fsencode(target), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode()
     )
     if rc != 0:
-        err = ctypes.get_errno()
+        err = last_errno()
         target.rmdir()
         raise OSError(err, f"mounting a {size}-byte tmpfs for disk= on {target}: "
                            f"{os.strerror(err)}")  # fmt: skip
@@ -55,9 +52,9 @@ def unmount(directory: Path) -> None:
     target = directory / NAME
     if not os.path.ismount(target):
         return
-    rc = _libc().umount2(os.fsencode(target), _MNT_DETACH)
+    rc = libc().umount2(os.fsencode(target), _MNT_DETACH)
     if rc != 0:
-        err = ctypes.get_errno()
+        err = last_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, f"unmounting the disk= layer {target}: {os.strerror(err)}")
     with contextlib.suppress(OSError):

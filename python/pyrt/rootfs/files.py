@@ -20,16 +20,18 @@ import errno
 import io
 import os
 import stat
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Optional
+from typing import IO, TYPE_CHECKING, Optional
 
 from pyrt import _core
 from pyrt.errors import PathNotFound, PyrtError
 from pyrt.host import trees
 from pyrt.image import unpack
+
+if TYPE_CHECKING:
+    import tarfile
 
 #: Who owns what is written: (uid, gid) as the host sees them, or None to leave it to the
 #: writing process (a rootless caller, who is the container's root).
@@ -213,6 +215,8 @@ def write_archive(root: int, path: str, out: IO[bytes], arcname: Optional[str] =
     """A tar of ``path`` (a file or a tree) inside the root, written to ``out``; its top entry is
     named ``arcname`` (default: the path's last component, "." for the root). Sockets cannot be
     archived and are skipped."""
+    import tarfile  # (here: 4 ms of every interpreter's import of pyrt otherwise)
+
     parent_path, name = _split(path)
     top = arcname if arcname is not None else (name or ".")
     result = Copied()
@@ -250,6 +254,8 @@ IdMap = Callable[[int, int], tuple[int, int]]
 
 def tar_info(name: str, st: os.stat_result, remap: Optional[IdMap] = None) -> tarfile.TarInfo:
     """The archive header of a file ``st`` names, its owner seen through ``remap``."""
+    import tarfile
+
     ti = tarfile.TarInfo(name)
     ti.mode = stat.S_IMODE(st.st_mode)
     ti.uid, ti.gid = remap(st.st_uid, st.st_gid) if remap else (st.st_uid, st.st_gid)
@@ -285,6 +291,8 @@ def add_to_tar(
     with all below it; hard links inside the copy stay links (``links``), and directories in
     ``kernel_dirs`` (/proc, /sys of a running container) are added empty. ``depth``: how
     many directories deep ``name`` is, bounded by MAX_DEPTH."""
+    import tarfile
+
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:

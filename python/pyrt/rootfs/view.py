@@ -14,7 +14,6 @@ over a pipe, or the exception's class and message, which are raised again in the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from typing import Any, Optional
 
 from pyrt import errors
 from pyrt.host import userns
+from pyrt.host.libc import last_errno, libc
 
 Operation = Callable[[int], bytes]
 
@@ -46,13 +46,9 @@ class Overlay:
     userxattr: bool
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _check(rc: int, what: str) -> None:
     if rc != 0:
-        err = ctypes.get_errno()
+        err = last_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
@@ -78,16 +74,16 @@ def clear_volatile_mark(work: str) -> None:
 
 
 def _mount_overlay(ov: Overlay) -> None:
-    libc = _libc()
-    _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    c = libc()
+    _check(c.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     # Private first: the overlay must not propagate back to the host's namespace.
-    _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    _check(c.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
     clear_volatile_mark(ov.work)
     opts = f"lowerdir={':'.join(ov.lower)},upperdir={ov.upper},workdir={ov.work}"
     if ov.userxattr:
         opts += ",userxattr"
     _check(
-        libc.mount(b"overlay", ov.target.encode(), b"overlay", 0, opts.encode()),
+        c.mount(b"overlay", ov.target.encode(), b"overlay", 0, opts.encode()),
         f"mounting the container's root on {ov.target}",
     )
 
@@ -138,7 +134,7 @@ def call_running_as_its_root(pid: int, op: Operation) -> bytes:
         fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         ns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _check(_libc().setns(ns, _CLONE_NEWUSER), "setns(the container's user namespace)")
+            _check(libc().setns(ns, _CLONE_NEWUSER), "setns(the container's user namespace)")
         finally:
             os.close(ns)
         os.setresgid(0, 0, 0)
@@ -165,11 +161,11 @@ def _forked(setup: Callable[[], int], op: Operation, rootless: bool, what: str) 
             os.close(ready_r)
             # Dies with its caller: a SIGKILL of the caller must not leave the helper (and its
             # mount namespace) running on.
-            _check(_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+            _check(libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
             if os.getppid() != parent:
                 os._exit(1)
             if rootless:
-                _check(_libc().unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+                _check(libc().unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
                 os.write(ready_w, b"1")
                 if os.read(go_r, 1) != b"1":
                     os._exit(1)
