@@ -151,6 +151,63 @@ def test_the_exec_server_carries_the_containers_seccomp_filter(
         c.remove()
 
 
+def _caps_of(status: str) -> dict[str, str]:
+    return {k: v.strip() for k, v in (line.split(":\t", 1) for line in status.splitlines())
+            if k.startswith("Cap")}  # fmt: skip
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+def test_the_exec_server_carries_the_containers_bounding_set(
+    image: pyrt.Image, userns: bool
+) -> None:
+    """The server cuts its bounding set to the container's once; its execs inherit it and drop
+    nothing more: each has the capability sets of the container's own process (as the first
+    exec, made without the server, has), as root or as another user. An exec that asks the
+    core for a bounding set beyond the server's is not forked by it: it gets what it asked."""
+    from pyrt import _core
+
+    c = pyrt.Container(image, ["sleep", "120"], rootless=userns,
+                       cap_drop=["NET_RAW", "CHOWN", "KILL"]).start()  # fmt: skip
+    try:
+        assert c.pid is not None and c._proc is not None
+        own = _caps_of(Path(f"/proc/{c.pid}/status").read_text())
+        show = ["cat", "/proc/self/status"]
+        seen = [_caps_of(c.exec(show, text=True).stdout) for _ in range(3)]
+        assert seen == [own] * 3, (seen, own)
+        (server,) = exec_servers()
+        assert _caps_of(Path(f"/proc/{server}/status").read_text())["CapBnd"] == own["CapBnd"]
+        bounding = int(own["CapBnd"], 16)
+        assert bounding & (1 << 13) == 0 and bounding & (1 << 0) == 0  # (NET_RAW, CHOWN)
+        other = _caps_of(c.exec(show, text=True, user="nobody").stdout)
+        assert other["CapBnd"] == own["CapBnd"] and int(other["CapEff"], 16) == 0
+        # Through the core, a process naming CAP_NET_RAW in its bounding set: the server lacks
+        # it, so the exec is made the ordinary way, with it.
+        doc = c._exec_process(show, None, None, None)
+        doc["capabilities"]["bounding"] = [*doc["capabilities"]["bounding"], "CAP_NET_RAW"]
+        served = c._server[1] if c._server else None
+        assert served is not None
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            e = _core.exec(c.pid, json.dumps(doc), null, w, null, c._proc.cgroup_paths(),
+                           c._seccomp_json, server=served)  # fmt: skip
+            os.close(w)
+            w = -1
+            got = b""
+            while chunk := os.read(r, 65536):
+                got += chunk
+            assert e.wait(30) == 0
+        finally:
+            os.close(r)
+            os.close(null)
+            if w >= 0:
+                os.close(w)
+        wider = int(_caps_of(got.decode())["CapBnd"], 16)
+        assert wider == bounding | (1 << 13), (hex(wider), hex(bounding))
+    finally:
+        c.remove()
+
+
 SERVED_THEN_DIES = """
 import sys, pyrt
 c = pyrt.Container(pyrt.Image.load(sys.argv[1]), ["sleep", "120"], rootless=True).start()

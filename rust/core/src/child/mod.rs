@@ -462,9 +462,14 @@ fn new_session() -> Result<(), SetupError> {
         .map_err(|e| SetupError::io(Stage::Namespaces, "setsid", &io::Error::from(e)))
 }
 
-/// setgroups(2) is refused in a user namespace whose setgroups file says "deny".
+/// setgroups(2) is refused in a user namespace whose setgroups file says "deny". Read once
+/// per process: an exec server reads it when it has joined the container (its user namespace
+/// is set up by then, and the answer cannot change), and its forks inherit the answer.
 fn setgroups_allowed() -> bool {
-    !matches!(std::fs::read_to_string("/proc/self/setgroups"), Ok(s) if s.trim() == "deny")
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(
+        || !matches!(std::fs::read_to_string("/proc/self/setgroups"), Ok(s) if s.trim() == "deny"),
+    )
 }
 
 fn rearm_parent_death() -> Result<(), SetupError> {

@@ -42,6 +42,17 @@ pub fn run(plan: &ServePlan) -> Result<std::convert::Infallible, SetupError> {
     // signal that clone's child set: armed again, and the lifeline checked.
     super::rearm_parent_death()?;
     super::process::server_signals();
+    // Learnt once here, inherited by every fork (see each one's comment).
+    let _ = super::setgroups_allowed();
+    if let Some(b) = plan.bounding {
+        crate::capabilities::narrow_bounding(b).map_err(|e| {
+            SetupError::new(
+                Stage::Capabilities,
+                libc::EPERM,
+                format!("narrowing the bounding set to the container's: {e}"),
+            )
+        })?;
+    }
     if let Some(p) = &plan.seccomp {
         crate::seccomp::install(p).map_err(|e| {
             SetupError::io(

@@ -325,6 +325,10 @@ pub struct ServePlan {
     /// is sent, whose rules allow every call the server and an exec's setup make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<Program>,
+    /// The container's bounding set (its first process's), which the server cuts its own to
+    /// once: an exec with this one then drops nothing (`capabilities::narrow_bounding`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounding: Option<u64>,
 }
 
 impl ServePlan {

@@ -30,6 +30,8 @@ pub struct ExecServer {
     server: Child,
     /// The seccomp filter the server installed on itself, which its forks inherit.
     filter: Option<Program>,
+    /// The bounding set the server cut its own to (the container's), which its forks inherit.
+    bounding: Option<u64>,
     /// The server's setup, which `start` does not wait for: the first exec reads its report
     /// (others wait for that).
     setup: Mutex<Setup>,
@@ -94,7 +96,9 @@ impl ExecServer {
             enter: enter.iter().map(AsRawFd::as_raw_fd).collect(),
             leave: leave.iter().map(AsRawFd::as_raw_fd).collect(),
             seccomp: filter.clone(),
+            bounding: bounding_of(target),
         };
+        let plan_bounding = plan.bounding;
         let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
         let stdio = [null.as_raw_fd(); 3];
         let (server, setup) = clone_child(
@@ -106,6 +110,7 @@ impl ExecServer {
         )?;
         Ok(ExecServer {
             socket: Mutex::new(ours),
+            bounding: plan_bounding,
             server,
             filter,
             setup: Mutex::new(Setup::Pending(setup)),
@@ -130,6 +135,16 @@ impl ExecServer {
         // The server's forks carry its filter: an exec with that one has it already, and one
         // with any other (or none) would get the two stacked, so it goes the ordinary way.
         if plan.seccomp != self.filter {
+            return Err(None);
+        }
+        // Likewise its bounding set: an exec whose own is not within it (or that names none,
+        // and so keeps what it is born with) goes the ordinary way, as it went before.
+        let within = |b: u64| {
+            plan.process
+                .capabilities
+                .is_some_and(|c| c.bounding & !b == 0)
+        };
+        if self.bounding.is_some_and(|b| !within(b)) {
             return Err(None);
         }
         // Its setup's outcome, the first time: a server that did not come up is not asked
@@ -243,4 +258,11 @@ impl Drop for ExecServer {
         let _ = self.server.kill(libc::SIGKILL);
         let _ = self.server.wait(None);
     }
+}
+
+/// The bounding set of process `pid` (its /proc status's CapBnd), or None when unreadable.
+fn bounding_of(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
