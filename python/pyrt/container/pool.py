@@ -10,9 +10,11 @@ container's exec server before handing it out, so a pool costs its owner two thr
 work on the caller's path but the hand-over (even the first exec goes through the server).
 
 Why two: a reset mostly waits (for the old container's end, the new one's setup, its exec
-server), and while the caller's thread runs Python, each of those waits also costs the
-worker the GIL back, up to the switch interval (5 ms). One worker then fell behind a suite
-whose tests took 7 ms each, and every test waited ~1.2 ms in ``acquire``; with two, ~0.
+server), and while the caller's thread runs Python, getting the GIL back after a wait costs
+the worker up to the switch interval (5 ms). One worker then fell behind a suite whose tests
+took 7 ms each, and every test waited ~1.2 ms in ``acquire``; with two, ~0. A reset's waits
+are one call of the core since (``_core.respawn``: the end, the start, the exec server and
+the state file), so that a worker asks for the GIL back once a reset, not five times.
 
 Containers of a pool are ordinary containers of the owning process: removed by ``close()``, at
 interpreter exit, and by the owner's reaper when the owner is killed."""
