@@ -149,3 +149,30 @@ def test_other_processes_find_the_reset_container(image: pyrt.Image, kind: str) 
         assert mntns == os.readlink(f"/proc/{c.pid}/ns/mnt")
     finally:
         c.remove()
+
+
+def test_a_reset_that_cannot_start_leaves_nothing_of_the_old_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The killed container of a reset is ended by the start's call of the core; when the
+    start fails before (here the call itself refuses, as a fake), the reset ends it: no
+    process, cgroup or exec server of it is left, and the container can still be removed."""
+    c = pyrt.Container(pyrt.Image.host(), ["sleep", "3600"], init=True).start()
+    try:
+        assert c._proc is not None and c.pid is not None
+        old_pid, cgroups = c.pid, c._proc.cgroup_paths()
+        for _ in range(2):
+            c.exec(["true"])  # (its exec server starts at the second)
+        assert settles(lambda: bool(exec_servers()))
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise pyrt.SpawnError("refused for the test", stage="spawn", errno=1)
+
+        monkeypatch.setattr(_core, "respawn", refuse)
+        with pytest.raises(pyrt.SpawnError, match="refused for the test"):
+            c.reset()
+        assert not os.path.exists(f"/proc/{old_pid}")  # reaped, not a zombie of ours
+        assert cgroups and not any(os.path.exists(p) for p in cgroups)
+        assert not exec_servers()
+    finally:
+        c.remove()

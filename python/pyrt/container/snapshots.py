@@ -192,6 +192,14 @@ class ContainerSnapshots:
                 raise state_error(e) from e
             self._proc = None
             self._returncode = None
-        self._spawn_detached(replaced, serve)
+        try:
+            self._spawn_detached(replaced, serve)
+        except BaseException:
+            if replaced is not None:
+                # (Ended already when the core's call got that far; otherwise now: nothing
+                # else holds the old container, which the failed start leaves exited.)
+                with contextlib.suppress(Exception):
+                    end_replaced(*replaced)
+            raise
         self._start_checker()
         return self
