@@ -30,8 +30,9 @@ pub struct ExecServer {
     server: Child,
     /// The seccomp filter the server installed on itself, which its forks inherit.
     filter: Option<Program>,
-    /// The bounding set the server cut its own to (the container's), which its forks inherit.
-    bounding: Option<u64>,
+    /// What the server's bounding set (cut to the container's, and inherited by its forks)
+    /// lacks of the caller's: an exec that names one of these gets it only the ordinary way.
+    beyond: u64,
     /// The server's setup, which `start` does not wait for: the first exec reads its report
     /// (others wait for that).
     setup: Mutex<Setup>,
@@ -96,9 +97,12 @@ impl ExecServer {
             enter: enter.iter().map(AsRawFd::as_raw_fd).collect(),
             leave: leave.iter().map(AsRawFd::as_raw_fd).collect(),
             seccomp: filter.clone(),
-            bounding: bounding_of(target),
+            bounding: bounding_of(&target.to_string()),
         };
-        let plan_bounding = plan.bounding;
+        // (Unknown: the server keeps the bounding set it is born with, the caller's.)
+        let beyond = plan
+            .bounding
+            .map_or(0, |b| bounding_of("thread-self").unwrap_or(0) & !b);
         let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
         let stdio = [null.as_raw_fd(); 3];
         let (server, setup) = clone_child(
@@ -110,7 +114,7 @@ impl ExecServer {
         )?;
         Ok(ExecServer {
             socket: Mutex::new(ours),
-            bounding: plan_bounding,
+            beyond,
             server,
             filter,
             setup: Mutex::new(Setup::Pending(setup)),
@@ -137,14 +141,8 @@ impl ExecServer {
         if plan.seccomp != self.filter {
             return Err(None);
         }
-        // Likewise its bounding set: an exec whose own is not within it (or that names none,
-        // and so keeps what it is born with) goes the ordinary way, as it went before.
-        let within = |b: u64| {
-            plan.process
-                .capabilities
-                .is_some_and(|c| c.bounding & !b == 0)
-        };
-        if self.bounding.is_some_and(|b| !within(b)) {
+        // Likewise its bounding set (see `within_bounding`).
+        if !within_bounding(self.beyond, plan.process.capabilities.as_ref()) {
             return Err(None);
         }
         // Its setup's outcome, the first time: a server that did not come up is not asked
@@ -260,9 +258,52 @@ impl Drop for ExecServer {
     }
 }
 
-/// The bounding set of process `pid` (its /proc status's CapBnd), or None when unreadable.
-fn bounding_of(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The bounding set of the process `/proc/{which}` names (its status's CapBnd), or None when
+/// unreadable.
+fn bounding_of(which: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{which}/status")).ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Whether an exec with capabilities `caps` gets from the server's forks what the ordinary way
+/// would give it, `beyond` being what the server's bounding set lacks of the caller's. One that
+/// names a capability of `beyond` (one the container's own process was not given) would not:
+/// it goes the ordinary way, as it went before the server cut its set. One that names none
+/// keeps the set it is born with (the caller's, the ordinary way).
+fn within_bounding(beyond: u64, caps: Option<&crate::capabilities::CapSets>) -> bool {
+    caps.map_or(beyond == 0, |c| c.bounding & beyond == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_bounding;
+    use crate::capabilities::CapSets;
+
+    #[test]
+    fn an_exec_is_served_unless_it_names_what_the_server_lacks_of_the_caller() {
+        const NET_RAW: u64 = 1 << 13;
+        let all = CapSets {
+            bounding: (1 << 41) - 1,
+            ..CapSets::default()
+        };
+        let container = CapSets {
+            bounding: 0x5fb,
+            ..CapSets::default()
+        };
+        // A privileged container on a host without CAP_SYS_RESOURCE: the server lacks
+        // nothing of the caller's, and its execs are served although they name it.
+        assert!(within_bounding(0, Some(&all)));
+        // The container's own set, with NET_RAW dropped from the container.
+        assert!(within_bounding(NET_RAW, Some(&container)));
+        // An exec that asks for NET_RAW, which the caller holds and the server does not.
+        let wider = CapSets {
+            bounding: 0x5fb | NET_RAW,
+            ..CapSets::default()
+        };
+        assert!(!within_bounding(NET_RAW, Some(&wider)));
+        // One that names no capabilities keeps the caller's set.
+        assert!(within_bounding(0, None));
+        assert!(!within_bounding(NET_RAW, None));
+    }
 }
