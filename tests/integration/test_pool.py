@@ -130,6 +130,17 @@ def test_a_pooled_container_comes_with_its_exec_server(image: pyrt.Image, userns
     assert not exec_servers()
 
 
+def test_a_pooled_container_with_a_terminal_has_no_exec_server(image: pyrt.Image) -> None:
+    # A container with a terminal gets no exec server (`_exec_server`): the pool starts none
+    # for it either (one that would only idle beside it until its removal).
+    with pyrt.Pool(image, ["sleep", "3600"], size=1, tty=True) as pool:
+        for i in range(2):  # a started container, then its replacement (none is reset)
+            with pool.acquire() as c:
+                assert c.exec(["sh", "-c", f"exit {i}"]).returncode == i
+                assert not settles(lambda: bool(_servers_of(c)), seconds=0.5)
+    assert not exec_servers()
+
+
 def test_waiting_for_a_container_times_out(image: pyrt.Image) -> None:
     with pyrt.Pool(image, IDLE, size=1) as pool:
         # Right after construction nothing has started yet: a zero wait finds none.

@@ -62,6 +62,15 @@ def test_tty_container_console(image: pyrt.Image) -> None:
     assert b"typed-42" in logs and b"/dev/pts/0" in logs
 
 
+def test_an_exec_into_a_tty_container_has_pipes_not_a_terminal(image: pyrt.Image) -> None:
+    """As ``docker exec`` without ``-t``: the console is the first process's; an exec's stdio
+    are the caller's (it failed, trying to hand a pty of its own over a pipe)."""
+    with pyrt.Container(image, ["sleep", "60"], tty=True) as c:
+        r = c.exec(["sh", "-c", "test -t 0 || test -t 1 || echo no-tty; exit 4"], text=True)
+        assert (r.returncode, r.stdout) == (4, "no-tty\n")
+        assert c.exec(["cat"], input=b"fed").stdout == b"fed"
+
+
 def test_tty_logs_are_whole_once_it_exited(image: pyrt.Image) -> None:
     """logs() after the exit has all of the console's output, as for a container without a
     tty: it waits for the log thread to write the last of it."""

@@ -113,8 +113,9 @@ class ContainerExecs:
         server makes once for all its forks (it is given the container's). Starting one costs
         about two such savings in a user namespace, so it is started at the second exec
         (``second``), not the first: a sandbox exec'd once never pays for one. None for a
-        container with a terminal (its exec sets up a pty of its own) or when not possible; the
-        core falls back to the ordinary exec when it has ended."""
+        container with a terminal (an interactive one, `pyrt run -it`, not a sandbox exec'd
+        into over and over) or when not possible; the core falls back to the ordinary exec when
+        it has ended."""
         if self._o.tty:
             return None
         # Its own lock, not the container's: a healthcheck's exec comes here from the

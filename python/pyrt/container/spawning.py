@@ -184,6 +184,7 @@ class ContainerSpawning:
                     fault("state-written")
                 try:
                     hold = self._net is not None and self._net.needs_attach
+                    serve = serve and not self._o.tty  # (as `_exec_server`: none for a tty)
                     started: Optional[int] = None  # (its pid's start time, once written)
                     if hold or not (replaced or serve):
                         if replaced is not None:

@@ -283,9 +283,13 @@ def exec_process(
     ``args``, ``env`` laid over its environment, in ``cwd``, and as ``ids`` when given (with
     its additional groups and HOME; capabilities effective only for uid 0, as at a login).
     What is not said stays the container's: rlimits, umask, no_new_privileges, the bounding
-    set. The one builder of an exec's process, for ``Container.exec`` and `pyrt exec`."""
+    set. Not its terminal: an exec's stdio are the caller's pipes or files, as ``docker exec``
+    without ``-t`` (a container's console is its first process's). The one builder of an
+    exec's process, for ``Container.exec`` and `pyrt exec`."""
     proc: dict[str, Any] = json.loads(json.dumps(dict(base)))  # (a deep copy of JSON data)
     proc["args"] = list(args)
+    proc["terminal"] = False
+    proc.pop("consoleSize", None)
     if cwd is not None:
         if not cwd.startswith("/"):
             raise InvalidOption(f"workdir must be an absolute path: {cwd!r}")
