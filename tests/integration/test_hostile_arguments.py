@@ -232,11 +232,20 @@ def test_build_and_push_arguments(
 ) -> None:  # fmt: skip
     ctx = tmp_path_factory.mktemp("ctx")
     (ctx / "Containerfile").write_text(f"FROM {rootfs}\nARG A\nRUN true\n")
-    _call(pyrt.build, value)
-    _call(pyrt.build, ctx, **{option: value})
-    # A push that gets as far as the network goes to a port where nothing listens.
-    _call(image.push, f"127.0.0.1:1/{ref}" if isinstance(ref, str) else ref)
-    _call(image.push, "127.0.0.1:1/a:1", insecure=insecure, username=ref, password=value)
+    # In a directory of the test's own: a relative path given as a context or as the
+    # destination of a push (a local OCI layout, "rel", "a:b") is made there, not in the
+    # directory pytest was started from (the repository's, where two such layouts were once
+    # committed).
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        _call(pyrt.build, value)
+        _call(pyrt.build, ctx, **{option: value})
+        # A push that gets as far as the network goes to a port where nothing listens.
+        _call(image.push, f"127.0.0.1:1/{ref}" if isinstance(ref, str) else ref)
+        _call(image.push, "127.0.0.1:1/a:1", insecure=insecure, username=ref, password=value)
+    finally:
+        os.chdir(here)
 
 
 def test_huge_timeouts_are_no_limit(running: pyrt.Container) -> None:
