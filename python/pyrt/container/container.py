@@ -465,9 +465,8 @@ class Container(
                 if self._returncode is None:
                     self._proc.kill(signal.SIGKILL)
                     self._thaw()
-                    self._returncode = self._proc.wait(None)
-                self._proc.destroy_cgroup()
-            if server is not None:
+                self._returncode = spawning.end_killed(self._proc, server)
+            elif server is not None:
                 server.close()
             if self.console is not None:
                 os.close(self.console)

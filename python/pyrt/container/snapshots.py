@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 
 from pyrt import _core
 from pyrt.config import checks, options
-from pyrt.container.spawning import Replaced, end_replaced
+from pyrt.container.spawning import Replaced, end_killed
 from pyrt.errors import PyrtError, state_error
 from pyrt.host import userns
 from pyrt.image import Image
@@ -176,7 +176,7 @@ class ContainerSnapshots:
             if rootless_net or self._dir.has_layer():
                 # What is swapped must wait for the end; otherwise the start after it waits
                 # for it, in the same call of the core (see `_core.respawn`).
-                end_replaced(proc, server)
+                end_killed(proc, server)
                 replaced = None
             if rootless_net:
                 assert isinstance(self._net, PrivateNetwork)
@@ -199,7 +199,7 @@ class ContainerSnapshots:
                 # (Ended already when the core's call got that far; otherwise now: nothing
                 # else holds the old container, which the failed start leaves exited.)
                 with contextlib.suppress(Exception):
-                    end_replaced(*replaced)
+                    end_killed(*replaced)
             raise
         self._start_checker()
         return self

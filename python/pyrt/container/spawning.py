@@ -36,13 +36,15 @@ LOG_CAP = 16 << 20
 Replaced = tuple[_core.Process, Optional[_core.ExecServer]]
 
 
-def end_replaced(proc: _core.Process, server: Optional[_core.ExecServer]) -> None:
-    """The end of a killed container, as ``_core.respawn`` waits for it: its first process
-    reaped, its cgroup removed (with anything left in it), its exec server reaped."""
-    proc.wait(None)
+def end_killed(proc: _core.Process, server: Optional[_core.ExecServer]) -> Optional[int]:
+    """The end of a killed container (a reset's, a removed one's), as ``_core.respawn`` waits
+    for it: its first process reaped (its return code returned), its cgroup removed (with
+    anything left in it), its exec server reaped. Idempotent."""
+    code = proc.wait(None)
     proc.destroy_cgroup()
     if server is not None:
         server.close()
+    return code
 
 
 class ContainerSpawning:
@@ -188,7 +190,7 @@ class ContainerSpawning:
                     started: Optional[int] = None  # (its pid's start time, once written)
                     if hold or not (replaced or serve):
                         if replaced is not None:
-                            end_replaced(*replaced)
+                            end_killed(*replaced)
                         proc = _core.spawn(sent, stdin, stdout, stderr, hold=hold,
                                            seccomp_json=self._seccomp_json)  # fmt: skip
                         if hold:
