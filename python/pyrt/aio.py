@@ -66,14 +66,15 @@ async def _exited(proc: _core.Process, timeout: Optional[float]) -> Optional[int
     return proc.wait(0)
 
 
-async def _communicate(
-    in_w: int, data: Optional[bytes], out_r: int, err_r: int, timeout: Optional[float]
-) -> tuple[bytes, bytes, bool]:
-    """Writes ``data`` to ``in_w`` (then closes it) and reads both outputs to EOF, on the event
-    loop. Returns (stdout, stderr, timed_out); the descriptors for reading stay the caller's."""
+async def _communicate(req: lifecycle.Communicate) -> tuple[bytes, bytes, bool, Optional[str]]:
+    """Writes the request's input to its stdin (then closes it) and reads both outputs to EOF
+    or past its limit, on the event loop. Answers as ``lifecycle.Communicate`` says; the
+    descriptors for reading stay the caller's."""
+    in_w, data, out_r, err_r, limit = req.stdin, req.data, req.stdout, req.stderr, req.limit
     loop = asyncio.get_running_loop()
     bufs: dict[int, bytearray] = {fd: bytearray() for fd in (out_r, err_r) if fd >= 0}
     eof: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in bufs}
+    over: list[str] = []  # (the stream that passed the limit: every wait ends with it)
     for fd in (*bufs, *([in_w] if in_w >= 0 else [])):
         os.set_blocking(fd, False)
 
@@ -84,6 +85,13 @@ async def _communicate(
             return
         if chunk:
             bufs[fd] += chunk
+            if limit is not None and len(bufs[fd]) > limit:
+                del bufs[fd][limit:]
+                over.append("stdout" if fd == out_r else "stderr")
+                for f in bufs:
+                    loop.remove_reader(f)
+                    if not eof[f].done():
+                        eof[f].set_result(None)
         else:
             loop.remove_reader(fd)
             if not eof[fd].done():
@@ -119,9 +127,10 @@ async def _communicate(
         else:
             close_stdin()
     try:
-        _, pending = await asyncio.wait(list(eof.values()), timeout=timeout)
+        _, pending = await asyncio.wait(list(eof.values()), timeout=req.timeout)
         empty = bytearray()
-        return bytes(bufs.get(out_r, empty)), bytes(bufs.get(err_r, empty)), bool(pending)
+        got = bytes(bufs.get(out_r, empty)), bytes(bufs.get(err_r, empty))
+        return (*got, bool(pending), over[0] if over else None)
     finally:
         for fd in bufs:
             loop.remove_reader(fd)
@@ -131,7 +140,7 @@ async def _communicate(
 async def _answer(loop: asyncio.AbstractEventLoop, req: lifecycle.Request) -> Any:
     """What a request asks for, done on the event loop."""
     if isinstance(req, lifecycle.Communicate):
-        return await _communicate(req.stdin, req.data, req.stdout, req.stderr, req.timeout)
+        return await _communicate(req)
     if isinstance(req, lifecycle.Exited):
         return await _exited(req.proc, req.timeout)
     if isinstance(req, lifecycle.Sleep):

@@ -117,6 +117,26 @@ class TimeoutExpired(PyrtError, TimeoutError):
         self.stderr = stderr
 
 
+class OutputLimitExceeded(PyrtError):
+    """A captured output (``stream``: "stdout" or "stderr") of ``run`` or ``exec`` had more than
+    the container's ``output_limit`` bytes: the process was killed (for ``run``, the whole
+    container), and ``stdout``/``stderr`` hold what was kept, at most ``limit`` bytes each."""
+
+    def __init__(
+        self, cmd: list[str], stream: str, limit: int, stdout: bytes, stderr: bytes
+    ) -> None:
+        super().__init__(
+            f"command {cmd!r}: its {stream} passed output_limit={limit} bytes, and it was "
+            f"killed (give the container a larger output_limit, or None, or send {stream} to a "
+            "file)"
+        )
+        self.cmd = cmd
+        self.stream = stream
+        self.limit = limit
+        self.stdout = stdout
+        self.stderr = stderr
+
+
 class BuildError(PyrtError):
     """A build failed: ``file`` and ``line`` say where, ``instruction`` is the line as written;
     for a failing RUN, ``output`` is what it printed and ``returncode`` its status."""

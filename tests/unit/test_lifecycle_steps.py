@@ -5,7 +5,9 @@ over what a cancelled blocking call made before the cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,11 +31,11 @@ def sample(log: list[Any]) -> Steps[int]:
     r2, w2 = os.pipe2(os.O_CLOEXEC)
     os.close(w2)
     try:
-        out, err, timed_out = yield Communicate(w, b"", r, r2, 5)
+        out, err, timed_out, over = yield Communicate(w, b"", r, r2, 5)
     finally:
         os.close(r)
         os.close(r2)
-    log.append((out, err, timed_out))
+    log.append((out, err, timed_out, over))
     return int(got) + 2
 
 
@@ -48,6 +50,41 @@ def both(make: Callable[[list[Any]], Steps[int]]) -> tuple[Any, Any]:
 
 def test_both_drivers_answer_alike() -> None:
     assert both(sample) == (42, 42)
+
+
+def endless(limit: int, stream: str) -> Callable[[list[Any]], Steps[int]]:
+    """Steps reading a pipe fed without end (by a thread) under ``limit``."""
+
+    def make(log: list[Any]) -> Steps[int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        stop = threading.Event()
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError):
+                while not stop.is_set():
+                    os.write(w, b"y\n" * 4096)
+
+        t = threading.Thread(target=feed)
+        t.start()
+        try:
+            pipes = (r, -1) if stream == "stdout" else (-1, r)
+            out, err, timed_out, over = yield Communicate(-1, None, *pipes, 30, limit)
+        finally:
+            os.close(r)  # (the feeder's next write fails)
+            stop.set()
+            t.join()
+            os.close(w)
+        log.append((len(out), len(err), timed_out, over))
+        return len(out) + len(err)
+
+    return make
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_both_drivers_stop_reading_past_the_limit(stream: str) -> None:
+    """A stream that never ends is read no further than the limit, by either driver, which
+    names it; no more than the limit is kept."""
+    assert both(endless(100_000, stream)) == (100_000, 100_000)
 
 
 def test_an_exception_not_caught_by_the_steps_reaches_the_caller() -> None:

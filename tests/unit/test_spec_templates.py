@@ -125,7 +125,7 @@ def test_the_template_key_holds_every_option_that_changes_the_spec() -> None:
     base = assemble.container_spec(ContainerOptions(), image, cid, ["x"], _inputs(cid, False))
     for name in assemble.UNKEYED_OPTIONS:
         value = {"name": "n", "aliases": ("a",), "limits": spec.Limits(1 << 30, None, None),
-                 "disk": 1 << 20}[name]  # fmt: skip
+                 "disk": 1 << 20, "output_limit": 10}[name]  # fmt: skip
         o = dataclasses.replace(ContainerOptions(), **{name: value})
         assert assemble.container_spec(o, image, cid, ["x"], _inputs(cid, False)) == base, name
 

@@ -106,6 +106,31 @@ def disk(value: object, image_kind: str) -> Optional[int]:
     return size
 
 
+#: What ``run`` and ``exec`` keep of each captured stream unless told otherwise (bytes): more
+#: than any test reads from a pipe, and a bound on the memory of a process that writes without
+#: end (`yes`), which would otherwise fill the caller's before anything else stopped it.
+OUTPUT_LIMIT = 1 << 30
+
+
+def output_limit(value: object) -> Optional[int]:
+    """The bound on each captured output of ``run`` and ``exec`` in bytes (``"64m"`` too), or
+    None for none."""
+    if value is None:
+        return None
+    from pyrt.config.sizes import parse_size
+
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f"output_limit must be bytes (int), a size like '64m' or None, not {show(value)}"
+        )
+    size = parse_size(value, "output_limit")
+    if size < 1:
+        raise InvalidOption(f"output_limit={value!r}: must be at least one byte (or None)")
+    if size >= 1 << 62:
+        raise InvalidOption(f"output_limit={value!r}: larger than any machine's memory")
+    return size
+
+
 @dataclass(frozen=True)
 class ContainerOptions:
     """Everything about a container but its image and command, checked once."""
@@ -127,3 +152,5 @@ class ContainerOptions:
     limits: Optional[Limits] = None
     #: Bytes of the writable layer, when bounded.
     disk: Optional[int] = None
+    #: Bytes kept of each captured output of run and exec (None: no bound).
+    output_limit: Optional[int] = OUTPUT_LIMIT

@@ -92,6 +92,9 @@ class Container(
     - ``disk``: a bound on the writable layer (bytes or ``"1g"``): writes beyond it fail
       with ENOSPC inside. The layer is then a tmpfs of that size (memory, as the rest of the
       run state); root only, and not for the host image, which has no writable layer.
+    - ``output_limit``: the most ``run`` and ``exec`` keep of each captured stream (bytes or
+      ``"64m"``; 1 GiB by default, None for no bound). A process that writes more is killed
+      (for ``run``, the container) and ``pyrt.OutputLimitExceeded`` raised with what was kept.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class Container(
         tty: bool = False,
         disk: Union[int, str, None] = None,
         healthcheck: Optional[Healthcheck] = None,
+        output_limit: Union[int, str, None] = options.OUTPUT_LIMIT,
     ) -> None:
         if not isinstance(image, Image):
             raise TypeError(f"image must be a pyrt.Image, not {type(image).__name__}")
@@ -206,6 +210,7 @@ class Container(
             tty=checks.flag(tty, "tty"),
             limits=lim,
             disk=disk_bytes,
+            output_limit=options.output_limit(output_limit),
         )
         # Validate what can be validated before anything exists.
         spec.capability_set(self._o.cap_add, self._o.cap_drop, self._o.privileged)

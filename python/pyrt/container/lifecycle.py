@@ -24,7 +24,7 @@ from typing import Any, Optional, TypeVar, Union
 from pyrt import _core
 from pyrt.config import checks
 from pyrt.container.stdio import Pipes
-from pyrt.errors import TimeoutExpired
+from pyrt.errors import OutputLimitExceeded, TimeoutExpired
 
 T = TypeVar("T")
 
@@ -43,13 +43,16 @@ class Blocking:
 @dataclass(frozen=True)
 class Communicate:
     """Write ``data`` to ``stdin`` (then close it) and read ``stdout``/``stderr`` (-1: none) to
-    EOF, for at most ``timeout`` seconds. Answer: (out, err, timed_out)."""
+    EOF, for at most ``timeout`` seconds, keeping at most ``limit`` bytes of each. Answer:
+    (out, err, timed_out, over_limit), the last the name of the stream that had more than
+    ``limit`` ("stdout" or "stderr"; the reading stopped there) or None."""
 
     stdin: int
     data: Optional[bytes]
     stdout: int
     stderr: int
     timeout: Optional[float]
+    limit: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ def answer(req: Request) -> Any:
     if isinstance(req, Blocking):
         return req.fn()
     if isinstance(req, Communicate):
-        return _core.communicate(req.stdin, req.data, req.stdout, req.stderr, req.timeout)
+        return _core.communicate(
+            req.stdin, req.data, req.stdout, req.stderr, req.timeout, req.limit
+        )
     if isinstance(req, Exited):
         return req.proc.wait(req.timeout)
     if isinstance(req, Sleep):
@@ -168,13 +173,16 @@ def io(
     pipes: Pipes,
     timeout: Optional[float],
     drain_after_kill: Optional[float],
+    limit: Optional[int] = None,
 ) -> Steps[Started]:
     """Starts a process on ``pipes``' descriptors, feeds its input, collects what it captures
     and waits: (process, stdout or None, stderr or None, return code). On ``timeout`` the
     process is killed (SIGKILL) and TimeoutExpired raised with what it wrote until then, read
-    for ``drain_after_kill`` more seconds (None: to EOF). A process that was started is waited
-    for whatever happens: a zombie of an exec'd process would keep its container's init from
-    ever exiting."""
+    for ``drain_after_kill`` more seconds (None: to EOF). A captured stream with more than
+    ``limit`` bytes gets it killed too, and OutputLimitExceeded raised: nothing is read
+    further, so no process can fill the caller's memory. A process that was started is
+    waited for whatever happens: a zombie of an exec'd process would keep its container's
+    init from ever exiting."""
     deadline = None if timeout is None else time.monotonic() + timeout
     proc: Optional[_core.Process] = None
     try:
@@ -183,15 +191,20 @@ def io(
         finally:
             pipes.started()
         assert proc is not None
-        out, err, timed_out = yield Communicate(
-            pipes.take_stdin(), pipes.input, pipes.out_r, pipes.err_r, timeout
+        out, err, timed_out, over = yield Communicate(
+            pipes.take_stdin(), pipes.input, pipes.out_r, pipes.err_r, timeout, limit
         )
+        if over is not None:
+            assert limit is not None
+            proc.kill(signal.SIGKILL)
+            yield Exited(proc, None)
+            raise OutputLimitExceeded(args, over, limit, out, err)
         # With nothing captured, Communicate returns at once: the wait keeps the deadline.
         code = None if timed_out else (yield Exited(proc, left(deadline)))
         if code is None:
             proc.kill(signal.SIGKILL)
-            more_out, more_err, _ = yield Communicate(
-                -1, None, pipes.out_r, pipes.err_r, drain_after_kill
+            more_out, more_err, _, _ = yield Communicate(
+                -1, None, pipes.out_r, pipes.err_r, drain_after_kill, _room(limit, out, err)
             )
             yield Exited(proc, None)
             raise TimeoutExpired(args, timeout or 0, out + more_out, err + more_err)
@@ -207,6 +220,11 @@ def io(
         raise
     finally:
         pipes.close()
+
+
+def _room(limit: Optional[int], out: bytes, err: bytes) -> Optional[int]:
+    """What a drain after a kill may still read of each stream under ``limit``."""
+    return None if limit is None else max(0, limit - max(len(out), len(err)))
 
 
 def poll(

@@ -53,7 +53,9 @@ class ContainerSteps(ReadinessSteps):
         try:
             io = Pipes(data, stdout, stderr)
             # Killing the first process ends the whole pid namespace: the drain ends at EOF.
-            proc, out, err, code = yield from lifecycle.io(start, c.args, io, t, None)
+            proc, out, err, code = yield from lifecycle.io(
+                start, c.args, io, t, None, c._o.output_limit
+            )
             c._returncode = code
             oom = proc.oom_kills() > 0
         finally:
@@ -79,7 +81,9 @@ class ContainerSteps(ReadinessSteps):
         start = self._c._exec_starter(args, env, user, workdir)
         io = Pipes(data, stdout, stderr)
         # After a kill, children of the exec'd process may hold its pipes: drain only briefly.
-        _, out, err, code = yield from lifecycle.io(start, args, io, t, 0.2)
+        _, out, err, code = yield from lifecycle.io(
+            start, args, io, t, 0.2, self._c._o.output_limit
+        )
         return _result(args, code, out, err, text, check, False)
 
     def wait(self, timeout: object) -> Steps[int]:

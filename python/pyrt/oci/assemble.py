@@ -228,7 +228,7 @@ KEYED_OPTIONS = (
     "env", "workdir", "user", "hostname", "mounts", "readonly_rootfs", "network", "cap_add",
     "cap_drop", "privileged", "init", "tty",
 )  # fmt: skip
-UNKEYED_OPTIONS = ("name", "aliases", "limits", "disk")
+UNKEYED_OPTIONS = ("name", "aliases", "limits", "disk", "output_limit")
 
 
 def _template_key(

@@ -88,10 +88,20 @@ pub(crate) fn plan_of(
     Ok(plan)
 }
 
-/// Feeds `input` to `stdin` and reads `stdout` and `stderr` (descriptors, -1 for none) to EOF or
-/// until `timeout` seconds pass. Returns (stdout, stderr, timed_out).
+/// What `communicate` returns: (stdout, stderr, timed_out, over_limit).
+type Communicated<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    bool,
+    Option<&'static str>,
+);
+
+/// Feeds `input` to `stdin` and reads `stdout` and `stderr` (descriptors, -1 for none) to EOF,
+/// until `timeout` seconds pass, or until one of them has more than `limit` bytes. Returns
+/// (stdout, stderr, timed_out, over_limit): over_limit names the stream ("stdout" or
+/// "stderr") that had more, of which `limit` bytes are kept.
 #[pyfunction]
-#[pyo3(signature = (stdin, input, stdout, stderr, timeout=None))]
+#[pyo3(signature = (stdin, input, stdout, stderr, timeout=None, limit=None))]
 pub(crate) fn communicate<'py>(
     py: Python<'py>,
     stdin: i32,
@@ -99,16 +109,18 @@ pub(crate) fn communicate<'py>(
     stdout: i32,
     stderr: i32,
     timeout: Option<f64>,
-) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, bool)> {
+    limit: Option<usize>,
+) -> PyResult<Communicated<'py>> {
     let deadline = deadline_of(timeout)?;
     let input = input.map(|b| b.to_vec()).unwrap_or_default();
     let mut out = Outputs::default();
-    py.detach(|| core_communicate(stdin, &input, stdout, stderr, deadline, &mut out))
+    py.detach(|| core_communicate(stdin, &input, stdout, stderr, deadline, limit, &mut out))
         .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
     Ok((
         PyBytes::new(py, &out.stdout),
         PyBytes::new(py, &out.stderr),
         out.timed_out,
+        out.over_limit.map(|k| ["stdout", "stderr"][k]),
     ))
 }
 

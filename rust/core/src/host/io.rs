@@ -1,5 +1,6 @@
 //! Feeding a container's stdin and collecting its stdout and stderr at the same time, as
-//! `subprocess.communicate` does, so that tens of megabytes on both streams cannot deadlock.
+//! `subprocess.communicate` does, so that tens of megabytes on both streams cannot deadlock,
+//! and no more of each than the caller's limit is kept in memory.
 
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
@@ -14,6 +15,9 @@ pub struct Outputs {
     pub stderr: Vec<u8>,
     /// The deadline passed before both streams reached EOF.
     pub timed_out: bool,
+    /// The stream (0: stdout, 1: stderr) that had more to give than the limit: the reading
+    /// stopped there, with `limit` bytes of it kept.
+    pub over_limit: Option<usize>,
 }
 
 /// One stream being read: its descriptor, or None once it reached EOF.
@@ -32,8 +36,10 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// Writes `input` to `stdin` and then closes it, so that the command sees EOF; reads `stdout`
-/// and `stderr` to EOF, until `deadline`. `stdin` is taken over (closed by the time this
-/// returns); `stdout` and `stderr` stay the caller's. Pass -1 for a stream that is not ours. On a timeout the caller kills the
+/// and `stderr` to EOF, until `deadline`, or until one of them has more than `limit` bytes
+/// (`Outputs::over_limit`: a process that writes without end cannot exhaust our memory).
+/// `stdin` is taken over (closed by the time this returns); `stdout` and `stderr` stay the
+/// caller's. Pass -1 for a stream that is not ours. On a timeout the caller kills the
 /// container and calls again, with the outputs so far, to drain what is left.
 pub fn communicate(
     stdin: RawFd,
@@ -41,6 +47,7 @@ pub fn communicate(
     stdout: RawFd,
     stderr: RawFd,
     deadline: Option<Instant>,
+    limit: Option<usize>,
     out: &mut Outputs,
 ) -> io::Result<()> {
     // SAFETY: the caller hands `stdin` over to us; it is closed exactly once, when dropped.
@@ -118,7 +125,7 @@ pub fn communicate(
                 }
             }
         }
-        for r in readers.iter_mut() {
+        for (k, r) in readers.iter_mut().enumerate() {
             let Some(fd) = r.fd else { continue };
             let ev = ready[i];
             i += 1;
@@ -127,10 +134,49 @@ pub fn communicate(
             }
             match nix::unistd::read(fd, &mut chunk) {
                 Ok(0) => r.fd = None,
-                Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    let room = limit.map_or(n, |l| l.saturating_sub(r.buf.len()));
+                    r.buf.extend_from_slice(&chunk[..n.min(room)]);
+                    if n > room {
+                        out.over_limit = Some(k);
+                        return Ok(());
+                    }
+                }
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// What `communicate` keeps of `data` written to a pipe's stdout, under `limit`.
+    fn read_through(data: &[u8], limit: Option<usize>) -> Outputs {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, data).unwrap();
+        drop(w);
+        let mut out = Outputs::default();
+        communicate(-1, b"", r.as_raw_fd(), -1, None, limit, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_stream_longer_than_the_limit_is_cut_and_named() {
+        let out = read_through(&[b'y'; 1000], Some(100));
+        assert_eq!(out.stdout.len(), 100);
+        assert_eq!(out.over_limit, Some(0));
+    }
+
+    #[test]
+    fn a_stream_of_exactly_the_limit_is_whole() {
+        let out = read_through(&[b'y'; 100], Some(100));
+        assert_eq!(out.stdout.len(), 100);
+        assert_eq!(out.over_limit, None);
+        let out = read_through(&[b'y'; 100], None);
+        assert_eq!((out.stdout.len(), out.over_limit), (100, None));
     }
 }
