@@ -178,23 +178,22 @@ class ContainerSpawning:
                     d.raw_fields.pop("seccomp", None)
                 # (Only a container in a cgroup, detached, is written for other processes.)
                 state = self._state(doc) if cgroup else {}
-                if cgroup and d is not None and self._state_doc is None:
-                    # Known before any kernel object exists; a crash from here on leaves a
-                    # directory that collect_stale (or `pyrt gc`) finishes off. (A reset's
-                    # directory has its state from the first start: one write after is enough.)
+                hold = self._net is not None and self._net.needs_attach
+                if hold and cgroup and d is not None and self._state_doc is None:
+                    # Known before any kernel object exists (the core's call writes it with
+                    # the pid otherwise). A crash from here on leaves a directory, and maybe a
+                    # pyrt-ID cgroup, that the helper or `pyrt gc` finishes off.
                     d.write_state(state)
-                    fault("state-written")
+                fault("state-written")
                 try:
-                    hold = self._net is not None and self._net.needs_attach
                     serve = serve and not self._o.tty  # (as `_exec_server`: none for a tty)
                     started: Optional[int] = None  # (its pid's start time, once written)
-                    if hold or not (replaced or serve):
+                    if hold:
                         if replaced is not None:
                             end_killed(*replaced)
-                        proc = _core.spawn(sent, stdin, stdout, stderr, hold=hold,
+                        proc = _core.spawn(sent, stdin, stdout, stderr, hold=True,
                                            seccomp_json=self._seccomp_json)  # fmt: skip
-                        if hold:
-                            self._attach_network(proc)
+                        self._attach_network(proc)
                     else:
                         at = d if cgroup else None
                         proc, started = self._respawn(sent, (stdin, stdout, stderr), replaced,
@@ -245,11 +244,12 @@ class ContainerSpawning:
         d: Optional[ContainerDir],
         state: dict[str, Any],
     ) -> tuple[_core.Process, Optional[int]]:
-        """``_core.spawn`` after the end of ``replaced``, with the exec server (``serve``) and
-        the state file in ``d`` written, in one call of the core: it releases the GIL once
-        where the steps one by one did five times or more, and a pool's thread waits for it
-        back each time the caller's thread runs Python (``pyrt.container.pool``). Returns the
-        process and its pid's start time when the state was written."""
+        """A start in one call of the core (every start but a held one): after the end of
+        ``replaced`` (a reset's), with the exec server (``serve``) and the state file in ``d``
+        written. It releases the GIL once where the steps one by one did five times or more,
+        and a pool's thread waits for it back each time the caller's thread runs Python
+        (``pyrt.container.pool``). Returns the process and its pid's start time when the
+        state was written."""
         old, server = replaced or (None, None)
         written = None
         if d is not None:

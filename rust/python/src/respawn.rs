@@ -1,4 +1,5 @@
-//! A pool's start and reset as one call that releases the GIL once (`pyrt._core.respawn`).
+//! A container's start as one call that releases the GIL once (`pyrt._core.respawn`): every
+//! start but a held one (a rootless network's attach), fresh or a reset's.
 //!
 //! Made of the same steps as `Process.wait`, `Process.destroy_cgroup`, `ExecServer.close`,
 //! `spawn` and `exec_server`, called one after the other from Python they released the GIL
@@ -42,7 +43,7 @@ enum Failed {
 /// when it could not be: an exec then goes the ordinary way, which says why); with `state`
 /// (a path and a JSON object), the object is written there (`write_replacing`) with the new
 /// container's "pid", "pid_start" and "cgroups" added, or the container ended again. Returns
-/// the container, its server and its pid's start time; or None, having started nothing, when
+/// the container, its server and its pid's start time (with `state`); or None, having started nothing, when
 /// the replaced container has not ended within 0.1 s: the caller waits for it (interruptibly)
 /// and calls again.
 #[pyfunction]
@@ -94,7 +95,10 @@ pub(crate) fn respawn(
                 .ok()
             })
             .flatten();
-        let started = runtime::start_time(created.child.pid);
+        // (Read only for the state: a run to completion has no use for it.)
+        let started = state
+            .as_ref()
+            .and_then(|_| runtime::start_time(created.child.pid));
         if let Some((path, doc)) = &state {
             let paths = created.cgroup.as_ref().map(Cgroup::paths);
             let text = with_process(doc, created.child.pid, started, paths.as_deref());
