@@ -157,6 +157,33 @@ def test_what_the_kernel_refuses_is_a_pyrt_error_naming_the_path(image: pyrt.Ima
                 c.copy_in(__file__, "/loop/z")
 
 
+def test_reading_out_more_than_the_bound_is_refused(
+    image: pyrt.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_file and get_archive hold what they read in the caller's memory: past the bound
+    (4 GiB, here lowered to 1 MiB) each is a PyrtError naming the path and copy_out, which
+    writes to disk instead. A sparse file of the container's reads as its whole size; before,
+    get_archive of one had no bound at all."""
+    from pyrt.rootfs import files
+
+    monkeypatch.setattr(files, "_MAX_READ", 1 << 20)
+    with pyrt.Container(image, ["sleep", "1000"]) as c:
+        sh(c, "dd if=/dev/zero of=/big bs=1024 count=0 seek=5120 2>/dev/null; mkdir /tree; "
+              "cp /big /tree/")  # fmt: skip
+        for state in ("running", "exited"):
+            if state == "exited":
+                c.kill()
+                c.wait(timeout=30)
+            with pytest.raises(pyrt.PyrtError, match="/big: larger than 1 MiB; use copy_out"):
+                c.read_file("/big")
+            for path in ("/big", "/tree"):
+                with pytest.raises(pyrt.PyrtError, match=f"{path}: .* larger than 1 MiB; use "):
+                    c.get_archive(path)
+            small = c.get_archive("/etc")
+            with tarfile.open(fileobj=io.BytesIO(small), mode="r:") as tf:
+                assert "etc/passwd" in tf.getnames()
+
+
 def test_a_tree_nested_deeper_than_python_recurses(image: pyrt.Image, tmp_path: Path) -> None:
     """A container that nests directories 1200 deep once made get_archive, copy_out and
     commit a RecursionError, and, worse, left its writable layer in the trash that every later

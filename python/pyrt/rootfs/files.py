@@ -181,7 +181,7 @@ def read_file(root: int, path: str) -> bytes:
         while chunk := _read(fd, path):
             total += len(chunk)
             if total > _MAX_READ:
-                raise PyrtError(f"{path}: larger than 4 GiB; use copy_out for it")
+                raise PyrtError(f"{path}: larger than {_bound()}; use copy_out for it")
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -209,6 +209,35 @@ def os_error(e: OSError, path: str) -> PyrtError:
 
 
 # --- archives out --------------------------------------------------------------------------
+
+
+def _bound() -> str:
+    """_MAX_READ, as a person reads it."""
+    return f"{_MAX_READ >> 30} GiB" if _MAX_READ >= 1 << 30 else f"{_MAX_READ >> 20} MiB"
+
+
+def archive_bytes(root: int, path: str) -> bytes:
+    """``write_archive`` of ``path`` as bytes in memory, refused (PyrtError naming the path)
+    past the bound ``read_file`` has: a tree of the container's (a sparse file of a terabyte
+    reads as one) must not fill the caller's memory."""
+    buf = _Bounded(path)
+    write_archive(root, path, buf)
+    return buf.getvalue()
+
+
+class _Bounded(io.BytesIO):
+    """A buffer that refuses to grow past _MAX_READ bytes."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > _MAX_READ:
+            raise PyrtError(
+                f"{self._path}: its archive is larger than {_bound()}; use copy_out for it"
+            )
+        return super().write(data)
 
 
 def write_archive(root: int, path: str, out: IO[bytes], arcname: Optional[str] = None) -> Copied:
