@@ -4,6 +4,7 @@ would load it (the pytest11 entry point). After each run nothing of pyrt's may r
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,34 @@ def test_pass_fail_and_logs_on_failure(pytester: pytest.Pytester, rootfs: Path) 
     r.assert_outcomes(passed=1, failed=1)
     out = r.stdout.str()
     assert "pyrt logs:" in out and "server-said-this" in out
+
+
+def test_pyrt_runs_unrewritten_and_the_users_asserts_are_rewritten(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest rewrites the asserts of a plugin's whole distribution; pyrt opts its runtime out
+    (30-40 ms of the first test's setup), and the user's own asserts keep their messages."""
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_loaders(sandbox):
+            assert sandbox.exec(["true"]).returncode == 0
+            for name in ("pyrt.container.container", "pyrt.container.pool", "pyrt.oci.spec"):
+                loader = type(sys.modules[name].__loader__).__name__
+                print("LOADER", name, loader)
+
+        def test_message():
+            got = [1, 2]
+            assert got == [1, 3]
+        """
+    )
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    r.assert_outcomes(passed=1, failed=1)
+    out = r.stdout.str()
+    loaders = re.findall(r"LOADER \S+ (\w+)", out)
+    assert loaders == ["SourceFileLoader"] * 3, out
+    assert "At index 1 diff: 2 != 3" in out  # (the rewritten assert's explanation)
 
 
 def test_sandbox_is_fresh_per_test_and_uses_the_image_option(
