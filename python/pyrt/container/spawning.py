@@ -179,12 +179,13 @@ class ContainerSpawning:
                 # (Only a container in a cgroup, detached, is written for other processes.)
                 state = self._state(doc) if cgroup else {}
                 hold = self._net is not None and self._net.needs_attach
-                if hold and cgroup and d is not None and self._state_doc is None:
-                    # Known before any kernel object exists (the core's call writes it with
-                    # the pid otherwise). A crash from here on leaves a directory, and maybe a
-                    # pyrt-ID cgroup, that the helper or `pyrt gc` finishes off.
-                    d.write_state(state)
-                fault("state-written")
+                if cgroup and d is not None and self._state_doc is None:
+                    if hold:
+                        # Known before any kernel object exists (else the core's call writes
+                        # it, with the pid). A crash from here on leaves a directory, and maybe
+                        # a pyrt-ID cgroup, that the helper or `pyrt gc` finishes off.
+                        d.write_state(state)
+                    fault("state-written")
                 try:
                     serve = serve and not self._o.tty  # (as `_exec_server`: none for a tty)
                     started: Optional[int] = None  # (its pid's start time, once written)

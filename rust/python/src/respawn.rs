@@ -43,9 +43,9 @@ enum Failed {
 /// when it could not be: an exec then goes the ordinary way, which says why); with `state`
 /// (a path and a JSON object), the object is written there (`write_replacing`) with the new
 /// container's "pid", "pid_start" and "cgroups" added, or the container ended again. Returns
-/// the container, its server and its pid's start time (with `state`); or None, having started nothing, when
-/// the replaced container has not ended within 0.1 s: the caller waits for it (interruptibly)
-/// and calls again.
+/// the container, its server and its pid's start time (read only with `state`); or None,
+/// having started nothing, when the replaced container has not ended within 0.1 s: the caller
+/// waits for it (interruptibly) and calls again.
 #[pyfunction]
 #[pyo3(signature = (spec_json, stdin, stdout, stderr, seccomp_json=None, replaces=None, server=None, serve=false, state=None))]
 #[allow(clippy::too_many_arguments)]
@@ -63,7 +63,7 @@ pub(crate) fn respawn(
 ) -> PyResult<Option<Respawned>> {
     let plan = plan_of(py, spec_json, seccomp_json)?;
     // (The server installs the container's filter on itself: see `exec_server`.)
-    let filter = plan.seccomp.clone();
+    let filter = if serve { plan.seccomp.clone() } else { None };
     let image = child_image().map_err(|e| spawn_error(py, &e))?;
     let done = py.detach(|| {
         if let Some(old) = replaces {
