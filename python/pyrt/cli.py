@@ -474,7 +474,7 @@ def _running(ref: str) -> dict[str, Any]:
 
 def _cp(a: argparse.Namespace) -> int:
     from pyrt.config import checks
-    from pyrt.rootfs import files
+    from pyrt.rootfs import copies
     from pyrt.rootfs import view as rootview
 
     (sref, spath), (dref, dpath) = _container_ref(a.src), _container_ref(a.dst)
@@ -485,13 +485,13 @@ def _cp(a: argparse.Namespace) -> int:
         src = checks.container_path(spath, "SRC")
         dst = os.path.abspath(dpath)
         with rootview.running_root(_running(sref)["pid"]) as root:
-            for left in files.copy_out(root, src, dst):
+            for left in copies.copy_out(root, src, dst):
                 print(f"pyrt: left out {left}", file=sys.stderr)
     else:
         assert dref is not None
         dst = checks.container_path(dpath, "DST")
         with rootview.running_root(_running(dref)["pid"]) as root:
-            files.copy_in(root, os.path.abspath(spath), dst, owner)
+            copies.copy_in(root, os.path.abspath(spath), dst, owner)
     return 0
 
 

@@ -166,7 +166,7 @@ def test_reading_out_more_than_the_bound_is_refused(
     get_archive of one had no bound at all."""
     from pyrt.rootfs import files
 
-    monkeypatch.setattr(files, "_MAX_READ", 1 << 20)
+    monkeypatch.setattr(files, "MAX_READ", 1 << 20)
     with pyrt.Container(image, ["sleep", "1000"]) as c:
         sh(c, "dd if=/dev/zero of=/big bs=1024 count=0 seek=5120 2>/dev/null; mkdir /tree; "
               "cp /big /tree/")  # fmt: skip

@@ -9,7 +9,7 @@ import tarfile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyrt.rootfs.files import ExactSize
+from pyrt.rootfs.archives import ExactSize
 
 
 @given(st.binary(max_size=5000), st.integers(0, 6000), st.integers(1, 700))

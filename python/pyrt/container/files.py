@@ -15,7 +15,7 @@ from pyrt.config import checks
 from pyrt.errors import PyrtError
 from pyrt.host import staging, userns
 from pyrt.host.faults import fault
-from pyrt.rootfs import files
+from pyrt.rootfs import archives, copies, files
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -77,7 +77,7 @@ class ContainerFiles:
             # (0, 0) for a rootless caller: the helper is in the container's user namespace,
             # where a subordinate range can hold the archive's owners too.
             kept = keep or (ranged and owner == (0, 0))
-            files.extract(root, p, stream, owner, keep_owners=kept)
+            archives.extract(root, p, stream, owner, keep_owners=kept)
             return b""
 
         self._in_root(p, op, write=True)
@@ -88,7 +88,7 @@ class ContainerFiles:
         size, to disk)."""
         p = checks.container_path(path, "path")
 
-        return self._in_root(p, lambda root, _owner: files.archive_bytes(root, p), write=False)
+        return self._in_root(p, lambda root, _owner: archives.archive_bytes(root, p), write=False)
 
     def copy_in(self, src: PathArg, dst: PathArg) -> None:
         """Copies the host file or tree ``src`` to ``dst`` inside the container, as `docker cp
@@ -100,7 +100,7 @@ class ContainerFiles:
             raise PyrtError(f"copy_in: {host} does not exist on the host")
 
         def op(root: int, owner: files.Owner) -> bytes:
-            files.copy_in(root, host, target, owner)
+            copies.copy_in(root, host, target, owner)
             return b""
 
         self._in_root(target, op, write=True)
@@ -115,13 +115,13 @@ class ContainerFiles:
         socket is not (a PyrtError naming it)."""
         p = checks.container_path(src, "src")
         host = os.path.abspath(checks.host_path(dst, "dst"))
-        into, name = files.host_destination(host, p)  # checked before anything is read
+        into, name = copies.host_destination(host, p)  # checked before anything is read
         made = os.path.join(into, name)
-        files.refuse_special(made)  # (before anything is read)
+        copies.refuse_special(made)  # (before anything is read)
 
         def copy(to: str) -> list[str]:
             def op(root: int, _owner: files.Owner) -> bytes:
-                return json.dumps(files.copy_out(root, p, to)).encode()
+                return json.dumps(copies.copy_out(root, p, to)).encode()
 
             out: list[str] = json.loads(self._in_root(p, op, write=False))
             return out

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Optional
 
 from pyrt.imagebuild.ignore import Ignore
-from pyrt.rootfs.files import MAX_DEPTH, ExactSize
+from pyrt.rootfs.archives import MAX_DEPTH, ExactSize
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # (a FIFO never blocks an open)
 _DIR_FLAGS = _FLAGS | os.O_DIRECTORY

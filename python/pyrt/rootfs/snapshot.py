@@ -29,7 +29,7 @@ from pyrt.host.places import ensure_dir
 from pyrt.image import layers, store
 from pyrt.image.config import ImageConfig
 from pyrt.image.oci import host_platform
-from pyrt.rootfs import files
+from pyrt.rootfs import archives, copies, files
 
 if TYPE_CHECKING:
     # Images call this module (save), so it takes their class from the image it is given.
@@ -84,7 +84,7 @@ class _Hashing:
 def write_layer(
     top: str,
     out: IO[bytes],
-    remap: Optional[files.IdMap] = None,
+    remap: Optional[archives.IdMap] = None,
     skip: frozenset[str] = frozenset(),
 ) -> None:
     """A tar of the overlay-format directory ``top`` (an upper directory or a stored layer) with
@@ -128,7 +128,7 @@ def _add_layer_entry(
     name: str,
     arc: str,
     links: dict[tuple[int, int], str],
-    remap: Optional[files.IdMap],
+    remap: Optional[archives.IdMap],
     skip: frozenset[str] = frozenset(),
     depth: int = 0,
 ) -> None:
@@ -142,8 +142,8 @@ def _add_layer_entry(
         tf.addfile(wh)
         return
     if stat.S_ISDIR(st.st_mode):
-        files.check_depth(depth, arc)
-        ti = files.tar_info(arc, st, remap)
+        archives.check_depth(depth, arc)
+        ti = archives.tar_info(arc, st, remap)
         ti.type = tarfile.DIRTYPE
         tf.addfile(ti)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -158,7 +158,7 @@ def _add_layer_entry(
         finally:
             os.close(fd)
         return
-    files.add_to_tar(tf, dirfd, name, arc, links, files.Copied(), remap=remap, depth=depth)
+    archives.add_to_tar(tf, dirfd, name, arc, links, files.Copied(), remap=remap, depth=depth)
 
 
 def store_layer(
@@ -166,7 +166,7 @@ def store_layer(
     parent_chain: Optional[str],
     lowers: tuple[str, ...],
     what: str,
-    remap: Optional[files.IdMap] = None,
+    remap: Optional[archives.IdMap] = None,
     skip: frozenset[str] = frozenset(),
 ) -> tuple[str, layers.Layer]:
     """``top`` as a stored layer on ``parent_chain``: its tar blob kept under blobs/, its tree
@@ -244,7 +244,7 @@ def commit(
     cfg: ImageConfig,
     tag: Optional[str],
     what: str,
-    remap: Optional[files.IdMap] = None,
+    remap: Optional[archives.IdMap] = None,
     skip: frozenset[str] = frozenset(),
 ) -> Image:
     """The image ``img`` plus the layer in ``upper``, with config ``cfg``; ``remap`` turns the
@@ -341,7 +341,7 @@ def save(img: Image, path: str, fmt: str) -> None:
         raise PyrtError(f"save: {dest} exists and is not an empty directory")
     if fmt != "oci" and dest.is_dir():
         raise PyrtError(f"save: {dest} is a directory; {fmt} is written as a file")
-    files.refuse_special(str(dest), "save")
+    copies.refuse_special(str(dest), "save")
     with written(f"save to {dest}"), store.loading():  # `pyrt gc` leaves tmp/ alone meanwhile
         _save(img, dest, fmt)
 
