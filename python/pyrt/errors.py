@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 
 class PyrtError(Exception):
     """Base of everything pyrt raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as what it is, attributes and all: the default calls the class with the
+        # message alone, which the subclasses that take their fields (TimeoutExpired,
+        # OutputLimitExceeded, BuildError) refuse, so an error raised in another process
+        # (multiprocessing, a ProcessPoolExecutor) came back as a TypeError.
+        return (_restored, (type(self), self.args, self.__dict__))
+
+
+def _restored(cls: type[PyrtError], args: tuple[Any, ...], state: dict[str, Any]) -> PyrtError:
+    e = cls.__new__(cls, *args)
+    e.args = args
+    e.__dict__.update(state)
+    return e
 
 
 class ImageError(PyrtError):
@@ -33,6 +47,9 @@ class PathNotFound(PyrtError, FileNotFoundError):
     def __init__(self, path: str) -> None:
         super().__init__(2, f"no such file or directory in the container: {path}")
         self.filename = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PathNotFound, (self.filename,))
 
     def __str__(self) -> str:
         return f"no such file or directory in the container: {self.filename}"

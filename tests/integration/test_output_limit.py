@@ -57,13 +57,17 @@ def test_run_writing_without_end_is_killed_and_leaves_nothing(image: pyrt.Image)
 
 
 def test_no_limit_and_the_default(image: pyrt.Image) -> None:
-    """None keeps everything (as subprocess does); the default bound is far above a test's
-    outputs."""
+    """None keeps everything (as subprocess does); unless told, a container keeps 1 GiB of a
+    stream and no more (a run of `cat /dev/zero`: ~4 s, ~2 GiB of this process at the peak)."""
     n = 3 * MIB
     r = pyrt.run(image, ["head", "-c", str(n), "/dev/zero"], output_limit=None)
     assert len(r.stdout) == n
-    assert OUTPUT_LIMIT == 1 << 30
     assert len(pyrt.run(image, ["head", "-c", str(n), "/dev/zero"]).stdout) == n
+    with pytest.raises(pyrt.OutputLimitExceeded) as e:
+        pyrt.run(image, ["cat", "/dev/zero"], timeout=120)
+    kept = (e.value.limit, len(e.value.stdout), e.value.stream)
+    del e  # (a GiB)
+    assert kept == (OUTPUT_LIMIT, 1 << 30, "stdout")
 
 
 def test_the_async_front_stops_at_the_same_limit(image: pyrt.Image) -> None:

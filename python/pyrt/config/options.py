@@ -108,7 +108,8 @@ def disk(value: object, image_kind: str) -> Optional[int]:
 
 #: What ``run`` and ``exec`` keep of each captured stream unless told otherwise (bytes): more
 #: than any test reads from a pipe, and a bound on the memory of a process that writes without
-#: end (`yes`), which would otherwise fill the caller's before anything else stopped it.
+#: end (`yes`), which would otherwise fill the caller's before anything else stopped it. (What
+#: is kept is copied once as the core hands it to Python: about twice this at the peak.)
 OUTPUT_LIMIT = 1 << 30
 
 
