@@ -87,6 +87,9 @@ def test_the_async_front_stops_at_the_same_limit(image: pyrt.Image) -> None:
     ("value", "error"),
     [
         (1.5, TypeError),
+        (float("nan"), TypeError),
+        (Path("64m"), TypeError),
+        (2**70, ValueError),
         (True, TypeError),
         ([1], TypeError),
         (0, ValueError),
