@@ -56,3 +56,78 @@ def test_read_file_stays_inside_the_image(tmp_path: Path) -> None:
     (root / "etc" / "passwd").symlink_to("/etc/shadow")  # absolute: resolved inside the image
     img = pyrt.Image.load(root)
     assert img.read_file("/etc/passwd") is None
+
+
+def _settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made a moment ago count as settled (as they would two seconds later)."""
+    from pyrt.image import image
+
+    monkeypatch.setattr(image.time, "time_ns", lambda: 1 << 62)
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    real = pyrt.Image.read_file
+
+    def read_file(self: pyrt.Image, path: str) -> bytes | None:
+        seen.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(pyrt.Image, "read_file", read_file)
+    return seen
+
+
+def _rootfs(root: Path, app_uid: int) -> Path:
+    (root / "etc").mkdir(parents=True)
+    passwd = f"root:x:0:0::/root:/bin/sh\napp:x:{app_uid}:1::/h:/bin/sh\n"
+    (root / "etc" / "passwd").write_text(passwd)
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    return root
+
+
+def test_a_rootfs_users_answer_is_kept_while_its_files_are_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    _settled(monkeypatch)
+    reads = _reads(monkeypatch)
+    root = _rootfs(tmp_path / "r", 1000)
+    img = pyrt.Image.load(root)
+    assert img.resolve_user("app").uid == 1000
+    assert img.resolve_user("app").uid == 1000
+    assert reads == ["/etc/passwd", "/etc/group"]  # (the second answer was the first's)
+    # Written in place, same size: the change time moved (a tick of the clock later).
+    time.sleep(0.05)
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:2000:1::/h:/bin/sh\n")
+    assert img.resolve_user("app").uid == 2000
+    # Renamed into place: another inode.
+    time.sleep(0.05)
+    new = root / "etc" / "passwd.new"
+    new.write_text("root:x:0:0::/root:/bin/sh\napp:x:3000:1::/h:/bin/sh\n")
+    new.rename(root / "etc" / "passwd")
+    assert img.resolve_user("app").uid == 3000
+    # Removed: the user is gone.
+    (root / "etc" / "passwd").unlink()
+    with pytest.raises(ValueError):
+        img.resolve_user("app")
+
+
+def test_a_rootfs_user_is_read_again_through_a_symlink_or_a_fresh_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _reads(monkeypatch)
+    root = _rootfs(tmp_path / "r", 1000)
+    img = pyrt.Image.load(root)
+    # Changed a moment ago (as just made): read at each start, however quick the change.
+    img.resolve_user("app")
+    img.resolve_user("app")
+    assert reads.count("/etc/passwd") == 2
+    _settled(monkeypatch)
+    # A symlink on the way: the files are found inside the image, which a host path is not.
+    (root / "etc" / "passwd").rename(root / "etc" / "real")
+    (root / "etc" / "passwd").symlink_to("real")
+    del reads[:]
+    assert img.resolve_user("app").uid == 1000
+    assert img.resolve_user("app").uid == 1000
+    assert reads.count("/etc/passwd") == 2

@@ -43,6 +43,7 @@ from pyrt.image.image import overlay_supported
 from pyrt.network.private import HostPort, PrivateNetwork, parse_ports
 from pyrt.network.shared import Member, Network
 from pyrt.oci import spec
+from pyrt.oci.assemble import Assembled
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -259,7 +260,7 @@ class Container(
         self._server: Optional[tuple[_core.Process, Optional[_core.ExecServer]]] = None
         self._server_lock = threading.Lock()
         self._server_asked: Optional[_core.Process] = None
-        self._spec_cache: Optional[tuple[Any, dict[str, Any], str]] = None
+        self._spec_cache: Optional[tuple[Any, Assembled, str]] = None
         #: Started by run() without a directory (`_scratch_fits`).
         self._scratch = False
 

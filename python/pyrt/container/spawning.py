@@ -70,7 +70,7 @@ class ContainerSpawning:
         _seccomp: Optional[Mapping[str, Any]]
         _seccomp_json: Optional[str]
         _state_doc: Optional[dict[str, Any]]
-        _spec_cache: Optional[tuple[Any, dict[str, Any], str]]
+        _spec_cache: Optional[tuple[Any, assemble.Assembled, str]]
         _log_done: int
         _net: Union[PrivateNetwork, Member, None]
         _network: Optional[Network]
@@ -94,11 +94,12 @@ class ContainerSpawning:
         ``cgroup`` (implied by limits) in a cgroup of its own. The spec is made by
         ``assemble.container_spec`` from what is gathered here; the container keeps the
         process it describes (each exec's is laid over it) and its seccomp filter."""
-        return self._assembled(root_dir, cgroup)[0]
+        return self._assembled(root_dir, cgroup)[0].config
 
-    def _assembled(self, root_dir: str, cgroup: bool) -> tuple[dict[str, Any], str]:
-        """``build_spec``'s spec and the JSON the core is sent of it (``container_spec_sent``:
-        from a template made once for containers that differ only in id and command)."""
+    def _assembled(self, root_dir: str, cgroup: bool) -> tuple[assemble.Assembled, str]:
+        """``build_spec``'s spec (its ``config``) and the JSON the core is sent of it
+        (``container_spec_sent``: from a template made once for containers that differ only in
+        id and command)."""
         d = self._dir
         image_kind = self.image.kind
         if image_kind == "host":
@@ -126,7 +127,7 @@ class ContainerSpawning:
         self._process = made.process
         self._seccomp = made.seccomp
         self._seccomp_json = made.seccomp_json
-        return made.config, sent
+        return made, sent
 
     # --- starting -----------------------------------------------------------------------
 
@@ -171,13 +172,13 @@ class ContainerSpawning:
                     self._log_done = done
                 self._dir = d
                 net_mounts = self._start_network(d) if d is not None else []
-                doc, sent = self._spawn_spec(d, cgroup, net_mounts)
+                made, sent = self._spawn_spec(d, cgroup, net_mounts)
                 if d is not None and self._seccomp_json:
                     d.raw_fields["seccomp"] = self._seccomp_json
                 elif d is not None:
                     d.raw_fields.pop("seccomp", None)
                 # (Only a container in a cgroup, detached, is written for other processes.)
-                state = self._state(doc) if cgroup else {}
+                state = self._state(made.config) if cgroup else {}
                 hold = self._net is not None and self._net.needs_attach
                 if cgroup and d is not None and self._state_doc is None:
                     if hold:
@@ -288,23 +289,24 @@ class ContainerSpawning:
 
     def _spawn_spec(
         self, d: Optional[ContainerDir], cgroup: bool, net_mounts: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], str]:
-        """The spec and the JSON the core gets (the seccomp filter apart). A reset spawns the
-        same container again: without a network of its own (whose namespace and files are
-        made anew), with the same limits, the spec is the same and is not built again (a
-        fifth of a reset's Python time)."""
+    ) -> tuple[assemble.Assembled, str]:
+        """The spec (its ``config``) and the JSON the core gets (the seccomp filter apart). A
+        reset spawns the same container again: without a network of its own (whose namespace
+        and files are made anew), with the same limits, the spec is the same and is not built
+        again (a fifth of a reset's Python time)."""
         reusable = not net_mounts and self._net is None and self._join_net is None
         root = str(d.rootfs if d is not None else mount_point())
         key = (root, cgroup, self._limits, self._scratch)
         cached = self._spec_cache
         if reusable and cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        doc, sent = self._assembled(root, cgroup)
+        made, sent = self._assembled(root, cgroup)
         if net_mounts:
+            doc = made.config
             doc["mounts"].extend(net_mounts)
             sent = json.dumps(assemble.without_seccomp(doc) if self._seccomp_json else doc)
-        self._spec_cache = (key, doc, sent) if reusable else None
-        return doc, sent
+        self._spec_cache = (key, made, sent) if reusable else None
+        return made, sent
 
     def _state(self, doc: dict[str, Any]) -> dict[str, Any]:
         """What other processes (`pyrt ps`, `exec`, `logs`, `kill`, `rm`) know of us."""

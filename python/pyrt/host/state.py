@@ -37,7 +37,9 @@ def mount_point() -> Path:
     """Where every container's root is mounted, each in a mount namespace of its own: one
     directory serves them all, so none is made and removed per container (an inode made and
     one deleted on /run at each start). Searchable by all, as ``containers_root``."""
-    return ensure_dir(state_root() / "mnt", 0o755)
+    p = state_root() / "mnt"
+    # (Looked at first: a mkdir of what exists raises, and each start caught it.)
+    return p if os.path.isdir(p) else ensure_dir(p, 0o755)
 
 
 @dataclass

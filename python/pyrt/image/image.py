@@ -8,6 +8,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
@@ -49,8 +50,10 @@ class Image:
         self._id = image_id
         self.tags: list[str] = list(tags or [])
         self.source = source
-        #: ``resolve_user``'s answers for an image whose files cannot change (see there).
+        #: ``resolve_user``'s answers: for an "oci" image, whose files cannot change, as they
+        #: are; for the others with what identified the files they were read from (see there).
         self._users: dict[Optional[str], UserIds] = {}
+        self._users_seen: dict[Optional[str], tuple[_FilesKey, UserIds]] = {}
 
     def __repr__(self) -> str:
         name = self.tags[0] if self.tags else self.source or self.kind
@@ -382,13 +385,51 @@ class Image:
         /etc/group (Docker's rules: a numeric uid need not exist; its gid then defaults to 0)."""
         # An "oci" image's layers are the store's, never written after they are unpacked: its
         # answers are kept (each start asked again: two files looked at, read and parsed, ~25 us).
-        # A rootfs directory or the host may change between starts, and is read each time.
+        # A rootfs directory or the host may change between starts: an answer is kept with
+        # what identified the files it came from, and given again only while they are the same.
         if self.kind == "oci" and user in self._users:
             return self._users[user]
+        key = _files_key(self.lower[0]) if self.kind != "oci" and len(self.lower) == 1 else None
+        seen = self._users_seen.get(user) if key is not None else None
+        if seen is not None and seen[0] == key:
+            return seen[1]
         ids = users.resolve(user, self.read_file("/etc/passwd"), self.read_file("/etc/group"))
         if self.kind == "oci" and len(self._users) < 64:
             self._users[user] = ids
+        elif key is not None and len(self._users_seen) < 64:
+            self._users_seen[user] = (key, ids)
         return ids
+
+
+#: What identifies an image's /etc, /etc/passwd and /etc/group as they are (``_files_key``).
+_FilesKey = tuple[Optional[tuple[int, ...]], ...]
+
+#: A file changed within this many nanoseconds is read again at every start: a change in the
+#: same tick of the file system's clock as the one before leaves its times as they were.
+_SETTLED_NS = 2_000_000_000
+
+
+def _files_key(root: str) -> Optional[_FilesKey]:
+    """For a rootfs directory or the host: /etc, /etc/passwd and /etc/group under ``root``,
+    each by device, inode, size and modification and change times (None for one that does not
+    exist), or None when they cannot stand for the contents: a symlink on the way (the files
+    are read with links resolved inside the root, which a host path does not do), a file
+    changed in the last two seconds, or one that cannot be looked at. The change time moves at
+    any write, and no one can set it back; a file renamed into place is another inode."""
+    now = time.time_ns()
+    key: list[Optional[tuple[int, ...]]] = []
+    for rel in ("etc", "etc/passwd", "etc/group"):
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except FileNotFoundError:
+            key.append(None)
+            continue
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode) or now - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+            return None
+        key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(key)
 
 
 def overlay_supported() -> bool:

@@ -5,6 +5,7 @@ compared with what runc or crun get. ``Container.build_spec`` gathers the inputs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import secrets
 import weakref
@@ -35,10 +36,8 @@ class Layers:
     scratch: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Assembled:
-    #: The spec as a JSON-able dict (a bundle's config.json).
-    config: dict[str, Any]
     #: Its process: what every exec into the container starts from.
     process: spec.ProcessSpec
     #: The seccomp filter, None for a privileged container.
@@ -46,6 +45,28 @@ class Assembled:
     #: The same as JSON text (one string per profile, made once), which the core takes beside
     #: a spec without ``linux.seccomp`` (see ``without_seccomp``).
     seccomp_json: Optional[str]
+    #: The spec, when it was made as a dict; else it is decoded from ``sent`` when first asked
+    #: for (``config``), which a container run to completion never does.
+    made: Optional[dict[str, Any]] = None
+    #: The JSON the core is sent (without ``linux.seccomp`` when ``seccomp_json`` is given).
+    sent: str = ""
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The spec as a JSON-able dict (a bundle's config.json)."""
+        if self.made is not None:
+            return self.made
+        config: dict[str, Any] = json.loads(self.sent)
+        if self.seccomp_json is not None:
+            config["linux"]["seccomp"] = self.seccomp
+        return config
+
+    def __eq__(self, other: object) -> bool:
+        """The same container described, however each was made (a dict or JSON text)."""
+        if not isinstance(other, Assembled):
+            return NotImplemented
+        mine = (self.config, self.process, self.seccomp, self.seccomp_json)
+        return mine == (other.config, other.process, other.seccomp, other.seccomp_json)
 
 
 @dataclass(frozen=True)
@@ -152,7 +173,7 @@ def _assemble(
     )
     seccomp = dict(c.seccomp) if c.seccomp is not None else None
     text = None if privileged else default_profile_json(frozenset(process.capabilities))
-    return Assembled(spec.build(c), process, seccomp, text)
+    return Assembled(process, seccomp, text, made=spec.build(c))
 
 
 def container_spec_sent(
@@ -180,12 +201,9 @@ def container_spec_sent(
         .replace(t.cid, cid)
         .replace(t.command, json.dumps(args), 1)  # last: nothing is looked for in the command
     )
-    config: dict[str, Any] = json.loads(text)
-    if t.made.seccomp_json is not None:
-        config["linux"]["seccomp"] = t.made.config["linux"]["seccomp"]
     env = [e.replace(t.host, cid[:12]) for e in t.made.process.env]
     process = dataclasses.replace(t.made.process, args=list(args), env=env)
-    return Assembled(config, process, t.made.seccomp, t.made.seccomp_json), text
+    return Assembled(process, t.made.seccomp, t.made.seccomp_json, sent=text), text
 
 
 @dataclass(frozen=True)
