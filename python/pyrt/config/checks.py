@@ -80,12 +80,18 @@ def container_path(value: object, what: str) -> str:
 
 def args(value: object, what: str, *, empty_ok: bool = False) -> list[str]:
     """A command: a list (or tuple) of str or path objects, never a single str."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{what} must be a list of arguments, not a {type(value).__name__}")
-    if not isinstance(value, Sequence):
-        raise TypeError(f"{what} must be a list of arguments, not {type(value).__name__}")
+    # (A list or tuple of ASCII str without NUL, the usual command, passes without the checks
+    # of abstract classes or an error's name made for each argument: every start and exec.)
+    if type(value) is not list and type(value) is not tuple:
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{what} must be a list of arguments, not a {type(value).__name__}")
+        if not isinstance(value, Sequence):
+            raise TypeError(f"{what} must be a list of arguments, not {type(value).__name__}")
     out = []
     for i, a in enumerate(value):
+        if type(a) is str and a.isascii() and "\0" not in a:
+            out.append(a)
+            continue
         if isinstance(a, os.PathLike):
             a = os.fspath(a)
             if isinstance(a, bytes):
