@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -431,7 +433,8 @@ def test_a_stored_images_users_are_looked_up_once(
     store: Path, tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stored image's layers never change, so its /etc/passwd and /etc/group are read once
-    per user asked for, not at every start; a rootfs directory, which may change, each time."""
+    per user asked for, not at every start; a rootfs directory, which may change, once while
+    they stay the same, and again once they change (``_files_key``)."""
     img = pyrt.Image.load(make_layout(tmp_path / "lay", [busybox_layer(rootfs)]))
     reads: list[str] = []
     real = pyrt.Image.read_file
@@ -446,11 +449,24 @@ def test_a_stored_images_users_are_looked_up_once(
     assert reads == ["/etc/passwd", "/etc/group"]
     with pytest.raises(pyrt.SpawnError, match="unable to find user nobody-here"):
         pyrt.run(img, ["true"], user="nobody-here")
-    directory = pyrt.Image.load(rootfs)
+    # (Files made a moment ago count as settled, as they would two seconds later.)
+    from pyrt.image import image
+
+    monkeypatch.setattr(image.time, "time_ns", lambda: 1 << 62)
+    copy = tmp_path / "copy"
+    shutil.copytree(rootfs, copy, symlinks=True)
+    directory = pyrt.Image.load(copy)
     reads.clear()
     for _ in range(2):
-        pyrt.run(directory, ["true"], user="app")
-    assert reads == ["/etc/passwd", "/etc/group"] * 2
+        assert pyrt.run(directory, ["id", "-u"], user="app").stdout == b"1000\n"
+    assert reads == ["/etc/passwd", "/etc/group"]
+    time.sleep(0.05)  # (a tick of the file system's clock later)
+    passwd = (copy / "etc" / "passwd").read_text().replace(":1000:1000:", ":1001:1000:")
+    (copy / "etc" / "passwd").write_text(passwd)
+    reads.clear()
+    for _ in range(2):
+        assert pyrt.run(directory, ["id", "-u"], user="app").stdout == b"1001\n"
+    assert reads == ["/etc/passwd", "/etc/group"]
 
 
 def test_a_layer_too_deep_to_write_out_leaves_no_blob_behind(
