@@ -191,6 +191,15 @@ def snapshot() -> dict[str, object]:
     }
 
 
+def new_since(before: dict[str, object]) -> dict[str, list[object]]:
+    """What ``snapshot()`` holds now that it did not hold at ``before``, by kind (only the kinds
+    with something new). Not an equality: what was on its way out at ``before`` (a previous
+    test's directory in the trash, a reaper ending) may be gone by now, which is no leak."""
+    now = snapshot()
+    new = {k: [x for x in now[k] if x not in before[k]] for k in now}  # type: ignore[attr-defined,operator]
+    return {k: v for k, v in new.items() if v}
+
+
 # --- after an owner's death ---------------------------------------------------------------
 
 
