@@ -452,7 +452,7 @@ def test_a_stored_images_users_are_looked_up_once(
     # (Files made a moment ago count as settled, as they would two seconds later.)
     from pyrt.image import image
 
-    monkeypatch.setattr(image.time, "time_ns", lambda: 1 << 62)
+    monkeypatch.setattr(image, "_SETTLED_NS", 0)
     copy = tmp_path / "copy"
     shutil.copytree(rootfs, copy, symlinks=True)
     directory = pyrt.Image.load(copy)

@@ -59,10 +59,11 @@ def test_read_file_stays_inside_the_image(tmp_path: Path) -> None:
 
 
 def _settled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files made a moment ago count as settled (as they would two seconds later)."""
+    """Files made a moment ago count as settled (as they would two seconds later). The tests
+    change a file a tick of the clock (50 ms) after the last change, so its times move."""
     from pyrt.image import image
 
-    monkeypatch.setattr(image.time, "time_ns", lambda: 1 << 62)
+    monkeypatch.setattr(image, "_SETTLED_NS", 0)
 
 
 def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
