@@ -375,8 +375,11 @@ def test_a_sequential_user_is_served_by_resets_alone(image: pyrt.Image) -> None:
 def test_two_containers_given_back_together_are_both_reset_and_the_workers_end(
     image: pyrt.Image,
 ) -> None:
-    """A pool's two workers reset what comes back side by side (one's waits overlap the
-    other's work). Both come back fresh, seen from inside; both threads end with close()."""
+    """Two given back at once, to a pool of two workers: the first is reset; the second is
+    reset too, or removed when the pool's refills were quicker and it would be a second one
+    beyond the pool's size ("reset (or replaced)"). Whatever comes out is fresh, seen from
+    inside; both threads end with close(). (Which way the second goes is the machine's timing:
+    the test asked for both back once, and failed in CI when the refills won.)"""
 
     def workers() -> int:
         return sum(1 for t in threading.enumerate() if t.name == "pyrt-pool")
@@ -392,15 +395,20 @@ def test_two_containers_given_back_together_are_both_reset_and_the_workers_end(
         pool.give_back(a)
         pool.give_back(b)
         seen: dict[str, int] = {}
+
+        def settled() -> bool:
+            return all(x.id in seen or x.status == "removed" for x in (a, b))
+
         deadline = time.monotonic() + 60
-        while len(seen) < 2 and time.monotonic() < deadline:
+        while not settled() and time.monotonic() < deadline:
             with pool.acquire(timeout=30) as c:
                 if c.id in old and c.id not in seen:
                     seen[c.id] = c.pid or 0
                     assert c.exec(["test", "-e", "/dirty"]).returncode == 1
                     assert processes(c) == ["sleep 3600"], processes(c)
-        assert sorted(seen) == sorted(old), "both given back came out again"
-        assert all(seen[i] != old[i] for i in old), "each was started again"
+        assert settled(), (seen, a.status, b.status)
+        assert a.id in seen, "the first given back is reset, whatever the timing"
+        assert all(seen[i] != old[i] for i in seen), "each was started again"
     finally:
         pool.close()
     assert workers() == before
