@@ -138,6 +138,83 @@ def test_sys_fs_cgroup_follows_the_hosts_layout(rootfs: Path) -> None:
     assert r.stdout.split() == ["True", "False", "1"], r.stdout
 
 
+#: Inside a container: for each hierarchy under /sys/fs/cgroup, its name, whether its
+#: cgroup.procs lists the shell (pid 1, so the directory is the container's own cgroup), and
+#: its mount options; then whether a write to the tmpfs and to a hierarchy failed.
+CGROUP_VIEW = (
+    "for d in /sys/fs/cgroup/*/; do n=$(basename $d); "
+    "grep -qx 1 $d/cgroup.procs && s=own || s=other; "
+    "echo $n $s $(grep \" /sys/fs/cgroup/$n \" /proc/self/mountinfo | cut -d' ' -f6); done; "
+    "touch /sys/fs/cgroup/x 2>/dev/null; echo tmpfs-write=$?; "
+    "mkdir /sys/fs/cgroup/pids/x 2>/dev/null; echo hierarchy-write=$?"
+)
+
+
+def host_hierarchies() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if " - cgroup" in line]
+    return sorted(p.rsplit("/", 1)[1] for p in points
+                  if p.startswith("/sys/fs/cgroup/") and p.count("/") == 4)  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/pids/"),
+    reason="cgroup v1 hierarchies (the layout made ahead is for a v1 or hybrid host), as root",
+)
+def test_each_hierarchy_is_the_containers_own_cgroup_read_only(image: pyrt.Image) -> None:
+    """Without limits (the container in its caller's cgroups: the layout the starting process
+    made once and clones) and with them (its own cgroup: the layout made at its start), every
+    host hierarchy is in the container's /sys/fs/cgroup, each is the container's own cgroup
+    (its cgroup.procs lists pid 1), and all of it is read-only."""
+    for opts in ({}, {"memory": "64m"}):
+        r = sh(image, CGROUP_VIEW, **opts)
+        lines = r.stdout.splitlines()
+        rows = [line.split() for line in lines[:-2]]
+        assert [n for n, *_ in rows] == host_hierarchies(), (opts, r.stdout)
+        for name, seen, options in rows:
+            assert seen == "own", (opts, name, r.stdout)
+            assert options.split(",")[:4] == ["ro", "nosuid", "nodev", "noexec"], (opts, name)
+        assert lines[-2:] == ["tmpfs-write=1", "hierarchy-write=1"], (opts, r.stdout)
+
+
+MOVED = """
+import os, sys, pyrt
+img = pyrt.Image.load(sys.argv[1])
+here = open("/proc/self/cgroup").read().split("memory:")[1].split()[0]
+parent = "/sys/fs/cgroup/memory" + here.rstrip("/")
+new = parent + "/pyrt-moved-" + str(os.getpid())
+see = ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/cgroup.procs"]
+print(pyrt.run(img, see, text=True).stdout.split())
+os.mkdir(new)
+try:
+    open(new + "/memory.limit_in_bytes", "w").write(str(123 << 20))
+    open(new + "/cgroup.procs", "w").write(str(os.getpid()))
+    try:
+        print(pyrt.run(img, see, text=True).stdout.split())
+    finally:
+        open(parent + "/cgroup.procs", "w").write(str(os.getpid()))
+    print(pyrt.run(img, see, text=True).stdout.split())
+finally:
+    os.rmdir(new)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/memory/"),
+    reason="the cgroup v1 memory hierarchy, and root to move a process in it",
+)
+def test_the_layout_follows_the_callers_cgroup(rootfs: Path) -> None:
+    """The layout made once is made again when the starting process moves to another cgroup:
+    a container started after the move sees the new cgroup (its limit) as its own, and after
+    the move back the first one again."""
+    r = subprocess.run([sys.executable, "-c", MOVED, str(rootfs)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    first, moved, back = (eval(line) for line in r.stdout.splitlines())
+    assert moved == [str(123 << 20), "1"], r.stdout
+    assert first[1:] == back[1:] == ["1"] and first[0] == back[0] != moved[0], r.stdout
+
+
 def test_read_only_bind_cannot_be_written(image: pyrt.Image, tmp_path: Path) -> None:
     (tmp_path / "f").write_text("data\n")
     r = sh(

@@ -37,14 +37,16 @@ pub fn create(
     // setns(CLONE_NEWPID) moves only the caller's future children, so the child joining it
     // itself would run the command in the namespace it was born in.
     let pidns = spawn::take_join(&mut plan, libc::CLONE_NEWPID as u64)?;
-    let cgroupfs = |m: &crate::plan::Mount| matches!(&m.kind, crate::plan::MountKind::Fs { fstype, .. } if fstype == "cgroup");
     // (Not for a mount namespace joined by path, whose table is not ours; and unreadable
     // here, the child reads it itself.)
     let joins_mounts = plan
         .join
         .iter()
         .any(|(ns, _)| ns & libc::CLONE_NEWNS as u64 != 0);
-    if plan.host_cgroups.is_none() && !joins_mounts && plan.mounts.iter().any(cgroupfs) {
+    if plan.host_cgroups.is_none()
+        && !joins_mounts
+        && plan.mounts.iter().any(crate::plan::Mount::is_cgroup_layout)
+    {
         plan.host_cgroups = crate::host::mountinfo::current()
             .ok()
             .map(|t| crate::child::cgroupfs::hierarchies(&t));

@@ -233,6 +233,107 @@ const FSCONFIG_CMD_CREATE: u32 = 6;
 const FSMOUNT_CLOEXEC: u32 = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 
+/// fsopen(2): a new filesystem context of type `fstype`, to be set up with `fs_set`.
+pub fn fs_open(fstype: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated name; the result is a new descriptor we own.
+    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fsopen returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fs as RawFd) })
+}
+
+/// fsconfig(2): sets `key` of the context `fs` to the string `value`, or with None sets the
+/// flag `key`.
+pub fn fs_set(fs: &OwnedFd, key: &CStr, value: Option<&CStr>) -> io::Result<()> {
+    let (cmd, v) = match value {
+        Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+        None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+    };
+    // SAFETY: valid strings (or null for a flag), aux 0, as fsconfig takes them.
+    check(unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, key.as_ptr(), v, 0) })
+        .map(|_| ())
+}
+
+/// fsconfig(2) command `cmd` (FSCONFIG_CMD_*: create, reconfigure) on the context `fs`.
+fn fs_command(fs: &OwnedFd, cmd: u32) -> io::Result<()> {
+    // SAFETY: the commands take no key or value.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            cmd,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// The filesystem of the set-up context `fs`, created, as a detached mount with the mount
+/// attributes `attrs` (MOUNT_ATTR_*), to be attached with move_mount.
+pub fn fs_mount(fs: &OwnedFd, attrs: u64) -> io::Result<OwnedFd> {
+    fs_command(fs, FSCONFIG_CMD_CREATE)?;
+    // SAFETY: fs is a configured filesystem context; the result is a new mount descriptor.
+    let mnt =
+        check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
+    // SAFETY: fsmount returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
+}
+
+const FSPICK_CLOEXEC: u32 = 0x1;
+const FSPICK_EMPTY_PATH: u32 = 0x8;
+const FSCONFIG_CMD_RECONFIGURE: u32 = 7;
+
+/// Makes the filesystem of the mount `mnt` read-only itself (its superblock, as a remount with
+/// MS_RDONLY does; mount_setattr makes only the mount read-only).
+pub fn fs_make_readonly(mnt: &OwnedFd) -> io::Result<()> {
+    let flags = FSPICK_CLOEXEC | FSPICK_EMPTY_PATH;
+    // SAFETY: "" with FSPICK_EMPTY_PATH names `mnt`; the result is a new descriptor we own.
+    let fs =
+        check(unsafe { libc::syscall(libc::SYS_fspick, mnt.as_raw_fd(), c"".as_ptr(), flags) })?;
+    // SAFETY: fspick returned a fresh descriptor.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    fs_set(&fs, c"ro", None)?;
+    fs_command(&fs, FSCONFIG_CMD_RECONFIGURE)
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE of the mount `fd` refers to and, with `recursive`, of the
+/// mounts below it (a detached tree that `fd` names is cloned whole).
+pub fn open_tree_clone_fd(fd: &OwnedFd, recursive: bool) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as u32
+        | libc::AT_EMPTY_PATH as u32
+        | if recursive {
+            libc::AT_RECURSIVE as u32
+        } else {
+            0
+        };
+    // SAFETY: "" with AT_EMPTY_PATH names `fd`; the result is a new descriptor we own.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) })?;
+    // SAFETY: open_tree returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// move_mount(2) of the detached mount `mnt` onto `name` in the directory `dir` (relative to
+/// the current directory with `AT_FDCWD`'s stand-in, None). The directory may itself be in a
+/// detached tree (Linux 6.15 mounts on those).
+pub fn move_mount_onto(mnt: &OwnedFd, dir: Option<&OwnedFd>, name: &CStr) -> io::Result<()> {
+    let dirfd = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: "" with F_EMPTY_PATH names `mnt`; `name` is a valid string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            dirfd,
+            name.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(|_| ())
+}
+
 /// An overlay mounted through the new mount API, each lower directory its own "lowerdir+"
 /// parameter (Linux 6.8). mount(2) takes the options as one string of at most a page, which
 /// caps an image at some forty layers with store paths; this has no such cap. `flags`: the
@@ -244,70 +345,17 @@ pub fn mount_overlay_fs(
     flags: &[(&CStr, bool)],
     target: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: a valid NUL-terminated name; the result is a new descriptor we own.
-    let fs =
-        check(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: fsopen returned a fresh descriptor.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-    let set = |key: &CStr, value: &CStr| {
-        // SAFETY: valid strings; FSCONFIG_SET_STRING takes a key and a string value, aux 0.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            )
-        })
-    };
+    let fs = fs_open(c"overlay")?;
     for l in lower {
-        set(c"lowerdir+", l)?;
+        fs_set(&fs, c"lowerdir+", Some(l))?;
     }
-    set(c"upperdir", upper)?;
-    set(c"workdir", work)?;
+    fs_set(&fs, c"upperdir", Some(upper))?;
+    fs_set(&fs, c"workdir", Some(work))?;
     for (flag, _) in flags.iter().filter(|(_, on)| *on) {
-        // SAFETY: FSCONFIG_SET_FLAG takes a key and no value.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs.as_raw_fd(),
-                FSCONFIG_SET_FLAG,
-                flag.as_ptr(),
-                std::ptr::null::<libc::c_char>(),
-                0,
-            )
-        })?;
+        fs_set(&fs, flag, None)?;
     }
-    // SAFETY: CMD_CREATE takes no key or value.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })?;
-    // SAFETY: fs is a configured filesystem context; the result is a new mount descriptor.
-    let mnt =
-        check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
-    // SAFETY: fsmount returned a fresh descriptor.
-    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as RawFd) };
-    // SAFETY: "" with F_EMPTY_PATH names `mnt`; target is a valid path.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })
-    .map(|_| ())
+    let mnt = fs_mount(&fs, 0)?;
+    move_mount_onto(&mnt, None, target)
 }
 
 #[cfg(test)]

@@ -70,10 +70,22 @@ fn read_hierarchies() -> Vec<Hierarchy> {
     hierarchies(&info)
 }
 
-/// The host's layout on `dest`; `known`: its hierarchies as the parent read them.
-pub fn mount(root: &OwnedFd, dest: &Path, known: Option<&[Hierarchy]>) -> Result<(), SetupError> {
+/// The host's layout on `dest`; `known`: its hierarchies as the parent read them, and `tree`
+/// the layout the parent made of them (`host::cgrouptree`), attached if it can be.
+pub fn mount(
+    root: &OwnedFd,
+    dest: &Path,
+    known: Option<&[Hierarchy]>,
+    tree: Option<OwnedFd>,
+) -> Result<(), SetupError> {
     let shown = dest.display().to_string();
     let target = ensure_in_root(root, dest, false).map_err(err(format!("creating {shown}")))?;
+    // (Should the attach fail, the layout is made here as without one.)
+    if let Some(tree) = tree {
+        if syscall::move_mount_to(&tree, &target).is_ok() {
+            return Ok(());
+        }
+    }
     let read;
     let hier = match known {
         Some(h) => h,
@@ -175,15 +187,36 @@ static OWN: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::ne
 
 pub fn remember_own_cgroups() {
     let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let own = text
-        .lines()
+    let _ = OWN.set(own_cgroups(&text));
+}
+
+/// The lines of a /proc/PID/cgroup file as (controllers or "name=..." of a hierarchy, path).
+pub fn own_cgroups(text: &str) -> Vec<(String, String)> {
+    text.lines()
         .filter_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
             Some((ctrl.to_string(), path.to_string()))
         })
-        .collect();
-    let _ = OWN.set(own);
+        .collect()
+}
+
+/// The path in `own` (`own_cgroups`) of the hierarchy that `opts` select (its controllers or
+/// name=, in any order; "" for the cgroup2 tree).
+pub fn own_path<'a>(own: &'a [(String, String)], opts: &str) -> Option<&'a str> {
+    let words = |s: &str| {
+        let mut w: Vec<String> = s
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+            .collect();
+        w.sort_unstable();
+        w
+    };
+    let want = words(opts);
+    own.iter()
+        .find(|(ctrl, _)| words(ctrl) == want)
+        .map(|(_, p)| p.as_str())
 }
 
 /// Binds `/sys/fs/cgroup/<name><own path>` (the host's hierarchy, still reachable before
@@ -196,17 +229,9 @@ fn bind_own(
     name: &str,
     opts: &str,
 ) -> std::io::Result<()> {
-    let same = |a: &str, b: &str| {
-        let mut a: Vec<&str> = a.split(',').filter(|o| !o.is_empty()).collect();
-        let mut b: Vec<&str> = b.split(',').filter(|o| !o.is_empty()).collect();
-        a.sort_unstable();
-        b.sort_unstable();
-        a == b
-    };
     let path = OWN
         .get()
-        .and_then(|own| own.iter().find(|(ctrl, _)| same(ctrl, opts)))
-        .map(|(_, p)| p.clone())
+        .and_then(|own| own_path(own, opts))
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
     let src = cstring(format!("/sys/fs/cgroup/{name}{path}"))?;
     syscall::mount(
@@ -230,6 +255,17 @@ fn bind_own(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_paths_by_the_options_that_select_a_hierarchy() {
+        let own = own_cgroups("12:cpu,cpuacct:/a\n4:memory:/b/c\n1:name=systemd:/\n0::/d\n");
+        assert_eq!(own_path(&own, "cpuacct,cpu"), Some("/a"));
+        assert_eq!(own_path(&own, "memory"), Some("/b/c"));
+        assert_eq!(own_path(&own, "name=systemd"), Some("/"));
+        assert_eq!(own_path(&own, ""), Some("/d"));
+        assert_eq!(own_path(&own, "cpu"), None);
+        assert_eq!(own_path(&own, "pids"), None);
+    }
 
     #[test]
     fn hierarchies_of_a_hybrid_table() {

@@ -214,9 +214,15 @@ fn run(plan: &Plan) -> Result<std::convert::Infallible, SetupError> {
     rootfs::refuse_special_symlinks(&root)?;
     // 4. The spec's mounts in order (/proc, /dev, /dev/pts, ..., binds, tmpfs), each target
     //    resolved inside the root.
+    // SAFETY: the detached tree the parent handed down for the cgroup mount, ours alone.
+    let mut cgroup_tree = plan
+        .cgroup_tree_fd
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     for m in &plan.mounts {
-        rootfs::mount_one(&root, m, plan.host_cgroups.as_deref())?;
+        rootfs::mount_one(&root, m, plan.host_cgroups.as_deref(), &mut cgroup_tree)?;
     }
+    // (Closed if no mount took it: nothing handed down may reach the command.)
+    drop(cgroup_tree);
     // 5. Device nodes and symlinks of a fresh /dev, while the host's nodes are still reachable.
     if plan.default_devices {
         devices::populate(&root)?;

@@ -329,13 +329,14 @@ fn locked_flags(fd: &OwnedFd) -> u64 {
     out
 }
 
-/// Carries out one of the spec's mounts inside the root.
-/// Mounts `m` in the root; `cgroups`: the host's cgroup hierarchies, when the parent read them
-/// (`Plan::host_cgroups`).
+/// Mounts `m`, one of the spec's mounts, in the root; `cgroups`: the host's cgroup
+/// hierarchies, when the parent read them (`Plan::host_cgroups`), and `cgroup_tree` the layout
+/// it made of them ahead (`Plan::cgroup_tree_fd`), for the first `cgroup` mount to take.
 pub fn mount_one(
     root: &OwnedFd,
     m: &Mount,
     cgroups: Option<&[super::cgroupfs::Hierarchy]>,
+    cgroup_tree: &mut Option<OwnedFd>,
 ) -> Result<()> {
     let dest = m.destination.display();
     let fl = &m.flags;
@@ -410,7 +411,7 @@ pub fn mount_one(
         }
         // runc's convention: "cgroup" stands for the host's whole cgroup layout.
         MountKind::Fs { fstype, .. } if fstype == "cgroup" => {
-            super::cgroupfs::mount(root, &m.destination, cgroups)
+            super::cgroupfs::mount(root, &m.destination, cgroups, cgroup_tree.take())
         }
         MountKind::Fs { fstype, source } => {
             let target = ensure_in_root(root, &m.destination, false).map_err(mount_err(

@@ -3,6 +3,7 @@
 //! pump, the log files and the state file. Nothing here runs in the child.
 
 pub mod background;
+pub mod cgrouptree;
 pub mod idmount;
 pub mod io;
 pub mod logs;

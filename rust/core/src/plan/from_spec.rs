@@ -241,6 +241,7 @@ impl Plan {
             process,
             devices: plan_devices(linux)?,
             host_cgroups: None,
+            cgroup_tree_fd: None,
             detached: false,
             gate_fd: None,
             hooks: plan_hooks(spec),

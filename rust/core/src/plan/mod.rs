@@ -97,6 +97,13 @@ pub struct Mount {
     pub idmap: Option<MountIdmap>,
 }
 
+impl Mount {
+    /// Whether this is a `cgroup` mount: runc's convention for the host's whole cgroup layout.
+    pub fn is_cgroup_layout(&self) -> bool {
+        matches!(&self.kind, MountKind::Fs { fstype, .. } if fstype == "cgroup")
+    }
+}
+
 /// How a bind mount's owners are mapped. mount_setattr(MOUNT_ATTR_IDMAP) needs privilege over
 /// the source's filesystem, which a child in a user namespace does not have: the parent makes
 /// the mount, detached, before clone (`host::idmount`), and the child only attaches it.
@@ -179,6 +186,10 @@ pub struct Plan {
     /// child reads its own when they are absent.
     #[serde(default)]
     pub host_cgroups: Option<Vec<crate::child::cgroupfs::Hierarchy>>,
+    /// The v1 layout of the `cgroup` mount made ahead: a detached tree the parent cloned and
+    /// handed down (`host::cgrouptree`), attached with one move_mount instead of a dozen mounts.
+    #[serde(default)]
+    pub cgroup_tree_fd: Option<i32>,
     /// The container outlives the process that made it (`pyrt-runc create`): no parent-death
     /// signal, no lifeline.
     #[serde(default)]
@@ -215,9 +226,24 @@ impl Plan {
             .filter_map(|m| m.idmap.as_ref().and_then(|i| i.fd));
         self.gate_fd
             .into_iter()
+            .chain(self.cgroup_tree_fd)
             .chain(mounts)
             .chain(self.handed_joins.iter().copied())
             .collect()
+    }
+
+    /// Whether the `cgroup` mount can be the layout the parent made ahead
+    /// (`host::cgrouptree`): the container stays in the caller's cgroups, makes a cgroup and
+    /// a mount namespace of its own, and has no user namespace; the hierarchies are known.
+    pub fn fits_cgroup_tree(&self) -> bool {
+        let ours = (libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) as u64;
+        self.new_cgroupns
+            && self.cgroup.is_none()
+            && self.clone_flags & libc::CLONE_NEWNS as u64 != 0
+            && !self.in_user_namespace()
+            && !self.join.iter().any(|(bit, _)| bit & ours != 0)
+            && self.host_cgroups.is_some()
+            && self.mounts.iter().any(Mount::is_cgroup_layout)
     }
 
     /// Whether the container runs in a user namespace of its own or joined.

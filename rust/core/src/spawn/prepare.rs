@@ -128,13 +128,25 @@ pub(crate) fn take_join(plan: &mut Plan, bit: u64) -> Result<Option<OwnedFd>, Se
 }
 
 /// Descriptors the child inherits, put in the plan (`Plan::inherited_fds`): `pyrt-runc
-/// create`'s start gate, and each idmapped bind mount, made here detached (`host::idmount`).
+/// create`'s start gate, the v1 cgroup layout made ahead (`host::cgrouptree`), and each
+/// idmapped bind mount, made here detached (`host::idmount`).
 pub(super) fn hand_down<'r>(
     request: Cow<'r, Request>,
     gate: Option<&OwnedFd>,
 ) -> Result<(Cow<'r, Request>, Vec<OwnedFd>), SetupError> {
+    // (A clone of the layout, when there is one to give: the child lays it out otherwise.)
+    let mut cgroup_tree = match request.as_ref() {
+        Request::Create(p) if p.fits_cgroup_tree() => p
+            .host_cgroups
+            .as_deref()
+            .and_then(crate::host::cgrouptree::clone_for)
+            .and_then(|t| dup_high(t.as_raw_fd()).ok()),
+        _ => None,
+    };
     let needs = match request.as_ref() {
-        Request::Create(p) => gate.is_some() || p.mounts.iter().any(|m| m.idmap.is_some()),
+        Request::Create(p) => {
+            gate.is_some() || cgroup_tree.is_some() || p.mounts.iter().any(|m| m.idmap.is_some())
+        }
         Request::Exec(_) | Request::Forward(_) | Request::Serve(_) => false,
     };
     if !needs {
@@ -145,6 +157,10 @@ pub(super) fn hand_down<'r>(
         unreachable!("only a create hands descriptors down")
     };
     let mut held = Vec::new();
+    if let Some(tree) = cgroup_tree.take() {
+        p.cgroup_tree_fd = Some(tree.as_raw_fd());
+        held.push(tree);
+    }
     if let Some(g) = gate {
         let fd = dup_high(g.as_raw_fd()).map_err(|e| spawn_err("dup of the start gate", e))?;
         p.gate_fd = Some(fd.as_raw_fd());
