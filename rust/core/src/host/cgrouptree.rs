@@ -10,10 +10,10 @@
 //! `noexec`), and at each start clones it whole (`open_tree`, ~20 us) and hands the clone down;
 //! the child attaches it with one `move_mount` (~6 us).
 //!
-//! The tree is a detached one: it is in no mount table, and it goes with the process (its
-//! descriptor is close-on-exec). It is made again when the caller's cgroups or the host's
-//! hierarchies change, and after a fork (a clone is only made in the mount namespace the tree
-//! was made in).
+//! The tree is made at a process's second such start (one start alone would not repay it),
+//! and again when the caller's cgroups or the host's hierarchies change, and after a fork (a
+//! clone is only made in the mount namespace the tree was made in). It is a detached one: in
+//! no mount table, and it goes with the process (its descriptor is close-on-exec).
 
 use std::ffi::CString;
 use std::io::{self, Read};
@@ -24,40 +24,60 @@ use crate::child::cgroupfs::{own_cgroups, own_path, Hierarchy};
 use crate::mountopts::attr;
 use crate::syscall;
 
-/// What a tree was made for: the process, its cgroups (/proc/thread-self/cgroup's text) and
-/// the host's hierarchies. A tree that could not be made is remembered too (None), so that a
-/// caller without the privilege to make one does not try at every start.
-struct Made {
+/// What a tree is kept for: the process, its cgroups (/proc/thread-self/cgroup's text) and
+/// the host's hierarchies.
+struct Kept {
     pid: u32,
     own: String,
     hierarchies: Vec<Hierarchy>,
-    tree: Option<OwnedFd>,
+    tree: Tree,
+}
+
+enum Tree {
+    /// One start has asked: the tree is made at the second. A process that starts one
+    /// container (`pyrt-runc create`, the command line's `pyrt run`) would pay more to make it
+    /// (~0.3 ms) than its start saves.
+    Asked,
+    Made(OwnedFd),
+    /// It could not be made (a caller without the privilege to clone mounts, a hierarchy whose
+    /// directory for the caller is not found): not tried again at every start.
+    Failed,
 }
 
 /// A clone of the layout for a container that stays in the calling thread's cgroups (whose
 /// children it will be born in) and makes a cgroup namespace of its own; None when there is
-/// none to give (a cgroup2 host, whose layout is one mount; a caller that may not clone mounts;
-/// a hierarchy whose directory for the caller is not found), and the child lays it out itself.
+/// none to give (a cgroup2 host, whose layout is one mount; the process's first such start;
+/// a tree that could not be made), and the child lays it out itself.
 pub fn clone_for(hierarchies: &[Hierarchy]) -> Option<OwnedFd> {
-    static MADE: Mutex<Option<Made>> = Mutex::new(None);
+    static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
     if hierarchies.iter().any(|h| h.name.is_empty()) {
         return None;
     }
     let own = read_own().ok()?;
     let pid = std::process::id();
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    let fresh =
-        matches!(&*made, Some(m) if m.pid == pid && m.own == own && m.hierarchies == hierarchies);
-    if !fresh {
-        *made = Some(Made {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let same =
+        matches!(&*kept, Some(k) if k.pid == pid && k.own == own && k.hierarchies == hierarchies);
+    if !same {
+        *kept = Some(Kept {
             pid,
-            tree: make(hierarchies, &own, pid).ok(),
             own,
             hierarchies: hierarchies.to_vec(),
+            tree: Tree::Asked,
         });
+        return None;
     }
-    let tree = made.as_ref()?.tree.as_ref()?;
-    syscall::open_tree_clone_fd(tree, true).ok()
+    let k = kept.as_mut()?;
+    if matches!(k.tree, Tree::Asked) {
+        k.tree = match make(hierarchies, &k.own, pid) {
+            Ok(t) => Tree::Made(t),
+            Err(_) => Tree::Failed,
+        };
+    }
+    match &k.tree {
+        Tree::Made(t) => syscall::open_tree_clone_fd(t, true).ok(),
+        Tree::Asked | Tree::Failed => None,
+    }
 }
 
 /// The calling thread's cgroups (v1 places threads, not processes). The container is cloned
