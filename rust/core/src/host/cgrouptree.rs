@@ -138,11 +138,8 @@ fn make(hierarchies: &[Hierarchy], own_text: &str, pid: u32) -> io::Result<Owned
 
 /// Whether the cgroup directory `dir` lists process `pid` in its `cgroup.procs`.
 fn lists(dir: &str, pid: u32) -> bool {
-    let mut text = String::new();
-    let read = std::fs::File::open(format!("{dir}/cgroup.procs"))
-        .and_then(|mut f| f.read_to_string(&mut text));
-    let pid = pid.to_string();
-    read.is_ok() && text.lines().any(|l| l == pid)
+    let procs = std::path::Path::new(dir).join("cgroup.procs");
+    i32::try_from(pid).is_ok_and(|p| crate::cgroups::read_pids(&procs).contains(&p))
 }
 
 #[cfg(test)]
