@@ -33,6 +33,9 @@ struct Kept {
     tree: Tree,
 }
 
+/// The tree of this process, with what it was made for.
+static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+
 enum Tree {
     /// One start has asked: the tree is made at the second. A process that starts one
     /// container (`pyrt-runc create`, the command line's `pyrt run`) would pay more to make it
@@ -47,15 +50,22 @@ enum Tree {
 /// A clone of the layout for a container that stays in the calling thread's cgroups (whose
 /// children it will be born in) and makes a cgroup namespace of its own; None when there is
 /// none to give (a cgroup2 host, whose layout is one mount; the process's first such start;
-/// a tree that could not be made), and the child lays it out itself.
+/// a tree that could not be made; another start using it at this moment), and the child lays
+/// it out itself.
 pub fn clone_for(hierarchies: &[Hierarchy]) -> Option<OwnedFd> {
-    static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
     if hierarchies.iter().any(|h| h.name.is_empty()) {
         return None;
     }
     let own = read_own().ok()?;
     let pid = std::process::id();
-    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    // Never waited for: a start that finds it taken (another thread's start, or a fork's
+    // copy of a lock that a thread of the parent held) lays the layout out in the child
+    // instead of waiting, or hanging for ever in a forked child.
+    let mut kept = match KEPT.try_lock() {
+        Ok(k) => k,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
     let same =
         matches!(&*kept, Some(k) if k.pid == pid && k.own == own && k.hierarchies == hierarchies);
     if !same {
@@ -153,6 +163,18 @@ mod tests {
             fstype: "cgroup2".into(),
             options: String::new(),
         }];
+        assert!(clone_for(&h).is_none());
+    }
+
+    #[test]
+    fn a_start_that_finds_the_tree_in_use_does_not_wait() {
+        let h = [Hierarchy {
+            name: "pids".into(),
+            fstype: "cgroup".into(),
+            options: "pids".into(),
+        }];
+        // (Held as a thread of a forked parent would have left it: waiting would hang.)
+        let _held = KEPT.lock().unwrap_or_else(|e| e.into_inner());
         assert!(clone_for(&h).is_none());
     }
 }
