@@ -15,13 +15,21 @@ struct Cached {
     text: Arc<String>,
 }
 
+/// The last table read, with what it was read for.
+static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
+
 /// The mount table as it is now.
 pub fn current() -> io::Result<Arc<String>> {
-    static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
     let ids = mount_ids();
     let pid = std::process::id();
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let (Some(c), Some(now)) = (cache.as_ref(), ids.as_ref()) {
+    // Never waited for (a start that finds it taken reads the table itself): a process forked
+    // while another of its threads held it would otherwise hang at its first start.
+    let mut cache = match CACHE.try_lock() {
+        Ok(c) => Some(c),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    if let (Some(Some(c)), Some(now)) = (cache.as_deref(), ids.as_ref()) {
         // (A forked child may have a namespace of its own, whose ids are other ones.)
         if c.pid == pid && &c.ids == now {
             return Ok(c.text.clone());
@@ -31,11 +39,13 @@ pub fn current() -> io::Result<Arc<String>> {
     std::fs::File::open("/proc/self/mountinfo")?.read_to_string(&mut text)?;
     let text = Arc::new(text);
     // Listed before the read: a mount between the two shows as a change at the next call.
-    *cache = ids.map(|ids| Cached {
-        pid,
-        ids,
-        text: text.clone(),
-    });
+    if let Some(cache) = cache.as_deref_mut() {
+        *cache = ids.map(|ids| Cached {
+            pid,
+            ids,
+            text: text.clone(),
+        });
+    }
     Ok(text)
 }
 
@@ -83,5 +93,12 @@ mod tests {
         if mount_ids().is_some() {
             assert!(Arc::ptr_eq(&a, &b), "read again without a change");
         }
+        // A caller that finds the cache in use reads the table itself. (Here, not in a test of
+        // its own: held in a parallel test, the lock would make the reads above miss the
+        // cache. Held as a thread of a forked parent would have left it: waiting would hang.)
+        let held = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let c = current().unwrap();
+        drop(held);
+        assert!(c.contains(" / ") && !Arc::ptr_eq(&a, &c), "{c}");
     }
 }
